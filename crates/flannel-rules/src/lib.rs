@@ -1,0 +1,1 @@
+//! Masquerade and forward rules (iptables or nftables) behind one `RuleManager` trait.
