@@ -1,1 +1,2 @@
+//! `flannel`: the flannel CNI plugin.
 fn main() {}

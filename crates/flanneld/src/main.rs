@@ -1,1 +1,2 @@
+//! `flanneld`: the flannel-rs node agent.
 fn main() {}

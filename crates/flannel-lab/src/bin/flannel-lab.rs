@@ -1,1 +1,2 @@
+//! `flannel-lab`: a whole flannel cluster on one machine.
 fn main() {}
