@@ -253,7 +253,12 @@ where
 /// `probe` returns `Ok(Some(v))` when done, `Ok(None)` to keep waiting, or `Err(note)` to keep
 /// waiting while remembering why; the last note ends up in the [`LabError::Timeout`] message, so
 /// a timeout says what was last seen rather than only that time ran out.
-pub fn wait_for<T, E, F>(what: &str, timeout: Duration, interval: Duration, mut probe: F) -> Result<T>
+pub fn wait_for<T, E, F>(
+    what: &str,
+    timeout: Duration,
+    interval: Duration,
+    mut probe: F,
+) -> Result<T>
 where
     E: std::fmt::Display,
     F: FnMut() -> std::result::Result<Option<T>, E>,
@@ -299,7 +304,10 @@ mod tests {
         assert_eq!(out.stdout, b"hello");
         assert_eq!(out.stderr, b"err\n");
         let err = check("x".into(), out).unwrap_err().to_string();
-        assert!(err.contains("exit status: 3") && err.contains("err"), "{err}");
+        assert!(
+            err.contains("exit status: 3") && err.contains("err"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -329,19 +337,29 @@ mod tests {
         .unwrap();
         assert_eq!(n, 3);
         let start = Instant::now();
-        let err = wait_until(Duration::from_millis(100), Duration::from_millis(10), || false)
-            .unwrap_err();
+        let err = wait_until(
+            Duration::from_millis(100),
+            Duration::from_millis(10),
+            || false,
+        )
+        .unwrap_err();
         assert!(matches!(err, LabError::Timeout { .. }));
         assert!(start.elapsed() < Duration::from_secs(2));
     }
 
     #[test]
     fn wait_for_reports_last_observation() {
-        let err = wait_for::<(), _, _>("the answer", Duration::from_millis(30), Duration::from_millis(5), || {
-            Err("still 41")
-        })
+        let err = wait_for::<(), _, _>(
+            "the answer",
+            Duration::from_millis(30),
+            Duration::from_millis(5),
+            || Err("still 41"),
+        )
         .unwrap_err()
         .to_string();
-        assert!(err.contains("the answer") && err.contains("still 41"), "{err}");
+        assert!(
+            err.contains("the answer") && err.contains("still 41"),
+            "{err}"
+        );
     }
 }

@@ -136,7 +136,9 @@ mod tests {
 
     #[test]
     fn missing_binary_names_the_package() {
-        assert!(find_binary_in("etcd-definitely-absent", Some(OsStr::new("/nonexistent"))).is_none());
+        assert!(
+            find_binary_in("etcd-definitely-absent", Some(OsStr::new("/nonexistent"))).is_none()
+        );
         let err = LabError::MissingBinary {
             binary: "etcd".into(),
             package: package_for("etcd").map(str::to_string),

@@ -1,2 +1,61 @@
-//! The lab: network namespaces as nodes and pods on one machine, shared by the
-//! `flannel-lab` command and the integration tests.
+//! The lab: a multi-node flannel cluster on one machine, built from network namespaces.
+//!
+//! Every integration test in the workspace and the `flannel-lab` command build on this crate, so
+//! the demo and the tests cannot drift apart. It is synchronous (std threads and processes) and
+//! drives the real tools a node would run: `ip` (iproute2), etcd 3.4, iputils `ping`, and later
+//! flanneld and the CNI plugins.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use flannel_lab::{Lab, ping};
+//!
+//! # fn main() -> flannel_lab::Result<()> {
+//! let lab = Lab::builder().nodes(3).build()?;
+//! let (n1, n2) = (lab.node(0), lab.node(1));
+//! assert!(ping(n1.netns(), n2.ip().into(), 1, Duration::from_secs(2))?);
+//! # Ok(()) }
+//! ```
+//!
+//! # What gets built
+//! See [`lab`] for the topology and address plan (nodes 198.18.0.K/24 on `eth0`, bridge `br0` in
+//! an underlay namespace, default route via 198.18.0.254).
+//!
+//! # Cleanup guarantees
+//! Namespaces, processes and temp directories are owned by drop guards ([`Netns`], [`Child`],
+//! [`Etcd`], [`Lab`]), so they are removed when a test returns *or panics*. Dropping a namespace
+//! first kills every process inside it. What a guard cannot survive is SIGKILL of the test
+//! process; for that, every namespace name embeds the creator's pid and [`reap_stale`] (run by
+//! every [`LabBuilder::build`]) removes leftovers whose creator is gone.
+//!
+//! # Rules the lab keeps
+//! It never changes the root namespace's addresses, routes, firewall rules or sysctls: sysctls are
+//! written only by processes inside a lab namespace, and only `net.*` keys are accepted. Every
+//! command and every wait is bounded in time. It needs root and says so ([`LabError::NotRoot`]);
+//! a missing tool is reported with its Debian package ([`LabError::MissingBinary`]).
+
+mod command;
+mod error;
+mod etcd;
+mod host;
+pub mod lab;
+mod netns;
+mod ping;
+mod pod;
+mod process;
+
+pub use command::{
+    DEFAULT_COMMAND_TIMEOUT, check, describe, run_command, run_in, run_ok, wait_for, wait_until,
+};
+pub use error::{LabError, Result};
+pub use etcd::{DEFAULT_ETCD_START_TIMEOUT, Etcd, EtcdOptions};
+pub use host::{package_for, pid_alive, require_binary, require_root};
+pub use lab::{
+    Interface, Lab, LabBuilder, Node, Underlay, parse_net, underlay_ipv4, underlay_ipv6,
+};
+pub use netns::{NAME_PREFIX, NETNS_DIR, Netns, TEMP_PREFIX, netns_exists, reap_stale};
+pub use ping::ping;
+pub use pod::{Pod, PodNetwork};
+pub use process::{Child, DEFAULT_STOP_TIMEOUT, LOG_TAIL_LINES, spawn_in};
+
+/// Signals, re-exported so callers of [`Child::signal`] need no direct nix dependency.
+pub use nix::sys::signal::Signal;

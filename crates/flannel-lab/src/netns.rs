@@ -36,6 +36,12 @@ pub const NETNS_DIR: &str = "/run/netns";
 /// How long dropping a namespace waits for killed processes to disappear before deleting anyway.
 const KILL_WAIT: Duration = Duration::from_secs(3);
 
+/// Prefix of the lab's temp directories: `flrs-lab-<pid>-<counter>-<kind>-XXXXXX`.
+///
+/// `flrs` is what `scripts/test` greps process command lines for after the suite: etcd (and
+/// later flanneld) get paths under these directories as arguments, so a leaked daemon is caught.
+pub const TEMP_PREFIX: &str = "flrs-lab-";
+
 /// Process-wide counter that makes names unique within one test binary.
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
@@ -48,6 +54,19 @@ pub(crate) fn unique_stem() -> String {
         std::process::id(),
         COUNTER.fetch_add(1, Ordering::Relaxed)
     )
+}
+
+/// A private temp directory named so that [`reap_stale`] can match it to its creating process.
+pub(crate) fn temp_dir(kind: &str) -> Result<tempfile::TempDir> {
+    let stem = unique_stem();
+    let id = stem.strip_prefix(NAME_PREFIX).unwrap_or(&stem);
+    tempfile::Builder::new()
+        .prefix(&format!(
+            "{TEMP_PREFIX}{}-{kind}-",
+            id.trim_start_matches('-')
+        ))
+        .tempdir()
+        .map_err(|e| LabError::io(format!("creating a temp dir for {kind}"), e))
 }
 
 /// A named network namespace that deletes itself (after killing what runs inside) when dropped.
@@ -283,10 +302,10 @@ pub fn reap_stale() -> Result<Vec<String>> {
     if let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) {
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            let Some(rest) = name.strip_prefix("flannel-lab-") else {
+            let Some(rest) = name.strip_prefix(TEMP_PREFIX) else {
                 continue;
             };
-            if let Some(pid) = creator_pid(rest)
+            if let Some(pid) = creator_pid(&format!("{NAME_PREFIX}-{rest}"))
                 && !pid_alive(pid)
             {
                 let _ = std::fs::remove_dir_all(entry.path());
