@@ -97,6 +97,76 @@ pub struct HostView {
     pub can_reach: Option<Result<RouteHint, String>>,
 }
 
+impl HostView {
+    /// Captures the host's interfaces, addresses and default routes through netlink, plus the
+    /// route lookup for `--iface-can-reach` when given.
+    ///
+    /// Missing default routes are recorded, not fatal: they only matter when no interface flag
+    /// is given, and then [`select`] reports them with upstream's wording.
+    pub async fn load(
+        nl: &flannel_netlink::Netlink,
+        can_reach: Option<IpAddr>,
+    ) -> Result<HostView, IfaceError> {
+        use flannel_netlink::IpFamily;
+        let err = |e: flannel_netlink::NetlinkError| IfaceError::Netlink(e.to_string());
+        let mut links: Vec<HostLink> = nl
+            .links()
+            .await
+            .map_err(err)?
+            .into_iter()
+            .map(|l| HostLink {
+                index: l.index,
+                name: l.name,
+                mtu: l.mtu,
+                addrs: Vec::new(),
+            })
+            .collect();
+        links.sort_by_key(|l| l.index);
+        for a in nl.addresses(None).await.map_err(err)? {
+            if let Some(link) = links.iter_mut().find(|l| l.index == a.index) {
+                link.addrs.push(HostAddr {
+                    ip: a.ip,
+                    prefix_len: a.prefix_len,
+                    permanent: a.is_permanent(),
+                    deprecated: a.is_deprecated(),
+                    temporary: a.is_temporary(),
+                });
+            }
+        }
+        let default_for = |family: IpFamily, missing: &str| {
+            let missing = missing.to_string();
+            async move {
+                match nl.default_route_link(family).await {
+                    Ok(Some(idx)) => Ok(idx),
+                    Ok(None) => Err(missing),
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+        };
+        let default_v4 = default_for(IpFamily::V4, "Unable to find default route").await;
+        let default_v6 = default_for(IpFamily::V6, "Unable to find default v6 route").await;
+        let can_reach = match can_reach {
+            None => None,
+            Some(ip) => Some(match nl.route_get(ip).await {
+                Ok(r) => match r.oif {
+                    Some(oif) => Ok(RouteHint {
+                        oif,
+                        src: r.prefsrc,
+                    }),
+                    None => Err(format!("couldn't lookup route to {ip}: no output interface")),
+                },
+                Err(e) => Err(format!("couldn't lookup route to {ip}: {e}")),
+            }),
+        };
+        Ok(HostView {
+            links,
+            default_v4,
+            default_v6,
+            can_reach,
+        })
+    }
+}
+
 /// What the user asked for: the interface flags and the public addresses.
 #[derive(Debug, Clone, Default)]
 pub struct Selection {

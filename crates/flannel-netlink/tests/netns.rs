@@ -1,0 +1,72 @@
+//! The netns helpers: a fresh namespace is isolated, and `NetnsTarget::Path` (setns) reaches
+//! an existing one from another thread.
+
+mod common;
+
+use common::{in_fresh_netns, run};
+use flannel_netlink::Netlink;
+use flannel_netlink::netns::{NetnsTarget, current_thread_netns_path, run_in_netns};
+
+#[test]
+fn fresh_namespace_starts_empty() {
+    in_fresh_netns(|| async {
+        let nl = Netlink::new().unwrap();
+        let links = nl.links().await.unwrap();
+        let names: Vec<_> = links.iter().map(|l| l.name.as_str()).collect();
+        assert_eq!(names, vec!["lo"], "a fresh netns has only lo");
+        assert!(!links[0].up);
+    });
+}
+
+#[test]
+fn setns_into_another_threads_namespace() {
+    in_fresh_netns(|| async {
+        let path = current_thread_netns_path();
+        // Another thread joins this namespace by path and creates a link there.
+        let created = run_in_netns(NetnsTarget::Path(path.clone()), || async {
+            let nl = Netlink::new().unwrap();
+            let br = nl.create_bridge("br-joined", None).await.unwrap();
+            br.index
+        })
+        .unwrap();
+        let nl = Netlink::new().unwrap();
+        let br = nl
+            .link_by_name("br-joined")
+            .await
+            .unwrap()
+            .expect("link made by the joiner");
+        assert_eq!(br.index, created);
+        assert!(run("ip -o link show").contains("br-joined"));
+        // A child spawned through nsenter with the same path sees it too.
+        let via_nsenter = run(&format!(
+            "nsenter --net={} ip -o link show br-joined",
+            path.display()
+        ));
+        assert!(via_nsenter.contains("br-joined"), "{via_nsenter}");
+    });
+    // And the root namespace never saw it.
+    assert!(!run("ip -o link show").contains("br-joined"));
+}
+
+#[test]
+fn missing_named_namespace_is_an_error() {
+    let e = run_in_netns(
+        NetnsTarget::Named("flannel-netlink-no-such-ns".into()),
+        || async {},
+    )
+    .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("/run/netns/flannel-netlink-no-such-ns"),
+        "{e}"
+    );
+}
+
+#[test]
+fn new_outside_a_runtime_is_an_error_not_a_panic() {
+    let e = Netlink::new().unwrap_err();
+    assert!(
+        matches!(e, flannel_netlink::NetlinkError::NoRuntime(_)),
+        "{e}"
+    );
+}

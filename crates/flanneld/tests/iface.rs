@@ -1,0 +1,206 @@
+//! External interface selection against real kernel state: a lab node with `eth0` (default
+//! route), `eth1` on a second underlay network, and IPv6 addresses on both.
+
+use std::net::IpAddr;
+
+use flannel_lab::{Lab, Node};
+use flannel_netlink::Netlink;
+use flanneld::iface::{ExternalInterface, HostView, IfaceError, Selection, Stack, select};
+
+/// Runs interface selection inside the node's namespace, as flanneld would there.
+fn select_in(node: &Node, stack: Stack, sel: Selection) -> Result<ExternalInterface, IfaceError> {
+    node.netns()
+        .in_thread(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                let nl = Netlink::new().expect("netlink");
+                let view = HostView::load(&nl, sel.iface_can_reach).await?;
+                select(&view, stack, &sel)
+            })
+        })
+        .expect("thread in node namespace")
+}
+
+fn lab() -> Lab {
+    Lab::builder()
+        .nodes(1)
+        .extra_networks(1)
+        .ipv6(true)
+        .build()
+        .expect("lab")
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+#[test]
+fn picks_default_route_interface_and_its_address() {
+    let lab = lab();
+    let n = lab.node(0);
+    let e = select_in(n, Stack::V4, Selection::default()).unwrap();
+    assert_eq!(e.name, "eth0");
+    assert_eq!(e.iface_addr, Some(n.ip()));
+    assert_eq!(e.ext_addr, Some(n.ip()));
+    assert_eq!(e.mtu, 1500);
+
+    let e = select_in(n, Stack::Dual, Selection::default()).unwrap();
+    assert_eq!(e.name, "eth0");
+    assert_eq!(e.iface_v6_addr, n.ipv6());
+}
+
+#[test]
+fn iface_by_name_by_ip_and_in_order() {
+    let lab = lab();
+    let n = lab.node(0);
+    let eth1 = n.interface("eth1").expect("eth1").ipv4();
+
+    let e = select_in(
+        n,
+        Stack::V4,
+        Selection {
+            iface: vec!["eth1".into()],
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(e.name, "eth1");
+    assert_eq!(e.iface_addr, Some(eth1));
+
+    let e = select_in(
+        n,
+        Stack::V4,
+        Selection {
+            iface: vec![eth1.to_string()],
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(e.name, "eth1");
+
+    // The first that exists wins; unknown names and foreign IPs are skipped.
+    let e = select_in(
+        n,
+        Stack::V4,
+        Selection {
+            iface: vec!["wlan7".into(), "203.0.113.1".into(), "eth0".into(), "eth1".into()],
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(e.name, "eth0");
+}
+
+#[test]
+fn regex_on_addresses_then_names() {
+    let lab = lab();
+    let n = lab.node(0);
+    let eth1 = n.interface("eth1").expect("eth1").ipv4();
+    // An address regex: 198.18.1.x lives on eth1.
+    let e = select_in(
+        n,
+        Stack::V4,
+        Selection {
+            iface_regex: vec![r"^198\.18\.1\.".into()],
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(e.name, "eth1");
+    assert_eq!(e.iface_addr, Some(eth1));
+    // A name regex.
+    let e = select_in(
+        n,
+        Stack::V4,
+        Selection {
+            iface_regex: vec!["^eth1$".into()],
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(e.name, "eth1");
+}
+
+#[test]
+fn can_reach_follows_the_kernel_route() {
+    let lab = lab();
+    let n = lab.node(0);
+    let eth1 = n.interface("eth1").expect("eth1").ipv4();
+    let e = select_in(
+        n,
+        Stack::V4,
+        Selection {
+            iface_can_reach: Some(ip("198.18.1.200")),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(e.name, "eth1");
+    assert_eq!(e.iface_addr, Some(eth1));
+    // Anything else goes out of the default route.
+    let e = select_in(
+        n,
+        Stack::V4,
+        Selection {
+            iface_can_reach: Some(ip("203.0.113.7")),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(e.name, "eth0");
+}
+
+#[test]
+fn public_ip_alone_must_be_owned() {
+    let lab = lab();
+    let n = lab.node(0);
+    let eth1 = n.interface("eth1").expect("eth1").ipv4();
+    let e = select_in(
+        n,
+        Stack::V4,
+        Selection {
+            public_ip: eth1.to_string(),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(e.name, "eth1");
+    let err = select_in(
+        n,
+        Stack::V4,
+        Selection {
+            public_ip: "203.0.113.50".into(),
+            ..Default::default()
+        },
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("Failed to find any valid interface to use:"),
+        "{err}"
+    );
+}
+
+#[test]
+fn no_match_lists_every_attempt() {
+    let lab = lab();
+    let n = lab.node(0);
+    let err = select_in(
+        n,
+        Stack::V4,
+        Selection {
+            iface: vec!["eth9".into()],
+            iface_regex: vec!["^wl".into()],
+            ..Default::default()
+        },
+    )
+    .unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.starts_with("Failed to find interface to use that matches the interfaces and/or regexes provided"), "{msg}");
+    assert!(msg.contains("eth9"), "{msg}");
+    // The regex failure lists what was available, including our real interfaces.
+    assert!(msg.contains("eth1:["), "{msg}");
+}
