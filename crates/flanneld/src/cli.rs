@@ -363,7 +363,9 @@ pub fn parse_go_bool(s: &str) -> Result<bool, String> {
     match s {
         "1" | "t" | "T" | "TRUE" | "true" | "True" => Ok(true),
         "0" | "f" | "F" | "FALSE" | "false" | "False" => Ok(false),
-        _ => Err(format!("parse error: {s:?} is not a boolean (true/false/1/0/t/f)")),
+        _ => Err(format!(
+            "parse error: {s:?} is not a boolean (true/false/1/0/t/f)"
+        )),
     }
 }
 
@@ -595,11 +597,14 @@ impl Options {
             ))
         })?;
         let resync = get_int(m, "iptables-resync");
-        let iptables_resync = u64::try_from(resync).ok().filter(|v| *v >= 1).ok_or_else(|| {
-            CliError::Invalid(format!(
-                "invalid --iptables-resync {resync}: expected a period of at least 1 second"
-            ))
-        })?;
+        let iptables_resync = u64::try_from(resync)
+            .ok()
+            .filter(|v| *v >= 1)
+            .ok_or_else(|| {
+                CliError::Invalid(format!(
+                    "invalid --iptables-resync {resync}: expected a period of at least 1 second"
+                ))
+            })?;
         let verbosity = get_int(m, "v");
         let verbosity = u32::try_from(verbosity).map_err(|_| {
             CliError::Invalid(format!(
@@ -625,9 +630,7 @@ impl Options {
         let iface_regex = get_list(m, "iface-regex");
         for r in &iface_regex {
             regex::Regex::new(r).map_err(|e| {
-                CliError::Invalid(format!(
-                    "could not compile the IP address regex '{r}': {e}"
-                ))
+                CliError::Invalid(format!("could not compile the IP address regex '{r}': {e}"))
             })?;
         }
         Ok(Options {
@@ -725,7 +728,13 @@ mod tests {
         assert_eq!(a.iface, vec!["eth1"]);
         assert_eq!(a.etcd_prefix, "/x");
         assert_eq!(a.healthz_port, 8081);
-        let b = parse(&["--iface=eth1", "-etcd-prefix", "/x", "--healthz-port", "8081"]);
+        let b = parse(&[
+            "--iface=eth1",
+            "-etcd-prefix",
+            "/x",
+            "--healthz-port",
+            "8081",
+        ]);
         assert_eq!(a, b);
     }
 

@@ -153,7 +153,9 @@ impl HostView {
                         oif,
                         src: r.prefsrc,
                     }),
-                    None => Err(format!("couldn't lookup route to {ip}: no output interface")),
+                    None => Err(format!(
+                        "couldn't lookup route to {ip}: no output interface"
+                    )),
                 },
                 Err(e) => Err(format!("couldn't lookup route to {ip}: {e}")),
             }),
@@ -256,7 +258,10 @@ fn is_global_unicast(ip: &IpAddr) -> bool {
                 || a.is_broadcast())
         }
         IpAddr::V6(a) => {
-            !(a.is_unspecified() || a.is_loopback() || a.is_multicast() || a.is_unicast_link_local())
+            !(a.is_unspecified()
+                || a.is_loopback()
+                || a.is_multicast()
+                || a.is_unicast_link_local())
         }
     }
 }
@@ -277,17 +282,21 @@ fn ordered_addrs(link: &HostLink, want_v6: bool) -> Vec<IpAddr> {
 }
 
 fn first_v4(link: &HostLink) -> Option<Ipv4Addr> {
-    ordered_addrs(link, false).into_iter().find_map(|ip| match ip {
-        IpAddr::V4(a) => Some(a),
-        IpAddr::V6(_) => None,
-    })
+    ordered_addrs(link, false)
+        .into_iter()
+        .find_map(|ip| match ip {
+            IpAddr::V4(a) => Some(a),
+            IpAddr::V6(_) => None,
+        })
 }
 
 fn first_v6(link: &HostLink) -> Option<Ipv6Addr> {
-    ordered_addrs(link, true).into_iter().find_map(|ip| match ip {
-        IpAddr::V6(a) => Some(a),
-        IpAddr::V4(_) => None,
-    })
+    ordered_addrs(link, true)
+        .into_iter()
+        .find_map(|ip| match ip {
+            IpAddr::V6(a) => Some(a),
+            IpAddr::V4(_) => None,
+        })
 }
 
 fn owner_of(view: &HostView, ip: IpAddr) -> Option<&HostLink> {
@@ -337,11 +346,10 @@ fn by_name_or_ip<'a>(
             },
         });
     }
-    let link = view
-        .links
-        .iter()
-        .find(|l| l.name == value)
-        .ok_or_else(|| format!("error looking up interface {value}: no such network interface"))?;
+    let link =
+        view.links.iter().find(|l| l.name == value).ok_or_else(|| {
+            format!("error looking up interface {value}: no such network interface")
+        })?;
     Ok(Candidate {
         link,
         v4: None,
@@ -437,7 +445,10 @@ fn by_default_route(view: &HostView, stack: Stack) -> Result<Candidate<'_>, Stri
             .default_v4
             .clone()
             .map_err(|e| format!("failed to get default interface: {e}"))?;
-        Some(link_by_index(view, idx).map_err(|e| format!("failed to get default interface: {e}"))?)
+        Some(
+            link_by_index(view, idx)
+                .map_err(|e| format!("failed to get default interface: {e}"))?,
+        )
     } else {
         None
     };
@@ -686,7 +697,12 @@ mod tests {
     #[test]
     fn iface_tried_in_order_first_match_wins() {
         let mut s = sel();
-        s.iface = vec!["nope0".into(), "10.9.9.9".into(), "eth1".into(), "eth0".into()];
+        s.iface = vec![
+            "nope0".into(),
+            "10.9.9.9".into(),
+            "eth1".into(),
+            "eth0".into(),
+        ];
         assert_eq!(select(&view(), Stack::V4, &s).unwrap().name, "eth1");
     }
 
@@ -780,7 +796,11 @@ mod tests {
         s.iface = vec!["eth0".into()];
         s.public_ip = "not-an-ip".into();
         let e = select(&view(), Stack::V4, &s).unwrap_err();
-        assert!(e.to_string().contains("invalid public IP address: not-an-ip"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("invalid public IP address: not-an-ip"),
+            "{e}"
+        );
     }
 
     #[test]

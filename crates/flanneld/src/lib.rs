@@ -1,6 +1,13 @@
 //! The flannel node agent as a library, so integration tests can drive its parts.
+//!
+//! `flanneld` (src/main.rs) is a thin shell: it parses flags ([`cli`]), sets up logging
+//! ([`logging`]), builds the subnet manager and hands over to [`daemon::run`].
 
+pub mod backend;
 pub mod cli;
+pub mod daemon;
+pub mod http;
 pub mod iface;
 pub mod logging;
+pub mod notify;
 pub mod reconcile;

@@ -100,7 +100,8 @@ pub fn init(verbosity: u32, vmodule: &str) -> Result<(), String> {
         }
         _ => {
             let v = Verbosity::new(verbosity, vmodule)?;
-            let filter = FilterFn::new(move |meta| *meta.level() <= v.level_for_target(meta.target()));
+            let filter =
+                FilterFn::new(move |meta| *meta.level() <= v.level_for_target(meta.target()));
             tracing_subscriber::registry()
                 .with(fmt.with_filter(filter))
                 .try_init()
@@ -128,7 +129,10 @@ mod tests {
             v.level_for_target("flanneld::backend::vxlan"),
             LevelFilter::TRACE
         );
-        assert_eq!(v.level_for_target("flannel_subnet::etcd"), LevelFilter::DEBUG);
+        assert_eq!(
+            v.level_for_target("flannel_subnet::etcd"),
+            LevelFilter::DEBUG
+        );
         assert_eq!(v.level_for_target("flanneld::daemon"), LevelFilter::INFO);
         // a segment must match whole: "vxlan" does not raise "vxlanish".
         assert_eq!(v.level_for_target("flanneld::vxlanish"), LevelFilter::INFO);
@@ -145,7 +149,11 @@ mod tests {
 
     #[test]
     fn bad_vmodule_is_named() {
-        assert!(Verbosity::new(0, "vxlan").unwrap_err().contains("\"vxlan\""));
+        assert!(
+            Verbosity::new(0, "vxlan")
+                .unwrap_err()
+                .contains("\"vxlan\"")
+        );
         assert!(
             Verbosity::new(0, "vxlan=x")
                 .unwrap_err()

@@ -86,7 +86,12 @@ fn iface_by_name_by_ip_and_in_order() {
         n,
         Stack::V4,
         Selection {
-            iface: vec!["wlan7".into(), "203.0.113.1".into(), "eth0".into(), "eth1".into()],
+            iface: vec![
+                "wlan7".into(),
+                "203.0.113.1".into(),
+                "eth0".into(),
+                "eth1".into(),
+            ],
             ..Default::default()
         },
     )
@@ -199,7 +204,12 @@ fn no_match_lists_every_attempt() {
     )
     .unwrap_err();
     let msg = err.to_string();
-    assert!(msg.starts_with("Failed to find interface to use that matches the interfaces and/or regexes provided"), "{msg}");
+    assert!(
+        msg.starts_with(
+            "Failed to find interface to use that matches the interfaces and/or regexes provided"
+        ),
+        "{msg}"
+    );
     assert!(msg.contains("eth9"), "{msg}");
     // The regex failure lists what was available, including our real interfaces.
     assert!(msg.contains("eth1:["), "{msg}");

@@ -1,0 +1,233 @@
+//! `/healthz`, `/readyz` and `/metrics` on `--healthz-ip:--healthz-port`.
+//!
+//! The texts and status codes are upstream's, because kubelet probes and operators' scripts
+//! match on them: `/healthz` answers 200 `flanneld is running` while the process lives,
+//! `/readyz` answers 503 `flanneld is not ready yet` until the rules are in place and
+//! subnet.env is written, then 200 `flanneld is ready`. Paths match exactly and any method is
+//! accepted, like Go's `ServeMux`. `/metrics` is ours (upstream has none).
+//!
+//! The server is plain hyper with bounds a probe endpoint needs: a header read timeout and a
+//! cap on concurrent connections, so a slow or flooding client cannot exhaust the daemon.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+use tracing::{info, warn};
+
+/// Most connections served at once; further ones wait in the listen backlog.
+const MAX_CONNECTIONS: usize = 64;
+/// A client must send its request headers within this time.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// A whole connection (keep-alive included) is closed after this time.
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Produces the `/metrics` body; the daemon plugs its registry in here.
+pub type MetricsFn = Arc<dyn Fn() -> String + Send + Sync>;
+
+/// Shared state the endpoints report.
+#[derive(Clone)]
+pub struct Health {
+    ready: Arc<AtomicBool>,
+    metrics: Option<MetricsFn>,
+}
+
+impl std::fmt::Debug for Health {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Health")
+            .field("ready", &self.is_ready())
+            .finish()
+    }
+}
+
+impl Health {
+    /// Not ready, with an optional metrics renderer.
+    pub fn new(metrics: Option<MetricsFn>) -> Health {
+        Health {
+            ready: Arc::new(AtomicBool::new(false)),
+            metrics,
+        }
+    }
+
+    /// Flips `/readyz` to 200 (after rules and subnet.env are in place).
+    pub fn set_ready(&self) {
+        self.ready.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether `/readyz` answers 200.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst)
+    }
+
+    /// The response for a path: status, content type and body.
+    pub fn respond(&self, path: &str) -> (StatusCode, &'static str, String) {
+        const TEXT: &str = "text/plain; charset=utf-8";
+        match path {
+            "/healthz" => (StatusCode::OK, TEXT, "flanneld is running".into()),
+            "/readyz" if self.is_ready() => (StatusCode::OK, TEXT, "flanneld is ready".into()),
+            "/readyz" => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                TEXT,
+                "flanneld is not ready yet".into(),
+            ),
+            "/metrics" => match &self.metrics {
+                Some(render) => (
+                    StatusCode::OK,
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    render(),
+                ),
+                None => (StatusCode::NOT_FOUND, TEXT, "404 page not found\n".into()),
+            },
+            _ => (StatusCode::NOT_FOUND, TEXT, "404 page not found\n".into()),
+        }
+    }
+}
+
+/// Binds the listener (so a taken port fails start-up with a clear error) and serves until
+/// `shutdown` flips to true, then stops accepting and lets running requests finish for up to
+/// 3 s, like upstream's graceful `Shutdown`.
+pub async fn serve(
+    addr: SocketAddr,
+    health: Health,
+    mut shutdown: watch::Receiver<bool>,
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    let listener = TcpListener::bind(addr).await.map_err(|e| {
+        std::io::Error::new(e.kind(), format!("binding healthz server on {addr}: {e}"))
+    })?;
+    info!("Start healthz server on {addr}");
+    let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    Ok(tokio::spawn(async move {
+        let mut tasks = tokio::task::JoinSet::new();
+        loop {
+            let permit = tokio::select! {
+                _ = shutdown.changed() => break,
+                p = limit.clone().acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => break,
+                },
+            };
+            let (stream, _) = tokio::select! {
+                _ = shutdown.changed() => break,
+                r = listener.accept() => match r {
+                    Ok(s) => s,
+                    Err(e) => {
+                        warn!("healthz accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+            };
+            let health = health.clone();
+            tasks.spawn(async move {
+                let _permit = permit;
+                let svc = service_fn(move |req: Request<Incoming>| {
+                    let (status, ctype, body) = health.respond(req.uri().path());
+                    async move {
+                        Ok::<_, Infallible>(
+                            Response::builder()
+                                .status(status)
+                                .header("content-type", ctype)
+                                .body(Full::new(Bytes::from(body)))
+                                .expect("static response parts are valid"),
+                        )
+                    }
+                });
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(HEADER_TIMEOUT)
+                    .serve_connection(TokioIo::new(stream), svc);
+                let _ = tokio::time::timeout(CONNECTION_TIMEOUT, conn).await;
+            });
+            // Reap finished connection tasks so the set does not grow.
+            while tasks.try_join_next().is_some() {}
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(3), async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
+        tasks.abort_all();
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn get(addr: SocketAddr, req: &str) -> String {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut out = String::new();
+        tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut out))
+            .await
+            .expect("response in time")
+            .unwrap();
+        out
+    }
+
+    #[test]
+    fn texts_and_codes_are_upstreams() {
+        let h = Health::new(None);
+        assert_eq!(
+            h.respond("/healthz"),
+            (
+                StatusCode::OK,
+                "text/plain; charset=utf-8",
+                "flanneld is running".into()
+            )
+        );
+        assert_eq!(h.respond("/readyz").0, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(h.respond("/readyz").2, "flanneld is not ready yet");
+        h.set_ready();
+        assert_eq!(h.respond("/readyz").2, "flanneld is ready");
+        assert_eq!(h.respond("/healthz/").0, StatusCode::NOT_FOUND);
+        assert_eq!(h.respond("/metrics").0, StatusCode::NOT_FOUND);
+        let m = Health::new(Some(Arc::new(|| "# EOF\n".to_string())));
+        assert_eq!(m.respond("/metrics").2, "# EOF\n");
+    }
+
+    #[tokio::test]
+    async fn serves_over_tcp_and_shuts_down() {
+        let (tx, rx) = watch::channel(false);
+        let health = Health::new(None);
+        // Port 0 is not possible through `serve`'s address (we want the bound port), so bind
+        // a probe listener first to find a free port.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let task = serve(addr, health.clone(), rx).await.unwrap();
+        let r = get(
+            addr,
+            "GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert!(r.starts_with("HTTP/1.1 503"), "{r}");
+        assert!(r.ends_with("flanneld is not ready yet"), "{r}");
+        health.set_ready();
+        let r = get(
+            addr,
+            "POST /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
+        )
+        .await;
+        assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+        assert!(r.ends_with("flanneld is ready"), "{r}");
+        tx.send(true).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("server stops")
+            .unwrap();
+        assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+    }
+}
