@@ -82,6 +82,19 @@ pub enum LabError {
         tail: String,
     },
 
+    /// A CNI plugin returned an error result (or garbage).
+    #[error("CNI {command}: error code {code}: {msg}{}", if .stderr.trim().is_empty() { String::new() } else { format!(" (stderr: {})", .stderr.trim()) })]
+    Cni {
+        /// The CNI command and plugin invocation.
+        command: String,
+        /// The CNI error code (0 when the output was not an error result).
+        code: u64,
+        /// The plugin's message and details.
+        msg: String,
+        /// What the plugin wrote to stderr.
+        stderr: String,
+    },
+
     /// etcd could not be brought up or did not become healthy.
     #[error("etcd in network namespace {netns}: {reason}; log {}:\n{tail}", .log.display())]
     Etcd {

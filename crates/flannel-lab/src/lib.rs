@@ -33,6 +33,8 @@
 //! command and every wait is bounded in time. It needs root and says so ([`LabError::NotRoot`]);
 //! a missing tool is reported with its Debian package ([`LabError::MissingBinary`]).
 
+pub mod cluster;
+pub mod cni;
 mod command;
 mod error;
 mod etcd;
@@ -43,6 +45,7 @@ mod ping;
 mod pod;
 mod process;
 
+pub use cluster::{Cluster, ClusterPod, ClusterSpec, PodCni, bin_dir};
 pub use command::{
     DEFAULT_COMMAND_TIMEOUT, check, describe, run_command, run_in, run_ok, wait_for, wait_until,
 };

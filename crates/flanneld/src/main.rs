@@ -1,2 +1,112 @@
 //! `flanneld`: the flannel-rs node agent.
-fn main() {}
+//!
+//! A thin shell around the library: flags and environment, logging, the runtime, the subnet
+//! manager, signals; [`flanneld::daemon::run`] does the work. Exit codes are upstream's: 0 on
+//! SIGTERM/SIGINT and on lease revocation, 1 on fatal errors, 2 on bad flags.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use flannel_subnet::PreviousSubnets;
+use flannel_subnet::etcd::{EtcdConfig, EtcdManager};
+use flannel_types::subnet_env::PreviousSubnetEnv;
+use flanneld::cli::{self, CliError, Options};
+use flanneld::daemon::{self, DaemonError, Exit};
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+
+fn main() -> ExitCode {
+    let opts = match cli::parse() {
+        Ok(o) => o,
+        Err(CliError::Clap(e)) => e.exit(),
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(e.exit_code() as u8);
+        }
+    };
+    if opts.version {
+        // Upstream prints the bare version to stderr.
+        eprintln!("{}", cli::VERSION);
+        return ExitCode::SUCCESS;
+    }
+    if let Err(e) = flanneld::logging::init(opts.verbosity, &opts.vmodule) {
+        eprintln!("{e}");
+        return ExitCode::from(2);
+    }
+    info!("flannel-rs flanneld {}", cli::VERSION);
+    // Two workers are plenty: the loop is single-task, the rest is I/O.
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            error!("starting the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(opts)) {
+        Ok(Exit::Signal) => ExitCode::SUCCESS,
+        Ok(Exit::LeaseRevoked) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Installs the signal handlers, builds the subnet manager and runs the daemon.
+async fn run(opts: Options) -> Result<Exit, DaemonError> {
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            error!("could not install signal handlers");
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => info!("received SIGTERM, shutting down"),
+            _ = int.recv() => info!("received SIGINT, shutting down"),
+        }
+        let _ = tx.send(true);
+        // A second signal kills at once, as upstream unregisters its handler.
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        warn!("second signal: exiting immediately");
+        std::process::exit(1);
+    });
+
+    if opts.kube_subnet_mgr {
+        return Err(DaemonError::Startup(
+            "Failed to create SubnetManager: the Kubernetes subnet manager is not built into this flanneld yet".into(),
+        ));
+    }
+    let previous = PreviousSubnetEnv::read(&opts.subnet_file)
+        .ok()
+        .flatten()
+        .map(|p| PreviousSubnets {
+            ipv4: p.subnet,
+            ipv6: p.ipv6_subnet,
+        })
+        .unwrap_or_default();
+    let some = |s: &str| (!s.is_empty()).then(|| s.to_string());
+    let etcd = EtcdConfig {
+        endpoints: opts.etcd_endpoints.clone(),
+        prefix: opts.etcd_prefix.clone(),
+        keyfile: some(&opts.etcd_keyfile).map(PathBuf::from),
+        certfile: some(&opts.etcd_certfile).map(PathBuf::from),
+        cafile: some(&opts.etcd_cafile).map(PathBuf::from),
+        username: some(&opts.etcd_username),
+        password: some(&opts.etcd_password),
+    };
+    let manager = EtcdManager::connect(etcd, previous)
+        .await
+        .map_err(|e| DaemonError::Startup(format!("Failed to create SubnetManager: {e}")))?;
+    daemon::run(&opts, manager, rx).await
+}

@@ -1,0 +1,178 @@
+//! Saved delegate configs: `<dataDir>/<containerID>`, one file per container, holding the exact
+//! bytes sent to the delegate on ADD so DEL can replay them after subnet.env or the netconf
+//! changed (upstream's "scratch netconf").
+//!
+//! Writes are atomic (temp file in the same directory, fsync, rename) so a crash or a
+//! concurrent ADD never leaves a torn file that DEL would fail to parse; upstream writes in
+//! place. Container IDs are validated by the skel before they get here, so a name is always a
+//! single safe path component.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use flannel_types::subnet_env::write_file_atomic;
+
+use crate::error::{CniError, IO_FAILURE};
+
+/// Mode of a saved delegate config: it may hold secrets from `runtimeConfig`.
+pub const FILE_MODE: u32 = 0o600;
+/// Mode of a created `dataDir`.
+pub const DIR_MODE: u32 = 0o700;
+/// Temp files of interrupted writes older than this are removed by GC.
+pub const STALE_TEMP_AGE: Duration = Duration::from_secs(600);
+
+/// The saved-config directory.
+#[derive(Debug, Clone)]
+pub struct Store {
+    dir: PathBuf,
+}
+
+impl Store {
+    /// The store in `data_dir`.
+    pub fn new(data_dir: &Path) -> Self {
+        Store {
+            dir: data_dir.to_path_buf(),
+        }
+    }
+
+    /// The file of `container_id`.
+    pub fn path(&self, container_id: &str) -> PathBuf {
+        self.dir.join(container_id)
+    }
+
+    /// Saves `json` for `container_id` atomically with mode 0600 (directory 0700).
+    pub fn save(&self, container_id: &str, json: &[u8]) -> Result<(), CniError> {
+        write_file_atomic(&self.path(container_id), json, FILE_MODE, DIR_MODE).map_err(|e| {
+            CniError::new(
+                IO_FAILURE,
+                format!("failed to save the delegate config for {container_id}: {e}"),
+            )
+        })
+    }
+
+    /// The saved bytes, or `None` if there are none.
+    pub fn load(&self, container_id: &str) -> Result<Option<Vec<u8>>, CniError> {
+        let path = self.path(container_id);
+        match fs::read(&path) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(CniError::new(
+                IO_FAILURE,
+                format!(
+                    "failed to read saved delegate config {}: {e}",
+                    path.display()
+                ),
+            )),
+        }
+    }
+
+    /// Removes the saved config; a missing file is fine.
+    pub fn remove(&self, container_id: &str) -> Result<(), CniError> {
+        let path = self.path(container_id);
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(CniError::new(
+                IO_FAILURE,
+                format!(
+                    "failed to remove saved delegate config {}: {e}",
+                    path.display()
+                ),
+            )),
+        }
+    }
+
+    /// Container IDs with a saved config, and leftover temp files of interrupted writes older
+    /// than [`STALE_TEMP_AGE`]. A missing directory has neither.
+    pub fn scan(&self) -> Result<(Vec<String>, Vec<PathBuf>), CniError> {
+        let entries = match fs::read_dir(&self.dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((vec![], vec![])),
+            Err(e) => {
+                return Err(CniError::new(
+                    IO_FAILURE,
+                    format!("failed to list {}: {e}", self.dir.display()),
+                ));
+            }
+        };
+        let now = SystemTime::now();
+        let mut ids = Vec::new();
+        let mut stale = Vec::new();
+        for entry in entries.flatten() {
+            let Ok(meta) = entry.metadata() else { continue };
+            if !meta.is_file() {
+                continue;
+            }
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') {
+                if name.ends_with(".tmp")
+                    && meta
+                        .modified()
+                        .ok()
+                        .and_then(|m| now.duration_since(m).ok())
+                        .is_some_and(|age| age > STALE_TEMP_AGE)
+                {
+                    stale.push(entry.path());
+                }
+            } else if crate::skel::valid_name(&name) {
+                ids.push(name);
+            }
+        }
+        ids.sort();
+        Ok((ids, stale))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn save_load_remove_round_trip_with_private_modes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("cni/flannel");
+        let store = Store::new(&dir);
+        assert_eq!(store.load("c1").unwrap(), None);
+        store.save("c1", b"{\"a\":1}").unwrap();
+        assert_eq!(store.load("c1").unwrap().unwrap(), b"{\"a\":1}");
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir.join("c1")), 0o600);
+        assert_eq!(mode(&dir), 0o700);
+        store.save("c1", b"{}").unwrap();
+        assert_eq!(store.load("c1").unwrap().unwrap(), b"{}");
+        let (ids, stale) = store.scan().unwrap();
+        assert_eq!(ids, vec!["c1".to_string()]);
+        assert!(stale.is_empty());
+        store.remove("c1").unwrap();
+        store.remove("c1").unwrap();
+        assert_eq!(store.load("c1").unwrap(), None);
+    }
+
+    #[test]
+    fn scan_skips_foreign_entries_and_reports_old_temp_files() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::new(tmp.path());
+        fs::write(tmp.path().join("abc"), "{}").unwrap();
+        fs::create_dir(tmp.path().join("subdir")).unwrap();
+        fs::write(tmp.path().join(".abcXYZ.tmp"), "{").unwrap();
+        let old = tmp.path().join(".defXYZ.tmp");
+        fs::write(&old, "{").unwrap();
+        let f = fs::File::options().write(true).open(&old).unwrap();
+        f.set_modified(SystemTime::now() - Duration::from_secs(3600))
+            .unwrap();
+        let (ids, stale) = store.scan().unwrap();
+        assert_eq!(ids, vec!["abc".to_string()]);
+        assert_eq!(stale, vec![old]);
+        assert_eq!(
+            Store::new(&tmp.path().join("missing"))
+                .scan()
+                .unwrap()
+                .0
+                .len(),
+            0
+        );
+    }
+}

@@ -1,0 +1,543 @@
+//! A running flannel cluster in the lab: etcd on the underlay, `flanneld` in every node
+//! namespace with the flags a DaemonSet would pass, and pods created through CNI.
+//!
+//! This is what the `flannel-lab` command brings up and what every end-to-end test starts
+//! from, so the demo and the tests exercise the same path.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use flannel_types::subnet_env::CniSubnetEnv;
+use serde_json::{Value, json};
+
+use crate::cni::{self, CniCall, DEBIAN_CNI_DIR};
+use crate::error::{LabError, Result};
+use crate::etcd::{Etcd, EtcdOptions};
+use crate::lab::Lab;
+use crate::ping::ping;
+use crate::process::Child;
+
+/// The etcd key prefix flanneld uses by default.
+pub const ETCD_PREFIX: &str = "/coreos.com/network";
+
+/// How pods get their network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PodCni {
+    /// Through our `flannel` plugin (delegating to bridge + host-local) chained with `portmap`,
+    /// as upstream's kube-flannel ConfigMap does.
+    Flannel,
+    /// Straight through Debian's `bridge` + `host-local`, with a delegate config built from
+    /// subnet.env; for tests of the daemon that must not depend on our plugin.
+    Bridge,
+}
+
+/// What cluster to build.
+#[derive(Debug, Clone)]
+pub struct ClusterSpec {
+    /// Number of nodes.
+    pub nodes: usize,
+    /// `Backend.Type`.
+    pub backend: String,
+    /// `Backend.DirectRouting` (vxlan).
+    pub direct_routing: bool,
+    /// `EnableNFTables`.
+    pub nftables: bool,
+    /// `--ip-masq`.
+    pub ip_masq: bool,
+    /// `Network`.
+    pub network: String,
+    /// Extra keys merged into the network config (e.g. `{"SubnetLen": 26}`).
+    pub extra_config: Value,
+    /// Extra flanneld flags for every node.
+    pub extra_args: Vec<String>,
+    /// An outside host on the underlay (masquerade tests).
+    pub outside_host: bool,
+    /// Serve /healthz, /readyz, /metrics on every node (port 8081 in each node namespace).
+    pub healthz: bool,
+    /// How pods are created.
+    pub pod_cni: PodCni,
+    /// How long to wait for every node to become ready.
+    pub ready_timeout: Duration,
+}
+
+impl Default for ClusterSpec {
+    fn default() -> Self {
+        ClusterSpec {
+            nodes: 3,
+            backend: "vxlan".into(),
+            direct_routing: false,
+            nftables: false,
+            ip_masq: true,
+            network: "10.244.0.0/16".into(),
+            extra_config: json!({}),
+            extra_args: Vec::new(),
+            outside_host: false,
+            healthz: true,
+            pod_cni: PodCni::Flannel,
+            ready_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl ClusterSpec {
+    /// The network config flanneld reads from etcd.
+    pub fn net_config(&self) -> Value {
+        let mut backend = json!({ "Type": self.backend });
+        if self.direct_routing {
+            backend["DirectRouting"] = json!(true);
+        }
+        let mut c = json!({
+            "Network": self.network,
+            "EnableNFTables": self.nftables,
+            "Backend": backend,
+        });
+        if let (Some(extra), Some(obj)) = (self.extra_config.as_object(), c.as_object_mut()) {
+            for (k, v) in extra {
+                obj.insert(k.clone(), v.clone());
+            }
+        }
+        c
+    }
+}
+
+/// The port flanneld's health server listens on inside each node namespace.
+pub const HEALTHZ_PORT: u16 = 8081;
+
+/// A pod created through CNI.
+#[derive(Debug, Clone)]
+pub struct ClusterPod {
+    /// Pod name (also the container ID).
+    pub name: String,
+    /// Node index.
+    pub node: usize,
+    /// The pod's IPv4 address.
+    pub ip: IpAddr,
+    /// The CNI result, replayed as prevResult on DEL.
+    pub result: Value,
+    /// The runtime config used at ADD (port mappings).
+    pub runtime: Value,
+}
+
+/// A running cluster. Field order is drop order: daemons first, then etcd, then the namespaces.
+#[derive(Debug)]
+pub struct Cluster {
+    flanneld: Vec<Option<Child>>,
+    etcd: Etcd,
+    pods: BTreeMap<String, ClusterPod>,
+    spec: ClusterSpec,
+    bin_dir: PathBuf,
+    lab: Lab,
+}
+
+/// The directory holding the workspace's binaries (`flanneld`, `flannel`): `FLANNEL_RS_BIN_DIR`
+/// if set, else the directory of the running executable (a test binary in `target/*/deps` looks
+/// one level up).
+pub fn bin_dir() -> Result<PathBuf> {
+    let dir = match std::env::var_os("FLANNEL_RS_BIN_DIR") {
+        Some(d) => PathBuf::from(d),
+        None => {
+            let exe = std::env::current_exe()
+                .map_err(|e| LabError::io("locating the running executable", e))?;
+            let mut dir = exe
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| PathBuf::from("."));
+            if dir.file_name().is_some_and(|n| n == "deps") {
+                dir.pop();
+            }
+            dir
+        }
+    };
+    for bin in ["flanneld", "flannel"] {
+        if !dir.join(bin).is_file() {
+            return Err(LabError::Invalid(format!(
+                "{bin} binary not found in {}: build the workspace first (`cargo build --workspace --bins`, or --release), or set FLANNEL_RS_BIN_DIR",
+                dir.display()
+            )));
+        }
+    }
+    Ok(dir)
+}
+
+impl Cluster {
+    /// Builds the lab, starts etcd and writes the config, starts flanneld on every node and
+    /// waits until each has written its subnet.env.
+    pub fn start(spec: ClusterSpec) -> Result<Cluster> {
+        let bin_dir = bin_dir()?;
+        let lab = Lab::builder()
+            .nodes(spec.nodes)
+            .outside_host(spec.outside_host)
+            .build()?;
+        let gateway = lab.underlay().gateway();
+        let etcd = lab.start_etcd(
+            lab.underlay().netns(),
+            EtcdOptions::new().listen_on(IpAddr::V4(gateway)),
+        )?;
+        etcd.etcdctl([
+            "put",
+            &format!("{ETCD_PREFIX}/config"),
+            &spec.net_config().to_string(),
+        ])?;
+        let mut c = Cluster {
+            flanneld: (0..spec.nodes).map(|_| None).collect(),
+            etcd,
+            pods: BTreeMap::new(),
+            spec,
+            bin_dir,
+            lab,
+        };
+        for i in 0..c.spec.nodes {
+            c.start_flanneld(i)?;
+        }
+        for i in 0..c.spec.nodes {
+            c.wait_ready(i)?;
+        }
+        Ok(c)
+    }
+
+    /// The lab underneath.
+    pub fn lab(&self) -> &Lab {
+        &self.lab
+    }
+
+    /// The lab underneath, mutably (to add pods by hand).
+    pub fn lab_mut(&mut self) -> &mut Lab {
+        &mut self.lab
+    }
+
+    /// The etcd server.
+    pub fn etcd(&self) -> &Etcd {
+        &self.etcd
+    }
+
+    /// The etcd server, mutably (to stop and restart it).
+    pub fn etcd_mut(&mut self) -> &mut Etcd {
+        &mut self.etcd
+    }
+
+    /// The spec the cluster was built from.
+    pub fn spec(&self) -> &ClusterSpec {
+        &self.spec
+    }
+
+    /// Where the workspace binaries were found.
+    pub fn bin_dir(&self) -> &Path {
+        &self.bin_dir
+    }
+
+    /// The subnet.env path of node `i`.
+    pub fn subnet_file(&self, i: usize) -> PathBuf {
+        self.lab.node(i).dir().join("subnet.env")
+    }
+
+    /// The flags flanneld gets on node `i`: what the kube-flannel DaemonSet passes, with etcd
+    /// instead of the Kubernetes API and per-node paths.
+    pub fn flanneld_args(&self, i: usize) -> Vec<String> {
+        let mut args = vec![
+            format!("--etcd-endpoints={}", self.etcd.endpoints()),
+            "--iface=eth0".to_string(),
+            format!("--subnet-file={}", self.subnet_file(i).display()),
+        ];
+        if self.spec.ip_masq {
+            args.push("--ip-masq".into());
+        }
+        if self.spec.healthz {
+            args.push(format!("--healthz-port={HEALTHZ_PORT}"));
+        }
+        args.extend(self.spec.extra_args.iter().cloned());
+        args
+    }
+
+    /// Starts flanneld on node `i` (replacing a stopped one).
+    pub fn start_flanneld(&mut self, i: usize) -> Result<()> {
+        self.start_flanneld_with(i, &[])
+    }
+
+    /// Starts flanneld on node `i` with additional flags.
+    pub fn start_flanneld_with(&mut self, i: usize, extra: &[&str]) -> Result<()> {
+        let mut cmd = Command::new(self.bin_dir.join("flanneld"));
+        cmd.args(self.flanneld_args(i));
+        cmd.args(extra);
+        let child = self.lab.spawn_in(self.lab.node(i).netns(), cmd)?;
+        self.flanneld[i] = Some(child);
+        Ok(())
+    }
+
+    /// The flanneld process of node `i`, if running.
+    pub fn flanneld(&self, i: usize) -> Option<&Child> {
+        self.flanneld[i].as_ref()
+    }
+
+    /// Stops flanneld on node `i` with SIGTERM (as kubelet does) and returns its exit status.
+    pub fn stop_flanneld(&mut self, i: usize) -> Result<std::process::ExitStatus> {
+        match self.flanneld[i].take() {
+            Some(mut c) => c.stop(),
+            None => Err(LabError::Invalid(format!(
+                "flanneld on node {i} is not running"
+            ))),
+        }
+    }
+
+    /// Kills flanneld on node `i` with SIGKILL.
+    pub fn kill_flanneld(&mut self, i: usize) -> Result<std::process::ExitStatus> {
+        match self.flanneld[i].take() {
+            Some(mut c) => c.kill(),
+            None => Err(LabError::Invalid(format!(
+                "flanneld on node {i} is not running"
+            ))),
+        }
+    }
+
+    /// Takes node `i`'s flanneld handle (for tests that wait for it to exit by itself).
+    pub fn take_flanneld(&mut self, i: usize) -> Option<Child> {
+        self.flanneld[i].take()
+    }
+
+    /// Waits until node `i` has written subnet.env (flanneld writes it once ready) and returns
+    /// its parsed contents. Fails early, with the log, if flanneld exits.
+    pub fn wait_ready(&mut self, i: usize) -> Result<CniSubnetEnv> {
+        let path = self.subnet_file(i);
+        let deadline = std::time::Instant::now() + self.spec.ready_timeout;
+        loop {
+            if let Some(c) = &mut self.flanneld[i] {
+                c.ensure_running()?;
+            }
+            if let Ok(env) = CniSubnetEnv::load(&path) {
+                return Ok(env);
+            }
+            if std::time::Instant::now() >= deadline {
+                let tail = self.flanneld[i]
+                    .as_ref()
+                    .map(|c| c.log_tail(20))
+                    .unwrap_or_default();
+                return Err(LabError::Timeout {
+                    what: format!(
+                        "flanneld on {} to write {}",
+                        self.lab.node(i).name(),
+                        path.display()
+                    ),
+                    timeout: self.spec.ready_timeout,
+                    last: Some(tail),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Node `i`'s current subnet.env.
+    pub fn subnet_env(&self, i: usize) -> Result<CniSubnetEnv> {
+        CniSubnetEnv::load(&self.subnet_file(i))
+            .map_err(|e| LabError::Invalid(format!("node {i}: {e}")))
+    }
+
+    /// The conflist a node's runtime would read: upstream's ConfigMap (`flannel` delegating
+    /// with hairpinMode/isDefaultGateway, then `portmap`), with per-node paths so nodes sharing
+    /// one machine do not share state.
+    pub fn conflist(&self, i: usize) -> Value {
+        let dir = self.lab.node(i).dir();
+        json!({
+            "name": "cbr0",
+            "cniVersion": "0.3.1",
+            "plugins": [
+                {
+                    "type": "flannel",
+                    "subnetFile": self.subnet_file(i),
+                    "dataDir": dir.join("cni-flannel"),
+                    "ipam": { "dataDir": dir.join("ipam") },
+                    "delegate": { "hairpinMode": true, "isDefaultGateway": true }
+                },
+                { "type": "portmap", "capabilities": { "portMappings": true } }
+            ]
+        })
+    }
+
+    /// The bridge config [`PodCni::Bridge`] uses: what the flannel plugin would hand to
+    /// `bridge`, built here from subnet.env.
+    fn bridge_conflist(&self, i: usize) -> Result<Value> {
+        let env = self.subnet_env(i)?;
+        let subnet = env
+            .subnet
+            .ok_or_else(|| LabError::Invalid(format!("node {i} has no IPv4 subnet")))?;
+        let dir = self.lab.node(i).dir();
+        let routes: Vec<Value> = env
+            .networks
+            .iter()
+            .map(|n| json!({ "dst": n.to_string() }))
+            .collect();
+        Ok(json!({
+            "name": "cbr0",
+            "cniVersion": "0.4.0",
+            "plugins": [{
+                "type": "bridge",
+                "bridge": "cni0",
+                "isGateway": true,
+                "isDefaultGateway": true,
+                "hairpinMode": true,
+                "ipMasq": !env.ip_masq,
+                "mtu": env.mtu,
+                "ipam": {
+                    "type": "host-local",
+                    "dataDir": dir.join("ipam"),
+                    "ranges": [[{ "subnet": subnet.trunc().to_string() }]],
+                    "routes": routes
+                }
+            }]
+        }))
+    }
+
+    fn cni_path(&self) -> Vec<PathBuf> {
+        vec![self.bin_dir.clone(), PathBuf::from(DEBIAN_CNI_DIR)]
+    }
+
+    /// Creates pod `name` on node `i` through CNI and returns its address.
+    pub fn add_pod(&mut self, i: usize, name: &str) -> Result<IpAddr> {
+        self.add_pod_with_ports(i, name, json!([]))
+    }
+
+    /// Creates a pod with `portMappings` (hostPort) passed to portmap as a runtime does.
+    pub fn add_pod_with_ports(
+        &mut self,
+        i: usize,
+        name: &str,
+        port_mappings: Value,
+    ) -> Result<IpAddr> {
+        let netns_path = self.lab.add_pod(i, name)?.netns_path();
+        let runtime = json!({ "portMappings": port_mappings });
+        let conflist = match self.spec.pod_cni {
+            PodCni::Flannel => self.conflist(i),
+            PodCni::Bridge => self.bridge_conflist(i)?,
+        };
+        let path = self.cni_path();
+        let call = CniCall {
+            container_id: name,
+            netns: &netns_path,
+            ifname: "eth0",
+            path: &path,
+        };
+        let result = cni::conflist_add(self.lab.node(i).netns(), &conflist, &call, &runtime)?;
+        let ip = cni::result_ip(&result, false).ok_or_else(|| {
+            LabError::Invalid(format!(
+                "CNI result for {name} has no IPv4 address: {result}"
+            ))
+        })?;
+        self.pods.insert(
+            name.to_string(),
+            ClusterPod {
+                name: name.to_string(),
+                node: i,
+                ip,
+                result,
+                runtime,
+            },
+        );
+        Ok(ip)
+    }
+
+    /// Deletes pod `name` through CNI (DEL in reverse order) and removes its namespace.
+    pub fn del_pod(&mut self, name: &str) -> Result<()> {
+        let pod = self
+            .pods
+            .remove(name)
+            .ok_or_else(|| LabError::Invalid(format!("no pod {name}")))?;
+        let conflist = match self.spec.pod_cni {
+            PodCni::Flannel => self.conflist(pod.node),
+            PodCni::Bridge => self.bridge_conflist(pod.node)?,
+        };
+        let netns_path = self
+            .lab
+            .pod(name)
+            .map(|p| p.netns_path())
+            .unwrap_or_default();
+        let path = self.cni_path();
+        let call = CniCall {
+            container_id: name,
+            netns: &netns_path,
+            ifname: "eth0",
+            path: &path,
+        };
+        let r = cni::conflist_del(
+            self.lab.node(pod.node).netns(),
+            &conflist,
+            &call,
+            &pod.runtime,
+            Some(&pod.result),
+        );
+        self.lab.remove_pod(name)?;
+        r
+    }
+
+    /// Pods created through CNI.
+    pub fn pods(&self) -> impl Iterator<Item = &ClusterPod> {
+        self.pods.values()
+    }
+
+    /// One pod by name.
+    pub fn pod(&self, name: &str) -> Option<&ClusterPod> {
+        self.pods.get(name)
+    }
+
+    /// Pings every pod from every other pod (one probe each, in parallel threads) and returns
+    /// `(from, to, ok)` for each ordered pair.
+    pub fn ping_matrix(&self) -> Vec<(String, String, bool)> {
+        let pods: Vec<&ClusterPod> = self.pods.values().collect();
+        let mut pairs = Vec::new();
+        for a in &pods {
+            for b in &pods {
+                if a.name != b.name {
+                    pairs.push((a.name.clone(), b.name.clone(), b.ip));
+                }
+            }
+        }
+        std::thread::scope(|s| {
+            let handles: Vec<_> = pairs
+                .into_iter()
+                .map(|(from, to, ip)| {
+                    let ns = self.lab.pod(&from).map(|p| p.netns());
+                    s.spawn(move || {
+                        let ok = match ns {
+                            Some(ns) => (0..3)
+                                .any(|_| ping(ns, ip, 1, Duration::from_secs(1)).unwrap_or(false)),
+                            None => false,
+                        };
+                        (from, to, ok)
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| (String::new(), String::new(), false))
+                })
+                .collect()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn net_config_shapes() {
+        let spec = ClusterSpec::default();
+        assert_eq!(
+            spec.net_config(),
+            json!({"Network":"10.244.0.0/16","EnableNFTables":false,"Backend":{"Type":"vxlan"}})
+        );
+        let spec = ClusterSpec {
+            backend: "vxlan".into(),
+            direct_routing: true,
+            nftables: true,
+            extra_config: json!({"SubnetLen": 26}),
+            ..Default::default()
+        };
+        let c = spec.net_config();
+        assert_eq!(c["Backend"]["DirectRouting"], json!(true));
+        assert_eq!(c["EnableNFTables"], json!(true));
+        assert_eq!(c["SubnetLen"], json!(26));
+    }
+}

@@ -1,0 +1,413 @@
+//! The watch of all leases (upstream `watchSubnets` + `LeaseWatcher`), as one background task.
+//!
+//! 1. List `<prefix>/subnets/` at revision R and send [`LeaseEvent::Snapshot`].
+//! 2. Watch the prefix from R+1 (with previous values); each Put becomes
+//!    [`LeaseEvent::Added`], each Delete [`LeaseEvent::Removed`] carrying the attributes we
+//!    last sent for that key.
+//! 3. When the stream breaks (etcd restarted, connection lost, leader lost), watch again from
+//!    the revision after the last one seen, after a backoff of 100 ms doubling to 5 s, on a
+//!    fresh client connection. Nothing is missed: etcd replays the history since then.
+//! 4. When etcd answers that this history is compacted, go back to 1: the fresh snapshot,
+//!    diffed by the daemon's `LeaseSet`, adds and removes exactly what changed meanwhile.
+//!
+//! Keys that are not lease keys and values that are not lease JSON are skipped with one warning
+//! each; so are leases outside the cluster Network or overlapping our own subnet (see
+//! [`super::alloc::reject_peer`]). If a lease we already reported turns invalid, it is reported
+//! removed. Our own key's deletion (explicit or TTL expiry), its disappearance from a
+//! snapshot, or its takeover by another public IP sends [`WatchEvent::OwnLeaseRevoked`] once.
+//!
+//! Peer expirations are best effort: read with `LeaseTimeToLive` (cached per etcd lease id);
+//! `None` for reservations and when the TTL could not be read. The daemon does not use them.
+//!
+//! The task ends when the receiver is dropped, even while it waits on etcd.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use etcd_client::{Event, EventType, WatchOptions};
+use flannel_types::{Lease, LeaseEvent, NetConfig, SubnetKey};
+use futures::StreamExt;
+use tokio::sync::mpsc;
+
+use super::registry::{
+    Entry, Keys, Listing, Parsed, RPC_TIMEOUT, Registry, Warned, parse_kv, warn_bad_key,
+    warn_bad_value,
+};
+use super::{EtcdConfig, alloc, client, lease_for, same_node};
+use crate::{SubnetError, WatchEvent};
+
+/// First pause after a failure; doubled on each consecutive failure.
+const INITIAL_BACKOFF: Duration = Duration::from_millis(100);
+/// Longest pause between attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Events buffered for a slow consumer before the task waits for it.
+const CHANNEL_CAPACITY: usize = 256;
+/// TTL queries in flight at once while building a snapshot.
+const TTL_QUERIES_IN_FLIGHT: usize = 16;
+
+/// What the manager hands the task.
+pub struct Setup {
+    /// Connection settings, for the task's own client.
+    pub etcd: EtcdConfig,
+    /// TLS and endpoint decisions made once by the manager.
+    pub plan: client::Plan,
+    /// The key layout.
+    pub keys: Keys,
+    /// This node's lease.
+    pub own: Lease,
+    /// The network config, if the manager has read it; otherwise the task reads it.
+    pub config: Option<NetConfig>,
+    /// Shared record of bad keys already warned about.
+    pub warned: Arc<Warned>,
+}
+
+/// Starts the task; see the module documentation.
+pub fn spawn(setup: Setup) -> mpsc::Receiver<WatchEvent> {
+    let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
+    let closed = tx.clone();
+    let task = Watcher {
+        own_key: setup.own.key(),
+        setup,
+        tx,
+        registry: None,
+        known: BTreeMap::new(),
+        expiries: HashMap::new(),
+        revoked: false,
+        since: 0,
+        backoff: INITIAL_BACKOFF,
+    };
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = closed.closed() => tracing::debug!("lease watch stopped: receiver dropped"),
+            _ = task.run() => {}
+        }
+    });
+    rx
+}
+
+/// The receiver is gone: stop.
+struct Gone;
+
+/// Why a watch stream ended.
+enum End {
+    /// The start revision was compacted away: re-list.
+    Compacted(i64),
+    /// Any other failure: resume from `since` after a backoff.
+    Broken(String),
+}
+
+struct Watcher {
+    setup: Setup,
+    own_key: SubnetKey,
+    tx: mpsc::Sender<WatchEvent>,
+    /// The task's own client (with require-leader), dropped after failures so the next
+    /// attempt starts from a fresh connection.
+    registry: Option<Registry>,
+    /// Every lease reported to the daemon and not removed since, by subnet.
+    known: BTreeMap<SubnetKey, Lease>,
+    /// Expirations by etcd lease id.
+    expiries: HashMap<i64, SystemTime>,
+    revoked: bool,
+    /// The revision to resume watching from.
+    since: i64,
+    backoff: Duration,
+}
+
+impl Watcher {
+    async fn run(mut self) -> Result<(), Gone> {
+        let config = self.config().await?;
+        'relist: loop {
+            let listing = match self.registry().await {
+                Ok(r) => r.list().await,
+                Err(e) => Err(e),
+            };
+            let listing = match listing {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::warn!("failed to retrieve subnet leases: {e}");
+                    self.failed().await;
+                    continue;
+                }
+            };
+            self.snapshot(&config, listing).await?;
+            loop {
+                match self.watch(&config).await? {
+                    End::Compacted(rev) => {
+                        tracing::warn!(
+                            "etcd watch for {} fell behind compaction (compacted at revision {rev}), re-listing and resuming",
+                            self.setup.keys.subnets
+                        );
+                        continue 'relist;
+                    }
+                    End::Broken(why) => {
+                        tracing::warn!(
+                            "etcd watch channel for {} closed ({why}), reconnecting from rev {}...",
+                            self.setup.keys.subnets,
+                            self.since
+                        );
+                        self.failed().await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Drops the client and waits out the backoff, doubling it for next time.
+    async fn failed(&mut self) {
+        self.registry = None;
+        tokio::time::sleep(self.backoff).await;
+        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+    }
+
+    async fn registry(&mut self) -> Result<Registry, SubnetError> {
+        if let Some(r) = &self.registry {
+            return Ok(r.clone());
+        }
+        let c = client::connect(&self.setup.etcd, &self.setup.plan, true).await?;
+        let r = Registry::new(c, self.setup.keys.clone());
+        self.registry = Some(r.clone());
+        Ok(r)
+    }
+
+    /// The network config the filter uses: the manager's, or read (retrying) from etcd.
+    async fn config(&mut self) -> Result<NetConfig, Gone> {
+        if let Some(c) = &self.setup.config {
+            return Ok(c.clone());
+        }
+        loop {
+            let raw = match self.registry().await {
+                Ok(r) => r.get_config().await,
+                Err(e) => Err(e),
+            };
+            let parsed = match raw {
+                Ok(Some(raw)) => NetConfig::parse_slice(&raw)
+                    .map_err(|e| e.to_string())
+                    .and_then(|mut c| c.check().map(|()| c).map_err(|e| e.to_string())),
+                Ok(None) => Err(SubnetError::ConfigNotFound.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            match parsed {
+                Ok(c) => return Ok(c),
+                Err(e) => {
+                    tracing::warn!("lease watch: cannot read the network config: {e}");
+                    self.failed().await;
+                }
+            }
+            if self.tx.is_closed() {
+                return Err(Gone);
+            }
+        }
+    }
+
+    async fn send(&self, event: WatchEvent) -> Result<(), Gone> {
+        self.tx.send(event).await.map_err(|_| Gone)
+    }
+
+    async fn revoke(&mut self) -> Result<(), Gone> {
+        if self.revoked {
+            return Ok(());
+        }
+        self.revoked = true;
+        self.send(WatchEvent::OwnLeaseRevoked).await
+    }
+
+    /// The lease an entry stands for, if it may be reported (our own key always may).
+    fn admit(&self, config: &NetConfig, entry: &Entry) -> Option<Lease> {
+        let attrs = match &entry.attrs {
+            Ok(a) => a.clone(),
+            Err(reason) => {
+                warn_bad_value(&self.setup.warned, entry, reason);
+                return None;
+            }
+        };
+        if entry.key != self.own_key
+            && let Some(reason) = alloc::reject_peer(config, Some(&self.own_key), &entry.key)
+        {
+            if self.setup.warned.first(&entry.etcd_key, entry.mod_revision) {
+                tracing::warn!(
+                    "Ignoring lease {:?} of {}: {reason}",
+                    entry.etcd_key,
+                    attrs.public_ip
+                );
+            }
+            return None;
+        }
+        Some(lease_for(entry.key, attrs, None))
+    }
+
+    /// Whether our key, as now stored, still belongs to us.
+    fn own_is_ours(&self) -> bool {
+        self.known
+            .get(&self.own_key)
+            .is_some_and(|l| same_node(&l.attrs, &self.setup.own.attrs))
+    }
+
+    /// Reads the expirations of `ids` that are not cached yet, a few at a time.
+    async fn fetch_expiries(&mut self, ids: Vec<i64>) {
+        let Ok(registry) = self.registry().await else {
+            return;
+        };
+        let missing: Vec<i64> = ids
+            .into_iter()
+            .filter(|id| *id != 0 && !self.expiries.contains_key(id))
+            .collect();
+        let now = SystemTime::now();
+        let fetched: Vec<(i64, Result<Option<Duration>, SubnetError>)> =
+            futures::stream::iter(missing)
+                .map(|id| {
+                    let r = registry.clone();
+                    async move { (id, r.time_to_live(id).await) }
+                })
+                .buffer_unordered(TTL_QUERIES_IN_FLIGHT)
+                .collect()
+                .await;
+        for (id, ttl) in fetched {
+            match ttl {
+                Ok(Some(ttl)) => {
+                    self.expiries.insert(id, now + ttl);
+                }
+                // Gone already: the key's Delete event follows.
+                Ok(None) => {
+                    self.expiries.insert(id, now);
+                }
+                Err(e) => tracing::debug!("lease watch: {e}"),
+            }
+        }
+    }
+
+    async fn snapshot(&mut self, config: &NetConfig, listing: Listing) -> Result<(), Gone> {
+        for bad in &listing.bad {
+            warn_bad_key(&self.setup.warned, bad);
+        }
+        let mut next = BTreeMap::new();
+        let mut ids = HashMap::new();
+        for entry in &listing.entries {
+            if let Some(lease) = self.admit(config, entry) {
+                ids.insert(entry.key, entry.lease_id);
+                next.insert(entry.key, lease);
+            }
+        }
+        // Forget expirations of leases no longer in use, then fetch the new ones.
+        self.expiries
+            .retain(|id, _| ids.values().any(|used| used == id));
+        self.fetch_expiries(ids.values().copied().collect()).await;
+        for (key, lease) in next.iter_mut() {
+            let id = ids.get(key).copied().unwrap_or(0);
+            lease.expiration = self.expiries.get(&id).copied();
+        }
+        self.known = next;
+        self.since = listing.revision + 1;
+        let leases = self.known.values().cloned().collect();
+        self.send(WatchEvent::Leases(LeaseEvent::Snapshot(leases)))
+            .await?;
+        if !self.own_is_ours() {
+            self.revoke().await?;
+        }
+        Ok(())
+    }
+
+    /// Watches from `since` until the stream ends.
+    async fn watch(&mut self, config: &NetConfig) -> Result<End, Gone> {
+        let mut client = match self.registry().await {
+            Ok(r) => r.client(),
+            Err(e) => return Ok(End::Broken(e.to_string())),
+        };
+        let opts = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(self.since)
+            .with_prev_key()
+            .with_progress_notify();
+        let prefix = self.setup.keys.subnets.clone();
+        let mut stream =
+            match tokio::time::timeout(RPC_TIMEOUT, client.watch(prefix, Some(opts))).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => return Ok(End::Broken(e.to_string())),
+                Err(_) => {
+                    return Ok(End::Broken(format!(
+                        "no answer to the watch request within {RPC_TIMEOUT:?}"
+                    )));
+                }
+            };
+        loop {
+            let resp = match stream.message().await {
+                Ok(Some(r)) => r,
+                Ok(None) => return Ok(End::Broken("the stream ended".into())),
+                Err(e) => return Ok(End::Broken(e.to_string())),
+            };
+            if resp.compact_revision() != 0 {
+                return Ok(End::Compacted(resp.compact_revision()));
+            }
+            if resp.canceled() {
+                let reason = resp.cancel_reason();
+                if reason.contains("compacted") {
+                    return Ok(End::Compacted(0));
+                }
+                return Ok(End::Broken(format!("etcd cancelled the watch: {reason}")));
+            }
+            self.backoff = INITIAL_BACKOFF;
+            if resp.created() {
+                continue;
+            }
+            if resp.events().is_empty() {
+                // A progress notification: nothing below this revision is pending.
+                if let Some(h) = resp.header() {
+                    self.since = self.since.max(h.revision() + 1);
+                }
+                continue;
+            }
+            for event in resp.events() {
+                self.event(config, event).await?;
+            }
+        }
+    }
+
+    async fn event(&mut self, config: &NetConfig, event: &Event) -> Result<(), Gone> {
+        let Some(kv) = event.kv() else {
+            return Ok(());
+        };
+        self.since = self.since.max(kv.mod_revision() + 1);
+        match event.event_type() {
+            EventType::Delete => {
+                // Keys that never parsed were never reported.
+                let Ok(key) = self.setup.keys.parse_subnet(kv.key()) else {
+                    return Ok(());
+                };
+                if let Some(old) = self.known.remove(&key) {
+                    self.send(WatchEvent::Leases(LeaseEvent::Removed(old)))
+                        .await?;
+                }
+                if key == self.own_key {
+                    self.revoke().await?;
+                }
+            }
+            EventType::Put => match parse_kv(&self.setup.keys, kv) {
+                Parsed::Bad(bad) => warn_bad_key(&self.setup.warned, &bad),
+                Parsed::Entry(entry) => match self.admit(config, &entry) {
+                    Some(mut lease) => {
+                        if entry.lease_id != 0 {
+                            self.fetch_expiries(vec![entry.lease_id]).await;
+                            lease.expiration = self.expiries.get(&entry.lease_id).copied();
+                        }
+                        self.known.insert(entry.key, lease.clone());
+                        self.send(WatchEvent::Leases(LeaseEvent::Added(lease)))
+                            .await?;
+                        if entry.key == self.own_key && !self.own_is_ours() {
+                            self.revoke().await?;
+                        }
+                    }
+                    None => {
+                        if let Some(old) = self.known.remove(&entry.key) {
+                            self.send(WatchEvent::Leases(LeaseEvent::Removed(old)))
+                                .await?;
+                        }
+                        if entry.key == self.own_key {
+                            self.revoke().await?;
+                        }
+                    }
+                },
+            },
+        }
+        Ok(())
+    }
+}
