@@ -125,6 +125,7 @@ pub struct ClusterPod {
 #[derive(Debug)]
 pub struct Cluster {
     flanneld: Vec<Option<Child>>,
+    started: Vec<std::time::SystemTime>,
     etcd: Etcd,
     pods: BTreeMap<String, ClusterPod>,
     spec: ClusterSpec,
@@ -183,6 +184,7 @@ impl Cluster {
         ])?;
         let mut c = Cluster {
             flanneld: (0..spec.nodes).map(|_| None).collect(),
+            started: vec![std::time::SystemTime::UNIX_EPOCH; spec.nodes],
             etcd,
             pods: BTreeMap::new(),
             spec,
@@ -261,6 +263,7 @@ impl Cluster {
         let mut cmd = Command::new(self.bin_dir.join("flanneld"));
         cmd.args(self.flanneld_args(i));
         cmd.args(extra);
+        self.started[i] = std::time::SystemTime::now();
         let child = self.lab.spawn_in(self.lab.node(i).netns(), cmd)?;
         self.flanneld[i] = Some(child);
         Ok(())
@@ -296,8 +299,25 @@ impl Cluster {
         self.flanneld[i].take()
     }
 
-    /// Waits until node `i` has written subnet.env (flanneld writes it once ready) and returns
-    /// its parsed contents. Fails early, with the log, if flanneld exits.
+    /// Whether node `i`'s flanneld reports ready: `/readyz` answers 200 when the health server
+    /// is on, otherwise subnet.env was (re)written after this flanneld started. A subnet.env
+    /// left by an earlier run does not count.
+    pub fn is_ready(&self, i: usize) -> bool {
+        if self.spec.healthz {
+            return self
+                .lab
+                .node(i)
+                .netns()
+                .in_thread(|| http_get_status(HEALTHZ_PORT, "/readyz") == Some(200))
+                .unwrap_or(false);
+        }
+        std::fs::metadata(self.subnet_file(i))
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t >= self.started[i])
+    }
+
+    /// Waits until node `i` is ready (see [`Cluster::is_ready`]) and returns its subnet.env.
+    /// Fails early, with the log, if flanneld exits.
     pub fn wait_ready(&mut self, i: usize) -> Result<CniSubnetEnv> {
         let path = self.subnet_file(i);
         let deadline = std::time::Instant::now() + self.spec.ready_timeout;
@@ -305,7 +325,9 @@ impl Cluster {
             if let Some(c) = &mut self.flanneld[i] {
                 c.ensure_running()?;
             }
-            if let Ok(env) = CniSubnetEnv::load(&path) {
+            if self.is_ready(i)
+                && let Ok(env) = CniSubnetEnv::load(&path)
+            {
                 return Ok(env);
             }
             if std::time::Instant::now() >= deadline {
@@ -314,11 +336,7 @@ impl Cluster {
                     .map(|c| c.log_tail(20))
                     .unwrap_or_default();
                 return Err(LabError::Timeout {
-                    what: format!(
-                        "flanneld on {} to write {}",
-                        self.lab.node(i).name(),
-                        path.display()
-                    ),
+                    what: format!("flanneld on {} to become ready", self.lab.node(i).name()),
                     timeout: self.spec.ready_timeout,
                     last: Some(tail),
                 });
@@ -515,6 +533,30 @@ impl Cluster {
                 .collect()
         })
     }
+}
+
+/// A minimal HTTP/1.0 GET against 127.0.0.1 in the calling thread's namespace, returning the
+/// status code; enough to probe flanneld's health endpoints without an HTTP client dependency.
+pub fn http_get_status(port: u16, path: &str) -> Option<u16> {
+    http_get(port, path).map(|(status, _)| status)
+}
+
+/// Like [`http_get_status`], also returning the body.
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
+        .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let status = out.split_whitespace().nth(1)?.parse().ok()?;
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Some((status, body))
 }
 
 #[cfg(test)]
