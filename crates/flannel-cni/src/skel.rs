@@ -184,13 +184,13 @@ pub fn parse_request(
     // Which variables each command needs, in libcni's order.
     let needs = |name: &str| -> bool {
         use Command::*;
-        match (name, command) {
-            ("CNI_COMMAND", _) => true,
-            ("CNI_CONTAINERID" | "CNI_IFNAME", Some(Add | Check | Del)) => true,
-            ("CNI_NETNS", Some(Add | Check)) => true,
-            ("CNI_PATH", Some(Add | Check | Del | Gc | Status)) => true,
-            _ => false,
-        }
+        matches!(
+            (name, command),
+            ("CNI_COMMAND", _)
+                | ("CNI_CONTAINERID" | "CNI_IFNAME", Some(Add | Check | Del))
+                | ("CNI_NETNS", Some(Add | Check))
+                | ("CNI_PATH", Some(Add | Check | Del | Gc | Status))
+        )
     };
     let mut missing = Vec::new();
     for name in [
@@ -283,13 +283,13 @@ pub fn parse_request(
         })?
         .filter(|v| !v.is_empty())
         .unwrap_or_else(|| "0.1.0".to_string());
-    if let Some(min) = command.min_version() {
-        if parse_version(&version)? < parse_version(min)? {
-            return Err(CniError::new(
-                INCOMPATIBLE_VERSION,
-                format!("config version does not allow {command_text}"),
-            ));
-        }
+    if let Some(min) = command.min_version()
+        && parse_version(&version)? < parse_version(min)?
+    {
+        return Err(CniError::new(
+            INCOMPATIBLE_VERSION,
+            format!("config version does not allow {command_text}"),
+        ));
     }
     if !SUPPORTED_VERSIONS.contains(&version.as_str()) {
         let supported: Vec<String> = SUPPORTED_VERSIONS

@@ -158,7 +158,10 @@ impl NodeCni {
 
     /// Writes subnet.env with exactly `text`.
     pub fn write_subnet_env_text(&self, text: &str) -> Result<()> {
-        let io = |e| LabError::io(format!("writing {}", self.subnet_file.display()), e);
+        let io = |source| LabError::Io {
+            context: format!("writing {}", self.subnet_file.display()),
+            source,
+        };
         if let Some(dir) = self.subnet_file.parent() {
             std::fs::create_dir_all(dir).map_err(io)?;
         }
