@@ -379,7 +379,7 @@ impl EtcdManager {
         Ok(Attempt::Done(lease_for(
             entry.key,
             attrs.clone(),
-            Some(start + granted),
+            Some(after(start, granted)),
         )))
     }
 
@@ -459,7 +459,7 @@ impl EtcdManager {
         Ok(Attempt::Done(lease_for(
             key,
             attrs.clone(),
-            Some(start + granted),
+            Some(after(start, granted)),
         )))
     }
 
@@ -734,6 +734,13 @@ impl SubnetManager for EtcdManager {
     }
 }
 
+/// `at + d`, saturating instead of panicking on an absurd TTL from the server.
+fn after(at: SystemTime, d: Duration) -> SystemTime {
+    at.checked_add(d)
+        .or_else(|| at.checked_add(SUBNET_TTL))
+        .unwrap_or(at)
+}
+
 /// An expiration as seconds from now, for log lines.
 fn humanize_expiry(at: SystemTime) -> String {
     match at.duration_since(SystemTime::now()) {
@@ -779,6 +786,16 @@ mod tests {
         let s = format!("{c:?}");
         assert!(!s.contains("hunter2"), "{s}");
         assert!(s.contains("<redacted>"));
+    }
+
+    #[test]
+    fn expirations_saturate_instead_of_panicking() {
+        let now = SystemTime::now();
+        assert_eq!(
+            after(now, Duration::from_secs(10)),
+            now + Duration::from_secs(10)
+        );
+        assert_eq!(after(now, Duration::MAX), now + SUBNET_TTL);
     }
 
     #[test]

@@ -15,6 +15,8 @@ use ipnet::{Ipv4Net, Ipv6Net};
 use tokio::sync::mpsc;
 
 pub mod etcd;
+#[cfg(feature = "kube")]
+pub mod kube;
 
 /// What the daemon learns from the watch of all leases.
 #[derive(Debug, Clone, PartialEq)]
@@ -87,6 +89,16 @@ pub trait SubnetManager: Send + Sync + 'static {
 
     /// Reads and validates the network config (etcd: `<prefix>/config`; kube: net-conf.json).
     fn network_config(&self) -> impl Future<Output = Result<NetConfig, SubnetError>> + Send;
+
+    /// Public addresses the datastore pins for this node, which replace `--public-ip` and
+    /// `--public-ipv6` *before* the external interface is chosen (kube mode: the
+    /// `node-public-ip` / `node-public-ipv6` annotations, upstream's `GetStoredPublicIP`).
+    /// Datastores without such a notion keep the default: no override.
+    fn public_ip_overrides(
+        &self,
+    ) -> impl Future<Output = Result<(Option<String>, Option<String>), SubnetError>> + Send {
+        async { Ok((None, None)) }
+    }
 
     /// The lease attributes the datastore still holds for this node from an earlier run
     /// (etcd: the lease whose PublicIP is ours; kube: our Node's annotations), so the backend

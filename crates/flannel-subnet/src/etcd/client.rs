@@ -9,7 +9,6 @@ use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
 use crate::SubnetError;
 
 use super::EtcdConfig;
-use super::registry::RPC_TIMEOUT;
 
 /// How long opening a TCP (and TLS) connection to one endpoint may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -169,22 +168,12 @@ pub async fn connect(
             .with_user(user, config.password.clone().unwrap_or_default())
             .with_auto_token_refresh(true);
     }
-    let endpoints = plan.endpoints.clone();
+    let endpoints = plan.endpoints.join(",");
     super::registry::rpc(
-        || format!("connecting to etcd at {}", endpoints.join(",")),
+        || format!("connecting to etcd at {endpoints}"),
         Client::connect(plan.endpoints.clone(), Some(opts)),
     )
     .await
-    .map_err(|e| match e {
-        // rpc() already bounds the call; keep its message but say what bounded it.
-        SubnetError::Datastore { operation, reason } if reason.contains("did not answer") => {
-            SubnetError::Datastore {
-                operation,
-                reason: format!("no connection within {RPC_TIMEOUT:?}"),
-            }
-        }
-        other => other,
-    })
 }
 
 #[cfg(test)]

@@ -34,7 +34,7 @@ use super::registry::{
     Entry, Keys, Listing, Parsed, RPC_TIMEOUT, Registry, Warned, parse_kv, warn_bad_key,
     warn_bad_value,
 };
-use super::{EtcdConfig, alloc, client, lease_for, same_node};
+use super::{EtcdConfig, after, alloc, client, lease_for, same_node};
 use crate::{SubnetError, WatchEvent};
 
 /// First pause after a failure; doubled on each consecutive failure.
@@ -265,7 +265,7 @@ impl Watcher {
         for (id, ttl) in fetched {
             match ttl {
                 Ok(Some(ttl)) => {
-                    self.expiries.insert(id, now + ttl);
+                    self.expiries.insert(id, after(now, ttl));
                 }
                 // Gone already: the key's Delete event follows.
                 Ok(None) => {
@@ -297,7 +297,7 @@ impl Watcher {
             lease.expiration = self.expiries.get(&id).copied();
         }
         self.known = next;
-        self.since = listing.revision + 1;
+        self.since = listing.revision.saturating_add(1);
         let leases = self.known.values().cloned().collect();
         self.send(WatchEvent::Leases(LeaseEvent::Snapshot(leases)))
             .await?;
@@ -352,7 +352,7 @@ impl Watcher {
             if resp.events().is_empty() {
                 // A progress notification: nothing below this revision is pending.
                 if let Some(h) = resp.header() {
-                    self.since = self.since.max(h.revision() + 1);
+                    self.since = self.since.max(h.revision().saturating_add(1));
                 }
                 continue;
             }
@@ -366,7 +366,7 @@ impl Watcher {
         let Some(kv) = event.kv() else {
             return Ok(());
         };
-        self.since = self.since.max(kv.mod_revision() + 1);
+        self.since = self.since.max(kv.mod_revision().saturating_add(1));
         match event.event_type() {
             EventType::Delete => {
                 // Keys that never parsed were never reported.

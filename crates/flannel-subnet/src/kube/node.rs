@@ -1,0 +1,595 @@
+//! Pure conversions between Node objects and leases (upstream `nodeToLease`, the podCIDR checks
+//! of `AcquireLease`, and its annotation patch rules). No I/O here, so every rule and message is
+//! unit-tested.
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use flannel_types::{AnnotationKeys, Lease, LeaseAttrs, NetConfig, RawJson, goip};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use k8s_openapi::api::core::v1::Node;
+use tracing::info;
+
+/// The parts of a Node the subnet manager reads, borrowed so tests can build them by hand.
+#[derive(Debug, Clone, Copy)]
+pub struct NodeView<'a> {
+    /// `metadata.name`.
+    pub name: &'a str,
+    /// `metadata.annotations`.
+    pub annotations: &'a BTreeMap<String, String>,
+    /// `spec.podCIDR` (empty when unset).
+    pub pod_cidr: &'a str,
+    /// `spec.podCIDRs`.
+    pub pod_cidrs: &'a [String],
+}
+
+/// An empty annotation map for nodes without annotations.
+static NO_ANNOTATIONS: BTreeMap<String, String> = BTreeMap::new();
+
+impl<'a> NodeView<'a> {
+    /// Borrows the relevant fields of a Node object.
+    pub fn of(node: &'a Node) -> NodeView<'a> {
+        let spec = node.spec.as_ref();
+        NodeView {
+            name: node.metadata.name.as_deref().unwrap_or(""),
+            annotations: node.metadata.annotations.as_ref().unwrap_or(&NO_ANNOTATIONS),
+            pod_cidr: spec.and_then(|s| s.pod_cidr.as_deref()).unwrap_or(""),
+            pod_cidrs: spec.and_then(|s| s.pod_cidrs.as_deref()).unwrap_or(&[]),
+        }
+    }
+
+    /// An annotation's value, `""` when absent (Go's map lookup).
+    pub fn annotation(&self, key: &str) -> &'a str {
+        self.annotations.get(key).map(String::as_str).unwrap_or("")
+    }
+
+    /// Whether flannel manages this node (`kube-subnet-manager: "true"`); other nodes are
+    /// ignored by every watcher, as upstream does.
+    pub fn is_managed(&self, keys: &AnnotationKeys) -> bool {
+        self.annotation(&keys.kube_subnet_manager) == "true"
+    }
+}
+
+/// Go's `net.ParseCIDR`, returning the network (host bits cleared); the error reads as Go's.
+pub fn parse_cidr(s: &str) -> Result<IpNet, String> {
+    goip::parse_cidr(s)
+        .map(|c| c.network())
+        .ok_or_else(|| format!("invalid CIDR address: {s}"))
+}
+
+/// The node's pod CIDRs by family: `spec.podCIDRs` (one or two entries) or, when that list is
+/// empty, `spec.podCIDR`, with upstream's messages.
+pub fn pod_subnets(node: &NodeView<'_>) -> Result<(Option<Ipv4Net>, Option<Ipv6Net>), String> {
+    if node.pod_cidr.is_empty() {
+        return Err(format!("node {:?} pod cidr not assigned", node.name));
+    }
+    let texts: Vec<&str> = match node.pod_cidrs.len() {
+        0 => vec![node.pod_cidr],
+        1 | 2 => node.pod_cidrs.iter().map(String::as_str).collect(),
+        _ => {
+            return Err(format!(
+                "node {:?} pod cidrs should be IPv4/IPv6 only or dualstack",
+                node.name
+            ));
+        }
+    };
+    let (mut v4, mut v6) = (None, None);
+    for t in texts {
+        match parse_cidr(t)? {
+            IpNet::V4(n) => v4 = Some(n),
+            IpNet::V6(n) => v6 = Some(n),
+        }
+    }
+    Ok((v4, v6))
+}
+
+/// Go's `containsCIDR`: `outer` contains `inner`'s address and is not more specific.
+fn contains(outer_len: u8, inner_len: u8, outer_contains_addr: bool) -> bool {
+    outer_len <= inner_len && outer_contains_addr
+}
+
+/// Our own lease's subnets, checked against net-conf.json as upstream's `AcquireLease` does.
+///
+/// Differences from upstream, both deliberate: an IPv6 podCIDR is only checked (and used) when
+/// `EnableIPv6` is on, so an IPv4-only flannel runs on a dual-stack cluster; and a config
+/// without `Network` is an error here rather than accepting any podCIDR.
+pub fn own_subnets(
+    node: &NodeView<'_>,
+    config: &NetConfig,
+    backend_type: &str,
+) -> Result<(Option<Ipv4Net>, Option<Ipv6Net>), String> {
+    let (v4, v6) = pod_subnets(node)?;
+    let mut subnet = None;
+    if let (Some(cidr), true) = (v4, config.enable_ipv4) {
+        let network = config.network.ok_or_else(|| {
+            format!(
+                "the flannel net config has no \"Network\" to contain {:?} PodCIDR of the {:?} node",
+                cidr.to_string(),
+                node.name
+            )
+        })?;
+        if !contains(
+            network.prefix_len(),
+            cidr.prefix_len(),
+            network.contains(&cidr.addr()),
+        ) {
+            return Err(format!(
+                "subnet {:?} specified in the flannel net config doesn't contain {:?} PodCIDR of the {:?} node",
+                network.to_string(),
+                cidr.to_string(),
+                node.name
+            ));
+        }
+        subnet = Some(cidr);
+    }
+    let mut ipv6_subnet = None;
+    if let (Some(cidr), true) = (v6, config.enable_ipv6) {
+        let network = config.ipv6_network.ok_or_else(|| {
+            format!(
+                "subnet {:?} specified in the PodCIDR, but doesn't exist in the flannel net config of the {:?} node",
+                cidr.to_string(),
+                node.name
+            )
+        })?;
+        if !contains(
+            network.prefix_len(),
+            cidr.prefix_len(),
+            network.contains(&cidr.addr()),
+        ) {
+            return Err(format!(
+                "subnet {:?} specified in the flannel net config doesn't contain {:?} IPv6 PodCIDR of the {:?} node",
+                network.to_string(),
+                cidr.to_string(),
+                node.name
+            ));
+        }
+        ipv6_subnet = Some(cidr);
+    }
+    // Upstream: only vxlan, host-gw and wireguard do dual stack; others get an IPv4 lease.
+    if !matches!(backend_type, "vxlan" | "host-gw" | "wireguard") {
+        ipv6_subnet = None;
+    }
+    if subnet.is_none() && ipv6_subnet.is_none() {
+        return Err(format!(
+            "node {:?} has no pod cidr of an enabled address family",
+            node.name
+        ));
+    }
+    Ok((subnet, ipv6_subnet))
+}
+
+/// Reads a JSON annotation (backend data); `None` when absent or empty.
+fn json_annotation(node: &NodeView<'_>, key: &str) -> Result<Option<RawJson>, String> {
+    match node.annotation(key) {
+        "" => Ok(None),
+        text => RawJson::parse(text)
+            .map(Some)
+            .map_err(|e| format!("annotation {key}: {e}")),
+    }
+}
+
+/// A peer's lease from its Node (upstream `nodeToLease`), for the families that are enabled.
+///
+/// Errors (no podCIDR, an address or JSON annotation that does not parse, no podCIDR of an
+/// enabled family) make the watcher skip the node with a warning, as upstream does.
+pub fn node_to_lease(
+    node: &NodeView<'_>,
+    keys: &AnnotationKeys,
+    enable_ipv4: bool,
+    enable_ipv6: bool,
+) -> Result<Lease, String> {
+    let (v4, v6) = pod_subnets(node)?;
+    let mut lease = Lease {
+        subnet: None,
+        ipv6_subnet: None,
+        attrs: LeaseAttrs {
+            backend_type: node.annotation(&keys.backend_type).to_string(),
+            ..LeaseAttrs::default()
+        },
+        expiration: None,
+    };
+    if enable_ipv4 {
+        let text = node.annotation(&keys.public_ip);
+        lease.attrs.public_ip = goip::parse_ip4(text)
+            .ok_or_else(|| format!("annotation {}: invalid IPv4 address {text:?}", keys.public_ip))?;
+        lease.attrs.backend_data = json_annotation(node, &keys.backend_data)?;
+        lease.subnet = Some(v4.ok_or_else(|| "no IPv4 pod cidr".to_string())?);
+    }
+    if enable_ipv6 {
+        let text = node.annotation(&keys.public_ipv6);
+        lease.attrs.public_ipv6 = Some(goip::parse_ip6(text).ok_or_else(|| {
+            format!(
+                "annotation {}: invalid IPv6 address {text:?}",
+                keys.public_ipv6
+            )
+        })?);
+        lease.attrs.backend_v6_data = json_annotation(node, &keys.backend_v6_data)?;
+        lease.ipv6_subnet = Some(v6.ok_or_else(|| "no IPv6 pod cidr".to_string())?);
+    }
+    Ok(lease)
+}
+
+/// What our Node's annotations remember from an earlier run, leniently: a field that does not
+/// parse is left empty rather than failing, since this only seeds the VtepMAC reuse.
+pub fn stored_attrs(node: &NodeView<'_>, keys: &AnnotationKeys) -> Option<LeaseAttrs> {
+    let attrs = LeaseAttrs {
+        public_ip: goip::parse_ip4(node.annotation(&keys.public_ip))
+            .unwrap_or(Ipv4Addr::UNSPECIFIED),
+        public_ipv6: goip::parse_ip6(node.annotation(&keys.public_ipv6)),
+        backend_type: node.annotation(&keys.backend_type).to_string(),
+        backend_data: json_annotation(node, &keys.backend_data).ok().flatten(),
+        backend_v6_data: json_annotation(node, &keys.backend_v6_data).ok().flatten(),
+    };
+    (attrs != LeaseAttrs::default()).then_some(attrs)
+}
+
+/// The `node-public-ip` / `node-public-ipv6` annotations (empty ones count as unset).
+pub fn public_ip_overrides(
+    node: &NodeView<'_>,
+    keys: &AnnotationKeys,
+) -> (Option<String>, Option<String>) {
+    let get = |k: &str| Some(node.annotation(k).to_string()).filter(|s| !s.is_empty());
+    (get(&keys.node_public_ip), get(&keys.node_public_ipv6))
+}
+
+fn ip6_text(ip: Option<Ipv6Addr>) -> String {
+    // Go prints a nil net.IP as "<nil>".
+    ip.map(goip::ip6_string).unwrap_or_else(|| "<nil>".into())
+}
+
+/// The annotations to write on our Node for `attrs`, or `None` when nothing differs.
+///
+/// Follows upstream's `AcquireLease`: it decides to patch when backend data, backend type,
+/// public IP, the `kube-subnet-manager` mark, or an overwrite annotation disagree (and the same
+/// for IPv6 when we have a public IPv6); it then writes the type and the mark, and writes
+/// backend data and public IP only where the backend has them (vxlan and wireguard only with
+/// non-null data; v6 fields for vxlan with v6 data, wireguard with v6 data and address,
+/// host-gw with a v6 address). `public-ip-overwrite` replaces the public IP written.
+/// Unlike upstream, only the keys whose value actually changes are returned, so an unchanged
+/// node is never patched.
+pub fn annotation_changes(
+    node: &NodeView<'_>,
+    attrs: &LeaseAttrs,
+    keys: &AnnotationKeys,
+) -> Option<BTreeMap<String, String>> {
+    let a = |k: &str| node.annotation(k);
+    let bd = attrs
+        .backend_data
+        .as_ref()
+        .map(|d| d.as_str().to_string())
+        .unwrap_or_else(|| "null".into());
+    let bd6 = attrs
+        .backend_v6_data
+        .as_ref()
+        .map(|d| d.as_str().to_string())
+        .unwrap_or_else(|| "null".into());
+    let bt = attrs.backend_type.as_str();
+    let pip = attrs.public_ip.to_string();
+    let pip6 = ip6_text(attrs.public_ipv6);
+    let overwrite = a(&keys.public_ip_overwrite);
+    let overwrite6 = a(&keys.public_ipv6_overwrite);
+
+    let v4_differs = a(&keys.backend_data) != bd
+        || a(&keys.backend_type) != bt
+        || a(&keys.public_ip) != pip
+        || a(&keys.kube_subnet_manager) != "true"
+        || (!overwrite.is_empty() && overwrite != pip);
+    let v6_differs = attrs.public_ipv6.is_some()
+        && (a(&keys.backend_v6_data) != bd6
+            || a(&keys.backend_type) != bt
+            || a(&keys.public_ipv6) != pip6
+            || a(&keys.kube_subnet_manager) != "true"
+            || (!overwrite6.is_empty() && overwrite6 != pip6));
+    if !v4_differs && !v6_differs {
+        return None;
+    }
+
+    let mut want: BTreeMap<String, String> = BTreeMap::new();
+    want.insert(keys.backend_type.clone(), bt.to_string());
+    let write_v4 = match bt {
+        "vxlan" | "wireguard" => bd != "null",
+        _ => true,
+    };
+    if write_v4 {
+        want.insert(keys.backend_data.clone(), bd.clone());
+        if !overwrite.is_empty() {
+            if a(&keys.public_ip) != overwrite {
+                info!(
+                    "Overriding public ip with '{overwrite}' from node annotation '{}'",
+                    keys.public_ip_overwrite
+                );
+            }
+            want.insert(keys.public_ip.clone(), overwrite.to_string());
+        } else {
+            want.insert(keys.public_ip.clone(), pip.clone());
+        }
+    }
+    let write_v6 = match bt {
+        "vxlan" => bd6 != "null",
+        "wireguard" => bd6 != "null" && attrs.public_ipv6.is_some(),
+        "host-gw" => attrs.public_ipv6.is_some(),
+        _ => false,
+    };
+    if write_v6 {
+        want.insert(keys.backend_v6_data.clone(), bd6.clone());
+        if !overwrite6.is_empty() {
+            if a(&keys.public_ipv6) != overwrite6 {
+                info!(
+                    "Overriding public ipv6 with '{overwrite6}' from node annotation '{}'",
+                    keys.public_ipv6_overwrite
+                );
+            }
+            want.insert(keys.public_ipv6.clone(), overwrite6.to_string());
+        } else {
+            want.insert(keys.public_ipv6.clone(), pip6);
+        }
+    }
+    want.insert(keys.kube_subnet_manager.clone(), "true".into());
+    want.retain(|k, v| node.annotations.get(k) != Some(v));
+    (!want.is_empty()).then_some(want)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct N {
+        name: String,
+        ann: BTreeMap<String, String>,
+        cidr: String,
+        cidrs: Vec<String>,
+    }
+
+    impl N {
+        fn new(cidrs: &[&str]) -> N {
+            N {
+                name: "n2".into(),
+                ann: BTreeMap::new(),
+                cidr: cidrs.first().map(|s| s.to_string()).unwrap_or_default(),
+                cidrs: cidrs.iter().map(|s| s.to_string()).collect(),
+            }
+        }
+        fn ann(mut self, k: &str, v: &str) -> N {
+            self.ann.insert(k.to_string(), v.to_string());
+            self
+        }
+        fn view(&self) -> NodeView<'_> {
+            NodeView {
+                name: &self.name,
+                annotations: &self.ann,
+                pod_cidr: &self.cidr,
+                pod_cidrs: &self.cidrs,
+            }
+        }
+    }
+
+    fn keys() -> AnnotationKeys {
+        AnnotationKeys::default()
+    }
+
+    fn config(text: &str) -> NetConfig {
+        NetConfig::parse(text).unwrap()
+    }
+
+    fn vxlan_attrs() -> LeaseAttrs {
+        LeaseAttrs {
+            public_ip: "198.18.0.2".parse().unwrap(),
+            public_ipv6: None,
+            backend_type: "vxlan".into(),
+            backend_data: Some(RawJson::parse(r#"{"VNI":1,"VtepMAC":"aa:bb:cc:dd:ee:02"}"#).unwrap()),
+            backend_v6_data: None,
+        }
+    }
+
+    fn managed(cidrs: &[&str]) -> N {
+        let k = keys();
+        N::new(cidrs)
+            .ann(&k.kube_subnet_manager, "true")
+            .ann(&k.backend_type, "vxlan")
+            .ann(&k.backend_data, r#"{"VNI":1,"VtepMAC":"aa:bb:cc:dd:ee:02"}"#)
+            .ann(&k.public_ip, "198.18.0.2")
+    }
+
+    #[test]
+    fn pod_cidr_checks_use_upstream_messages() {
+        let mut n = N::new(&[]);
+        assert_eq!(
+            pod_subnets(&n.view()).unwrap_err(),
+            r#"node "n2" pod cidr not assigned"#
+        );
+        n = N::new(&["10.244.1.0/24", "fd00:1::/64", "10.9.0.0/24"]);
+        assert_eq!(
+            pod_subnets(&n.view()).unwrap_err(),
+            r#"node "n2" pod cidrs should be IPv4/IPv6 only or dualstack"#
+        );
+        n = N::new(&["10.244.1.7/24"]);
+        assert_eq!(
+            pod_subnets(&n.view()).unwrap(),
+            (Some("10.244.1.0/24".parse().unwrap()), None)
+        );
+        // podCIDRs empty: podCIDR alone is used.
+        n.cidrs.clear();
+        assert!(pod_subnets(&n.view()).unwrap().0.is_some());
+        n = N::new(&["banana"]);
+        assert_eq!(
+            pod_subnets(&n.view()).unwrap_err(),
+            "invalid CIDR address: banana"
+        );
+        n = N::new(&["10.244.1.0/24", "fd00:1::/64"]);
+        let (v4, v6) = pod_subnets(&n.view()).unwrap();
+        assert_eq!(v4.unwrap().to_string(), "10.244.1.0/24");
+        assert_eq!(v6.unwrap().to_string(), "fd00:1::/64");
+    }
+
+    #[test]
+    fn own_subnet_must_lie_inside_network() {
+        let c = config(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#);
+        let n = N::new(&["10.245.1.0/24"]);
+        assert_eq!(
+            own_subnets(&n.view(), &c, "vxlan").unwrap_err(),
+            r#"subnet "10.244.0.0/16" specified in the flannel net config doesn't contain "10.245.1.0/24" PodCIDR of the "n2" node"#
+        );
+        // A podCIDR as large as the network is fine (containsCIDR is <=), larger is not.
+        let n = N::new(&["10.244.0.0/16"]);
+        assert!(own_subnets(&n.view(), &c, "vxlan").is_ok());
+        let n = N::new(&["10.0.0.0/8"]);
+        assert!(own_subnets(&n.view(), &c, "vxlan").is_err());
+        let n = N::new(&["10.244.3.0/24"]);
+        assert_eq!(
+            own_subnets(&n.view(), &c, "vxlan").unwrap(),
+            (Some("10.244.3.0/24".parse().unwrap()), None)
+        );
+        // A v6 podCIDR is ignored while IPv6 is off...
+        let n = N::new(&["10.244.3.0/24", "fd00:3::/64"]);
+        assert_eq!(own_subnets(&n.view(), &c, "vxlan").unwrap().1, None);
+        // ...and checked when it is on.
+        let c6 = config(
+            r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:9::/56","Backend":{"Type":"vxlan"}}"#,
+        );
+        assert_eq!(
+            own_subnets(&n.view(), &c6, "vxlan").unwrap_err(),
+            r#"subnet "fd00:9::/56" specified in the flannel net config doesn't contain "fd00:3::/64" IPv6 PodCIDR of the "n2" node"#
+        );
+        let c6 = config(r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"Backend":{"Type":"vxlan"}}"#);
+        assert_eq!(
+            own_subnets(&n.view(), &c6, "vxlan").unwrap_err(),
+            r#"subnet "fd00:3::/64" specified in the PodCIDR, but doesn't exist in the flannel net config of the "n2" node"#
+        );
+        let c6 = config(
+            r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::/16","Backend":{"Type":"vxlan"}}"#,
+        );
+        let (v4, v6) = own_subnets(&n.view(), &c6, "vxlan").unwrap();
+        assert!(v4.is_some() && v6.is_some());
+        // Backends without dual stack get an IPv4 lease.
+        assert_eq!(own_subnets(&n.view(), &c6, "udp").unwrap().1, None);
+    }
+
+    #[test]
+    fn node_to_lease_reads_annotations() {
+        let k = keys();
+        let n = managed(&["10.244.1.0/24"]);
+        let l = node_to_lease(&n.view(), &k, true, false).unwrap();
+        assert_eq!(l.subnet.unwrap().to_string(), "10.244.1.0/24");
+        assert_eq!(l.attrs, vxlan_attrs());
+        assert!(n.view().is_managed(&k));
+        assert!(!N::new(&["10.0.0.0/24"]).view().is_managed(&k));
+
+        // host-gw writes "null" backend data.
+        let n = managed(&["10.244.1.0/24"])
+            .ann(&k.backend_type, "host-gw")
+            .ann(&k.backend_data, "null");
+        let l = node_to_lease(&n.view(), &k, true, false).unwrap();
+        assert_eq!(l.attrs.backend_data, Some(RawJson::null()));
+
+        // Malformed or missing annotations are errors (the watcher skips such nodes).
+        let n = managed(&["10.244.1.0/24"]).ann(&k.backend_data, "{not json");
+        assert!(node_to_lease(&n.view(), &k, true, false).unwrap_err().contains("backend-data"));
+        let n = managed(&["10.244.1.0/24"]).ann(&k.public_ip, "");
+        assert!(node_to_lease(&n.view(), &k, true, false).unwrap_err().contains("public-ip"));
+        let n = managed(&[]);
+        assert!(node_to_lease(&n.view(), &k, true, false).unwrap_err().contains("pod cidr not assigned"));
+
+        // Dual stack reads both sides.
+        let n = managed(&["10.244.1.0/24", "fd00:1::/64"])
+            .ann(&k.public_ipv6, "2001:db8::2")
+            .ann(&k.backend_v6_data, r#"{"VNI":1,"VtepMAC":"aa:bb:cc:dd:ee:12"}"#);
+        let l = node_to_lease(&n.view(), &k, true, true).unwrap();
+        assert_eq!(l.ipv6_subnet.unwrap().to_string(), "fd00:1::/64");
+        assert_eq!(l.attrs.public_ipv6, Some("2001:db8::2".parse().unwrap()));
+        assert!(l.attrs.backend_v6_data.is_some());
+        let l6 = node_to_lease(&n.view(), &k, false, true).unwrap();
+        assert_eq!(l6.subnet, None);
+        assert_eq!(l6.attrs.public_ip, Ipv4Addr::UNSPECIFIED);
+    }
+
+    #[test]
+    fn patch_only_what_differs() {
+        let k = keys();
+        // A fresh node gets all four annotations, in upstream's JSON shapes.
+        let n = N::new(&["10.244.1.0/24"]);
+        let p = annotation_changes(&n.view(), &vxlan_attrs(), &k).unwrap();
+        let want: BTreeMap<String, String> = [
+            (k.backend_data.clone(), r#"{"VNI":1,"VtepMAC":"aa:bb:cc:dd:ee:02"}"#.to_string()),
+            (k.backend_type.clone(), "vxlan".to_string()),
+            (k.kube_subnet_manager.clone(), "true".to_string()),
+            (k.public_ip.clone(), "198.18.0.2".to_string()),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(p, want);
+        // Already annotated: nothing to do.
+        assert_eq!(annotation_changes(&managed(&[]).view(), &vxlan_attrs(), &k), None);
+        // A new MAC changes only backend-data.
+        let mut a = vxlan_attrs();
+        a.backend_data = Some(RawJson::parse(r#"{"VNI":1,"VtepMAC":"aa:bb:cc:dd:ee:99"}"#).unwrap());
+        let p = annotation_changes(&managed(&[]).view(), &a, &k).unwrap();
+        assert_eq!(p.keys().collect::<Vec<_>>(), vec![&k.backend_data]);
+    }
+
+    #[test]
+    fn overwrite_annotation_wins() {
+        let k = keys();
+        let n = managed(&[]).ann(&k.public_ip_overwrite, "203.0.113.9");
+        let p = annotation_changes(&n.view(), &vxlan_attrs(), &k).unwrap();
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[&k.public_ip], "203.0.113.9");
+        // Once written, nothing differs any more that a patch would change.
+        let n = n.ann(&k.public_ip, "203.0.113.9");
+        assert_eq!(annotation_changes(&n.view(), &vxlan_attrs(), &k), None);
+    }
+
+    #[test]
+    fn backend_specific_write_rules() {
+        let k = keys();
+        let n = N::new(&["10.244.1.0/24"]);
+        // vxlan without v4 data (IPv6-only): type and mark only.
+        let mut a = vxlan_attrs();
+        a.backend_data = None;
+        let p = annotation_changes(&n.view(), &a, &k).unwrap();
+        assert!(!p.contains_key(&k.backend_data) && !p.contains_key(&k.public_ip));
+        assert_eq!(p[&k.backend_type], "vxlan");
+        // host-gw writes "null" data and the IP.
+        let a = LeaseAttrs {
+            public_ip: "198.18.0.2".parse().unwrap(),
+            backend_type: "host-gw".into(),
+            ..LeaseAttrs::default()
+        };
+        let p = annotation_changes(&n.view(), &a, &k).unwrap();
+        assert_eq!(p[&k.backend_data], "null");
+        assert_eq!(p[&k.public_ip], "198.18.0.2");
+        assert!(!p.contains_key(&k.backend_v6_data));
+        // host-gw with a v6 address writes v6 fields too.
+        let a6 = LeaseAttrs {
+            public_ipv6: Some("2001:db8::2".parse().unwrap()),
+            ..a.clone()
+        };
+        let p = annotation_changes(&n.view(), &a6, &k).unwrap();
+        assert_eq!(p[&k.backend_v6_data], "null");
+        assert_eq!(p[&k.public_ipv6], "2001:db8::2");
+        // vxlan dual stack.
+        let mut v = vxlan_attrs();
+        v.public_ipv6 = Some("2001:db8::2".parse().unwrap());
+        v.backend_v6_data =
+            Some(RawJson::parse(r#"{"VNI":1,"VtepMAC":"aa:bb:cc:dd:ee:12"}"#).unwrap());
+        let p = annotation_changes(&n.view(), &v, &k).unwrap();
+        assert_eq!(p[&k.backend_v6_data], r#"{"VNI":1,"VtepMAC":"aa:bb:cc:dd:ee:12"}"#);
+        assert_eq!(p[&k.public_ipv6], "2001:db8::2");
+        // A custom prefix changes every key.
+        let kp = AnnotationKeys::new("example.com/net").unwrap();
+        let p = annotation_changes(&n.view(), &vxlan_attrs(), &kp).unwrap();
+        assert!(p.contains_key("example.com/net-backend-data"));
+    }
+
+    #[test]
+    fn stored_attrs_and_overrides() {
+        let k = keys();
+        let n = managed(&["10.244.1.0/24"]).ann(&k.node_public_ip, "198.18.0.77");
+        let s = stored_attrs(&n.view(), &k).unwrap();
+        assert_eq!(s.backend_data, vxlan_attrs().backend_data);
+        assert_eq!(public_ip_overrides(&n.view(), &k), (Some("198.18.0.77".into()), None));
+        assert_eq!(stored_attrs(&N::new(&[]).view(), &k), None);
+        // A garbled backend-data annotation does not fail start-up.
+        let n = managed(&[]).ann(&k.backend_data, r#"{"VNI":1,"VtepMAC":"#);
+        assert_eq!(stored_attrs(&n.view(), &k).unwrap().backend_data, None);
+    }
+}
