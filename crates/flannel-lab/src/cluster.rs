@@ -16,7 +16,8 @@ use serde_json::{Value, json};
 use crate::cni::{self, CniCall, DEBIAN_CNI_DIR};
 use crate::error::{LabError, Result};
 use crate::etcd::{Etcd, EtcdOptions};
-use crate::lab::Lab;
+use crate::kube::{self, KubeEmu, KubeEmuOptions};
+use crate::lab::{Lab, Persist};
 use crate::ping::ping;
 use crate::process::Child;
 
@@ -34,9 +35,24 @@ pub enum PodCni {
     Bridge,
 }
 
+/// Where flanneld keeps leases.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Datastore {
+    /// etcd 3.4 on the underlay; flanneld with `--etcd-endpoints`.
+    #[default]
+    Etcd,
+    /// The Kubernetes API emulator on the underlay (see [`crate::kube`]); flanneld with
+    /// `--kube-subnet-mgr`, Node objects with kubeadm-style podCIDRs.
+    Kube,
+}
+
 /// What cluster to build.
 #[derive(Debug, Clone)]
 pub struct ClusterSpec {
+    /// Where leases live.
+    pub datastore: Datastore,
+    /// Emulator settings in [`Datastore::Kube`] mode.
+    pub kube_emu: KubeEmuOptions,
     /// Number of nodes.
     pub nodes: usize,
     /// `Backend.Type`.
@@ -61,11 +77,16 @@ pub struct ClusterSpec {
     pub pod_cni: PodCni,
     /// How long to wait for every node to become ready.
     pub ready_timeout: Duration,
+    /// Build a lab that can outlive this process (`flannel-lab up`; see
+    /// [`crate::LabState::detach`]); `None` for an ordinary test cluster.
+    pub persist: Option<Persist>,
 }
 
 impl Default for ClusterSpec {
     fn default() -> Self {
         ClusterSpec {
+            datastore: Datastore::Etcd,
+            kube_emu: KubeEmuOptions::default(),
             nodes: 3,
             backend: "vxlan".into(),
             direct_routing: false,
@@ -78,6 +99,7 @@ impl Default for ClusterSpec {
             healthz: true,
             pod_cni: PodCni::Flannel,
             ready_timeout: Duration::from_secs(30),
+            persist: None,
         }
     }
 }
@@ -103,6 +125,17 @@ impl ClusterSpec {
     }
 }
 
+/// The phases of [`Cluster::start_observed`], in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartPhase {
+    /// Building the underlay and the node namespaces.
+    Lab,
+    /// Starting etcd (or the Kubernetes emulator) and writing the network config.
+    Datastore,
+    /// Starting flanneld on every node and waiting until each is ready.
+    Flanneld,
+}
+
 /// The port flanneld's health server listens on inside each node namespace.
 pub const HEALTHZ_PORT: u16 = 8081;
 
@@ -126,7 +159,8 @@ pub struct ClusterPod {
 pub struct Cluster {
     flanneld: Vec<Option<Child>>,
     started: Vec<std::time::SystemTime>,
-    etcd: Etcd,
+    etcd: Option<Etcd>,
+    kube: Option<KubeEmu>,
     pods: BTreeMap<String, ClusterPod>,
     spec: ClusterSpec,
     bin_dir: PathBuf,
@@ -167,30 +201,50 @@ impl Cluster {
     /// Builds the lab, starts etcd and writes the config, starts flanneld on every node and
     /// waits until each has written its subnet.env.
     pub fn start(spec: ClusterSpec) -> Result<Cluster> {
+        Self::start_observed(spec, |_| {})
+    }
+
+    /// [`Cluster::start`], calling `on_phase` as each phase begins, so a command can show
+    /// progress (`flannel-lab up` prints one line per phase).
+    pub fn start_observed(
+        spec: ClusterSpec,
+        mut on_phase: impl FnMut(StartPhase),
+    ) -> Result<Cluster> {
         let bin_dir = bin_dir()?;
+        on_phase(StartPhase::Lab);
         let lab = Lab::builder()
             .nodes(spec.nodes)
             .outside_host(spec.outside_host)
+            .persist(spec.persist.clone())
             .build()?;
-        let gateway = lab.underlay().gateway();
-        let etcd = lab.start_etcd(
-            lab.underlay().netns(),
-            EtcdOptions::new().listen_on(IpAddr::V4(gateway)),
-        )?;
-        etcd.etcdctl([
-            "put",
-            &format!("{ETCD_PREFIX}/config"),
-            &spec.net_config().to_string(),
-        ])?;
+        on_phase(StartPhase::Datastore);
+        let (etcd, kube) = match spec.datastore {
+            Datastore::Etcd => {
+                let gateway = lab.underlay().gateway();
+                let etcd = lab.start_etcd(
+                    lab.underlay().netns(),
+                    EtcdOptions::new().listen_on(IpAddr::V4(gateway)),
+                )?;
+                etcd.etcdctl([
+                    "put",
+                    &format!("{ETCD_PREFIX}/config"),
+                    &spec.net_config().to_string(),
+                ])?;
+                (Some(etcd), None)
+            }
+            Datastore::Kube => (None, Some(kube::start_cluster(&lab, &bin_dir, &spec)?)),
+        };
         let mut c = Cluster {
             flanneld: (0..spec.nodes).map(|_| None).collect(),
             started: vec![std::time::SystemTime::UNIX_EPOCH; spec.nodes],
             etcd,
+            kube,
             pods: BTreeMap::new(),
             spec,
             bin_dir,
             lab,
         };
+        on_phase(StartPhase::Flanneld);
         for i in 0..c.spec.nodes {
             c.start_flanneld(i)?;
         }
@@ -211,13 +265,28 @@ impl Cluster {
     }
 
     /// The etcd server.
+    ///
+    /// # Panics
+    /// In [`Datastore::Kube`] mode, which has none (a test bug, not a runtime condition).
     pub fn etcd(&self) -> &Etcd {
-        &self.etcd
+        self.etcd
+            .as_ref()
+            .expect("Cluster::etcd() on a cluster in Kubernetes mode")
     }
 
     /// The etcd server, mutably (to stop and restart it).
+    ///
+    /// # Panics
+    /// In [`Datastore::Kube`] mode, as [`Cluster::etcd`].
     pub fn etcd_mut(&mut self) -> &mut Etcd {
-        &mut self.etcd
+        self.etcd
+            .as_mut()
+            .expect("Cluster::etcd_mut() on a cluster in Kubernetes mode")
+    }
+
+    /// The Kubernetes API emulator, in [`Datastore::Kube`] mode.
+    pub fn kube(&self) -> Option<&KubeEmu> {
+        self.kube.as_ref()
     }
 
     /// The spec the cluster was built from.
@@ -238,11 +307,14 @@ impl Cluster {
     /// The flags flanneld gets on node `i`: what the kube-flannel DaemonSet passes, with etcd
     /// instead of the Kubernetes API and per-node paths.
     pub fn flanneld_args(&self, i: usize) -> Vec<String> {
-        let mut args = vec![
-            format!("--etcd-endpoints={}", self.etcd.endpoints()),
+        let mut args = match (&self.etcd, &self.kube) {
+            (Some(etcd), _) => vec![format!("--etcd-endpoints={}", etcd.endpoints())],
+            (None, _) => kube::flanneld_args(self.lab.node(i).dir()),
+        };
+        args.extend([
             "--iface=eth0".to_string(),
             format!("--subnet-file={}", self.subnet_file(i).display()),
-        ];
+        ]);
         if self.spec.ip_masq {
             args.push("--ip-masq".into());
         }
@@ -260,9 +332,24 @@ impl Cluster {
 
     /// Starts flanneld on node `i` with additional flags.
     pub fn start_flanneld_with(&mut self, i: usize, extra: &[&str]) -> Result<()> {
+        self.start_flanneld_env(i, extra, &std::collections::BTreeMap::new())
+    }
+
+    /// Starts flanneld on node `i` with additional flags and environment variables.
+    pub fn start_flanneld_env(
+        &mut self,
+        i: usize,
+        extra: &[&str],
+        env: &BTreeMap<&str, &str>,
+    ) -> Result<()> {
         let mut cmd = Command::new(self.bin_dir.join("flanneld"));
         cmd.args(self.flanneld_args(i));
         cmd.args(extra);
+        cmd.envs(env.iter().map(|(k, v)| (*k, *v)));
+        if self.kube.is_some() {
+            // The DaemonSet passes POD_NAME/POD_NAMESPACE; NODE_NAME is the other documented way.
+            cmd.env("NODE_NAME", kube::node_name(i));
+        }
         self.started[i] = std::time::SystemTime::now();
         let child = self.lab.spawn_in(self.lab.node(i).netns(), cmd)?;
         self.flanneld[i] = Some(child);

@@ -36,6 +36,7 @@ use crate::backend::{Backend, BackendEnv, BackendError, peer_problem};
 use crate::cli::Options;
 use crate::http::{self, Health};
 use crate::iface::{self, HostView, Selection, Stack};
+use crate::metrics::{BuildLabels, KindLabel, LeaseLabels, Metrics, OpLabels, ReconcileLabels};
 use crate::reconcile::ReconcileStats;
 
 /// How long events are collected before one reconcile runs for all of them.
@@ -92,6 +93,7 @@ async fn sleep_or_shutdown(d: Duration, shutdown: &mut watch::Receiver<bool>) ->
 /// unreachable (upstream's getConfig loop). Returns `None` on shutdown.
 async fn network_config<M: SubnetManager>(
     manager: &M,
+    metrics: &Metrics,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<Option<NetConfig>, DaemonError> {
     loop {
@@ -99,6 +101,9 @@ async fn network_config<M: SubnetManager>(
             Ok(c) => return Ok(Some(c)),
             Err(e @ (SubnetError::ConfigNotFound | SubnetError::Datastore { .. })) => {
                 warn!("Couldn't fetch network config: {e}");
+                if matches!(e, SubnetError::Datastore { .. }) {
+                    Metrics::inc(&metrics.datastore_errors, "get config");
+                }
             }
             Err(e) => return Err(DaemonError::Config(e.to_string())),
         }
@@ -217,29 +222,36 @@ struct Peers {
     set: LeaseSet,
     synced: bool,
     warned: BTreeMap<SubnetKey, String>,
+    metrics: Arc<Metrics>,
 }
 
 impl Peers {
-    fn new(own: &Lease) -> Peers {
+    fn new(own: &Lease, metrics: Arc<Metrics>) -> Peers {
         Peers {
             set: LeaseSet::new(Some(own.clone())),
             synced: false,
             warned: BTreeMap::new(),
+            metrics,
         }
     }
 
     /// Feeds one event; returns whether the peer set changed.
     fn apply(&mut self, ev: LeaseEvent) -> bool {
         if matches!(ev, LeaseEvent::Snapshot(_)) {
+            if self.synced {
+                self.metrics.watch_resyncs.inc();
+            }
             self.synced = true;
         }
         let changes = self.set.apply(ev);
         for c in &changes {
             match c {
                 LeaseEvent::Added(l) => {
+                    Metrics::inc(&self.metrics.lease_events, "added");
                     info!("Subnet added: {} via {}", l.key(), l.attrs.public_ip)
                 }
                 LeaseEvent::Removed(l) => {
+                    Metrics::inc(&self.metrics.lease_events, "removed");
                     info!("Subnet removed: {}", l.key());
                     self.warned.remove(&l.key());
                 }
@@ -252,10 +264,12 @@ impl Peers {
     /// Valid peers for the backend.
     fn desired(&mut self, own: &Lease, env: &BackendEnv) -> Vec<Lease> {
         let mut out = Vec::with_capacity(self.set.len());
+        let mut ignored = 0;
         for l in self.set.leases() {
             match peer_problem(l, own, env.network, env.ipv6_network) {
                 None => out.push(l.clone()),
                 Some(why) => {
+                    ignored += 1;
                     if self.warned.get(&l.key()) != Some(&why) {
                         warn!("ignoring peer lease {}: {why}", l.key());
                         self.warned.insert(l.key(), why);
@@ -263,7 +277,71 @@ impl Peers {
                 }
             }
         }
+        self.metrics.peers_ignored.set(ignored);
+        self.metrics.peers.clear();
+        for l in &out {
+            let kind = if l.attrs.backend_type.is_empty() {
+                "udp"
+            } else {
+                l.attrs.backend_type.as_str()
+            };
+            self.metrics
+                .peers
+                .get_or_create(&KindLabel {
+                    kind: kind.to_string(),
+                })
+                .inc();
+        }
         out
+    }
+}
+
+/// Publishes the lease's identity and expiry.
+fn record_lease(metrics: &Metrics, lease: &Lease) {
+    metrics.lease_info.clear();
+    metrics
+        .lease_info
+        .get_or_create(&LeaseLabels {
+            subnet: lease.subnet.map(|s| s.to_string()).unwrap_or_default(),
+            ipv6_subnet: lease.ipv6_subnet.map(|s| s.to_string()).unwrap_or_default(),
+            public_ip: lease.attrs.public_ip.to_string(),
+        })
+        .set(1);
+    let exp = lease
+        .expiration
+        .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0);
+    metrics.lease_expiration.set(exp);
+}
+
+/// Records one reconcile pass.
+fn record_reconcile(
+    metrics: &Metrics,
+    trigger: &str,
+    result: &Result<ReconcileStats, BackendError>,
+    took: Duration,
+) {
+    metrics
+        .reconciles
+        .get_or_create(&ReconcileLabels {
+            trigger: trigger.to_string(),
+            result: if result.is_ok() { "ok" } else { "error" }.to_string(),
+        })
+        .inc();
+    metrics.reconcile_duration.observe(took.as_secs_f64());
+    if let Ok(stats) = result {
+        metrics.entries_added.inc_by(stats.added as u64);
+        metrics.entries_removed.inc_by(stats.removed as u64);
+        for ((op, res), n) in &stats.ops {
+            metrics
+                .netlink_ops
+                .get_or_create(&OpLabels {
+                    op: op.to_string(),
+                    result: res.to_string(),
+                })
+                .inc_by(*n);
+        }
     }
 }
 
@@ -302,7 +380,9 @@ pub async fn run<M: SubnetManager>(
     }
 
     // Health endpoints come up first so liveness holds while we wait for the datastore.
-    let health = Health::new(None);
+    let metrics = Arc::new(Metrics::new());
+    let render = metrics.clone();
+    let health = Health::new(Some(Arc::new(move || render.render())));
     let _http = if opts.healthz_port > 0 {
         let addr = SocketAddr::new(opts.healthz_ip, opts.healthz_port);
         Some(
@@ -314,7 +394,7 @@ pub async fn run<M: SubnetManager>(
         None
     };
 
-    let Some(config) = network_config(&manager, &mut shutdown).await? else {
+    let Some(config) = network_config(&manager, &metrics, &mut shutdown).await? else {
         return Ok(Exit::Signal);
     };
     let ip_stack = config
@@ -330,12 +410,19 @@ pub async fn run<M: SubnetManager>(
     }
 
     let nl = Netlink::new().map_err(|e| DaemonError::Startup(format!("netlink: {e}")))?;
+    // Kube mode: the node-public-ip(v6) annotations replace --public-ip(v6) before the
+    // interface is chosen, as upstream's GetStoredPublicIP (other managers return none). A
+    // failed read is logged and the flags are used, as upstream does.
+    let (ip_override, ipv6_override) = manager.public_ip_overrides().await.unwrap_or_else(|e| {
+        warn!("reading the node's public IP annotations: {e}");
+        (None, None)
+    });
     let sel = Selection {
         iface: opts.iface.clone(),
         iface_regex: opts.iface_regex.clone(),
         iface_can_reach: opts.iface_can_reach,
-        public_ip: opts.public_ip.clone(),
-        public_ipv6: opts.public_ipv6.clone(),
+        public_ip: ip_override.unwrap_or_else(|| opts.public_ip.clone()),
+        public_ipv6: ipv6_override.unwrap_or_else(|| opts.public_ipv6.clone()),
     };
     let view = HostView::load(&nl, sel.iface_can_reach).await?;
     let ext = iface::select(&view, stack, &sel)?;
@@ -359,6 +446,15 @@ pub async fn run<M: SubnetManager>(
         e => DaemonError::Backend(e),
     })?;
 
+    metrics
+        .build_info
+        .get_or_create(&BuildLabels {
+            version: crate::cli::VERSION.to_string(),
+            datastore: if opts.kube_subnet_mgr { "kube" } else { "etcd" }.to_string(),
+            backend: backend.type_name().to_string(),
+        })
+        .set(1);
+
     // Subscribe before touching the device, so a deletion in between is not missed.
     let mut link_events = flannel_netlink::LinkEvents::subscribe()
         .map_err(|e| DaemonError::Startup(format!("subscribing to link events: {e}")))?;
@@ -366,6 +462,7 @@ pub async fn run<M: SubnetManager>(
     let stored = match manager.stored_attrs(ext.ext_addr).await {
         Ok(s) => s,
         Err(e) => {
+            Metrics::inc(&metrics.datastore_errors, "get stored attributes");
             warn!("could not read this node's stored lease attributes: {e}");
             None
         }
@@ -378,6 +475,7 @@ pub async fn run<M: SubnetManager>(
         match manager.acquire_lease(&config, &attrs).await {
             Ok(l) => break l,
             Err(e @ (SubnetError::Datastore { .. } | SubnetError::OutOfSubnets)) => {
+                Metrics::inc(&metrics.datastore_errors, "acquire lease");
                 error!("failed to acquire lease: {e}; retrying in {backoff:?}");
             }
             Err(e) => return Err(DaemonError::Subnet(e)),
@@ -392,6 +490,7 @@ pub async fn run<M: SubnetManager>(
         lease.key(),
         lease.attrs.public_ip
     );
+    record_lease(&metrics, &lease);
     backend.configure(&lease).await?;
 
     // Rules.
@@ -445,7 +544,9 @@ pub async fn run<M: SubnetManager>(
 
     // Main loop.
     let mut watch_rx = manager.watch_leases(&lease);
-    let mut peers = Peers::new(&lease);
+    let mut peers = Peers::new(&lease, metrics.clone());
+    // When the oldest peer change not yet in the kernel arrived.
+    let mut pending_since: Option<Instant> = None;
     let devices = backend.devices();
     let mut reconcile_at: Option<tokio::time::Instant> = None;
     let mut repair = tokio::time::interval_at(
@@ -483,7 +584,11 @@ pub async fn run<M: SubnetManager>(
                     let first = !peers.synced;
                     // The first snapshot always reconciles: it removes entries of peers that
                     // vanished while we were down, even when no peer is left.
-                    if (peers.apply(e) || first) && peers.synced && reconcile_at.is_none() {
+                    let changed = peers.apply(e);
+                    if changed && pending_since.is_none() {
+                        pending_since = Some(Instant::now());
+                    }
+                    if (changed || first) && peers.synced && reconcile_at.is_none() {
                         reconcile_at = Some(tokio::time::Instant::now() + COALESCE);
                     }
                 }
@@ -492,6 +597,7 @@ pub async fn run<M: SubnetManager>(
                     return Ok(Exit::LeaseRevoked);
                 }
                 None => {
+                    Metrics::inc(&metrics.datastore_errors, "watch");
                     error!("the lease watch ended unexpectedly; restarting it");
                     if !sleep_or_shutdown(Duration::from_secs(1), &mut shutdown).await {
                         return Ok(Exit::Signal);
@@ -517,10 +623,17 @@ pub async fn run<M: SubnetManager>(
                 }
             },
             _ = resync.tick() => {
+                let mode = format!("{:?}", rules.mode()).to_lowercase();
                 match rules.check_and_repair().await {
-                    Ok(true) => info!("repaired {:?} rules", rules.mode()),
+                    Ok(true) => {
+                        Metrics::inc(&metrics.rule_repairs, &mode);
+                        info!("repaired {mode} rules");
+                    }
                     Ok(false) => {}
-                    Err(e) => warn!("checking rules: {e}"),
+                    Err(e) => {
+                        Metrics::inc(&metrics.rule_errors, &mode);
+                        warn!("checking rules: {e}");
+                    }
                 }
                 if opts.ip_blackhole_route {
                     ensure_blackhole(&nl, &lease).await;
@@ -529,12 +642,16 @@ pub async fn run<M: SubnetManager>(
             _ = renew_sleep => {
                 match manager.renew_lease(&lease).await {
                     Ok(l) => {
+                        Metrics::inc(&metrics.lease_renewals, "ok");
                         info!("renewed lease {}", l.key());
                         lease = l;
+                        record_lease(&metrics, &lease);
                         renew_at = renew_delay(&lease, margin, SystemTime::now())
                             .map(|d| tokio::time::Instant::now() + d);
                     }
                     Err(e) => {
+                        Metrics::inc(&metrics.lease_renewals, "error");
+                        Metrics::inc(&metrics.datastore_errors, "renew lease");
                         error!("Error renewing lease (trying again in 1 min): {e}");
                         renew_at = Some(tokio::time::Instant::now() + RENEW_RETRY);
                     }
@@ -545,8 +662,17 @@ pub async fn run<M: SubnetManager>(
             reconcile_at = None;
             let start = Instant::now();
             let desired = peers.desired(&lease, &env);
-            match backend.reconcile(&desired).await {
-                Ok(stats) => log_stats(&stats, start.elapsed(), why),
+            let result = backend.reconcile(&desired).await;
+            record_reconcile(&metrics, why, &result, start.elapsed());
+            match result {
+                Ok(stats) => {
+                    log_stats(&stats, start.elapsed(), why);
+                    if stats.failed == 0
+                        && let Some(t) = pending_since.take()
+                    {
+                        metrics.event_to_programmed.observe(t.elapsed().as_secs_f64());
+                    }
+                }
                 Err(e) => {
                     error!("reconcile ({why}) failed: {e}");
                     // Try again soon rather than waiting for the repair tick.

@@ -9,5 +9,6 @@ pub mod daemon;
 pub mod http;
 pub mod iface;
 pub mod logging;
+pub mod metrics;
 pub mod notify;
 pub mod reconcile;

@@ -9,6 +9,7 @@ use std::process::ExitCode;
 
 use flannel_subnet::PreviousSubnets;
 use flannel_subnet::etcd::{EtcdConfig, EtcdManager};
+use flannel_subnet::kube::{KubeManager, KubeOptions};
 use flannel_types::subnet_env::PreviousSubnetEnv;
 use flanneld::cli::{self, CliError, Options};
 use flanneld::daemon::{self, DaemonError, Exit};
@@ -83,9 +84,22 @@ async fn run(opts: Options) -> Result<Exit, DaemonError> {
     });
 
     if opts.kube_subnet_mgr {
-        return Err(DaemonError::Startup(
-            "Failed to create SubnetManager: the Kubernetes subnet manager is not built into this flanneld yet".into(),
-        ));
+        let kube = KubeOptions {
+            api_url: opts.kube_api_url.clone(),
+            kubeconfig: opts.kubeconfig_file.clone(),
+            annotation_prefix: opts.kube_annotation_prefix.clone(),
+            net_config_path: opts.net_config_path.clone(),
+            set_node_network_unavailable: opts.set_node_network_unavailable,
+            node_name: None,
+            pod_name: None,
+            pod_namespace: None,
+            event_queue_depth: None,
+        }
+        .with_process_env();
+        let manager = KubeManager::connect(kube)
+            .await
+            .map_err(|e| DaemonError::Startup(format!("Failed to create SubnetManager: {e}")))?;
+        return daemon::run(&opts, manager, rx).await;
     }
     let previous = PreviousSubnetEnv::read(&opts.subnet_file)
         .ok()

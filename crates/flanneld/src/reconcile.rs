@@ -54,7 +54,7 @@ pub fn diff<K: Ord + Clone, V: PartialEq + Clone>(
 }
 
 /// Counts of one reconcile pass, for the log summary and metrics.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ReconcileStats {
     /// Entries written (added or replaced).
     pub added: usize,
@@ -66,6 +66,9 @@ pub struct ReconcileStats {
     pub failed: usize,
     /// Peers taken into account.
     pub peers: usize,
+    /// Kernel operations issued, by (operation, result): result is `ok`, `absent` (a delete of
+    /// something already gone) or `error`.
+    pub ops: BTreeMap<(&'static str, &'static str), u64>,
 }
 
 impl ReconcileStats {
@@ -89,6 +92,9 @@ impl std::ops::AddAssign for ReconcileStats {
         self.unchanged += o.unchanged;
         self.failed += o.failed;
         self.peers = self.peers.max(o.peers);
+        for (k, v) in o.ops {
+            *self.ops.entry(k).or_default() += v;
+        }
     }
 }
 

@@ -11,7 +11,7 @@ use flannel_types::{Lease, LeaseAttrs};
 use ipnet::IpNet;
 
 use super::routes::{OwnedRoutes, RouteSpace, RouteTarget, plan};
-use super::{BackendEnv, BackendError, count_failures};
+use super::{BackendEnv, BackendError, tally};
 use crate::reconcile::ReconcileStats;
 
 /// The host-gw backend.
@@ -117,12 +117,13 @@ impl HostGwBackend {
             unchanged: p.unchanged,
             failed: 0,
             peers: desired.len(),
+            ops: Default::default(),
         };
         let mut ops = p.deletes;
         ops.extend(p.upserts);
         if !ops.is_empty() {
             let report = self.env.nl.apply(&ops).await;
-            stats.failed = count_failures(&ops, &report, "host-gw");
+            tally(&ops, &report, "host-gw", &mut stats);
         }
         Ok(stats)
     }

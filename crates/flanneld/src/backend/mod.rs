@@ -21,6 +21,7 @@ use crate::reconcile::ReconcileStats;
 
 pub mod hostgw;
 pub mod routes;
+pub mod udp;
 pub mod vxlan;
 
 /// Why a backend could not be built, started or reconciled.
@@ -89,6 +90,8 @@ pub enum Backend {
     Vxlan(vxlan::VxlanBackend),
     /// `host-gw`: plain routes via peers' public IPs (same L2 segment only).
     HostGw(hostgw::HostGwBackend),
+    /// `udp`: upstream's userspace TUN + UDP overlay, wire-compatible.
+    Udp(udp::UdpBackend),
 }
 
 impl Backend {
@@ -97,8 +100,8 @@ impl Backend {
         match config.backend_type.as_str() {
             "vxlan" => Ok(Backend::Vxlan(vxlan::VxlanBackend::new(config, env)?)),
             "host-gw" => Ok(Backend::HostGw(hostgw::HostGwBackend::new(env)?)),
-            t
-            @ ("udp" | "ipip" | "wireguard" | "ipsec" | "alloc" | "extension" | "tencent-vpc") => {
+            "udp" => Ok(Backend::Udp(udp::UdpBackend::new(config, env)?)),
+            t @ ("ipip" | "wireguard" | "ipsec" | "alloc" | "extension" | "tencent-vpc") => {
                 Err(BackendError::Unsupported(t.to_string()))
             }
             other => Err(BackendError::UnknownType(other.to_string())),
@@ -110,6 +113,7 @@ impl Backend {
         match self {
             Backend::Vxlan(_) => "vxlan",
             Backend::HostGw(_) => "host-gw",
+            Backend::Udp(_) => "udp",
         }
     }
 
@@ -122,6 +126,7 @@ impl Backend {
         match self {
             Backend::Vxlan(b) => b.prepare(stored).await,
             Backend::HostGw(b) => b.prepare().await,
+            Backend::Udp(b) => b.prepare().await,
         }
     }
 
@@ -129,6 +134,7 @@ impl Backend {
     pub async fn configure(&mut self, own: &Lease) -> Result<(), BackendError> {
         match self {
             Backend::Vxlan(b) => b.configure(own).await,
+            Backend::Udp(b) => b.configure(own).await,
             Backend::HostGw(b) => {
                 b.configure(own);
                 Ok(())
@@ -141,6 +147,7 @@ impl Backend {
         match self {
             Backend::Vxlan(b) => b.mtu(),
             Backend::HostGw(b) => b.mtu(),
+            Backend::Udp(b) => b.mtu(),
         }
     }
 
@@ -149,6 +156,7 @@ impl Backend {
         match self {
             Backend::Vxlan(b) => b.devices(),
             Backend::HostGw(_) => Vec::new(),
+            Backend::Udp(b) => b.devices(),
         }
     }
 
@@ -157,6 +165,7 @@ impl Backend {
         match self {
             Backend::Vxlan(b) => b.reconcile(peers).await,
             Backend::HostGw(b) => b.reconcile(peers).await,
+            Backend::Udp(b) => b.reconcile(peers).await,
         }
     }
 }
@@ -235,28 +244,33 @@ pub fn usable_public_ip(ip: IpAddr) -> bool {
     }
 }
 
-/// Reports batch failures: deletes of entries already gone count as done, everything else is
-/// logged (the first few individually) and counted.
-pub(crate) fn count_failures(
+/// Tallies a batch's results into `stats`: deletes of entries already gone count as done
+/// (`absent`), everything else that failed is logged (the first few individually) and counted.
+pub(crate) fn tally(
     ops: &[flannel_netlink::BatchOp],
     report: &flannel_netlink::BatchReport,
     backend: &str,
-) -> usize {
-    let mut failed = 0;
-    for (i, e) in report.errors() {
-        let op = &ops[i];
-        if op.is_delete() && e.is_not_found() {
-            continue;
-        }
-        failed += 1;
-        if failed <= 5 {
-            tracing::warn!("{backend}: {} failed: {e}", op.op_name());
-        }
+    stats: &mut ReconcileStats,
+) {
+    let mut logged = 0;
+    for (op, result) in ops.iter().zip(report.results.iter()) {
+        let outcome = match result {
+            Ok(()) => "ok",
+            Err(e) if op.is_delete() && e.is_not_found() => "absent",
+            Err(e) => {
+                stats.failed += 1;
+                logged += 1;
+                if logged <= 5 {
+                    tracing::warn!("{backend}: {} failed: {e}", op.op_name());
+                }
+                "error"
+            }
+        };
+        *stats.ops.entry((op.op_name(), outcome)).or_default() += 1;
     }
-    if failed > 5 {
-        tracing::warn!("{backend}: {} more kernel changes failed", failed - 5);
+    if logged > 5 {
+        tracing::warn!("{backend}: {} more kernel changes failed", logged - 5);
     }
-    failed
 }
 
 #[cfg(test)]

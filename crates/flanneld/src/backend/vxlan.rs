@@ -23,7 +23,7 @@ use ipnet::IpNet;
 use tracing::{debug, info, warn};
 
 use super::routes::{OwnedRoutes, RouteSpace, RouteTarget, plan};
-use super::{BackendEnv, BackendError, count_failures, nl_err};
+use super::{BackendEnv, BackendError, tally, nl_err};
 use crate::reconcile::{ReconcileStats, diff};
 
 /// Bytes VXLAN adds to every packet (outer IPv4 + UDP + VXLAN + inner Ethernet), upstream's
@@ -631,7 +631,7 @@ impl VxlanBackend {
         ops.extend(rp.upserts);
         if !ops.is_empty() {
             let report = self.env.nl.apply(&ops).await;
-            stats.failed = count_failures(&ops, &report, "vxlan");
+            tally(&ops, &report, "vxlan", &mut stats);
         }
         Ok(stats)
     }

@@ -1,0 +1,496 @@
+//! udp: upstream's userspace overlay, wire-compatible and multi-threaded.
+//!
+//! A TUN device `flannel0` (`IFF_TUN|IFF_NO_PI`, address `<subnet IP>/32`, MTU = underlay - 28)
+//! takes every packet for the cluster network through the route `<Network> dev flannel0`. The
+//! proxy sends each packet to the peer whose subnet contains the destination, as the payload
+//! of a UDP datagram from `IfaceAddr:Port` to `PublicIP:Port` (default 8285), and writes
+//! datagrams it receives back into the device. The wire format is upstream's: the UDP payload
+//! is the raw inner IPv4 packet and nothing else, so a Go flanneld node and this one exchange
+//! traffic directly.
+//!
+//! The parts:
+//! * [`codec`]: TTL, checksums, ICMP net unreachable, validation: pure functions;
+//! * [`table`]: the longest-prefix peer table, rebuilt by [`UdpBackend::reconcile`] and swapped
+//!   under the running data path;
+//! * [`offload`]: TSO segmentation and GRO-style coalescing, so a system call moves up to
+//!   64 KiB while every datagram stays one complete inner packet;
+//! * `io`: the TUN queues, sockets and worker threads.
+//!
+//! The device is not persistent: it disappears when flanneld exits (as upstream), and comes
+//! back when flanneld starts. Reconcile also recreates it if someone deletes it meanwhile.
+
+pub mod codec;
+mod io;
+pub mod offload;
+pub mod table;
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
+use std::sync::Arc;
+
+use flannel_netlink::{BatchOp, IpFamily, Route, RouteFilter, RouteKind, Scope};
+use flannel_types::{Lease, LeaseAttrs, NetConfig};
+use ipnet::{IpNet, Ipv4Net};
+use tracing::{debug, info, warn};
+
+use self::io::{DataPath, DataPathConfig};
+use self::table::{PeerTable, SharedTable};
+use super::routes::{OwnedRoutes, RouteSpace, plan};
+use super::{BackendEnv, BackendError, nl_err};
+use crate::reconcile::ReconcileStats;
+
+pub use self::io::Counters;
+
+/// Bytes the encapsulation adds: outer IPv4 (20) + UDP (8), upstream's `encapOverhead`.
+pub const ENCAP_OVERHEAD: u32 = 28;
+/// Upstream's default `Port`.
+pub const DEFAULT_PORT: u16 = 8285;
+/// The device name (upstream asks the kernel for `flannel%d`, which is `flannel0` unless that
+/// name is taken).
+pub const DEVICE: &str = "flannel0";
+/// Most worker threads pairs started by default.
+const MAX_DEFAULT_QUEUES: usize = 4;
+
+/// The `Backend` settings of net-conf.json for udp.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UdpConfig {
+    /// `Port`, default 8285: the local port and, as upstream assumes, every peer's.
+    pub port: u16,
+    /// `Queues` (flannel-rs only; Go ignores unknown keys): worker count, default the CPU
+    /// count up to 4.
+    pub queues: Option<usize>,
+    /// `Offload` (flannel-rs only): use TSO/GSO/GRO, default true. Off, every packet costs a
+    /// system call on each side, as upstream's proxy does.
+    pub offload: bool,
+}
+
+impl UdpConfig {
+    /// Parses the `Backend` object with Go's leniency (case-insensitive keys) and checks ranges.
+    pub fn from_net_config(config: &NetConfig) -> Result<UdpConfig, BackendError> {
+        let bad = |e: flannel_types::GoJsonError| BackendError::Config(e.to_string());
+        let mut c = UdpConfig {
+            port: DEFAULT_PORT,
+            queues: None,
+            offload: true,
+        };
+        let Some(obj) = config.backend_object().map_err(bad)? else {
+            return Ok(c);
+        };
+        if let Some(v) = obj.int("Port").map_err(bad)? {
+            c.port = u16::try_from(v).ok().filter(|p| *p != 0).ok_or_else(|| {
+                BackendError::Config(format!("Backend.Port {v} is out of range 1..65535"))
+            })?;
+        }
+        if let Some(v) = obj.int("Queues").map_err(bad)? {
+            let q = usize::try_from(v)
+                .ok()
+                .filter(|q| (1..=64).contains(q))
+                .ok_or_else(|| {
+                    BackendError::Config(format!("Backend.Queues {v} is out of range 1..64"))
+                })?;
+            c.queues = Some(q);
+        }
+        c.offload = obj.bool("Offload").map_err(bad)?.unwrap_or(true);
+        Ok(c)
+    }
+}
+
+/// The udp backend.
+#[derive(Debug)]
+pub struct UdpBackend {
+    env: BackendEnv,
+    cfg: UdpConfig,
+    network: Ipv4Net,
+    iface_addr: Ipv4Addr,
+    table: Arc<SharedTable>,
+    datapath: Option<DataPath>,
+    index: Option<u32>,
+    own: Option<Lease>,
+    warned: HashSet<String>,
+}
+
+impl UdpBackend {
+    /// Parses the config. The udp backend carries IPv4 only, as upstream's.
+    pub fn new(config: &NetConfig, env: BackendEnv) -> Result<UdpBackend, BackendError> {
+        let cfg = UdpConfig::from_net_config(config)?;
+        let network = env.network.ok_or_else(|| {
+            BackendError::Config("the udp backend carries IPv4 only: set Network".into())
+        })?;
+        if env.ipv6_network.is_some() {
+            warn!("the udp backend carries IPv4 only; IPv6 pod traffic will not cross nodes");
+        }
+        let iface_addr = env
+            .ext
+            .iface_addr
+            .ok_or_else(|| BackendError::Missing("udp needs an IPv4 interface address".into()))?;
+        info!(
+            "UDP config: Port={} Offload={} Queues={}",
+            cfg.port,
+            cfg.offload,
+            cfg.queues
+                .map(|q| q.to_string())
+                .unwrap_or_else(|| "auto".into())
+        );
+        Ok(UdpBackend {
+            env,
+            cfg,
+            network,
+            iface_addr,
+            table: SharedTable::new(),
+            datapath: None,
+            index: None,
+            own: None,
+            warned: HashSet::new(),
+        })
+    }
+
+    /// The pod MTU: the underlay MTU minus the outer IPv4 and UDP headers.
+    pub fn mtu(&self) -> u32 {
+        self.env.ext.mtu.saturating_sub(ENCAP_OVERHEAD)
+    }
+
+    /// The TUN device, watched by the daemon for deletion.
+    pub fn devices(&self) -> Vec<String> {
+        vec![DEVICE.to_string()]
+    }
+
+    /// Lease attributes: only the public IP, as upstream's udp leases (no `BackendType`, no
+    /// data, so the `backend-type` annotation is empty).
+    pub async fn prepare(&mut self) -> Result<LeaseAttrs, BackendError> {
+        Ok(LeaseAttrs {
+            public_ip: self.env.ext.ext_addr.unwrap_or(Ipv4Addr::UNSPECIFIED),
+            public_ipv6: None,
+            backend_type: String::new(),
+            backend_data: None,
+            backend_v6_data: None,
+        })
+    }
+
+    /// Starts the data path for our lease: the device needs our subnet for its address, the
+    /// ICMP source and the receive filter.
+    pub async fn configure(&mut self, own: &Lease) -> Result<(), BackendError> {
+        if own.subnet.is_none() {
+            return Err(BackendError::Missing(
+                "the udp backend needs an IPv4 subnet lease".into(),
+            ));
+        }
+        self.own = Some(own.clone());
+        self.ensure_device().await
+    }
+
+    fn datapath_config(&self, own_subnet: Ipv4Net) -> DataPathConfig {
+        let queues = self.cfg.queues.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+                .clamp(1, MAX_DEFAULT_QUEUES)
+        });
+        DataPathConfig {
+            name: DEVICE.to_string(),
+            mtu: self.mtu(),
+            bind: SocketAddrV4::new(self.iface_addr, self.cfg.port),
+            peer_port: self.cfg.port,
+            tun_ip: own_subnet.network(),
+            own_subnet,
+            queues,
+            offload: self.cfg.offload,
+        }
+    }
+
+    /// Makes the device exist (ours, up, right MTU, our address) and the network route point
+    /// at it. A device that vanished, or whose queues died, is rebuilt from scratch.
+    async fn ensure_device(&mut self) -> Result<(), BackendError> {
+        let Some(own_subnet) = self.own.as_ref().and_then(|o| o.subnet) else {
+            return Ok(());
+        };
+        let nl = self.env.nl.clone();
+        let mut link = nl
+            .link_by_name(DEVICE)
+            .await
+            .map_err(nl_err(format!("looking up {DEVICE}")))?;
+        let healthy = self.datapath.as_ref().is_some_and(|d| !d.is_dead())
+            && link.as_ref().map(|l| l.index) == self.index
+            && self.index.is_some();
+        if !healthy {
+            if let Some(mut old) = self.datapath.take() {
+                warn!("{DEVICE} is gone or broken; recreating it");
+                old.stop();
+            }
+            let cfg = self.datapath_config(own_subnet);
+            let dp = DataPath::start(&cfg, &self.table).map_err(|e| {
+                BackendError::Missing(format!("starting the udp data path: {e}"))
+            })?;
+            info!(
+                "{DEVICE}: {} queue(s), offloads {}, UDP {} -> peers' port {}",
+                dp.queues(),
+                if dp.offload() { "on" } else { "off" },
+                cfg.bind,
+                cfg.peer_port
+            );
+            self.datapath = Some(dp);
+            link = nl
+                .link_by_name(DEVICE)
+                .await
+                .map_err(nl_err(format!("looking up {DEVICE}")))?;
+            self.index = link.as_ref().map(|l| l.index);
+        }
+        let link = link.ok_or_else(|| {
+            BackendError::Missing(format!("{DEVICE} vanished right after it was created"))
+        })?;
+        let mtu = self.mtu();
+        if link.mtu != mtu {
+            nl.set_link_mtu(link.index, mtu)
+                .await
+                .map_err(nl_err(format!("setting MTU {mtu} on {DEVICE}")))?;
+        }
+        if !link.up {
+            nl.set_link_up(link.index)
+                .await
+                .map_err(nl_err(format!("setting {DEVICE} up")))?;
+        }
+        self.ensure_address(link.index, own_subnet).await?;
+        self.ensure_route(link.index).await
+    }
+
+    /// `<subnet IP>/32` on the device; other addresses of the cluster network removed.
+    async fn ensure_address(&self, index: u32, own_subnet: Ipv4Net) -> Result<(), BackendError> {
+        let want = IpNet::V4(Ipv4Net::new(own_subnet.network(), 32).expect("/32"));
+        let nl = &self.env.nl;
+        let mut have = false;
+        for a in nl
+            .addresses(Some(index))
+            .await
+            .map_err(nl_err(format!("listing addresses of {DEVICE}")))?
+        {
+            if a.net() == want {
+                have = true;
+            } else if let IpAddr::V4(ip) = a.ip
+                && self.network.contains(&ip)
+            {
+                info!("removing address {} from {DEVICE}", a.net());
+                nl.del_address(index, a.net())
+                    .await
+                    .map_err(nl_err(format!("removing {} from {DEVICE}", a.net())))?;
+            }
+        }
+        if !have {
+            nl.add_address(index, want)
+                .await
+                .map_err(nl_err(format!("adding {want} to {DEVICE}")))?;
+        }
+        Ok(())
+    }
+
+    /// `<Network> dev flannel0` (scope global, as upstream adds it); a route for the network
+    /// pointing elsewhere is replaced.
+    async fn ensure_route(&self, index: u32) -> Result<(), BackendError> {
+        let dst = IpNet::V4(self.network);
+        let routes = self
+            .env
+            .nl
+            .routes(&RouteFilter::main().family(IpFamily::V4))
+            .await
+            .map_err(nl_err("dumping routes"))?;
+        let ok = routes.iter().any(|r| {
+            r.dst == dst
+                && r.oif == Some(index)
+                && r.gateway.is_none()
+                && r.kind == RouteKind::Unicast
+        });
+        if !ok {
+            let mut r = Route::direct(dst, index);
+            r.scope = Scope::Universe;
+            self.env
+                .nl
+                .replace_route(&r)
+                .await
+                .map_err(nl_err(format!("adding route {dst} dev {DEVICE}")))?;
+        }
+        Ok(())
+    }
+
+    fn warn_once(&mut self, key: String) {
+        if self.warned.len() > 10_000 {
+            self.warned.clear();
+        }
+        if self.warned.insert(key.clone()) {
+            warn!("{key}");
+        }
+    }
+
+    /// Builds the peer table for this peer set (see [`peer_table`]), warning once per skipped
+    /// peer.
+    fn table_for(&mut self, peers: &[Lease]) -> PeerTable {
+        let (table, skipped) = peer_table(peers);
+        for why in skipped {
+            self.warn_once(why);
+        }
+        table
+    }
+
+    /// Publishes the peer table to the data path, then checks device, address and route, and
+    /// removes per-peer routes another backend left inside the network (they would shadow
+    /// the network route).
+    pub async fn reconcile(&mut self, peers: &[Lease]) -> Result<ReconcileStats, BackendError> {
+        let table = self.table_for(peers);
+        let before: BTreeMap<Ipv4Net, Ipv4Addr> = self.table.snapshot().entries().collect();
+        let after: BTreeMap<Ipv4Net, Ipv4Addr> = table.entries().collect();
+        let mut stats = ReconcileStats {
+            peers: after.len(),
+            ..Default::default()
+        };
+        for (k, v) in &after {
+            match before.get(k) {
+                Some(old) if old == v => stats.unchanged += 1,
+                _ => stats.added += 1,
+            }
+        }
+        stats.removed = before.keys().filter(|k| !after.contains_key(k)).count();
+        if before != after {
+            debug!("udp peer table: {after:?}");
+        }
+        self.table.publish(table);
+
+        self.ensure_device().await?;
+
+        let mut space = RouteSpace::default();
+        space.networks.push(IpNet::V4(self.network));
+        if let Some(sn) = self.own.as_ref().and_then(|o| o.subnet) {
+            space.own.push(IpNet::V4(sn));
+        }
+        let stale = OwnedRoutes::load(&self.env.nl, &space).await?;
+        let p = plan(&BTreeMap::new(), stale);
+        if !p.deletes.is_empty() {
+            info!(
+                "removing {} per-peer route(s) inside {} left by another backend",
+                p.deletes.len(),
+                self.network
+            );
+            stats.removed += p.removed;
+            let ops: Vec<BatchOp> = p.deletes;
+            let report = self.env.nl.apply(&ops).await;
+            for (i, e) in report.errors() {
+                if ops[i].is_delete() && e.is_not_found() {
+                    continue;
+                }
+                stats.failed += 1;
+                warn!("udp: {} failed: {e}", ops[i].op_name());
+            }
+        }
+        if let Some(dp) = &self.datapath {
+            debug!("udp data path: {}", dp.counters().summary());
+        }
+        Ok(stats)
+    }
+
+    /// The data path's counters, when it runs.
+    pub fn counters(&self) -> Option<&Counters> {
+        self.datapath.as_ref().map(|d| d.counters())
+    }
+}
+
+/// The peer table for a peer set: IPv4 subnet -> public IP for every udp peer, and why other
+/// leases were skipped.
+///
+/// udp leases carry no `BackendType`, and upstream programs every lease it sees. A lease that
+/// names another backend cannot answer on the udp port, so it is skipped with a reason.
+pub fn peer_table(peers: &[Lease]) -> (PeerTable, Vec<String>) {
+    let mut entries = Vec::with_capacity(peers.len());
+    let mut skipped = Vec::new();
+    for p in peers {
+        let Some(sn) = p.subnet else { continue };
+        let t = p.attrs.backend_type.as_str();
+        if !(t.is_empty() || t == "udp") {
+            skipped.push(format!(
+                "ignoring peer {} ({}): its backend is {t:?}, not udp",
+                p.key(),
+                p.attrs.public_ip
+            ));
+            continue;
+        }
+        entries.push((sn, p.attrs.public_ip));
+    }
+    (PeerTable::new(entries), skipped)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(json: &str) -> Result<UdpConfig, BackendError> {
+        UdpConfig::from_net_config(&NetConfig::parse(json).unwrap())
+    }
+
+    #[test]
+    fn config_defaults_and_go_leniency() {
+        let c = cfg(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"udp"}}"#).unwrap();
+        assert_eq!(
+            c,
+            UdpConfig {
+                port: 8285,
+                queues: None,
+                offload: true
+            }
+        );
+        let c = cfg(r#"{"Network":"10.244.0.0/16","Backend":{"type":"udp","PORT":9000,"queues":2,"offload":false}}"#)
+            .unwrap();
+        assert_eq!(
+            c,
+            UdpConfig {
+                port: 9000,
+                queues: Some(2),
+                offload: false
+            }
+        );
+    }
+
+    #[test]
+    fn config_errors_name_the_key() {
+        for (json, key) in [
+            (r#"{"Backend":{"Type":"udp","Port":70000}}"#, "Backend.Port 70000"),
+            (r#"{"Backend":{"Type":"udp","Port":0}}"#, "Backend.Port 0"),
+            (r#"{"Backend":{"Type":"udp","Port":-1}}"#, "Backend.Port -1"),
+            (r#"{"Backend":{"Type":"udp","Queues":0}}"#, "Backend.Queues 0"),
+        ] {
+            let e = cfg(json).unwrap_err().to_string();
+            assert!(e.contains(key), "{json}: {e}");
+        }
+        let e = cfg(r#"{"Backend":{"Type":"udp","Port":"x"}}"#).unwrap_err();
+        assert!(e.to_string().contains("Port"), "{e}");
+    }
+
+    fn lease(sn: &str, ip: &str, backend: &str) -> Lease {
+        Lease {
+            subnet: Some(sn.parse().unwrap()),
+            ipv6_subnet: None,
+            attrs: LeaseAttrs {
+                public_ip: ip.parse().unwrap(),
+                backend_type: backend.into(),
+                ..Default::default()
+            },
+            expiration: None,
+        }
+    }
+
+    #[test]
+    fn peer_table_takes_udp_leases_and_skips_other_backends() {
+        let peers = [
+            lease("10.244.2.0/24", "198.18.0.2", ""),
+            lease("10.244.3.0/24", "198.18.0.3", "udp"),
+            lease("10.244.4.0/24", "198.18.0.4", "vxlan"),
+        ];
+        let (t, skipped) = peer_table(&peers);
+        assert_eq!(t.len(), 2);
+        assert_eq!(
+            t.lookup("10.244.2.9".parse().unwrap()),
+            Some("198.18.0.2".parse().unwrap())
+        );
+        assert_eq!(
+            t.lookup("10.244.3.9".parse().unwrap()),
+            Some("198.18.0.3".parse().unwrap())
+        );
+        assert_eq!(t.lookup("10.244.4.9".parse().unwrap()), None);
+        assert_eq!(skipped.len(), 1);
+        assert!(skipped[0].contains("vxlan"), "{skipped:?}");
+    }
+}

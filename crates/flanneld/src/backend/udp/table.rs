@@ -1,0 +1,280 @@
+//! The peer table: which node's public IP serves a destination address.
+//!
+//! Upstream's proxy keeps a linear list with move-to-front. Here the table is immutable once
+//! built: one sorted vector of networks per prefix length, longest length first, so a lookup
+//! is a binary search per distinct prefix length (flannel leases all have one length, so in
+//! practice one search, O(log n)). The reconcile engine builds a new table for every peer
+//! change and publishes it through [`SharedTable`]; data-path threads pick it up between
+//! batches with one atomic load ([`TableReader`]), so updates never stop the data path and
+//! the data path never takes a lock in the steady state.
+
+use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use ipnet::Ipv4Net;
+
+/// An immutable longest-prefix-match table from subnets to peer public IPs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PeerTable {
+    /// `(prefix length, sorted (network, peer))`, longest prefix first.
+    by_len: Vec<(u8, Vec<(u32, Ipv4Addr)>)>,
+    len: usize,
+}
+
+fn mask(len: u8) -> u32 {
+    if len == 0 { 0 } else { u32::MAX << (32 - len) }
+}
+
+impl PeerTable {
+    /// Builds a table; for a subnet given twice the last entry wins.
+    pub fn new(entries: impl IntoIterator<Item = (Ipv4Net, Ipv4Addr)>) -> PeerTable {
+        let mut by_len: Vec<(u8, Vec<(u32, Ipv4Addr)>)> = Vec::new();
+        for (net, peer) in entries {
+            let net = net.trunc();
+            let l = net.prefix_len();
+            let key = u32::from(net.network());
+            let slot = match by_len.iter().position(|(len, _)| *len == l) {
+                Some(i) => i,
+                None => {
+                    by_len.push((l, Vec::new()));
+                    by_len.len() - 1
+                }
+            };
+            by_len[slot].1.push((key, peer));
+        }
+        by_len.sort_by(|a, b| b.0.cmp(&a.0));
+        let mut len = 0;
+        for (_, v) in &mut by_len {
+            // Stable sort keeps insertion order among equal keys; keep the last one.
+            v.sort_by_key(|(k, _)| *k);
+            let mut dedup: Vec<(u32, Ipv4Addr)> = Vec::with_capacity(v.len());
+            for (k, p) in v.drain(..) {
+                match dedup.last_mut() {
+                    Some(last) if last.0 == k => last.1 = p,
+                    _ => dedup.push((k, p)),
+                }
+            }
+            len += dedup.len();
+            *v = dedup;
+        }
+        PeerTable { by_len, len }
+    }
+
+    /// The peer whose subnet is the longest prefix containing `dst`.
+    #[inline]
+    pub fn lookup(&self, dst: Ipv4Addr) -> Option<Ipv4Addr> {
+        let d = u32::from(dst);
+        for (l, v) in &self.by_len {
+            let key = d & mask(*l);
+            if let Ok(i) = v.binary_search_by_key(&key, |(k, _)| *k) {
+                return Some(v[i].1);
+            }
+        }
+        None
+    }
+
+    /// Number of subnets.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True when no peer is known.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// All entries, longest prefix first, for diffs and logs.
+    pub fn entries(&self) -> impl Iterator<Item = (Ipv4Net, Ipv4Addr)> + '_ {
+        self.by_len.iter().flat_map(|(l, v)| {
+            v.iter().map(move |(k, p)| {
+                (
+                    Ipv4Net::new(Ipv4Addr::from(*k), *l).expect("prefix length <= 32"),
+                    *p,
+                )
+            })
+        })
+    }
+}
+
+/// The current table, shared between the control plane and the data-path threads.
+#[derive(Debug, Default)]
+pub struct SharedTable {
+    generation: AtomicU64,
+    current: Mutex<Arc<PeerTable>>,
+}
+
+impl SharedTable {
+    /// An empty shared table.
+    pub fn new() -> Arc<SharedTable> {
+        Arc::new(SharedTable::default())
+    }
+
+    /// Publishes a new table; readers switch to it at their next [`TableReader::get`].
+    pub fn publish(&self, table: PeerTable) {
+        let table = Arc::new(table);
+        let mut cur = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        *cur = table;
+        // Bumped under the lock, so a reader that sees the new generation finds the new table.
+        self.generation.fetch_add(1, Ordering::Release);
+    }
+
+    /// The table as last published.
+    pub fn snapshot(&self) -> Arc<PeerTable> {
+        self.current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// A reader for one data-path thread.
+    pub fn reader(self: &Arc<Self>) -> TableReader {
+        let generation = self.generation.load(Ordering::Acquire);
+        TableReader {
+            table: self.snapshot(),
+            generation,
+            shared: self.clone(),
+        }
+    }
+}
+
+/// A data-path thread's handle on the shared table: a private `Arc` refreshed only when the
+/// generation counter moved.
+#[derive(Debug)]
+pub struct TableReader {
+    shared: Arc<SharedTable>,
+    generation: u64,
+    table: Arc<PeerTable>,
+}
+
+impl TableReader {
+    /// The current table (one atomic load when nothing changed).
+    #[inline]
+    pub fn get(&mut self) -> &PeerTable {
+        let g = self.shared.generation.load(Ordering::Acquire);
+        if g != self.generation {
+            self.table = self.shared.snapshot();
+            self.generation = g;
+        }
+        &self.table
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn net(s: &str) -> Ipv4Net {
+        s.parse().unwrap()
+    }
+    fn ip(s: &str) -> Ipv4Addr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn longest_prefix_wins() {
+        let t = PeerTable::new([
+            (net("10.244.0.0/16"), ip("198.18.0.9")),
+            (net("10.244.2.0/24"), ip("198.18.0.2")),
+            (net("10.244.2.128/25"), ip("198.18.0.3")),
+            (net("10.244.3.0/24"), ip("198.18.0.4")),
+        ]);
+        assert_eq!(t.len(), 4);
+        assert_eq!(t.lookup(ip("10.244.2.5")), Some(ip("198.18.0.2")));
+        assert_eq!(t.lookup(ip("10.244.2.200")), Some(ip("198.18.0.3")));
+        assert_eq!(t.lookup(ip("10.244.3.255")), Some(ip("198.18.0.4")));
+        assert_eq!(t.lookup(ip("10.244.77.1")), Some(ip("198.18.0.9")));
+        assert_eq!(t.lookup(ip("10.245.0.1")), None);
+    }
+
+    #[test]
+    fn empty_and_edges() {
+        let t = PeerTable::default();
+        assert!(t.is_empty());
+        assert_eq!(t.lookup(ip("10.0.0.1")), None);
+        let t = PeerTable::new([
+            (net("0.0.0.0/0"), ip("198.18.0.1")),
+            (net("10.0.0.7/32"), ip("198.18.0.2")),
+        ]);
+        assert_eq!(t.lookup(ip("10.0.0.7")), Some(ip("198.18.0.2")));
+        assert_eq!(t.lookup(ip("10.0.0.8")), Some(ip("198.18.0.1")));
+        assert_eq!(t.lookup(ip("255.255.255.255")), Some(ip("198.18.0.1")));
+    }
+
+    #[test]
+    fn host_bits_are_ignored_and_last_duplicate_wins() {
+        let t = PeerTable::new([
+            (net("10.244.5.77/24"), ip("198.18.0.5")),
+            (net("10.244.5.0/24"), ip("198.18.0.6")),
+        ]);
+        assert_eq!(t.len(), 1);
+        assert_eq!(t.lookup(ip("10.244.5.1")), Some(ip("198.18.0.6")));
+        let e: Vec<_> = t.entries().collect();
+        assert_eq!(e, vec![(net("10.244.5.0/24"), ip("198.18.0.6"))]);
+    }
+
+    #[test]
+    fn many_peers_all_found() {
+        let entries: Vec<(Ipv4Net, Ipv4Addr)> = (0..5000u32)
+            .map(|i| {
+                let n = Ipv4Net::new(Ipv4Addr::from(0x0a00_0000 | (i << 8)), 24).unwrap();
+                (n, Ipv4Addr::from(0xc612_0000 | i))
+            })
+            .collect();
+        let t = PeerTable::new(entries.iter().rev().copied());
+        for (n, p) in &entries {
+            let host = Ipv4Addr::from(u32::from(n.network()) | 0x42);
+            assert_eq!(t.lookup(host), Some(*p));
+        }
+        assert_eq!(t.lookup(ip("10.255.255.1")), None);
+    }
+
+    #[test]
+    fn readers_see_updates_without_being_rebuilt() {
+        let shared = SharedTable::new();
+        let mut r = shared.reader();
+        assert_eq!(r.get().lookup(ip("10.244.2.1")), None);
+        shared.publish(PeerTable::new([(net("10.244.2.0/24"), ip("198.18.0.2"))]));
+        assert_eq!(r.get().lookup(ip("10.244.2.1")), Some(ip("198.18.0.2")));
+        shared.publish(PeerTable::new([(net("10.244.2.0/24"), ip("198.18.0.7"))]));
+        assert_eq!(r.get().lookup(ip("10.244.2.1")), Some(ip("198.18.0.7")));
+        shared.publish(PeerTable::default());
+        assert_eq!(r.get().lookup(ip("10.244.2.1")), None);
+    }
+
+    #[test]
+    fn concurrent_readers_always_see_a_whole_table() {
+        // Every published table maps both subnets to the same peer; a reader must never see
+        // a mix of two tables.
+        let shared = SharedTable::new();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let readers: Vec<_> = (0..2)
+            .map(|_| {
+                let mut r = shared.reader();
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    let mut seen = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        let t = r.get();
+                        let a = t.lookup(ip("10.244.1.1"));
+                        let b = t.lookup(ip("10.244.2.1"));
+                        assert_eq!(a, b);
+                        seen += 1;
+                    }
+                    seen
+                })
+            })
+            .collect();
+        for i in 0..2000u32 {
+            let p = Ipv4Addr::from(0xc612_0000 | i);
+            shared.publish(PeerTable::new([
+                (net("10.244.1.0/24"), p),
+                (net("10.244.2.0/24"), p),
+            ]));
+        }
+        stop.store(true, Ordering::Relaxed);
+        for r in readers {
+            assert!(r.join().expect("reader panicked") > 0);
+        }
+    }
+}
