@@ -32,7 +32,7 @@ use ipnet::IpNet;
 use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
 
-use crate::backend::{Backend, BackendEnv, BackendError, peer_problem};
+use crate::backend::{Backend, BackendEnv, BackendError, peer_conflicts, peer_problem};
 use crate::cli::Options;
 use crate::http::{self, Health};
 use crate::iface::{self, HostView, Selection, Stack};
@@ -220,15 +220,19 @@ async fn ensure_blackhole(nl: &Netlink, lease: &Lease) {
 /// The peer set the backend should program: valid peers only, each problem logged once.
 struct Peers {
     set: LeaseSet,
+    subnet_len: u8,
+    ipv6_subnet_len: u8,
     synced: bool,
     warned: BTreeMap<SubnetKey, String>,
     metrics: Arc<Metrics>,
 }
 
 impl Peers {
-    fn new(own: &Lease, metrics: Arc<Metrics>) -> Peers {
+    fn new(own: &Lease, config: &NetConfig, metrics: Arc<Metrics>) -> Peers {
         Peers {
             set: LeaseSet::new(Some(own.clone())),
+            subnet_len: config.subnet_len,
+            ipv6_subnet_len: config.ipv6_subnet_len,
             synced: false,
             warned: BTreeMap::new(),
             metrics,
@@ -265,8 +269,16 @@ impl Peers {
     fn desired(&mut self, own: &Lease, env: &BackendEnv) -> Vec<Lease> {
         let mut out = Vec::with_capacity(self.set.len());
         let mut ignored = 0;
+        let valid: Vec<&Lease> = self
+            .set
+            .leases()
+            .filter(|l| peer_problem(l, own, env.network, env.ipv6_network).is_none())
+            .collect();
+        let conflicts = peer_conflicts(&valid, self.subnet_len, self.ipv6_subnet_len);
         for l in self.set.leases() {
-            match peer_problem(l, own, env.network, env.ipv6_network) {
+            let problem = peer_problem(l, own, env.network, env.ipv6_network)
+                .or_else(|| conflicts.get(&l.key()).cloned());
+            match problem {
                 None => out.push(l.clone()),
                 Some(why) => {
                     ignored += 1;
@@ -544,7 +556,7 @@ pub async fn run<M: SubnetManager>(
 
     // Main loop.
     let mut watch_rx = manager.watch_leases(&lease);
-    let mut peers = Peers::new(&lease, metrics.clone());
+    let mut peers = Peers::new(&lease, &config, metrics.clone());
     // When the oldest peer change not yet in the kernel arrived.
     let mut pending_since: Option<Instant> = None;
     let devices = backend.devices();

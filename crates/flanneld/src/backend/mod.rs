@@ -13,7 +13,9 @@
 use std::net::IpAddr;
 
 use flannel_netlink::{Netlink, NetlinkError};
-use flannel_types::{Lease, LeaseAttrs, NetConfig};
+use std::collections::BTreeMap;
+
+use flannel_types::{Lease, LeaseAttrs, NetConfig, SubnetKey};
 use ipnet::{Ipv4Net, Ipv6Net};
 
 use crate::iface::ExternalInterface;
@@ -224,6 +226,67 @@ pub fn peer_problem(
     None
 }
 
+/// Peers whose subnets overlap another peer's, each with the reason it is ignored.
+///
+/// The allocators never hand out overlapping subnets, so an overlap means a broken or hostile
+/// writer: a /25 planted inside another node's /24 would divert part of that node's pods to
+/// somebody else on every node. When exactly one side of an overlapping pair has the prefix
+/// length the config allocates (`SubnetLen`), the other is ignored; otherwise both are. Leases
+/// of different lengths that do not overlap (a `SubnetLen` change rolling through the cluster)
+/// are left alone.
+pub fn peer_conflicts(
+    peers: &[&Lease],
+    subnet_len: u8,
+    ipv6_subnet_len: u8,
+) -> BTreeMap<SubnetKey, String> {
+    fn scan<N: Copy + Ord + std::fmt::Display>(
+        mut items: Vec<(N, N, u8, SubnetKey, String)>,
+        want_len: u8,
+        out: &mut BTreeMap<SubnetKey, String>,
+    ) {
+        // (start, end, prefix len, key, text), sorted by start then widest first.
+        items.sort_by(|a, b| a.0.cmp(&b.0).then(a.2.cmp(&b.2)));
+        let mut cover: Option<usize> = None;
+        for i in 0..items.len() {
+            if let Some(c) = cover
+                && items[i].0 <= items[c].1
+            {
+                let (a, b) = (&items[c], &items[i]);
+                let (a_ok, b_ok) = (a.2 == want_len, b.2 == want_len);
+                if !a_ok || b_ok {
+                    out.entry(a.3.clone())
+                        .or_insert_with(|| format!("subnet {} overlaps peer subnet {}", a.4, b.4));
+                }
+                if !b_ok || a_ok {
+                    out.entry(b.3.clone())
+                        .or_insert_with(|| format!("subnet {} overlaps peer subnet {}", b.4, a.4));
+                }
+            }
+            if cover.is_none_or(|c| items[i].1 > items[c].1) {
+                cover = Some(i);
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    let v4 = peers
+        .iter()
+        .filter_map(|l| {
+            let n = l.subnet?;
+            Some((n.network(), n.broadcast(), n.prefix_len(), l.key(), n.to_string()))
+        })
+        .collect();
+    scan(v4, subnet_len, &mut out);
+    let v6 = peers
+        .iter()
+        .filter_map(|l| {
+            let n = l.ipv6_subnet?;
+            Some((n.network(), n.broadcast(), n.prefix_len(), l.key(), n.to_string()))
+        })
+        .collect();
+    scan(v6, ipv6_subnet_len, &mut out);
+    out
+}
+
 /// Addresses a remote node can really have: not unspecified, loopback, multicast, broadcast or
 /// link-local.
 pub fn usable_public_ip(ip: IpAddr) -> bool {
@@ -319,6 +382,32 @@ mod tests {
         ] {
             assert!(check("10.244.2.0/24", bad).is_some(), "{bad} accepted");
         }
+    }
+
+    #[test]
+    fn overlapping_peers_are_ignored_preferring_the_configured_length() {
+        let a = lease("10.244.1.0/24", "198.18.0.1");
+        let hijack = lease("10.244.1.0/25", "198.18.0.9");
+        let b = lease("10.244.2.0/24", "198.18.0.2");
+        let migrated = lease("10.244.16.0/20", "198.18.0.3");
+        let c = conflicts(&[&a, &hijack, &b, &migrated], 24);
+        assert_eq!(c.len(), 1, "{c:?}");
+        assert!(c[&hijack.key()].contains("overlaps peer subnet 10.244.1.0/24"));
+        // Neither has the configured length: both go.
+        let x = lease("10.244.64.0/20", "198.18.0.4");
+        let y = lease("10.244.64.0/21", "198.18.0.5");
+        let c = conflicts(&[&x, &y], 24);
+        assert_eq!(c.len(), 2);
+        // A wide lease covering several /24s is the one ignored.
+        let wide = lease("10.244.0.0/22", "198.18.0.6");
+        let c = conflicts(&[&a, &b, &wide], 24);
+        assert_eq!(c.keys().collect::<Vec<_>>(), vec![&wide.key()]);
+        // No overlap, no conflict, whatever the lengths.
+        assert!(conflicts(&[&a, &b, &migrated], 24).is_empty());
+    }
+
+    fn conflicts(peers: &[&Lease], len: u8) -> BTreeMap<SubnetKey, String> {
+        peer_conflicts(peers, len, 64)
     }
 
     #[test]
