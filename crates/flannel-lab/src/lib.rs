@@ -39,13 +39,16 @@ mod command;
 mod error;
 mod etcd;
 mod host;
+pub mod kube;
 pub mod lab;
 mod netns;
 mod ping;
 mod pod;
 mod process;
+pub mod state;
+pub mod throughput;
 
-pub use cluster::{Cluster, ClusterPod, ClusterSpec, PodCni, bin_dir};
+pub use cluster::{Cluster, ClusterPod, ClusterSpec, Datastore, PodCni, StartPhase, bin_dir};
 pub use command::{
     DEFAULT_COMMAND_TIMEOUT, check, describe, run_command, run_in, run_ok, wait_for, wait_until,
 };
@@ -53,12 +56,16 @@ pub use error::{LabError, Result};
 pub use etcd::{DEFAULT_ETCD_START_TIMEOUT, Etcd, EtcdOptions};
 pub use host::{package_for, pid_alive, require_binary, require_root};
 pub use lab::{
-    Interface, Lab, LabBuilder, Node, Underlay, parse_net, underlay_ipv4, underlay_ipv6,
+    Interface, Lab, LabBuilder, Node, Persist, Underlay, parse_net, underlay_ipv4, underlay_ipv6,
 };
-pub use netns::{NAME_PREFIX, NETNS_DIR, Netns, TEMP_PREFIX, netns_exists, reap_stale};
+pub use netns::{
+    DETACHED_PREFIX, NAME_PREFIX, NETNS_DIR, Netns, TEMP_PREFIX, netns_exists, netns_with_prefix,
+    reap_stale,
+};
 pub use ping::ping;
 pub use pod::{Pod, PodNetwork};
 pub use process::{Child, DEFAULT_STOP_TIMEOUT, LOG_TAIL_LINES, spawn_in};
+pub use state::{LabState, Matrix, Phase};
 
 /// Signals, re-exported so callers of [`Child::signal`] need no direct nix dependency.
 pub use nix::sys::signal::Signal;

@@ -5,13 +5,17 @@
 //! The emulator is not an API server; these tests rely only on the API semantics it documents
 //! (list/watch with resourceVersion, 410 Expired, status subresource, strategic merge).
 
+#![cfg(feature = "kube")]
+
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use flannel_kube_emu::{EmuConfig, Emulator, PatchType, Server, Subresource};
 use flannel_subnet::kube::{KubeError, KubeManager, KubeOptions};
 use flannel_subnet::{SubnetError, SubnetManager, WatchEvent};
-use flannel_types::{AnnotationKeys, Lease, LeaseAttrs, LeaseEvent, LeaseSet, NetConfig, RawJson, SubnetKey};
+use flannel_types::{
+    AnnotationKeys, Lease, LeaseAttrs, LeaseEvent, LeaseSet, NetConfig, RawJson, SubnetKey,
+};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
@@ -192,7 +196,10 @@ async fn acquire_errors_read_as_upstream() {
     assert_eq!(err.to_string(), r#"node "n1" pod cidr not assigned"#);
     assert!(matches!(err, SubnetError::LeaseRejected(_)));
     // Nothing was written for a rejected node.
-    assert_eq!(e.emu.node("n1").unwrap()["metadata"]["annotations"], json!({}));
+    assert_eq!(
+        e.emu.node("n1").unwrap()["metadata"]["annotations"],
+        json!({})
+    );
 
     e.emu
         .patch_node(
@@ -203,14 +210,20 @@ async fn acquire_errors_read_as_upstream() {
         )
         .unwrap();
     assert_eq!(
-        m.acquire_lease(&config(), &attrs).await.unwrap_err().to_string(),
+        m.acquire_lease(&config(), &attrs)
+            .await
+            .unwrap_err()
+            .to_string(),
         r#"subnet "10.244.0.0/16" specified in the flannel net config doesn't contain "10.96.0.0/24" PodCIDR of the "n1" node"#
     );
     e.emu
         .force_pod_cidrs("n1", &["10.244.0.0/24", "fd00::/64", "10.244.9.0/24"])
         .unwrap();
     assert_eq!(
-        m.acquire_lease(&config(), &attrs).await.unwrap_err().to_string(),
+        m.acquire_lease(&config(), &attrs)
+            .await
+            .unwrap_err()
+            .to_string(),
         r#"node "n1" pod cidrs should be IPv4/IPv6 only or dualstack"#
     );
 }
@@ -260,7 +273,10 @@ async fn start_up_errors_read_as_upstream() {
     bad.net_config_path = e.dir.path().join("missing.json");
     let err = KubeManager::connect(bad).await.unwrap_err();
     assert!(matches!(err, KubeError::ReadNetConf(_)));
-    assert!(err.to_string().starts_with("failed to read net conf: "), "{err}");
+    assert!(
+        err.to_string().starts_with("failed to read net conf: "),
+        "{err}"
+    );
     std::fs::write(e.dir.path().join("bad.json"), "{").unwrap();
     let mut bad = e.opts();
     bad.net_config_path = e.dir.path().join("bad.json");
@@ -284,7 +300,9 @@ async fn start_up_errors_read_as_upstream() {
             .await
             .unwrap_err()
             .to_string()
-            .starts_with("error creating network manager: env EVENT_QUEUE_DEPTH=lots format error: ")
+            .starts_with(
+                "error creating network manager: env EVENT_QUEUE_DEPTH=lots format error: "
+            )
     );
     let mut bad = e.opts();
     bad.api_url = "http://[::1".into();
@@ -359,7 +377,11 @@ async fn converge(
 }
 
 /// Drains events for a short while and returns the changes they caused.
-async fn quiet(rx: &mut mpsc::Receiver<WatchEvent>, set: &mut LeaseSet, d: Duration) -> Vec<LeaseEvent> {
+async fn quiet(
+    rx: &mut mpsc::Receiver<WatchEvent>,
+    set: &mut LeaseSet,
+    d: Duration,
+) -> Vec<LeaseEvent> {
     let mut changes = Vec::new();
     let end = tokio::time::Instant::now() + d;
     while let Ok(Some(WatchEvent::Leases(ev))) = tokio::time::timeout_at(end, rx.recv()).await {
@@ -372,7 +394,10 @@ async fn quiet(rx: &mut mpsc::Receiver<WatchEvent>, set: &mut LeaseSet, d: Durat
 async fn watch_open(emu: &Emulator) {
     let deadline = Instant::now() + Duration::from_secs(15);
     while emu.watcher_count() == 0 {
-        assert!(Instant::now() < deadline, "the client never re-opened its watch");
+        assert!(
+            Instant::now() < deadline,
+            "the client never re-opened its watch"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -393,7 +418,10 @@ fn truth(emu: &Emulator, own: &str) -> BTreeMap<SubnetKey, Lease> {
         let Some(cidr) = n["spec"]["podCIDR"].as_str() else {
             continue;
         };
-        let Some(data) = ann[&k.backend_data].as_str().and_then(|d| RawJson::parse(d).ok()) else {
+        let Some(data) = ann[&k.backend_data]
+            .as_str()
+            .and_then(|d| RawJson::parse(d).ok())
+        else {
             continue;
         };
         let Some(ip) = ann[&k.public_ip].as_str().and_then(|i| i.parse().ok()) else {
@@ -429,7 +457,11 @@ async fn watch_survives_drops_and_410_without_losing_or_duplicating_peers() {
     })
     .await;
     e.emu
-        .add_node("n1", &["10.244.0.0/24"], flannel_annotations("198.18.0.1", &mac(1)))
+        .add_node(
+            "n1",
+            &["10.244.0.0/24"],
+            flannel_annotations("198.18.0.1", &mac(1)),
+        )
         .unwrap();
     for i in 2..=5u32 {
         e.emu
@@ -441,7 +473,9 @@ async fn watch_survives_drops_and_410_without_losing_or_duplicating_peers() {
             .unwrap();
     }
     // Nodes flannel must ignore: not managed, and managed but without a podCIDR.
-    e.emu.add_node("plain", &["10.244.50.0/24"], json!({})).unwrap();
+    e.emu
+        .add_node("plain", &["10.244.50.0/24"], json!({}))
+        .unwrap();
     e.emu
         .add_node("nocidr", &[], flannel_annotations("198.18.0.60", &mac(60)))
         .unwrap();
@@ -485,7 +519,13 @@ async fn watch_survives_drops_and_410_without_losing_or_duplicating_peers() {
                 Subresource::Status,
             )
             .unwrap();
-        converge(&mut rx, &mut set, &truth(&e.emu, "n1"), "backend data changed").await;
+        converge(
+            &mut rx,
+            &mut set,
+            &truth(&e.emu, "n1"),
+            "backend data changed",
+        )
+        .await;
 
         // A dropped connection, with changes made while the client is away: more than the
         // history holds on even rounds, so those resume attempts get 410 and re-list.
@@ -506,8 +546,17 @@ async fn watch_survives_drops_and_410_without_losing_or_duplicating_peers() {
                     .unwrap();
             }
         }
-        converge(&mut rx, &mut set, &truth(&e.emu, "n1"), "after a watch drop").await;
-        assert!(e.emu.stats().watches > before.watches, "the client re-watched");
+        converge(
+            &mut rx,
+            &mut set,
+            &truth(&e.emu, "n1"),
+            "after a watch drop",
+        )
+        .await;
+        assert!(
+            e.emu.stats().watches > before.watches,
+            "the client re-watched"
+        );
 
         // 410 on the open watch: the client must re-list; a re-list without changes reports
         // nothing to the daemon (no peer lost, none re-added).
@@ -517,14 +566,19 @@ async fn watch_survives_drops_and_410_without_losing_or_duplicating_peers() {
         let changes = quiet(&mut rx, &mut set, Duration::from_secs(3)).await;
         assert!(e.emu.stats().expired > before.expired, "410 was sent");
         assert!(e.emu.stats().lists > before.lists, "the client re-listed");
-        assert!(changes.is_empty(), "re-list without changes caused {changes:?}");
+        assert!(
+            changes.is_empty(),
+            "re-list without changes caused {changes:?}"
+        );
         converge(&mut rx, &mut set, &truth(&e.emu, "n1"), "after 410").await;
     }
 
     // A podCIDR change (re-registration) replaces the peer's subnet; no stale lease remains.
     e.emu.force_pod_cidrs("n3", &["10.244.77.0/24"]).unwrap();
     let changes = converge(&mut rx, &mut set, &truth(&e.emu, "n1"), "podCIDR changed").await;
-    assert!(changes.iter().any(|c| matches!(c, LeaseEvent::Removed(l) if l.subnet.unwrap().to_string() == "10.244.2.0/24")));
+    assert!(changes.iter().any(
+        |c| matches!(c, LeaseEvent::Removed(l) if l.subnet.unwrap().to_string() == "10.244.2.0/24")
+    ));
     // A node that stops being managed, or whose annotation breaks, leaves the peer set.
     e.emu
         .patch_node(
@@ -543,7 +597,10 @@ async fn watch_survives_drops_and_410_without_losing_or_duplicating_peers() {
         )
         .unwrap();
     let t = truth(&e.emu, "n1");
-    assert!(!t.values().any(|l| l.attrs.public_ip.to_string() == "198.18.0.4"));
+    assert!(
+        !t.values()
+            .any(|l| l.attrs.public_ip.to_string() == "198.18.0.4")
+    );
     converge(&mut rx, &mut set, &t, "unmanaged and malformed nodes").await;
     // A node that gets its podCIDR late joins.
     e.emu
@@ -555,7 +612,10 @@ async fn watch_survives_drops_and_410_without_losing_or_duplicating_peers() {
         )
         .unwrap();
     converge(&mut rx, &mut set, &truth(&e.emu, "n1"), "late podCIDR").await;
-    assert!(set.leases().any(|l| l.attrs.public_ip.to_string() == "198.18.0.60"));
+    assert!(
+        set.leases()
+            .any(|l| l.attrs.public_ip.to_string() == "198.18.0.60")
+    );
 
     // Dropping the receiver ends the watch task and its connection.
     drop(rx);
@@ -586,22 +646,31 @@ async fn dual_stack_peers_and_v4_only_changes() {
         })
     };
     e.emu
-        .add_node("n1", &["10.244.0.0/24", "fd00:10:244::/64"], ann(1, &mac(1)))
+        .add_node(
+            "n1",
+            &["10.244.0.0/24", "fd00:10:244::/64"],
+            ann(1, &mac(1)),
+        )
         .unwrap();
     e.emu
-        .add_node("n2", &["10.244.1.0/24", "fd00:10:244:1::/64"], ann(2, &mac(2)))
+        .add_node(
+            "n2",
+            &["10.244.1.0/24", "fd00:10:244:1::/64"],
+            ann(2, &mac(2)),
+        )
         .unwrap();
     let m = e.manager().await;
     let cfg = m.network_config().await.unwrap();
     let mut attrs = vxlan_attrs("198.18.0.1", &mac(1));
     attrs.public_ipv6 = Some("fd00:198:18::1".parse().unwrap());
-    attrs.backend_v6_data = Some(RawJson::parse(&format!(r#"{{"VNI":1,"VtepMAC":"{}"}}"#, mac(101))).unwrap());
+    attrs.backend_v6_data =
+        Some(RawJson::parse(&format!(r#"{{"VNI":1,"VtepMAC":"{}"}}"#, mac(101))).unwrap());
     let own = m.acquire_lease(&cfg, &attrs).await.unwrap();
     assert_eq!(own.ipv6_subnet.unwrap().to_string(), "fd00:10:244::/64");
     let mut rx = m.watch_leases(&own);
     let mut set = LeaseSet::new(Some(own));
     let deadline = Instant::now() + Duration::from_secs(10);
-    while set.len() < 1 && Instant::now() < deadline {
+    while set.is_empty() && Instant::now() < deadline {
         if let Ok(Some(WatchEvent::Leases(ev))) =
             tokio::time::timeout(Duration::from_secs(5), rx.recv()).await
         {
@@ -610,7 +679,10 @@ async fn dual_stack_peers_and_v4_only_changes() {
     }
     let peer = set.leases().next().unwrap().clone();
     assert_eq!(peer.ipv6_subnet.unwrap().to_string(), "fd00:10:244:1::/64");
-    assert_eq!(peer.attrs.public_ipv6, Some("fd00:198:18::2".parse().unwrap()));
+    assert_eq!(
+        peer.attrs.public_ipv6,
+        Some("fd00:198:18::2".parse().unwrap())
+    );
 
     // Only the IPv4 VtepMAC changes: upstream misses this in dual stack; we must not.
     e.emu
@@ -626,5 +698,12 @@ async fn dual_stack_peers_and_v4_only_changes() {
     let LeaseEvent::Added(l) = &changes[0] else {
         panic!("{changes:?}")
     };
-    assert!(l.attrs.backend_data.as_ref().unwrap().as_str().contains(&mac(222)));
+    assert!(
+        l.attrs
+            .backend_data
+            .as_ref()
+            .unwrap()
+            .as_str()
+            .contains(&mac(222))
+    );
 }

@@ -23,13 +23,14 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// * neither: the in-cluster service-account config (`KUBERNETES_SERVICE_HOST`/`PORT`, token
 ///   and CA under `/var/run/secrets/kubernetes.io/serviceaccount`).
 pub async fn client_config(api_url: &str, kubeconfig: &str) -> Result<Config, KubeError> {
-    let url = if api_url.is_empty() {
-        None
-    } else {
-        Some(api_url.parse::<http::Uri>().map_err(|e| {
-            KubeError::Config(format!("invalid --kube-api-url {api_url:?}: {e}"))
-        })?)
-    };
+    let url =
+        if api_url.is_empty() {
+            None
+        } else {
+            Some(api_url.parse::<http::Uri>().map_err(|e| {
+                KubeError::Config(format!("invalid --kube-api-url {api_url:?}: {e}"))
+            })?)
+        };
     let mut config = if !kubeconfig.is_empty() {
         let file = Kubeconfig::read_from(kubeconfig)
             .map_err(|e| KubeError::Config(format!("reading {kubeconfig}: {e}")))?;

@@ -141,7 +141,10 @@ async fn request<T>(
     match tokio::time::timeout(REQUEST_TIMEOUT, fut).await {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(datastore(what, e)),
-        Err(_) => Err(datastore(what, format!("timed out after {REQUEST_TIMEOUT:?}"))),
+        Err(_) => Err(datastore(
+            what,
+            format!("timed out after {REQUEST_TIMEOUT:?}"),
+        )),
     }
 }
 
@@ -258,8 +261,7 @@ impl SubnetManager for KubeManager {
             let patch = json!({ "metadata": { "annotations": changes } });
             info!(
                 "patching node {} annotations: {}",
-                self.node_name,
-                patch["metadata"]["annotations"]
+                self.node_name, patch["metadata"]["annotations"]
             );
             request(
                 &format!("failed to patch node {:?}", self.node_name),
@@ -298,7 +300,10 @@ impl SubnetManager for KubeManager {
         };
         let patch = json!({ "status": { "conditions": [condition] } });
         request(
-            &format!("setting NetworkUnavailable=False on node {:?}", self.node_name),
+            &format!(
+                "setting NetworkUnavailable=False on node {:?}",
+                self.node_name
+            ),
             self.nodes.patch_status(
                 &self.node_name,
                 &PatchParams::default(),

@@ -32,7 +32,11 @@ impl<'a> NodeView<'a> {
         let spec = node.spec.as_ref();
         NodeView {
             name: node.metadata.name.as_deref().unwrap_or(""),
-            annotations: node.metadata.annotations.as_ref().unwrap_or(&NO_ANNOTATIONS),
+            annotations: node
+                .metadata
+                .annotations
+                .as_ref()
+                .unwrap_or(&NO_ANNOTATIONS),
             pod_cidr: spec.and_then(|s| s.pod_cidr.as_deref()).unwrap_or(""),
             pod_cidrs: spec.and_then(|s| s.pod_cidrs.as_deref()).unwrap_or(&[]),
         }
@@ -190,8 +194,12 @@ pub fn node_to_lease(
     };
     if enable_ipv4 {
         let text = node.annotation(&keys.public_ip);
-        lease.attrs.public_ip = goip::parse_ip4(text)
-            .ok_or_else(|| format!("annotation {}: invalid IPv4 address {text:?}", keys.public_ip))?;
+        lease.attrs.public_ip = goip::parse_ip4(text).ok_or_else(|| {
+            format!(
+                "annotation {}: invalid IPv4 address {text:?}",
+                keys.public_ip
+            )
+        })?;
         lease.attrs.backend_data = json_annotation(node, &keys.backend_data)?;
         lease.subnet = Some(v4.ok_or_else(|| "no IPv4 pod cidr".to_string())?);
     }
@@ -376,7 +384,9 @@ mod tests {
             public_ip: "198.18.0.2".parse().unwrap(),
             public_ipv6: None,
             backend_type: "vxlan".into(),
-            backend_data: Some(RawJson::parse(r#"{"VNI":1,"VtepMAC":"aa:bb:cc:dd:ee:02"}"#).unwrap()),
+            backend_data: Some(
+                RawJson::parse(r#"{"VNI":1,"VtepMAC":"aa:bb:cc:dd:ee:02"}"#).unwrap(),
+            ),
             backend_v6_data: None,
         }
     }
@@ -386,7 +396,10 @@ mod tests {
         N::new(cidrs)
             .ann(&k.kube_subnet_manager, "true")
             .ann(&k.backend_type, "vxlan")
-            .ann(&k.backend_data, r#"{"VNI":1,"VtepMAC":"aa:bb:cc:dd:ee:02"}"#)
+            .ann(
+                &k.backend_data,
+                r#"{"VNI":1,"VtepMAC":"aa:bb:cc:dd:ee:02"}"#,
+            )
             .ann(&k.public_ip, "198.18.0.2")
     }
 
@@ -450,7 +463,8 @@ mod tests {
             own_subnets(&n.view(), &c6, "vxlan").unwrap_err(),
             r#"subnet "fd00:9::/56" specified in the flannel net config doesn't contain "fd00:3::/64" IPv6 PodCIDR of the "n2" node"#
         );
-        let c6 = config(r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"Backend":{"Type":"vxlan"}}"#);
+        let c6 =
+            config(r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"Backend":{"Type":"vxlan"}}"#);
         assert_eq!(
             own_subnets(&n.view(), &c6, "vxlan").unwrap_err(),
             r#"subnet "fd00:3::/64" specified in the PodCIDR, but doesn't exist in the flannel net config of the "n2" node"#
@@ -483,16 +497,31 @@ mod tests {
 
         // Malformed or missing annotations are errors (the watcher skips such nodes).
         let n = managed(&["10.244.1.0/24"]).ann(&k.backend_data, "{not json");
-        assert!(node_to_lease(&n.view(), &k, true, false).unwrap_err().contains("backend-data"));
+        assert!(
+            node_to_lease(&n.view(), &k, true, false)
+                .unwrap_err()
+                .contains("backend-data")
+        );
         let n = managed(&["10.244.1.0/24"]).ann(&k.public_ip, "");
-        assert!(node_to_lease(&n.view(), &k, true, false).unwrap_err().contains("public-ip"));
+        assert!(
+            node_to_lease(&n.view(), &k, true, false)
+                .unwrap_err()
+                .contains("public-ip")
+        );
         let n = managed(&[]);
-        assert!(node_to_lease(&n.view(), &k, true, false).unwrap_err().contains("pod cidr not assigned"));
+        assert!(
+            node_to_lease(&n.view(), &k, true, false)
+                .unwrap_err()
+                .contains("pod cidr not assigned")
+        );
 
         // Dual stack reads both sides.
         let n = managed(&["10.244.1.0/24", "fd00:1::/64"])
             .ann(&k.public_ipv6, "2001:db8::2")
-            .ann(&k.backend_v6_data, r#"{"VNI":1,"VtepMAC":"aa:bb:cc:dd:ee:12"}"#);
+            .ann(
+                &k.backend_v6_data,
+                r#"{"VNI":1,"VtepMAC":"aa:bb:cc:dd:ee:12"}"#,
+            );
         let l = node_to_lease(&n.view(), &k, true, true).unwrap();
         assert_eq!(l.ipv6_subnet.unwrap().to_string(), "fd00:1::/64");
         assert_eq!(l.attrs.public_ipv6, Some("2001:db8::2".parse().unwrap()));
@@ -509,7 +538,10 @@ mod tests {
         let n = N::new(&["10.244.1.0/24"]);
         let p = annotation_changes(&n.view(), &vxlan_attrs(), &k).unwrap();
         let want: BTreeMap<String, String> = [
-            (k.backend_data.clone(), r#"{"VNI":1,"VtepMAC":"aa:bb:cc:dd:ee:02"}"#.to_string()),
+            (
+                k.backend_data.clone(),
+                r#"{"VNI":1,"VtepMAC":"aa:bb:cc:dd:ee:02"}"#.to_string(),
+            ),
             (k.backend_type.clone(), "vxlan".to_string()),
             (k.kube_subnet_manager.clone(), "true".to_string()),
             (k.public_ip.clone(), "198.18.0.2".to_string()),
@@ -518,10 +550,14 @@ mod tests {
         .collect();
         assert_eq!(p, want);
         // Already annotated: nothing to do.
-        assert_eq!(annotation_changes(&managed(&[]).view(), &vxlan_attrs(), &k), None);
+        assert_eq!(
+            annotation_changes(&managed(&[]).view(), &vxlan_attrs(), &k),
+            None
+        );
         // A new MAC changes only backend-data.
         let mut a = vxlan_attrs();
-        a.backend_data = Some(RawJson::parse(r#"{"VNI":1,"VtepMAC":"aa:bb:cc:dd:ee:99"}"#).unwrap());
+        a.backend_data =
+            Some(RawJson::parse(r#"{"VNI":1,"VtepMAC":"aa:bb:cc:dd:ee:99"}"#).unwrap());
         let p = annotation_changes(&managed(&[]).view(), &a, &k).unwrap();
         assert_eq!(p.keys().collect::<Vec<_>>(), vec![&k.backend_data]);
     }
@@ -572,7 +608,10 @@ mod tests {
         v.backend_v6_data =
             Some(RawJson::parse(r#"{"VNI":1,"VtepMAC":"aa:bb:cc:dd:ee:12"}"#).unwrap());
         let p = annotation_changes(&n.view(), &v, &k).unwrap();
-        assert_eq!(p[&k.backend_v6_data], r#"{"VNI":1,"VtepMAC":"aa:bb:cc:dd:ee:12"}"#);
+        assert_eq!(
+            p[&k.backend_v6_data],
+            r#"{"VNI":1,"VtepMAC":"aa:bb:cc:dd:ee:12"}"#
+        );
         assert_eq!(p[&k.public_ipv6], "2001:db8::2");
         // A custom prefix changes every key.
         let kp = AnnotationKeys::new("example.com/net").unwrap();
@@ -586,7 +625,10 @@ mod tests {
         let n = managed(&["10.244.1.0/24"]).ann(&k.node_public_ip, "198.18.0.77");
         let s = stored_attrs(&n.view(), &k).unwrap();
         assert_eq!(s.backend_data, vxlan_attrs().backend_data);
-        assert_eq!(public_ip_overrides(&n.view(), &k), (Some("198.18.0.77".into()), None));
+        assert_eq!(
+            public_ip_overrides(&n.view(), &k),
+            (Some("198.18.0.77".into()), None)
+        );
         assert_eq!(stored_attrs(&N::new(&[]).view(), &k), None);
         // A garbled backend-data annotation does not fail start-up.
         let n = managed(&[]).ann(&k.backend_data, r#"{"VNI":1,"VtepMAC":"#);

@@ -173,9 +173,7 @@ pub async fn run(api: Api<Node>, mut leases: NodeLeases, tx: mpsc::Sender<WatchE
                 vec![snap]
             }
             Ok(Event::Apply(node)) => leases.applied(&NodeView::of(&node)),
-            Ok(Event::Delete(node)) => {
-                leases.deleted(node.metadata.name.as_deref().unwrap_or(""))
-            }
+            Ok(Event::Delete(node)) => leases.deleted(node.metadata.name.as_deref().unwrap_or("")),
         };
         for ev in events {
             if tx.send(WatchEvent::Leases(ev)).await.is_err() {
@@ -211,9 +209,15 @@ mod tests {
         let ann = [
             (k.kube_subnet_manager.clone(), "true".to_string()),
             (k.backend_type.clone(), "vxlan".to_string()),
-            (k.backend_data.clone(), format!(r#"{{"VNI":1,"VtepMAC":"{v4mac}"}}"#)),
+            (
+                k.backend_data.clone(),
+                format!(r#"{{"VNI":1,"VtepMAC":"{v4mac}"}}"#),
+            ),
             (k.public_ip.clone(), "198.18.0.2".to_string()),
-            (k.backend_v6_data.clone(), format!(r#"{{"VNI":1,"VtepMAC":"{v6mac}"}}"#)),
+            (
+                k.backend_v6_data.clone(),
+                format!(r#"{{"VNI":1,"VtepMAC":"{v6mac}"}}"#),
+            ),
             (k.public_ipv6.clone(), "fd00::2".to_string()),
         ]
         .into_iter()
@@ -228,7 +232,12 @@ mod tests {
     #[test]
     fn snapshot_then_diffs_per_node_name() {
         let mut t = NodeLeases::new(AnnotationKeys::default(), true, false);
-        let a = node("a", &["10.0.1.0/24"], "aa:00:00:00:00:01", "aa:00:00:00:00:11");
+        let a = node(
+            "a",
+            &["10.0.1.0/24"],
+            "aa:00:00:00:00:01",
+            "aa:00:00:00:00:11",
+        );
         let LeaseEvent::Snapshot(l) = t.snapshot([a.view()]) else {
             panic!()
         };
@@ -236,7 +245,12 @@ mod tests {
         // The same node again: nothing.
         assert!(t.applied(&a.view()).is_empty());
         // podCIDR change: the old subnet is removed, the new one added.
-        let a2 = node("a", &["10.0.9.0/24"], "aa:00:00:00:00:01", "aa:00:00:00:00:11");
+        let a2 = node(
+            "a",
+            &["10.0.9.0/24"],
+            "aa:00:00:00:00:01",
+            "aa:00:00:00:00:11",
+        );
         let ev = t.applied(&a2.view());
         assert!(
             matches!(&ev[..], [LeaseEvent::Removed(o), LeaseEvent::Added(n)]
@@ -244,12 +258,25 @@ mod tests {
             "{ev:?}"
         );
         // Attribute change: one Added.
-        let a3 = node("a", &["10.0.9.0/24"], "aa:00:00:00:00:02", "aa:00:00:00:00:11");
+        let a3 = node(
+            "a",
+            &["10.0.9.0/24"],
+            "aa:00:00:00:00:02",
+            "aa:00:00:00:00:11",
+        );
         assert!(matches!(&t.applied(&a3.view())[..], [LeaseEvent::Added(_)]));
         // Unmanaged now: removed.
-        let mut a4 = node("a", &["10.0.9.0/24"], "aa:00:00:00:00:02", "aa:00:00:00:00:11");
+        let mut a4 = node(
+            "a",
+            &["10.0.9.0/24"],
+            "aa:00:00:00:00:02",
+            "aa:00:00:00:00:11",
+        );
         a4.ann.clear();
-        assert!(matches!(&t.applied(&a4.view())[..], [LeaseEvent::Removed(_)]));
+        assert!(matches!(
+            &t.applied(&a4.view())[..],
+            [LeaseEvent::Removed(_)]
+        ));
         assert!(t.known().is_empty());
         assert!(t.deleted("a").is_empty());
         // A malformed node is skipped, and removed if it was known.
@@ -257,7 +284,10 @@ mod tests {
         let mut bad = node("a", &["10.0.9.0/24"], "x", "y");
         bad.ann
             .insert(AnnotationKeys::default().backend_data, "{".into());
-        assert!(matches!(&t.applied(&bad.view())[..], [LeaseEvent::Removed(_)]));
+        assert!(matches!(
+            &t.applied(&bad.view())[..],
+            [LeaseEvent::Removed(_)]
+        ));
         assert!(t.applied(&bad.view()).is_empty());
         // Deletion of a known node.
         assert_eq!(t.applied(&a3.view()).len(), 1);
@@ -267,9 +297,19 @@ mod tests {
     #[test]
     fn dual_stack_sees_v4_only_changes() {
         let mut t = NodeLeases::new(AnnotationKeys::default(), true, true);
-        let a = node("a", &["10.0.1.0/24", "fd00:1::/64"], "aa:00:00:00:00:01", "aa:00:00:00:00:11");
+        let a = node(
+            "a",
+            &["10.0.1.0/24", "fd00:1::/64"],
+            "aa:00:00:00:00:01",
+            "aa:00:00:00:00:11",
+        );
         t.snapshot([a.view()]);
-        let b = node("a", &["10.0.1.0/24", "fd00:1::/64"], "aa:00:00:00:00:02", "aa:00:00:00:00:11");
+        let b = node(
+            "a",
+            &["10.0.1.0/24", "fd00:1::/64"],
+            "aa:00:00:00:00:02",
+            "aa:00:00:00:00:11",
+        );
         let ev = t.applied(&b.view());
         assert!(
             matches!(&ev[..], [LeaseEvent::Added(l)] if l.attrs.backend_data.as_ref().unwrap().as_str().contains("aa:00:00:00:00:02")),

@@ -24,7 +24,10 @@ fn create_temp(dir: &Path, name: &str) -> io::Result<(File, PathBuf)> {
         .unwrap_or(0)
         ^ (u128::from(std::process::id()) << 64);
     for attempt in 0u128..100 {
-        let path = dir.join(format!(".{name}.tmp{:x}", (seed + attempt) & 0xffff_ffff_ffff));
+        let path = dir.join(format!(
+            ".{name}.tmp{:x}",
+            (seed + attempt) & 0xffff_ffff_ffff
+        ));
         match OpenOptions::new()
             .write(true)
             .create_new(true)

@@ -1,0 +1,337 @@
+//! `flannel-kube-emu`: a small, in-memory **emulator** of the Kubernetes API for flannel-rs tests
+//! and the lab. It is not an API server and makes no attempt to be one; it serves `v1` Node and
+//! Pod objects over plain HTTP with the semantics flanneld's Kubernetes subnet manager relies
+//! on, so that manager can be tested end to end on a machine where no API server can run.
+//!
+//! # What is emulated
+//! * **Objects**: `v1/Node` (cluster-scoped) and `v1/Pod` (namespaced), stored as JSON. The
+//!   server stamps `kind`, `apiVersion`, `metadata.uid`, `metadata.creationTimestamp` and
+//!   `metadata.resourceVersion`; clients cannot change them.
+//! * **resourceVersion**: one global counter shared by all objects, bumped by every write that
+//!   changes something (like etcd's revision). A write that changes nothing (same patch twice)
+//!   bumps nothing and produces no watch event, as on a real server.
+//! * **GET** of one object; **list** (`GET /api/v1/nodes`, `/api/v1/namespaces/<ns>/pods`,
+//!   `/api/v1/pods`) with `resourceVersion` (unset, `0` or `N`: the current state; `N` newer than
+//!   the server: `504 Too large resource version`), `resourceVersionMatch=Exact` (only for the
+//!   current RV, else 410), `limit` and `continue` (pages come from a snapshot taken at the first
+//!   page; a token whose snapshot was compacted gets `410 Expired`). List items carry no
+//!   `kind`/`apiVersion`, as the real server sends them.
+//! * **watch** (`?watch=1`): a chunked stream of JSON lines `{"type":...,"object":...}` with
+//!   `ADDED`/`MODIFIED`/`DELETED`; from `resourceVersion=N` it replays every retained change
+//!   after `N`; without one (or `0`) it starts with synthetic `ADDED`s of the current objects.
+//!   `allowWatchBookmarks=true` adds periodic `BOOKMARK` events carrying the latest RV the stream
+//!   has passed. `timeoutSeconds` ends the stream cleanly. A watch from an RV older than the
+//!   retained history gets `200` and a single `ERROR` event with a `410 Expired` Status ("too old
+//!   resource version"), as the watch cache does. The history window is small and configurable
+//!   so tests can force this.
+//! * **writes**: `POST` (create; `409 AlreadyExists`), `PUT` (replace; a stale
+//!   `metadata.resourceVersion` gets `409 Conflict`), `PATCH` with
+//!   `application/merge-patch+json` and `application/strategic-merge-patch+json` (see
+//!   [`patch`]: lists merge by the API types' `patchMergeKey`, e.g. Node `status.conditions` by
+//!   `type`; a `metadata.resourceVersion` in the patch is a precondition), `DELETE`.
+//! * **subresource `status`** for nodes: writes to `nodes/<n>/status` keep the stored `spec`
+//!   (metadata changes are kept: that is how flanneld writes its annotations with only
+//!   `nodes/status: patch` permission); writes to `nodes/<n>` keep the stored `status`.
+//! * **Node validation**: `spec.podCIDR` and `spec.podCIDRs[0]` are kept in sync, each must be a
+//!   CIDR, at most two of different families, and updates may only change podCIDR from empty to
+//!   set (`422 Invalid` otherwise), as the API server validates them.
+//! * **errors** as `Status` objects with the real `code`, `reason` and message wording
+//!   (`nodes "x" not found`, ...).
+//!
+//! # What is not emulated
+//! Authentication and authorization (RBAC is checked offline against the manifest instead),
+//! TLS, admission, defaulting beyond pod CIDRs, label and field selectors (rejected with 400),
+//! `generateName`, finalizers and graceful deletion, JSON patch and server-side apply (415),
+//! protobuf, `sendInitialEvents` streaming lists (400), every other resource and API group,
+//! discovery beyond `/version`, historical reads (`resourceVersionMatch=Exact` at an old RV),
+//! and `$retainKeys` / element order in strategic merge patches.
+//!
+//! # Test controls
+//! Besides the library API ([`Emulator`]), the server answers under `/emu/`:
+//! `POST /emu/drop-watches` (abort every open watch connection, as a network failure or an API
+//! server restart would), `POST /emu/expire-watches` (send `ERROR 410` on every open watch and
+//! compact, so resuming fails too), `POST /emu/compact`, `PUT /emu/history` (body: a number),
+//! `PUT /emu/nodes/<n>/pod-cidrs` (body: a JSON list; bypasses validation, see
+//! [`Store::force_pod_cidrs`]) and `GET /emu/state`.
+
+#![deny(missing_docs)]
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+pub mod patch;
+mod server;
+pub mod status;
+pub mod store;
+
+pub use status::ApiError;
+pub use store::{Kind, PatchType, Store, StoreConfig, Subresource};
+
+/// Emulator settings.
+#[derive(Debug, Clone, Copy)]
+pub struct EmuConfig {
+    /// How many changes are retained for resuming watches (see [`StoreConfig::history`]).
+    pub history: usize,
+    /// How often open watches with `allowWatchBookmarks=true` get a `BOOKMARK`.
+    pub bookmark_interval: Duration,
+}
+
+impl Default for EmuConfig {
+    fn default() -> Self {
+        EmuConfig {
+            history: 1000,
+            bookmark_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Signals to open watches; each counter bump is one command.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Control {
+    pub drops: u64,
+    pub expiries: u64,
+}
+
+pub(crate) struct Inner {
+    pub store: Mutex<Store>,
+    pub control: watch::Sender<Control>,
+    pub config: EmuConfig,
+    pub watchers: AtomicUsize,
+    pub stats: StatCounters,
+}
+
+#[derive(Default)]
+pub(crate) struct StatCounters {
+    pub lists: AtomicU64,
+    pub watches: AtomicU64,
+    pub expired: AtomicU64,
+}
+
+/// Request counters, so tests can check that a client really re-listed or resumed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// List requests served (each page counts).
+    pub lists: u64,
+    /// Watch streams opened.
+    pub watches: u64,
+    /// `ERROR 410 Expired` events sent on watch streams.
+    pub expired: u64,
+}
+
+/// The emulator: a shared store plus watch controls. Cheap to clone; clones share state.
+#[derive(Clone)]
+pub struct Emulator {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Emulator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Emulator")
+            .field("resource_version", &self.resource_version())
+            .field("watchers", &self.watcher_count())
+            .finish()
+    }
+}
+
+/// A running HTTP server; stops accepting and closes its connections when dropped.
+#[derive(Debug)]
+pub struct Server {
+    addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Server {
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The base URL for clients (`http://127.0.0.1:PORT`).
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.shutdown.send(true);
+        self.task.abort();
+    }
+}
+
+impl Emulator {
+    /// An empty emulator.
+    pub fn new(config: EmuConfig) -> Emulator {
+        let (control, _) = watch::channel(Control::default());
+        Emulator {
+            inner: Arc::new(Inner {
+                store: Mutex::new(Store::new(StoreConfig {
+                    history: config.history,
+                })),
+                control,
+                config,
+                watchers: AtomicUsize::new(0),
+                stats: StatCounters::default(),
+            }),
+        }
+    }
+
+    /// Serves HTTP on `listener` in a background task.
+    pub fn serve(&self, listener: TcpListener) -> std::io::Result<Server> {
+        let addr = listener.local_addr()?;
+        let (shutdown, rx) = watch::channel(false);
+        let task = tokio::spawn(server::accept_loop(self.clone(), listener, rx));
+        Ok(Server {
+            addr,
+            shutdown,
+            task,
+        })
+    }
+
+    /// Binds `addr` (port 0 picks a free port) and serves on it.
+    pub async fn start(&self, addr: SocketAddr) -> std::io::Result<Server> {
+        let listener = TcpListener::bind(addr).await?;
+        self.serve(listener)
+    }
+
+    /// Runs `f` on the store under its lock (for tests that need more than the helpers).
+    pub fn with_store<T>(&self, f: impl FnOnce(&mut Store) -> T) -> T {
+        f(&mut self.store())
+    }
+
+    pub(crate) fn store(&self) -> MutexGuard<'_, Store> {
+        self.inner
+            .store
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Creates a node (as `POST /api/v1/nodes`).
+    pub fn create_node(&self, node: Value) -> Result<Value, ApiError> {
+        self.store().create_node(node)
+    }
+
+    /// Creates a node with a name, pod CIDRs (the first one is also `spec.podCIDR`) and
+    /// annotations, as kubeadm's node registration plus the CIDR allocator leave it.
+    pub fn add_node(
+        &self,
+        name: &str,
+        pod_cidrs: &[&str],
+        annotations: Value,
+    ) -> Result<Value, ApiError> {
+        let mut spec = json!({});
+        if let Some(first) = pod_cidrs.first() {
+            spec = json!({ "podCIDR": first, "podCIDRs": pod_cidrs });
+        }
+        self.create_node(json!({
+            "metadata": { "name": name, "annotations": annotations },
+            "spec": spec,
+            "status": { "conditions": [
+                { "type": "Ready", "status": "True", "reason": "KubeletReady" }
+            ] }
+        }))
+    }
+
+    /// The node named `name`.
+    pub fn node(&self, name: &str) -> Option<Value> {
+        self.store().get_node(name).ok()
+    }
+
+    /// Names of all nodes.
+    pub fn node_names(&self) -> Vec<String> {
+        self.store().node_names()
+    }
+
+    /// Patches a node (as `PATCH /api/v1/nodes/<name>[/status]`).
+    pub fn patch_node(
+        &self,
+        name: &str,
+        patch: &Value,
+        patch_type: PatchType,
+        sub: Subresource,
+    ) -> Result<Value, ApiError> {
+        self.store().patch_node(name, patch, patch_type, sub)
+    }
+
+    /// Deletes a node.
+    pub fn delete_node(&self, name: &str) -> Result<Value, ApiError> {
+        self.store().delete_node(name)
+    }
+
+    /// Sets a node's pod CIDRs bypassing validation (see [`Store::force_pod_cidrs`]).
+    pub fn force_pod_cidrs(&self, name: &str, cidrs: &[&str]) -> Result<Value, ApiError> {
+        let cidrs: Vec<String> = cidrs.iter().map(|s| s.to_string()).collect();
+        self.store().force_pod_cidrs(name, &cidrs)
+    }
+
+    /// Creates a pod in `namespace` (as `POST /api/v1/namespaces/<ns>/pods`).
+    pub fn create_pod(&self, namespace: &str, pod: Value) -> Result<Value, ApiError> {
+        self.store().create_pod(namespace, pod)
+    }
+
+    /// The current resourceVersion.
+    pub fn resource_version(&self) -> u64 {
+        self.store().resource_version()
+    }
+
+    /// Aborts every open watch connection mid-stream (no clean end of the chunked body), as a
+    /// network failure or an API server restart does.
+    pub fn drop_watches(&self) {
+        self.inner.control.send_modify(|c| c.drops += 1);
+    }
+
+    /// Sends `ERROR 410 Expired` on every open watch and compacts the history, so clients
+    /// must re-list: the situation after an etcd compaction or a long disconnection.
+    pub fn expire_watches(&self) {
+        self.store().compact();
+        self.inner.control.send_modify(|c| c.expiries += 1);
+    }
+
+    /// Compacts the history at the current RV (see [`Store::compact`]).
+    pub fn compact(&self) {
+        self.store().compact();
+    }
+
+    /// Changes the history window.
+    pub fn set_history(&self, limit: usize) {
+        self.store().set_history(limit);
+    }
+
+    /// How many watch streams are open.
+    pub fn watcher_count(&self) -> usize {
+        self.inner.watchers.load(Ordering::SeqCst)
+    }
+
+    /// Request counters since start.
+    pub fn stats(&self) -> Stats {
+        let s = &self.inner.stats;
+        Stats {
+            lists: s.lists.load(Ordering::SeqCst),
+            watches: s.watches.load(Ordering::SeqCst),
+            expired: s.expired.load(Ordering::SeqCst),
+        }
+    }
+
+    /// A summary for `/emu/state` and test diagnostics.
+    pub fn state(&self) -> Value {
+        let s = self.store();
+        json!({
+            "resourceVersion": s.resource_version(),
+            "compactedResourceVersion": s.compacted(),
+            "nodes": s.node_names(),
+            "watchers": self.watcher_count(),
+            "stats": {
+                "lists": self.stats().lists,
+                "watches": self.stats().watches,
+                "expired": self.stats().expired,
+            },
+        })
+    }
+}

@@ -1,0 +1,78 @@
+//! `flannel-kube-emu`: serves the in-memory Kubernetes API emulator over HTTP.
+//!
+//! The lab starts one in its underlay namespace for `--datastore kube`; see the library docs for
+//! what is and is not emulated.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use flannel_kube_emu::{EmuConfig, Emulator};
+
+/// Command-line options.
+#[derive(Debug, Parser)]
+#[command(
+    name = "flannel-kube-emu",
+    about = "An in-memory Kubernetes API emulator (Nodes and Pods) for flannel-rs tests; not an API server"
+)]
+struct Args {
+    /// Address to listen on; port 0 picks a free port.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: SocketAddr,
+    /// How many changes are retained for resuming watches (older RVs get 410 Expired).
+    #[arg(long, default_value_t = 1000)]
+    history: usize,
+    /// Interval between BOOKMARK events on watches that allow them, in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    bookmark_interval_ms: u64,
+    /// Once listening, write the bound address (`ip:port`) to this file (atomically), so a
+    /// caller that asked for port 0 learns the port.
+    #[arg(long)]
+    address_file: Option<PathBuf>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(async {
+        let emu = Emulator::new(EmuConfig {
+            history: args.history,
+            bookmark_interval: Duration::from_millis(args.bookmark_interval_ms.max(10)),
+        });
+        let server = emu
+            .start(args.listen)
+            .await
+            .with_context(|| format!("listening on {}", args.listen))?;
+        tracing::info!("flannel-kube-emu serving on {}", server.url());
+        if let Some(path) = &args.address_file {
+            let tmp = path.with_extension("tmp");
+            std::fs::write(&tmp, format!("{}\n", server.addr()))
+                .with_context(|| format!("writing {}", tmp.display()))?;
+            std::fs::rename(&tmp, path)
+                .with_context(|| format!("renaming to {}", path.display()))?;
+        }
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+        let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        tracing::info!("flannel-kube-emu exiting");
+        drop(server);
+        Ok(())
+    })
+}

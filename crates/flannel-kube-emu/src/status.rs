@@ -1,0 +1,176 @@
+//! API errors as the real API server reports them: a `Status` object with `code`, `reason` and a
+//! message worded like the server's, so clients (kube-rs, client-go) classify them as they
+//! would against a cluster (`NotFound`, `AlreadyExists`, `Conflict`, `Expired`, ...).
+
+use serde_json::{Value, json};
+
+/// One failed API call: the HTTP status and the `Status` object sent as the body (or as the
+/// `object` of an `ERROR` watch event).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{code} {reason}: {message}")]
+pub struct ApiError {
+    /// HTTP status code (`404`, `409`, `410`, ...).
+    pub code: u16,
+    /// The machine-readable reason (`NotFound`, `Conflict`, `Expired`, ...).
+    pub reason: &'static str,
+    /// The human-readable message, worded as the real server words it.
+    pub message: String,
+    /// `details.name` / `details.kind` when the error concerns one object.
+    pub details: Option<(String, &'static str)>,
+}
+
+impl ApiError {
+    fn new(code: u16, reason: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            code,
+            reason,
+            message: message.into(),
+            details: None,
+        }
+    }
+
+    fn with_details(mut self, name: &str, kind: &'static str) -> ApiError {
+        self.details = Some((name.to_string(), kind));
+        self
+    }
+
+    /// `404 NotFound`: `nodes "n1" not found`.
+    pub fn not_found(resource: &'static str, name: &str) -> ApiError {
+        ApiError::new(404, "NotFound", format!("{resource} \"{name}\" not found"))
+            .with_details(name, resource)
+    }
+
+    /// `404 NotFound` for a path the emulator does not serve.
+    pub fn no_route() -> ApiError {
+        ApiError::new(
+            404,
+            "NotFound",
+            "the server could not find the requested resource",
+        )
+    }
+
+    /// `409 AlreadyExists`: `nodes "n1" already exists`.
+    pub fn already_exists(resource: &'static str, name: &str) -> ApiError {
+        ApiError::new(
+            409,
+            "AlreadyExists",
+            format!("{resource} \"{name}\" already exists"),
+        )
+        .with_details(name, resource)
+    }
+
+    /// `409 Conflict`: a stale `metadata.resourceVersion` precondition.
+    pub fn conflict(resource: &'static str, name: &str) -> ApiError {
+        ApiError::new(
+            409,
+            "Conflict",
+            format!(
+                "Operation cannot be fulfilled on {resource} \"{name}\": the object has been modified; please apply your changes to the latest version and try again"
+            ),
+        )
+        .with_details(name, resource)
+    }
+
+    /// `410 Expired` for a watch whose resourceVersion is older than the retained history.
+    pub fn too_old(requested: u64, oldest: u64) -> ApiError {
+        ApiError::new(
+            410,
+            "Expired",
+            format!("too old resource version: {requested} ({oldest})"),
+        )
+    }
+
+    /// `410 Expired` for a `continue` token whose snapshot is gone.
+    pub fn continue_expired() -> ApiError {
+        ApiError::new(
+            410,
+            "Expired",
+            "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.",
+        )
+    }
+
+    /// `400 BadRequest`.
+    pub fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(400, "BadRequest", message)
+    }
+
+    /// `422 Invalid`: the object fails validation.
+    pub fn invalid(resource: &'static str, name: &str, message: impl Into<String>) -> ApiError {
+        ApiError::new(
+            422,
+            "Invalid",
+            format!("{resource} \"{name}\" is invalid: {}", message.into()),
+        )
+        .with_details(name, resource)
+    }
+
+    /// `405 MethodNotAllowed`.
+    pub fn method_not_allowed() -> ApiError {
+        ApiError::new(
+            405,
+            "MethodNotAllowed",
+            "the server does not allow this method on the requested resource",
+        )
+    }
+
+    /// `415 UnsupportedMediaType` (also used for patch types the emulator does not implement).
+    pub fn unsupported_media_type(content_type: &str) -> ApiError {
+        ApiError::new(
+            415,
+            "UnsupportedMediaType",
+            format!(
+                "the body of the request was in an unknown format - accepted media types include: application/json, application/merge-patch+json, application/strategic-merge-patch+json (got {content_type:?}; flannel-kube-emu does not emulate other patch types)"
+            ),
+        )
+    }
+
+    /// `504 Timeout` for a resourceVersion newer than the server has.
+    pub fn too_large(requested: u64, current: u64) -> ApiError {
+        ApiError::new(
+            504,
+            "Timeout",
+            format!("Too large resource version: {requested}, current: {current}"),
+        )
+    }
+
+    /// The `Status` object.
+    pub fn to_status(&self) -> Value {
+        let mut s = json!({
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": self.message,
+            "reason": self.reason,
+            "code": self.code,
+        });
+        if let Some((name, kind)) = &self.details {
+            s["details"] = json!({ "name": name, "kind": kind });
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_shapes_match_the_api_server() {
+        assert_eq!(
+            ApiError::not_found("nodes", "n1").to_status(),
+            json!({"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure",
+                   "message":"nodes \"n1\" not found","reason":"NotFound",
+                   "details":{"name":"n1","kind":"nodes"},"code":404})
+        );
+        let gone = ApiError::too_old(5, 9).to_status();
+        assert_eq!(gone["code"], 410);
+        assert_eq!(gone["reason"], "Expired");
+        assert_eq!(gone["message"], "too old resource version: 5 (9)");
+        assert_eq!(ApiError::conflict("nodes", "a").code, 409);
+        assert_eq!(
+            ApiError::already_exists("nodes", "a").reason,
+            "AlreadyExists"
+        );
+    }
+}

@@ -1,0 +1,376 @@
+//! Kubernetes mode for the lab: the `flannel-kube-emu` API emulator in the underlay namespace,
+//! Node objects as kubeadm leaves them, and a kubeconfig and net-conf.json per node, so
+//! flanneld runs with `--kube-subnet-mgr` exactly as under the kube-flannel DaemonSet.
+//!
+//! The emulator is *not* an API server: see the `flannel-kube-emu` crate docs for which API
+//! semantics it reproduces. The lab talks to it over HTTP (a tiny blocking client inside the
+//! underlay namespace), with the real API paths for objects and `/emu/` for test controls.
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use ipnet::Ipv4Net;
+use serde_json::{Value, json};
+
+use crate::error::{LabError, Result};
+use crate::lab::Lab;
+use crate::process::Child;
+
+/// The name of the emulator binary, found next to flanneld.
+pub const EMULATOR_BIN: &str = "flannel-kube-emu";
+
+/// How long the emulator may take to write its address file.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Longest an HTTP exchange with the emulator may take.
+const HTTP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Emulator settings the lab passes on its command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KubeEmuOptions {
+    /// Changes kept for resuming watches (`--history`); small values force `410 Gone`.
+    pub history: usize,
+    /// `--bookmark-interval-ms`.
+    pub bookmark_interval_ms: u64,
+}
+
+impl Default for KubeEmuOptions {
+    fn default() -> Self {
+        KubeEmuOptions {
+            history: 1000,
+            bookmark_interval_ms: 500,
+        }
+    }
+}
+
+/// The Kubernetes node name of lab node `i` (zero-based): `n1`, `n2`, ...
+pub fn node_name(i: usize) -> String {
+    format!("n{}", i + 1)
+}
+
+/// The pod CIDR kubeadm's range allocator would give the `i`-th node (zero-based) registered in
+/// a cluster with `--pod-network-cidr=network`: the `i`-th /24 (10.244.0.0/24, 10.244.1.0/24, ...).
+pub fn kubeadm_pod_cidr(network: &str, i: usize) -> Result<Ipv4Net> {
+    let net: Ipv4Net = network
+        .parse()
+        .map_err(|e| LabError::Invalid(format!("network {network:?}: {e}")))?;
+    let len = net.prefix_len().max(24);
+    net.subnets(len)
+        .ok()
+        .and_then(|mut s| s.nth(i))
+        .ok_or_else(|| LabError::Invalid(format!("{network} has no /{len} number {i}")))
+}
+
+/// A running emulator.
+#[derive(Debug)]
+pub struct KubeEmu {
+    child: Child,
+    addr: SocketAddr,
+    netns_path: PathBuf,
+}
+
+impl KubeEmu {
+    /// Starts the emulator inside the lab's underlay namespace, listening on the underlay
+    /// gateway address (reachable from every node) on a free port.
+    pub fn start(lab: &Lab, bin_dir: &Path, opts: KubeEmuOptions) -> Result<KubeEmu> {
+        let bin = bin_dir.join(EMULATOR_BIN);
+        if !bin.is_file() {
+            return Err(LabError::Invalid(format!(
+                "{EMULATOR_BIN} binary not found in {}: build the workspace first (`cargo build --workspace --bins`)",
+                bin_dir.display()
+            )));
+        }
+        let addr_file = lab.dir().join("kube-emu.addr");
+        let _ = std::fs::remove_file(&addr_file);
+        let ul = lab.underlay();
+        let mut cmd = Command::new(bin);
+        cmd.arg(format!("--listen={}:0", ul.gateway()))
+            .arg(format!("--history={}", opts.history))
+            .arg(format!(
+                "--bookmark-interval-ms={}",
+                opts.bookmark_interval_ms
+            ))
+            .arg(format!("--address-file={}", addr_file.display()));
+        let mut child = lab.spawn_in(ul.netns(), cmd)?;
+        let deadline = Instant::now() + START_TIMEOUT;
+        let addr = loop {
+            child.ensure_running()?;
+            if let Ok(text) = std::fs::read_to_string(&addr_file)
+                && let Ok(a) = text.trim().parse::<SocketAddr>()
+            {
+                break a;
+            }
+            if Instant::now() >= deadline {
+                return Err(child.error(format!(
+                    "did not write {} within {START_TIMEOUT:?}",
+                    addr_file.display()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        Ok(KubeEmu {
+            child,
+            addr,
+            netns_path: ul.netns().path(),
+        })
+    }
+
+    /// The API URL nodes use (`http://198.18.0.254:PORT`).
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The emulator process.
+    pub fn child(&self) -> &Child {
+        &self.child
+    }
+
+    /// A kubeconfig pointing at the emulator (no credentials: the emulator has no auth).
+    pub fn kubeconfig(&self, user: &str) -> String {
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: lab\n  cluster:\n    server: {url}\ncontexts:\n- name: lab\n  context:\n    cluster: lab\n    user: {user}\ncurrent-context: lab\nusers:\n- name: {user}\n  user: {{}}\n",
+            url = self.url()
+        )
+    }
+
+    /// One HTTP request from inside the underlay namespace; returns the status and the JSON
+    /// body (`Null` when empty).
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        content_type: &str,
+        body: Option<&Value>,
+    ) -> Result<(u16, Value)> {
+        let addr = self.addr;
+        let body = body.map(Value::to_string).unwrap_or_default();
+        let req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAccept: application/json\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let what = format!("{method} {path} on the kube emulator");
+        let out = crate::netns::in_netns_thread(&self.netns_path, move || {
+            let mut s = TcpStream::connect_timeout(&addr, HTTP_TIMEOUT)?;
+            s.set_read_timeout(Some(HTTP_TIMEOUT))?;
+            s.set_write_timeout(Some(HTTP_TIMEOUT))?;
+            s.write_all(req.as_bytes())?;
+            let mut out = Vec::new();
+            s.read_to_end(&mut out)?;
+            Ok::<_, std::io::Error>(out)
+        })?
+        .map_err(|e| LabError::io(what.clone(), e))?;
+        parse_response(&out).ok_or_else(|| {
+            LabError::Invalid(format!(
+                "{what}: unreadable response {:?}",
+                String::from_utf8_lossy(&out)
+            ))
+        })
+    }
+
+    fn expect_ok(&self, method: &str, path: &str, ct: &str, body: Option<&Value>) -> Result<Value> {
+        let (status, v) = self.request(method, path, ct, body)?;
+        if (200..300).contains(&status) {
+            Ok(v)
+        } else {
+            Err(LabError::Invalid(format!(
+                "{method} {path} on the kube emulator: {status} {}",
+                v.get("message").and_then(Value::as_str).unwrap_or("")
+            )))
+        }
+    }
+
+    /// Creates a Node as kubeadm's registration plus the range allocator leave it: pod CIDRs
+    /// set, its InternalIP, no flannel annotations, not yet Ready.
+    pub fn create_node(
+        &self,
+        name: &str,
+        pod_cidrs: &[String],
+        internal_ip: IpAddr,
+    ) -> Result<Value> {
+        let mut spec = json!({});
+        if let Some(first) = pod_cidrs.first() {
+            spec = json!({ "podCIDR": first, "podCIDRs": pod_cidrs });
+        }
+        let node = json!({
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {
+                "name": name,
+                "labels": { "kubernetes.io/hostname": name, "kubernetes.io/os": "linux" },
+                "annotations": {}
+            },
+            "spec": spec,
+            "status": {
+                "addresses": [
+                    { "type": "InternalIP", "address": internal_ip.to_string() },
+                    { "type": "Hostname", "address": name }
+                ],
+                "conditions": [{
+                    "type": "Ready", "status": "False", "reason": "KubeletNotReady",
+                    "message": "container runtime network not ready: NetworkReady=false reason:NetworkPluginNotReady message:Network plugin returns error: cni plugin not initialized"
+                }]
+            }
+        });
+        self.expect_ok("POST", "/api/v1/nodes", "application/json", Some(&node))
+    }
+
+    /// The Node object named `name`.
+    pub fn node(&self, name: &str) -> Result<Value> {
+        self.expect_ok(
+            "GET",
+            &format!("/api/v1/nodes/{name}"),
+            "application/json",
+            None,
+        )
+    }
+
+    /// Deletes a Node (as `kubectl delete node`).
+    pub fn delete_node(&self, name: &str) -> Result<Value> {
+        self.expect_ok(
+            "DELETE",
+            &format!("/api/v1/nodes/{name}"),
+            "application/json",
+            None,
+        )
+    }
+
+    /// Merge-patches a Node (as `kubectl patch node --type merge`).
+    pub fn merge_patch_node(&self, name: &str, patch: &Value) -> Result<Value> {
+        self.expect_ok(
+            "PATCH",
+            &format!("/api/v1/nodes/{name}"),
+            "application/merge-patch+json",
+            Some(patch),
+        )
+    }
+
+    /// Sets a Node's pod CIDRs through the emulator's test hook (the real API only allows
+    /// setting them once; this simulates what re-registration would do).
+    pub fn force_pod_cidrs(&self, name: &str, cidrs: &[&str]) -> Result<Value> {
+        self.expect_ok(
+            "PUT",
+            &format!("/emu/nodes/{name}/pod-cidrs"),
+            "application/json",
+            Some(&json!(cidrs)),
+        )
+    }
+
+    /// Aborts every open watch connection.
+    pub fn drop_watches(&self) -> Result<Value> {
+        self.expect_ok("POST", "/emu/drop-watches", "application/json", None)
+    }
+
+    /// Sends `410 Expired` on every open watch and compacts the history.
+    pub fn expire_watches(&self) -> Result<Value> {
+        self.expect_ok("POST", "/emu/expire-watches", "application/json", None)
+    }
+
+    /// The emulator's state summary (RV, watchers, node names).
+    pub fn state(&self) -> Result<Value> {
+        self.expect_ok("GET", "/emu/state", "application/json", None)
+    }
+}
+
+/// Brings up Kubernetes mode for a cluster: starts the emulator, registers Node objects
+/// `n1..nN` with kubeadm-style pod CIDRs and their InternalIP, and writes each node's
+/// kubeconfig and net-conf.json (the ConfigMap's file) into its directory.
+pub fn start_cluster(lab: &Lab, bin_dir: &Path, spec: &crate::ClusterSpec) -> Result<KubeEmu> {
+    let emu = KubeEmu::start(lab, bin_dir, spec.kube_emu)?;
+    let net_conf = serde_json::to_string_pretty(&spec.net_config())
+        .map_err(|e| LabError::Invalid(format!("net-conf.json: {e}")))?;
+    for (i, node) in lab.nodes().iter().enumerate() {
+        let name = node_name(i);
+        let cidr = kubeadm_pod_cidr(&spec.network, i)?;
+        emu.create_node(&name, &[cidr.to_string()], IpAddr::V4(node.ip()))?;
+        let dir = node.dir();
+        for (file, text) in [
+            (
+                dir.join("kubeconfig"),
+                emu.kubeconfig(&format!("system:node:{name}")),
+            ),
+            (dir.join("net-conf.json"), net_conf.clone()),
+        ] {
+            std::fs::write(&file, text)
+                .map_err(|e| LabError::io(format!("writing {}", file.display()), e))?;
+        }
+    }
+    Ok(emu)
+}
+
+/// flanneld's datastore flags in Kubernetes mode for a node whose files are in `node_dir`.
+pub fn flanneld_args(node_dir: &Path) -> Vec<String> {
+    vec![
+        "--kube-subnet-mgr".to_string(),
+        format!(
+            "--kubeconfig-file={}",
+            node_dir.join("kubeconfig").display()
+        ),
+        format!(
+            "--net-config-path={}",
+            node_dir.join("net-conf.json").display()
+        ),
+    ]
+}
+
+/// Splits an HTTP/1.1 response into status and JSON body (handles chunked bodies).
+fn parse_response(raw: &[u8]) -> Option<(u16, Value)> {
+    let text = String::from_utf8_lossy(raw);
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let status: u16 = head.split_whitespace().nth(1)?.parse().ok()?;
+    let chunked = head.lines().any(|l| {
+        l.to_ascii_lowercase().starts_with("transfer-encoding:")
+            && l.to_ascii_lowercase().contains("chunked")
+    });
+    let body = if chunked {
+        let mut out = String::new();
+        let mut rest = body;
+        loop {
+            let (size, tail) = rest.split_once("\r\n")?;
+            let n = usize::from_str_radix(size.trim(), 16).ok()?;
+            if n == 0 {
+                break;
+            }
+            out.push_str(tail.get(..n)?);
+            rest = tail.get(n + 2..)?;
+        }
+        out
+    } else {
+        body.to_string()
+    };
+    let v = if body.trim().is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&body).ok()?
+    };
+    Some((status, v))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kubeadm_cidrs() {
+        assert_eq!(
+            kubeadm_pod_cidr("10.244.0.0/16", 0).unwrap().to_string(),
+            "10.244.0.0/24"
+        );
+        assert_eq!(
+            kubeadm_pod_cidr("10.244.0.0/16", 2).unwrap().to_string(),
+            "10.244.2.0/24"
+        );
+        assert!(kubeadm_pod_cidr("10.244.0.0/24", 1).is_err());
+        assert_eq!(node_name(0), "n1");
+    }
+
+    #[test]
+    fn responses() {
+        let r = b"HTTP/1.1 201 Created\r\ncontent-length: 8\r\n\r\n{\"a\":1}\n";
+        assert_eq!(parse_response(r), Some((201, json!({"a":1}))));
+        let r = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\n{\"a\r\n4\r\n\":2}\r\n0\r\n\r\n";
+        assert_eq!(parse_response(r), Some((200, json!({"a":2}))));
+    }
+}
