@@ -131,6 +131,11 @@ pub enum LabError {
     /// The caller asked for something the lab cannot build (zero nodes, a bad name, ...).
     #[error("invalid lab request: {0}")]
     Invalid(String),
+
+    /// A state directory already records a lab (see [`crate::LabState::begin`]); the message
+    /// says which and what to run, so it is shown as is.
+    #[error("{0}")]
+    Occupied(String),
 }
 
 impl LabError {

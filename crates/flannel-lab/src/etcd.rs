@@ -31,6 +31,7 @@ pub struct EtcdOptions {
     listen_on: Vec<IpAddr>,
     dir: Option<PathBuf>,
     start_timeout: Duration,
+    new_session: bool,
 }
 
 impl Default for EtcdOptions {
@@ -39,6 +40,7 @@ impl Default for EtcdOptions {
             listen_on: Vec::new(),
             dir: None,
             start_timeout: DEFAULT_ETCD_START_TIMEOUT,
+            new_session: false,
         }
     }
 }
@@ -69,6 +71,13 @@ impl EtcdOptions {
         self.dir.is_some()
     }
 
+    /// Run etcd in a session of its own so it can outlive this process (a persistent lab's etcd;
+    /// see [`crate::lab::Persist`]).
+    pub(crate) fn new_session(mut self, on: bool) -> Self {
+        self.new_session = on;
+        self
+    }
+
     /// Change how long start and restart wait for etcd to report healthy.
     pub fn start_timeout(mut self, timeout: Duration) -> Self {
         self.start_timeout = timeout;
@@ -87,6 +96,7 @@ pub struct Etcd {
     data_dir: PathBuf,
     log_path: PathBuf,
     start_timeout: Duration,
+    new_session: bool,
     // Field order matters: the process (above) must stop before its directory goes.
     _temp: Option<tempfile::TempDir>,
 }
@@ -119,6 +129,7 @@ impl Etcd {
             data_dir: base.join("data"),
             log_path: base.join("etcd.log"),
             start_timeout: opts.start_timeout,
+            new_session: opts.new_session,
             _temp: temp,
         };
         let mut last_err = None;
@@ -281,7 +292,11 @@ impl Etcd {
             .arg("--initial-cluster-state=new")
             .arg("--logger=zap")
             .arg("--log-outputs=stderr");
-        let child = Child::spawn_in_name(&self.netns, cmd, self.log_path.clone())?;
+        let child = if self.new_session {
+            Child::spawn_session(&self.netns, cmd, self.log_path.clone())?
+        } else {
+            Child::spawn_in_name(&self.netns, cmd, self.log_path.clone())?
+        };
         self.child = Some(child);
         self.wait_healthy(self.start_timeout)
     }

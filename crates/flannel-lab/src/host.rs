@@ -30,7 +30,15 @@ const PACKAGES: &[(&str, &str)] = &[
     ("podman", "podman"),
     ("busybox", "busybox-static"),
     ("sh", "dash"),
+    ("setsid", "util-linux"),
+    ("nsenter", "util-linux"),
+    ("ss", "iproute2"),
 ];
+
+/// Where Debian's `containernetworking-plugins` puts the CNI plugins; a plugin named by path
+/// (`/usr/lib/cni/bridge`) is looked up here first, so it is not mistaken for iproute2's
+/// `bridge` command.
+const CNI_PLUGIN_DIR: &str = "/usr/lib/cni/";
 
 /// Directories searched after `PATH`: root's tools live in sbin, which a non-login `PATH` may lack.
 const EXTRA_DIRS: &[&str] = &["/usr/local/sbin", "/usr/sbin", "/sbin"];
@@ -39,6 +47,9 @@ const EXTRA_DIRS: &[&str] = &["/usr/local/sbin", "/usr/sbin", "/sbin"];
 ///
 /// Exposed so tests and the `flannel-lab` command can print the same install hint the lab does.
 pub fn package_for(binary: &str) -> Option<&'static str> {
+    if binary.starts_with(CNI_PLUGIN_DIR) {
+        return Some("containernetworking-plugins");
+    }
     let base = Path::new(binary)
         .file_name()
         .and_then(OsStr::to_str)
@@ -150,6 +161,12 @@ mod tests {
         assert_eq!(package_for("ping"), Some("iputils-ping"));
         assert_eq!(package_for("/usr/sbin/ip"), Some("iproute2"));
         assert_eq!(package_for("frobnicate"), None);
+        assert_eq!(
+            package_for("/usr/lib/cni/bridge"),
+            Some("containernetworking-plugins")
+        );
+        assert_eq!(package_for("bridge"), Some("iproute2"));
+        assert_eq!(package_for("setsid"), Some("util-linux"));
     }
 
     #[test]

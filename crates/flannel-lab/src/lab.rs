@@ -22,7 +22,7 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use crate::error::{LabError, Result};
 use crate::etcd::{Etcd, EtcdOptions};
 use crate::host::{ip_binary, require_binary, require_root};
-use crate::netns::{Netns, reap_stale, temp_dir};
+use crate::netns::{DETACHED_PREFIX, Netns, reap_stale, temp_dir};
 use crate::pod::{Pod, PodNetwork};
 use crate::process::{Child, spawn_in};
 
@@ -66,6 +66,52 @@ fn dec_as_hex(n: u8) -> u16 {
     u16::from_str_radix(&n.to_string(), 16).unwrap_or(u16::from(n))
 }
 
+/// How a lab that must outlive the process that built it is named and stored.
+///
+/// A test lab is named after its creator's pid so the reaper can remove it once that process is
+/// gone; a lab started by `flannel-lab up` must survive its creator, so it gets names the reaper
+/// ignores (`flabd-<id>-<role>`), its directory outside the temp directory the reaper sweeps, and
+/// its daemons in sessions of their own. It is still cleaned up by the drop guards until it is
+/// handed over to a [`crate::LabState`] ([`crate::LabState::detach`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Persist {
+    stem: String,
+    dir: PathBuf,
+}
+
+impl Persist {
+    /// A persistent lab identified by `id` (letters, digits, `-`, `_`, `.`): namespaces
+    /// `flabd-<id>-<role>`, directory `<parent>/flabd-<id>` (created by the build, which fails if
+    /// it already exists).
+    pub fn new(id: &str, parent: &Path) -> Result<Persist> {
+        if id.is_empty()
+            || id.len() > 32
+            || !id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            return Err(LabError::Invalid(format!(
+                "persistent lab id {id:?} must be 1-32 characters of [A-Za-z0-9._-]"
+            )));
+        }
+        let stem = format!("{DETACHED_PREFIX}-{id}");
+        Ok(Persist {
+            dir: parent.join(&stem),
+            stem,
+        })
+    }
+
+    /// The namespace name stem: every namespace is `<stem>-<role>`.
+    pub fn stem(&self) -> &str {
+        &self.stem
+    }
+
+    /// The lab directory (logs, node directories, etcd data).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
 /// Configures a [`Lab`]; start with [`Lab::builder`].
 #[derive(Debug, Clone)]
 pub struct LabBuilder {
@@ -74,6 +120,7 @@ pub struct LabBuilder {
     mtu: u32,
     extra_networks: u8,
     outside_host: bool,
+    persist: Option<Persist>,
 }
 
 impl Default for LabBuilder {
@@ -84,6 +131,7 @@ impl Default for LabBuilder {
             mtu: 1500,
             extra_networks: 0,
             outside_host: false,
+            persist: None,
         }
     }
 }
@@ -121,6 +169,13 @@ impl LabBuilder {
     /// back to pod networks), for masquerade tests: a pod reaching it proves SNAT happened.
     pub fn outside_host(mut self, on: bool) -> Self {
         self.outside_host = on;
+        self
+    }
+
+    /// Make the lab able to outlive this process (see [`Persist`]); `None` (the default) builds
+    /// an ordinary test lab.
+    pub fn persist(mut self, persist: Option<Persist>) -> Self {
+        self.persist = persist;
         self
     }
 
@@ -347,9 +402,13 @@ impl Lab {
     }
 
     fn create(config: LabBuilder) -> Result<Lab> {
-        let dir = temp_dir("lab")?;
+        let dir = match &config.persist {
+            None => temp_dir("lab")?,
+            Some(p) => persistent_dir(p)?,
+        };
+        let stem = config.persist.as_ref().map(Persist::stem);
         let networks = 1 + config.extra_networks;
-        let underlay = Netns::new("ul")?;
+        let underlay = Netns::new_in(stem, "ul")?;
         let bridges: Vec<String> = (0..networks).map(|b| format!("br{b}")).collect();
         let mut script = String::new();
         for (b, br) in bridges.iter().enumerate() {
@@ -419,7 +478,7 @@ impl Lab {
         networks: u8,
         is_node: bool,
     ) -> Result<Node> {
-        let netns = Netns::new(name)?;
+        let netns = Netns::new_in(config.persist.as_ref().map(Persist::stem), name)?;
         let mtu = config.mtu;
         let short = if is_node {
             format!("n{number}")
@@ -526,6 +585,11 @@ impl Lab {
         self.dir.path()
     }
 
+    /// How the lab was made persistent, if it was ([`LabBuilder::persist`]).
+    pub fn persistence(&self) -> Option<&Persist> {
+        self.config.persist.as_ref()
+    }
+
     /// Names of every namespace the lab currently owns, underlay last; tests use it to assert
     /// cleanup after drop.
     pub fn netns_names(&self) -> Vec<String> {
@@ -542,6 +606,10 @@ impl Lab {
     ///
     /// The lab-level form of [`crate::spawn_in`]: log files are numbered so restarts and several
     /// instances of one program do not overwrite each other.
+    ///
+    /// In a persistent lab the process gets a session of its own (no controlling terminal, no
+    /// SIGHUP when the shell that ran `flannel-lab up` closes), so it can outlive the lab's
+    /// creator.
     pub fn spawn_in(&self, ns: &Netns, cmd: Command) -> Result<Child> {
         let program = Path::new(cmd.get_program())
             .file_name()
@@ -553,7 +621,11 @@ impl Lab {
             .path()
             .join("logs")
             .join(format!("{program}-{n}.log"));
-        spawn_in(ns, cmd, log)
+        if self.config.persist.is_some() {
+            Child::spawn_session(ns.name(), cmd, log)
+        } else {
+            spawn_in(ns, cmd, log)
+        }
     }
 
     /// Starts etcd inside `ns`, keeping its data and log under the lab directory unless `opts`
@@ -565,7 +637,7 @@ impl Lab {
         } else {
             opts.dir(self.dir.path().join(format!("etcd-{n}")))
         };
-        Etcd::start(ns, opts)
+        Etcd::start(ns, opts.new_session(self.config.persist.is_some()))
     }
 
     /// Creates an empty pod namespace (loopback up) belonging to node `node` (zero-based), for
@@ -602,7 +674,12 @@ impl Lab {
         if self.pods.iter().any(|p| p.name() == name) {
             return Err(LabError::Invalid(format!("pod {name:?} already exists")));
         }
-        Pod::create(name, node, n.name())
+        Pod::create(
+            name,
+            node,
+            n.name(),
+            self.config.persist.as_ref().map(Persist::stem),
+        )
     }
 
     /// All pods, in creation order.
@@ -632,6 +709,24 @@ impl Lab {
             Some(IpAddr::V4(iface.ipv4()))
         }
     }
+}
+
+/// Creates a persistent lab's directory at exactly [`Persist::dir`], as a guard that removes it
+/// on drop until the lab is detached; an existing directory is an error, never reused.
+fn persistent_dir(p: &Persist) -> Result<tempfile::TempDir> {
+    let parent = p.dir.parent().unwrap_or(Path::new("/"));
+    let name = p
+        .dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    std::fs::create_dir_all(parent)
+        .map_err(|e| LabError::io(format!("creating {}", parent.display()), e))?;
+    tempfile::Builder::new()
+        .prefix(&name)
+        .rand_bytes(0)
+        .tempdir_in(parent)
+        .map_err(|e| LabError::io(format!("creating lab directory {}", p.dir.display()), e))
 }
 
 /// Parses `"10.244.1.2/24"`-style text into an [`IpNet`]; a convenience for building

@@ -30,6 +30,12 @@ use crate::host::{ip_binary, pid_alive, require_root};
 /// Prefix of every namespace (and temp directory) the lab creates; the reaper's key.
 pub const NAME_PREFIX: &str = "flab";
 
+/// Prefix of the namespaces of a *persistent* lab (one that outlives its creator, see
+/// [`crate::LabState`]): `flabd-<id>-<role>`. [`reap_stale`] does not match it (no pid follows
+/// the prefix), so a lab left running by `flannel-lab up` survives the next test run; only
+/// [`crate::LabState::teardown`] removes it.
+pub const DETACHED_PREFIX: &str = "flabd";
+
 /// Where `ip netns` keeps its bind mounts; a namespace's path is this joined with its name.
 pub const NETNS_DIR: &str = "/run/netns";
 
@@ -77,6 +83,9 @@ pub(crate) fn temp_dir(kind: &str) -> Result<tempfile::TempDir> {
 pub struct Netns {
     name: String,
     deleted: bool,
+    /// False for a handle on a namespace this process did not create ([`Netns::open`]): dropping
+    /// such a handle must not delete someone else's namespace.
+    owned: bool,
 }
 
 impl Netns {
@@ -86,6 +95,12 @@ impl Netns {
     /// `ip netns list`. Loopback is raised because everything local (etcd on 127.0.0.1, flanneld's
     /// healthz) needs it and a fresh namespace has it down.
     pub fn new(role: &str) -> Result<Netns> {
+        Self::new_in(None, role)
+    }
+
+    /// Creates `<stem>-<role>` (a persistent lab's naming, see [`DETACHED_PREFIX`]) or, without
+    /// a stem, `flab-<pid>-<counter>-<role>` like [`Netns::new`].
+    pub(crate) fn new_in(stem: Option<&str>, role: &str) -> Result<Netns> {
         if role.is_empty()
             || role.len() > 64
             || !role
@@ -97,14 +112,35 @@ impl Netns {
             )));
         }
         require_root("create network namespaces")?;
-        let name = format!("{}-{role}", unique_stem());
+        let name = match stem {
+            Some(stem) => format!("{stem}-{role}"),
+            None => format!("{}-{role}", unique_stem()),
+        };
         ip_global(["netns", "add", &name])?;
         let ns = Netns {
             name,
             deleted: false,
+            owned: true,
         };
         ns.ip(["link", "set", "lo", "up"])?;
         Ok(ns)
+    }
+
+    /// A handle on an existing namespace that this process does not own, e.g. one of a lab left
+    /// running by `flannel-lab up`: everything that takes a `&Netns` ([`crate::ping`],
+    /// [`crate::run_ok`], [`crate::spawn_in`]) works with it, and dropping it deletes nothing.
+    /// [`Netns::delete`] still deletes explicitly.
+    pub fn open(name: &str) -> Result<Netns> {
+        if name.is_empty() || name.contains('/') || !netns_exists(name) {
+            return Err(LabError::Invalid(format!(
+                "network namespace {name:?} does not exist (no {NETNS_DIR}/{name})"
+            )));
+        }
+        Ok(Netns {
+            name: name.to_string(),
+            deleted: false,
+            owned: false,
+        })
     }
 
     /// The namespace's name, for `ip netns exec <name>` and `ip -n <name>`.
@@ -258,7 +294,7 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        if !self.deleted {
+        if self.owned && !self.deleted {
             self.deleted = true;
             if let Err(e) = destroy(&self.name) {
                 eprintln!("flannel-lab: cleaning up namespace {}: {e}", self.name);
@@ -272,6 +308,34 @@ impl Drop for Netns {
 /// Tests use it to assert cleanup.
 pub fn netns_exists(name: &str) -> bool {
     Path::new(NETNS_DIR).join(name).exists()
+}
+
+/// Names of the mounted namespaces that start with `prefix`, sorted; how a persistent lab's
+/// teardown finds namespaces an interrupted `up` created but never recorded.
+pub fn netns_with_prefix(prefix: &str) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(NETNS_DIR)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(prefix))
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// Kills everything inside namespace `name` and deletes it; a namespace that is already gone
+/// counts as success, so teardown can run twice.
+pub(crate) fn destroy_if_exists(name: &str) -> Result<()> {
+    if !netns_exists(name) {
+        return Ok(());
+    }
+    match destroy(name) {
+        Err(_) if !netns_exists(name) => Ok(()),
+        r => r,
+    }
 }
 
 /// Removes lab namespaces (and lab temp directories) left behind by processes that no longer
@@ -421,6 +485,9 @@ mod tests {
         assert_eq!(creator_pid("flabby-1-2-x"), None);
         assert_eq!(creator_pid("cni-1234-0"), None);
         assert_eq!(creator_pid("flab--0-x"), None);
+        // A persistent lab's names are never the reaper's.
+        assert_eq!(creator_pid(&format!("{DETACHED_PREFIX}-1234-n1")), None);
+        assert_eq!(creator_pid("flabd-1234-0-n1"), None);
     }
 
     #[test]

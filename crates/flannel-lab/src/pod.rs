@@ -51,8 +51,13 @@ pub struct Pod {
 }
 
 impl Pod {
-    /// Creates the namespace `flab-…-<node>-<name>`.
-    pub(crate) fn create(name: &str, node: usize, node_name: &str) -> Result<Pod> {
+    /// Creates the namespace `flab-…-<node>-<name>` (`<stem>-<node>-<name>` in a persistent lab).
+    pub(crate) fn create(
+        name: &str,
+        node: usize,
+        node_name: &str,
+        stem: Option<&str>,
+    ) -> Result<Pod> {
         if name.is_empty()
             || name.len() > 40
             || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
@@ -64,7 +69,7 @@ impl Pod {
         Ok(Pod {
             name: name.to_string(),
             node,
-            netns: Netns::new(&format!("{node_name}-{name}"))?,
+            netns: Netns::new_in(stem, &format!("{node_name}-{name}"))?,
             address: None,
             host_veth: None,
         })

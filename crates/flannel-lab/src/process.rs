@@ -15,6 +15,7 @@ use nix::unistd::Pid;
 
 use crate::command::{describe, netns_exec_command, spawn_error, wait_deadline};
 use crate::error::{LabError, Result};
+use crate::host::require_binary;
 use crate::netns::Netns;
 
 /// How long [`Child::stop`] waits after SIGTERM before sending SIGKILL.
@@ -54,12 +55,40 @@ pub fn spawn_in(ns: &Netns, cmd: Command, log_path: impl Into<PathBuf>) -> Resul
 impl Child {
     /// [`spawn_in`] by namespace name, for holders of only a name (etcd restarting itself).
     pub(crate) fn spawn_in_name(ns_name: &str, cmd: Command, log_path: PathBuf) -> Result<Child> {
+        Self::spawn_with(ns_name, cmd, log_path, false)
+    }
+
+    /// Like [`Child::spawn_in_name`], but the process leads a new *session* (`setsid`), not only
+    /// a process group: it has no controlling terminal, so closing the terminal that started it
+    /// sends it no SIGHUP, and it can outlive its parent. What a persistent lab's daemons need.
+    ///
+    /// `setsid(1)` only forks when its caller already leads a process group; the child we spawn
+    /// does not (it is in our group until setsid runs), so setsid calls setsid(2) and execs `ip
+    /// netns exec`, which execs the program: the pid we get is the program's, and it is also the
+    /// session and process-group id, so [`Child::signal`] reaches the program's helpers too.
+    pub(crate) fn spawn_session(ns_name: &str, cmd: Command, log_path: PathBuf) -> Result<Child> {
+        Self::spawn_with(ns_name, cmd, log_path, true)
+    }
+
+    fn spawn_with(
+        ns_name: &str,
+        cmd: Command,
+        log_path: PathBuf,
+        new_session: bool,
+    ) -> Result<Child> {
         use std::os::unix::process::CommandExt;
 
-        let mut wrapped = netns_exec_command(
+        let inner = netns_exec_command(
             ns_name,
             std::iter::once(cmd.get_program()).chain(cmd.get_args()),
         )?;
+        let mut wrapped = if new_session {
+            let mut w = Command::new(require_binary("setsid")?);
+            w.arg(inner.get_program()).args(inner.get_args());
+            w
+        } else {
+            inner
+        };
         for (k, v) in cmd.get_envs() {
             match v {
                 Some(v) => wrapped.env(k, v),
@@ -88,8 +117,10 @@ impl Child {
         wrapped
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))
-            .stderr(Stdio::from(err_log))
-            .process_group(0);
+            .stderr(Stdio::from(err_log));
+        if !new_session {
+            wrapped.process_group(0);
+        }
         let child = wrapped
             .spawn()
             .map_err(|e| spawn_error(&wrapped, &command, e))?;

@@ -343,7 +343,15 @@ fn checksums_ok(p: &[u8]) -> bool {
 fn capture_underlay(c: &Cluster, filter: &str, traffic: impl FnOnce()) -> Vec<Datagram> {
     let file = c.lab().dir().join(format!("wire-{}.pcap", std::process::id()));
     let mut cmd = std::process::Command::new("tcpdump");
-    cmd.args(["-i", c.lab().underlay().bridge(), "-U", "-s", "0", "-w"])
+    cmd.args([
+        "-i",
+        c.lab().underlay().bridge(),
+        "--immediate-mode",
+        "-U",
+        "-s",
+        "0",
+        "-w",
+    ])
         .arg(&file)
         .arg(filter);
     let mut tcpdump = c
@@ -384,7 +392,12 @@ fn udp_wire_format_is_the_raw_inner_packet() {
         assert_eq!(code, Some(0), "{out}");
     });
     let pings: Vec<&Datagram> = dgrams.iter().filter(|d| d.payload.len() == 128).collect();
-    assert_eq!(pings.len(), 6, "3 requests + 3 replies of 20+8+100 bytes");
+    assert_eq!(
+        pings.len(),
+        6,
+        "3 requests + 3 replies of 20+8+100 bytes; captured sizes {:?}",
+        dgrams.iter().map(|d| d.payload.len()).collect::<Vec<_>>()
+    );
     for d in &pings {
         let p = &d.payload;
         assert_eq!(p[0], 0x45, "payload starts with an IPv4 header");

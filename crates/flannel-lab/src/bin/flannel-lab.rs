@@ -1,2 +1,554 @@
 //! `flannel-lab`: a whole flannel cluster on one machine.
-fn main() {}
+//!
+//! `up` builds an underlay bridge and one network namespace per node, starts a real etcd, writes
+//! the network config, runs `flanneld` in every node namespace with the flags the kube-flannel
+//! DaemonSet passes (etcd instead of the Kubernetes API), installs a per-node conflist (our
+//! `flannel` CNI plugin chained with `portmap`), creates pods by executing that conflist as a
+//! container runtime does, waits until every node is ready, and prints nodes, pods and a
+//! pod-to-pod ping matrix (and, with `--throughput`, iperf3 figures).
+//!
+//! The lab then keeps running on its own: its state is in one directory (default
+//! `/run/flannel-lab`), so `status`, `check`, `exec` and `down` work from any shell.
+//!
+//! Exit status: 0 success; 1 `check` (or `up --check`) found unreachable pairs, or `status`
+//! found no lab or a stopped process; 2 an error; 130 interrupted.
+
+// The modules live in a directory named after the binary; a crate root in src/bin/ would look
+// for them next to itself, where cargo would take them for binaries of their own.
+#[path = "flannel-lab/bins.rs"]
+mod bins;
+#[path = "flannel-lab/progress.rs"]
+mod progress;
+#[path = "flannel-lab/render.rs"]
+mod render;
+#[path = "flannel-lab/signals.rs"]
+mod signals;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use flannel_lab::state::{DEFAULT_STATE_DIR, LabState, Phase, install_conflist};
+use flannel_lab::throughput::iperf3;
+use flannel_lab::{Cluster, ClusterSpec, Netns, PodCni, StartPhase};
+
+use crate::progress::Progress;
+use crate::render::{Marks, PathResult};
+use crate::signals::{INTERRUPTED_EXIT, Signals};
+
+/// How many pings run at once for the matrix (each is its own process; the machine has 2 CPUs).
+const PING_PARALLEL: usize = 8;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "flannel-lab",
+    version,
+    about = "A multi-node flannel-rs cluster on one machine: network namespaces as nodes and pods, real etcd, flanneld per node, pods through the flannel CNI plugin",
+    after_help = "Examples:\n  \
+        sudo flannel-lab up --nodes 3\n  \
+        sudo flannel-lab up --backend host-gw --throughput\n  \
+        sudo flannel-lab exec n1 -- ip route\n  \
+        sudo flannel-lab exec n1-p1 -- ping -c1 10.244.0.0\n  \
+        sudo flannel-lab check && sudo flannel-lab down\n\n\
+        Exit status: 0 ok; 1 check failed (unreachable pairs) or status found a problem; 2 error; 130 interrupted."
+)]
+struct Cli {
+    /// Directory holding the running lab's state, logs and node files (one lab per directory)
+    #[arg(long, global = true, value_name = "DIR", env = "FLANNEL_LAB_STATE_DIR", default_value = DEFAULT_STATE_DIR)]
+    state_dir: PathBuf,
+
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Build a lab and leave it running: underlay, etcd, flanneld per node, pods through CNI
+    Up(UpArgs),
+    /// Show the running lab: nodes (subnet, public IP, VTEP MAC, MTU, flanneld), pods
+    Status,
+    /// Ping every pod from every other pod; exit 0 only when every pair answers
+    Check(CheckArgs),
+    /// Run a command inside a node's, a pod's or the underlay's network namespace
+    Exec(ExecArgs),
+    /// Remove everything the lab created: processes, namespaces, directories (safe to repeat)
+    Down(DownArgs),
+}
+
+#[derive(Debug, Args)]
+struct UpArgs {
+    /// Number of nodes (n1..nN, underlay addresses 198.18.0.1..N)
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=252))]
+    nodes: u16,
+
+    /// Backend.Type in the network config (vxlan, host-gw, udp, ...), passed to flanneld as is
+    #[arg(long, default_value = "vxlan", value_name = "TYPE")]
+    backend: String,
+
+    /// Backend.DirectRouting: vxlan uses direct routes between nodes on the same subnet
+    #[arg(long)]
+    direct_routing: bool,
+
+    /// EnableNFTables: flanneld writes nftables instead of iptables rules
+    #[arg(long)]
+    nftables: bool,
+
+    /// Pods per node, named nK-p1, nK-p2, ...
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pods_per_node: u16,
+
+    /// Network in the network config
+    #[arg(long, default_value = "10.244.0.0/16", value_name = "CIDR")]
+    network: String,
+
+    /// Exit with status 1 unless every pod reaches every other pod (the lab stays up either way)
+    #[arg(long)]
+    check: bool,
+
+    /// How long to wait for every flanneld to become ready, in seconds
+    #[arg(long, default_value_t = 60, value_name = "SECS")]
+    ready_timeout: u64,
+
+    /// No step lines on stderr
+    #[arg(long, short)]
+    quiet: bool,
+
+    #[command(flatten)]
+    throughput: ThroughputArgs,
+}
+
+#[derive(Debug, Args)]
+struct ThroughputArgs {
+    /// Also measure TCP throughput with iperf3: same-node pods, cross-node pods, underlay
+    #[arg(long)]
+    throughput: bool,
+
+    /// Seconds per iperf3 measurement
+    #[arg(long, default_value_t = 10, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=600))]
+    duration: u64,
+}
+
+#[derive(Debug, Args)]
+struct CheckArgs {
+    #[command(flatten)]
+    throughput: ThroughputArgs,
+}
+
+#[derive(Debug, Args)]
+struct ExecArgs {
+    /// A node (n1), a pod (n1-p1) or `underlay`
+    target: String,
+
+    /// The command and its arguments (after `--`)
+    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+    command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+struct DownArgs {
+    /// Also when the `up` that is building the lab is still running
+    #[arg(long)]
+    force: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Cmd::Up(args) => up(&cli.state_dir, args),
+        Cmd::Status => status(&cli.state_dir),
+        Cmd::Check(args) => check(&cli.state_dir, args),
+        Cmd::Exec(args) => exec(&cli.state_dir, args),
+        Cmd::Down(args) => down(&cli.state_dir, args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("flannel-lab: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Writes to stdout, ignoring a closed pipe (`flannel-lab status | head`).
+fn out(text: &str) {
+    let mut o = std::io::stdout().lock();
+    let _ = o.write_all(text.as_bytes()).and_then(|()| o.flush());
+}
+
+/// Reads the lab recorded in `dir`, or explains that there is none.
+fn load(dir: &Path) -> anyhow::Result<LabState> {
+    match LabState::load(dir)? {
+        Some(s) => Ok(s),
+        None => bail!(
+            "no lab in {} (start one with `flannel-lab up`{})",
+            dir.display(),
+            state_dir_flag(dir)
+        ),
+    }
+}
+
+fn state_dir_flag(dir: &Path) -> String {
+    if dir == Path::new(DEFAULT_STATE_DIR) {
+        String::new()
+    } else {
+        format!(", passing --state-dir {}", dir.display())
+    }
+}
+
+fn up(state_dir: &Path, args: &UpArgs) -> anyhow::Result<ExitCode> {
+    bins::require_root("up")?;
+    let signals = Signals::install();
+    bins::check_programs(args.nftables, args.throughput.throughput)?;
+    let unicode = render::utf8_locale();
+    let total = 5 + usize::from(args.throughput.throughput);
+    let mut progress = Progress::new(total, args.quiet, unicode);
+    // Cluster::start finds the binaries the same way (next to this executable, or
+    // FLANNEL_RS_BIN_DIR); this checks (and under `cargo run`, builds) them before anything exists.
+    bins::workspace_bins(|| {
+        if !args.quiet {
+            eprintln!("flannel-lab: building flanneld and the flannel CNI plugin (cargo) ...");
+        }
+    })?;
+    let argv: Vec<String> = std::iter::once("flannel-lab".to_string())
+        .chain(std::env::args().skip(1))
+        .collect();
+    let mut state = LabState::begin(state_dir, argv)?;
+    match build(&mut state, args, &mut progress, &signals) {
+        Ok(()) => {}
+        Err(e) => {
+            progress.fail();
+            // The cluster's guards have removed everything by now; forget the record.
+            if let Err(d) = state.discard() {
+                eprintln!("flannel-lab: removing the state of the failed lab: {d:#}");
+            }
+            if signals.interrupted() {
+                eprintln!("flannel-lab: interrupted; everything built so far was removed");
+                return Ok(ExitCode::from(INTERRUPTED_EXIT));
+            }
+            return Err(e);
+        }
+    }
+    signals.set_detached();
+    if signals.interrupted() {
+        eprintln!(
+            "flannel-lab: interrupted after the lab was recorded; it keeps running (`flannel-lab down` removes it)"
+        );
+        return Ok(ExitCode::from(INTERRUPTED_EXIT));
+    }
+
+    let pairs = state.pods.len() * state.pods.len().saturating_sub(1);
+    progress.step(format!("ping matrix ({pairs} pod pairs)"));
+    let matrix = state.ping_matrix(PING_PARALLEL);
+    progress.done(&format!("{}/{}", matrix.reachable(), matrix.pairs()));
+    let through = if args.throughput.throughput {
+        progress.step(format!("iperf3: 3 paths x {} s", args.throughput.duration));
+        let t = measure(&state, args.throughput.duration);
+        progress.done("done");
+        Some(t)
+    } else {
+        None
+    };
+    drop(progress);
+
+    let mut report = String::from("\n");
+    report += &render::header(&state);
+    report += "\n";
+    report += &render::nodes(&state.node_status());
+    report += "\n";
+    report += &render::pods(&state);
+    report += "\n";
+    report += &render::matrix(&matrix, Marks::new(unicode));
+    if let Some(t) = &through {
+        report += "\n";
+        report += &render::throughput(t, args.throughput.duration);
+    }
+    // scripts/lab names itself here, so the hints are commands that work as printed.
+    let program = std::env::var("FLANNEL_LAB_COMMAND").unwrap_or_else(|_| "flannel-lab".into());
+    let me = format!("{program}{}", state_dir_flag_short(state_dir));
+    report += &format!(
+        "\nThe lab keeps running. Next:\n  {me} status\n  {me} exec n1 -- ip route\n  {me} exec n1-p1 -- ping -c1 {}\n  {me} check\n  {me} down\n",
+        state
+            .pods
+            .last()
+            .map_or("10.244.0.1".to_string(), |p| p.ip.to_string())
+    );
+    out(&report);
+    if args.check && !matrix.is_full() {
+        return Ok(ExitCode::from(1));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn state_dir_flag_short(dir: &Path) -> String {
+    if dir == Path::new(DEFAULT_STATE_DIR) {
+        String::new()
+    } else {
+        format!(" --state-dir {}", dir.display())
+    }
+}
+
+/// Builds the cluster under the drop guards, then hands it to the state file.
+fn build(
+    state: &mut LabState,
+    args: &UpArgs,
+    progress: &mut Progress,
+    signals: &Signals,
+) -> anyhow::Result<()> {
+    let nodes = usize::from(args.nodes);
+    let spec = ClusterSpec {
+        nodes,
+        backend: args.backend.clone(),
+        direct_routing: args.direct_routing,
+        nftables: args.nftables,
+        network: args.network.clone(),
+        pod_cni: PodCni::Flannel,
+        ready_timeout: Duration::from_secs(args.ready_timeout),
+        persist: Some(state.persist()?),
+        ..ClusterSpec::default()
+    };
+    let backend = args.backend.clone();
+    let mut cluster = Cluster::start_observed(spec, |phase| match phase {
+        StartPhase::Lab => progress.step(format!("underlay + {nodes} node namespaces")),
+        StartPhase::Datastore => progress.step("etcd + network config"),
+        StartPhase::Flanneld => progress.step(format!(
+            "flanneld on {nodes} nodes ({backend}), until ready"
+        )),
+    })
+    .context("starting the cluster")?;
+    if signals.interrupted() {
+        bail!("interrupted");
+    }
+    let pods = nodes * usize::from(args.pods_per_node);
+    progress.step(format!(
+        "conflists + {pods} pods through CNI (flannel + portmap)"
+    ));
+    for i in 0..nodes {
+        install_conflist(&cluster, i)?;
+    }
+    for i in 0..nodes {
+        for k in 1..=args.pods_per_node {
+            if signals.interrupted() {
+                bail!("interrupted");
+            }
+            let name = format!("n{}-p{k}", i + 1);
+            cluster
+                .add_pod(i, &name)
+                .with_context(|| format!("creating pod {name} through CNI"))?;
+        }
+    }
+    state.detach(cluster).context("recording the lab")?;
+    Ok(())
+}
+
+/// The three iperf3 paths of `--throughput`, one after the other.
+fn measure(state: &LabState, secs: u64) -> Vec<PathResult> {
+    let duration = Duration::from_secs(secs);
+    let log_dir = state.lab_dir.join("logs");
+    let run = |from_ns: &str, to_ns: &str, ip: std::net::IpAddr, tag: &str| {
+        let from = Netns::open(from_ns).map_err(|e| e.to_string())?;
+        let to = Netns::open(to_ns).map_err(|e| e.to_string())?;
+        iperf3(
+            &from,
+            &to,
+            ip,
+            duration,
+            &log_dir.join(format!("iperf3-server-{tag}.log")),
+        )
+        .map_err(|e| first_line(&e.to_string()))
+    };
+    let mut results = Vec::new();
+    let (n1, n2) = (state.nodes.first(), state.nodes.get(1));
+    results.push(match (n1, n2) {
+        (Some(a), Some(b)) => PathResult {
+            path: "underlay, node to node",
+            between: format!("{} {} -> {} {}", a.name, a.ip, b.name, b.ip),
+            result: run(&a.netns, &b.netns, b.ip.into(), "underlay"),
+        },
+        _ => PathResult {
+            path: "underlay, node to node",
+            between: "-".into(),
+            result: Err("needs 2 nodes".into()),
+        },
+    });
+    let on = |node: &str| -> Vec<&flannel_lab::state::PodRecord> {
+        state.pods.iter().filter(|p| p.node == node).collect()
+    };
+    let first_node = n1.map(|n| on(&n.name)).unwrap_or_default();
+    results.push(match first_node.as_slice() {
+        [a, b, ..] => PathResult {
+            path: "pod to pod, same node",
+            between: format!("{} {} -> {} {}", a.name, a.ip, b.name, b.ip),
+            result: run(&a.netns, &b.netns, b.ip, "same-node"),
+        },
+        _ => PathResult {
+            path: "pod to pod, same node",
+            between: "-".into(),
+            result: Err("needs --pods-per-node 2".into()),
+        },
+    });
+    let second_node = n2.map(|n| on(&n.name)).unwrap_or_default();
+    results.push(match (first_node.first(), second_node.first()) {
+        (Some(a), Some(b)) => PathResult {
+            path: "pod to pod, cross node",
+            between: format!("{} {} -> {} {}", a.name, a.ip, b.name, b.ip),
+            result: run(&a.netns, &b.netns, b.ip, "cross-node"),
+        },
+        _ => PathResult {
+            path: "pod to pod, cross node",
+            between: "-".into(),
+            result: Err("needs 2 nodes".into()),
+        },
+    });
+    results
+}
+
+fn first_line(s: &str) -> String {
+    s.lines().next().unwrap_or("").to_string()
+}
+
+fn status(state_dir: &Path) -> anyhow::Result<ExitCode> {
+    bins::require_root("status")?;
+    let state = match LabState::load(state_dir)? {
+        Some(s) => s,
+        None => {
+            out(&format!("no lab in {}\n", state_dir.display()));
+            return Ok(ExitCode::from(1));
+        }
+    };
+    let mut text = render::header(&state);
+    let since = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(state.created_at);
+    let age = since.elapsed().map(|d| d.as_secs()).unwrap_or(0);
+    text += &format!(
+        "started {} ago by: {}\n\n",
+        human_age(age),
+        state.args.join(" ")
+    );
+    let nodes = state.node_status();
+    text += &render::nodes(&nodes);
+    text += "\n";
+    text += &render::pods(&state);
+    let stopped: Vec<String> = state
+        .processes
+        .iter()
+        .filter(|p| !p.is_running())
+        .map(|p| format!("{} (pid {})", p.role, p.pid))
+        .collect();
+    if !stopped.is_empty() {
+        text += &format!("\nNOT RUNNING: {}\n", stopped.join(", "));
+    }
+    out(&text);
+    let healthy = state.phase == Phase::Running && stopped.is_empty();
+    Ok(if healthy {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn human_age(secs: u64) -> String {
+    match secs {
+        0..60 => format!("{secs}s"),
+        60..3600 => format!("{}m{:02}s", secs / 60, secs % 60),
+        _ => format!("{}h{:02}m", secs / 3600, (secs % 3600) / 60),
+    }
+}
+
+fn check(state_dir: &Path, args: &CheckArgs) -> anyhow::Result<ExitCode> {
+    bins::require_root("check")?;
+    if args.throughput.throughput {
+        flannel_lab::require_binary("iperf3")?;
+    }
+    let state = load(state_dir)?;
+    if state.phase != Phase::Running {
+        bail!(
+            "the lab in {} is not complete (its `up` is still running or was interrupted)",
+            state_dir.display()
+        );
+    }
+    let matrix = state.ping_matrix(PING_PARALLEL);
+    let mut text = render::matrix(&matrix, Marks::new(render::utf8_locale()));
+    if args.throughput.throughput {
+        text += "\n";
+        text += &render::throughput(
+            &measure(&state, args.throughput.duration),
+            args.throughput.duration,
+        );
+    }
+    out(&text);
+    Ok(if matrix.is_full() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn exec(state_dir: &Path, args: &ExecArgs) -> anyhow::Result<ExitCode> {
+    bins::require_root("exec")?;
+    let state = load(state_dir)?;
+    let Some(ns) = state.netns_of(&args.target) else {
+        bail!(
+            "no node or pod named {:?} in the lab; one of: {}",
+            args.target,
+            state.targets().join(", ")
+        );
+    };
+    let ip = flannel_lab::require_binary("ip")?;
+    let mut cmd = std::process::Command::new(ip);
+    cmd.args(["netns", "exec", ns]).args(&args.command);
+    if state.datastore == "etcd"
+        && let Some(ep) = &state.endpoint
+    {
+        // So `flannel-lab exec n1 -- etcdctl get --prefix /coreos.com/network` just works.
+        cmd.env("ETCDCTL_API", "3").env("ETCDCTL_ENDPOINTS", ep);
+    }
+    // Become the command (exec(2)): its exit status, signals and terminal handling are the
+    // user's, exactly as with `ip netns exec` (Ctrl-C in an interactive shell reaches the shell
+    // alone). `exec` returns only on failure.
+    use std::os::unix::process::CommandExt;
+    let err = cmd.exec();
+    Err(anyhow::Error::new(err).context(format!("running {:?} in {ns}", args.command)))
+}
+
+fn down(state_dir: &Path, args: &DownArgs) -> anyhow::Result<ExitCode> {
+    bins::require_root("down")?;
+    let Some(state) = LabState::load(state_dir)? else {
+        out(&format!(
+            "no lab in {}; nothing to remove\n",
+            state_dir.display()
+        ));
+        return Ok(ExitCode::SUCCESS);
+    };
+    if state.phase == Phase::Starting && state.creator_alive() && !args.force {
+        bail!(
+            "`flannel-lab up` (pid {}) is still building this lab; interrupt it (Ctrl-C removes what it built) or pass --force",
+            state.creator_pid
+        );
+    }
+    let report = state.teardown()?;
+    out(&format!(
+        "removed lab {}: stopped {} process{}, deleted {} namespace{}, removed {}\n",
+        state.stem,
+        report.stopped.len(),
+        if report.stopped.len() == 1 { "" } else { "es" },
+        report.namespaces.len(),
+        if report.namespaces.len() == 1 {
+            ""
+        } else {
+            "s"
+        },
+        if report.removed.is_empty() {
+            "no files".to_string()
+        } else {
+            report
+                .removed
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    ));
+    Ok(ExitCode::SUCCESS)
+}

@@ -45,6 +45,8 @@ use super::table::{SharedTable, TableReader};
 
 /// Small packets read before one `sendmmsg`.
 const TX_BATCH: usize = 32;
+/// GSO messages (chunks of one super-packet) per `sendmmsg`.
+const GSO_BATCH: usize = 8;
 /// Room for one read from the TUN device: the virtio header and a 64 KiB super-packet.
 const TUN_BUF: usize = VNET_HDR_LEN + 65536;
 /// Room for one `recvmsg`: a GRO run is at most 64 KiB of UDP payload.
@@ -67,7 +69,8 @@ pub struct DataPathConfig {
     pub peer_port: u16,
     /// The TUN address, source of ICMP errors.
     pub tun_ip: Ipv4Addr,
-    /// Our own lease's subnet: the only destinations accepted from the tunnel.
+    /// Our own lease's subnet: the only destinations (and never a source) accepted from the
+    /// tunnel.
     pub own_subnet: Ipv4Net,
     /// Worker count (TUN queues and sockets).
     pub queues: usize,
@@ -96,7 +99,7 @@ pub struct Counters {
     pub ttl_expired: AtomicU64,
     /// Packets dropped as malformed (or not IPv4).
     pub malformed: AtomicU64,
-    /// Received packets for a destination outside our subnet.
+    /// Received packets for a destination outside our subnet, or from a source inside it.
     pub not_ours: AtomicU64,
     /// Failed sends and writes.
     pub errors: AtomicU64,
@@ -419,6 +422,10 @@ impl Tx {
         let mut used = 0usize;
         let mut headers: Vec<u8> = Vec::with_capacity(4 * MAX_SEGMENTS * 120);
         let mut mmsg = MultiHeaders::<SockaddrIn>::preallocate(TX_BATCH, None);
+        // Separate headers for GSO sends: nix leaves each header's control length at its
+        // capacity, so headers that once carried UDP_SEGMENT must never carry plain sends.
+        let mut mmsg_gso =
+            MultiHeaders::<SockaddrIn>::preallocate(GSO_BATCH, Some(nix::cmsg_space!(u16)));
         let mut logged = false;
         let mut gso_ok = true;
         let hdr_len = if self.s.offload { VNET_HDR_LEN } else { 0 };
@@ -501,7 +508,15 @@ impl Tx {
                     self.flush(&slots, &mut pending, &mut used, &mut mmsg);
                     Counters::add(&self.s.counters.tx_super_packets, 1);
                     let pkt = &slots[idx][hdr_len..hdr_len + ip.total_len];
-                    self.send_segments(plan, pkt, &headers, &to, &mut gso_ok, &mut logged);
+                    self.send_segments(
+                        plan,
+                        pkt,
+                        &headers,
+                        &to,
+                        &mut mmsg_gso,
+                        &mut gso_ok,
+                        &mut logged,
+                    );
                 }
             }
         }
@@ -560,14 +575,17 @@ impl Tx {
         *used = 0;
     }
 
-    /// Sends a cut super-packet: as few `sendmsg` calls with `UDP_SEGMENT` as the 64 KiB UDP
-    /// limit allows, or datagram by datagram when the kernel refuses GSO.
+    /// Sends a cut super-packet: chunks of as many segments as the 64 KiB UDP limit allows,
+    /// each one message with `UDP_SEGMENT`, all in one `sendmmsg`; or datagram by datagram
+    /// once the kernel has refused GSO.
+    #[allow(clippy::too_many_arguments)]
     fn send_segments(
         &self,
         plan: TxPlan,
         pkt: &[u8],
         headers: &[u8],
         to: &SockaddrIn,
+        mmsg: &mut MultiHeaders<SockaddrIn>,
         gso_ok: &mut bool,
         logged: &mut bool,
     ) {
@@ -581,37 +599,47 @@ impl Tx {
         };
         let payload_len = pkt.len() - hdr_len;
         let seg_size = hdr_len + mss;
+        let seg = seg_size as u16;
         let per_send = (MAX_UDP_PAYLOAD / seg_size).clamp(1, MAX_SEGMENTS);
-        let mut i = 0;
-        while i < count {
-            let end = if *gso_ok {
-                (i + per_send).min(count)
-            } else {
-                i + 1
-            };
-            let mut iov: Vec<IoSlice<'_>> = Vec::with_capacity(2 * (end - i));
-            for k in i..end {
+        let iov_of = |from: usize, to: usize| -> Vec<IoSlice<'_>> {
+            let mut iov = Vec::with_capacity(2 * (to - from));
+            for k in from..to {
                 let (h, p) = plan.segment(k, payload_len);
                 iov.push(IoSlice::new(&headers[h]));
                 iov.push(IoSlice::new(&pkt[p]));
             }
-            let seg = seg_size as u16;
-            let gso = [ControlMessage::UdpGsoSegments(&seg)];
-            let cmsgs: &[ControlMessage<'_>] = if *gso_ok && end - i > 1 { &gso } else { &[] };
-            match sendmsg(
-                self.s.sock.as_raw_fd(),
-                &iov,
-                cmsgs,
-                MsgFlags::empty(),
-                Some(to),
-            ) {
-                Ok(_) => {
-                    Counters::add(&self.s.counters.tx_datagrams, (end - i) as u64);
-                    i = end;
+            iov
+        };
+        let fd = self.s.sock.as_raw_fd();
+        let mut i = 0;
+        while i < count {
+            let result = if *gso_ok {
+                let mut chunks: Vec<Vec<IoSlice<'_>>> = Vec::with_capacity(GSO_BATCH);
+                let mut ends = Vec::with_capacity(GSO_BATCH);
+                let mut k = i;
+                while k < count && chunks.len() < GSO_BATCH {
+                    let end = (k + per_send).min(count);
+                    chunks.push(iov_of(k, end));
+                    ends.push(end);
+                    k = end;
                 }
+                let addrs = vec![Some(*to); chunks.len()];
+                let cmsg = [ControlMessage::UdpGsoSegments(&seg)];
+                sendmmsg(fd, mmsg, &chunks, &addrs, cmsg, MsgFlags::empty())
+                    .map(|r| r.count())
+                    .map(|sent| if sent == 0 { i } else { ends[sent - 1] })
+            } else {
+                sendmsg(fd, &iov_of(i, i + 1), &[], MsgFlags::empty(), Some(to)).map(|_| i + 1)
+            };
+            match result {
+                Ok(next) if next > i => {
+                    Counters::add(&self.s.counters.tx_datagrams, (next - i) as u64);
+                    i = next;
+                }
+                Ok(_) => break,
                 Err(Errno::EINTR) => {}
                 Err(e @ (Errno::EINVAL | Errno::EIO | Errno::ENOPROTOOPT | Errno::EOPNOTSUPP))
-                    if *gso_ok && !cmsgs.is_empty() =>
+                    if *gso_ok =>
                 {
                     warn!(
                         "{}: UDP GSO send failed ({e}); sending datagram by datagram from now on",
@@ -628,7 +656,8 @@ impl Tx {
                         );
                         *logged = true;
                     }
-                    i = end;
+                    // Skip what failed: one chunk, or one datagram.
+                    i = if *gso_ok { (i + per_send).min(count) } else { i + 1 };
                 }
             }
         }
@@ -719,7 +748,11 @@ impl Rx {
                 let end = (off + seg).min(n);
                 let d = &mut buf[off..end];
                 match Ipv4Packet::parse(d) {
-                    Ok(p) if !self.own_subnet.contains(&p.dst) => foreign += 1,
+                    // Peers only ever send us packets for our subnet, never from it: anything
+                    // else would use the tunnel to reach elsewhere or to spoof our addresses.
+                    Ok(p) if !self.own_subnet.contains(&p.dst) || self.own_subnet.contains(&p.src) => {
+                        foreign += 1
+                    }
                     Ok(p) => {
                         if codec::decrement_ttl(&mut d[..p.total_len]) {
                             ranges.push(off..off + p.total_len);

@@ -248,6 +248,7 @@ impl UdpBackend {
                 .await
                 .map_err(nl_err(format!("setting {DEVICE} up")))?;
         }
+        ensure_accept_local();
         self.ensure_address(link.index, own_subnet).await?;
         self.ensure_route(link.index).await
     }
@@ -386,6 +387,21 @@ impl UdpBackend {
     /// The data path's counters, when it runs.
     pub fn counters(&self) -> Option<&Counters> {
         self.datapath.as_ref().map(|d| d.counters())
+    }
+}
+
+/// Sets `accept_local` on the device. The ICMP errors the proxy writes into it carry the TUN
+/// address as their source, as upstream's do; since Linux 5.x the kernel drops a packet that
+/// arrives with one of its own addresses as source (a martian) unless this is set, so without
+/// it upstream's "net unreachable" never reaches the pod. Packets from the tunnel whose
+/// source lies in our own subnet are dropped by the proxy instead (see `io`).
+fn ensure_accept_local() {
+    let path = format!("/proc/sys/net/ipv4/conf/{DEVICE}/accept_local");
+    if std::fs::read_to_string(&path).is_ok_and(|v| v.trim() == "1") {
+        return;
+    }
+    if let Err(e) = std::fs::write(&path, "1") {
+        warn!("could not write {path}: {e}; ICMP net unreachable will not reach pods");
     }
 }
 

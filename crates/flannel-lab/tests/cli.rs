@@ -1,0 +1,384 @@
+//! The `flannel-lab` command end to end, run as a user would: `up --nodes 3 --check` for vxlan,
+//! host-gw and vxlan with nftables, then `status`, `exec`, `check`, `down` (twice), asserting
+//! that the lab outlives `up` and that `down` leaves no namespace and no process behind; plus an
+//! `up` killed half-way (SIGKILL: `down` cleans up; SIGINT: `up` cleans up itself) and the
+//! error messages for "not root" and "etcd missing".
+//!
+//! Every test has its own `--state-dir` (named `flrs-…` so scripts/test's leak check sees any
+//! daemon left with a path under it) and a guard that runs `down` even when an assertion fails.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use flannel_lab::state::LabState;
+use flannel_lab::{netns_exists, netns_with_prefix, run_command};
+
+const UP_TIMEOUT: Duration = Duration::from_secs(300);
+const SHORT_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn exe() -> &'static str {
+    env!("CARGO_BIN_EXE_flannel-lab")
+}
+
+/// Where flanneld and flannel are: as the lab's other tests find them, next to our binaries.
+fn bin_dir() -> PathBuf {
+    std::env::var_os("FLANNEL_RS_BIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(exe()).parent().unwrap().to_path_buf())
+}
+
+/// One lab's state directory, torn down by `down` on drop (also when an assertion failed).
+struct LabDir {
+    dir: tempfile::TempDir,
+}
+
+impl LabDir {
+    fn new(tag: &str) -> LabDir {
+        LabDir {
+            dir: tempfile::Builder::new()
+                .prefix(&format!("flrs-labcli-{tag}-"))
+                .tempdir()
+                .expect("temp dir"),
+        }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(exe());
+        cmd.arg("--state-dir")
+            .arg(self.path())
+            .args(args)
+            .env("FLANNEL_RS_BIN_DIR", bin_dir())
+            .env("LANG", "C.UTF-8")
+            .env_remove("LC_ALL")
+            .env_remove("LC_CTYPE")
+            // Started by `cargo test`, we inherit CARGO; the command must not build anything.
+            .env_remove("CARGO");
+        cmd
+    }
+
+    fn run(&self, args: &[&str], timeout: Duration) -> Output {
+        run_command(self.command(args), None, timeout).expect("flannel-lab ran")
+    }
+
+    /// Runs and requires exit status 0, returning stdout.
+    fn ok(&self, args: &[&str], timeout: Duration) -> String {
+        let out = self.run(args, timeout);
+        assert!(
+            out.status.success(),
+            "flannel-lab {args:?} failed with {}\nstdout:\n{}\nstderr:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn state(&self) -> LabState {
+        LabState::load(self.path())
+            .expect("state file readable")
+            .expect("a lab is recorded")
+    }
+}
+
+impl Drop for LabDir {
+    fn drop(&mut self) {
+        let _ = run_command(self.command(&["down", "--force"]), None, SHORT_TIMEOUT);
+    }
+}
+
+/// Pids of live (non-zombie) processes whose command line mentions `needle`.
+fn processes_mentioning(needle: &str) -> Vec<(u32, String)> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if text.contains(needle) && pid != std::process::id() {
+            found.push((pid, text));
+        }
+    }
+    found
+}
+
+/// Asserts that nothing of the lab recorded in `state` is left.
+fn assert_gone(state: &LabState, dir: &Path) {
+    let mut names: Vec<&str> = state.nodes.iter().map(|n| n.netns.as_str()).collect();
+    names.extend(state.pods.iter().map(|p| p.netns.as_str()));
+    names.extend(state.underlay_netns.as_deref());
+    for n in names {
+        assert!(!netns_exists(n), "namespace {n} survived `down`");
+    }
+    let left = netns_with_prefix(&format!("{}-", state.stem));
+    assert!(left.is_empty(), "namespaces of the lab left: {left:?}");
+    for p in &state.processes {
+        assert!(
+            !p.is_running(),
+            "{} (pid {}) survived `down`",
+            p.role,
+            p.pid
+        );
+    }
+    let procs = processes_mentioning(&dir.to_string_lossy());
+    assert!(procs.is_empty(), "processes of the lab left: {procs:?}");
+    assert!(!LabState::file(dir).exists(), "state file left");
+    assert!(!state.lab_dir.exists(), "{} left", state.lab_dir.display());
+}
+
+/// The scenario of the issue: up with --check, look around, down, down again.
+fn up_check_down(tag: &str, extra: &[&str], route_shows: &str) {
+    let lab = LabDir::new(tag);
+    let mut args = vec!["up", "--nodes", "3", "--check"];
+    args.extend_from_slice(extra);
+    let up = lab.ok(&args, UP_TIMEOUT);
+
+    // 3 nodes x 2 pods: 30 ordered pairs, all reachable.
+    assert!(up.contains("30/30 pairs, full"), "{up}");
+    assert_eq!(up.matches('✓').count(), 30, "{up}");
+    assert!(!up.contains('✗'), "{up}");
+    for n in ["n1", "n2", "n3"] {
+        assert!(
+            up.contains(&format!("\n{n} ")),
+            "node {n} missing from\n{up}"
+        );
+    }
+
+    // The lab outlives `up`: everything recorded is alive now that `up` has exited.
+    let state = lab.state();
+    assert_eq!(state.nodes.len(), 3);
+    assert_eq!(state.pods.len(), 6);
+    assert_eq!(state.processes.len(), 4, "etcd + 3 flanneld");
+    for p in &state.processes {
+        assert!(p.is_running(), "{} (pid {}) is not running", p.role, p.pid);
+    }
+    for n in &state.nodes {
+        assert!(netns_exists(&n.netns));
+        let conflist = n.conflist.as_ref().expect("conflist installed");
+        let text = std::fs::read_to_string(conflist).unwrap();
+        assert!(
+            text.contains("\"flannel\"") && text.contains("\"portmap\""),
+            "{text}"
+        );
+        assert!(text.contains(&n.subnet_file.to_string_lossy().into_owned()));
+    }
+    // The namespaces are the persistent kind the reaper of test labs leaves alone.
+    assert!(
+        state
+            .stem
+            .starts_with(&format!("{}-", flannel_lab::DETACHED_PREFIX))
+    );
+    flannel_lab::reap_stale().unwrap();
+    assert!(
+        netns_exists(&state.nodes[0].netns),
+        "the reaper took a detached lab"
+    );
+
+    // A second lab in the same state directory is refused, and nothing is touched.
+    let again = lab.run(&["up", "--nodes", "1"], SHORT_TIMEOUT);
+    assert_eq!(again.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        err.contains("already running") && err.contains("down"),
+        "{err}"
+    );
+    assert_eq!(lab.state(), state);
+
+    let status = lab.ok(&["status"], SHORT_TIMEOUT);
+    for n in ["n1", "n2", "n3", "n3-p2"] {
+        assert!(status.contains(n), "{n} missing from status:\n{status}");
+    }
+    assert_eq!(status.matches("running (pid").count(), 3, "{status}");
+    assert!(status.contains("/24"), "{status}");
+
+    let routes = lab.ok(&["exec", "n1", "--", "ip", "route"], SHORT_TIMEOUT);
+    assert!(routes.contains(route_shows), "n1 routes:\n{routes}");
+    // A pod on n1 reaches a pod on n3 through `exec` too.
+    let target = state.pods.iter().find(|p| p.node == "n3").unwrap().ip;
+    lab.ok(
+        &[
+            "exec",
+            "n1-p1",
+            "--",
+            "ping",
+            "-c1",
+            "-W3",
+            &target.to_string(),
+        ],
+        SHORT_TIMEOUT,
+    );
+    let bad = lab.run(&["exec", "n9", "--", "true"], SHORT_TIMEOUT);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("n1, n2, n3"));
+
+    let check = lab.ok(&["check"], UP_TIMEOUT);
+    assert!(check.contains("30/30 pairs, full"), "{check}");
+
+    let down = lab.ok(&["down"], SHORT_TIMEOUT);
+    assert!(down.contains("stopped 4 processes"), "{down}");
+    assert!(down.contains("deleted 10 namespaces"), "{down}");
+    assert_gone(&state, lab.path());
+    let twice = lab.ok(&["down"], SHORT_TIMEOUT);
+    assert!(twice.contains("nothing to remove"), "{twice}");
+    let status = lab.run(&["status"], SHORT_TIMEOUT);
+    assert_eq!(status.status.code(), Some(1));
+}
+
+#[test]
+fn vxlan_up_check_status_exec_down() {
+    up_check_down("vxlan", &[], "dev flannel.1");
+}
+
+#[test]
+fn host_gw_up_check_status_exec_down() {
+    up_check_down(
+        "hostgw",
+        &["--backend", "host-gw"],
+        "via 198.18.0.2 dev eth0",
+    );
+}
+
+#[test]
+fn vxlan_nftables_up_check_status_exec_down() {
+    up_check_down("nft", &["--nftables"], "dev flannel.1");
+}
+
+/// Waits (bounded) until `up` has created at least `n` namespaces of its lab.
+fn wait_for_namespaces(lab: &LabDir, n: usize) -> LabState {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(Some(s)) = LabState::load(lab.path())
+            && netns_with_prefix(&format!("{}-", s.stem)).len() >= n
+        {
+            return s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "up created no namespaces in 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn an_up_killed_half_way_is_removed_by_down_and_one_interrupted_cleans_up_itself() {
+    // SIGKILL: no chance to clean up; the state file written first lets `down` do it.
+    let lab = LabDir::new("killed");
+    let mut up = lab
+        .command(&["up", "--nodes", "2", "--quiet"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Underlay + 2 nodes exist: the build is under way.
+    let state = wait_for_namespaces(&lab, 3);
+    up.kill().unwrap();
+    up.wait().unwrap();
+    let status = lab.run(&["status"], SHORT_TIMEOUT);
+    assert!(
+        String::from_utf8_lossy(&status.stdout).contains("INCOMPLETE"),
+        "{}",
+        String::from_utf8_lossy(&status.stdout)
+    );
+    let refused = lab.run(&["up"], SHORT_TIMEOUT);
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("interrupted"));
+    lab.ok(&["down"], SHORT_TIMEOUT);
+    assert_gone(&state, lab.path());
+
+    // SIGINT: `up` stops after the current step and removes everything itself.
+    let lab = LabDir::new("sigint");
+    let mut up = lab
+        .command(&["up", "--nodes", "2", "--quiet"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let state = wait_for_namespaces(&lab, 3);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(up.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let code = loop {
+        if let Some(s) = up.try_wait().unwrap() {
+            break s.code();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "up did not stop within 120 s of SIGINT"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut up.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(code, Some(130), "{err}");
+    assert!(err.contains("removed"), "{err}");
+    assert_gone(&state, lab.path());
+}
+
+#[test]
+fn errors_say_what_to_do() {
+    // Not root: say sudo.
+    let lab = LabDir::new("errors");
+    let copy = tempfile::Builder::new()
+        .prefix("flrs-labcli-exe-")
+        .tempdir()
+        .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(copy.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let exe_copy = copy.path().join("flannel-lab");
+    std::fs::copy(exe(), &exe_copy).unwrap();
+    let setpriv = flannel_lab::require_binary("setpriv").unwrap();
+    let mut cmd = Command::new(setpriv);
+    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(&exe_copy)
+        .args(["--state-dir", "/nonexistent", "status"]);
+    let out = run_command(cmd, None, SHORT_TIMEOUT).unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("needs root") && err.contains("sudo"), "{err}");
+
+    // etcd missing: name the package, before anything is built.
+    let path_dir = tempfile::Builder::new()
+        .prefix("flrs-labcli-path-")
+        .tempdir()
+        .unwrap();
+    for tool in ["ip", "setsid", "etcdctl", "ping", "iptables-restore", "sh"] {
+        let real = flannel_lab::require_binary(tool).unwrap();
+        std::os::unix::fs::symlink(real, path_dir.path().join(tool)).unwrap();
+    }
+    let mut cmd = lab.command(&["up"]);
+    cmd.env("PATH", path_dir.path());
+    let out = run_command(cmd, None, SHORT_TIMEOUT).unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("`etcd`") && err.contains("etcd-server"),
+        "{err}"
+    );
+    assert!(
+        !LabState::file(lab.path()).exists(),
+        "a failed preflight wrote state"
+    );
+
+    // No lab: `down` is fine, `check` and `exec` say how to start one.
+    assert!(
+        lab.ok(&["down"], SHORT_TIMEOUT)
+            .contains("nothing to remove")
+    );
+    let out = lab.run(&["check"], SHORT_TIMEOUT);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("flannel-lab up"));
+}
