@@ -688,9 +688,13 @@ struct Rx {
 
 impl Rx {
     fn run(self) {
-        let mut buf = vec![0u8; RX_BUF];
+        // Two receive buffers: a coalesced group still open at the end of one receive may
+        // continue into the next, which therefore goes into the other buffer.
+        let mut bufs = [vec![0u8; RX_BUF], vec![0u8; RX_BUF]];
+        let mut cur = 0;
         let mut cmsg = nix::cmsg_space!(i32);
-        let mut ranges: Vec<Range<usize>> = Vec::with_capacity(MAX_SEGMENTS);
+        // Accepted packets by id: (buffer, byte range).
+        let mut pkts: Vec<(usize, Range<usize>)> = Vec::with_capacity(2 * MAX_SEGMENTS);
         let mut coalescer = Coalescer::new();
         let mut logged = false;
         let fd = self.s.sock.as_raw_fd();
@@ -699,7 +703,7 @@ impl Rx {
                 return;
             }
             let received = {
-                let mut iov = [IoSliceMut::new(&mut buf)];
+                let mut iov = [IoSliceMut::new(&mut bufs[cur])];
                 match recvmsg::<SockaddrIn>(fd, &mut iov, Some(&mut cmsg), MsgFlags::MSG_DONTWAIT)
                 {
                     Ok(m) => {
@@ -719,6 +723,12 @@ impl Rx {
             let (n, seg, truncated) = match received {
                 Ok(r) => r,
                 Err(Errno::EAGAIN) => {
+                    // Nothing more right now: whatever is held goes out before sleeping.
+                    coalescer.finish();
+                    if !self.write_groups(&bufs, &pkts, &mut coalescer, &mut logged) {
+                        return;
+                    }
+                    pkts.clear();
                     if !self.s.wait_readable(self.s.sock.as_fd()) {
                         return;
                     }
@@ -741,21 +751,27 @@ impl Rx {
             }
             let seg = seg.unwrap_or(n).max(1);
             Counters::add(&self.s.counters.rx_datagrams, n.div_ceil(seg) as u64);
-            ranges.clear();
             let (mut bad, mut ttl, mut foreign) = (0u64, 0u64, 0u64);
             let mut off = 0;
             while off < n {
                 let end = (off + seg).min(n);
-                let d = &mut buf[off..end];
+                let d = &mut bufs[cur][off..end];
                 match Ipv4Packet::parse(d) {
                     // Peers only ever send us packets for our subnet, never from it: anything
                     // else would use the tunnel to reach elsewhere or to spoof our addresses.
-                    Ok(p) if !self.own_subnet.contains(&p.dst) || self.own_subnet.contains(&p.src) => {
+                    Ok(p)
+                        if !self.own_subnet.contains(&p.dst)
+                            || self.own_subnet.contains(&p.src) =>
+                    {
                         foreign += 1
                     }
                     Ok(p) => {
-                        if codec::decrement_ttl(&mut d[..p.total_len]) {
-                            ranges.push(off..off + p.total_len);
+                        let pkt = &mut d[..p.total_len];
+                        if codec::decrement_ttl(pkt) {
+                            if self.s.offload {
+                                coalescer.push(pkts.len(), pkt);
+                            }
+                            pkts.push((cur, off..off + p.total_len));
                         } else {
                             ttl += 1;
                         }
@@ -767,70 +783,76 @@ impl Rx {
             Counters::add(&self.s.counters.malformed, bad);
             Counters::add(&self.s.counters.ttl_expired, ttl);
             Counters::add(&self.s.counters.not_ours, foreign);
-            if ranges.is_empty() {
+            if !self.s.offload {
+                for (b, r) in pkts.drain(..) {
+                    Counters::add(&self.s.counters.tun_writes, 1);
+                    if let Err(e) = self.s.dev.send(&bufs[b][r])
+                        && !self.s.tun_error("TUN write", &e, &mut logged)
+                    {
+                        return;
+                    }
+                }
                 continue;
             }
-            if !self.write_all(&mut buf, &ranges, &mut coalescer, &mut logged) {
+            // A group still open may continue into the next receive only if it lies wholly in
+            // this buffer: the next receive overwrites the other one.
+            if !self.gro
+                || coalescer
+                    .open_first()
+                    .is_some_and(|first| pkts[first].0 != cur)
+            {
+                coalescer.finish();
+            }
+            if !self.write_groups(&bufs, &pkts, &mut coalescer, &mut logged) {
                 return;
+            }
+            let keep = coalescer.open_first().unwrap_or(pkts.len());
+            pkts.drain(..keep);
+            coalescer.rebase(keep);
+            if !pkts.is_empty() {
+                cur ^= 1;
             }
         }
     }
 
-    /// Writes the packets to the TUN device, coalesced when the device takes GSO packets.
+    /// Writes the closed groups to the TUN device, one `writev` each, and forgets them.
     /// Returns false when the device is gone.
-    fn write_all(
+    fn write_groups(
         &self,
-        buf: &mut [u8],
-        ranges: &[Range<usize>],
+        bufs: &[Vec<u8>; 2],
+        pkts: &[(usize, Range<usize>)],
         coalescer: &mut Coalescer,
         logged: &mut bool,
     ) -> bool {
-        if !self.s.offload {
-            for r in ranges {
-                Counters::add(&self.s.counters.tun_writes, 1);
-                if let Err(e) = self.s.dev.send(&buf[r.clone()])
-                    && !self.s.tun_error("TUN write", &e, logged)
-                {
-                    return false;
-                }
-            }
-            return true;
-        }
-        let singles: Vec<offload::Group>;
-        let groups: &[offload::Group] = if self.gro {
-            coalescer.plan(buf, ranges)
-        } else {
-            singles = (0..ranges.len())
-                .map(|i| offload::Group {
-                    first: i,
-                    count: 1,
-                    hdr_len: 0,
-                    vnet: VnetHdr::default(),
-                })
-                .collect::<Vec<_>>();
-            &singles
-        };
-        let buf: &[u8] = buf;
+        let groups = coalescer.groups();
         let mut supers = 0u64;
-        for g in groups {
+        let mut ok = true;
+        for g in groups.iter() {
             let vnet = g.vnet.encode();
-            let mut iov = [IoSlice::new(&[]); MAX_SEGMENTS + 1];
+            let mut iov = [IoSlice::new(&[]); MAX_SEGMENTS + 2];
             iov[0] = IoSlice::new(&vnet);
-            iov[1] = IoSlice::new(&buf[ranges[g.first].clone()]);
-            for (k, r) in ranges[g.first + 1..g.first + g.count].iter().enumerate() {
-                iov[k + 2] = IoSlice::new(&buf[r.start + g.hdr_len..r.end]);
-            }
-            if g.count > 1 {
+            let used = if g.hdr_len == 0 {
+                let (b, r) = &pkts[g.first];
+                iov[1] = IoSlice::new(&bufs[*b][r.clone()]);
+                2
+            } else {
                 supers += 1;
-            }
+                iov[1] = IoSlice::new(&g.hdr[..g.hdr_len]);
+                for (k, (b, r)) in pkts[g.first..g.first + g.count].iter().enumerate() {
+                    iov[k + 2] = IoSlice::new(&bufs[*b][r.start + g.hdr_len..r.end]);
+                }
+                g.count + 2
+            };
             Counters::add(&self.s.counters.tun_writes, 1);
-            if let Err(e) = self.s.dev.send_vectored(&iov[..g.count + 1])
+            if let Err(e) = self.s.dev.send_vectored(&iov[..used])
                 && !self.s.tun_error("TUN write", &e, logged)
             {
-                return false;
+                ok = false;
+                break;
             }
         }
+        groups.clear();
         Counters::add(&self.s.counters.rx_super_packets, supers);
-        true
+        ok
     }
 }

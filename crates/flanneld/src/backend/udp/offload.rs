@@ -291,24 +291,49 @@ struct TcpSeg {
     psh: bool,
 }
 
+/// Largest IPv4 + TCP header the coalescer rewrites (20 + 60).
+pub const MAX_HDR: usize = IPV4_HEADER_LEN + 60;
+
 /// A run of packets to write to the TUN device with one write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Group {
-    /// Index of the first packet in the list given to [`Coalescer::plan`].
+    /// Id of the first packet (ids are the caller's, given to [`Coalescer::push`]).
     pub first: usize,
-    /// Number of packets (1 means "write it unchanged").
+    /// Number of packets; ids `first..first + count`.
     pub count: usize,
-    /// Header bytes of the first packet that the others' payloads follow (IP + TCP).
+    /// For a merged group (`count > 1`): the first packet's IP+TCP header rewritten for the
+    /// whole group, `hdr[..hdr_len]`. The writer sends it, then the payload (bytes from
+    /// `hdr_len` on) of every packet. For a single packet `hdr_len` is 0 and the packet is
+    /// written unchanged.
+    pub hdr: [u8; MAX_HDR],
+    /// Bytes of `hdr` in use, 0 for a single packet.
     pub hdr_len: usize,
     /// The virtio header to write in front.
     pub vnet: VnetHdr,
 }
 
-/// Plans TUN writes for a batch of received packets, merging TCP segments of one flow.
+impl Group {
+    fn single(id: usize) -> Group {
+        Group {
+            first: id,
+            count: 1,
+            hdr: [0; MAX_HDR],
+            hdr_len: 0,
+            vnet: VnetHdr::default(),
+        }
+    }
+}
+
+/// Groups received packets for the TUN device, merging consecutive TCP segments of one flow.
+///
+/// Packets are pushed one by one with increasing ids; closed groups collect in
+/// [`Coalescer::groups`] in packet order (a packet that cannot join the open group closes it
+/// first, so order on the device is arrival order). The open group may outlive one receive
+/// call: the I/O layer keeps it while more datagrams are immediately available, which lets the
+/// two UDP GSO messages a 64 KiB super-packet needs on the wire become one write again. Only
+/// header bytes are kept here; packet bytes stay in the caller's buffers.
 #[derive(Debug, Default)]
 pub struct Coalescer {
-    /// Open group: (index of first packet, its TcpSeg, expected next seq, total IP length,
-    /// count, whether the last merged segment was short).
     open: Option<Open>,
     groups: Vec<Group>,
 }
@@ -316,10 +341,11 @@ pub struct Coalescer {
 #[derive(Debug, Clone, Copy)]
 struct Open {
     first: usize,
+    count: usize,
     head: TcpSeg,
+    hdr: [u8; MAX_HDR],
     next_seq: u32,
     total: usize,
-    count: usize,
     short_seen: bool,
     psh: bool,
 }
@@ -364,7 +390,7 @@ fn mergeable(p: &[u8]) -> Option<TcpSeg> {
     })
 }
 
-/// Whether packet `b` continues the group headed by packet `a` (headers compared byte-wise).
+/// Whether packet `b` continues the group whose head header is `a` (compared byte-wise).
 fn same_flow(a: &[u8], b: &[u8], doff: usize) -> bool {
     let (ta, tb) = (&a[IPV4_HEADER_LEN..], &b[IPV4_HEADER_LEN..]);
     a[1] == b[1]                       // TOS (and ECN)
@@ -380,96 +406,101 @@ fn same_flow(a: &[u8], b: &[u8], doff: usize) -> bool {
 }
 
 impl Coalescer {
-    /// A coalescer with room for a batch.
+    /// An empty coalescer.
     pub fn new() -> Coalescer {
         Coalescer::default()
     }
 
-    /// Plans the writes for `packets` (ranges of `buf`, each a validated IPv4 packet whose
-    /// length is its total length) and fixes up the headers of merged groups in `buf`. The
-    /// returned groups cover every packet, in order.
-    pub fn plan(&mut self, buf: &mut [u8], packets: &[Range<usize>]) -> &[Group] {
-        self.groups.clear();
-        self.open = None;
-        for (i, r) in packets.iter().enumerate() {
-            let Some(seg) = mergeable(&buf[r.clone()]) else {
-                self.close(buf, packets);
-                self.groups.push(Group {
-                    first: i,
-                    count: 1,
-                    hdr_len: 0,
-                    vnet: VnetHdr::default(),
-                });
-                continue;
-            };
-            if let Some(o) = &mut self.open {
-                let head = &buf[packets[o.first].clone()];
-                let fits = !o.psh
-                    && !o.short_seen
-                    && o.count < MAX_SEGMENTS
-                    && seg.doff == o.head.doff
-                    && seg.seq == o.next_seq
-                    && seg.payload <= o.head.payload
-                    && o.total + seg.payload <= MAX_IPV4_PACKET
-                    && same_flow(head, &buf[r.clone()], seg.doff);
-                if fits {
-                    o.next_seq = o.next_seq.wrapping_add(seg.payload as u32);
-                    o.total += seg.payload;
-                    o.count += 1;
-                    o.short_seen = seg.payload < o.head.payload;
-                    o.psh = seg.psh;
-                    continue;
-                }
-                self.close(buf, packets);
+    /// Feeds the packet with id `id` (one more than the previous id while a group is open):
+    /// a validated IPv4 packet whose length is its total length.
+    pub fn push(&mut self, id: usize, p: &[u8]) {
+        let Some(seg) = mergeable(p) else {
+            self.finish();
+            self.groups.push(Group::single(id));
+            return;
+        };
+        if let Some(o) = &mut self.open {
+            let fits = !o.psh
+                && !o.short_seen
+                && o.first + o.count == id
+                && o.count < MAX_SEGMENTS
+                && seg.doff == o.head.doff
+                && seg.seq == o.next_seq
+                && seg.payload <= o.head.payload
+                && o.total + seg.payload <= MAX_IPV4_PACKET
+                && same_flow(&o.hdr, p, seg.doff);
+            if fits {
+                o.next_seq = o.next_seq.wrapping_add(seg.payload as u32);
+                o.total += seg.payload;
+                o.count += 1;
+                o.short_seen = seg.payload < o.head.payload;
+                o.psh = seg.psh;
+                return;
             }
-            self.open = Some(Open {
-                first: i,
-                head: seg,
-                next_seq: seg.seq.wrapping_add(seg.payload as u32),
-                total: r.len(),
-                count: 1,
-                short_seen: false,
-                psh: seg.psh,
-            });
+            self.finish();
         }
-        self.close(buf, packets);
-        &self.groups
+        let hdr_len = IPV4_HEADER_LEN + seg.doff;
+        let mut hdr = [0u8; MAX_HDR];
+        hdr[..hdr_len].copy_from_slice(&p[..hdr_len]);
+        self.open = Some(Open {
+            first: id,
+            count: 1,
+            head: seg,
+            hdr,
+            next_seq: seg.seq.wrapping_add(seg.payload as u32),
+            total: p.len(),
+            short_seen: false,
+            psh: seg.psh,
+        });
     }
 
-    /// Ends the open group: a single packet stays unchanged; a merged group gets the head's
+    /// The first packet id of the open group, if one is open.
+    pub fn open_first(&self) -> Option<usize> {
+        self.open.map(|o| o.first)
+    }
+
+    /// Shifts the open group's packet ids down by `by` (the caller renumbered its packets).
+    pub fn rebase(&mut self, by: usize) {
+        if let Some(o) = &mut self.open {
+            o.first -= by;
+        }
+    }
+
+    /// The groups closed so far, oldest first; the caller writes them and then clears them.
+    pub fn groups(&mut self) -> &mut Vec<Group> {
+        &mut self.groups
+    }
+
+    /// Closes the open group. A single packet stays unchanged; a merged group gets the head's
     /// IP length and checksum, PSH if its last segment had it, and the pseudo-header sum in
     /// the TCP checksum field (CHECKSUM_PARTIAL, as the kernel's GRO leaves it).
-    fn close(&mut self, buf: &mut [u8], packets: &[Range<usize>]) {
+    pub fn finish(&mut self) {
         let Some(o) = self.open.take() else { return };
         if o.count == 1 {
-            self.groups.push(Group {
-                first: o.first,
-                count: 1,
-                hdr_len: 0,
-                vnet: VnetHdr::default(),
-            });
+            self.groups.push(Group::single(o.first));
             return;
         }
-        let head = &mut buf[packets[o.first].clone()];
-        head[2..4].copy_from_slice(&(o.total as u16).to_be_bytes());
-        set_ipv4_checksum(&mut head[..IPV4_HEADER_LEN]);
+        let hdr_len = IPV4_HEADER_LEN + o.head.doff;
+        let mut hdr = o.hdr;
+        hdr[2..4].copy_from_slice(&(o.total as u16).to_be_bytes());
+        set_ipv4_checksum(&mut hdr[..IPV4_HEADER_LEN]);
         let t = IPV4_HEADER_LEN;
         if o.psh {
-            head[t + 13] |= TCP_PSH;
+            hdr[t + 13] |= TCP_PSH;
         }
-        let src: [u8; 4] = head[12..16].try_into().expect("4 bytes");
-        let dst: [u8; 4] = head[16..20].try_into().expect("4 bytes");
+        let src: [u8; 4] = hdr[12..16].try_into().expect("4 bytes");
+        let dst: [u8; 4] = hdr[16..20].try_into().expect("4 bytes");
         let partial = fold(pseudo_header_sum(
             src,
             dst,
             PROTO_TCP,
             o.total - IPV4_HEADER_LEN,
         ));
-        head[t + 16..t + 18].copy_from_slice(&partial.to_be_bytes());
-        let hdr_len = IPV4_HEADER_LEN + o.head.doff;
+        hdr[t + 16..t + 18].copy_from_slice(&partial.to_be_bytes());
         self.groups.push(Group {
             first: o.first,
             count: o.count,
+            hdr,
             hdr_len,
             vnet: VnetHdr {
                 flags: F_NEEDS_CSUM,
@@ -761,20 +792,32 @@ mod tests {
 
     /// What the TUN device receives for a group.
     fn written(buf: &[u8], ranges: &[Range<usize>], g: &Group) -> Vec<u8> {
-        let mut out = buf[ranges[g.first].clone()].to_vec();
-        for r in &ranges[g.first + 1..g.first + g.count] {
+        if g.hdr_len == 0 {
+            return buf[ranges[g.first].clone()].to_vec();
+        }
+        let mut out = g.hdr[..g.hdr_len].to_vec();
+        for r in &ranges[g.first..g.first + g.count] {
             out.extend_from_slice(&buf[r.start + g.hdr_len..r.end]);
         }
         out
+    }
+
+    /// Pushes every packet, closes the last group and returns all groups.
+    fn plan(c: &mut Coalescer, buf: &[u8], ranges: &[Range<usize>]) -> Vec<Group> {
+        for (i, r) in ranges.iter().enumerate() {
+            c.push(i, &buf[r.clone()]);
+        }
+        c.finish();
+        std::mem::take(c.groups())
     }
 
     #[test]
     fn segments_of_one_flow_become_one_super_packet_again() {
         let data = payload(20_000);
         let segs = segments_of(&data, 42, TCP_ACK | TCP_PSH, 1420);
-        let (mut buf, ranges) = gro_buffer(&segs);
+        let (buf, ranges) = gro_buffer(&segs);
         let mut c = Coalescer::new();
-        let groups = c.plan(&mut buf, &ranges).to_vec();
+        let groups = plan(&mut c, &buf, &ranges);
         assert_eq!(groups.len(), 1);
         let g = groups[0];
         assert_eq!(g.count, segs.len());
@@ -814,9 +857,9 @@ mod tests {
     fn partial_checksum_of_a_merged_packet_completes_to_a_valid_one() {
         let data = payload(4000);
         let segs = segments_of(&data, 1, TCP_ACK, 1000);
-        let (mut buf, ranges) = gro_buffer(&segs);
+        let (buf, ranges) = gro_buffer(&segs);
         let mut c = Coalescer::new();
-        let g = c.plan(&mut buf, &ranges)[0];
+        let g = plan(&mut c, &buf, &ranges)[0];
         let mut merged = written(&buf, &ranges, &g);
         // What a device does with CHECKSUM_PARTIAL and no segmentation.
         let s = !fold(sum(&merged[20..], 0));
@@ -840,8 +883,8 @@ mod tests {
             s[36..38].copy_from_slice(&c.to_be_bytes());
         }
         let mixed = vec![a[0].clone(), b[0].clone(), a[1].clone(), b[1].clone()];
-        let (mut buf, ranges) = gro_buffer(&mixed);
-        let groups = c.plan(&mut buf, &ranges).to_vec();
+        let (buf, ranges) = gro_buffer(&mixed);
+        let groups = plan(&mut c, &buf, &ranges);
         assert_eq!(groups.iter().map(|g| g.count).collect::<Vec<_>>(), [1, 1, 1, 1]);
         assert!(groups.iter().all(|g| g.vnet == VnetHdr::default()));
         for (g, orig) in groups.iter().zip(&mixed) {
@@ -851,8 +894,8 @@ mod tests {
         // A gap in sequence numbers.
         let s = segments_of(&payload(4260), 7, TCP_ACK, 1420);
         let gap = vec![s[0].clone(), s[2].clone()];
-        let (mut buf, ranges) = gro_buffer(&gap);
-        assert_eq!(c.plan(&mut buf, &ranges).len(), 2);
+        let (buf, ranges) = gro_buffer(&gap);
+        assert_eq!(plan(&mut c, &buf, &ranges).len(), 2);
 
         // PSH in the middle closes the group after it.
         let mut s = segments_of(&payload(4260), 7, TCP_ACK, 1420);
@@ -861,15 +904,15 @@ mod tests {
         s[0][37] = 0;
         let ck = !fold(sum(&s[0][20..], pseudo_header_sum(SRC, DST, 6, s[0].len() - 20)));
         s[0][36..38].copy_from_slice(&ck.to_be_bytes());
-        let (mut buf, ranges) = gro_buffer(&s);
-        let counts: Vec<usize> = c.plan(&mut buf, &ranges).iter().map(|g| g.count).collect();
+        let (buf, ranges) = gro_buffer(&s);
+        let counts: Vec<usize> = plan(&mut c, &buf, &ranges).iter().map(|g| g.count).collect();
         assert_eq!(counts, [1, 2]);
 
         // A corrupted payload is not merged (the receiver must see the bad checksum).
         let mut s = segments_of(&payload(4260), 7, TCP_ACK, 1420);
         s[1][100] ^= 0xff;
-        let (mut buf, ranges) = gro_buffer(&s);
-        let groups = c.plan(&mut buf, &ranges).to_vec();
+        let (buf, ranges) = gro_buffer(&s);
+        let groups = plan(&mut c, &buf, &ranges);
         assert_eq!(groups.iter().map(|g| g.count).collect::<Vec<_>>(), [1, 1, 1]);
         assert_eq!(written(&buf, &ranges, &groups[1]), s[1]);
 
@@ -883,8 +926,8 @@ mod tests {
         ack[37] = 0;
         let full = !fold(sum(&ack[20..], u64::from(partial)));
         ack[36..38].copy_from_slice(&full.to_be_bytes());
-        let (mut buf, ranges) = gro_buffer(&[ack.clone(), ack.clone()]);
-        assert_eq!(c.plan(&mut buf, &ranges).len(), 2);
+        let (buf, ranges) = gro_buffer(&[ack.clone(), ack.clone()]);
+        assert_eq!(plan(&mut c, &buf, &ranges).len(), 2);
     }
 
     #[test]
@@ -892,8 +935,8 @@ mod tests {
         let mut c = Coalescer::new();
         // 100 segments of 100 bytes: 64 + 36.
         let segs = segments_of(&payload(10_000), 1, TCP_ACK, 100);
-        let (mut buf, ranges) = gro_buffer(&segs);
-        let counts: Vec<usize> = c.plan(&mut buf, &ranges).iter().map(|g| g.count).collect();
+        let (buf, ranges) = gro_buffer(&segs);
+        let counts: Vec<usize> = plan(&mut c, &buf, &ranges).iter().map(|g| g.count).collect();
         assert_eq!(counts, [64, 36]);
         // 1420-byte segments: at most (65535 - 52) / 1420 = 46 fit one IPv4 packet.
         let mut segs = segments_of(&payload(1420 * 40), 1, TCP_ACK, 1420);
@@ -904,8 +947,8 @@ mod tests {
             1420,
         ));
         assert_eq!(segs.len(), 50);
-        let (mut buf, ranges) = gro_buffer(&segs);
-        let groups = c.plan(&mut buf, &ranges).to_vec();
+        let (buf, ranges) = gro_buffer(&segs);
+        let groups = plan(&mut c, &buf, &ranges);
         assert_eq!(groups[0].count, 46);
         assert_eq!(groups.iter().map(|g| g.count).sum::<usize>(), 50);
         for g in &groups {
@@ -921,8 +964,49 @@ mod tests {
         let a = segments_of(&payload(2000), 1, TCP_ACK, 1420); // 1420 + 580
         let b = segments_of(&payload(1420), 2001, TCP_ACK, 1420); // continues the flow
         let all = vec![a[0].clone(), a[1].clone(), b[0].clone()];
-        let (mut buf, ranges) = gro_buffer(&all);
-        let counts: Vec<usize> = c.plan(&mut buf, &ranges).iter().map(|g| g.count).collect();
+        let (buf, ranges) = gro_buffer(&all);
+        let counts: Vec<usize> = plan(&mut c, &buf, &ranges).iter().map(|g| g.count).collect();
         assert_eq!(counts, [2, 1]);
+    }
+
+    #[test]
+    fn a_group_may_continue_into_the_next_receive() {
+        // A 46-segment super-packet crosses the wire as two GSO messages (44 + 2).
+        let data = payload(1420 * 46);
+        let segs = segments_of(&data, 1, TCP_ACK, 1420);
+        assert_eq!(segs.len(), 46);
+        let (b1, r1) = gro_buffer(&segs[..44]);
+        let (b2, r2) = gro_buffer(&segs[44..]);
+        let mut c = Coalescer::new();
+        for (i, r) in r1.iter().enumerate() {
+            c.push(10 + i, &b1[r.clone()]);
+        }
+        assert!(c.groups().is_empty(), "still open after the first receive");
+        assert_eq!(c.open_first(), Some(10));
+        c.rebase(10);
+        assert_eq!(c.open_first(), Some(0));
+        for (i, r) in r2.iter().enumerate() {
+            c.push(44 + i, &b2[r.clone()]);
+        }
+        c.finish();
+        let groups = std::mem::take(c.groups());
+        assert_eq!(groups.len(), 1);
+        let g = groups[0];
+        assert_eq!((g.first, g.count), (0, 46));
+        let mut out = g.hdr[..g.hdr_len].to_vec();
+        for r in &r1 {
+            out.extend_from_slice(&b1[r.start + g.hdr_len..r.end]);
+        }
+        for r in &r2 {
+            out.extend_from_slice(&b2[r.start + g.hdr_len..r.end]);
+        }
+        assert_eq!(Ipv4Packet::parse(&out).unwrap().total_len, out.len());
+        assert_eq!(&out[52..], &data[..]);
+        // A gap in ids (a packet the caller dropped) never joins a group.
+        let mut c = Coalescer::new();
+        c.push(0, &b1[r1[0].clone()]);
+        c.push(2, &b1[r1[1].clone()]);
+        c.finish();
+        assert_eq!(c.groups().len(), 2);
     }
 }
