@@ -250,6 +250,11 @@ fn host_gw_up_check_status_exec_down() {
 }
 
 #[test]
+fn kube_datastore_up_check_status_exec_down() {
+    up_check_down("kube", &["--datastore", "kube"], "dev flannel.1");
+}
+
+#[test]
 fn vxlan_nftables_up_check_status_exec_down() {
     up_check_down("nft", &["--nftables"], "dev flannel.1");
 }

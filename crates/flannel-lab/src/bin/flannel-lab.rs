@@ -33,7 +33,7 @@ use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 use flannel_lab::state::{DEFAULT_STATE_DIR, LabState, Phase, install_conflist};
 use flannel_lab::throughput::iperf3;
-use flannel_lab::{Cluster, ClusterSpec, Netns, PodCni, StartPhase};
+use flannel_lab::{Cluster, ClusterSpec, Datastore, Netns, PodCni, StartPhase};
 
 use crate::progress::Progress;
 use crate::render::{Marks, PathResult};
@@ -78,6 +78,15 @@ enum Cmd {
     Down(DownArgs),
 }
 
+/// `--datastore` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum DatastoreArg {
+    /// etcd 3.4 on the underlay.
+    Etcd,
+    /// The Kubernetes API emulator on the underlay.
+    Kube,
+}
+
 #[derive(Debug, Args)]
 struct UpArgs {
     /// Number of nodes (n1..nN, underlay addresses 198.18.0.1..N)
@@ -95,6 +104,11 @@ struct UpArgs {
     /// EnableNFTables: flanneld writes nftables instead of iptables rules
     #[arg(long)]
     nftables: bool,
+
+    /// Where leases live: a real etcd, or the in-repo Kubernetes API emulator with Node objects
+    /// carrying kubeadm-style podCIDRs (flanneld runs with --kube-subnet-mgr)
+    #[arg(long, value_enum, default_value_t = DatastoreArg::Etcd)]
+    datastore: DatastoreArg,
 
     /// Pods per node, named nK-p1, nK-p2, ...
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
@@ -303,6 +317,10 @@ fn build(
         backend: args.backend.clone(),
         direct_routing: args.direct_routing,
         nftables: args.nftables,
+        datastore: match args.datastore {
+            DatastoreArg::Etcd => Datastore::Etcd,
+            DatastoreArg::Kube => Datastore::Kube,
+        },
         network: args.network.clone(),
         pod_cni: PodCni::Flannel,
         ready_timeout: Duration::from_secs(args.ready_timeout),
@@ -312,7 +330,10 @@ fn build(
     let backend = args.backend.clone();
     let mut cluster = Cluster::start_observed(spec, |phase| match phase {
         StartPhase::Lab => progress.step(format!("underlay + {nodes} node namespaces")),
-        StartPhase::Datastore => progress.step("etcd + network config"),
+        StartPhase::Datastore => progress.step(match args.datastore {
+            DatastoreArg::Etcd => "etcd + network config",
+            DatastoreArg::Kube => "Kubernetes API emulator + Node objects + net-conf.json",
+        }),
         StartPhase::Flanneld => progress.step(format!(
             "flanneld on {nodes} nodes ({backend}), until ready"
         )),

@@ -79,6 +79,8 @@ pub fn workspace_bins(on_build: impl FnOnce()) -> anyhow::Result<PathBuf> {
                     "flanneld",
                     "-p",
                     "flannel-cni",
+                    "-p",
+                    "flannel-kube-emu",
                 ])
                 .args(["--profile", profile])
                 .env("CARGO_TARGET_DIR", target)
