@@ -186,7 +186,11 @@ fn overlay_case(name: &str, backend: Value, o: &Options, underlay: bool) -> Resu
     c.add_pod(0, "client")?;
     let server_ip = c.add_pod(1, "server")?.to_string();
     let pids: Vec<u32> = (0..2)
-        .map(|i| c.flanneld(i).map(|p| p.pid()).ok_or_else(|| anyhow!("no flanneld")))
+        .map(|i| {
+            c.flanneld(i)
+                .map(|p| p.pid())
+                .ok_or_else(|| anyhow!("no flanneld"))
+        })
         .collect::<Result<_>>()?;
 
     let mut samples = Vec::new();
@@ -264,11 +268,7 @@ fn run() -> Result<()> {
         );
         cases.insert(
             2,
-            (
-                "udp, Queues=1",
-                json!({"Type": "udp", "Queues": 1}),
-                false,
-            ),
+            ("udp, Queues=1", json!({"Type": "udp", "Queues": 1}), false),
         );
     }
     println!(

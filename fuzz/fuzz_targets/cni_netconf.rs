@@ -50,8 +50,14 @@ fuzz_target!(|data: &[u8]| {
             let v: Value = serde_json::from_str(&d.json)
                 .unwrap_or_else(|err| panic!("delegate {:?} is not JSON: {err}", d.json));
             let obj = v.as_object().expect("delegate is an object");
-            assert_eq!(obj.get("name").and_then(Value::as_str), Some(conf.name.as_str()));
-            let ipam = obj.get("ipam").and_then(Value::as_object).expect("ipam object");
+            assert_eq!(
+                obj.get("name").and_then(Value::as_str),
+                Some(conf.name.as_str())
+            );
+            let ipam = obj
+                .get("ipam")
+                .and_then(Value::as_object)
+                .expect("ipam object");
             let ranges = ipam.get("ranges").expect("ipam.ranges");
             let want = usize::from(env.subnet.is_some()) + usize::from(env.ipv6_subnet.is_some());
             match ranges {

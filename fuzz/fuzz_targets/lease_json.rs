@@ -34,7 +34,10 @@ fuzz_target!(|data: &[u8]| {
         let again = LeaseAttrs::from_json(&json)
             .unwrap_or_else(|e| panic!("to_json output {json:?} does not parse: {e}"));
         if attrs.public_ipv6.is_none_or(prints_as_ipv6) {
-            assert_eq!(again, attrs, "lease attrs changed in a round trip through {json}");
+            assert_eq!(
+                again, attrs,
+                "lease attrs changed in a round trip through {json}"
+            );
         }
         assert_eq!(again.to_json(), json, "lease JSON bytes are not stable");
         #[cfg(feature = "daemon")]
@@ -51,7 +54,10 @@ fuzz_target!(|data: &[u8]| {
             let printed = k.to_string();
             let again = SubnetKey::parse(&printed)
                 .unwrap_or_else(|e| panic!("key {k:?} printed as {printed:?} does not parse: {e}"));
-            assert_eq!(again, k, "subnet key changed in a round trip through {printed}");
+            assert_eq!(
+                again, k,
+                "subnet key changed in a round trip through {printed}"
+            );
             assert_eq!(again.to_string(), printed);
         }
     }

@@ -59,8 +59,14 @@ fn one_node(node: &Node, keys: &AnnotationKeys) {
         if let Ok((s4, s6)) = own_subnets(&view, &CONFIG, backend) {
             let net4 = CONFIG.network.expect("config has Network");
             let net6 = CONFIG.ipv6_network.expect("config has IPv6Network");
-            assert!(s4.is_none_or(|s| net4.contains(&s)), "{s4:?} outside {net4}");
-            assert!(s6.is_none_or(|s| net6.contains(&s)), "{s6:?} outside {net6}");
+            assert!(
+                s4.is_none_or(|s| net4.contains(&s)),
+                "{s4:?} outside {net4}"
+            );
+            assert!(
+                s6.is_none_or(|s| net6.contains(&s)),
+                "{s6:?} outside {net6}"
+            );
             assert!(s4.is_some() || s6.is_some());
         }
     }

@@ -18,8 +18,10 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 
 use arbitrary::{Arbitrary, Unstructured};
-use flannel_types::subnet_env::{CniSubnetEnv, PreviousSubnetEnv, SubnetEnv, SubnetEnvV4, SubnetEnvV6};
 use flannel_types::goip;
+use flannel_types::subnet_env::{
+    CniSubnetEnv, PreviousSubnetEnv, SubnetEnv, SubnetEnvV4, SubnetEnvV6,
+};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use libfuzzer_sys::fuzz_target;
 
@@ -117,7 +119,10 @@ fn round_trip(spec: Spec) {
     let path = Path::new(PATH);
     let cni = CniSubnetEnv::parse(path, &text);
     if env.ipv4.is_none() && env.ipv6.is_none() {
-        assert!(cni.is_err(), "a file without networks was accepted:\n{text}");
+        assert!(
+            cni.is_err(),
+            "a file without networks was accepted:\n{text}"
+        );
         return;
     }
     let cni = cni.unwrap_or_else(|e| panic!("rendered file rejected: {e}\n{text}"));
@@ -125,8 +130,16 @@ fn round_trip(spec: Spec) {
     let want_nets6: Vec<IpNet> = env.ipv6.iter().map(|v| IpNet::V6(v.network)).collect();
     assert_eq!(cni.networks, want_nets, "{text}");
     assert_eq!(cni.ipv6_networks, want_nets6, "{text}");
-    assert_eq!(cni.subnet, env.ipv4.map(|v| IpNet::V4(v.subnet.trunc())), "{text}");
-    assert_eq!(cni.ipv6_subnet, env.ipv6.map(|v| IpNet::V6(v.subnet.trunc())), "{text}");
+    assert_eq!(
+        cni.subnet,
+        env.ipv4.map(|v| IpNet::V4(v.subnet.trunc())),
+        "{text}"
+    );
+    assert_eq!(
+        cni.ipv6_subnet,
+        env.ipv6.map(|v| IpNet::V6(v.subnet.trunc())),
+        "{text}"
+    );
     assert_eq!(cni.mtu, env.mtu);
     assert_eq!(cni.ip_masq, env.ip_masq);
 

@@ -682,7 +682,9 @@ pub async fn run<M: SubnetManager>(
                     if stats.failed == 0
                         && let Some(t) = pending_since.take()
                     {
-                        metrics.event_to_programmed.observe(t.elapsed().as_secs_f64());
+                        metrics
+                            .event_to_programmed
+                            .observe(t.elapsed().as_secs_f64());
                     }
                 }
                 Err(e) => {

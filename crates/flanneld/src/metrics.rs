@@ -142,7 +142,11 @@ impl Metrics {
             "when this node's lease expires (0: never)",
             m.lease_expiration.clone(),
         );
-        registry.register("peers", "valid peer leases by backend type", m.peers.clone());
+        registry.register(
+            "peers",
+            "valid peer leases by backend type",
+            m.peers.clone(),
+        );
         registry.register(
             "peers_ignored",
             "peer leases ignored as invalid",
@@ -250,10 +254,24 @@ mod tests {
         m.entries_added.inc_by(3);
         m.reconcile_duration.observe(0.002);
         let text = m.render();
-        assert!(text.contains("flannel_build_info{version=\"v0.1.0\",datastore=\"etcd\",backend=\"vxlan\"} 1"), "{text}");
-        assert!(text.contains("flannel_rule_repairs_total{kind=\"iptables\"} 1"), "{text}");
-        assert!(text.contains("flannel_dataplane_entries_added_total 3"), "{text}");
-        assert!(text.contains("flannel_reconcile_duration_seconds_count 1"), "{text}");
+        assert!(
+            text.contains(
+                "flannel_build_info{version=\"v0.1.0\",datastore=\"etcd\",backend=\"vxlan\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("flannel_rule_repairs_total{kind=\"iptables\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("flannel_dataplane_entries_added_total 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains("flannel_reconcile_duration_seconds_count 1"),
+            "{text}"
+        );
         assert!(text.ends_with("# EOF\n"), "{text}");
     }
 }

@@ -28,13 +28,41 @@ fn bad_peer_leases_are_ignored_with_one_warning_each() {
     let overlap = format!("{}-25", own.network());
     let bad: Vec<(String, String, &str)> = vec![
         ("10.244.201.0-24".into(), "{not json".into(), "invalid JSON"),
-        ("10.99.1.0-24".into(), lease("198.18.0.99", "0e:00:00:00:00:01"), "outside the network"),
-        (overlap, lease("198.18.0.98", "0e:00:00:00:00:02"), "overlapping our subnet"),
-        ("10.244.202.0-24".into(), lease("0.0.0.0", "0e:00:00:00:00:03"), "unspecified IP"),
-        ("10.244.203.0-24".into(), lease("127.0.0.1", "0e:00:00:00:00:04"), "loopback IP"),
-        ("10.244.204.0-24".into(), lease("224.0.0.9", "0e:00:00:00:00:05"), "multicast IP"),
-        ("10.244.205.0-24".into(), lease("198.18.0.97", "aa:bb:cc"), "short MAC"),
-        ("10.244.206.0-24".into(), lease("198.18.0.96", "aa:bb:cc:dd:ee:ff:00"), "long MAC"),
+        (
+            "10.99.1.0-24".into(),
+            lease("198.18.0.99", "0e:00:00:00:00:01"),
+            "outside the network",
+        ),
+        (
+            overlap,
+            lease("198.18.0.98", "0e:00:00:00:00:02"),
+            "overlapping our subnet",
+        ),
+        (
+            "10.244.202.0-24".into(),
+            lease("0.0.0.0", "0e:00:00:00:00:03"),
+            "unspecified IP",
+        ),
+        (
+            "10.244.203.0-24".into(),
+            lease("127.0.0.1", "0e:00:00:00:00:04"),
+            "loopback IP",
+        ),
+        (
+            "10.244.204.0-24".into(),
+            lease("224.0.0.9", "0e:00:00:00:00:05"),
+            "multicast IP",
+        ),
+        (
+            "10.244.205.0-24".into(),
+            lease("198.18.0.97", "aa:bb:cc"),
+            "short MAC",
+        ),
+        (
+            "10.244.206.0-24".into(),
+            lease("198.18.0.96", "aa:bb:cc:dd:ee:ff:00"),
+            "long MAC",
+        ),
     ];
     for (key, value, _) in &bad {
         c.etcd()
@@ -55,7 +83,10 @@ fn bad_peer_leases_are_ignored_with_one_warning_each() {
             .lines()
             .filter(|l| l.contains(" WARN ") && l.contains(subnet))
             .count();
-        assert_eq!(warnings, 1, "{what} ({key}): expected one warning, log:\n{log}");
+        assert_eq!(
+            warnings, 1,
+            "{what} ({key}): expected one warning, log:\n{log}"
+        );
     }
     // Nothing of them reached the kernel.
     let ns = c.lab().node(0).netns();
@@ -65,8 +96,14 @@ fn bad_peer_leases_are_ignored_with_one_warning_each() {
     for (key, _, what) in &bad {
         let subnet = key.split('-').next().unwrap();
         if subnet != own.network().to_string() {
-            assert!(!routes.contains(subnet), "{what}: route programmed: {routes}");
-            assert!(!neigh.contains(subnet), "{what}: neighbour programmed: {neigh}");
+            assert!(
+                !routes.contains(subnet),
+                "{what}: route programmed: {routes}"
+            );
+            assert!(
+                !neigh.contains(subnet),
+                "{what}: neighbour programmed: {neigh}"
+            );
         }
     }
     for mac in ["0e:00:00:00:00:0", "aa:bb:cc"] {
@@ -75,10 +112,19 @@ fn bad_peer_leases_are_ignored_with_one_warning_each() {
     // The valid peer is untouched and pods still talk.
     let peer = c.subnet_env(1).unwrap().subnet.unwrap().trunc();
     assert!(routes.contains(&peer.to_string()), "{routes}");
-    wait_for("pods reach each other", Duration::from_secs(5), Duration::from_millis(200), || {
-        let failed: Vec<_> = c.ping_matrix().into_iter().filter(|(_, _, ok)| !ok).collect();
-        Ok::<_, String>(failed.is_empty().then_some(()))
-    })
+    wait_for(
+        "pods reach each other",
+        Duration::from_secs(5),
+        Duration::from_millis(200),
+        || {
+            let failed: Vec<_> = c
+                .ping_matrix()
+                .into_iter()
+                .filter(|(_, _, ok)| !ok)
+                .collect();
+            Ok::<_, String>(failed.is_empty().then_some(()))
+        },
+    )
     .unwrap();
     // flanneld kept running throughout.
     let mut d = c.take_flanneld(0).unwrap();

@@ -46,10 +46,18 @@ fn value(s: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> f
         .sum()
 }
 
-fn wait_metric(c: &Cluster, i: usize, what: &str, pred: impl Fn(&prometheus_parse::Scrape) -> bool) {
-    wait_for(what, Duration::from_secs(10), Duration::from_millis(200), || {
-        Ok::<_, String>(pred(&scrape(c, i)).then_some(()))
-    })
+fn wait_metric(
+    c: &Cluster,
+    i: usize,
+    what: &str,
+    pred: impl Fn(&prometheus_parse::Scrape) -> bool,
+) {
+    wait_for(
+        what,
+        Duration::from_secs(10),
+        Duration::from_millis(200),
+        || Ok::<_, String>(pred(&scrape(c, i)).then_some(())),
+    )
     .unwrap_or_else(|e| panic!("node {i}: {e}"));
 }
 
@@ -59,7 +67,14 @@ fn metrics_follow_peers_and_rule_repairs() {
     for i in 0..3 {
         let s = scrape(&c, i);
         let subnet = c.subnet_env(i).unwrap().subnet.unwrap().trunc().to_string();
-        assert_eq!(value(&s, "flannel_build_info", &[("backend", "vxlan"), ("datastore", "etcd")]), 1.0);
+        assert_eq!(
+            value(
+                &s,
+                "flannel_build_info",
+                &[("backend", "vxlan"), ("datastore", "etcd")]
+            ),
+            1.0
+        );
         assert_eq!(value(&s, "flannel_lease_info", &[("subnet", &subnet)]), 1.0);
         assert!(value(&s, "flannel_lease_expiration_timestamp_seconds", &[]) > 1.7e9);
     }
@@ -69,7 +84,13 @@ fn metrics_follow_peers_and_rule_repairs() {
     let before = scrape(&c, 0);
     let added = value(&before, "flannel_dataplane_entries_added_total", &[]);
     assert!(added >= 6.0, "3 entries per peer: {added}");
-    assert!(value(&before, "flannel_netlink_operations_total", &[("op", "replace route"), ("result", "ok")]) >= 2.0);
+    assert!(
+        value(
+            &before,
+            "flannel_netlink_operations_total",
+            &[("op", "replace route"), ("result", "ok")]
+        ) >= 2.0
+    );
     assert!(value(&before, "flannel_reconcile_total", &[("result", "ok")]) >= 1.0);
     assert!(value(&before, "flannel_reconcile_duration_seconds_count", &[]) >= 1.0);
     assert!(value(&before, "flannel_event_to_programmed_seconds_count", &[]) >= 1.0);
@@ -77,7 +98,11 @@ fn metrics_follow_peers_and_rule_repairs() {
     // A peer leaves: peers drop to 1, three entries are removed.
     let gone = c.subnet_env(2).unwrap().subnet.unwrap().trunc();
     c.stop_flanneld(2).unwrap();
-    let key = format!("/coreos.com/network/subnets/{}-{}", gone.network(), gone.prefix_len());
+    let key = format!(
+        "/coreos.com/network/subnets/{}-{}",
+        gone.network(),
+        gone.prefix_len()
+    );
     c.etcd().etcdctl(["del", &key]).unwrap();
     wait_metric(&c, 0, "peer removed", |s| {
         value(s, "flannel_peers", &[("kind", "vxlan")]) == 1.0
@@ -93,23 +118,51 @@ fn metrics_follow_peers_and_rule_repairs() {
     });
 
     // A rule deleted by hand is repaired and counted.
-    let repairs = value(&scrape(&c, 0), "flannel_rule_repairs_total", &[("kind", "iptables")]);
-    run_ok(c.lab().node(0).netns(), ["iptables", "-t", "nat", "-D", "FLANNEL-POSTRTG", "1"]).unwrap();
+    let repairs = value(
+        &scrape(&c, 0),
+        "flannel_rule_repairs_total",
+        &[("kind", "iptables")],
+    );
+    run_ok(
+        c.lab().node(0).netns(),
+        ["iptables", "-t", "nat", "-D", "FLANNEL-POSTRTG", "1"],
+    )
+    .unwrap();
     wait_metric(&c, 0, "rule repair counted", |s| {
         value(s, "flannel_rule_repairs_total", &[("kind", "iptables")]) >= repairs + 1.0
     });
     // A route deleted by hand is repaired by the repair tick (10 s) and counted as added.
     let s = scrape(&c, 0);
     let added = value(&s, "flannel_dataplane_entries_added_total", &[]);
-    let routes = run_ok(c.lab().node(0).netns(), ["ip", "route", "show", "dev", "flannel.1"]).unwrap();
-    let dst = routes.lines().next().unwrap().split_whitespace().next().unwrap().to_string();
-    run_ok(c.lab().node(0).netns(), ["ip", "route", "del", &dst, "dev", "flannel.1"]).unwrap();
-    wait_for("route repaired", Duration::from_secs(15), Duration::from_millis(200), || {
-        Ok::<_, String>(
-            (value(&scrape(&c, 0), "flannel_dataplane_entries_added_total", &[]) > added)
-                .then_some(()),
-        )
-    })
+    let routes = run_ok(
+        c.lab().node(0).netns(),
+        ["ip", "route", "show", "dev", "flannel.1"],
+    )
+    .unwrap();
+    let dst = routes
+        .lines()
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    run_ok(
+        c.lab().node(0).netns(),
+        ["ip", "route", "del", &dst, "dev", "flannel.1"],
+    )
+    .unwrap();
+    wait_for(
+        "route repaired",
+        Duration::from_secs(15),
+        Duration::from_millis(200),
+        || {
+            Ok::<_, String>(
+                (value(&scrape(&c, 0), "flannel_dataplane_entries_added_total", &[]) > added)
+                    .then_some(()),
+            )
+        },
+    )
     .unwrap();
     let s = scrape(&c, 0);
     assert!(value(&s, "flannel_reconcile_total", &[("trigger", "repair")]) >= 1.0);
@@ -137,9 +190,12 @@ fn readyz_turns_ready_only_when_etcd_answers() {
             .in_thread(|| http_get(HEALTHZ_PORT, "/healthz"))
             .unwrap()
     };
-    wait_for("healthz up", Duration::from_secs(5), Duration::from_millis(50), || {
-        Ok::<_, String>(health(&c).filter(|r| r.0 == 200).map(|_| ()))
-    })
+    wait_for(
+        "healthz up",
+        Duration::from_secs(5),
+        Duration::from_millis(50),
+        || Ok::<_, String>(health(&c).filter(|r| r.0 == 200).map(|_| ())),
+    )
     .unwrap();
     assert_eq!(health(&c).unwrap().1, "flanneld is running");
     for _ in 0..10 {
@@ -148,9 +204,12 @@ fn readyz_turns_ready_only_when_etcd_answers() {
         std::thread::sleep(Duration::from_millis(200));
     }
     c.etcd_mut().restart().unwrap();
-    wait_for("ready after etcd returns", Duration::from_secs(20), Duration::from_millis(100), || {
-        Ok::<_, String>(ready(&c).filter(|r| r.0 == 200).map(|r| r.1))
-    })
+    wait_for(
+        "ready after etcd returns",
+        Duration::from_secs(20),
+        Duration::from_millis(100),
+        || Ok::<_, String>(ready(&c).filter(|r| r.0 == 200).map(|r| r.1)),
+    )
     .map(|body| assert_eq!(body, "flanneld is ready"))
     .unwrap();
     // subnet.env exists by the time /readyz says ready.
@@ -164,12 +223,16 @@ fn systemd_gets_ready_after_subnet_env() {
     let dir = tempfile::tempdir().unwrap();
     let sock_path = dir.path().join("notify.sock");
     let sock = UnixDatagram::bind(&sock_path).unwrap();
-    sock.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
     std::fs::remove_file(c.subnet_file(0)).unwrap();
     let env: BTreeMap<&str, &str> = [("NOTIFY_SOCKET", sock_path.to_str().unwrap())].into();
     c.start_flanneld_env(0, &[], &env).unwrap();
     let mut buf = [0u8; 128];
     let n = sock.recv(&mut buf).expect("READY=1 within 20 s");
     assert_eq!(&buf[..n], b"READY=1");
-    assert!(c.subnet_file(0).exists(), "subnet.env written before READY=1");
+    assert!(
+        c.subnet_file(0).exists(),
+        "subnet.env written before READY=1"
+    );
 }

@@ -97,7 +97,7 @@ fn assert_iptables_golden(c: &Cluster, node: usize) {
     assert_eq!(fwd.matches(jump).count(), 1, "{fwd}");
 }
 
-fn wait_repaired(c: &Cluster, node: usize, what: &str, check: impl Fn() -> bool) {
+fn wait_repaired(node: usize, what: &str, check: impl Fn() -> bool) {
     // resync is 1 s; the bound is resync + 1 s.
     wait_for(
         what,
@@ -161,12 +161,12 @@ fn iptables_golden_masquerade_and_repair() {
     // Repair: delete one rule.
     let ns = c.lab().node(0).netns();
     run_ok(ns, ["iptables", "-t", "nat", "-D", "FLANNEL-POSTRTG", "2"]).unwrap();
-    wait_repaired(&c, 0, "deleted rule restored", || {
+    wait_repaired(0, "deleted rule restored", || {
         iptables_state(&c, 0).0 == golden_iptables_nat(&pod_subnet(&c, 0))
     });
     // Flush a chain.
     run_ok(ns, ["iptables", "-F", "FLANNEL-FWD"]).unwrap();
-    wait_repaired(&c, 0, "flushed chain refilled", || {
+    wait_repaired(0, "flushed chain refilled", || {
         iptables_state(&c, 0).1 == golden_iptables_filter()
     });
     // A duplicate and a foreign rule inserted by hand.
@@ -205,7 +205,7 @@ fn iptables_golden_masquerade_and_repair() {
         ],
     )
     .unwrap();
-    wait_repaired(&c, 0, "duplicate and foreign rules removed", || {
+    wait_repaired(0, "duplicate and foreign rules removed", || {
         let (nat, filter, _, _) = iptables_state(&c, 0);
         nat == golden_iptables_nat(&pod_subnet(&c, 0)) && filter == golden_iptables_filter()
     });
@@ -227,7 +227,7 @@ fn iptables_golden_masquerade_and_repair() {
         ],
     )
     .unwrap();
-    wait_repaired(&c, 0, "jump restored", || {
+    wait_repaired(0, "jump restored", || {
         iptables_state(&c, 0).2.contains("-j FLANNEL-POSTRTG")
     });
     assert_iptables_golden(&c, 0);
@@ -294,14 +294,14 @@ fn nftables_golden_and_repair() {
         ],
     )
     .unwrap();
-    wait_repaired(&c, 0, "nft rule restored", || table() == golden);
+    wait_repaired(0, "nft rule restored", || table() == golden);
     // Flush a chain.
     run_ok(
         ns,
         ["nft", "flush", "chain", "ip", "flannel-ipv4", "forward"],
     )
     .unwrap();
-    wait_repaired(&c, 0, "nft chain refilled", || table() == golden);
+    wait_repaired(0, "nft chain refilled", || table() == golden);
     // Insert a duplicate.
     run_ok(
         ns,
@@ -319,10 +319,10 @@ fn nftables_golden_and_repair() {
         ],
     )
     .unwrap();
-    wait_repaired(&c, 0, "nft duplicate removed", || table() == golden);
+    wait_repaired(0, "nft duplicate removed", || table() == golden);
     // Delete the whole table.
     run_ok(ns, ["nft", "delete", "table", "ip", "flannel-ipv4"]).unwrap();
-    wait_repaired(&c, 0, "nft table recreated", || table() == golden);
+    wait_repaired(0, "nft table recreated", || table() == golden);
 }
 
 #[test]

@@ -35,7 +35,14 @@ fn pod_run(c: &Cluster, pod: &str, args: &[&str]) -> (Option<i32>, String) {
 
 /// Our node's subnet network address: the TUN address and ICMP source.
 fn tun_ip(c: &Cluster, node: usize) -> Ipv4Addr {
-    match c.subnet_env(node).unwrap().subnet.unwrap().trunc().network() {
+    match c
+        .subnet_env(node)
+        .unwrap()
+        .subnet
+        .unwrap()
+        .trunc()
+        .network()
+    {
         IpAddr::V4(a) => a,
         IpAddr::V6(_) => unreachable!("IPv4 cluster"),
     }
@@ -70,12 +77,25 @@ fn udp_pods_reach_each_other_across_nodes() {
     let link = ns_out(&c, 0, &["ip", "-d", "link", "show", "flannel0"]);
     assert!(link.contains("mtu 1472"), "{link}");
     assert!(link.contains("tun type tun"), "{link}");
-    assert!(link.contains("<POINTOPOINT") || link.contains(",UP"), "{link}");
-    let addr = ns_out(&c, 0, &["ip", "-4", "-o", "addr", "show", "dev", "flannel0"]);
-    assert!(addr.contains(&format!("inet {}/32", tun_ip(&c, 0))), "{addr}");
+    assert!(
+        link.contains("<POINTOPOINT") || link.contains(",UP"),
+        "{link}"
+    );
+    let addr = ns_out(
+        &c,
+        0,
+        &["ip", "-4", "-o", "addr", "show", "dev", "flannel0"],
+    );
+    assert!(
+        addr.contains(&format!("inet {}/32", tun_ip(&c, 0))),
+        "{addr}"
+    );
     let routes = ns_out(&c, 0, &["ip", "route", "show", "10.244.0.0/16"]);
     assert!(routes.contains("10.244.0.0/16 dev flannel0"), "{routes}");
-    assert!(!routes.contains("scope link"), "global scope as upstream: {routes}");
+    assert!(
+        !routes.contains("scope link"),
+        "global scope as upstream: {routes}"
+    );
     // No per-peer routes: the proxy picks the peer.
     let all = ns_out(&c, 0, &["ip", "route"]);
     assert_eq!(
@@ -148,10 +168,16 @@ fn udp_unknown_subnet_gets_net_unreachable_and_table_updates_are_hitless() {
     let b = c.add_pod(1, "b").unwrap();
     let from = tun_ip(&c, 0);
 
-    let (code, out) = pod_run(&c, "a", &["ping", "-n", "-c", "1", "-W", "2", "10.244.250.1"]);
+    let (code, out) = pod_run(
+        &c,
+        "a",
+        &["ping", "-n", "-c", "1", "-W", "2", "10.244.250.1"],
+    );
     assert_ne!(code, Some(0), "{out}");
     assert!(
-        out.contains(&format!("From {from} icmp_seq=1 Destination Net Unreachable")),
+        out.contains(&format!(
+            "From {from} icmp_seq=1 Destination Net Unreachable"
+        )),
         "{out}"
     );
 
@@ -159,15 +185,22 @@ fn udp_unknown_subnet_gets_net_unreachable_and_table_updates_are_hitless() {
     std::thread::sleep(Duration::from_millis(300));
     let key = "/coreos.com/network/subnets/10.244.250.0-24";
     c.etcd()
-        .etcdctl(["put", key, r#"{"PublicIP":"198.18.0.250","PublicIPv6":null}"#])
+        .etcdctl([
+            "put",
+            key,
+            r#"{"PublicIP":"198.18.0.250","PublicIPv6":null}"#,
+        ])
         .unwrap();
     wait_for(
         "10.244.250.0/24 to reach the peer table",
         Duration::from_secs(5),
         Duration::from_millis(100),
         || {
-            let (_, out) =
-                pod_run(&c, "a", &["ping", "-n", "-c", "1", "-W", "1", "10.244.250.1"]);
+            let (_, out) = pod_run(
+                &c,
+                "a",
+                &["ping", "-n", "-c", "1", "-W", "1", "10.244.250.1"],
+            );
             // Sent to 198.18.0.250, which does not exist: no reply, and no error either.
             let routed = out.contains("1 packets transmitted") && !out.contains("Unreachable");
             Ok::<_, String>(routed.then_some(()))
@@ -180,8 +213,11 @@ fn udp_unknown_subnet_gets_net_unreachable_and_table_updates_are_hitless() {
         Duration::from_secs(5),
         Duration::from_millis(100),
         || {
-            let (_, out) =
-                pod_run(&c, "a", &["ping", "-n", "-c", "1", "-W", "1", "10.244.250.1"]);
+            let (_, out) = pod_run(
+                &c,
+                "a",
+                &["ping", "-n", "-c", "1", "-W", "1", "10.244.250.1"],
+            );
             Ok::<_, String>(out.contains("Destination Net Unreachable").then_some(()))
         },
     )
@@ -215,7 +251,10 @@ fn udp_ttl_is_decremented_by_both_proxies() {
     // address, and that error comes back through both proxies.
     let (_, out) = ping("4");
     assert!(
-        out.contains(&format!("From {} icmp_seq=1 Time to live exceeded", tun_ip(&c, 1))),
+        out.contains(&format!(
+            "From {} icmp_seq=1 Time to live exceeded",
+            tun_ip(&c, 1)
+        )),
         "{out}"
     );
     // TTL 3 dies in the receiving proxy and TTL 2 in the sending one: silently, as upstream.
@@ -341,7 +380,10 @@ fn checksums_ok(p: &[u8]) -> bool {
 
 /// Captures `udp port 8285` on the underlay bridge while `traffic` runs; returns the datagrams.
 fn capture_underlay(c: &Cluster, filter: &str, traffic: impl FnOnce()) -> Vec<Datagram> {
-    let file = c.lab().dir().join(format!("wire-{}.pcap", std::process::id()));
+    let file = c
+        .lab()
+        .dir()
+        .join(format!("wire-{}.pcap", std::process::id()));
     let mut cmd = std::process::Command::new("tcpdump");
     cmd.args([
         "-i",
@@ -352,8 +394,8 @@ fn capture_underlay(c: &Cluster, filter: &str, traffic: impl FnOnce()) -> Vec<Da
         "0",
         "-w",
     ])
-        .arg(&file)
-        .arg(filter);
+    .arg(&file)
+    .arg(filter);
     let mut tcpdump = c
         .lab()
         .spawn_in(c.lab().underlay().netns(), cmd)
@@ -387,7 +429,9 @@ fn udp_wire_format_is_the_raw_inner_packet() {
         let (code, out) = pod_run(
             &c,
             "a",
-            &["ping", "-n", "-c", "3", "-i", "0.2", "-s", "100", "-p", "deadbeef", &bs],
+            &[
+                "ping", "-n", "-c", "3", "-i", "0.2", "-s", "100", "-p", "deadbeef", &bs,
+            ],
         );
         assert_eq!(code, Some(0), "{out}");
     });
@@ -471,7 +515,12 @@ fn udp_bulk_tcp_is_one_inner_packet_per_datagram_on_the_wire() {
             bad.push((p.len(), total, p[0]));
         }
     }
-    assert!(bad.is_empty(), "{} bad datagrams: {:?}", bad.len(), &bad[..bad.len().min(10)]);
+    assert!(
+        bad.is_empty(),
+        "{} bad datagrams: {:?}",
+        bad.len(),
+        &bad[..bad.len().min(10)]
+    );
 }
 
 /// An independent stand-in for upstream's C proxy (`proxy_amd64.c`), written from its
@@ -550,8 +599,10 @@ impl RefProxy {
                     let n = match dev.recv(&mut buf) {
                         Ok(n) => n,
                         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                            let mut fds =
-                                [nix::poll::PollFd::new(dev.as_fd(), nix::poll::PollFlags::POLLIN)];
+                            let mut fds = [nix::poll::PollFd::new(
+                                dev.as_fd(),
+                                nix::poll::PollFlags::POLLIN,
+                            )];
                             let _ = nix::poll::poll(&mut fds, 100u16);
                             continue;
                         }
@@ -640,7 +691,10 @@ fn link_exists(c: &Cluster, node: usize, name: &str) -> bool {
 
 fn wait_link(c: &Cluster, node: usize, present: bool, timeout: Duration) {
     wait_for(
-        &format!("flannel0 on node {node} to be {}", if present { "present" } else { "gone" }),
+        &format!(
+            "flannel0 on node {node} to be {}",
+            if present { "present" } else { "gone" }
+        ),
         timeout,
         Duration::from_millis(50),
         || Ok::<_, String>((link_exists(c, node, "flannel0") == present).then_some(())),
@@ -690,7 +744,11 @@ fn udp_interoperates_with_an_upstream_style_proxy() {
     let proxy = RefProxy::start(&c, 2, peers, 1472);
 
     for (from, to) in [("a", &z), ("z", &a)] {
-        let (code, out) = pod_run(&c, from, &["ping", "-n", "-c", "3", "-i", "0.2", "-W", "2", to]);
+        let (code, out) = pod_run(
+            &c,
+            from,
+            &["ping", "-n", "-c", "3", "-i", "0.2", "-W", "2", to],
+        );
         assert_eq!(code, Some(0), "{from} -> {to}: {out}");
     }
     let _server = start_iperf_server(&c, "z");
@@ -703,9 +761,14 @@ fn udp_interoperates_with_an_upstream_style_proxy() {
     }
     let stats = proxy.stop();
     let bad = stats.bad.lock().unwrap().clone();
-    assert!(bad.is_empty(), "datagrams the upstream-style proxy rejects: {bad:?}");
+    assert!(
+        bad.is_empty(),
+        "datagrams the upstream-style proxy rejects: {bad:?}"
+    );
     let received = stats.received.load(std::sync::atomic::Ordering::Relaxed);
-    let tcp = stats.tcp_received.load(std::sync::atomic::Ordering::Relaxed);
+    let tcp = stats
+        .tcp_received
+        .load(std::sync::atomic::Ordering::Relaxed);
     let sent = stats.sent.load(std::sync::atomic::Ordering::Relaxed);
     // 8 MiB in 1420-byte segments is ~5900 datagrams one way.
     assert!(tcp > 5000, "received {received} datagrams, {tcp} TCP");
@@ -734,7 +797,10 @@ fn udp_device_lives_and_dies_with_flanneld() {
     };
     let intact = |c: &Cluster| {
         let addr = ns_out(c, 0, &["ip", "-4", "-o", "addr", "show", "dev", "flannel0"]);
-        assert!(addr.contains(&format!("inet {}/32", tun_ip(c, 0))), "{addr}");
+        assert!(
+            addr.contains(&format!("inet {}/32", tun_ip(c, 0))),
+            "{addr}"
+        );
         let routes = ns_out(c, 0, &["ip", "route", "show", "10.244.0.0/16"]);
         assert!(routes.contains("dev flannel0"), "{routes}");
     };
@@ -768,7 +834,10 @@ fn udp_device_lives_and_dies_with_flanneld() {
             )
             .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
             .unwrap_or_default();
-            Ok::<_, String>(addr.contains(&format!("{}/32", tun_ip(&c, 0))).then_some(()))
+            Ok::<_, String>(
+                addr.contains(&format!("{}/32", tun_ip(&c, 0)))
+                    .then_some(()),
+            )
         },
     )
     .unwrap();

@@ -254,11 +254,11 @@ pub fn peer_conflicts(
                 let (a, b) = (&items[c], &items[i]);
                 let (a_ok, b_ok) = (a.2 == want_len, b.2 == want_len);
                 if !a_ok || b_ok {
-                    out.entry(a.3.clone())
+                    out.entry(a.3)
                         .or_insert_with(|| format!("subnet {} overlaps peer subnet {}", a.4, b.4));
                 }
                 if !b_ok || a_ok {
-                    out.entry(b.3.clone())
+                    out.entry(b.3)
                         .or_insert_with(|| format!("subnet {} overlaps peer subnet {}", b.4, a.4));
                 }
             }
@@ -272,7 +272,13 @@ pub fn peer_conflicts(
         .iter()
         .filter_map(|l| {
             let n = l.subnet?;
-            Some((n.network(), n.broadcast(), n.prefix_len(), l.key(), n.to_string()))
+            Some((
+                n.network(),
+                n.broadcast(),
+                n.prefix_len(),
+                l.key(),
+                n.to_string(),
+            ))
         })
         .collect();
     scan(v4, subnet_len, &mut out);
@@ -280,7 +286,13 @@ pub fn peer_conflicts(
         .iter()
         .filter_map(|l| {
             let n = l.ipv6_subnet?;
-            Some((n.network(), n.broadcast(), n.prefix_len(), l.key(), n.to_string()))
+            Some((
+                n.network(),
+                n.broadcast(),
+                n.prefix_len(),
+                l.key(),
+                n.to_string(),
+            ))
         })
         .collect();
     scan(v6, ipv6_subnet_len, &mut out);

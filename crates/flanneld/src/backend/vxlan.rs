@@ -23,7 +23,7 @@ use ipnet::IpNet;
 use tracing::{debug, info, warn};
 
 use super::routes::{OwnedRoutes, RouteSpace, RouteTarget, plan};
-use super::{BackendEnv, BackendError, tally, nl_err};
+use super::{BackendEnv, BackendError, nl_err, tally};
 use crate::reconcile::{ReconcileStats, diff};
 
 /// Bytes VXLAN adds to every packet (outer IPv4 + UDP + VXLAN + inner Ethernet), upstream's

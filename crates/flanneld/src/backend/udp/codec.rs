@@ -380,10 +380,7 @@ mod tests {
     fn parse_rejects_what_is_not_a_whole_ipv4_packet() {
         let good = header(64, 6, 1, [10, 0, 0, 1], [10, 0, 0, 2], 40);
         let p = Ipv4Packet::parse(&good).unwrap();
-        assert_eq!(
-            (p.header_len, p.total_len, p.proto, p.ttl),
-            (20, 40, 6, 64)
-        );
+        assert_eq!((p.header_len, p.total_len, p.proto, p.ttl), (20, 40, 6, 64));
         assert_eq!(p.src, Ipv4Addr::new(10, 0, 0, 1));
         assert_eq!(p.dst, Ipv4Addr::new(10, 0, 0, 2));
         // Trailing bytes beyond the total length are tolerated (the kernel trims them).
@@ -487,7 +484,10 @@ mod tests {
         opts[12..16].copy_from_slice(&[10, 244, 1, 5]);
         assert_eq!(net_unreachable(&opts, tun_ip, &mut out), None);
         // Too small an output buffer is not a panic.
-        assert_eq!(net_unreachable(&echo_request(84), tun_ip, &mut [0u8; 30]), None);
+        assert_eq!(
+            net_unreachable(&echo_request(84), tun_ip, &mut [0u8; 30]),
+            None
+        );
     }
 
     #[test]

@@ -33,8 +33,8 @@ use ipnet::Ipv4Net;
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::socket::{
-    AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, MultiHeaders, SockFlag,
-    SockType, SockaddrIn, bind, recvmsg, sendmmsg, sendmsg, setsockopt, socket, sockopt,
+    AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, MultiHeaders, SockFlag, SockType,
+    SockaddrIn, bind, recvmsg, sendmmsg, sendmsg, setsockopt, socket, sockopt,
 };
 use tracing::{debug, warn};
 use tun_rs::SyncDevice;
@@ -224,10 +224,13 @@ fn open_socket(bind_to: SocketAddrV4) -> io::Result<OwnedFd> {
         None,
     )
     .map_err(|e| io_err("creating the UDP socket", e))?;
-    setsockopt(&fd, sockopt::ReusePort, &true)
-        .map_err(|e| io_err("setting SO_REUSEPORT", e))?;
-    bind(fd.as_raw_fd(), &SockaddrIn::from(bind_to))
-        .map_err(|e| io_err(&format!("failed to start listening on UDP socket {bind_to}"), e))?;
+    setsockopt(&fd, sockopt::ReusePort, &true).map_err(|e| io_err("setting SO_REUSEPORT", e))?;
+    bind(fd.as_raw_fd(), &SockaddrIn::from(bind_to)).map_err(|e| {
+        io_err(
+            &format!("failed to start listening on UDP socket {bind_to}"),
+            e,
+        )
+    })?;
     if setsockopt(&fd, sockopt::RcvBufForce, &SOCKET_BUFFER).is_err() {
         let _ = setsockopt(&fd, sockopt::RcvBuf, &SOCKET_BUFFER);
     }
@@ -393,7 +396,10 @@ impl Shared {
             return false;
         }
         if !*logged {
-            warn!("{}: {what} failed: {e} (further errors are counted only)", self.name);
+            warn!(
+                "{}: {what} failed: {e} (further errors are counted only)",
+                self.name
+            );
             *logged = true;
         }
         true
@@ -484,7 +490,10 @@ impl Tx {
                 Ok(p) => p,
                 Err(e) => {
                     Counters::add(&self.s.counters.malformed, 1);
-                    debug!("{}: dropping a packet from the TUN device: {e}", self.s.name);
+                    debug!(
+                        "{}: dropping a packet from the TUN device: {e}",
+                        self.s.name
+                    );
                     continue;
                 }
             };
@@ -543,8 +552,9 @@ impl Tx {
                     [IoSlice::new(&slots[i][r])]
                 })
                 .collect();
-            let addrs: Vec<Option<SockaddrIn>> =
-                (start..n).map(|i| pending[i].as_ref().map(|p| p.to)).collect();
+            let addrs: Vec<Option<SockaddrIn>> = (start..n)
+                .map(|i| pending[i].as_ref().map(|p| p.to))
+                .collect();
             let r = sendmmsg(
                 self.s.sock.as_raw_fd(),
                 mmsg,
@@ -657,7 +667,11 @@ impl Tx {
                         *logged = true;
                     }
                     // Skip what failed: one chunk, or one datagram.
-                    i = if *gso_ok { (i + per_send).min(count) } else { i + 1 };
+                    i = if *gso_ok {
+                        (i + per_send).min(count)
+                    } else {
+                        i + 1
+                    };
                 }
             }
         }
@@ -704,8 +718,7 @@ impl Rx {
             }
             let received = {
                 let mut iov = [IoSliceMut::new(&mut bufs[cur])];
-                match recvmsg::<SockaddrIn>(fd, &mut iov, Some(&mut cmsg), MsgFlags::MSG_DONTWAIT)
-                {
+                match recvmsg::<SockaddrIn>(fd, &mut iov, Some(&mut cmsg), MsgFlags::MSG_DONTWAIT) {
                     Ok(m) => {
                         let mut seg = None;
                         if let Ok(cmsgs) = m.cmsgs() {

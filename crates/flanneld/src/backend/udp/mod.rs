@@ -217,9 +217,8 @@ impl UdpBackend {
                 old.stop();
             }
             let cfg = self.datapath_config(own_subnet);
-            let dp = DataPath::start(&cfg, &self.table).map_err(|e| {
-                BackendError::Missing(format!("starting the udp data path: {e}"))
-            })?;
+            let dp = DataPath::start(&cfg, &self.table)
+                .map_err(|e| BackendError::Missing(format!("starting the udp data path: {e}")))?;
             info!(
                 "{DEVICE}: {} queue(s), offloads {}, UDP {} -> peers' port {}",
                 dp.queues(),
@@ -463,10 +462,16 @@ mod tests {
     #[test]
     fn config_errors_name_the_key() {
         for (json, key) in [
-            (r#"{"Backend":{"Type":"udp","Port":70000}}"#, "Backend.Port 70000"),
+            (
+                r#"{"Backend":{"Type":"udp","Port":70000}}"#,
+                "Backend.Port 70000",
+            ),
             (r#"{"Backend":{"Type":"udp","Port":0}}"#, "Backend.Port 0"),
             (r#"{"Backend":{"Type":"udp","Port":-1}}"#, "Backend.Port -1"),
-            (r#"{"Backend":{"Type":"udp","Queues":0}}"#, "Backend.Queues 0"),
+            (
+                r#"{"Backend":{"Type":"udp","Queues":0}}"#,
+                "Backend.Queues 0",
+            ),
         ] {
             let e = cfg(json).unwrap_err().to_string();
             assert!(e.contains(key), "{json}: {e}");

@@ -885,7 +885,10 @@ mod tests {
         let mixed = vec![a[0].clone(), b[0].clone(), a[1].clone(), b[1].clone()];
         let (buf, ranges) = gro_buffer(&mixed);
         let groups = plan(&mut c, &buf, &ranges);
-        assert_eq!(groups.iter().map(|g| g.count).collect::<Vec<_>>(), [1, 1, 1, 1]);
+        assert_eq!(
+            groups.iter().map(|g| g.count).collect::<Vec<_>>(),
+            [1, 1, 1, 1]
+        );
         assert!(groups.iter().all(|g| g.vnet == VnetHdr::default()));
         for (g, orig) in groups.iter().zip(&mixed) {
             assert_eq!(&written(&buf, &ranges, g), orig, "written unchanged");
@@ -902,10 +905,16 @@ mod tests {
         s[0][33] |= TCP_PSH;
         s[0][36] = 0;
         s[0][37] = 0;
-        let ck = !fold(sum(&s[0][20..], pseudo_header_sum(SRC, DST, 6, s[0].len() - 20)));
+        let ck = !fold(sum(
+            &s[0][20..],
+            pseudo_header_sum(SRC, DST, 6, s[0].len() - 20),
+        ));
         s[0][36..38].copy_from_slice(&ck.to_be_bytes());
         let (buf, ranges) = gro_buffer(&s);
-        let counts: Vec<usize> = plan(&mut c, &buf, &ranges).iter().map(|g| g.count).collect();
+        let counts: Vec<usize> = plan(&mut c, &buf, &ranges)
+            .iter()
+            .map(|g| g.count)
+            .collect();
         assert_eq!(counts, [1, 2]);
 
         // A corrupted payload is not merged (the receiver must see the bad checksum).
@@ -913,7 +922,10 @@ mod tests {
         s[1][100] ^= 0xff;
         let (buf, ranges) = gro_buffer(&s);
         let groups = plan(&mut c, &buf, &ranges);
-        assert_eq!(groups.iter().map(|g| g.count).collect::<Vec<_>>(), [1, 1, 1]);
+        assert_eq!(
+            groups.iter().map(|g| g.count).collect::<Vec<_>>(),
+            [1, 1, 1]
+        );
         assert_eq!(written(&buf, &ranges, &groups[1]), s[1]);
 
         // Pure ACKs and SYNs are never merged.
@@ -936,7 +948,10 @@ mod tests {
         // 100 segments of 100 bytes: 64 + 36.
         let segs = segments_of(&payload(10_000), 1, TCP_ACK, 100);
         let (buf, ranges) = gro_buffer(&segs);
-        let counts: Vec<usize> = plan(&mut c, &buf, &ranges).iter().map(|g| g.count).collect();
+        let counts: Vec<usize> = plan(&mut c, &buf, &ranges)
+            .iter()
+            .map(|g| g.count)
+            .collect();
         assert_eq!(counts, [64, 36]);
         // 1420-byte segments: at most (65535 - 52) / 1420 = 46 fit one IPv4 packet.
         let mut segs = segments_of(&payload(1420 * 40), 1, TCP_ACK, 1420);
@@ -965,7 +980,10 @@ mod tests {
         let b = segments_of(&payload(1420), 2001, TCP_ACK, 1420); // continues the flow
         let all = vec![a[0].clone(), a[1].clone(), b[0].clone()];
         let (buf, ranges) = gro_buffer(&all);
-        let counts: Vec<usize> = plan(&mut c, &buf, &ranges).iter().map(|g| g.count).collect();
+        let counts: Vec<usize> = plan(&mut c, &buf, &ranges)
+            .iter()
+            .map(|g| g.count)
+            .collect();
         assert_eq!(counts, [2, 1]);
     }
 
