@@ -135,20 +135,28 @@ impl Netlink {
     /// route whose gateway family differs from its destination's) fails with
     /// [`NetlinkError::InvalidArgument`] without being sent.
     pub async fn apply(&self, ops: &[BatchOp]) -> BatchReport {
-        let mut results: Vec<Option<Result<()>>> = Vec::with_capacity(ops.len());
-        let mut reqs = Vec::with_capacity(ops.len());
+        // Messages are encoded as the socket packs them, one datagram at a time, so a batch of
+        // 15000 changes never holds 15000 encoded messages at once.
+        let mut results: Vec<Option<Result<()>>> = (0..ops.len()).map(|_| None).collect();
         let mut sent_idx = Vec::with_capacity(ops.len());
-        for (i, op) in ops.iter().enumerate() {
-            match op.encode() {
+        let mut encode_failures = Vec::new();
+        let reqs = ops
+            .iter()
+            .enumerate()
+            .filter_map(|(i, op)| match op.encode() {
                 Ok(r) => {
-                    reqs.push(r);
                     sent_idx.push(i);
-                    results.push(None);
+                    Some(r)
                 }
-                Err(e) => results.push(Some(Err(e))),
-            }
-        }
+                Err(e) => {
+                    encode_failures.push((i, e));
+                    None
+                }
+            });
         let outcomes = self.execute(reqs).await;
+        for (i, e) in encode_failures {
+            results[i] = Some(Err(e));
+        }
         let mut outcomes = outcomes.into_iter();
         for i in sent_idx {
             let outcome = outcomes

@@ -81,12 +81,11 @@ impl Netlink {
 
     /// Runs requests on the write socket, one datagram at a time, yielding to the executor
     /// between datagrams. Returns one outcome per request, in order.
-    pub(crate) async fn execute(&self, reqs: Vec<Request>) -> Vec<Outcome> {
-        let total = reqs.len();
-        let mut out = Vec::with_capacity(total);
-        let mut iter = reqs.into_iter();
+    pub(crate) async fn execute(&self, reqs: impl Iterator<Item = Request>) -> Vec<Outcome> {
+        let mut iter = reqs;
+        let mut out = Vec::new();
         let mut pending: Option<NetlinkMessage<RouteNetlinkMessage>> = None;
-        while out.len() < total {
+        loop {
             let got = {
                 let mut raw = match self.inner.raw.lock() {
                     Ok(g) => g,
@@ -100,9 +99,7 @@ impl Netlink {
                 break;
             }
             out.extend(got);
-            if out.len() < total {
-                tokio::task::yield_now().await;
-            }
+            tokio::task::yield_now().await;
         }
         out
     }
@@ -116,7 +113,7 @@ impl Netlink {
         flags: u16,
     ) -> Result<()> {
         let outcome = self
-            .execute(vec![(msg, flags)])
+            .execute(std::iter::once((msg, flags)))
             .await
             .pop()
             .unwrap_or_else(|| Outcome::Unconfirmed("request was not sent".into()));

@@ -361,17 +361,6 @@ impl Registry {
         }
     }
 
-    /// When the etcd lease `id` ends, as a remaining TTL; `None` if it no longer exists.
-    pub async fn time_to_live(&self, id: i64) -> Result<Option<Duration>, SubnetError> {
-        let mut c = self.client.clone();
-        let r = rpc(
-            || format!("reading etcd lease {id:x}"),
-            c.lease_time_to_live(id, None),
-        )
-        .await?;
-        Ok(u64::try_from(r.ttl()).ok().map(Duration::from_secs))
-    }
-
     /// Creates `etcd_key` with `value` attached to etcd lease `lease_id`, only if the key does
     /// not exist. Returns the revision of the write, or `None` if the key already existed.
     pub async fn create(

@@ -16,25 +16,26 @@
 //! removed. Our own key's deletion (explicit or TTL expiry), its disappearance from a
 //! snapshot, or its takeover by another public IP sends [`WatchEvent::OwnLeaseRevoked`] once.
 //!
-//! Peer expirations are best effort: read with `LeaseTimeToLive` (cached per etcd lease id);
-//! `None` for reservations and when the TTL could not be read. The daemon does not use them.
+//! Peer leases carry no expiration: the daemon never uses it, and reading it costs one
+//! `LeaseTimeToLive` round trip per etcd lease, which dominated start-up at thousands of peers
+//! (about 1 s at 5000). Expiry still matters where it acts: an expired key is deleted by etcd
+//! and reaches us as a Delete event.
 //!
 //! The task ends when the receiver is dropped, even while it waits on etcd.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use etcd_client::{Event, EventType, WatchOptions};
 use flannel_types::{Lease, LeaseEvent, NetConfig, SubnetKey};
-use futures::StreamExt;
 use tokio::sync::mpsc;
 
 use super::registry::{
     Entry, Keys, Listing, Parsed, RPC_TIMEOUT, Registry, Warned, parse_kv, warn_bad_key,
     warn_bad_value,
 };
-use super::{EtcdConfig, after, alloc, client, lease_for, same_node};
+use super::{EtcdConfig, alloc, client, lease_for, same_node};
 use crate::{SubnetError, WatchEvent};
 
 /// First pause after a failure; doubled on each consecutive failure.
@@ -43,9 +44,6 @@ const INITIAL_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Events buffered for a slow consumer before the task waits for it.
 const CHANNEL_CAPACITY: usize = 256;
-/// TTL queries in flight at once while building a snapshot.
-const TTL_QUERIES_IN_FLIGHT: usize = 16;
-
 /// What the manager hands the task.
 pub struct Setup {
     /// Connection settings, for the task's own client.
@@ -72,7 +70,6 @@ pub fn spawn(setup: Setup) -> mpsc::Receiver<WatchEvent> {
         tx,
         registry: None,
         known: BTreeMap::new(),
-        expiries: HashMap::new(),
         revoked: false,
         since: 0,
         backoff: INITIAL_BACKOFF,
@@ -106,8 +103,6 @@ struct Watcher {
     registry: Option<Registry>,
     /// Every lease reported to the daemon and not removed since, by subnet.
     known: BTreeMap<SubnetKey, Lease>,
-    /// Expirations by etcd lease id.
-    expiries: HashMap<i64, SystemTime>,
     revoked: bool,
     /// The revision to resume watching from.
     since: i64,
@@ -243,58 +238,15 @@ impl Watcher {
             .is_some_and(|l| same_node(&l.attrs, &self.setup.own.attrs))
     }
 
-    /// Reads the expirations of `ids` that are not cached yet, a few at a time.
-    async fn fetch_expiries(&mut self, ids: Vec<i64>) {
-        let Ok(registry) = self.registry().await else {
-            return;
-        };
-        let missing: Vec<i64> = ids
-            .into_iter()
-            .filter(|id| *id != 0 && !self.expiries.contains_key(id))
-            .collect();
-        let now = SystemTime::now();
-        let fetched: Vec<(i64, Result<Option<Duration>, SubnetError>)> =
-            futures::stream::iter(missing)
-                .map(|id| {
-                    let r = registry.clone();
-                    async move { (id, r.time_to_live(id).await) }
-                })
-                .buffer_unordered(TTL_QUERIES_IN_FLIGHT)
-                .collect()
-                .await;
-        for (id, ttl) in fetched {
-            match ttl {
-                Ok(Some(ttl)) => {
-                    self.expiries.insert(id, after(now, ttl));
-                }
-                // Gone already: the key's Delete event follows.
-                Ok(None) => {
-                    self.expiries.insert(id, now);
-                }
-                Err(e) => tracing::debug!("lease watch: {e}"),
-            }
-        }
-    }
-
     async fn snapshot(&mut self, config: &NetConfig, listing: Listing) -> Result<(), Gone> {
         for bad in &listing.bad {
             warn_bad_key(&self.setup.warned, bad);
         }
         let mut next = BTreeMap::new();
-        let mut ids = HashMap::new();
         for entry in &listing.entries {
             if let Some(lease) = self.admit(config, entry) {
-                ids.insert(entry.key, entry.lease_id);
                 next.insert(entry.key, lease);
             }
-        }
-        // Forget expirations of leases no longer in use, then fetch the new ones.
-        self.expiries
-            .retain(|id, _| ids.values().any(|used| used == id));
-        self.fetch_expiries(ids.values().copied().collect()).await;
-        for (key, lease) in next.iter_mut() {
-            let id = ids.get(key).copied().unwrap_or(0);
-            lease.expiration = self.expiries.get(&id).copied();
         }
         self.known = next;
         self.since = listing.revision.saturating_add(1);
@@ -384,11 +336,7 @@ impl Watcher {
             EventType::Put => match parse_kv(&self.setup.keys, kv) {
                 Parsed::Bad(bad) => warn_bad_key(&self.setup.warned, &bad),
                 Parsed::Entry(entry) => match self.admit(config, &entry) {
-                    Some(mut lease) => {
-                        if entry.lease_id != 0 {
-                            self.fetch_expiries(vec![entry.lease_id]).await;
-                            lease.expiration = self.expiries.get(&entry.lease_id).copied();
-                        }
+                    Some(lease) => {
                         self.known.insert(entry.key, lease.clone());
                         self.send(WatchEvent::Leases(LeaseEvent::Added(lease)))
                             .await?;

@@ -43,7 +43,7 @@ impl PeerTable {
             };
             by_len[slot].1.push((key, peer));
         }
-        by_len.sort_by_key(|e| std::cmp::Reverse(e.0));
+        by_len.sort_by_key(|b| std::cmp::Reverse(b.0));
         let mut len = 0;
         for (_, v) in &mut by_len {
             // Stable sort keeps insertion order among equal keys; keep the last one.
