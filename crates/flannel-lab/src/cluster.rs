@@ -71,6 +71,9 @@ pub struct ClusterSpec {
     pub extra_args: Vec<String>,
     /// An outside host on the underlay (masquerade tests).
     pub outside_host: bool,
+    /// Give the underlay IPv6 addresses (`fd00:198::K/64` on every node's eth0) so IPv6 and
+    /// dual-stack configs (`EnableIPv6`/`IPv6Network` in `extra_config`) can run.
+    pub ipv6: bool,
     /// Serve /healthz, /readyz, /metrics on every node (port 8081 in each node namespace).
     pub healthz: bool,
     /// How pods are created.
@@ -96,6 +99,7 @@ impl Default for ClusterSpec {
             extra_config: json!({}),
             extra_args: Vec::new(),
             outside_host: false,
+            ipv6: false,
             healthz: true,
             pod_cni: PodCni::Flannel,
             ready_timeout: Duration::from_secs(30),
@@ -146,8 +150,10 @@ pub struct ClusterPod {
     pub name: String,
     /// Node index.
     pub node: usize,
-    /// The pod's IPv4 address.
+    /// The pod's IPv4 address, or its IPv6 address in an IPv6-only cluster.
     pub ip: IpAddr,
+    /// The pod's IPv6 address, when the cluster has IPv6.
+    pub ip6: Option<IpAddr>,
     /// The CNI result, replayed as prevResult on DEL.
     pub result: Value,
     /// The runtime config used at ADD (port mappings).
@@ -215,6 +221,7 @@ impl Cluster {
         let lab = Lab::builder()
             .nodes(spec.nodes)
             .outside_host(spec.outside_host)
+            .ipv6(spec.ipv6)
             .persist(spec.persist.clone())
             .build()?;
         on_phase(StartPhase::Datastore);
@@ -523,10 +530,9 @@ impl Cluster {
             path: &path,
         };
         let result = cni::conflist_add(self.lab.node(i).netns(), &conflist, &call, &runtime)?;
-        let ip = cni::result_ip(&result, false).ok_or_else(|| {
-            LabError::Invalid(format!(
-                "CNI result for {name} has no IPv4 address: {result}"
-            ))
+        let ip6 = cni::result_ip(&result, true);
+        let ip = cni::result_ip(&result, false).or(ip6).ok_or_else(|| {
+            LabError::Invalid(format!("CNI result for {name} has no address: {result}"))
         })?;
         self.pods.insert(
             name.to_string(),
@@ -534,6 +540,7 @@ impl Cluster {
                 name: name.to_string(),
                 node: i,
                 ip,
+                ip6,
                 result,
                 runtime,
             },
@@ -587,12 +594,24 @@ impl Cluster {
     /// Pings every pod from every other pod (one probe each, in parallel threads) and returns
     /// `(from, to, ok)` for each ordered pair.
     pub fn ping_matrix(&self) -> Vec<(String, String, bool)> {
+        self.ping_matrix_by(|p| Some(p.ip))
+    }
+
+    /// [`Cluster::ping_matrix`] over the pods' IPv6 addresses (pods without one are skipped).
+    pub fn ping_matrix_v6(&self) -> Vec<(String, String, bool)> {
+        self.ping_matrix_by(|p| p.ip6)
+    }
+
+    fn ping_matrix_by(
+        &self,
+        addr: impl Fn(&ClusterPod) -> Option<IpAddr>,
+    ) -> Vec<(String, String, bool)> {
         let pods: Vec<&ClusterPod> = self.pods.values().collect();
         let mut pairs = Vec::new();
         for a in &pods {
             for b in &pods {
-                if a.name != b.name {
-                    pairs.push((a.name.clone(), b.name.clone(), b.ip));
+                if let (true, Some(ip)) = (a.name != b.name, addr(b)) {
+                    pairs.push((a.name.clone(), b.name.clone(), ip));
                 }
             }
         }

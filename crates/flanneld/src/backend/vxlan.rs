@@ -26,9 +26,14 @@ use super::routes::{OwnedRoutes, RouteSpace, RouteTarget, plan};
 use super::{BackendEnv, BackendError, nl_err, tally};
 use crate::reconcile::{ReconcileStats, diff};
 
-/// Bytes VXLAN adds to every packet (outer IPv4 + UDP + VXLAN + inner Ethernet), upstream's
-/// `encapOverhead`, also used for IPv6 underlays as upstream does.
+/// Bytes VXLAN adds to every packet over an IPv4 underlay (outer IPv4 20 + UDP 8 + VXLAN 8 +
+/// inner Ethernet 14), upstream's `encapOverhead`.
 pub const ENCAP_OVERHEAD: u32 = 50;
+
+/// The same over an IPv6 underlay (outer IPv6 header is 40 bytes). Upstream uses 50 here too,
+/// which the kernel refuses (a vxlan device over IPv6 may be at most lower MTU - 70), so its
+/// `flannel-v6.<VNI>` cannot be created with the default MTU on a 1500-byte underlay.
+pub const ENCAP_OVERHEAD_V6: u32 = 70;
 
 /// How long a DirectRouting "is this peer on-link?" answer is trusted before asking the kernel
 /// again (underlay routes rarely change; a repair tick picks changes up within this time).
@@ -156,10 +161,7 @@ impl VxlanBackend {
             "VXLAN config: VNI={} Port={} GBP={} Learning={} DirectRouting={}",
             cfg.vni, cfg.port, cfg.gbp, cfg.learning, cfg.direct_routing
         );
-        let mtu = cfg
-            .mtu
-            .unwrap_or(env.ext.mtu)
-            .saturating_sub(ENCAP_OVERHEAD);
+        let underlay_mtu = cfg.mtu.unwrap_or(env.ext.mtu);
         let mut devices = Vec::new();
         if let Some(net) = env.network {
             let local = env.ext.ext_addr.ok_or_else(|| {
@@ -192,7 +194,11 @@ impl VxlanBackend {
             d.spec.port = cfg.port;
             d.spec.learning = cfg.learning;
             d.spec.gbp = cfg.gbp;
-            d.spec.mtu = Some(mtu);
+            let overhead = match d.family {
+                IpFamily::V4 => ENCAP_OVERHEAD,
+                IpFamily::V6 => ENCAP_OVERHEAD_V6,
+            };
+            d.spec.mtu = Some(underlay_mtu.saturating_sub(overhead));
         }
         Ok(VxlanBackend {
             env,
@@ -204,12 +210,19 @@ impl VxlanBackend {
         })
     }
 
-    /// The pod MTU: the underlay MTU (or `Backend.MTU`) minus the VXLAN overhead.
+    /// The pod MTU: the underlay MTU (or `Backend.MTU`) minus the VXLAN overhead; in
+    /// dual-stack the smaller of the two devices', since a pod has one MTU for both families.
     pub fn mtu(&self) -> u32 {
-        self.cfg
-            .mtu
-            .unwrap_or(self.env.ext.mtu)
-            .saturating_sub(ENCAP_OVERHEAD)
+        self.devices
+            .iter()
+            .filter_map(|d| d.spec.mtu)
+            .min()
+            .unwrap_or_else(|| {
+                self.cfg
+                    .mtu
+                    .unwrap_or(self.env.ext.mtu)
+                    .saturating_sub(ENCAP_OVERHEAD)
+            })
     }
 
     /// Device names, watched by the daemon for deletion.
