@@ -64,6 +64,18 @@ pub fn kubeadm_pod_cidr(network: &str, i: usize) -> Result<Ipv4Net> {
         .ok_or_else(|| LabError::Invalid(format!("{network} has no /{len} number {i}")))
 }
 
+/// The IPv6 pod CIDR the allocator would give the `i`-th node: the `i`-th /64 of `network`.
+pub fn kubeadm_pod_cidr_v6(network: &str, i: usize) -> Result<ipnet::Ipv6Net> {
+    let net: ipnet::Ipv6Net = network
+        .parse()
+        .map_err(|e| LabError::Invalid(format!("IPv6 network {network:?}: {e}")))?;
+    let len = net.prefix_len().max(64);
+    net.subnets(len)
+        .ok()
+        .and_then(|mut s| s.nth(i))
+        .ok_or_else(|| LabError::Invalid(format!("{network} has no /{len} number {i}")))
+}
+
 /// A running emulator.
 #[derive(Debug)]
 pub struct KubeEmu {
@@ -283,8 +295,17 @@ pub fn start_cluster(lab: &Lab, bin_dir: &Path, spec: &crate::ClusterSpec) -> Re
         .map_err(|e| LabError::Invalid(format!("net-conf.json: {e}")))?;
     for (i, node) in lab.nodes().iter().enumerate() {
         let name = node_name(i);
-        let cidr = kubeadm_pod_cidr(&spec.network, i)?;
-        emu.create_node(&name, &[cidr.to_string()], IpAddr::V4(node.ip()))?;
+        let mut cidrs = vec![kubeadm_pod_cidr(&spec.network, i)?.to_string()];
+        // Dual-stack: kube-controller-manager gives each node a second, IPv6 podCIDR
+        // (--node-cidr-mask-size-ipv6 defaults to /64) from the IPv6 cluster CIDR.
+        if let Some(net6) = spec
+            .extra_config
+            .get("IPv6Network")
+            .and_then(|v| v.as_str())
+        {
+            cidrs.push(kubeadm_pod_cidr_v6(net6, i)?.to_string());
+        }
+        emu.create_node(&name, &cidrs, IpAddr::V4(node.ip()))?;
         let dir = node.dir();
         for (file, text) in [
             (

@@ -172,3 +172,30 @@ fn ipv6_masquerade_reaches_outside_host() {
         "conntrack shows SNAT to the node's v6 address: {ct}"
     );
 }
+
+/// Kubernetes mode with two podCIDRs per Node (as kube-controller-manager assigns them in a
+/// dual-stack cluster): both families converge, and the Node carries the v6 annotations.
+#[test]
+fn dual_stack_kube_mode() {
+    let mut s = spec("vxlan", true);
+    s.datastore = flannel_lab::Datastore::Kube;
+    let mut c = Cluster::start(s).expect("cluster");
+    add_pods(&mut c);
+    full(c.ping_matrix(), "IPv4");
+    full(c.ping_matrix_v6(), "IPv6");
+    let env = c.subnet_env(0).unwrap();
+    assert_eq!(
+        env.ipv6_subnet.unwrap().trunc().to_string(),
+        "fd00:10:244::/64"
+    );
+    let node = c.kube().expect("kube mode").node("n1").unwrap();
+    let ann = &node["metadata"]["annotations"];
+    assert_eq!(
+        ann["flannel.alpha.coreos.com/public-ipv6"], "fd00:198::1",
+        "{ann}"
+    );
+    let v6data = ann["flannel.alpha.coreos.com/backend-v6-data"]
+        .as_str()
+        .unwrap();
+    assert!(v6data.starts_with("{\"VNI\":1,\"VtepMAC\":\""), "{v6data}");
+}
