@@ -1,0 +1,144 @@
+//! Helpers shared by the lab integration tests: pod-to-pod pingers, kernel state of the
+//! vxlan device, and the state the peer leases in etcd call for.
+#![allow(dead_code)]
+
+use std::collections::BTreeSet;
+use std::process::{Command, Output};
+use std::thread::JoinHandle;
+
+use flannel_lab::cluster::{HEALTHZ_PORT, http_get};
+use flannel_lab::{Cluster, ClusterSpec, PodCni, run_ok};
+use flannel_types::LeaseAttrs;
+
+/// The three kinds of vxlan entries as iproute2 prints them, one set per kind.
+pub type EntrySets = (BTreeSet<String>, BTreeSet<String>, BTreeSet<String>);
+
+pub const PREFIX: &str = "/coreos.com/network/subnets";
+
+pub fn spec(nodes: usize) -> ClusterSpec {
+    ClusterSpec {
+        nodes,
+        pod_cni: PodCni::Bridge,
+        ..Default::default()
+    }
+}
+
+pub fn sh(c: &Cluster, node: usize, args: &[&str]) -> String {
+    run_ok(c.lab().node(node).netns(), args).expect("command in node")
+}
+
+/// Continuous ping from pod `from` to `to` every `interval_ms` for `count` probes.
+pub fn pinger(
+    c: &Cluster,
+    from: &str,
+    to: std::net::IpAddr,
+    interval_ms: u32,
+    count: u32,
+) -> JoinHandle<Output> {
+    let ns = c.lab().pod(from).unwrap().netns_name().to_string();
+    let interval = format!("{}", f64::from(interval_ms) / 1000.0);
+    std::thread::spawn(move || {
+        Command::new("ip")
+            .args([
+                "netns", "exec", &ns, "ping", "-n", "-q", "-i", &interval, "-W", "1",
+            ])
+            .args(["-c", &count.to_string(), &to.to_string()])
+            .output()
+            .expect("ping runs")
+    })
+}
+
+/// (transmitted, received) from ping's summary.
+pub fn ping_summary(out: &Output) -> (u32, u32) {
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.contains("packets transmitted"))
+        .unwrap_or_else(|| panic!("no ping summary in {text}"));
+    let nums: Vec<u32> = line
+        .split(',')
+        .filter_map(|p| p.split_whitespace().next()?.parse().ok())
+        .collect();
+    (nums[0], nums[1])
+}
+
+pub fn lease_key(c: &Cluster, node: usize) -> String {
+    let sn = c.subnet_env(node).unwrap().subnet.unwrap().trunc();
+    format!("{PREFIX}/{}-{}", sn.network(), sn.prefix_len())
+}
+
+/// The vxlan entries flannel.1 holds, as sorted text lines per kind.
+pub fn kernel_state(c: &Cluster, node: usize) -> EntrySets {
+    let routes = sh(c, node, &["ip", "route", "show", "proto", "70"])
+        .lines()
+        .map(|l| l.trim().to_string())
+        .collect();
+    let neigh = sh(
+        c,
+        node,
+        &[
+            "ip",
+            "neigh",
+            "show",
+            "dev",
+            "flannel.1",
+            "nud",
+            "permanent",
+        ],
+    )
+    .lines()
+    .map(|l| l.trim().to_string())
+    .collect();
+    let fdb = sh(c, node, &["bridge", "fdb", "show", "dev", "flannel.1"])
+        .lines()
+        .filter(|l| l.contains(" dst ") && !l.starts_with("00:00:00:00:00:00"))
+        .map(|l| l.trim().to_string())
+        .collect();
+    (routes, neigh, fdb)
+}
+
+/// What flannel.1 must hold for the peer leases currently in etcd (node `node` excluded).
+pub fn desired_state(c: &Cluster, node: usize) -> EntrySets {
+    let own = lease_key(c, node);
+    let listing = c
+        .etcd()
+        .etcdctl(["get", "--prefix", PREFIX])
+        .expect("etcd listing");
+    let lines: Vec<&str> = listing.lines().collect();
+    let (mut routes, mut neigh, mut fdb) = (BTreeSet::new(), BTreeSet::new(), BTreeSet::new());
+    for pair in lines.chunks(2) {
+        let [key, value] = pair else { continue };
+        if *key == own {
+            continue;
+        }
+        let sub = key.rsplit('/').next().unwrap();
+        let (ip, len) = sub.split_once('-').unwrap();
+        let attrs = LeaseAttrs::from_json(value).expect("lease JSON");
+        let data: serde_json::Value =
+            serde_json::from_str(attrs.backend_data.as_ref().unwrap().as_str()).unwrap();
+        let mac = data["VtepMAC"].as_str().unwrap().to_string();
+        routes.insert(format!("{ip}/{len} via {ip} dev flannel.1 onlink"));
+        neigh.insert(format!("{ip} lladdr {mac} PERMANENT"));
+        fdb.insert(format!("{mac} dst {} self permanent", attrs.public_ip));
+    }
+    (routes, neigh, fdb)
+}
+
+/// Normalises iproute2 output to the shapes `desired_state` writes.
+pub fn normalise(s: EntrySets) -> EntrySets {
+    let routes =
+        s.0.into_iter()
+            .map(|l| l.replace(" proto 70", ""))
+            .collect();
+    let neigh = s.1;
+    let fdb = s.2;
+    (routes, neigh, fdb)
+}
+
+pub fn ready(c: &Cluster, node: usize) -> Option<u16> {
+    c.lab()
+        .node(node)
+        .netns()
+        .in_thread(|| http_get(HEALTHZ_PORT, "/readyz").map(|r| r.0))
+        .unwrap()
+}
