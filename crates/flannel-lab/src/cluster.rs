@@ -74,6 +74,8 @@ pub struct ClusterSpec {
     /// Give the underlay IPv6 addresses (`fd00:198::K/64` on every node's eth0) so IPv6 and
     /// dual-stack configs (`EnableIPv6`/`IPv6Network` in `extra_config`) can run.
     pub ipv6: bool,
+    /// Extra underlay networks: `eth1`.. on every node (interface-selection tests).
+    pub extra_networks: u8,
     /// Serve /healthz, /readyz, /metrics on every node (port 8081 in each node namespace).
     pub healthz: bool,
     /// How pods are created.
@@ -100,6 +102,7 @@ impl Default for ClusterSpec {
             extra_args: Vec::new(),
             outside_host: false,
             ipv6: false,
+            extra_networks: 0,
             healthz: true,
             pod_cni: PodCni::Flannel,
             ready_timeout: Duration::from_secs(30),
@@ -222,6 +225,7 @@ impl Cluster {
             .nodes(spec.nodes)
             .outside_host(spec.outside_host)
             .ipv6(spec.ipv6)
+            .extra_networks(spec.extra_networks)
             .persist(spec.persist.clone())
             .build()?;
         on_phase(StartPhase::Datastore);

@@ -214,3 +214,57 @@ fn no_match_lists_every_attempt() {
     // The regex failure lists what was available, including our real interfaces.
     assert!(msg.contains("eth1:["), "{msg}");
 }
+
+/// The real binary: `FLANNELD_IFACE` picks the interface when `--iface` is absent, and the flag
+/// wins when both are given (upstream's precedence).
+#[test]
+fn flanneld_env_iface_and_flag_precedence() {
+    use flannel_lab::{Cluster, ClusterSpec, PodCni, wait_for};
+    use std::time::Duration;
+    let mut c = Cluster::start(ClusterSpec {
+        nodes: 1,
+        extra_networks: 1,
+        pod_cni: PodCni::Bridge,
+        ..Default::default()
+    })
+    .expect("cluster");
+    c.stop_flanneld(0).unwrap();
+    let base: Vec<String> = c
+        .flanneld_args(0)
+        .into_iter()
+        .filter(|a| a != "--iface=eth0")
+        .collect();
+    let bin = c.bin_dir().join("flanneld");
+    let run = |extra: &[&str]| {
+        let mut cmd = std::process::Command::new(&bin);
+        cmd.args(&base).args(extra).env("FLANNELD_IFACE", "eth1");
+        let child = c.lab().spawn_in(c.lab().node(0).netns(), cmd).unwrap();
+        let line = wait_for(
+            "interface log line",
+            Duration::from_secs(15),
+            Duration::from_millis(100),
+            || {
+                Ok::<_, String>(
+                    child
+                        .log()
+                        .lines()
+                        .find(|l| l.contains("Using interface with name"))
+                        .map(str::to_string),
+                )
+            },
+        )
+        .unwrap();
+        drop(child);
+        line
+    };
+    let by_env = run(&[]);
+    assert!(
+        by_env.contains("name eth1 and address 198.18.1.1"),
+        "{by_env}"
+    );
+    let by_flag = run(&["--iface=eth0"]);
+    assert!(
+        by_flag.contains("name eth0 and address 198.18.0.1"),
+        "{by_flag}"
+    );
+}
