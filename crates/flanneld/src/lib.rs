@@ -9,6 +9,7 @@ pub mod daemon;
 pub mod http;
 pub mod iface;
 pub mod logging;
+pub mod memory;
 pub mod metrics;
 pub mod notify;
 pub mod reconcile;
