@@ -679,7 +679,9 @@ pub async fn run<M: SubnetManager>(
             match result {
                 Ok(stats) => {
                     log_stats(&stats, start.elapsed(), why);
-                    if stats.added + stats.removed >= crate::memory::TRIM_AFTER_ENTRIES {
+                    if stats.added + stats.removed + stats.unchanged
+                        >= crate::memory::TRIM_AFTER_ENTRIES
+                    {
                         crate::memory::release_free_memory();
                     }
                     if stats.failed == 0
