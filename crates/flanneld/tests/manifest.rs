@@ -46,12 +46,16 @@ fn require_validator() {
 
 /// The manifest's documents as JSON, read by PyYAML (a dependency of kubernetes-validate).
 fn documents() -> Vec<Value> {
+    yaml_documents(&manifest_path())
+}
+
+fn yaml_documents(path: &Path) -> Vec<Value> {
     let out = Command::new("python3")
         .args([
             "-c",
             "import json,sys,yaml; print(json.dumps([d for d in yaml.safe_load_all(open(sys.argv[1])) if d]))",
         ])
-        .arg(manifest_path())
+        .arg(path)
         .output()
         .expect("python3 runs");
     assert!(
@@ -363,4 +367,28 @@ fn install_conf_copies_atomically() {
         std::fs::read_to_string(&dest).unwrap(),
         "{\"name\":\"cbr0\"}\n"
     );
+}
+
+/// The scrape patch points Prometheus at the port and path flanneld really serves metrics on.
+#[test]
+fn prometheus_scrape_patch_matches_the_daemonset() {
+    let docs = documents();
+    let ds = find(&docs, "DaemonSet");
+    let args = ds["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect::<Vec<_>>();
+    let port = args
+        .iter()
+        .find_map(|a| a.strip_prefix("--healthz-port="))
+        .expect("--healthz-port in the DaemonSet args");
+    let patch = yaml_documents(&repo().join("deploy/prometheus/daemonset-scrape-patch.yaml"));
+    let ann = &patch[0]["spec"]["template"]["metadata"]["annotations"];
+    assert_eq!(ann["prometheus.io/scrape"], "true");
+    assert_eq!(ann["prometheus.io/port"], port);
+    assert_eq!(ann["prometheus.io/path"], "/metrics");
+    let job = yaml_documents(&repo().join("deploy/prometheus/scrape-config.yaml"));
+    assert_eq!(job[0][0]["job_name"], "flannel");
 }
