@@ -642,6 +642,9 @@ impl VxlanBackend {
             })
         }));
         ops.extend(rp.upserts);
+        // The maps and diffs are only inputs to `ops`: free them before the batch is encoded
+        // and sent, which keeps the peak of a 5000-peer first pass a few MiB lower.
+        drop((neigh, fdb, routes, actual_neigh, actual_fdb, dn, df));
         if !ops.is_empty() {
             let report = self.env.nl.apply(&ops).await;
             tally(&ops, &report, "vxlan", &mut stats);
