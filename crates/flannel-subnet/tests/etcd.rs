@@ -716,7 +716,11 @@ fn watch_sees_add_update_and_delete_within_a_second() -> Result<()> {
                 assert_eq!(l.attrs, peer.attrs);
                 // Watched peers carry no expiration by design (see the watch module's
                 // doc): their TTL lives on the etcd lease, checked here instead.
-                ensure!(l.expiration.is_none(), "peer lease carries {:?}", l.expiration);
+                ensure!(
+                    l.expiration.is_none(),
+                    "peer lease carries {:?}",
+                    l.expiration
+                );
                 let ttl = ctx.timetolive(ctx.lease_of(&key_path(&peer.key()))?)?;
                 ensure!(ttl.contains("granted with TTL(86400s)"), "{ttl}");
             }

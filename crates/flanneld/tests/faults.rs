@@ -148,7 +148,7 @@ fn sigkill_loop_converges_exactly() {
 #[test]
 fn entries_removed_by_hand_are_repaired() {
     let c = Cluster::start(spec(3)).expect("cluster");
-    let before = kernel_state(&c, 0);
+    let before = wait_converged(&c, 0, Duration::from_secs(5));
     assert_eq!(before.0.len(), 2);
     let ns = c.lab().node(0).netns();
     run_ok(ns, ["ip", "route", "flush", "proto", "70"]).unwrap();

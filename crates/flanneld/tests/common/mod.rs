@@ -5,9 +5,10 @@
 use std::collections::BTreeSet;
 use std::process::{Command, Output};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use flannel_lab::cluster::{HEALTHZ_PORT, http_get};
-use flannel_lab::{Cluster, ClusterSpec, PodCni, run_ok};
+use flannel_lab::{Cluster, ClusterSpec, PodCni, run_ok, wait_for};
 use flannel_types::LeaseAttrs;
 
 /// The three kinds of vxlan entries as iproute2 prints them, one set per kind.
@@ -133,6 +134,26 @@ pub fn normalise(s: EntrySets) -> EntrySets {
     let neigh = s.1;
     let fdb = s.2;
     (routes, neigh, fdb)
+}
+
+/// Waits until node `node`'s flannel.1 holds exactly what the peer leases in etcd call for,
+/// and returns that state as iproute2 prints it. A node that is ready may still be learning
+/// of peers that became ready after it, so tests that compare against a baseline start here.
+pub fn wait_converged(c: &Cluster, node: usize, within: Duration) -> EntrySets {
+    let want = desired_state(c, node);
+    let mut last = None;
+    let found = wait_for(
+        "converged kernel state",
+        within,
+        Duration::from_millis(100),
+        || {
+            let have = kernel_state(c, node);
+            let done = normalise(have.clone()) == want;
+            last = Some(have.clone());
+            Ok::<_, String>(done.then_some(have))
+        },
+    );
+    found.unwrap_or_else(|e| panic!("{e}: want {want:?}, have {last:?}"))
 }
 
 pub fn ready(c: &Cluster, node: usize) -> Option<u16> {
