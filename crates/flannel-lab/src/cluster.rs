@@ -14,6 +14,7 @@ use flannel_types::subnet_env::CniSubnetEnv;
 use serde_json::{Value, json};
 
 use crate::cni::{self, CniCall, DEBIAN_CNI_DIR};
+use crate::command::wait_for;
 use crate::error::{LabError, Result};
 use crate::etcd::{Etcd, EtcdOptions};
 use crate::kube::{self, KubeEmu, KubeEmuOptions};
@@ -262,7 +263,64 @@ impl Cluster {
         for i in 0..c.spec.nodes {
             c.wait_ready(i)?;
         }
+        c.wait_mesh()?;
         Ok(c)
+    }
+
+    /// Waits until every node routes to every other node's pod subnet (vxlan and host-gw).
+    ///
+    /// Ready means subnet.env is written, which comes before a node has heard of the peers
+    /// that became ready after it; a test (or `flannel-lab up`) that sends traffic right away
+    /// would otherwise race the first reconcile. The udp backend keeps its peer table in
+    /// the daemon, not in routes, so it is not waited for here.
+    pub fn wait_mesh(&self) -> Result<()> {
+        if !matches!(self.spec.backend.as_str(), "vxlan" | "host-gw") {
+            return Ok(());
+        }
+        let mut subnets = Vec::new();
+        for i in 0..self.spec.nodes {
+            let env = self.subnet_env(i)?;
+            let own: Vec<String> = [env.subnet, env.ipv6_subnet]
+                .into_iter()
+                .flatten()
+                .map(|n| n.trunc().to_string())
+                .collect();
+            subnets.push(own);
+        }
+        for i in 0..self.spec.nodes {
+            let ns = self.lab.node(i).netns();
+            let want: Vec<&String> = subnets
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i)
+                .flat_map(|(_, s)| s)
+                .collect();
+            wait_for(
+                &format!("{} to route to every peer subnet", self.lab.node(i).name()),
+                self.spec.ready_timeout,
+                Duration::from_millis(50),
+                || -> Result<Option<()>> {
+                    let mut have = std::collections::BTreeSet::new();
+                    for family in ["-4", "-6"] {
+                        let out =
+                            crate::run_ok(ns, ["ip", family, "route", "show", "proto", "70"])?;
+                        have.extend(
+                            out.lines()
+                                .filter_map(|l| l.split_whitespace().next())
+                                .map(str::to_string),
+                        );
+                    }
+                    let missing: Vec<&&String> =
+                        want.iter().filter(|w| !have.contains(w.as_str())).collect();
+                    if missing.is_empty() {
+                        Ok(Some(()))
+                    } else {
+                        Err(LabError::Invalid(format!("no route yet to {missing:?}")))
+                    }
+                },
+            )?;
+        }
+        Ok(())
     }
 
     /// The lab underneath.

@@ -179,7 +179,8 @@ fn restart_keeps_traffic_subnet_and_mac() {
     let pinger = std::thread::spawn(move || {
         std::process::Command::new("ip")
             .args([
-                "netns", "exec", &pod_ns, "ping", "-n", "-q", "-i", "0.01", "-c", "500", "-W", "1",
+                "netns", "exec", &pod_ns, "ping", "-n", "-D", "-O", "-i", "0.01", "-c", "500",
+                "-W", "1",
             ])
             .arg(target.to_string())
             .output()
@@ -198,7 +199,18 @@ fn restart_keeps_traffic_subnet_and_mac() {
     let text = String::from_utf8_lossy(&out.stdout);
     let (sent, received) = ping_summary(&text);
     assert!(sent >= 450, "{text}");
-    assert_eq!(sent, received, "packets lost across restarts: {text}");
+    let lost: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("no answer yet"))
+        .collect();
+    assert_eq!(
+        sent,
+        received,
+        "packets lost across restarts: {lost:?}\n{}\nnode 0 log:\n{}\nnode 1 log:\n{}",
+        text.lines().last().unwrap_or_default(),
+        c.flanneld(0).map(|d| d.log()).unwrap_or_default(),
+        c.flanneld(1).map(|d| d.log()).unwrap_or_default()
+    );
     assert_eq!(c.subnet_env(0).unwrap().subnet, subnet_before);
     assert_eq!(flannel1_mac(&c, 0), mac_before);
     assert_eq!(flannel1_mac(&c, 1), peer_mac_before);
