@@ -742,7 +742,9 @@ fn watch_sees_add_update_and_delete_within_a_second() -> Result<()> {
         assert_eq!(updated.attrs.to_json(), new_value);
         assert_eq!(evs.len(), 1);
 
-        // delete: the Removed event carries the last known attributes.
+        // delete: the Removed event names the subnet (etcd's Delete carries no value); the
+        // daemon's LeaseSet reports the removal with the last known attributes.
+        let mut before = set.clone();
         ctx.ctl(&["del", &key])?;
         let t = Instant::now();
         let evs = feed_until(&mut rx, &mut set, WITHIN, |s, _| s.is_empty()).await?;
@@ -750,7 +752,10 @@ fn watch_sees_add_update_and_delete_within_a_second() -> Result<()> {
         match &evs[..] {
             [WatchEvent::Leases(LeaseEvent::Removed(l))] => {
                 assert_eq!(l.subnet, peer.subnet);
-                assert_eq!(l.attrs.to_json(), new_value);
+                match &before.apply(LeaseEvent::Removed(l.clone()))[..] {
+                    [LeaseEvent::Removed(r)] => assert_eq!(r.attrs.to_json(), new_value),
+                    other => bail!("LeaseSet reported {other:?}"),
+                }
             }
             other => bail!("expected one Removed, got {other:?}"),
         }

@@ -265,32 +265,28 @@ impl Peers {
         !changes.is_empty()
     }
 
-    /// Valid peers for the backend.
-    fn desired(&mut self, own: &Lease, env: &BackendEnv) -> Vec<Lease> {
-        let mut out = Vec::with_capacity(self.set.len());
+    /// Valid peers for the backend, borrowed from the set: a copy of 5000 leases would be
+    /// about 1 MiB on top of the reconcile's own peak.
+    ///
+    /// Warnings and the peer metrics are updated first, with `&mut self`, so that the list
+    /// itself only needs a shared borrow for the duration of the reconcile.
+    fn desired(&mut self, own: &Lease, env: &BackendEnv) -> Vec<&Lease> {
+        let problems = self.problems(own, env);
         let mut ignored = 0;
-        let valid: Vec<&Lease> = self
-            .set
-            .leases()
-            .filter(|l| peer_problem(l, own, env.network, env.ipv6_network).is_none())
-            .collect();
-        let conflicts = peer_conflicts(&valid, self.subnet_len, self.ipv6_subnet_len);
-        for l in self.set.leases() {
-            let problem = peer_problem(l, own, env.network, env.ipv6_network)
-                .or_else(|| conflicts.get(&l.key()).cloned());
-            match problem {
-                None => out.push(l.clone()),
-                Some(why) => {
-                    ignored += 1;
-                    if self.warned.get(&l.key()) != Some(&why) {
-                        warn!("ignoring peer lease {}: {why}", l.key());
-                        self.warned.insert(l.key(), why);
-                    }
-                }
+        for (key, why) in &problems {
+            ignored += 1;
+            if self.warned.get(key) != Some(why) {
+                warn!("ignoring peer lease {key}: {why}");
+                self.warned.insert(*key, why.clone());
             }
         }
         self.metrics.peers_ignored.set(ignored);
         self.metrics.peers.clear();
+        let out: Vec<&Lease> = self
+            .set
+            .leases()
+            .filter(|l| !problems.contains_key(&l.key()))
+            .collect();
         for l in &out {
             let kind = if l.attrs.backend_type.is_empty() {
                 "udp"
@@ -305,6 +301,25 @@ impl Peers {
                 .inc();
         }
         out
+    }
+
+    /// Why each unusable peer lease is left out: its own problem, or a conflict with another
+    /// valid peer.
+    fn problems(&self, own: &Lease, env: &BackendEnv) -> BTreeMap<SubnetKey, String> {
+        let valid: Vec<&Lease> = self
+            .set
+            .leases()
+            .filter(|l| peer_problem(l, own, env.network, env.ipv6_network).is_none())
+            .collect();
+        let conflicts = peer_conflicts(&valid, self.subnet_len, self.ipv6_subnet_len);
+        self.set
+            .leases()
+            .filter_map(|l| {
+                peer_problem(l, own, env.network, env.ipv6_network)
+                    .or_else(|| conflicts.get(&l.key()).cloned())
+                    .map(|why| (l.key(), why))
+            })
+            .collect()
     }
 }
 

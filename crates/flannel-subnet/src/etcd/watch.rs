@@ -2,8 +2,9 @@
 //!
 //! 1. List `<prefix>/subnets/` at revision R and send [`LeaseEvent::Snapshot`].
 //! 2. Watch the prefix from R+1 (with previous values); each Put becomes
-//!    [`LeaseEvent::Added`], each Delete [`LeaseEvent::Removed`] carrying the attributes we
-//!    last sent for that key.
+//!    [`LeaseEvent::Added`], each Delete [`LeaseEvent::Removed`] naming the subnet only (as
+//!    upstream's etcd events do): the daemon's `LeaseSet` holds the attributes, so the task
+//!    keeps just the set of reported keys instead of a second copy of every lease.
 //! 3. When the stream breaks (etcd restarted, connection lost, leader lost), watch again from
 //!    the revision after the last one seen, after a backoff of 100 ms doubling to 5 s, on a
 //!    fresh client connection. Nothing is missed: etcd replays the history since then.
@@ -23,12 +24,12 @@
 //!
 //! The task ends when the receiver is dropped, even while it waits on etcd.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::{Event, EventType, WatchOptions};
-use flannel_types::{Lease, LeaseEvent, NetConfig, SubnetKey};
+use flannel_types::{Lease, LeaseAttrs, LeaseEvent, NetConfig, SubnetKey};
 use tokio::sync::mpsc;
 
 use super::registry::{
@@ -69,7 +70,8 @@ pub fn spawn(setup: Setup) -> mpsc::Receiver<WatchEvent> {
         setup,
         tx,
         registry: None,
-        known: BTreeMap::new(),
+        known: BTreeSet::new(),
+        own_attrs: None,
         revoked: false,
         since: 0,
         backoff: INITIAL_BACKOFF,
@@ -101,8 +103,10 @@ struct Watcher {
     /// The task's own client (with require-leader), dropped after failures so the next
     /// attempt starts from a fresh connection.
     registry: Option<Registry>,
-    /// Every lease reported to the daemon and not removed since, by subnet.
-    known: BTreeMap<SubnetKey, Lease>,
+    /// The subnet of every lease reported to the daemon and not removed since.
+    known: BTreeSet<SubnetKey>,
+    /// The attributes our own key holds now, if it is reported (see [`Watcher::own_is_ours`]).
+    own_attrs: Option<LeaseAttrs>,
     revoked: bool,
     /// The revision to resume watching from.
     since: i64,
@@ -208,11 +212,11 @@ impl Watcher {
     }
 
     /// The lease an entry stands for, if it may be reported (our own key always may).
-    fn admit(&self, config: &NetConfig, entry: &Entry) -> Option<Lease> {
-        let attrs = match &entry.attrs {
-            Ok(a) => a.clone(),
+    fn admit(&self, config: &NetConfig, mut entry: Entry) -> Option<Lease> {
+        let attrs = match std::mem::replace(&mut entry.attrs, Err(String::new())) {
+            Ok(a) => a,
             Err(reason) => {
-                warn_bad_value(&self.setup.warned, entry, reason);
+                warn_bad_value(&self.setup.warned, &entry, &reason);
                 return None;
             }
         };
@@ -233,24 +237,41 @@ impl Watcher {
 
     /// Whether our key, as now stored, still belongs to us.
     fn own_is_ours(&self) -> bool {
-        self.known
-            .get(&self.own_key)
-            .is_some_and(|l| same_node(&l.attrs, &self.setup.own.attrs))
+        self.own_attrs
+            .as_ref()
+            .is_some_and(|a| same_node(a, &self.setup.own.attrs))
+    }
+
+    /// Forgets `key`; if it had been reported, tells the daemon it is gone.
+    async fn forget(&mut self, key: SubnetKey) -> Result<(), Gone> {
+        if key == self.own_key {
+            self.own_attrs = None;
+        }
+        if self.known.remove(&key) {
+            let gone = lease_for(key, LeaseAttrs::default(), None);
+            self.send(WatchEvent::Leases(LeaseEvent::Removed(gone)))
+                .await?;
+        }
+        Ok(())
     }
 
     async fn snapshot(&mut self, config: &NetConfig, listing: Listing) -> Result<(), Gone> {
         for bad in &listing.bad {
             warn_bad_key(&self.setup.warned, bad);
         }
-        let mut next = BTreeMap::new();
-        for entry in &listing.entries {
+        // One lease per subnet; a later entry for the same subnet wins, as in a map.
+        let revision = listing.revision;
+        let mut next: BTreeMap<SubnetKey, Lease> = BTreeMap::new();
+        for entry in listing.entries {
+            let key = entry.key;
             if let Some(lease) = self.admit(config, entry) {
-                next.insert(entry.key, lease);
+                next.insert(key, lease);
             }
         }
-        self.known = next;
-        self.since = listing.revision.saturating_add(1);
-        let leases = self.known.values().cloned().collect();
+        self.known = next.keys().copied().collect();
+        self.own_attrs = next.get(&self.own_key).map(|l| l.attrs.clone());
+        self.since = revision.saturating_add(1);
+        let leases = next.into_values().collect();
         self.send(WatchEvent::Leases(LeaseEvent::Snapshot(leases)))
             .await?;
         if !self.own_is_ours() {
@@ -325,31 +346,29 @@ impl Watcher {
                 let Ok(key) = self.setup.keys.parse_subnet(kv.key()) else {
                     return Ok(());
                 };
-                if let Some(old) = self.known.remove(&key) {
-                    self.send(WatchEvent::Leases(LeaseEvent::Removed(old)))
-                        .await?;
-                }
-                if key == self.own_key {
+                let own = key == self.own_key;
+                self.forget(key).await?;
+                if own {
                     self.revoke().await?;
                 }
             }
             EventType::Put => match parse_kv(&self.setup.keys, kv) {
                 Parsed::Bad(bad) => warn_bad_key(&self.setup.warned, &bad),
-                Parsed::Entry(entry) => match self.admit(config, &entry) {
-                    Some(lease) => {
-                        self.known.insert(entry.key, lease.clone());
+                Parsed::Entry(entry) => match (entry.key, self.admit(config, entry)) {
+                    (key, Some(lease)) => {
+                        self.known.insert(key);
+                        if key == self.own_key {
+                            self.own_attrs = Some(lease.attrs.clone());
+                        }
                         self.send(WatchEvent::Leases(LeaseEvent::Added(lease)))
                             .await?;
-                        if entry.key == self.own_key && !self.own_is_ours() {
+                        if key == self.own_key && !self.own_is_ours() {
                             self.revoke().await?;
                         }
                     }
-                    None => {
-                        if let Some(old) = self.known.remove(&entry.key) {
-                            self.send(WatchEvent::Leases(LeaseEvent::Removed(old)))
-                                .await?;
-                        }
-                        if entry.key == self.own_key {
+                    (key, None) => {
+                        self.forget(key).await?;
+                        if key == self.own_key {
                             self.revoke().await?;
                         }
                     }

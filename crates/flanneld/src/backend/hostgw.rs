@@ -73,7 +73,7 @@ impl HostGwBackend {
 
     /// The route each host-gw peer needs; peers of other backend types are ignored, as
     /// upstream does.
-    pub fn desired(&self, peers: &[Lease]) -> BTreeMap<IpNet, RouteTarget> {
+    pub fn desired(&self, peers: &[&Lease]) -> BTreeMap<IpNet, RouteTarget> {
         let oif = Some(self.env.ext.index);
         let mut out = BTreeMap::new();
         for p in peers.iter().filter(|p| p.attrs.backend_type == "host-gw") {
@@ -106,7 +106,7 @@ impl HostGwBackend {
     }
 
     /// Dumps, diffs and applies the peer routes.
-    pub async fn reconcile(&mut self, peers: &[Lease]) -> Result<ReconcileStats, BackendError> {
+    pub async fn reconcile(&mut self, peers: &[&Lease]) -> Result<ReconcileStats, BackendError> {
         let space = self.space();
         let desired = self.desired(peers);
         let actual = OwnedRoutes::load(&self.env.nl, &space).await?;

@@ -163,7 +163,7 @@ impl Backend {
     }
 
     /// Converges the kernel to the given peers (our own lease excluded by the caller).
-    pub async fn reconcile(&mut self, peers: &[Lease]) -> Result<ReconcileStats, BackendError> {
+    pub async fn reconcile(&mut self, peers: &[&Lease]) -> Result<ReconcileStats, BackendError> {
         match self {
             Backend::Vxlan(b) => b.reconcile(peers).await,
             Backend::HostGw(b) => b.reconcile(peers).await,

@@ -466,7 +466,7 @@ impl VxlanBackend {
     }
 
     /// Converges devices, neighbours, FDB entries and routes to the peer set.
-    pub async fn reconcile(&mut self, peers: &[Lease]) -> Result<ReconcileStats, BackendError> {
+    pub async fn reconcile(&mut self, peers: &[&Lease]) -> Result<ReconcileStats, BackendError> {
         // 1. The devices themselves: recreated if deleted or changed, address restored.
         for i in 0..self.devices.len() {
             let name = self.devices[i].spec.name.clone();

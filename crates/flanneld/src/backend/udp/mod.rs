@@ -320,7 +320,7 @@ impl UdpBackend {
 
     /// Builds the peer table for this peer set (see [`peer_table`]), warning once per skipped
     /// peer.
-    fn table_for(&mut self, peers: &[Lease]) -> PeerTable {
+    fn table_for(&mut self, peers: &[&Lease]) -> PeerTable {
         let (table, skipped) = peer_table(peers);
         for why in skipped {
             self.warn_once(why);
@@ -331,7 +331,7 @@ impl UdpBackend {
     /// Publishes the peer table to the data path, then checks device, address and route, and
     /// removes per-peer routes another backend left inside the network (they would shadow
     /// the network route).
-    pub async fn reconcile(&mut self, peers: &[Lease]) -> Result<ReconcileStats, BackendError> {
+    pub async fn reconcile(&mut self, peers: &[&Lease]) -> Result<ReconcileStats, BackendError> {
         let table = self.table_for(peers);
         let before: BTreeMap<Ipv4Net, Ipv4Addr> = self.table.snapshot().entries().collect();
         let after: BTreeMap<Ipv4Net, Ipv4Addr> = table.entries().collect();
@@ -409,7 +409,7 @@ fn ensure_accept_local() {
 ///
 /// udp leases carry no `BackendType`, and upstream programs every lease it sees. A lease that
 /// names another backend cannot answer on the udp port, so it is skipped with a reason.
-pub fn peer_table(peers: &[Lease]) -> (PeerTable, Vec<String>) {
+pub fn peer_table(peers: &[&Lease]) -> (PeerTable, Vec<String>) {
     let mut entries = Vec::with_capacity(peers.len());
     let mut skipped = Vec::new();
     for p in peers {
@@ -500,7 +500,7 @@ mod tests {
             lease("10.244.3.0/24", "198.18.0.3", "udp"),
             lease("10.244.4.0/24", "198.18.0.4", "vxlan"),
         ];
-        let (t, skipped) = peer_table(&peers);
+        let (t, skipped) = peer_table(&peers.iter().collect::<Vec<_>>());
         assert_eq!(t.len(), 2);
         assert_eq!(
             t.lookup("10.244.2.9".parse().unwrap()),
