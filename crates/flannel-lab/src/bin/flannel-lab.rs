@@ -335,7 +335,7 @@ fn build(
             DatastoreArg::Kube => "Kubernetes API emulator + Node objects + net-conf.json",
         }),
         StartPhase::Flanneld => progress.step(format!(
-            "flanneld on {nodes} nodes ({backend}), until ready"
+            "flanneld on {nodes} nodes ({backend}), until ready and routed"
         )),
     })
     .context("starting the cluster")?;
