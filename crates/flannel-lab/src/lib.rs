@@ -59,8 +59,8 @@ pub use lab::{
     Interface, Lab, LabBuilder, Node, Persist, Underlay, parse_net, underlay_ipv4, underlay_ipv6,
 };
 pub use netns::{
-    DETACHED_PREFIX, NAME_PREFIX, NETNS_DIR, Netns, TEMP_PREFIX, netns_exists, netns_with_prefix,
-    reap_stale,
+    DETACHED_PREFIX, NAME_PREFIX, NETNS_DIR, Netns, TEMP_PREFIX, in_fresh_netns, netns_exists,
+    netns_with_prefix, reap_stale,
 };
 pub use ping::ping;
 pub use pod::{Pod, PodNetwork};

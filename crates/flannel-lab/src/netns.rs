@@ -303,6 +303,20 @@ impl Drop for Netns {
     }
 }
 
+/// Runs `f` on a thread inside a fresh namespace (`lo` up) that is deleted afterwards, also
+/// when `f` panics (the panic is propagated).
+///
+/// For tests whose servers only need loopback (an in-process API emulator, an HTTP endpoint):
+/// their sockets then live on the namespace's own `127.0.0.1`, never on the host's.
+pub fn in_fresh_netns<T, F>(role: &str, f: F) -> Result<T>
+where
+    T: Send,
+    F: FnOnce() -> T + Send,
+{
+    let ns = Netns::new(role)?;
+    ns.in_thread(f)
+}
+
 /// Whether a namespace of that name is currently mounted under [`NETNS_DIR`].
 ///
 /// Tests use it to assert cleanup.

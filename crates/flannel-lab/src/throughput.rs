@@ -159,10 +159,15 @@ mod tests {
 
     #[test]
     fn listening_reads_own_sockets() {
-        let l = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
-        let port = l.local_addr().unwrap().port();
-        assert!(listening(std::process::id(), port));
-        drop(l);
-        assert!(!listening(std::process::id(), port));
+        // In a namespace of its own; /proc/<tid>/net shows the calling thread's namespace.
+        crate::in_fresh_netns("listen", || {
+            let tid = nix::unistd::gettid().as_raw() as u32;
+            let l = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
+            let port = l.local_addr().unwrap().port();
+            assert!(listening(tid, port));
+            drop(l);
+            assert!(!listening(tid, port));
+        })
+        .unwrap();
     }
 }

@@ -21,6 +21,23 @@ use tokio::sync::mpsc;
 
 const NET_CONF: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#;
 
+/// Runs an async test body on a current-thread runtime inside a fresh network namespace, so
+/// the emulator listens on that namespace's loopback and never on the host's.
+fn in_netns<F, Fut>(role: &str, body: F)
+where
+    F: FnOnce() -> Fut + Send,
+    Fut: std::future::Future<Output = ()>,
+{
+    flannel_lab::in_fresh_netns(role, || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("tokio runtime")
+            .block_on(body())
+    })
+    .expect("test namespace");
+}
+
 struct Env {
     emu: Emulator,
     server: Server,
@@ -84,265 +101,278 @@ fn config() -> NetConfig {
     NetConfig::parse(NET_CONF).unwrap()
 }
 
-#[tokio::test]
-async fn acquire_writes_upstream_annotations_once_and_completes() {
-    let e = env(EmuConfig::default()).await;
-    e.emu.add_node("n1", &["10.244.0.0/24"], json!({})).unwrap();
-    let m = e.manager().await;
-    assert_eq!(m.name(), "Kubernetes Subnet Manager - n1");
-    assert_eq!(m.stored_attrs(None).await.unwrap(), None);
+#[test]
+fn acquire_writes_upstream_annotations_once_and_completes() {
+    in_netns("kube", || async {
+        let e = env(EmuConfig::default()).await;
+        e.emu.add_node("n1", &["10.244.0.0/24"], json!({})).unwrap();
+        let m = e.manager().await;
+        assert_eq!(m.name(), "Kubernetes Subnet Manager - n1");
+        assert_eq!(m.stored_attrs(None).await.unwrap(), None);
 
-    let attrs = vxlan_attrs("198.18.0.1", "aa:bb:cc:00:00:01");
-    let lease = m.acquire_lease(&config(), &attrs).await.unwrap();
-    assert_eq!(lease.subnet.unwrap().to_string(), "10.244.0.0/24");
-    assert_eq!(lease.ipv6_subnet, None);
-    assert_eq!(lease.expiration, None);
-    let node = e.emu.node("n1").unwrap();
-    assert_eq!(
-        node["metadata"]["annotations"],
-        json!({
-            "flannel.alpha.coreos.com/backend-data": "{\"VNI\":1,\"VtepMAC\":\"aa:bb:cc:00:00:01\"}",
-            "flannel.alpha.coreos.com/backend-type": "vxlan",
-            "flannel.alpha.coreos.com/kube-subnet-manager": "true",
-            "flannel.alpha.coreos.com/public-ip": "198.18.0.1"
-        })
-    );
+        let attrs = vxlan_attrs("198.18.0.1", "aa:bb:cc:00:00:01");
+        let lease = m.acquire_lease(&config(), &attrs).await.unwrap();
+        assert_eq!(lease.subnet.unwrap().to_string(), "10.244.0.0/24");
+        assert_eq!(lease.ipv6_subnet, None);
+        assert_eq!(lease.expiration, None);
+        let node = e.emu.node("n1").unwrap();
+        assert_eq!(
+            node["metadata"]["annotations"],
+            json!({
+                "flannel.alpha.coreos.com/backend-data": "{\"VNI\":1,\"VtepMAC\":\"aa:bb:cc:00:00:01\"}",
+                "flannel.alpha.coreos.com/backend-type": "vxlan",
+                "flannel.alpha.coreos.com/kube-subnet-manager": "true",
+                "flannel.alpha.coreos.com/public-ip": "198.18.0.1"
+            })
+        );
 
-    // A second acquisition with the same attributes writes nothing.
-    let rv = e.emu.resource_version();
-    m.acquire_lease(&config(), &attrs).await.unwrap();
-    assert_eq!(e.emu.resource_version(), rv);
+        // A second acquisition with the same attributes writes nothing.
+        let rv = e.emu.resource_version();
+        m.acquire_lease(&config(), &attrs).await.unwrap();
+        assert_eq!(e.emu.resource_version(), rv);
 
-    // The stored attributes give the VtepMAC back after a restart.
-    let stored = m.stored_attrs(None).await.unwrap().unwrap();
-    assert_eq!(stored.backend_data, attrs.backend_data);
+        // The stored attributes give the VtepMAC back after a restart.
+        let stored = m.stored_attrs(None).await.unwrap().unwrap();
+        assert_eq!(stored.backend_data, attrs.backend_data);
 
-    // NetworkUnavailable=False is merged by type next to the kubelet's Ready condition.
-    m.complete_lease(&lease).await.unwrap();
-    let conds = e.emu.node("n1").unwrap()["status"]["conditions"].clone();
-    let by_type: BTreeMap<String, Value> = conds
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| (c["type"].as_str().unwrap().to_string(), c.clone()))
-        .collect();
-    assert_eq!(by_type["Ready"]["status"], "True");
-    let nu = &by_type["NetworkUnavailable"];
-    assert_eq!(nu["status"], "False");
-    assert_eq!(nu["reason"], "FlannelIsUp");
-    assert_eq!(nu["message"], "Flannel is running on this node");
-    assert!(nu["lastTransitionTime"].as_str().unwrap().ends_with('Z'));
-    assert!(nu["lastHeartbeatTime"].is_string());
-    assert!(matches!(
-        m.renew_lease(&lease).await,
-        Err(SubnetError::Unsupported(_))
-    ));
+        // NetworkUnavailable=False is merged by type next to the kubelet's Ready condition.
+        m.complete_lease(&lease).await.unwrap();
+        let conds = e.emu.node("n1").unwrap()["status"]["conditions"].clone();
+        let by_type: BTreeMap<String, Value> = conds
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| (c["type"].as_str().unwrap().to_string(), c.clone()))
+            .collect();
+        assert_eq!(by_type["Ready"]["status"], "True");
+        let nu = &by_type["NetworkUnavailable"];
+        assert_eq!(nu["status"], "False");
+        assert_eq!(nu["reason"], "FlannelIsUp");
+        assert_eq!(nu["message"], "Flannel is running on this node");
+        assert!(nu["lastTransitionTime"].as_str().unwrap().ends_with('Z'));
+        assert!(nu["lastHeartbeatTime"].is_string());
+        assert!(matches!(
+            m.renew_lease(&lease).await,
+            Err(SubnetError::Unsupported(_))
+        ));
+    });
 }
 
-#[tokio::test]
-async fn network_unavailable_can_be_left_alone() {
-    let e = env(EmuConfig::default()).await;
-    e.emu.add_node("n1", &["10.244.0.0/24"], json!({})).unwrap();
-    let mut opts = e.opts();
-    opts.set_node_network_unavailable = false;
-    let m = KubeManager::connect(opts).await.unwrap();
-    let lease = m
-        .acquire_lease(&config(), &vxlan_attrs("198.18.0.1", "aa:bb:cc:00:00:01"))
-        .await
-        .unwrap();
-    let rv = e.emu.resource_version();
-    m.complete_lease(&lease).await.unwrap();
-    assert_eq!(e.emu.resource_version(), rv);
+#[test]
+fn network_unavailable_can_be_left_alone() {
+    in_netns("kube", || async {
+        let e = env(EmuConfig::default()).await;
+        e.emu.add_node("n1", &["10.244.0.0/24"], json!({})).unwrap();
+        let mut opts = e.opts();
+        opts.set_node_network_unavailable = false;
+        let m = KubeManager::connect(opts).await.unwrap();
+        let lease = m
+            .acquire_lease(&config(), &vxlan_attrs("198.18.0.1", "aa:bb:cc:00:00:01"))
+            .await
+            .unwrap();
+        let rv = e.emu.resource_version();
+        m.complete_lease(&lease).await.unwrap();
+        assert_eq!(e.emu.resource_version(), rv);
+    });
 }
 
-#[tokio::test]
-async fn overwrite_and_node_public_ip_annotations() {
-    let e = env(EmuConfig::default()).await;
-    let k = keys();
-    e.emu
-        .add_node(
-            "n1",
-            &["10.244.0.0/24"],
-            json!({ k.public_ip_overwrite.clone(): "203.0.113.7", k.node_public_ip.clone(): "198.18.0.9" }),
-        )
-        .unwrap();
-    let m = e.manager().await;
-    assert_eq!(
-        m.public_ip_overrides().await.unwrap(),
-        (Some("198.18.0.9".into()), None)
-    );
-    m.acquire_lease(&config(), &vxlan_attrs("198.18.0.1", "aa:bb:cc:00:00:01"))
-        .await
-        .unwrap();
-    let node = e.emu.node("n1").unwrap();
-    assert_eq!(node["metadata"]["annotations"][&k.public_ip], "203.0.113.7");
-}
-
-#[tokio::test]
-async fn acquire_errors_read_as_upstream() {
-    let e = env(EmuConfig::default()).await;
-    let m = e.manager().await;
-    let attrs = vxlan_attrs("198.18.0.1", "aa:bb:cc:00:00:01");
-    // No Node object yet: a datastore error (the daemon retries).
-    match m.acquire_lease(&config(), &attrs).await {
-        Err(SubnetError::Datastore { operation, reason }) => {
-            assert!(operation.contains("n1"), "{operation}");
-            assert!(reason.contains("not found"), "{reason}");
-        }
-        other => panic!("expected a datastore error, got {other:?}"),
-    }
-    e.emu.add_node("n1", &[], json!({})).unwrap();
-    let err = m.acquire_lease(&config(), &attrs).await.unwrap_err();
-    assert_eq!(err.to_string(), r#"node "n1" pod cidr not assigned"#);
-    assert!(matches!(err, SubnetError::LeaseRejected(_)));
-    // Nothing was written for a rejected node.
-    assert_eq!(
-        e.emu.node("n1").unwrap()["metadata"]["annotations"],
-        json!({})
-    );
-
-    e.emu
-        .patch_node(
-            "n1",
-            &json!({"spec":{"podCIDR":"10.96.0.0/24"}}),
-            PatchType::Merge,
-            Subresource::Main,
-        )
-        .unwrap();
-    assert_eq!(
-        m.acquire_lease(&config(), &attrs)
-            .await
-            .unwrap_err()
-            .to_string(),
-        r#"subnet "10.244.0.0/16" specified in the flannel net config doesn't contain "10.96.0.0/24" PodCIDR of the "n1" node"#
-    );
-    e.emu
-        .force_pod_cidrs("n1", &["10.244.0.0/24", "fd00::/64", "10.244.9.0/24"])
-        .unwrap();
-    assert_eq!(
-        m.acquire_lease(&config(), &attrs)
-            .await
-            .unwrap_err()
-            .to_string(),
-        r#"node "n1" pod cidrs should be IPv4/IPv6 only or dualstack"#
-    );
-}
-
-#[tokio::test]
-async fn start_up_errors_read_as_upstream() {
-    let e = env(EmuConfig::default()).await;
-    let mut o = e.opts();
-    o.node_name = None;
-    let err = KubeManager::connect(o.clone()).await.unwrap_err();
-    assert_eq!(
-        err.to_string(),
-        "env variables POD_NAME and POD_NAMESPACE must be set"
-    );
-
-    o.pod_name = Some("kube-flannel-ds-abcde".into());
-    o.pod_namespace = Some("kube-flannel".into());
-    let err = KubeManager::connect(o.clone()).await.unwrap_err();
-    assert!(
-        err.to_string()
-            .starts_with("error retrieving pod spec for 'kube-flannel/kube-flannel-ds-abcde': "),
-        "{err}"
-    );
-
-    e.emu
-        .create_pod(
-            "kube-flannel",
-            json!({"metadata":{"name":"kube-flannel-ds-abcde"},"spec":{"containers":[]}}),
-        )
-        .unwrap();
-    let err = KubeManager::connect(o.clone()).await.unwrap_err();
-    assert_eq!(
-        err.to_string(),
-        "node name not present in pod spec 'kube-flannel/kube-flannel-ds-abcde'"
-    );
-    e.emu
-        .create_pod(
-            "kube-flannel",
-            json!({"metadata":{"name":"kube-flannel-ds-xyz"},"spec":{"nodeName":"n7","containers":[]}}),
-        )
-        .unwrap();
-    o.pod_name = Some("kube-flannel-ds-xyz".into());
-    let m = KubeManager::connect(o.clone()).await.unwrap();
-    assert_eq!(m.node_name(), "n7");
-
-    let mut bad = e.opts();
-    bad.net_config_path = e.dir.path().join("missing.json");
-    let err = KubeManager::connect(bad).await.unwrap_err();
-    assert!(matches!(err, KubeError::ReadNetConf(_)));
-    assert!(
-        err.to_string().starts_with("failed to read net conf: "),
-        "{err}"
-    );
-    std::fs::write(e.dir.path().join("bad.json"), "{").unwrap();
-    let mut bad = e.opts();
-    bad.net_config_path = e.dir.path().join("bad.json");
-    assert!(
-        KubeManager::connect(bad)
-            .await
-            .unwrap_err()
-            .to_string()
-            .starts_with("error parsing subnet config: ")
-    );
-    let mut bad = e.opts();
-    bad.annotation_prefix = "a/b/c".into();
-    assert_eq!(
-        KubeManager::connect(bad).await.unwrap_err().to_string(),
-        "error creating network manager: subnet/kube: prefix can contain at most single slash"
-    );
-    let mut bad = e.opts();
-    bad.event_queue_depth = Some("lots".into());
-    assert!(
-        KubeManager::connect(bad)
-            .await
-            .unwrap_err()
-            .to_string()
-            .starts_with(
-                "error creating network manager: env EVENT_QUEUE_DEPTH=lots format error: "
+#[test]
+fn overwrite_and_node_public_ip_annotations() {
+    in_netns("kube", || async {
+        let e = env(EmuConfig::default()).await;
+        let k = keys();
+        e.emu
+            .add_node(
+                "n1",
+                &["10.244.0.0/24"],
+                json!({ k.public_ip_overwrite.clone(): "203.0.113.7", k.node_public_ip.clone(): "198.18.0.9" }),
             )
-    );
-    let mut bad = e.opts();
-    bad.api_url = "http://[::1".into();
-    assert!(
-        KubeManager::connect(bad)
+            .unwrap();
+        let m = e.manager().await;
+        assert_eq!(
+            m.public_ip_overrides().await.unwrap(),
+            (Some("198.18.0.9".into()), None)
+        );
+        m.acquire_lease(&config(), &vxlan_attrs("198.18.0.1", "aa:bb:cc:00:00:01"))
             .await
-            .unwrap_err()
-            .to_string()
-            .starts_with("fail to create kubernetes config: ")
-    );
+            .unwrap();
+        let node = e.emu.node("n1").unwrap();
+        assert_eq!(node["metadata"]["annotations"][&k.public_ip], "203.0.113.7");
+    });
 }
 
-#[tokio::test]
-async fn kubeconfig_file_is_honoured_and_api_url_overrides_it() {
-    let e = env(EmuConfig::default()).await;
-    e.emu.add_node("n1", &["10.244.0.0/24"], json!({})).unwrap();
-    let kc = e.dir.path().join("kubeconfig");
-    let write = |server: &str| {
-        std::fs::write(
-            &kc,
-            format!(
-                "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {server}\ncontexts:\n- name: c\n  context:\n    cluster: c\n    user: u\ncurrent-context: c\nusers:\n- name: u\n  user: {{}}\n"
+#[test]
+fn acquire_errors_read_as_upstream() {
+    in_netns("kube", || async {
+        let e = env(EmuConfig::default()).await;
+        let m = e.manager().await;
+        let attrs = vxlan_attrs("198.18.0.1", "aa:bb:cc:00:00:01");
+        // No Node object yet: a datastore error (the daemon retries).
+        match m.acquire_lease(&config(), &attrs).await {
+            Err(SubnetError::Datastore { operation, reason }) => {
+                assert!(operation.contains("n1"), "{operation}");
+                assert!(reason.contains("not found"), "{reason}");
+            }
+            other => panic!("expected a datastore error, got {other:?}"),
+        }
+        e.emu.add_node("n1", &[], json!({})).unwrap();
+        let err = m.acquire_lease(&config(), &attrs).await.unwrap_err();
+        assert_eq!(err.to_string(), r#"node "n1" pod cidr not assigned"#);
+        assert!(matches!(err, SubnetError::LeaseRejected(_)));
+        // Nothing was written for a rejected node.
+        assert_eq!(
+            e.emu.node("n1").unwrap()["metadata"]["annotations"],
+            json!({})
+        );
+
+        e.emu
+            .patch_node(
+                "n1",
+                &json!({"spec":{"podCIDR":"10.96.0.0/24"}}),
+                PatchType::Merge,
+                Subresource::Main,
+            )
+            .unwrap();
+        assert_eq!(
+            m.acquire_lease(&config(), &attrs)
+                .await
+                .unwrap_err()
+                .to_string(),
+            r#"subnet "10.244.0.0/16" specified in the flannel net config doesn't contain "10.96.0.0/24" PodCIDR of the "n1" node"#
+        );
+        e.emu
+            .force_pod_cidrs("n1", &["10.244.0.0/24", "fd00::/64", "10.244.9.0/24"])
+            .unwrap();
+        assert_eq!(
+            m.acquire_lease(&config(), &attrs)
+                .await
+                .unwrap_err()
+                .to_string(),
+            r#"node "n1" pod cidrs should be IPv4/IPv6 only or dualstack"#
+        );
+    });
+}
+
+#[test]
+fn start_up_errors_read_as_upstream() {
+    in_netns("kube", || async {
+        let e = env(EmuConfig::default()).await;
+        let mut o = e.opts();
+        o.node_name = None;
+        let err = KubeManager::connect(o.clone()).await.unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "env variables POD_NAME and POD_NAMESPACE must be set"
+        );
+
+        o.pod_name = Some("kube-flannel-ds-abcde".into());
+        o.pod_namespace = Some("kube-flannel".into());
+        let err = KubeManager::connect(o.clone()).await.unwrap_err();
+        assert!(
+            err.to_string().starts_with(
+                "error retrieving pod spec for 'kube-flannel/kube-flannel-ds-abcde': "
             ),
-        )
-        .unwrap()
-    };
-    write(&e.server.url());
-    let mut o = e.opts();
-    o.api_url = String::new();
-    o.kubeconfig = kc.display().to_string();
-    let m = KubeManager::connect(o.clone()).await.unwrap();
-    assert!(m.network_config().await.is_ok());
-    m.acquire_lease(&config(), &vxlan_attrs("198.18.0.1", "aa:bb:cc:00:00:01"))
-        .await
-        .unwrap();
-    // A kubeconfig naming an unreachable server works when --kube-api-url points elsewhere.
-    write("http://127.0.0.1:9");
-    o.api_url = e.server.url();
-    let m = KubeManager::connect(o).await.unwrap();
-    assert!(m.stored_attrs(None).await.unwrap().is_some());
+            "{err}"
+        );
+
+        e.emu
+            .create_pod(
+                "kube-flannel",
+                json!({"metadata":{"name":"kube-flannel-ds-abcde"},"spec":{"containers":[]}}),
+            )
+            .unwrap();
+        let err = KubeManager::connect(o.clone()).await.unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "node name not present in pod spec 'kube-flannel/kube-flannel-ds-abcde'"
+        );
+        e.emu
+            .create_pod(
+                "kube-flannel",
+                json!({"metadata":{"name":"kube-flannel-ds-xyz"},"spec":{"nodeName":"n7","containers":[]}}),
+            )
+            .unwrap();
+        o.pod_name = Some("kube-flannel-ds-xyz".into());
+        let m = KubeManager::connect(o.clone()).await.unwrap();
+        assert_eq!(m.node_name(), "n7");
+
+        let mut bad = e.opts();
+        bad.net_config_path = e.dir.path().join("missing.json");
+        let err = KubeManager::connect(bad).await.unwrap_err();
+        assert!(matches!(err, KubeError::ReadNetConf(_)));
+        assert!(
+            err.to_string().starts_with("failed to read net conf: "),
+            "{err}"
+        );
+        std::fs::write(e.dir.path().join("bad.json"), "{").unwrap();
+        let mut bad = e.opts();
+        bad.net_config_path = e.dir.path().join("bad.json");
+        assert!(
+            KubeManager::connect(bad)
+                .await
+                .unwrap_err()
+                .to_string()
+                .starts_with("error parsing subnet config: ")
+        );
+        let mut bad = e.opts();
+        bad.annotation_prefix = "a/b/c".into();
+        assert_eq!(
+            KubeManager::connect(bad).await.unwrap_err().to_string(),
+            "error creating network manager: subnet/kube: prefix can contain at most single slash"
+        );
+        let mut bad = e.opts();
+        bad.event_queue_depth = Some("lots".into());
+        assert!(
+            KubeManager::connect(bad)
+                .await
+                .unwrap_err()
+                .to_string()
+                .starts_with(
+                    "error creating network manager: env EVENT_QUEUE_DEPTH=lots format error: "
+                )
+        );
+        let mut bad = e.opts();
+        bad.api_url = "http://[::1".into();
+        assert!(
+            KubeManager::connect(bad)
+                .await
+                .unwrap_err()
+                .to_string()
+                .starts_with("fail to create kubernetes config: ")
+        );
+    });
+}
+
+#[test]
+fn kubeconfig_file_is_honoured_and_api_url_overrides_it() {
+    in_netns("kube", || async {
+        let e = env(EmuConfig::default()).await;
+        e.emu.add_node("n1", &["10.244.0.0/24"], json!({})).unwrap();
+        let kc = e.dir.path().join("kubeconfig");
+        let write = |server: &str| {
+            std::fs::write(
+                &kc,
+                format!(
+                    "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {server}\ncontexts:\n- name: c\n  context:\n    cluster: c\n    user: u\ncurrent-context: c\nusers:\n- name: u\n  user: {{}}\n"
+                ),
+            )
+            .unwrap()
+        };
+        write(&e.server.url());
+        let mut o = e.opts();
+        o.api_url = String::new();
+        o.kubeconfig = kc.display().to_string();
+        let m = KubeManager::connect(o.clone()).await.unwrap();
+        assert!(m.network_config().await.is_ok());
+        m.acquire_lease(&config(), &vxlan_attrs("198.18.0.1", "aa:bb:cc:00:00:01"))
+            .await
+            .unwrap();
+        // A kubeconfig naming an unreachable server works when --kube-api-url points elsewhere.
+        write("http://127.0.0.1:9");
+        o.api_url = e.server.url();
+        let m = KubeManager::connect(o).await.unwrap();
+        assert!(m.stored_attrs(None).await.unwrap().is_some());
+    });
 }
 
 // ---- the node watch ----------------------------------------------------------------------
@@ -448,262 +478,266 @@ fn mac(i: u32) -> String {
     format!("aa:bb:cc:00:{:02x}:{:02x}", i / 256, i % 256)
 }
 
-#[tokio::test]
-async fn watch_survives_drops_and_410_without_losing_or_duplicating_peers() {
-    // A history of 3 changes: resuming after a few writes needs a re-list.
-    let e = env(EmuConfig {
-        history: 3,
-        bookmark_interval: Duration::from_millis(100),
-    })
-    .await;
-    e.emu
-        .add_node(
-            "n1",
-            &["10.244.0.0/24"],
-            flannel_annotations("198.18.0.1", &mac(1)),
+#[test]
+fn watch_survives_drops_and_410_without_losing_or_duplicating_peers() {
+    in_netns("kube", || async {
+        // A history of 3 changes: resuming after a few writes needs a re-list.
+        let e = env(EmuConfig {
+            history: 3,
+            bookmark_interval: Duration::from_millis(100),
+        })
+        .await;
+        e.emu
+            .add_node(
+                "n1",
+                &["10.244.0.0/24"],
+                flannel_annotations("198.18.0.1", &mac(1)),
+            )
+            .unwrap();
+        for i in 2..=5u32 {
+            e.emu
+                .add_node(
+                    &format!("n{i}"),
+                    &[&format!("10.244.{}.0/24", i - 1)],
+                    flannel_annotations(&format!("198.18.0.{i}"), &mac(i)),
+                )
+                .unwrap();
+        }
+        // Nodes flannel must ignore: not managed, and managed but without a podCIDR.
+        e.emu
+            .add_node("plain", &["10.244.50.0/24"], json!({}))
+            .unwrap();
+        e.emu
+            .add_node("nocidr", &[], flannel_annotations("198.18.0.60", &mac(60)))
+            .unwrap();
+
+        let m = e.manager().await;
+        let own = m
+            .acquire_lease(&config(), &vxlan_attrs("198.18.0.1", &mac(1)))
+            .await
+            .unwrap();
+        let mut rx = m.watch_leases(&own);
+        let mut set = LeaseSet::new(Some(own.clone()));
+        let first = rx.recv().await.unwrap();
+        assert!(
+            matches!(&first, WatchEvent::Leases(LeaseEvent::Snapshot(l)) if l.len() == 5),
+            "the first event is a snapshot of all 5 flannel nodes (own included): {first:?}"
+        );
+        if let WatchEvent::Leases(ev) = first {
+            set.apply(ev);
+        }
+        converge(&mut rx, &mut set, &truth(&e.emu, "n1"), "initial list").await;
+        assert_eq!(set.len(), 4);
+
+        let mut next_node = 6u32;
+        for round in 0..4 {
+            // Changes while the watch is healthy.
+            let name = format!("n{next_node}");
+            e.emu
+                .add_node(
+                    &name,
+                    &[&format!("10.244.{}.0/24", next_node - 1)],
+                    flannel_annotations(&format!("198.18.0.{next_node}"), &mac(next_node)),
+                )
+                .unwrap();
+            next_node += 1;
+            converge(&mut rx, &mut set, &truth(&e.emu, "n1"), "node added").await;
+            e.emu
+                .patch_node(
+                    "n2",
+                    &json!({"metadata":{"annotations":{keys().backend_data: format!(r#"{{"VNI":1,"VtepMAC":"{}"}}"#, mac(200 + round))}}}),
+                    PatchType::Strategic,
+                    Subresource::Status,
+                )
+                .unwrap();
+            converge(
+                &mut rx,
+                &mut set,
+                &truth(&e.emu, "n1"),
+                "backend data changed",
+            )
+            .await;
+
+            // A dropped connection, with changes made while the client is away: more than the
+            // history holds on even rounds, so those resume attempts get 410 and re-list.
+            watch_open(&e.emu).await;
+            let before = e.emu.stats();
+            e.emu.drop_watches();
+            let victim = format!("n{}", next_node - 1);
+            e.emu.delete_node(&victim).unwrap();
+            if round % 2 == 0 {
+                for j in 0..4u32 {
+                    e.emu
+                        .patch_node(
+                            "plain",
+                            &json!({"metadata":{"labels":{"round": format!("{round}-{j}")}}}),
+                            PatchType::Merge,
+                            Subresource::Main,
+                        )
+                        .unwrap();
+                }
+            }
+            converge(
+                &mut rx,
+                &mut set,
+                &truth(&e.emu, "n1"),
+                "after a watch drop",
+            )
+            .await;
+            assert!(
+                e.emu.stats().watches > before.watches,
+                "the client re-watched"
+            );
+
+            // 410 on the open watch: the client must re-list; a re-list without changes reports
+            // nothing to the daemon (no peer lost, none re-added).
+            watch_open(&e.emu).await;
+            let before = e.emu.stats();
+            e.emu.expire_watches();
+            let changes = quiet(&mut rx, &mut set, Duration::from_secs(3)).await;
+            assert!(e.emu.stats().expired > before.expired, "410 was sent");
+            assert!(e.emu.stats().lists > before.lists, "the client re-listed");
+            assert!(
+                changes.is_empty(),
+                "re-list without changes caused {changes:?}"
+            );
+            converge(&mut rx, &mut set, &truth(&e.emu, "n1"), "after 410").await;
+        }
+
+        // A podCIDR change (re-registration) replaces the peer's subnet; no stale lease remains.
+        e.emu.force_pod_cidrs("n3", &["10.244.77.0/24"]).unwrap();
+        let changes = converge(&mut rx, &mut set, &truth(&e.emu, "n1"), "podCIDR changed").await;
+        assert!(changes.iter().any(
+            |c| matches!(c, LeaseEvent::Removed(l) if l.subnet.unwrap().to_string() == "10.244.2.0/24")
+        ));
+        // A node that stops being managed, or whose annotation breaks, leaves the peer set.
+        e.emu
+            .patch_node(
+                "n4",
+                &json!({"metadata":{"annotations":{keys().kube_subnet_manager: null}}}),
+                PatchType::Merge,
+                Subresource::Main,
+            )
+            .unwrap();
+        e.emu
+            .patch_node(
+                "n5",
+                &json!({"metadata":{"annotations":{keys().backend_data: "{broken"}}}),
+                PatchType::Merge,
+                Subresource::Main,
+            )
+            .unwrap();
+        let t = truth(&e.emu, "n1");
+        assert!(
+            !t.values()
+                .any(|l| l.attrs.public_ip.to_string() == "198.18.0.4")
+        );
+        converge(&mut rx, &mut set, &t, "unmanaged and malformed nodes").await;
+        // A node that gets its podCIDR late joins.
+        e.emu
+            .patch_node(
+                "nocidr",
+                &json!({"spec":{"podCIDR":"10.244.60.0/24"}}),
+                PatchType::Merge,
+                Subresource::Main,
+            )
+            .unwrap();
+        converge(&mut rx, &mut set, &truth(&e.emu, "n1"), "late podCIDR").await;
+        assert!(
+            set.leases()
+                .any(|l| l.attrs.public_ip.to_string() == "198.18.0.60")
+        );
+
+        // Dropping the receiver ends the watch task and its connection.
+        drop(rx);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while e.emu.watcher_count() > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(e.emu.watcher_count(), 0);
+    });
+}
+
+#[test]
+fn dual_stack_peers_and_v4_only_changes() {
+    in_netns("kube", || async {
+        let e = env(EmuConfig::default()).await;
+        std::fs::write(
+            e.dir.path().join("net-conf.json"),
+            r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","Backend":{"Type":"vxlan"}}"#,
         )
         .unwrap();
-    for i in 2..=5u32 {
+        let k = keys();
+        let ann = |i: u32, v4mac: &str| {
+            json!({
+                k.kube_subnet_manager.clone(): "true",
+                k.backend_type.clone(): "vxlan",
+                k.backend_data.clone(): format!(r#"{{"VNI":1,"VtepMAC":"{v4mac}"}}"#),
+                k.public_ip.clone(): format!("198.18.0.{i}"),
+                k.backend_v6_data.clone(): format!(r#"{{"VNI":1,"VtepMAC":"{}"}}"#, mac(100 + i)),
+                k.public_ipv6.clone(): format!("fd00:198:18::{i}"),
+            })
+        };
         e.emu
             .add_node(
-                &format!("n{i}"),
-                &[&format!("10.244.{}.0/24", i - 1)],
-                flannel_annotations(&format!("198.18.0.{i}"), &mac(i)),
+                "n1",
+                &["10.244.0.0/24", "fd00:10:244::/64"],
+                ann(1, &mac(1)),
             )
             .unwrap();
-    }
-    // Nodes flannel must ignore: not managed, and managed but without a podCIDR.
-    e.emu
-        .add_node("plain", &["10.244.50.0/24"], json!({}))
-        .unwrap();
-    e.emu
-        .add_node("nocidr", &[], flannel_annotations("198.18.0.60", &mac(60)))
-        .unwrap();
-
-    let m = e.manager().await;
-    let own = m
-        .acquire_lease(&config(), &vxlan_attrs("198.18.0.1", &mac(1)))
-        .await
-        .unwrap();
-    let mut rx = m.watch_leases(&own);
-    let mut set = LeaseSet::new(Some(own.clone()));
-    let first = rx.recv().await.unwrap();
-    assert!(
-        matches!(&first, WatchEvent::Leases(LeaseEvent::Snapshot(l)) if l.len() == 5),
-        "the first event is a snapshot of all 5 flannel nodes (own included): {first:?}"
-    );
-    if let WatchEvent::Leases(ev) = first {
-        set.apply(ev);
-    }
-    converge(&mut rx, &mut set, &truth(&e.emu, "n1"), "initial list").await;
-    assert_eq!(set.len(), 4);
-
-    let mut next_node = 6u32;
-    for round in 0..4 {
-        // Changes while the watch is healthy.
-        let name = format!("n{next_node}");
         e.emu
             .add_node(
-                &name,
-                &[&format!("10.244.{}.0/24", next_node - 1)],
-                flannel_annotations(&format!("198.18.0.{next_node}"), &mac(next_node)),
+                "n2",
+                &["10.244.1.0/24", "fd00:10:244:1::/64"],
+                ann(2, &mac(2)),
             )
             .unwrap();
-        next_node += 1;
-        converge(&mut rx, &mut set, &truth(&e.emu, "n1"), "node added").await;
+        let m = e.manager().await;
+        let cfg = m.network_config().await.unwrap();
+        let mut attrs = vxlan_attrs("198.18.0.1", &mac(1));
+        attrs.public_ipv6 = Some("fd00:198:18::1".parse().unwrap());
+        attrs.backend_v6_data =
+            Some(RawJson::parse(&format!(r#"{{"VNI":1,"VtepMAC":"{}"}}"#, mac(101))).unwrap());
+        let own = m.acquire_lease(&cfg, &attrs).await.unwrap();
+        assert_eq!(own.ipv6_subnet.unwrap().to_string(), "fd00:10:244::/64");
+        let mut rx = m.watch_leases(&own);
+        let mut set = LeaseSet::new(Some(own));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while set.is_empty() && Instant::now() < deadline {
+            if let Ok(Some(WatchEvent::Leases(ev))) =
+                tokio::time::timeout(Duration::from_secs(5), rx.recv()).await
+            {
+                set.apply(ev);
+            }
+        }
+        let peer = set.leases().next().unwrap().clone();
+        assert_eq!(peer.ipv6_subnet.unwrap().to_string(), "fd00:10:244:1::/64");
+        assert_eq!(
+            peer.attrs.public_ipv6,
+            Some("fd00:198:18::2".parse().unwrap())
+        );
+
+        // Only the IPv4 VtepMAC changes: upstream misses this in dual stack; we must not.
         e.emu
             .patch_node(
                 "n2",
-                &json!({"metadata":{"annotations":{keys().backend_data: format!(r#"{{"VNI":1,"VtepMAC":"{}"}}"#, mac(200 + round))}}}),
+                &json!({"metadata":{"annotations":{k.backend_data.clone(): format!(r#"{{"VNI":1,"VtepMAC":"{}"}}"#, mac(222))}}}),
                 PatchType::Strategic,
                 Subresource::Status,
             )
             .unwrap();
-        converge(
-            &mut rx,
-            &mut set,
-            &truth(&e.emu, "n1"),
-            "backend data changed",
-        )
-        .await;
-
-        // A dropped connection, with changes made while the client is away: more than the
-        // history holds on even rounds, so those resume attempts get 410 and re-list.
-        watch_open(&e.emu).await;
-        let before = e.emu.stats();
-        e.emu.drop_watches();
-        let victim = format!("n{}", next_node - 1);
-        e.emu.delete_node(&victim).unwrap();
-        if round % 2 == 0 {
-            for j in 0..4u32 {
-                e.emu
-                    .patch_node(
-                        "plain",
-                        &json!({"metadata":{"labels":{"round": format!("{round}-{j}")}}}),
-                        PatchType::Merge,
-                        Subresource::Main,
-                    )
-                    .unwrap();
-            }
-        }
-        converge(
-            &mut rx,
-            &mut set,
-            &truth(&e.emu, "n1"),
-            "after a watch drop",
-        )
-        .await;
+        let changes = quiet(&mut rx, &mut set, Duration::from_secs(2)).await;
+        assert_eq!(changes.len(), 1, "{changes:?}");
+        let LeaseEvent::Added(l) = &changes[0] else {
+            panic!("{changes:?}")
+        };
         assert!(
-            e.emu.stats().watches > before.watches,
-            "the client re-watched"
+            l.attrs
+                .backend_data
+                .as_ref()
+                .unwrap()
+                .as_str()
+                .contains(&mac(222))
         );
-
-        // 410 on the open watch: the client must re-list; a re-list without changes reports
-        // nothing to the daemon (no peer lost, none re-added).
-        watch_open(&e.emu).await;
-        let before = e.emu.stats();
-        e.emu.expire_watches();
-        let changes = quiet(&mut rx, &mut set, Duration::from_secs(3)).await;
-        assert!(e.emu.stats().expired > before.expired, "410 was sent");
-        assert!(e.emu.stats().lists > before.lists, "the client re-listed");
-        assert!(
-            changes.is_empty(),
-            "re-list without changes caused {changes:?}"
-        );
-        converge(&mut rx, &mut set, &truth(&e.emu, "n1"), "after 410").await;
-    }
-
-    // A podCIDR change (re-registration) replaces the peer's subnet; no stale lease remains.
-    e.emu.force_pod_cidrs("n3", &["10.244.77.0/24"]).unwrap();
-    let changes = converge(&mut rx, &mut set, &truth(&e.emu, "n1"), "podCIDR changed").await;
-    assert!(changes.iter().any(
-        |c| matches!(c, LeaseEvent::Removed(l) if l.subnet.unwrap().to_string() == "10.244.2.0/24")
-    ));
-    // A node that stops being managed, or whose annotation breaks, leaves the peer set.
-    e.emu
-        .patch_node(
-            "n4",
-            &json!({"metadata":{"annotations":{keys().kube_subnet_manager: null}}}),
-            PatchType::Merge,
-            Subresource::Main,
-        )
-        .unwrap();
-    e.emu
-        .patch_node(
-            "n5",
-            &json!({"metadata":{"annotations":{keys().backend_data: "{broken"}}}),
-            PatchType::Merge,
-            Subresource::Main,
-        )
-        .unwrap();
-    let t = truth(&e.emu, "n1");
-    assert!(
-        !t.values()
-            .any(|l| l.attrs.public_ip.to_string() == "198.18.0.4")
-    );
-    converge(&mut rx, &mut set, &t, "unmanaged and malformed nodes").await;
-    // A node that gets its podCIDR late joins.
-    e.emu
-        .patch_node(
-            "nocidr",
-            &json!({"spec":{"podCIDR":"10.244.60.0/24"}}),
-            PatchType::Merge,
-            Subresource::Main,
-        )
-        .unwrap();
-    converge(&mut rx, &mut set, &truth(&e.emu, "n1"), "late podCIDR").await;
-    assert!(
-        set.leases()
-            .any(|l| l.attrs.public_ip.to_string() == "198.18.0.60")
-    );
-
-    // Dropping the receiver ends the watch task and its connection.
-    drop(rx);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while e.emu.watcher_count() > 0 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(e.emu.watcher_count(), 0);
-}
-
-#[tokio::test]
-async fn dual_stack_peers_and_v4_only_changes() {
-    let e = env(EmuConfig::default()).await;
-    std::fs::write(
-        e.dir.path().join("net-conf.json"),
-        r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","Backend":{"Type":"vxlan"}}"#,
-    )
-    .unwrap();
-    let k = keys();
-    let ann = |i: u32, v4mac: &str| {
-        json!({
-            k.kube_subnet_manager.clone(): "true",
-            k.backend_type.clone(): "vxlan",
-            k.backend_data.clone(): format!(r#"{{"VNI":1,"VtepMAC":"{v4mac}"}}"#),
-            k.public_ip.clone(): format!("198.18.0.{i}"),
-            k.backend_v6_data.clone(): format!(r#"{{"VNI":1,"VtepMAC":"{}"}}"#, mac(100 + i)),
-            k.public_ipv6.clone(): format!("fd00:198:18::{i}"),
-        })
-    };
-    e.emu
-        .add_node(
-            "n1",
-            &["10.244.0.0/24", "fd00:10:244::/64"],
-            ann(1, &mac(1)),
-        )
-        .unwrap();
-    e.emu
-        .add_node(
-            "n2",
-            &["10.244.1.0/24", "fd00:10:244:1::/64"],
-            ann(2, &mac(2)),
-        )
-        .unwrap();
-    let m = e.manager().await;
-    let cfg = m.network_config().await.unwrap();
-    let mut attrs = vxlan_attrs("198.18.0.1", &mac(1));
-    attrs.public_ipv6 = Some("fd00:198:18::1".parse().unwrap());
-    attrs.backend_v6_data =
-        Some(RawJson::parse(&format!(r#"{{"VNI":1,"VtepMAC":"{}"}}"#, mac(101))).unwrap());
-    let own = m.acquire_lease(&cfg, &attrs).await.unwrap();
-    assert_eq!(own.ipv6_subnet.unwrap().to_string(), "fd00:10:244::/64");
-    let mut rx = m.watch_leases(&own);
-    let mut set = LeaseSet::new(Some(own));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while set.is_empty() && Instant::now() < deadline {
-        if let Ok(Some(WatchEvent::Leases(ev))) =
-            tokio::time::timeout(Duration::from_secs(5), rx.recv()).await
-        {
-            set.apply(ev);
-        }
-    }
-    let peer = set.leases().next().unwrap().clone();
-    assert_eq!(peer.ipv6_subnet.unwrap().to_string(), "fd00:10:244:1::/64");
-    assert_eq!(
-        peer.attrs.public_ipv6,
-        Some("fd00:198:18::2".parse().unwrap())
-    );
-
-    // Only the IPv4 VtepMAC changes: upstream misses this in dual stack; we must not.
-    e.emu
-        .patch_node(
-            "n2",
-            &json!({"metadata":{"annotations":{k.backend_data.clone(): format!(r#"{{"VNI":1,"VtepMAC":"{}"}}"#, mac(222))}}}),
-            PatchType::Strategic,
-            Subresource::Status,
-        )
-        .unwrap();
-    let changes = quiet(&mut rx, &mut set, Duration::from_secs(2)).await;
-    assert_eq!(changes.len(), 1, "{changes:?}");
-    let LeaseEvent::Added(l) = &changes[0] else {
-        panic!("{changes:?}")
-    };
-    assert!(
-        l.attrs
-            .backend_data
-            .as_ref()
-            .unwrap()
-            .as_str()
-            .contains(&mac(222))
-    );
+    });
 }

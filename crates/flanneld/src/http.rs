@@ -195,8 +195,20 @@ mod tests {
         assert_eq!(m.respond("/metrics").2, "# EOF\n");
     }
 
-    #[tokio::test]
-    async fn serves_over_tcp_and_shuts_down() {
+    /// Runs in a namespace of its own, so the server binds that namespace's loopback.
+    #[test]
+    fn serves_over_tcp_and_shuts_down() {
+        flannel_lab::in_fresh_netns("healthz", || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("tokio runtime")
+                .block_on(serves_over_tcp_and_shuts_down_body())
+        })
+        .expect("test namespace");
+    }
+
+    async fn serves_over_tcp_and_shuts_down_body() {
         let (tx, rx) = watch::channel(false);
         let health = Health::new(None);
         // Port 0 is not possible through `serve`'s address (we want the bound port), so bind
