@@ -354,25 +354,28 @@ impl Watcher {
             }
             EventType::Put => match parse_kv(&self.setup.keys, kv) {
                 Parsed::Bad(bad) => warn_bad_key(&self.setup.warned, &bad),
-                Parsed::Entry(entry) => match (entry.key, self.admit(config, entry)) {
-                    (key, Some(lease)) => {
-                        self.known.insert(key);
-                        if key == self.own_key {
-                            self.own_attrs = Some(lease.attrs.clone());
+                Parsed::Entry(entry) => {
+                    let key = entry.key;
+                    match self.admit(config, entry) {
+                        Some(lease) => {
+                            self.known.insert(key);
+                            if key == self.own_key {
+                                self.own_attrs = Some(lease.attrs.clone());
+                            }
+                            self.send(WatchEvent::Leases(LeaseEvent::Added(lease)))
+                                .await?;
+                            if key == self.own_key && !self.own_is_ours() {
+                                self.revoke().await?;
+                            }
                         }
-                        self.send(WatchEvent::Leases(LeaseEvent::Added(lease)))
-                            .await?;
-                        if key == self.own_key && !self.own_is_ours() {
-                            self.revoke().await?;
+                        None => {
+                            self.forget(key).await?;
+                            if key == self.own_key {
+                                self.revoke().await?;
+                            }
                         }
                     }
-                    (key, None) => {
-                        self.forget(key).await?;
-                        if key == self.own_key {
-                            self.revoke().await?;
-                        }
-                    }
-                },
+                }
             },
         }
         Ok(())
