@@ -9,6 +9,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
+use crate::family::{IpStack, NoStackError};
 use crate::goip::{self, GoIp6};
 use crate::gojson::{GoJsonError, GoObject, RawJson};
 
@@ -95,45 +96,6 @@ pub enum CheckError {
     /// `IPv6SubnetMax` is not a multiple of the subnet size.
     #[error("IPv6SubnetMax is not on a SubnetLen boundary: {0}")]
     Ipv6SubnetMaxUnaligned(GoIp6),
-}
-
-/// Neither IPv4 nor IPv6 is enabled (upstream `ipmatch.GetIPFamily`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("none defined stack")]
-pub struct NoStackError;
-
-/// Which address families flannel runs; decides which leases, routes, rules and subnet.env
-/// lines exist.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum IpStack {
-    /// IPv4 only (the default).
-    V4,
-    /// IPv6 only.
-    V6,
-    /// IPv4 and IPv6.
-    Dual,
-}
-
-impl IpStack {
-    /// Derives the stack from `EnableIPv4` / `EnableIPv6`.
-    pub fn from_flags(ipv4: bool, ipv6: bool) -> Result<Self, NoStackError> {
-        match (ipv4, ipv6) {
-            (true, false) => Ok(IpStack::V4),
-            (false, true) => Ok(IpStack::V6),
-            (true, true) => Ok(IpStack::Dual),
-            (false, false) => Err(NoStackError),
-        }
-    }
-
-    /// Whether IPv4 is part of the stack.
-    pub fn has_ipv4(self) -> bool {
-        matches!(self, IpStack::V4 | IpStack::Dual)
-    }
-
-    /// Whether IPv6 is part of the stack.
-    pub fn has_ipv6(self) -> bool {
-        matches!(self, IpStack::V6 | IpStack::Dual)
-    }
 }
 
 /// Upstream's `subnet.Config`: the cluster-wide network settings.

@@ -11,6 +11,7 @@
 //! * [`subnet_env`]: `/run/flannel/subnet.env`, written atomically and read as the CNI plugin
 //!   and flanneld read it.
 //! * [`annotations`]: Kubernetes node annotation keys.
+//! * [`family`]: address families and the stack, the one definition every crate uses.
 //! * [`gojson`] and [`goip`]: the Go `encoding/json` and `net` behaviours the above rely on,
 //!   public so that backends and the CNI plugin can parse their own JSON the same way.
 //!
@@ -21,13 +22,15 @@
 
 pub mod annotations;
 pub mod config;
+pub mod family;
 pub mod goip;
 pub mod gojson;
 pub mod lease;
 pub mod subnet_env;
 
 pub use annotations::{AnnotationError, AnnotationKeys};
-pub use config::{CheckError, ConfigError, IpStack, NetConfig, NoStackError};
+pub use config::{CheckError, ConfigError, NetConfig};
+pub use family::{IpFamily, IpStack, NoStackError};
 pub use gojson::{GoJsonError, GoObject, RawJson};
 pub use lease::{Lease, LeaseAttrs, LeaseError, LeaseEvent, LeaseSet, SubnetKey, SubnetKeyError};
 pub use subnet_env::{
