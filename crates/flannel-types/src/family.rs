@@ -10,6 +10,9 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
+use crate::gojson::RawJson;
+use crate::lease::{Lease, LeaseAttrs};
+
 /// An IP address family.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum IpFamily {
@@ -109,6 +112,38 @@ impl IpStack {
     }
 }
 
+/// Per-family views of a lease, so code that programs one family is written once and run for
+/// each family of the stack instead of twice with `subnet`/`ipv6_subnet` spelled out.
+impl Lease {
+    /// The lease's subnet of `family`, if it has one.
+    pub fn subnet_of(&self, family: IpFamily) -> Option<IpNet> {
+        match family {
+            IpFamily::V4 => self.subnet.map(IpNet::V4),
+            IpFamily::V6 => self.ipv6_subnet.map(IpNet::V6),
+        }
+    }
+}
+
+/// Per-family views of the published attributes (see [`Lease::subnet_of`]).
+impl LeaseAttrs {
+    /// The public address of `family`. IPv4 always has one (Go's zero value `0.0.0.0` when
+    /// absent, which peer validation refuses); IPv6 only when published.
+    pub fn public_ip_of(&self, family: IpFamily) -> Option<IpAddr> {
+        match family {
+            IpFamily::V4 => Some(IpAddr::V4(self.public_ip)),
+            IpFamily::V6 => self.public_ipv6.map(IpAddr::V6),
+        }
+    }
+
+    /// The backend data of `family` (`BackendData` or `BackendV6Data`).
+    pub fn backend_data_of(&self, family: IpFamily) -> Option<&RawJson> {
+        match family {
+            IpFamily::V4 => self.backend_data.as_ref(),
+            IpFamily::V6 => self.backend_v6_data.as_ref(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -125,6 +160,30 @@ mod tests {
         assert_eq!(fams(true, false), vec![IpFamily::V4]);
         assert_eq!(fams(false, true), vec![IpFamily::V6]);
         assert_eq!(fams(true, true), vec![IpFamily::V4, IpFamily::V6]);
+    }
+
+    #[test]
+    fn lease_views_by_family() {
+        let mut l = Lease {
+            subnet: Some("10.244.1.0/24".parse().unwrap()),
+            ipv6_subnet: None,
+            attrs: LeaseAttrs::default(),
+            expiration: None,
+        };
+        assert_eq!(
+            l.subnet_of(IpFamily::V4),
+            Some("10.244.1.0/24".parse().unwrap())
+        );
+        assert_eq!(l.subnet_of(IpFamily::V6), None);
+        assert_eq!(l.attrs.public_ip_of(IpFamily::V6), None);
+        l.attrs.public_ipv6 = Some("fd00::2".parse().unwrap());
+        l.attrs.backend_v6_data = Some(RawJson::parse("{}").unwrap());
+        assert_eq!(
+            l.attrs.public_ip_of(IpFamily::V6),
+            Some("fd00::2".parse().unwrap())
+        );
+        assert!(l.attrs.backend_data_of(IpFamily::V4).is_none());
+        assert!(l.attrs.backend_data_of(IpFamily::V6).is_some());
     }
 
     #[test]

@@ -14,38 +14,8 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use flannel_types::IpStack;
 use regex::Regex;
-
-/// Which address families flanneld runs (from `EnableIPv4` / `EnableIPv6`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stack {
-    /// IPv4 only.
-    V4,
-    /// IPv6 only.
-    V6,
-    /// Both.
-    Dual,
-}
-
-impl Stack {
-    /// Builds the stack from net-conf.json's enable flags; upstream's error when both are off.
-    pub fn from_flags(v4: bool, v6: bool) -> Result<Stack, IfaceError> {
-        match (v4, v6) {
-            (true, false) => Ok(Stack::V4),
-            (false, true) => Ok(Stack::V6),
-            (true, true) => Ok(Stack::Dual),
-            (false, false) => Err(IfaceError::NoStack),
-        }
-    }
-
-    fn v4(self) -> bool {
-        matches!(self, Stack::V4 | Stack::Dual)
-    }
-
-    fn v6(self) -> bool {
-        matches!(self, Stack::V6 | Stack::Dual)
-    }
-}
 
 /// One address on a host interface, with the flags that decide preference.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -206,9 +176,6 @@ pub struct ExternalInterface {
 /// Why no external interface could be chosen. The top-level texts are upstream's.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum IfaceError {
-    /// Neither IPv4 nor IPv6 is enabled.
-    #[error("none defined stack")]
-    NoStack,
     /// Automatic choice (no interface flags) failed.
     #[error("Failed to find any valid interface to use: {0}")]
     NoValidInterface(String),
@@ -315,7 +282,7 @@ fn link_by_index(view: &HostView, index: u32) -> Result<&HostLink, String> {
 /// `--iface <name|ip>` (also used for `--public-ip` when no interface flag is given).
 fn by_name_or_ip<'a>(
     view: &'a HostView,
-    stack: Stack,
+    stack: IpStack,
     value: &str,
 ) -> Result<Candidate<'a>, String> {
     if let Ok(ip) = value.parse::<IpAddr>() {
@@ -323,12 +290,12 @@ fn by_name_or_ip<'a>(
             let fam = if ip.is_ipv6() { "IPv6" } else { "IP" };
             format!("error looking up interface {value}: No interface with given {fam} found")
         })?;
-        if ip.is_ipv6() && !stack.v6() {
+        if ip.is_ipv6() && !stack.has_ipv6() {
             return Err(format!(
                 "error looking up interface {value}: an IPv6 address but IPv6 is not enabled"
             ));
         }
-        if ip.is_ipv4() && !stack.v4() {
+        if ip.is_ipv4() && !stack.has_ipv4() {
             return Err(format!(
                 "error looking up v6 interface {value}: an IPv4 address but only IPv6 is enabled"
             ));
@@ -362,24 +329,24 @@ fn matching_ip(re: &Regex, ips: Vec<IpAddr>) -> Option<IpAddr> {
 }
 
 /// `--iface-regex`: addresses first (per family as the stack needs), then names.
-fn by_regex<'a>(view: &'a HostView, stack: Stack, pattern: &str) -> Result<Candidate<'a>, String> {
+fn by_regex<'a>(view: &'a HostView, stack: IpStack, pattern: &str) -> Result<Candidate<'a>, String> {
     let re = Regex::new(pattern)
         .map_err(|e| format!("could not compile the IP address regex '{pattern}': {e}"))?;
     for link in &view.links {
-        let v4 = if stack.v4() {
+        let v4 = if stack.has_ipv4() {
             matching_ip(&re, ordered_addrs(link, false))
         } else {
             None
         };
-        let v6 = if stack.v6() {
+        let v6 = if stack.has_ipv6() {
             matching_ip(&re, ordered_addrs(link, true))
         } else {
             None
         };
         let hit = match stack {
-            Stack::V4 => v4.is_some(),
-            Stack::V6 => v6.is_some(),
-            Stack::Dual => v4.is_some() && v6.is_some(),
+            IpStack::V4 => v4.is_some(),
+            IpStack::V6 => v6.is_some(),
+            IpStack::Dual => v4.is_some() && v6.is_some(),
         };
         if hit {
             return Ok(Candidate {
@@ -406,7 +373,7 @@ fn by_regex<'a>(view: &'a HostView, stack: Stack, pattern: &str) -> Result<Candi
         .links
         .iter()
         .map(|l| {
-            let ips: Vec<String> = ordered_addrs(l, stack == Stack::V6)
+            let ips: Vec<String> = ordered_addrs(l, stack == IpStack::V6)
                 .iter()
                 .map(IpAddr::to_string)
                 .collect();
@@ -439,8 +406,8 @@ fn by_can_reach<'a>(view: &'a HostView, target: IpAddr) -> Result<Candidate<'a>,
     Ok(Candidate { link, v4, v6 })
 }
 
-fn by_default_route(view: &HostView, stack: Stack) -> Result<Candidate<'_>, String> {
-    let v4_link = if stack.v4() {
+fn by_default_route(view: &HostView, stack: IpStack) -> Result<Candidate<'_>, String> {
+    let v4_link = if stack.has_ipv4() {
         let idx = view
             .default_v4
             .clone()
@@ -452,7 +419,7 @@ fn by_default_route(view: &HostView, stack: Stack) -> Result<Candidate<'_>, Stri
     } else {
         None
     };
-    let v6_link = if stack.v6() {
+    let v6_link = if stack.has_ipv6() {
         let idx = view
             .default_v6
             .clone()
@@ -486,10 +453,10 @@ fn by_default_route(view: &HostView, stack: Stack) -> Result<Candidate<'_>, Stri
 /// interface, checks the MTU and applies the public addresses.
 fn finish(
     c: Candidate<'_>,
-    stack: Stack,
+    stack: IpStack,
     sel: &Selection,
 ) -> Result<ExternalInterface, IfaceError> {
-    let iface_addr = if stack.v4() {
+    let iface_addr = if stack.has_ipv4() {
         Some(match c.v4 {
             Some(a) => a,
             None => first_v4(c.link).ok_or_else(|| {
@@ -502,7 +469,7 @@ fn finish(
     } else {
         None
     };
-    let iface_v6_addr = if stack.v6() {
+    let iface_v6_addr = if stack.has_ipv6() {
         Some(match c.v6 {
             Some(a) => a,
             None => first_v6(c.link).ok_or_else(|| {
@@ -550,7 +517,7 @@ fn finish(
 /// Chooses the external interface from a host snapshot, following upstream's order of rules.
 pub fn select(
     view: &HostView,
-    stack: Stack,
+    stack: IpStack,
     sel: &Selection,
 ) -> Result<ExternalInterface, IfaceError> {
     let explicit =
@@ -649,7 +616,7 @@ mod tests {
 
     #[test]
     fn default_route_interface_when_nothing_given() {
-        let e = select(&view(), Stack::V4, &sel()).unwrap();
+        let e = select(&view(), IpStack::V4, &sel()).unwrap();
         assert_eq!(e.name, "eth0");
         assert_eq!(e.iface_addr, Some("198.18.0.1".parse().unwrap()));
         assert_eq!(e.ext_addr, e.iface_addr);
@@ -661,7 +628,7 @@ mod tests {
     fn missing_default_route_is_reported() {
         let mut v = view();
         v.default_v4 = Err("Unable to find default route".into());
-        let e = select(&v, Stack::V4, &sel()).unwrap_err();
+        let e = select(&v, IpStack::V4, &sel()).unwrap_err();
         assert_eq!(
             e.to_string(),
             "Failed to find any valid interface to use: failed to get default interface: Unable to find default route"
@@ -672,14 +639,14 @@ mod tests {
     fn dual_stack_default_routes_must_agree() {
         let mut v = view();
         v.default_v6 = Ok(3);
-        let e = select(&v, Stack::Dual, &sel()).unwrap_err();
+        let e = select(&v, IpStack::Dual, &sel()).unwrap_err();
         assert!(
             e.to_string()
                 .contains("v6 default route interface eth1 must be the same with v4 default route interface eth0"),
             "{e}"
         );
         v.default_v6 = Ok(2);
-        let ok = select(&v, Stack::Dual, &sel()).unwrap();
+        let ok = select(&v, IpStack::Dual, &sel()).unwrap();
         assert_eq!(ok.iface_v6_addr, Some("fd00::1".parse().unwrap()));
     }
 
@@ -687,9 +654,9 @@ mod tests {
     fn iface_by_name_and_by_ip() {
         let mut s = sel();
         s.iface = vec!["eth1".into()];
-        assert_eq!(select(&view(), Stack::V4, &s).unwrap().name, "eth1");
+        assert_eq!(select(&view(), IpStack::V4, &s).unwrap().name, "eth1");
         s.iface = vec!["192.168.7.2".into()];
-        let e = select(&view(), Stack::V4, &s).unwrap();
+        let e = select(&view(), IpStack::V4, &s).unwrap();
         assert_eq!(e.name, "eth1");
         assert_eq!(e.iface_addr, Some("192.168.7.2".parse().unwrap()));
     }
@@ -703,7 +670,7 @@ mod tests {
             "eth1".into(),
             "eth0".into(),
         ];
-        assert_eq!(select(&view(), Stack::V4, &s).unwrap().name, "eth1");
+        assert_eq!(select(&view(), IpStack::V4, &s).unwrap().name, "eth1");
     }
 
     #[test]
@@ -711,9 +678,9 @@ mod tests {
         let mut s = sel();
         // "eth0" as a regex matches the name eth0, but 192\.168 matches eth1's address.
         s.iface_regex = vec![r"192\.168\.".into()];
-        assert_eq!(select(&view(), Stack::V4, &s).unwrap().name, "eth1");
+        assert_eq!(select(&view(), IpStack::V4, &s).unwrap().name, "eth1");
         s.iface_regex = vec!["^ens".into()];
-        let e = select(&view(), Stack::V4, &s).unwrap();
+        let e = select(&view(), IpStack::V4, &s).unwrap();
         assert_eq!(e.name, "ens5");
         // Only a link-local address: still used ("it'll do", as upstream says).
         assert_eq!(e.iface_addr, Some("169.254.3.3".parse().unwrap()));
@@ -724,9 +691,9 @@ mod tests {
         let mut s = sel();
         s.iface = vec!["eth0".into()];
         s.iface_regex = vec!["eth1".into()];
-        assert_eq!(select(&view(), Stack::V4, &s).unwrap().name, "eth0");
+        assert_eq!(select(&view(), IpStack::V4, &s).unwrap().name, "eth0");
         s.iface = vec!["missing".into()];
-        assert_eq!(select(&view(), Stack::V4, &s).unwrap().name, "eth1");
+        assert_eq!(select(&view(), IpStack::V4, &s).unwrap().name, "eth1");
     }
 
     #[test]
@@ -738,12 +705,12 @@ mod tests {
         }));
         let mut s = sel();
         s.iface_can_reach = Some("192.168.7.99".parse().unwrap());
-        let e = select(&v, Stack::V4, &s).unwrap();
+        let e = select(&v, IpStack::V4, &s).unwrap();
         assert_eq!(e.name, "eth1");
         assert_eq!(e.iface_addr, Some("192.168.7.2".parse().unwrap()));
         // --iface takes precedence over --iface-can-reach.
         s.iface = vec!["eth0".into()];
-        assert_eq!(select(&v, Stack::V4, &s).unwrap().name, "eth0");
+        assert_eq!(select(&v, IpStack::V4, &s).unwrap().name, "eth0");
     }
 
     #[test]
@@ -751,7 +718,7 @@ mod tests {
         let mut s = sel();
         s.iface = vec!["eth9".into()];
         s.iface_regex = vec!["^wl".into()];
-        let e = select(&view(), Stack::V4, &s).unwrap_err();
+        let e = select(&view(), IpStack::V4, &s).unwrap_err();
         let msg = e.to_string();
         assert!(
             msg.starts_with(
@@ -768,11 +735,11 @@ mod tests {
     fn public_ip_alone_selects_its_owner() {
         let mut s = sel();
         s.public_ip = "192.168.7.2".into();
-        let e = select(&view(), Stack::V4, &s).unwrap();
+        let e = select(&view(), IpStack::V4, &s).unwrap();
         assert_eq!(e.name, "eth1");
         assert_eq!(e.ext_addr, Some("192.168.7.2".parse().unwrap()));
         s.public_ip = "203.0.113.9".into();
-        let e = select(&view(), Stack::V4, &s).unwrap_err();
+        let e = select(&view(), IpStack::V4, &s).unwrap_err();
         assert!(
             e.to_string()
                 .starts_with("Failed to find any valid interface to use: "),
@@ -785,7 +752,7 @@ mod tests {
         let mut s = sel();
         s.iface = vec!["eth0".into()];
         s.public_ip = "203.0.113.9".into();
-        let e = select(&view(), Stack::V4, &s).unwrap();
+        let e = select(&view(), IpStack::V4, &s).unwrap();
         assert_eq!(e.iface_addr, Some("198.18.0.1".parse().unwrap()));
         assert_eq!(e.ext_addr, Some("203.0.113.9".parse().unwrap()));
     }
@@ -795,7 +762,7 @@ mod tests {
         let mut s = sel();
         s.iface = vec!["eth0".into()];
         s.public_ip = "not-an-ip".into();
-        let e = select(&view(), Stack::V4, &s).unwrap_err();
+        let e = select(&view(), IpStack::V4, &s).unwrap_err();
         assert!(
             e.to_string()
                 .contains("invalid public IP address: not-an-ip"),
@@ -826,7 +793,7 @@ mod tests {
         v.links.push(link(9, "bare", vec![]));
         let mut s = sel();
         s.iface = vec!["bare".into()];
-        let e = select(&v, Stack::V4, &s).unwrap_err();
+        let e = select(&v, IpStack::V4, &s).unwrap_err();
         assert!(
             e.to_string()
                 .contains("failed to find IPv4 address for interface bare"),
@@ -838,7 +805,7 @@ mod tests {
     fn zero_mtu_is_an_error() {
         let mut v = view();
         v.links[1].mtu = 0;
-        let e = select(&v, Stack::V4, &sel()).unwrap_err();
+        let e = select(&v, IpStack::V4, &sel()).unwrap_err();
         assert_eq!(e, IfaceError::NoMtu("eth0".into()));
     }
 
@@ -846,7 +813,7 @@ mod tests {
     fn dual_stack_fills_the_other_family_from_the_interface() {
         let mut s = sel();
         s.iface = vec!["198.18.0.1".into()];
-        let e = select(&view(), Stack::Dual, &s).unwrap();
+        let e = select(&view(), IpStack::Dual, &s).unwrap();
         assert_eq!(e.iface_addr, Some("198.18.0.1".parse().unwrap()));
         assert_eq!(e.iface_v6_addr, Some("fd00::1".parse().unwrap()));
         assert_eq!(e.ext_v6_addr, e.iface_v6_addr);
@@ -854,21 +821,10 @@ mod tests {
 
     #[test]
     fn v6_only_stack() {
-        let e = select(&view(), Stack::V6, &sel()).unwrap();
+        let e = select(&view(), IpStack::V6, &sel()).unwrap();
         assert_eq!(e.name, "eth0");
         assert_eq!(e.iface_addr, None);
         assert_eq!(e.ext_addr, None);
         assert_eq!(e.iface_v6_addr, Some("fd00::1".parse().unwrap()));
-    }
-
-    #[test]
-    fn stack_from_flags() {
-        assert_eq!(Stack::from_flags(true, false), Ok(Stack::V4));
-        assert_eq!(Stack::from_flags(false, true), Ok(Stack::V6));
-        assert_eq!(Stack::from_flags(true, true), Ok(Stack::Dual));
-        assert_eq!(
-            Stack::from_flags(false, false).unwrap_err().to_string(),
-            "none defined stack"
-        );
     }
 }

@@ -5,10 +5,11 @@ use std::net::IpAddr;
 
 use flannel_lab::{Lab, Node};
 use flannel_netlink::Netlink;
-use flanneld::iface::{ExternalInterface, HostView, IfaceError, Selection, Stack, select};
+use flanneld::iface::{ExternalInterface, HostView, IfaceError, Selection, select};
+use flannel_types::IpStack;
 
 /// Runs interface selection inside the node's namespace, as flanneld would there.
-fn select_in(node: &Node, stack: Stack, sel: Selection) -> Result<ExternalInterface, IfaceError> {
+fn select_in(node: &Node, stack: IpStack, sel: Selection) -> Result<ExternalInterface, IfaceError> {
     node.netns()
         .in_thread(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
@@ -41,13 +42,13 @@ fn ip(s: &str) -> IpAddr {
 fn picks_default_route_interface_and_its_address() {
     let lab = lab();
     let n = lab.node(0);
-    let e = select_in(n, Stack::V4, Selection::default()).unwrap();
+    let e = select_in(n, IpStack::V4, Selection::default()).unwrap();
     assert_eq!(e.name, "eth0");
     assert_eq!(e.iface_addr, Some(n.ip()));
     assert_eq!(e.ext_addr, Some(n.ip()));
     assert_eq!(e.mtu, 1500);
 
-    let e = select_in(n, Stack::Dual, Selection::default()).unwrap();
+    let e = select_in(n, IpStack::Dual, Selection::default()).unwrap();
     assert_eq!(e.name, "eth0");
     assert_eq!(e.iface_v6_addr, n.ipv6());
 }
@@ -60,7 +61,7 @@ fn iface_by_name_by_ip_and_in_order() {
 
     let e = select_in(
         n,
-        Stack::V4,
+        IpStack::V4,
         Selection {
             iface: vec!["eth1".into()],
             ..Default::default()
@@ -72,7 +73,7 @@ fn iface_by_name_by_ip_and_in_order() {
 
     let e = select_in(
         n,
-        Stack::V4,
+        IpStack::V4,
         Selection {
             iface: vec![eth1.to_string()],
             ..Default::default()
@@ -84,7 +85,7 @@ fn iface_by_name_by_ip_and_in_order() {
     // The first that exists wins; unknown names and foreign IPs are skipped.
     let e = select_in(
         n,
-        Stack::V4,
+        IpStack::V4,
         Selection {
             iface: vec![
                 "wlan7".into(),
@@ -107,7 +108,7 @@ fn regex_on_addresses_then_names() {
     // An address regex: 198.18.1.x lives on eth1.
     let e = select_in(
         n,
-        Stack::V4,
+        IpStack::V4,
         Selection {
             iface_regex: vec![r"^198\.18\.1\.".into()],
             ..Default::default()
@@ -119,7 +120,7 @@ fn regex_on_addresses_then_names() {
     // A name regex.
     let e = select_in(
         n,
-        Stack::V4,
+        IpStack::V4,
         Selection {
             iface_regex: vec!["^eth1$".into()],
             ..Default::default()
@@ -136,7 +137,7 @@ fn can_reach_follows_the_kernel_route() {
     let eth1 = n.interface("eth1").expect("eth1").ipv4();
     let e = select_in(
         n,
-        Stack::V4,
+        IpStack::V4,
         Selection {
             iface_can_reach: Some(ip("198.18.1.200")),
             ..Default::default()
@@ -148,7 +149,7 @@ fn can_reach_follows_the_kernel_route() {
     // Anything else goes out of the default route.
     let e = select_in(
         n,
-        Stack::V4,
+        IpStack::V4,
         Selection {
             iface_can_reach: Some(ip("203.0.113.7")),
             ..Default::default()
@@ -165,7 +166,7 @@ fn public_ip_alone_must_be_owned() {
     let eth1 = n.interface("eth1").expect("eth1").ipv4();
     let e = select_in(
         n,
-        Stack::V4,
+        IpStack::V4,
         Selection {
             public_ip: eth1.to_string(),
             ..Default::default()
@@ -175,7 +176,7 @@ fn public_ip_alone_must_be_owned() {
     assert_eq!(e.name, "eth1");
     let err = select_in(
         n,
-        Stack::V4,
+        IpStack::V4,
         Selection {
             public_ip: "203.0.113.50".into(),
             ..Default::default()
@@ -195,7 +196,7 @@ fn no_match_lists_every_attempt() {
     let n = lab.node(0);
     let err = select_in(
         n,
-        Stack::V4,
+        IpStack::V4,
         Selection {
             iface: vec!["eth9".into()],
             iface_regex: vec!["^wl".into()],
