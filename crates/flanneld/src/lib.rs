@@ -12,4 +12,5 @@ pub mod logging;
 pub mod memory;
 pub mod metrics;
 pub mod notify;
+pub mod peers;
 pub mod reconcile;

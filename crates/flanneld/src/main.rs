@@ -12,7 +12,7 @@ use flannel_subnet::etcd::{EtcdConfig, EtcdManager};
 use flannel_subnet::kube::{KubeManager, KubeOptions};
 use flannel_types::subnet_env::PreviousSubnetEnv;
 use flanneld::cli::{self, CliError, Options};
-use flanneld::daemon::{self, DaemonError, Exit};
+use flanneld::daemon::{self, DaemonConfig, DaemonError, Exit};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
@@ -100,8 +100,8 @@ async fn run(opts: Options) -> Result<Exit, DaemonError> {
         .with_process_env();
         let manager = KubeManager::connect(kube)
             .await
-            .map_err(|e| DaemonError::Startup(format!("Failed to create SubnetManager: {e}")))?;
-        return daemon::run(&opts, manager, rx).await;
+            .map_err(|e| DaemonError::Manager(e.into()))?;
+        return daemon::run(DaemonConfig::from(&opts), manager, rx).await;
     }
     let previous = PreviousSubnetEnv::read(&opts.subnet_file)
         .ok()
@@ -123,6 +123,6 @@ async fn run(opts: Options) -> Result<Exit, DaemonError> {
     };
     let manager = EtcdManager::connect(etcd, previous)
         .await
-        .map_err(|e| DaemonError::Startup(format!("Failed to create SubnetManager: {e}")))?;
-    daemon::run(&opts, manager, rx).await
+        .map_err(|e| DaemonError::Manager(e.into()))?;
+    daemon::run(DaemonConfig::from(&opts), manager, rx).await
 }

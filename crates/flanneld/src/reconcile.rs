@@ -8,48 +8,99 @@
 
 use std::collections::BTreeMap;
 
-/// What has to change to turn `actual` into `desired` for one kind of entry.
+/// What has to change to turn `actual` into `desired` for one kind of entry, borrowed from
+/// both maps: a plan turns it straight into kernel operations without copying 5000 entries.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Diff<K, V> {
-    /// Entries missing from the kernel or holding a different value: write them (replace).
-    pub upsert: Vec<(K, V)>,
-    /// Entries the kernel holds that are not desired: delete them (with their actual value,
-    /// which the delete request needs).
-    pub delete: Vec<(K, V)>,
+pub struct Diff<'a, K, V> {
+    /// Entries missing from the kernel or holding a different value: write them (replace),
+    /// with the desired value.
+    pub upsert: Vec<(&'a K, &'a V)>,
+    /// Entries the kernel holds that are not desired: delete them, with their actual value
+    /// (which the delete request needs).
+    pub delete: Vec<(&'a K, &'a V)>,
     /// Entries already correct; reported so callers can log and count.
     pub unchanged: usize,
 }
 
-impl<K, V> Diff<K, V> {
+impl<K, V> Diff<'_, K, V> {
     /// True when nothing needs to change.
     pub fn is_empty(&self) -> bool {
         self.upsert.is_empty() && self.delete.is_empty()
     }
 }
 
-/// Compares two keyed sets. Both maps are sorted, so the walk is a single merge pass.
-pub fn diff<K: Ord + Clone, V: PartialEq + Clone>(
-    desired: &BTreeMap<K, V>,
-    actual: &BTreeMap<K, V>,
-) -> Diff<K, V> {
-    let mut upsert = Vec::new();
-    let mut delete = Vec::new();
-    let mut unchanged = 0;
-    for (k, v) in desired {
-        match actual.get(k) {
-            Some(a) if a == v => unchanged += 1,
-            _ => upsert.push((k.clone(), v.clone())),
+/// Compares two keyed sets. Both maps iterate in key order, so one walk over both (a merge of
+/// two sorted sequences) finds every difference without a lookup per entry.
+pub fn diff<'a, K: Ord, V: PartialEq>(
+    desired: &'a BTreeMap<K, V>,
+    actual: &'a BTreeMap<K, V>,
+) -> Diff<'a, K, V> {
+    use std::cmp::Ordering;
+    let mut out = Diff {
+        upsert: Vec::new(),
+        delete: Vec::new(),
+        unchanged: 0,
+    };
+    let mut want = desired.iter().peekable();
+    let mut have = actual.iter().peekable();
+    loop {
+        match (want.peek(), have.peek()) {
+            (Some(&(wk, wv)), Some(&(hk, hv))) => match wk.cmp(hk) {
+                Ordering::Less => {
+                    out.upsert.push((wk, wv));
+                    want.next();
+                }
+                Ordering::Greater => {
+                    out.delete.push((hk, hv));
+                    have.next();
+                }
+                Ordering::Equal => {
+                    if wv == hv {
+                        out.unchanged += 1;
+                    } else {
+                        out.upsert.push((wk, wv));
+                    }
+                    want.next();
+                    have.next();
+                }
+            },
+            (Some(_), None) => out.upsert.extend(want.by_ref()),
+            (None, Some(_)) => out.delete.extend(have.by_ref()),
+            (None, None) => return out,
         }
     }
-    for (k, v) in actual {
-        if !desired.contains_key(k) {
-            delete.push((k.clone(), v.clone()));
+}
+
+/// Why a reconcile pass runs: logged with its summary and counted in the
+/// `flannel_reconcile_total{trigger=...}` metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Trigger {
+    /// Peer leases were added, removed or changed (after the coalescing delay), the first
+    /// full snapshot arrived, or the previous pass failed and is tried again.
+    PeersChanged,
+    /// The periodic repair tick: fixes whatever changed behind our back.
+    Repair,
+    /// One of the backend's devices was deleted.
+    DeviceDeleted,
+    /// The kernel dropped link notifications: a deletion may have been missed.
+    LinkEventsLost,
+}
+
+impl Trigger {
+    /// The text in logs and in the metric label (stable: dashboards select on it).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::PeersChanged => "peers changed",
+            Trigger::Repair => "repair",
+            Trigger::DeviceDeleted => "device deleted",
+            Trigger::LinkEventsLost => "link events lost",
         }
     }
-    Diff {
-        upsert,
-        delete,
-        unchanged,
+}
+
+impl std::fmt::Display for Trigger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -73,7 +124,7 @@ pub struct ReconcileStats {
 
 impl ReconcileStats {
     /// Adds the counts of one diff (the failures are added by the caller after applying).
-    pub fn absorb<K, V>(&mut self, d: &Diff<K, V>) {
+    pub fn absorb<K, V>(&mut self, d: &Diff<'_, K, V>) {
         self.added += d.upsert.len();
         self.removed += d.delete.len();
         self.unchanged += d.unchanged;
@@ -111,8 +162,8 @@ mod tests {
         let desired = map(&[(1, "a"), (2, "b"), (3, "c")]);
         let actual = map(&[(2, "b"), (3, "X"), (4, "d")]);
         let d = diff(&desired, &actual);
-        assert_eq!(d.upsert, vec![(1, "a"), (3, "c")]);
-        assert_eq!(d.delete, vec![(4, "d")]);
+        assert_eq!(d.upsert, vec![(&1, &"a"), (&3, &"c")]);
+        assert_eq!(d.delete, vec![(&4, &"d")]);
         assert_eq!(d.unchanged, 1);
         assert!(!d.is_empty());
     }
@@ -127,15 +178,17 @@ mod tests {
 
     #[test]
     fn empty_desired_deletes_everything_actual() {
-        let d = diff(&BTreeMap::new(), &map(&[(7, "x")]));
-        assert_eq!(d.delete, vec![(7, "x")]);
+        let (desired, actual) = (BTreeMap::new(), map(&[(7, "x")]));
+        let d = diff(&desired, &actual);
+        assert_eq!(d.delete, vec![(&7, &"x")]);
         assert!(d.upsert.is_empty());
     }
 
     #[test]
     fn stats_accumulate() {
         let mut s = ReconcileStats::default();
-        s.absorb(&diff(&map(&[(1, "a")]), &map(&[(2, "b")])));
+        let (desired, actual) = (map(&[(1, "a")]), map(&[(2, "b")]));
+        s.absorb(&diff(&desired, &actual));
         assert_eq!((s.added, s.removed, s.unchanged), (1, 1, 0));
         assert!(!s.is_noop());
         let mut t = ReconcileStats {

@@ -5,8 +5,8 @@ use std::net::IpAddr;
 
 use flannel_lab::{Lab, Node};
 use flannel_netlink::Netlink;
-use flanneld::iface::{ExternalInterface, HostView, IfaceError, Selection, select};
 use flannel_types::IpStack;
+use flanneld::iface::{ExternalInterface, HostView, IfaceError, Selection, select};
 
 /// Runs interface selection inside the node's namespace, as flanneld would there.
 fn select_in(node: &Node, stack: IpStack, sel: Selection) -> Result<ExternalInterface, IfaceError> {

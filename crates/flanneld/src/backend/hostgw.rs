@@ -5,20 +5,34 @@
 //! reconcile as every event, which also removes stale routes and fixes wrong gateways.
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
 
-use flannel_types::{Lease, LeaseAttrs};
+use async_trait::async_trait;
+use flannel_types::{IpFamily, Lease, LeaseAttrs};
 use ipnet::IpNet;
 
-use super::routes::{OwnedRoutes, RouteSpace, RouteTarget, plan};
-use super::{BackendEnv, BackendError, tally};
+use super::routes::{self, OwnedRoutes, RouteSpace, RouteTarget};
+use super::{Backend, BackendEnv, BackendError, DataPlane, Plan, apply_batch, own_subnets};
 use crate::reconcile::ReconcileStats;
+
+/// The backend type, as written in leases.
+pub const TYPE: &str = "host-gw";
 
 /// The host-gw backend.
 #[derive(Debug)]
 pub struct HostGwBackend {
     env: BackendEnv,
     own: Option<Lease>,
+}
+
+/// What host-gw's desired routes depend on besides the peers.
+#[derive(Debug, Clone)]
+pub struct HostGwView {
+    /// The external interface's index: every peer route leaves through it.
+    pub oif: u32,
+    /// The families the cluster runs.
+    pub families: Vec<IpFamily>,
+    /// Where our routes live.
+    pub space: RouteSpace,
 }
 
 impl HostGwBackend {
@@ -30,9 +44,16 @@ impl HostGwBackend {
         }
         Ok(HostGwBackend { env, own: None })
     }
+}
+
+#[async_trait(?Send)]
+impl Backend for HostGwBackend {
+    fn type_name(&self) -> &'static str {
+        TYPE
+    }
 
     /// host-gw publishes only its type and public IPs; there is no device to prepare.
-    pub async fn prepare(&mut self) -> Result<LeaseAttrs, BackendError> {
+    async fn prepare(&mut self, _stored: Option<&LeaseAttrs>) -> Result<LeaseAttrs, BackendError> {
         Ok(LeaseAttrs {
             public_ip: self
                 .env
@@ -40,91 +61,215 @@ impl HostGwBackend {
                 .ext_addr
                 .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED),
             public_ipv6: self.env.ext.ext_v6_addr,
-            backend_type: "host-gw".into(),
+            backend_type: TYPE.into(),
             backend_data: None,
             backend_v6_data: None,
         })
     }
 
     /// Remembers our lease so our own subnet is never treated as a peer route.
-    pub fn configure(&mut self, own: &Lease) {
+    async fn configure(&mut self, own: &Lease) -> Result<(), BackendError> {
         self.own = Some(own.clone());
+        Ok(())
     }
 
     /// The interface MTU: host-gw adds no header.
-    pub fn mtu(&self) -> u32 {
+    fn mtu(&self) -> u32 {
         self.env.ext.mtu
     }
 
-    fn space(&self) -> RouteSpace {
-        let mut s = RouteSpace::default();
-        if let Some(n) = self.env.network {
-            s.networks.push(IpNet::V4(n));
-        }
-        if let Some(n) = self.env.ipv6_network {
-            s.networks.push(IpNet::V6(n));
-        }
-        if let Some(own) = &self.own {
-            s.own.extend(own.subnet.map(IpNet::V4));
-            s.own.extend(own.ipv6_subnet.map(IpNet::V6));
-        }
-        s
+    /// host-gw owns no device: a deleted interface is not something it can rebuild.
+    fn devices(&self) -> Vec<String> {
+        Vec::new()
     }
 
-    /// The route each host-gw peer needs; peers of other backend types are ignored, as
-    /// upstream does.
-    pub fn desired(&self, peers: &[&Lease]) -> BTreeMap<IpNet, RouteTarget> {
-        let oif = Some(self.env.ext.index);
+    async fn reconcile(&mut self, peers: &[&Lease]) -> Result<ReconcileStats, BackendError> {
+        super::reconcile(self, peers).await
+    }
+}
+
+impl DataPlane for HostGwBackend {
+    type View = HostGwView;
+    type Desired = BTreeMap<IpNet, RouteTarget>;
+    type Actual = OwnedRoutes;
+
+    async fn observe(&mut self, _peers: &[&Lease]) -> Result<HostGwView, BackendError> {
+        let (families, networks) = self.env.networks().unzip();
+        Ok(HostGwView {
+            oif: self.env.ext.index,
+            families,
+            space: RouteSpace {
+                networks,
+                own: own_subnets(self.own.as_ref()),
+            },
+        })
+    }
+
+    /// The route each host-gw peer needs, for each family both we and the peer run; peers of
+    /// other backend types are ignored, as upstream does.
+    fn desired(peers: &[&Lease], view: &HostGwView) -> Self::Desired {
         let mut out = BTreeMap::new();
-        for p in peers.iter().filter(|p| p.attrs.backend_type == "host-gw") {
-            if let (Some(sn), true) = (p.subnet, self.env.network.is_some()) {
-                out.insert(
-                    IpNet::V4(sn),
-                    RouteTarget {
-                        gateway: Some(IpAddr::V4(p.attrs.public_ip)),
-                        oif,
+        for p in peers.iter().filter(|p| p.attrs.backend_type == TYPE) {
+            for &family in &view.families {
+                if let (Some(subnet), Some(gateway)) =
+                    (p.subnet_of(family), p.attrs.public_ip_of(family))
+                {
+                    let target = RouteTarget {
+                        gateway: Some(gateway),
+                        oif: Some(view.oif),
                         onlink: false,
-                    },
-                );
-            }
-            if let (Some(sn), Some(ip6), true) = (
-                p.ipv6_subnet,
-                p.attrs.public_ipv6,
-                self.env.ipv6_network.is_some(),
-            ) {
-                out.insert(
-                    IpNet::V6(sn),
-                    RouteTarget {
-                        gateway: Some(IpAddr::V6(ip6)),
-                        oif,
-                        onlink: false,
-                    },
-                );
+                    };
+                    out.insert(subnet, target);
+                }
             }
         }
         out
     }
 
-    /// Dumps, diffs and applies the peer routes.
-    pub async fn reconcile(&mut self, peers: &[&Lease]) -> Result<ReconcileStats, BackendError> {
-        let space = self.space();
-        let desired = self.desired(peers);
-        let actual = OwnedRoutes::load(&self.env.nl, &space).await?;
-        let p = plan(&desired, actual);
+    async fn actual(&self, view: &HostGwView) -> Result<OwnedRoutes, BackendError> {
+        OwnedRoutes::load(&self.env.nl, &view.space).await
+    }
+
+    fn plan(desired: &Self::Desired, actual: &OwnedRoutes) -> Plan {
+        let routes = routes::plan(desired, actual);
         let mut stats = ReconcileStats {
-            added: p.added,
-            removed: p.removed,
-            unchanged: p.unchanged,
-            failed: 0,
             peers: desired.len(),
-            ops: Default::default(),
+            ..Default::default()
         };
-        let mut ops = p.deletes;
-        ops.extend(p.upserts);
-        if !ops.is_empty() {
-            let report = self.env.nl.apply(&ops).await;
-            tally(&ops, &report, "host-gw", &mut stats);
+        routes.count_into(&mut stats);
+        let mut ops = routes.deletes;
+        ops.extend(routes.upserts);
+        Plan { ops, stats }
+    }
+
+    async fn apply(
+        &mut self,
+        _desired: Self::Desired,
+        plan: Plan,
+    ) -> Result<ReconcileStats, BackendError> {
+        Ok(apply_batch(&self.env.nl, plan, TYPE).await)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flannel_netlink::{BatchOp, Route};
+    use std::net::IpAddr;
+
+    fn lease(v4: Option<&str>, v6: Option<&str>, ip: &str, ip6: Option<&str>, kind: &str) -> Lease {
+        Lease {
+            subnet: v4.map(|s| s.parse().unwrap()),
+            ipv6_subnet: v6.map(|s| s.parse().unwrap()),
+            attrs: LeaseAttrs {
+                public_ip: ip.parse().unwrap(),
+                public_ipv6: ip6.map(|s| s.parse().unwrap()),
+                backend_type: kind.into(),
+                ..Default::default()
+            },
+            expiration: None,
         }
-        Ok(stats)
+    }
+
+    fn view(families: &[IpFamily]) -> HostGwView {
+        HostGwView {
+            oif: 2,
+            families: families.to_vec(),
+            space: RouteSpace {
+                networks: vec!["10.244.0.0/16".parse().unwrap()],
+                own: vec!["10.244.1.0/24".parse().unwrap()],
+            },
+        }
+    }
+
+    fn net(s: &str) -> IpNet {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn desired_routes_each_host_gw_peer_via_its_public_ip() {
+        let a = lease(Some("10.244.2.0/24"), None, "198.18.0.2", None, "host-gw");
+        let b = lease(Some("10.244.3.0/24"), None, "198.18.0.3", None, "vxlan");
+        let d = HostGwBackend::desired(&[&a, &b], &view(&[IpFamily::V4]));
+        assert_eq!(d.len(), 1, "{d:?}");
+        let t = d[&net("10.244.2.0/24")];
+        assert_eq!(t.gateway, Some("198.18.0.2".parse::<IpAddr>().unwrap()));
+        assert_eq!((t.oif, t.onlink), (Some(2), false));
+    }
+
+    #[test]
+    fn desired_covers_only_the_families_we_run_and_the_peer_has() {
+        let dual = lease(
+            Some("10.244.2.0/24"),
+            Some("fd00:10:0:2::/64"),
+            "198.18.0.2",
+            Some("fd00:198::2"),
+            "host-gw",
+        );
+        let v4_only_addr = lease(
+            Some("10.244.3.0/24"),
+            Some("fd00:10:0:3::/64"),
+            "198.18.0.3",
+            None,
+            "host-gw",
+        );
+        let both = [IpFamily::V4, IpFamily::V6];
+        let d = HostGwBackend::desired(&[&dual, &v4_only_addr], &view(&both));
+        assert_eq!(
+            d.keys().copied().collect::<Vec<_>>(),
+            vec![
+                net("10.244.2.0/24"),
+                net("10.244.3.0/24"),
+                net("fd00:10:0:2::/64")
+            ]
+        );
+        assert_eq!(
+            d[&net("fd00:10:0:2::/64")].gateway,
+            Some("fd00:198::2".parse().unwrap())
+        );
+        let d = HostGwBackend::desired(&[&dual], &view(&[IpFamily::V4]));
+        assert_eq!(d.len(), 1);
+    }
+
+    #[test]
+    fn plan_adds_missing_fixes_wrong_and_removes_stale_routes() {
+        let a = lease(Some("10.244.2.0/24"), None, "198.18.0.2", None, "host-gw");
+        let b = lease(Some("10.244.3.0/24"), None, "198.18.0.3", None, "host-gw");
+        let v = view(&[IpFamily::V4]);
+        let desired = HostGwBackend::desired(&[&a, &b], &v);
+        let mut actual = OwnedRoutes::default();
+        // .2 is right, .3 has the wrong gateway, .9 belongs to a vanished node.
+        let gw = |s: &str| s.parse::<IpAddr>().unwrap();
+        for (dst, via) in [
+            ("10.244.2.0/24", "198.18.0.2"),
+            ("10.244.3.0/24", "198.18.0.99"),
+            ("10.244.9.0/24", "198.18.0.9"),
+        ] {
+            actual
+                .by_dst
+                .insert(net(dst), Route::via(net(dst), gw(via), Some(2)));
+        }
+        let p = HostGwBackend::plan(&desired, &actual);
+        assert_eq!(
+            (
+                p.stats.added,
+                p.stats.removed,
+                p.stats.unchanged,
+                p.stats.peers
+            ),
+            (1, 1, 1, 2)
+        );
+        assert_eq!(p.ops.len(), 2);
+        assert!(matches!(&p.ops[0], BatchOp::DelRoute(r) if r.dst == net("10.244.9.0/24")));
+        assert!(matches!(&p.ops[1], BatchOp::ReplaceRoute(r)
+            if r.dst == net("10.244.3.0/24") && r.gateway == Some(gw("198.18.0.3"))));
+        // Converged: nothing to do.
+        let mut now = OwnedRoutes::default();
+        for (dst, t) in &desired {
+            now.by_dst.insert(*dst, t.to_route(*dst));
+        }
+        let p = HostGwBackend::plan(&desired, &now);
+        assert!(p.ops.is_empty());
+        assert_eq!(p.stats.unchanged, 2);
     }
 }

@@ -1,22 +1,40 @@
 //! Backends: how packets for a peer's subnet reach the peer.
 //!
-//! Every backend follows the same life cycle, driven by the daemon:
-//! 1. [`Backend::prepare`] creates or adopts its device and returns the lease attributes to
-//!    publish (the VXLAN MAC has to exist before the lease is written);
-//! 2. [`Backend::configure`] applies what depends on our own lease (the device address);
-//! 3. [`Backend::reconcile`] is called with the full desired peer set after every change, on
-//!    a repair tick and when its device disappears. It checks the device, dumps the kernel
-//!    entries it owns, diffs them against the peers and applies the difference in one batch.
+//! # The shape every backend has
 //!
-//! Backends see only `flannel-types` leases, never etcd or Kubernetes objects.
+//! A backend is one module with one type implementing two traits:
+//!
+//! * [`Backend`], the life cycle the daemon drives:
+//!   1. [`Backend::prepare`] creates or adopts the backend's device and returns the lease
+//!      attributes to publish (the VXLAN MAC has to exist before the lease is written);
+//!   2. [`Backend::configure`] applies what depends on our own lease (the device address);
+//!   3. [`Backend::reconcile`] converges the kernel to the full desired peer set. It is called
+//!      after every change, on the repair tick and when a device disappears, and it is always
+//!      [`reconcile`] (below) applied to the backend's [`DataPlane`].
+//! * [`DataPlane`], the five steps of one reconcile, run in this order by [`reconcile`]:
+//!   1. [`DataPlane::observe`]: check (and repair) the devices and gather the facts about the
+//!      node that the desired state depends on, into a [`DataPlane::View`];
+//!   2. [`DataPlane::desired`]: a **pure** function of the peers and that view;
+//!   3. [`DataPlane::actual`]: what the kernel holds of ours, read with one dump per kind;
+//!   4. [`DataPlane::plan`]: a **pure** function from desired and actual to the kernel
+//!      operations and their counts ([`Plan`]);
+//!   5. [`DataPlane::apply`]: the plan as one batched netlink request ([`apply_batch`]), plus
+//!      whatever the backend keeps outside the kernel (the udp peer table).
+//!
+//! Because `desired` and `plan` are pure, each backend's unit tests check them without root
+//! or a kernel; the netns tests check the other three steps. Adding a backend (wireguard is
+//! next) means adding one module with that type and one line in [`new_backend`].
+//!
+//! Backends see only `flannel-types` leases, never etcd or Kubernetes objects, and only peers
+//! the daemon already validated (see [`crate::peers`]).
 
-use std::net::IpAddr;
+use std::collections::HashSet;
+use std::fmt;
 
-use flannel_netlink::{Netlink, NetlinkError};
-use std::collections::BTreeMap;
-
-use flannel_types::{Lease, LeaseAttrs, NetConfig, SubnetKey};
-use ipnet::{Ipv4Net, Ipv6Net};
+use async_trait::async_trait;
+use flannel_netlink::{BatchOp, BatchReport, Netlink, NetlinkError};
+use flannel_types::{GoJsonError, IpFamily, Lease, LeaseAttrs, NetConfig};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use crate::iface::ExternalInterface;
 use crate::reconcile::ReconcileStats;
@@ -35,9 +53,12 @@ pub enum BackendError {
     /// The backend exists upstream but not (yet) here.
     #[error("backend type {0:?} is not supported by flannel-rs")]
     Unsupported(String),
-    /// A `Backend` setting has the wrong type or an impossible value.
+    /// A `Backend` setting has an impossible value.
     #[error("invalid Backend config: {0}")]
     Config(String),
+    /// A `Backend` setting has the wrong JSON type.
+    #[error("invalid Backend config: {0}")]
+    ConfigJson(#[source] GoJsonError),
     /// host-gw cannot work through NAT (upstream's text).
     #[error(
         "your PublicIP differs from interface IP, meaning that probably you're on a NAT, which is not supported by host-gw backend"
@@ -59,7 +80,17 @@ pub enum BackendError {
         /// What we were doing.
         what: String,
         /// The netlink error.
+        #[source]
         source: NetlinkError,
+    },
+    /// A system call outside netlink failed (the udp backend's TUN queues and sockets).
+    #[error("{what}: {source}")]
+    Io {
+        /// What we were doing.
+        what: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
     },
     /// Something the backend needs is missing (an address family without an address).
     #[error("{0}")]
@@ -85,248 +116,128 @@ pub struct BackendEnv {
     pub ipv6_network: Option<Ipv6Net>,
 }
 
-/// The backend selected by `Backend.Type`.
-#[derive(Debug)]
-pub enum Backend {
-    /// `vxlan`: kernel VXLAN devices with static neighbour/FDB entries.
-    Vxlan(vxlan::VxlanBackend),
-    /// `host-gw`: plain routes via peers' public IPs (same L2 segment only).
-    HostGw(hostgw::HostGwBackend),
-    /// `udp`: upstream's userspace TUN + UDP overlay, wire-compatible.
-    Udp(udp::UdpBackend),
+impl BackendEnv {
+    /// The enabled cluster networks with their family, IPv4 first: per-family code loops over
+    /// this instead of spelling out both families.
+    pub fn networks(&self) -> impl Iterator<Item = (IpFamily, IpNet)> + '_ {
+        let v4 = self.network.map(|n| (IpFamily::V4, IpNet::V4(n)));
+        let v6 = self.ipv6_network.map(|n| (IpFamily::V6, IpNet::V6(n)));
+        v4.into_iter().chain(v6)
+    }
 }
 
-impl Backend {
-    /// Builds the backend named in the config, parsing its `Backend` settings.
-    pub fn new(config: &NetConfig, env: BackendEnv) -> Result<Backend, BackendError> {
-        match config.backend_type.as_str() {
-            "vxlan" => Ok(Backend::Vxlan(vxlan::VxlanBackend::new(config, env)?)),
-            "host-gw" => Ok(Backend::HostGw(hostgw::HostGwBackend::new(env)?)),
-            "udp" => Ok(Backend::Udp(udp::UdpBackend::new(config, env)?)),
-            t @ ("ipip" | "wireguard" | "ipsec" | "alloc" | "extension" | "tencent-vpc") => {
-                Err(BackendError::Unsupported(t.to_string()))
-            }
-            other => Err(BackendError::UnknownType(other.to_string())),
-        }
-    }
-
-    /// The backend's type as written in leases (`BackendType`).
-    pub fn type_name(&self) -> &'static str {
-        match self {
-            Backend::Vxlan(_) => "vxlan",
-            Backend::HostGw(_) => "host-gw",
-            Backend::Udp(_) => "udp",
-        }
-    }
+/// The life cycle the daemon drives (see the module documentation for the order).
+///
+/// A trait object, so the daemon holds one `Box<dyn Backend>` whatever net-conf.json chose.
+/// Not `Send`: flanneld's runtime is single-threaded and the daemon's one task owns it.
+#[async_trait(?Send)]
+pub trait Backend: fmt::Debug {
+    /// The backend's type as written in leases (`BackendType`) and metrics.
+    fn type_name(&self) -> &'static str;
 
     /// Creates or adopts the device and returns the attributes for our lease. `stored` are the
-    /// attributes the datastore still holds for this node, from which the VTEP MAC is reused.
-    pub async fn prepare(
-        &mut self,
-        stored: Option<&LeaseAttrs>,
-    ) -> Result<LeaseAttrs, BackendError> {
-        match self {
-            Backend::Vxlan(b) => b.prepare(stored).await,
-            Backend::HostGw(b) => b.prepare().await,
-            Backend::Udp(b) => b.prepare().await,
-        }
-    }
+    /// attributes the datastore still holds for this node (the VTEP MAC is reused from them).
+    async fn prepare(&mut self, stored: Option<&LeaseAttrs>) -> Result<LeaseAttrs, BackendError>;
 
-    /// Applies what depends on our own lease (device addresses).
-    pub async fn configure(&mut self, own: &Lease) -> Result<(), BackendError> {
-        match self {
-            Backend::Vxlan(b) => b.configure(own).await,
-            Backend::Udp(b) => b.configure(own).await,
-            Backend::HostGw(b) => {
-                b.configure(own);
-                Ok(())
-            }
-        }
-    }
+    /// Applies what depends on our own lease (device addresses, the udp data path).
+    async fn configure(&mut self, own: &Lease) -> Result<(), BackendError>;
 
     /// The MTU pods should use (`FLANNEL_MTU`).
-    pub fn mtu(&self) -> u32 {
-        match self {
-            Backend::Vxlan(b) => b.mtu(),
-            Backend::HostGw(b) => b.mtu(),
-            Backend::Udp(b) => b.mtu(),
-        }
-    }
+    fn mtu(&self) -> u32;
 
     /// The device names whose deletion should trigger an immediate reconcile.
-    pub fn devices(&self) -> Vec<String> {
-        match self {
-            Backend::Vxlan(b) => b.devices(),
-            Backend::HostGw(_) => Vec::new(),
-            Backend::Udp(b) => b.devices(),
-        }
-    }
+    fn devices(&self) -> Vec<String>;
 
-    /// Converges the kernel to the given peers (our own lease excluded by the caller).
-    pub async fn reconcile(&mut self, peers: &[&Lease]) -> Result<ReconcileStats, BackendError> {
-        match self {
-            Backend::Vxlan(b) => b.reconcile(peers).await,
-            Backend::HostGw(b) => b.reconcile(peers).await,
-            Backend::Udp(b) => b.reconcile(peers).await,
-        }
-    }
+    /// Converges the kernel to the given peers (our own lease excluded by the caller); every
+    /// implementation is [`reconcile`] on its [`DataPlane`].
+    async fn reconcile(&mut self, peers: &[&Lease]) -> Result<ReconcileStats, BackendError>;
 }
 
-/// Why a peer lease is unusable no matter the backend; `None` when it is fine.
-///
-/// A peer must not be able to steer traffic outside the cluster network or hijack our own
-/// subnet, and a public IP that cannot be a remote host makes routes that black-hole traffic.
-pub fn peer_problem(
-    peer: &Lease,
-    own: &Lease,
-    network: Option<Ipv4Net>,
-    ipv6_network: Option<Ipv6Net>,
-) -> Option<String> {
-    if let Some(sn) = peer.subnet {
-        match network {
-            Some(net) if net.contains(&sn) && sn.prefix_len() > net.prefix_len() => {}
-            Some(net) => return Some(format!("subnet {sn} is not inside the network {net}")),
-            None => {}
-        }
-        if let Some(own_sn) = own.subnet
-            && (own_sn.contains(&sn) || sn.contains(&own_sn))
-        {
-            return Some(format!("subnet {sn} overlaps our own subnet {own_sn}"));
-        }
-        if !usable_public_ip(IpAddr::V4(peer.attrs.public_ip)) {
-            return Some(format!(
-                "public IP {} cannot be a remote node",
-                peer.attrs.public_ip
-            ));
-        }
-    }
-    if let Some(sn) = peer.ipv6_subnet {
-        match ipv6_network {
-            Some(net) if net.contains(&sn) && sn.prefix_len() > net.prefix_len() => {}
-            Some(net) => return Some(format!("IPv6 subnet {sn} is not inside the network {net}")),
-            None => {}
-        }
-        if let Some(own_sn) = own.ipv6_subnet
-            && (own_sn.contains(&sn) || sn.contains(&own_sn))
-        {
-            return Some(format!("IPv6 subnet {sn} overlaps our own subnet {own_sn}"));
-        }
-        match peer.attrs.public_ipv6 {
-            Some(ip) if usable_public_ip(IpAddr::V6(ip)) => {}
-            Some(ip) => return Some(format!("public IPv6 {ip} cannot be a remote node")),
-            None if network.is_none() => {
-                return Some("IPv6 subnet without a public IPv6 address".into());
-            }
-            None => {}
-        }
-    }
-    if peer.subnet.is_none() && peer.ipv6_subnet.is_none() {
-        return Some("lease has no subnet".into());
-    }
-    None
+/// The kernel operations one reconcile pass needs, with the counts for logs and metrics.
+#[derive(Debug, Default)]
+pub struct Plan {
+    /// In the order they must run (removals first, then what routes depend on, then routes).
+    pub ops: Vec<BatchOp>,
+    /// Added/removed/unchanged entries and peers; `failed` and `ops` are filled by the apply.
+    pub stats: ReconcileStats,
 }
 
-/// Peers whose subnets overlap another peer's, each with the reason it is ignored.
+/// The steps of one reconcile pass (see the module documentation).
 ///
-/// The allocators never hand out overlapping subnets, so an overlap means a broken or hostile
-/// writer: a /25 planted inside another node's /24 would divert part of that node's pods to
-/// somebody else on every node. When exactly one side of an overlapping pair has the prefix
-/// length the config allocates (`SubnetLen`), the other is ignored; otherwise both are. Leases
-/// of different lengths that do not overlap (a `SubnetLen` change rolling through the cluster)
-/// are left alone.
-pub fn peer_conflicts(
+/// Not object-safe on purpose: only [`reconcile`] calls it, monomorphised per backend.
+#[allow(async_fn_in_trait)]
+pub trait DataPlane {
+    /// The facts about the node `desired` depends on besides the peers (device indexes,
+    /// which peers are on-link...), gathered by `observe`.
+    type View;
+    /// The entries the kernel should hold.
+    type Desired;
+    /// The entries of ours the kernel holds.
+    type Actual;
+
+    /// Checks the devices (recreating or repairing them) and gathers the view.
+    async fn observe(&mut self, peers: &[&Lease]) -> Result<Self::View, BackendError>;
+
+    /// What the kernel should hold for `peers`. Pure.
+    fn desired(peers: &[&Lease], view: &Self::View) -> Self::Desired;
+
+    /// Dumps what the kernel holds of ours.
+    async fn actual(&self, view: &Self::View) -> Result<Self::Actual, BackendError>;
+
+    /// The operations that turn `actual` into `desired`. Pure.
+    fn plan(desired: &Self::Desired, actual: &Self::Actual) -> Plan;
+
+    /// Sends the plan (one batch) and records what went wrong.
+    async fn apply(
+        &mut self,
+        desired: Self::Desired,
+        plan: Plan,
+    ) -> Result<ReconcileStats, BackendError>;
+}
+
+/// One reconcile pass: observe, desired, actual, plan, apply.
+///
+/// The actual state is dropped before the batch is sent: at 5000 peers it is a few MiB that
+/// would otherwise sit on top of the encoded batch.
+pub async fn reconcile<P: DataPlane>(
+    plane: &mut P,
     peers: &[&Lease],
-    subnet_len: u8,
-    ipv6_subnet_len: u8,
-) -> BTreeMap<SubnetKey, String> {
-    fn scan<N: Copy + Ord + std::fmt::Display>(
-        mut items: Vec<(N, N, u8, SubnetKey, String)>,
-        want_len: u8,
-        out: &mut BTreeMap<SubnetKey, String>,
-    ) {
-        // (start, end, prefix len, key, text), sorted by start then widest first.
-        items.sort_by(|a, b| a.0.cmp(&b.0).then(a.2.cmp(&b.2)));
-        let mut cover: Option<usize> = None;
-        for i in 0..items.len() {
-            if let Some(c) = cover
-                && items[i].0 <= items[c].1
-            {
-                let (a, b) = (&items[c], &items[i]);
-                let (a_ok, b_ok) = (a.2 == want_len, b.2 == want_len);
-                if !a_ok || b_ok {
-                    out.entry(a.3)
-                        .or_insert_with(|| format!("subnet {} overlaps peer subnet {}", a.4, b.4));
-                }
-                if !b_ok || a_ok {
-                    out.entry(b.3)
-                        .or_insert_with(|| format!("subnet {} overlaps peer subnet {}", b.4, a.4));
-                }
-            }
-            if cover.is_none_or(|c| items[i].1 > items[c].1) {
-                cover = Some(i);
-            }
-        }
-    }
-    let mut out = BTreeMap::new();
-    let v4 = peers
-        .iter()
-        .filter_map(|l| {
-            let n = l.subnet?;
-            Some((
-                n.network(),
-                n.broadcast(),
-                n.prefix_len(),
-                l.key(),
-                n.to_string(),
-            ))
-        })
-        .collect();
-    scan(v4, subnet_len, &mut out);
-    let v6 = peers
-        .iter()
-        .filter_map(|l| {
-            let n = l.ipv6_subnet?;
-            Some((
-                n.network(),
-                n.broadcast(),
-                n.prefix_len(),
-                l.key(),
-                n.to_string(),
-            ))
-        })
-        .collect();
-    scan(v6, ipv6_subnet_len, &mut out);
-    out
+) -> Result<ReconcileStats, BackendError> {
+    let view = plane.observe(peers).await?;
+    let desired = P::desired(peers, &view);
+    let actual = plane.actual(&view).await?;
+    let plan = P::plan(&desired, &actual);
+    drop((actual, view));
+    plane.apply(desired, plan).await
 }
 
-/// Addresses a remote node can really have: not unspecified, loopback, multicast, broadcast or
-/// link-local.
-pub fn usable_public_ip(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(a) => {
-            !(a.is_unspecified()
-                || a.is_loopback()
-                || a.is_multicast()
-                || a.is_broadcast()
-                || a.is_link_local())
+/// Builds the backend named in the config, parsing its `Backend` settings.
+pub fn new_backend(config: &NetConfig, env: BackendEnv) -> Result<Box<dyn Backend>, BackendError> {
+    match config.backend_type.as_str() {
+        "vxlan" => Ok(Box::new(vxlan::VxlanBackend::new(config, env)?)),
+        "host-gw" => Ok(Box::new(hostgw::HostGwBackend::new(env)?)),
+        "udp" => Ok(Box::new(udp::UdpBackend::new(config, env)?)),
+        t @ ("ipip" | "wireguard" | "ipsec" | "alloc" | "extension" | "tencent-vpc") => {
+            Err(BackendError::Unsupported(t.to_string()))
         }
-        IpAddr::V6(a) => {
-            !(a.is_unspecified()
-                || a.is_loopback()
-                || a.is_multicast()
-                || a.is_unicast_link_local())
-        }
+        other => Err(BackendError::UnknownType(other.to_string())),
     }
 }
 
-/// Tallies a batch's results into `stats`: deletes of entries already gone count as done
-/// (`absent`), everything else that failed is logged (the first few individually) and counted.
-pub(crate) fn tally(
-    ops: &[flannel_netlink::BatchOp],
-    report: &flannel_netlink::BatchReport,
-    backend: &str,
-    stats: &mut ReconcileStats,
-) {
+/// Sends `plan.ops` as one batch and returns the plan's stats completed with the outcome.
+///
+/// Deletes of entries already gone count as done (`absent`); everything else that failed is
+/// logged (the first few individually) and counted in `failed`.
+pub async fn apply_batch(nl: &Netlink, plan: Plan, backend: &str) -> ReconcileStats {
+    let mut stats = plan.stats;
+    if !plan.ops.is_empty() {
+        let report = nl.apply(&plan.ops).await;
+        tally(&plan.ops, &report, backend, &mut stats);
+    }
+    stats
+}
+
+fn tally(ops: &[BatchOp], report: &BatchReport, backend: &str, stats: &mut ReconcileStats) {
     let mut logged = 0;
     for (op, result) in ops.iter().zip(report.results.iter()) {
         let outcome = match result {
@@ -348,95 +259,73 @@ pub(crate) fn tally(
     }
 }
 
+/// Remembers which warnings were already logged, so a bad peer is reported once and not on
+/// every repair tick. Bounded: a churning set of bad peers cannot grow it without limit.
+#[derive(Debug, Default)]
+pub struct WarnOnce(HashSet<String>);
+
+impl WarnOnce {
+    /// True the first time `text` is seen (the caller logs it then).
+    pub fn first(&mut self, text: &str) -> bool {
+        if self.0.len() > 10_000 {
+            self.0.clear();
+        }
+        if self.0.contains(text) {
+            return false;
+        }
+        self.0.insert(text.to_string())
+    }
+}
+
+/// Our own subnets, the part of the cluster network no backend touches (the `cni0` route
+/// and the optional blackhole route live there).
+pub(crate) fn own_subnets(own: Option<&Lease>) -> Vec<IpNet> {
+    own.into_iter()
+        .flat_map(|l| IpFamily::ALL.into_iter().filter_map(|f| l.subnet_of(f)))
+        .collect()
+}
+
+/// The `/32` or `/128` of a subnet's network address: what a device of ours carries.
+pub(crate) fn host_prefix(subnet: IpNet) -> IpNet {
+    match subnet {
+        IpNet::V4(n) => IpNet::V4(Ipv4Net::from(n.network())),
+        IpNet::V6(n) => IpNet::V6(Ipv6Net::from(n.network())),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn lease(sn: &str, ip: &str) -> Lease {
-        Lease {
-            subnet: Some(sn.parse().unwrap()),
-            ipv6_subnet: None,
-            attrs: LeaseAttrs {
-                public_ip: ip.parse().unwrap(),
-                ..Default::default()
-            },
-            expiration: None,
-        }
+    #[test]
+    fn warn_once_reports_each_text_once() {
+        let mut w = WarnOnce::default();
+        assert!(w.first("a"));
+        assert!(!w.first("a"));
+        assert!(w.first("b"));
     }
 
     #[test]
-    fn peers_outside_network_or_over_our_subnet_are_refused() {
-        let net = Some("10.244.0.0/16".parse().unwrap());
-        let own = lease("10.244.1.0/24", "198.18.0.1");
-        let check = |sn: &str, ip: &str| peer_problem(&lease(sn, ip), &own, net, None);
-        assert_eq!(check("10.244.2.0/24", "198.18.0.2"), None);
-        assert!(
-            check("10.99.2.0/24", "198.18.0.2")
-                .unwrap()
-                .contains("not inside")
+    fn host_prefix_is_the_network_address() {
+        assert_eq!(
+            host_prefix("10.244.3.0/24".parse().unwrap()),
+            "10.244.3.0/32".parse::<IpNet>().unwrap()
         );
-        assert!(
-            check("10.244.0.0/16", "198.18.0.2")
-                .unwrap()
-                .contains("not inside")
+        assert_eq!(
+            host_prefix("fd00:10:0:3::/64".parse().unwrap()),
+            "fd00:10:0:3::/128".parse::<IpNet>().unwrap()
         );
-        assert!(
-            check("10.244.0.0/23", "198.18.0.2")
-                .unwrap()
-                .contains("overlaps")
-        );
-        for bad in [
-            "0.0.0.0",
-            "127.0.0.1",
-            "224.0.0.5",
-            "255.255.255.255",
-            "169.254.1.1",
-        ] {
-            assert!(check("10.244.2.0/24", bad).is_some(), "{bad} accepted");
-        }
     }
 
     #[test]
-    fn overlapping_peers_are_ignored_preferring_the_configured_length() {
-        let a = lease("10.244.1.0/24", "198.18.0.1");
-        let hijack = lease("10.244.1.0/25", "198.18.0.9");
-        let b = lease("10.244.2.0/24", "198.18.0.2");
-        let migrated = lease("10.244.16.0/20", "198.18.0.3");
-        let c = conflicts(&[&a, &hijack, &b, &migrated], 24);
-        assert_eq!(c.len(), 1, "{c:?}");
-        assert!(c[&hijack.key()].contains("overlaps peer subnet 10.244.1.0/24"));
-        // Neither has the configured length: both go.
-        let x = lease("10.244.64.0/20", "198.18.0.4");
-        let y = lease("10.244.64.0/21", "198.18.0.5");
-        let c = conflicts(&[&x, &y], 24);
-        assert_eq!(c.len(), 2);
-        // A wide lease covering several /24s is the one ignored.
-        let wide = lease("10.244.0.0/22", "198.18.0.6");
-        let c = conflicts(&[&a, &b, &wide], 24);
-        assert_eq!(c.keys().collect::<Vec<_>>(), vec![&wide.key()]);
-        // No overlap, no conflict, whatever the lengths.
-        assert!(conflicts(&[&a, &b, &migrated], 24).is_empty());
-    }
-
-    fn conflicts(peers: &[&Lease], len: u8) -> BTreeMap<SubnetKey, String> {
-        peer_conflicts(peers, len, 64)
-    }
-
-    #[test]
-    fn v6_peers_need_a_public_v6_address_in_v6_only_mode() {
-        let net6: Option<Ipv6Net> = Some("fd00:10::/56".parse().unwrap());
-        let own = Lease {
-            subnet: None,
+    fn own_subnets_cover_both_families() {
+        let l = Lease {
+            subnet: Some("10.244.1.0/24".parse().unwrap()),
             ipv6_subnet: Some("fd00:10:0:1::/64".parse().unwrap()),
             attrs: LeaseAttrs::default(),
             expiration: None,
         };
-        let mut peer = own.clone();
-        peer.ipv6_subnet = Some("fd00:10:0:2::/64".parse().unwrap());
-        assert!(peer_problem(&peer, &own, None, net6).is_some());
-        peer.attrs.public_ipv6 = Some("fd00:198::2".parse().unwrap());
-        assert_eq!(peer_problem(&peer, &own, None, net6), None);
-        peer.attrs.public_ipv6 = Some("::1".parse().unwrap());
-        assert!(peer_problem(&peer, &own, None, net6).is_some());
+        assert_eq!(own_subnets(Some(&l)).len(), 2);
+        assert!(own_subnets(None).is_empty());
     }
 }

@@ -13,7 +13,7 @@ use flannel_netlink::{BatchOp, IpFamily, Netlink, Route, RouteFilter, RouteKind,
 use ipnet::IpNet;
 
 use super::{BackendError, nl_err};
-use crate::reconcile::{Diff, diff};
+use crate::reconcile::{ReconcileStats, diff};
 
 /// Where traffic for a peer subnet goes: the part of a route reconciliation compares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,16 +84,8 @@ impl OwnedRoutes {
     /// Dumps the main table for the families in use and keeps the routes we own.
     pub async fn load(nl: &Netlink, space: &RouteSpace) -> Result<OwnedRoutes, BackendError> {
         let mut out = OwnedRoutes::default();
-        let mut families = Vec::new();
-        for n in &space.networks {
-            let f = match n {
-                IpNet::V4(_) => IpFamily::V4,
-                IpNet::V6(_) => IpFamily::V6,
-            };
-            if !families.contains(&f) {
-                families.push(f);
-            }
-        }
+        let mut families: Vec<IpFamily> = space.networks.iter().map(IpFamily::of_net).collect();
+        families.dedup();
         for f in families {
             let routes = nl
                 .routes(&RouteFilter::main().family(f))
@@ -128,31 +120,43 @@ pub struct RoutePlan {
     pub unchanged: usize,
 }
 
-/// Plans the route changes.
-pub fn plan(desired: &BTreeMap<IpNet, RouteTarget>, actual: OwnedRoutes) -> RoutePlan {
+impl RoutePlan {
+    /// Adds this plan's counts to a pass's stats.
+    pub fn count_into(&self, stats: &mut ReconcileStats) {
+        stats.added += self.added;
+        stats.removed += self.removed;
+        stats.unchanged += self.unchanged;
+    }
+}
+
+/// Plans the route changes. Pure.
+pub fn plan(desired: &BTreeMap<IpNet, RouteTarget>, actual: &OwnedRoutes) -> RoutePlan {
     let actual_targets: BTreeMap<IpNet, RouteTarget> = actual
         .by_dst
         .iter()
         .map(|(k, r)| (*k, RouteTarget::of(r)))
         .collect();
-    let d: Diff<IpNet, RouteTarget> = diff(desired, &actual_targets);
+    let d = diff(desired, &actual_targets);
     let mut p = RoutePlan {
         added: d.upsert.len(),
         removed: d.delete.len() + actual.duplicates.len(),
         unchanged: d.unchanged,
         ..Default::default()
     };
-    for r in actual.duplicates {
-        p.deletes.push(BatchOp::DelRoute(r));
-    }
-    for (dst, _) in d.delete {
-        if let Some(r) = actual.by_dst.get(&dst) {
-            p.deletes.push(BatchOp::DelRoute(r.clone()));
-        }
-    }
-    for (dst, t) in d.upsert {
-        p.upserts.push(BatchOp::ReplaceRoute(t.to_route(dst)));
-    }
+    p.deletes
+        .extend(actual.duplicates.iter().cloned().map(BatchOp::DelRoute));
+    p.deletes.extend(
+        d.delete
+            .iter()
+            .filter_map(|(dst, _)| actual.by_dst.get(*dst))
+            .cloned()
+            .map(BatchOp::DelRoute),
+    );
+    p.upserts.extend(
+        d.upsert
+            .iter()
+            .map(|(dst, t)| BatchOp::ReplaceRoute(t.to_route(**dst))),
+    );
     p
 }
 
@@ -227,7 +231,7 @@ mod tests {
         actual
             .duplicates
             .push(Route::onlink_via(net("10.244.2.0/24"), gw2, 7).with_metric(5));
-        let p = plan(&desired, actual);
+        let p = plan(&desired, &actual);
         assert_eq!((p.added, p.removed, p.unchanged), (1, 2, 1));
         assert_eq!(p.upserts.len(), 1);
         assert!(matches!(&p.upserts[0], BatchOp::ReplaceRoute(r) if r.dst == net("10.244.3.0/24")));

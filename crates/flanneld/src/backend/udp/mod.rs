@@ -24,20 +24,24 @@ mod io;
 pub mod offload;
 pub mod table;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
 use std::sync::Arc;
 
-use flannel_netlink::{BatchOp, IpFamily, Route, RouteFilter, RouteKind, Scope};
+use async_trait::async_trait;
+use flannel_netlink::{IpFamily, Route, RouteFilter, RouteKind, Scope};
 use flannel_types::{Lease, LeaseAttrs, NetConfig};
 use ipnet::{IpNet, Ipv4Net};
 use tracing::{debug, info, warn};
 
 use self::io::{DataPath, DataPathConfig};
 use self::table::{PeerTable, SharedTable};
-use super::routes::{OwnedRoutes, RouteSpace, plan};
-use super::{BackendEnv, BackendError, nl_err};
-use crate::reconcile::ReconcileStats;
+use super::routes::{self, OwnedRoutes, RouteSpace};
+use super::{
+    Backend, BackendEnv, BackendError, DataPlane, Plan, WarnOnce, apply_batch, host_prefix, nl_err,
+    own_subnets,
+};
+use crate::reconcile::{ReconcileStats, diff};
 
 pub use self::io::Counters;
 
@@ -67,7 +71,7 @@ pub struct UdpConfig {
 impl UdpConfig {
     /// Parses the `Backend` object with Go's leniency (case-insensitive keys) and checks ranges.
     pub fn from_net_config(config: &NetConfig) -> Result<UdpConfig, BackendError> {
-        let bad = |e: flannel_types::GoJsonError| BackendError::Config(e.to_string());
+        let bad = BackendError::ConfigJson;
         let mut c = UdpConfig {
             port: DEFAULT_PORT,
             queues: None,
@@ -106,7 +110,33 @@ pub struct UdpBackend {
     datapath: Option<DataPath>,
     index: Option<u32>,
     own: Option<Lease>,
-    warned: HashSet<String>,
+    warned: WarnOnce,
+}
+
+/// What the udp backend's desired state depends on besides the peers.
+#[derive(Debug, Clone)]
+pub struct UdpView {
+    /// The cluster network (routed to the device as a whole) and our subnet: any other route
+    /// inside the network is a stray that would shadow the network route.
+    pub space: RouteSpace,
+}
+
+/// What the udp backend should hold: the peer table, and no per-peer routes.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct UdpDesired {
+    /// Peer subnet -> the peer's public IP.
+    pub table: BTreeMap<Ipv4Net, Ipv4Addr>,
+    /// Why some peers are not in the table (logged once each).
+    pub skipped: Vec<String>,
+}
+
+/// What the udp backend holds: the table the data path uses, and routes inside the network.
+#[derive(Debug, Default)]
+pub struct UdpActual {
+    /// The published peer table.
+    pub table: BTreeMap<Ipv4Net, Ipv4Addr>,
+    /// Per-peer routes another backend left inside the network.
+    pub routes: OwnedRoutes,
 }
 
 impl UdpBackend {
@@ -140,42 +170,13 @@ impl UdpBackend {
             datapath: None,
             index: None,
             own: None,
-            warned: HashSet::new(),
+            warned: WarnOnce::default(),
         })
     }
 
     /// The pod MTU: the underlay MTU minus the outer IPv4 and UDP headers.
-    pub fn mtu(&self) -> u32 {
+    fn pod_mtu(&self) -> u32 {
         self.env.ext.mtu.saturating_sub(ENCAP_OVERHEAD)
-    }
-
-    /// The TUN device, watched by the daemon for deletion.
-    pub fn devices(&self) -> Vec<String> {
-        vec![DEVICE.to_string()]
-    }
-
-    /// Lease attributes: only the public IP, as upstream's udp leases (no `BackendType`, no
-    /// data, so the `backend-type` annotation is empty).
-    pub async fn prepare(&mut self) -> Result<LeaseAttrs, BackendError> {
-        Ok(LeaseAttrs {
-            public_ip: self.env.ext.ext_addr.unwrap_or(Ipv4Addr::UNSPECIFIED),
-            public_ipv6: None,
-            backend_type: String::new(),
-            backend_data: None,
-            backend_v6_data: None,
-        })
-    }
-
-    /// Starts the data path for our lease: the device needs our subnet for its address, the
-    /// ICMP source and the receive filter.
-    pub async fn configure(&mut self, own: &Lease) -> Result<(), BackendError> {
-        if own.subnet.is_none() {
-            return Err(BackendError::Missing(
-                "the udp backend needs an IPv4 subnet lease".into(),
-            ));
-        }
-        self.own = Some(own.clone());
-        self.ensure_device().await
     }
 
     fn datapath_config(&self, own_subnet: Ipv4Net) -> DataPathConfig {
@@ -187,7 +188,7 @@ impl UdpBackend {
         });
         DataPathConfig {
             name: DEVICE.to_string(),
-            mtu: self.mtu(),
+            mtu: self.pod_mtu(),
             bind: SocketAddrV4::new(self.iface_addr, self.cfg.port),
             peer_port: self.cfg.port,
             tun_ip: own_subnet.network(),
@@ -217,8 +218,10 @@ impl UdpBackend {
                 old.stop();
             }
             let cfg = self.datapath_config(own_subnet);
-            let dp = DataPath::start(&cfg, &self.table)
-                .map_err(|e| BackendError::Missing(format!("starting the udp data path: {e}")))?;
+            let dp = DataPath::start(&cfg, &self.table).map_err(|source| BackendError::Io {
+                what: "starting the udp data path".into(),
+                source,
+            })?;
             info!(
                 "{DEVICE}: {} queue(s), offloads {}, UDP {} -> peers' port {}",
                 dp.queues(),
@@ -236,7 +239,7 @@ impl UdpBackend {
         let link = link.ok_or_else(|| {
             BackendError::Missing(format!("{DEVICE} vanished right after it was created"))
         })?;
-        let mtu = self.mtu();
+        let mtu = self.pod_mtu();
         if link.mtu != mtu {
             nl.set_link_mtu(link.index, mtu)
                 .await
@@ -254,7 +257,7 @@ impl UdpBackend {
 
     /// `<subnet IP>/32` on the device; other addresses of the cluster network removed.
     async fn ensure_address(&self, index: u32, own_subnet: Ipv4Net) -> Result<(), BackendError> {
-        let want = IpNet::V4(Ipv4Net::new(own_subnet.network(), 32).expect("/32"));
+        let want = host_prefix(IpNet::V4(own_subnet));
         let nl = &self.env.nl;
         let mut have = false;
         for a in nl
@@ -309,83 +312,148 @@ impl UdpBackend {
         Ok(())
     }
 
-    fn warn_once(&mut self, key: String) {
-        if self.warned.len() > 10_000 {
-            self.warned.clear();
-        }
-        if self.warned.insert(key.clone()) {
-            warn!("{key}");
-        }
+    /// The data path's counters, when it runs.
+    pub fn counters(&self) -> Option<&Counters> {
+        self.datapath.as_ref().map(|d| d.counters())
+    }
+}
+
+#[async_trait(?Send)]
+impl Backend for UdpBackend {
+    /// udp leases carry no `BackendType` (upstream's), but metrics and logs need a name.
+    fn type_name(&self) -> &'static str {
+        "udp"
     }
 
-    /// Builds the peer table for this peer set (see [`peer_table`]), warning once per skipped
-    /// peer.
-    fn table_for(&mut self, peers: &[&Lease]) -> PeerTable {
-        let (table, skipped) = peer_table(peers);
-        for why in skipped {
-            self.warn_once(why);
-        }
-        table
+    /// Lease attributes: only the public IP, as upstream's udp leases (no `BackendType`, no
+    /// data, so the `backend-type` annotation is empty).
+    async fn prepare(&mut self, _stored: Option<&LeaseAttrs>) -> Result<LeaseAttrs, BackendError> {
+        Ok(LeaseAttrs {
+            public_ip: self.env.ext.ext_addr.unwrap_or(Ipv4Addr::UNSPECIFIED),
+            public_ipv6: None,
+            backend_type: String::new(),
+            backend_data: None,
+            backend_v6_data: None,
+        })
     }
 
-    /// Publishes the peer table to the data path, then checks device, address and route, and
-    /// removes per-peer routes another backend left inside the network (they would shadow
-    /// the network route).
-    pub async fn reconcile(&mut self, peers: &[&Lease]) -> Result<ReconcileStats, BackendError> {
-        let table = self.table_for(peers);
-        let before: BTreeMap<Ipv4Net, Ipv4Addr> = self.table.snapshot().entries().collect();
-        let after: BTreeMap<Ipv4Net, Ipv4Addr> = table.entries().collect();
+    /// Starts the data path for our lease: the device needs our subnet for its address, the
+    /// ICMP source and the receive filter.
+    async fn configure(&mut self, own: &Lease) -> Result<(), BackendError> {
+        if own.subnet.is_none() {
+            return Err(BackendError::Missing(
+                "the udp backend needs an IPv4 subnet lease".into(),
+            ));
+        }
+        self.own = Some(own.clone());
+        self.ensure_device().await
+    }
+
+    fn mtu(&self) -> u32 {
+        self.pod_mtu()
+    }
+
+    /// The TUN device, watched by the daemon for deletion.
+    fn devices(&self) -> Vec<String> {
+        vec![DEVICE.to_string()]
+    }
+
+    async fn reconcile(&mut self, peers: &[&Lease]) -> Result<ReconcileStats, BackendError> {
+        super::reconcile(self, peers).await
+    }
+}
+
+impl DataPlane for UdpBackend {
+    type View = UdpView;
+    type Desired = UdpDesired;
+    type Actual = UdpActual;
+
+    /// Checks device, address and network route (recreating the device and its queues if
+    /// they died).
+    async fn observe(&mut self, _peers: &[&Lease]) -> Result<UdpView, BackendError> {
+        self.ensure_device().await?;
+        Ok(UdpView {
+            space: RouteSpace {
+                networks: vec![IpNet::V4(self.network)],
+                own: own_subnets(self.own.as_ref())
+                    .into_iter()
+                    .filter(|n| matches!(n, IpNet::V4(_)))
+                    .collect(),
+            },
+        })
+    }
+
+    /// IPv4 subnet -> public IP for every udp peer. udp leases carry no `BackendType`, and
+    /// upstream programs every lease it sees; a lease that names another backend cannot answer
+    /// on the udp port, so it is skipped with a reason.
+    fn desired(peers: &[&Lease], _view: &UdpView) -> UdpDesired {
+        let mut out = UdpDesired::default();
+        for p in peers {
+            let Some(sn) = p.subnet else { continue };
+            let t = p.attrs.backend_type.as_str();
+            if t.is_empty() || t == "udp" {
+                out.table.insert(sn, p.attrs.public_ip);
+            } else {
+                out.skipped.push(format!(
+                    "ignoring peer {} ({}): its backend is {t:?}, not udp",
+                    p.key(),
+                    p.attrs.public_ip
+                ));
+            }
+        }
+        out
+    }
+
+    async fn actual(&self, view: &UdpView) -> Result<UdpActual, BackendError> {
+        Ok(UdpActual {
+            table: self.table.snapshot().entries().collect(),
+            routes: OwnedRoutes::load(&self.env.nl, &view.space).await?,
+        })
+    }
+
+    /// Table changes are counted (the data path swaps the whole table at once); every route
+    /// inside the network is removed.
+    fn plan(desired: &UdpDesired, actual: &UdpActual) -> Plan {
+        let table = diff(&desired.table, &actual.table);
+        let routes = routes::plan(&BTreeMap::new(), &actual.routes);
         let mut stats = ReconcileStats {
-            peers: after.len(),
+            peers: desired.table.len(),
             ..Default::default()
         };
-        for (k, v) in &after {
-            match before.get(k) {
-                Some(old) if old == v => stats.unchanged += 1,
-                _ => stats.added += 1,
+        stats.absorb(&table);
+        routes.count_into(&mut stats);
+        Plan {
+            ops: routes.deletes,
+            stats,
+        }
+    }
+
+    async fn apply(
+        &mut self,
+        desired: UdpDesired,
+        plan: Plan,
+    ) -> Result<ReconcileStats, BackendError> {
+        for why in &desired.skipped {
+            if self.warned.first(why) {
+                warn!("{why}");
             }
         }
-        stats.removed = before.keys().filter(|k| !after.contains_key(k)).count();
-        if before != after {
-            debug!("udp peer table: {after:?}");
+        if plan.stats.added + plan.stats.removed > plan.ops.len() {
+            debug!("udp peer table: {:?}", desired.table);
         }
-        self.table.publish(table);
-
-        self.ensure_device().await?;
-
-        let mut space = RouteSpace::default();
-        space.networks.push(IpNet::V4(self.network));
-        if let Some(sn) = self.own.as_ref().and_then(|o| o.subnet) {
-            space.own.push(IpNet::V4(sn));
-        }
-        let stale = OwnedRoutes::load(&self.env.nl, &space).await?;
-        let p = plan(&BTreeMap::new(), stale);
-        if !p.deletes.is_empty() {
+        self.table.publish(PeerTable::new(desired.table));
+        if !plan.ops.is_empty() {
             info!(
                 "removing {} per-peer route(s) inside {} left by another backend",
-                p.deletes.len(),
+                plan.ops.len(),
                 self.network
             );
-            stats.removed += p.removed;
-            let ops: Vec<BatchOp> = p.deletes;
-            let report = self.env.nl.apply(&ops).await;
-            for (i, e) in report.errors() {
-                if ops[i].is_delete() && e.is_not_found() {
-                    continue;
-                }
-                stats.failed += 1;
-                warn!("udp: {} failed: {e}", ops[i].op_name());
-            }
         }
+        let stats = apply_batch(&self.env.nl, plan, "udp").await;
         if let Some(dp) = &self.datapath {
             debug!("udp data path: {}", dp.counters().summary());
         }
         Ok(stats)
-    }
-
-    /// The data path's counters, when it runs.
-    pub fn counters(&self) -> Option<&Counters> {
-        self.datapath.as_ref().map(|d| d.counters())
     }
 }
 
@@ -402,30 +470,6 @@ fn ensure_accept_local() {
     if let Err(e) = std::fs::write(&path, "1") {
         warn!("could not write {path}: {e}; ICMP net unreachable will not reach pods");
     }
-}
-
-/// The peer table for a peer set: IPv4 subnet -> public IP for every udp peer, and why other
-/// leases were skipped.
-///
-/// udp leases carry no `BackendType`, and upstream programs every lease it sees. A lease that
-/// names another backend cannot answer on the udp port, so it is skipped with a reason.
-pub fn peer_table(peers: &[&Lease]) -> (PeerTable, Vec<String>) {
-    let mut entries = Vec::with_capacity(peers.len());
-    let mut skipped = Vec::new();
-    for p in peers {
-        let Some(sn) = p.subnet else { continue };
-        let t = p.attrs.backend_type.as_str();
-        if !(t.is_empty() || t == "udp") {
-            skipped.push(format!(
-                "ignoring peer {} ({}): its backend is {t:?}, not udp",
-                p.key(),
-                p.attrs.public_ip
-            ));
-            continue;
-        }
-        entries.push((sn, p.attrs.public_ip));
-    }
-    (PeerTable::new(entries), skipped)
 }
 
 #[cfg(test)]
@@ -493,14 +537,24 @@ mod tests {
         }
     }
 
+    fn view() -> UdpView {
+        UdpView {
+            space: RouteSpace {
+                networks: vec!["10.244.0.0/16".parse().unwrap()],
+                own: vec!["10.244.1.0/24".parse().unwrap()],
+            },
+        }
+    }
+
     #[test]
-    fn peer_table_takes_udp_leases_and_skips_other_backends() {
+    fn desired_takes_udp_leases_and_skips_other_backends() {
         let peers = [
             lease("10.244.2.0/24", "198.18.0.2", ""),
             lease("10.244.3.0/24", "198.18.0.3", "udp"),
             lease("10.244.4.0/24", "198.18.0.4", "vxlan"),
         ];
-        let (t, skipped) = peer_table(&peers.iter().collect::<Vec<_>>());
+        let d = UdpBackend::desired(&peers.iter().collect::<Vec<_>>(), &view());
+        let t = PeerTable::new(d.table.clone());
         assert_eq!(t.len(), 2);
         assert_eq!(
             t.lookup("10.244.2.9".parse().unwrap()),
@@ -511,7 +565,47 @@ mod tests {
             Some("198.18.0.3".parse().unwrap())
         );
         assert_eq!(t.lookup("10.244.4.9".parse().unwrap()), None);
-        assert_eq!(skipped.len(), 1);
-        assert!(skipped[0].contains("vxlan"), "{skipped:?}");
+        assert_eq!(d.skipped.len(), 1);
+        assert!(d.skipped[0].contains("vxlan"), "{:?}", d.skipped);
+    }
+
+    #[test]
+    fn plan_counts_table_changes_and_removes_every_route_in_the_network() {
+        let peers = [
+            lease("10.244.2.0/24", "198.18.0.2", ""),
+            lease("10.244.3.0/24", "198.18.0.3", ""),
+        ];
+        let d = UdpBackend::desired(&peers.iter().collect::<Vec<_>>(), &view());
+        let mut actual = UdpActual::default();
+        // .2 unchanged, .3 moved to a new public IP, .9 is gone.
+        actual.table.insert(
+            "10.244.2.0/24".parse().unwrap(),
+            "198.18.0.2".parse().unwrap(),
+        );
+        actual.table.insert(
+            "10.244.3.0/24".parse().unwrap(),
+            "198.18.0.33".parse().unwrap(),
+        );
+        actual.table.insert(
+            "10.244.9.0/24".parse().unwrap(),
+            "198.18.0.9".parse().unwrap(),
+        );
+        let stray: IpNet = "10.244.5.0/24".parse().unwrap();
+        actual.routes.by_dst.insert(
+            stray,
+            Route::via(stray, "198.18.0.5".parse().unwrap(), Some(2)),
+        );
+        let p = UdpBackend::plan(&d, &actual);
+        assert_eq!(
+            (
+                p.stats.added,
+                p.stats.removed,
+                p.stats.unchanged,
+                p.stats.peers
+            ),
+            (1, 2, 1, 2)
+        );
+        assert_eq!(p.ops.len(), 1);
+        assert!(matches!(&p.ops[0], flannel_netlink::BatchOp::DelRoute(r) if r.dst == stray));
     }
 }

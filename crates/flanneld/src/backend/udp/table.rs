@@ -245,36 +245,46 @@ mod tests {
     #[test]
     fn concurrent_readers_always_see_a_whole_table() {
         // Every published table maps both subnets to the same peer; a reader must never see
-        // a mix of two tables.
+        // a mix of two tables. The writer keeps publishing until every reader has read many
+        // times while tables changed (bounded: a starved reader fails the test after 20 s).
+        use std::sync::atomic::AtomicU64;
         let shared = SharedTable::new();
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let reads: Arc<[AtomicU64; 2]> = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
         let readers: Vec<_> = (0..2)
-            .map(|_| {
+            .map(|n| {
                 let mut r = shared.reader();
-                let stop = stop.clone();
+                let (stop, reads) = (stop.clone(), reads.clone());
                 std::thread::spawn(move || {
-                    let mut seen = 0u64;
                     while !stop.load(Ordering::Relaxed) {
                         let t = r.get();
                         let a = t.lookup(ip("10.244.1.1"));
                         let b = t.lookup(ip("10.244.2.1"));
                         assert_eq!(a, b);
-                        seen += 1;
+                        reads[n].fetch_add(1, Ordering::Relaxed);
                     }
-                    seen
                 })
             })
             .collect();
-        for i in 0..2000u32 {
-            let p = Ipv4Addr::from(0xc612_0000 | i);
+        let started = std::time::Instant::now();
+        let mut published = 0u32;
+        while published < 2000 || reads.iter().any(|r| r.load(Ordering::Relaxed) < 1000) {
+            if started.elapsed() > std::time::Duration::from_secs(20) {
+                break;
+            }
+            let p = Ipv4Addr::from(0xc612_0000 | (published & 0xffff));
             shared.publish(PeerTable::new([
                 (net("10.244.1.0/24"), p),
                 (net("10.244.2.0/24"), p),
             ]));
+            published += 1;
         }
         stop.store(true, Ordering::Relaxed);
         for r in readers {
-            assert!(r.join().expect("reader panicked") > 0);
+            r.join().expect("reader panicked");
+        }
+        for r in reads.iter() {
+            assert!(r.load(Ordering::Relaxed) >= 1000, "a reader was starved");
         }
     }
 }
