@@ -127,7 +127,7 @@ fn scan_overlaps(
     want_len: u8,
     out: &mut BTreeMap<SubnetKey, String>,
 ) {
-    items.sort_by(|a, b| (a.0.network(), a.0.prefix_len()).cmp(&(b.0.network(), b.0.prefix_len())));
+    items.sort_by_key(|(net, _)| (net.network(), net.prefix_len()));
     let mut cover: Option<usize> = None;
     for i in 0..items.len() {
         if let Some(c) = cover
