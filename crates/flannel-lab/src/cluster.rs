@@ -580,10 +580,7 @@ impl Cluster {
     ) -> Result<IpAddr> {
         let netns_path = self.lab.add_pod(i, name)?.netns_path();
         let runtime = json!({ "portMappings": port_mappings });
-        let conflist = match self.spec.pod_cni {
-            PodCni::Flannel => self.conflist(i),
-            PodCni::Bridge => self.bridge_conflist(i)?,
-        };
+        let conflist = self.pod_conflist(i)?;
         let path = self.cni_path();
         let call = CniCall {
             container_id: name,
@@ -610,16 +607,21 @@ impl Cluster {
         Ok(ip)
     }
 
+    /// The conflist pods of node `i` are created with (the spec's [`PodCni`]).
+    fn pod_conflist(&self, i: usize) -> Result<Value> {
+        match self.spec.pod_cni {
+            PodCni::Flannel => Ok(self.conflist(i)),
+            PodCni::Bridge => self.bridge_conflist(i),
+        }
+    }
+
     /// Deletes pod `name` through CNI (DEL in reverse order) and removes its namespace.
     pub fn del_pod(&mut self, name: &str) -> Result<()> {
         let pod = self
             .pods
             .remove(name)
             .ok_or_else(|| LabError::Invalid(format!("no pod {name}")))?;
-        let conflist = match self.spec.pod_cni {
-            PodCni::Flannel => self.conflist(pod.node),
-            PodCni::Bridge => self.bridge_conflist(pod.node)?,
-        };
+        let conflist = self.pod_conflist(pod.node)?;
         let netns_path = self
             .lab
             .pod(name)
@@ -657,6 +659,17 @@ impl Cluster {
     /// `(from, to, ok)` for each ordered pair.
     pub fn ping_matrix(&self) -> Vec<(String, String, bool)> {
         self.ping_matrix_by(|p| Some(p.ip))
+    }
+
+    /// The ordered pod pairs of [`Cluster::ping_matrix`] that could not reach each other:
+    /// empty when the mesh is complete.
+    pub fn unreachable(&self) -> Vec<(String, String)> {
+        failed_pairs(self.ping_matrix())
+    }
+
+    /// [`Cluster::unreachable`] over the pods' IPv6 addresses.
+    pub fn unreachable_v6(&self) -> Vec<(String, String)> {
+        failed_pairs(self.ping_matrix_v6())
     }
 
     /// [`Cluster::ping_matrix`] over the pods' IPv6 addresses (pods without one are skipped).
@@ -725,6 +738,15 @@ pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
     Some((status, body))
+}
+
+/// The failed pairs of a ping matrix.
+fn failed_pairs(matrix: Vec<(String, String, bool)>) -> Vec<(String, String)> {
+    matrix
+        .into_iter()
+        .filter(|(_, _, ok)| !ok)
+        .map(|(from, to, _)| (from, to))
+        .collect()
 }
 
 #[cfg(test)]

@@ -6,6 +6,9 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::{assert_full_mesh, assert_mesh, flannel1_mac, sh};
 use flannel_lab::{Cluster, ClusterSpec, PodCni, run_ok, wait_for};
 
 fn spec(backend: &str) -> ClusterSpec {
@@ -15,23 +18,6 @@ fn spec(backend: &str) -> ClusterSpec {
         pod_cni: PodCni::Bridge,
         ..Default::default()
     }
-}
-
-/// One pod per node, then every pod pings every other.
-fn assert_full_mesh(c: &mut Cluster) {
-    for i in 0..c.spec().nodes {
-        c.add_pod(i, &format!("p{i}")).expect("pod");
-    }
-    let failed: Vec<_> = c
-        .ping_matrix()
-        .into_iter()
-        .filter(|(_, _, ok)| !ok)
-        .collect();
-    assert!(failed.is_empty(), "unreachable pod pairs: {failed:?}");
-}
-
-fn ns_out(c: &Cluster, node: usize, args: &[&str]) -> String {
-    run_ok(c.lab().node(node).netns(), args).expect("command in node")
 }
 
 #[test]
@@ -48,7 +34,7 @@ fn vxlan_pods_reach_each_other_across_nodes() {
     }
     assert_full_mesh(&mut c);
     // The device as upstream builds it.
-    let link = ns_out(&c, 0, &["ip", "-d", "link", "show", "flannel.1"]);
+    let link = sh(&c, 0, &["ip", "-d", "link", "show", "flannel.1"]);
     assert!(link.contains("vxlan id 1"), "{link}");
     assert!(link.contains("local 198.18.0.1"), "{link}");
     assert!(link.contains("dev eth0"), "{link}");
@@ -56,19 +42,19 @@ fn vxlan_pods_reach_each_other_across_nodes() {
     assert!(link.contains("nolearning"), "{link}");
     assert!(link.contains("mtu 1450"), "{link}");
     // Two peers: two onlink routes, two neighbours, two FDB entries.
-    let routes = ns_out(&c, 0, &["ip", "route", "show", "dev", "flannel.1"]);
+    let routes = sh(&c, 0, &["ip", "route", "show", "dev", "flannel.1"]);
     assert_eq!(
         routes.lines().filter(|l| l.contains("onlink")).count(),
         2,
         "{routes}"
     );
-    let neigh = ns_out(&c, 0, &["ip", "neigh", "show", "dev", "flannel.1"]);
+    let neigh = sh(&c, 0, &["ip", "neigh", "show", "dev", "flannel.1"]);
     assert_eq!(
         neigh.lines().filter(|l| l.contains("PERMANENT")).count(),
         2,
         "{neigh}"
     );
-    let fdb = ns_out(&c, 0, &["bridge", "fdb", "show", "dev", "flannel.1"]);
+    let fdb = sh(&c, 0, &["bridge", "fdb", "show", "dev", "flannel.1"]);
     assert_eq!(
         fdb.lines().filter(|l| l.contains("dst 198.18.0.")).count(),
         2,
@@ -81,7 +67,7 @@ fn host_gw_pods_reach_each_other_across_nodes() {
     let mut c = Cluster::start(spec("host-gw")).expect("cluster");
     assert_eq!(c.subnet_env(0).unwrap().mtu, 1500);
     assert_full_mesh(&mut c);
-    let routes = ns_out(&c, 0, &["ip", "route"]);
+    let routes = sh(&c, 0, &["ip", "route"]);
     for i in 1..3 {
         let sn = c.subnet_env(i).unwrap().subnet.unwrap().trunc();
         let want = format!("{sn} via 198.18.0.{} dev eth0", i + 1);
@@ -95,13 +81,13 @@ fn vxlan_direct_routing_uses_plain_routes_on_the_same_segment() {
     s.direct_routing = true;
     let mut c = Cluster::start(s).expect("cluster");
     assert_full_mesh(&mut c);
-    let routes = ns_out(&c, 0, &["ip", "route"]);
+    let routes = sh(&c, 0, &["ip", "route"]);
     for i in 1..3 {
         let sn = c.subnet_env(i).unwrap().subnet.unwrap().trunc();
         let want = format!("{sn} via 198.18.0.{} dev eth0", i + 1);
         assert!(routes.contains(&want), "missing {want:?} in {routes}");
     }
-    let neigh = ns_out(&c, 0, &["ip", "neigh", "show", "dev", "flannel.1"]);
+    let neigh = sh(&c, 0, &["ip", "neigh", "show", "dev", "flannel.1"]);
     assert!(
         !neigh.contains("PERMANENT"),
         "no neighbours expected: {neigh}"
@@ -127,9 +113,9 @@ fn removed_node_is_cleaned_up_everywhere() {
             Duration::from_secs(2),
             Duration::from_millis(50),
             || {
-                let routes = ns_out(&c, n, &["ip", "route"]);
-                let neigh = ns_out(&c, n, &["ip", "neigh", "show", "dev", "flannel.1"]);
-                let fdb = ns_out(&c, n, &["bridge", "fdb", "show", "dev", "flannel.1"]);
+                let routes = sh(&c, n, &["ip", "route"]);
+                let neigh = sh(&c, n, &["ip", "neigh", "show", "dev", "flannel.1"]);
+                let fdb = sh(&c, n, &["bridge", "fdb", "show", "dev", "flannel.1"]);
                 let done = !routes.contains(&gone.to_string())
                     && !neigh.contains(&gone.network().to_string())
                     && !fdb.contains("dst 198.18.0.3");
@@ -139,15 +125,6 @@ fn removed_node_is_cleaned_up_everywhere() {
         .unwrap_or_else(|e| panic!("node {n}: {e}"));
     }
     assert!(start.elapsed() < Duration::from_secs(3));
-}
-
-fn flannel1_mac(c: &Cluster, node: usize) -> String {
-    let out = ns_out(c, node, &["ip", "-o", "link", "show", "flannel.1"]);
-    out.split("link/ether ")
-        .nth(1)
-        .and_then(|s| s.split_whitespace().next())
-        .unwrap_or_default()
-        .to_string()
 }
 
 /// Counts of `ping`'s summary line: (transmitted, received).
@@ -191,7 +168,7 @@ fn restart_keeps_traffic_subnet_and_mac() {
         let status = c.stop_flanneld(node).expect("SIGTERM");
         assert!(status.success(), "flanneld exits 0 on SIGTERM: {status}");
         // The data plane stays while the daemon is down.
-        assert!(ns_out(&c, node, &["ip", "link", "show", "flannel.1"]).contains("flannel.1"));
+        assert!(sh(&c, node, &["ip", "link", "show", "flannel.1"]).contains("flannel.1"));
         c.start_flanneld(node).unwrap();
         c.wait_ready(node).unwrap();
     }
@@ -274,9 +251,9 @@ fn stale_entries_are_removed_at_start() {
         Duration::from_secs(5),
         Duration::from_millis(50),
         || {
-            let routes = ns_out(&c, 0, &["ip", "route"]);
-            let neigh = ns_out(&c, 0, &["ip", "neigh", "show", "dev", "flannel.1"]);
-            let fdb = ns_out(&c, 0, &["bridge", "fdb", "show", "dev", "flannel.1"]);
+            let routes = sh(&c, 0, &["ip", "route"]);
+            let neigh = sh(&c, 0, &["ip", "neigh", "show", "dev", "flannel.1"]);
+            let fdb = sh(&c, 0, &["bridge", "fdb", "show", "dev", "flannel.1"]);
             let clean = !routes.contains("10.244.250.0")
                 && !routes.contains(&gone.to_string())
                 && !neigh.contains("10.244.250.0")
@@ -287,7 +264,7 @@ fn stale_entries_are_removed_at_start() {
         },
     )
     .unwrap();
-    let routes = ns_out(&c, 0, &["ip", "route"]);
+    let routes = sh(&c, 0, &["ip", "route"]);
     assert!(
         routes.contains(&live.to_string()),
         "live peer kept: {routes}"
@@ -331,13 +308,8 @@ fn deleted_device_is_rebuilt_with_all_entries() {
     .unwrap();
     assert!(start.elapsed() < Duration::from_secs(2));
     assert_eq!(flannel1_mac(&c, 0), mac, "same MAC after rebuild");
-    let addr = ns_out(&c, 0, &["ip", "-4", "addr", "show", "dev", "flannel.1"]);
+    let addr = sh(&c, 0, &["ip", "-4", "addr", "show", "dev", "flannel.1"]);
     let own = c.subnet_env(0).unwrap().subnet.unwrap().trunc().network();
     assert!(addr.contains(&format!("{own}/32")), "{addr}");
-    let failed: Vec<_> = c
-        .ping_matrix()
-        .into_iter()
-        .filter(|(_, _, ok)| !ok)
-        .collect();
-    assert!(failed.is_empty(), "unreachable after rebuild: {failed:?}");
+    assert_mesh(&c);
 }

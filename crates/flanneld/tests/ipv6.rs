@@ -4,7 +4,10 @@
 
 use std::time::Duration;
 
-use flannel_lab::{Cluster, ClusterSpec, PodCni, run_ok, wait_for};
+mod common;
+
+use common::sh;
+use flannel_lab::{Cluster, ClusterSpec, PodCni, wait_for};
 use serde_json::json;
 
 const NET6: &str = "fd00:10:244::/56";
@@ -23,10 +26,6 @@ fn spec(backend: &str, v4: bool) -> ClusterSpec {
         extra_config: extra,
         ..Default::default()
     }
-}
-
-fn sh(c: &Cluster, node: usize, args: &[&str]) -> String {
-    run_ok(c.lab().node(node).netns(), args).expect("command in node")
 }
 
 fn full(matrix: Vec<(String, String, bool)>, what: &str) {

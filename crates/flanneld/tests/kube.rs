@@ -6,7 +6,10 @@
 use std::time::{Duration, Instant};
 
 use flannel_lab::kube::node_name;
-use flannel_lab::{Cluster, ClusterSpec, Datastore, PodCni, run_ok};
+mod common;
+
+use common::{assert_mesh, flannel1_mac, sh};
+use flannel_lab::{Cluster, ClusterSpec, Datastore, PodCni};
 use serde_json::Value;
 
 fn spec() -> ClusterSpec {
@@ -16,19 +19,6 @@ fn spec() -> ClusterSpec {
         pod_cni: PodCni::Flannel,
         ..Default::default()
     }
-}
-
-fn ns_out(c: &Cluster, node: usize, args: &[&str]) -> String {
-    run_ok(c.lab().node(node).netns(), args).expect("command in node")
-}
-
-fn flannel1_mac(c: &Cluster, node: usize) -> String {
-    let out = ns_out(c, node, &["ip", "-o", "link", "show", "flannel.1"]);
-    out.split("link/ether ")
-        .nth(1)
-        .and_then(|s| s.split_whitespace().next())
-        .unwrap_or_default()
-        .to_string()
 }
 
 fn node_obj(c: &Cluster, i: usize) -> Value {
@@ -45,20 +35,9 @@ fn annotation(node: &Value, key: &str) -> String {
         .to_string()
 }
 
-fn assert_full_mesh(c: &Cluster) {
-    let failed: Vec<_> = c
-        .ping_matrix()
-        .into_iter()
-        .filter(|(_, _, ok)| !ok)
-        .collect();
-    assert!(failed.is_empty(), "unreachable pod pairs: {failed:?}");
-}
-
 /// Whether node `i` has a route to `subnet` (e.g. `10.244.2.0/24`).
 fn has_route(c: &Cluster, i: usize, subnet: &str) -> bool {
-    !ns_out(c, i, &["ip", "route", "show", subnet])
-        .trim()
-        .is_empty()
+    !sh(c, i, &["ip", "route", "show", subnet]).trim().is_empty()
 }
 
 /// Waits (bounded) until every node routes every other node's podCIDR: a peer appears once its
@@ -96,7 +75,7 @@ fn three_nodes_converge_with_upstream_annotations() {
         assert_eq!(env.mtu, 1450);
         c.add_pod(i, &format!("p{i}")).expect("pod");
     }
-    assert_full_mesh(&c);
+    assert_mesh(&c);
 
     for i in 0..3 {
         let node = node_obj(&c, i);
@@ -137,7 +116,7 @@ fn three_nodes_converge_with_upstream_annotations() {
         assert!(conds.iter().any(|c| c["type"] == "Ready"));
     }
     // Each node routes the other two podCIDRs over flannel.1.
-    let routes = ns_out(&c, 0, &["ip", "route", "show", "dev", "flannel.1"]);
+    let routes = sh(&c, 0, &["ip", "route", "show", "dev", "flannel.1"]);
     for peer in ["10.244.1.0/24", "10.244.2.0/24"] {
         assert!(routes.contains(peer), "{routes}");
     }
@@ -195,9 +174,9 @@ fn node_deletion_removes_routes_within_2s_even_after_watch_drops_and_410() {
     let took = start.elapsed();
     eprintln!("routes of the deleted node gone everywhere after {took:?}");
     // Its neighbour and FDB entries went with the route; the other peer stays.
-    let neigh = ns_out(&c, 0, &["ip", "neigh", "show", "dev", "flannel.1"]);
+    let neigh = sh(&c, 0, &["ip", "neigh", "show", "dev", "flannel.1"]);
     assert!(!neigh.contains("10.244.2.0"), "{neigh}");
-    let fdb = ns_out(&c, 0, &["bridge", "fdb", "show", "dev", "flannel.1"]);
+    let fdb = sh(&c, 0, &["bridge", "fdb", "show", "dev", "flannel.1"]);
     assert!(!fdb.contains("dst 198.18.0.3"), "{fdb}");
     assert!(has_route(&c, 0, "10.244.1.0/24"));
 }
@@ -213,7 +192,7 @@ fn restart_keeps_the_vtep_mac_from_the_annotation() {
     c.stop_flanneld(1).unwrap();
     // Remove the device too, so the MAC can only come back from the Node annotation (a
     // reboot loses the device as well).
-    ns_out(&c, 1, &["ip", "link", "del", "flannel.1"]);
+    sh(&c, 1, &["ip", "link", "del", "flannel.1"]);
     c.start_flanneld(1).unwrap();
     c.wait_ready(1).unwrap();
     assert_eq!(flannel1_mac(&c, 1), mac, "VtepMAC after restart");
@@ -233,5 +212,5 @@ fn restart_keeps_the_vtep_mac_from_the_annotation() {
     );
     c.add_pod(0, "a").unwrap();
     c.add_pod(1, "b").unwrap();
-    assert_full_mesh(&c);
+    assert_mesh(&c);
 }

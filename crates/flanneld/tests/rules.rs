@@ -3,6 +3,9 @@
 
 use std::time::Duration;
 
+mod common;
+
+use common::sh;
 use flannel_lab::{Cluster, ClusterSpec, PodCni, run_ok, wait_for};
 
 fn spec(nftables: bool) -> ClusterSpec {
@@ -15,10 +18,6 @@ fn spec(nftables: bool) -> ClusterSpec {
         extra_args: vec!["--iptables-resync=1".into()],
         ..Default::default()
     }
-}
-
-fn sh(c: &Cluster, node: usize, args: &[&str]) -> String {
-    run_ok(c.lab().node(node).netns(), args).expect("command in node")
 }
 
 fn pod_subnet(c: &Cluster, node: usize) -> String {

@@ -9,6 +9,9 @@ use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::{assert_full_mesh, sh};
 use flannel_lab::{Cluster, ClusterSpec, PodCni, run_in, run_ok, wait_for};
 
 fn spec() -> ClusterSpec {
@@ -20,11 +23,12 @@ fn spec() -> ClusterSpec {
     }
 }
 
-fn ns_out(c: &Cluster, node: usize, args: &[&str]) -> String {
-    run_ok(c.lab().node(node).netns(), args).expect("command in node")
+/// Runs a command in a pod's namespace and returns (exit code, stdout + stderr).
+/// One ping with a one-second wait from `pod`; what ping printed.
+fn ping_once(c: &Cluster, pod: &str, ip: &str) -> String {
+    pod_run(c, pod, &["ping", "-n", "-c", "1", "-W", "1", ip]).1
 }
 
-/// Runs a command in a pod's namespace and returns (exit code, stdout + stderr).
 fn pod_run(c: &Cluster, pod: &str, args: &[&str]) -> (Option<i32>, String) {
     let ns = c.lab().pod(pod).expect("pod").netns();
     let out = run_in(ns, args).expect("command in pod");
@@ -48,19 +52,6 @@ fn tun_ip(c: &Cluster, node: usize) -> Ipv4Addr {
     }
 }
 
-/// One pod per node, then every pod pings every other.
-fn assert_full_mesh(c: &mut Cluster) {
-    for i in 0..c.spec().nodes {
-        c.add_pod(i, &format!("p{i}")).expect("pod");
-    }
-    let failed: Vec<_> = c
-        .ping_matrix()
-        .into_iter()
-        .filter(|(_, _, ok)| !ok)
-        .collect();
-    assert!(failed.is_empty(), "unreachable pod pairs: {failed:?}");
-}
-
 #[test]
 fn udp_pods_reach_each_other_across_nodes() {
     let mut c = Cluster::start(spec()).expect("cluster");
@@ -74,14 +65,14 @@ fn udp_pods_reach_each_other_across_nodes() {
     assert_full_mesh(&mut c);
 
     // The device as upstream builds it.
-    let link = ns_out(&c, 0, &["ip", "-d", "link", "show", "flannel0"]);
+    let link = sh(&c, 0, &["ip", "-d", "link", "show", "flannel0"]);
     assert!(link.contains("mtu 1472"), "{link}");
     assert!(link.contains("tun type tun"), "{link}");
     assert!(
         link.contains("<POINTOPOINT") || link.contains(",UP"),
         "{link}"
     );
-    let addr = ns_out(
+    let addr = sh(
         &c,
         0,
         &["ip", "-4", "-o", "addr", "show", "dev", "flannel0"],
@@ -90,21 +81,21 @@ fn udp_pods_reach_each_other_across_nodes() {
         addr.contains(&format!("inet {}/32", tun_ip(&c, 0))),
         "{addr}"
     );
-    let routes = ns_out(&c, 0, &["ip", "route", "show", "10.244.0.0/16"]);
+    let routes = sh(&c, 0, &["ip", "route", "show", "10.244.0.0/16"]);
     assert!(routes.contains("10.244.0.0/16 dev flannel0"), "{routes}");
     assert!(
         !routes.contains("scope link"),
         "global scope as upstream: {routes}"
     );
     // No per-peer routes: the proxy picks the peer.
-    let all = ns_out(&c, 0, &["ip", "route"]);
+    let all = sh(&c, 0, &["ip", "route"]);
     assert_eq!(
         all.lines().filter(|l| l.contains("flannel0")).count(),
         1,
         "{all}"
     );
     // The UDP socket on IfaceAddr:8285.
-    let sockets = ns_out(&c, 0, &["ss", "-uln"]);
+    let sockets = sh(&c, 0, &["ss", "-uln"]);
     assert!(sockets.contains("198.18.0.1:8285"), "{sockets}");
     // The lease is upstream's udp shape: public IP only, no BackendType.
     let sn = c.subnet_env(0).unwrap().subnet.unwrap().trunc();
@@ -196,11 +187,7 @@ fn udp_unknown_subnet_gets_net_unreachable_and_table_updates_are_hitless() {
         Duration::from_secs(5),
         Duration::from_millis(100),
         || {
-            let (_, out) = pod_run(
-                &c,
-                "a",
-                &["ping", "-n", "-c", "1", "-W", "1", "10.244.250.1"],
-            );
+            let out = ping_once(&c, "a", "10.244.250.1");
             // Sent to 198.18.0.250, which does not exist: no reply, and no error either.
             let routed = out.contains("1 packets transmitted") && !out.contains("Unreachable");
             Ok::<_, String>(routed.then_some(()))
@@ -213,11 +200,7 @@ fn udp_unknown_subnet_gets_net_unreachable_and_table_updates_are_hitless() {
         Duration::from_secs(5),
         Duration::from_millis(100),
         || {
-            let (_, out) = pod_run(
-                &c,
-                "a",
-                &["ping", "-n", "-c", "1", "-W", "1", "10.244.250.1"],
-            );
+            let out = ping_once(&c, "a", "10.244.250.1");
             Ok::<_, String>(out.contains("Destination Net Unreachable").then_some(()))
         },
     )
@@ -796,12 +779,12 @@ fn udp_device_lives_and_dies_with_flanneld() {
         .unwrap()
     };
     let intact = |c: &Cluster| {
-        let addr = ns_out(c, 0, &["ip", "-4", "-o", "addr", "show", "dev", "flannel0"]);
+        let addr = sh(c, 0, &["ip", "-4", "-o", "addr", "show", "dev", "flannel0"]);
         assert!(
             addr.contains(&format!("inet {}/32", tun_ip(c, 0))),
             "{addr}"
         );
-        let routes = ns_out(c, 0, &["ip", "route", "show", "10.244.0.0/16"]);
+        let routes = sh(c, 0, &["ip", "route", "show", "10.244.0.0/16"]);
         assert!(routes.contains("dev flannel0"), "{routes}");
     };
     reach(&c);

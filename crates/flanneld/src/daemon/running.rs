@@ -3,7 +3,6 @@
 use std::time::{Duration, Instant, SystemTime};
 
 use flannel_netlink::{LinkEvent, LinkEvents};
-use flannel_rules::RuleManager;
 use flannel_subnet::{SubnetManager, WatchEvent, renew_delay};
 use flannel_types::Lease;
 use futures::StreamExt;
@@ -12,13 +11,10 @@ use tokio::time::{Instant as TokioInstant, Interval, interval_at, sleep_until};
 use tracing::{debug, error, info, warn};
 
 use super::blackhole::ensure_blackhole;
-use super::start::Node;
-use super::{
-    COALESCE, DaemonConfig, DaemonError, Exit, RENEW_RETRY, REPAIR_INTERVAL, sleep_or_shutdown,
-};
-use crate::backend::{Backend, BackendError};
+use super::start::Up;
+use super::{COALESCE, DaemonError, Exit, RENEW_RETRY, REPAIR_INTERVAL, sleep_or_shutdown};
+use crate::backend::BackendError;
 use crate::metrics::{LeaseLabels, Metrics, OpLabels, ReconcileLabels};
-use crate::peers::Peers;
 use crate::reconcile::{ReconcileStats, Trigger};
 
 /// What woke the loop up.
@@ -45,14 +41,8 @@ struct Schedule {
 
 /// A node that is up: lease held, device and rules installed, subnet.env written.
 pub struct Running<M: SubnetManager> {
-    config: DaemonConfig,
-    manager: M,
-    node: Node,
-    lease: Lease,
-    backend: Box<dyn Backend>,
+    up: Up<M>,
     devices: Vec<String>,
-    rules: Box<dyn RuleManager>,
-    peers: Peers,
     leases: mpsc::Receiver<WatchEvent>,
     links: LinkEvents,
     schedule: Schedule,
@@ -61,36 +51,21 @@ pub struct Running<M: SubnetManager> {
 
 impl<M: SubnetManager> Running<M> {
     /// Takes over what start-up built and starts watching peer leases.
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn new(
-        config: DaemonConfig,
-        manager: M,
-        node: Node,
-        lease: Lease,
-        backend: Box<dyn Backend>,
-        rules: Box<dyn RuleManager>,
-        peers: Peers,
-        links: LinkEvents,
-        shutdown: watch::Receiver<bool>,
-    ) -> Running<M> {
+    pub(super) fn new(up: Up<M>, links: LinkEvents, shutdown: watch::Receiver<bool>) -> Running<M> {
         let now = TokioInstant::now();
+        let resync = up.config.rules_resync;
+        let renew_in = renew_delay(&up.lease, up.config.renew_margin, SystemTime::now());
         let schedule = Schedule {
             reconcile_at: None,
             pending_since: None,
             repair: interval_at(now + REPAIR_INTERVAL, REPAIR_INTERVAL),
-            resync: interval_at(now + config.rules_resync, config.rules_resync),
-            renew_at: renew_delay(&lease, config.renew_margin, SystemTime::now()).map(|d| now + d),
+            resync: interval_at(now + resync, resync),
+            renew_at: renew_in.map(|d| now + d),
         };
         Running {
-            leases: manager.watch_leases(&lease),
-            devices: backend.devices(),
-            config,
-            manager,
-            node,
-            lease,
-            backend,
-            rules,
-            peers,
+            leases: up.manager.watch_leases(&up.lease),
+            devices: up.backend.devices(),
+            up,
             links,
             schedule,
             shutdown,
@@ -122,7 +97,7 @@ impl<M: SubnetManager> Running<M> {
                 }
             };
             if let Some(trigger) = trigger
-                && self.peers.synced
+                && self.up.peers.synced
             {
                 self.reconcile(trigger).await;
             }
@@ -153,15 +128,15 @@ impl<M: SubnetManager> Running<M> {
     async fn on_lease_event(&mut self, ev: Option<WatchEvent>) -> Option<Exit> {
         match ev {
             Some(WatchEvent::Leases(e)) => {
-                let first = !self.peers.synced;
+                let first = !self.up.peers.synced;
                 // The first snapshot always reconciles: it removes entries of peers that
                 // vanished while we were down, even when no peer is left.
-                let changed = self.peers.apply(e);
+                let changed = self.up.peers.apply(e);
                 let s = &mut self.schedule;
                 if changed && s.pending_since.is_none() {
                     s.pending_since = Some(Instant::now());
                 }
-                if (changed || first) && self.peers.synced && s.reconcile_at.is_none() {
+                if (changed || first) && self.up.peers.synced && s.reconcile_at.is_none() {
                     s.reconcile_at = Some(TokioInstant::now() + COALESCE);
                 }
                 None
@@ -171,12 +146,12 @@ impl<M: SubnetManager> Running<M> {
                 Some(Exit::LeaseRevoked)
             }
             None => {
-                Metrics::inc(&self.node.metrics.datastore_errors, "watch");
+                Metrics::inc(&self.up.node.metrics.datastore_errors, "watch");
                 error!("the lease watch ended unexpectedly; restarting it");
                 if !sleep_or_shutdown(Duration::from_secs(1), &mut self.shutdown).await {
                     return Some(Exit::Signal);
                 }
-                self.leases = self.manager.watch_leases(&self.lease);
+                self.leases = self.up.manager.watch_leases(&self.up.lease);
                 None
             }
         }
@@ -204,9 +179,9 @@ impl<M: SubnetManager> Running<M> {
 
     /// Rules checked and repaired; the blackhole route re-added.
     async fn on_rule_resync(&mut self) {
-        let mode = format!("{:?}", self.rules.mode()).to_lowercase();
-        let metrics = &self.node.metrics;
-        match self.rules.check_and_repair().await {
+        let mode = format!("{:?}", self.up.rules.mode()).to_lowercase();
+        let metrics = &self.up.node.metrics;
+        match self.up.rules.check_and_repair().await {
             Ok(true) => {
                 Metrics::inc(&metrics.rule_repairs, &mode);
                 info!("repaired {mode} rules");
@@ -217,23 +192,27 @@ impl<M: SubnetManager> Running<M> {
                 warn!("checking rules: {e}");
             }
         }
-        if self.config.blackhole_route {
-            ensure_blackhole(&self.node.nl, &self.lease).await;
+        if self.up.config.blackhole_route {
+            ensure_blackhole(&self.up.node.nl, &self.up.lease).await;
         }
     }
 
     /// Extends our lease (etcd mode); a failure is retried after a minute.
     async fn on_renewal(&mut self) {
-        let metrics = &self.node.metrics;
+        let metrics = &self.up.node.metrics;
         let s = &mut self.schedule;
-        match self.manager.renew_lease(&self.lease).await {
+        match self.up.manager.renew_lease(&self.up.lease).await {
             Ok(l) => {
                 Metrics::inc(&metrics.lease_renewals, "ok");
                 info!("renewed lease {}", l.key());
-                self.lease = l;
-                record_lease(metrics, &self.lease);
-                s.renew_at = renew_delay(&self.lease, self.config.renew_margin, SystemTime::now())
-                    .map(|d| TokioInstant::now() + d);
+                self.up.lease = l;
+                record_lease(metrics, &self.up.lease);
+                s.renew_at = renew_delay(
+                    &self.up.lease,
+                    self.up.config.renew_margin,
+                    SystemTime::now(),
+                )
+                .map(|d| TokioInstant::now() + d);
             }
             Err(e) => {
                 Metrics::inc(&metrics.lease_renewals, "error");
@@ -249,11 +228,11 @@ impl<M: SubnetManager> Running<M> {
     async fn reconcile(&mut self, trigger: Trigger) {
         self.schedule.reconcile_at = None;
         let start = Instant::now();
-        let desired = self.peers.desired(&self.lease);
-        let result = self.backend.reconcile(&desired).await;
+        let desired = self.up.peers.desired(&self.up.lease);
+        let result = self.up.backend.reconcile(&desired).await;
         drop(desired);
         let took = start.elapsed();
-        record_reconcile(&self.node.metrics, trigger, &result, took);
+        record_reconcile(&self.up.node.metrics, trigger, &result, took);
         match result {
             Ok(stats) => {
                 log_stats(&stats, took, trigger);
@@ -265,7 +244,7 @@ impl<M: SubnetManager> Running<M> {
                 if stats.failed == 0
                     && let Some(t) = self.schedule.pending_since.take()
                 {
-                    let m = &self.node.metrics;
+                    let m = &self.up.node.metrics;
                     m.event_to_programmed.observe(t.elapsed().as_secs_f64());
                 }
             }

@@ -76,18 +76,34 @@ pub async fn start<M: SubnetManager>(
     if let Err(e) = manager.complete_lease(&lease).await {
         warn!("completing the lease: {e}");
     }
-    let peers = Peers::new(&lease, Cluster::from_config(&net), node.metrics.clone());
-    Ok(Some(Running::new(
+    let up = Up {
+        peers: Peers::new(&lease, Cluster::from_config(&net), node.metrics.clone()),
         config,
         manager,
         node,
         lease,
         backend,
         rules,
-        peers,
-        link_events,
-        shutdown,
-    )))
+    };
+    Ok(Some(Running::new(up, link_events, shutdown)))
+}
+
+/// Everything start-up brought up, handed to [`Running`] as one piece.
+pub(super) struct Up<M> {
+    /// The daemon's settings.
+    pub config: DaemonConfig,
+    /// The datastore.
+    pub manager: M,
+    /// Metrics, health, netlink.
+    pub node: Node,
+    /// Our lease (renewed in etcd mode).
+    pub lease: Lease,
+    /// The backend net-conf.json chose.
+    pub backend: Box<dyn Backend>,
+    /// The rule manager of the configured mode.
+    pub rules: Box<dyn RuleManager>,
+    /// The (still empty) peer set.
+    pub peers: Peers,
 }
 
 /// The previous run's subnet.env: its families and networks tell the rule managers what to

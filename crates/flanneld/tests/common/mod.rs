@@ -28,6 +28,30 @@ pub fn sh(c: &Cluster, node: usize, args: &[&str]) -> String {
     run_ok(c.lab().node(node).netns(), args).expect("command in node")
 }
 
+/// One pod `p<i>` per node, then asserts every pod reaches every other.
+pub fn assert_full_mesh(c: &mut Cluster) {
+    for i in 0..c.spec().nodes {
+        c.add_pod(i, &format!("p{i}")).expect("pod");
+    }
+    assert_mesh(c);
+}
+
+/// Asserts every pod reaches every other (over each pod's first address).
+pub fn assert_mesh(c: &Cluster) {
+    let failed = c.unreachable();
+    assert!(failed.is_empty(), "unreachable pod pairs: {failed:?}");
+}
+
+/// The MAC of node `node`'s `flannel.1`.
+pub fn flannel1_mac(c: &Cluster, node: usize) -> String {
+    let out = sh(c, node, &["ip", "-o", "link", "show", "flannel.1"]);
+    out.split("link/ether ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .unwrap_or_default()
+        .to_string()
+}
+
 /// Continuous ping from pod `from` to `to` every `interval_ms` for `count` probes.
 pub fn pinger(
     c: &Cluster,
