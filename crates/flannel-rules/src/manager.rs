@@ -21,13 +21,17 @@ pub enum RulesMode {
 
 /// Installs flannel's masquerade and forward rules and keeps them as installed.
 ///
-/// The start-up order the daemon follows (as upstream does): [`cleanup_other_mode`],
+/// The start-up order the daemon follows (as upstream does): [`remove_all`] on a manager of the
+/// *other* mode (built with [`new_rule_manager`] and `!enable_nftables`), then on this one
 /// [`install_masquerade`], [`install_forward`], write subnet.env; then [`check_and_repair`] every
 /// `--iptables-resync` seconds. Every operation reads what the kernel holds first and writes only
 /// when it differs from the desired state, as one atomic transaction per address family; calls are
 /// serialised internally.
 ///
-/// [`cleanup_other_mode`]: RuleManager::cleanup_other_mode
+/// The two implementations know nothing of each other: switching modes works because each can
+/// remove everything it ever installs.
+///
+/// [`remove_all`]: RuleManager::remove_all
 /// [`install_masquerade`]: RuleManager::install_masquerade
 /// [`install_forward`]: RuleManager::install_forward
 /// [`check_and_repair`]: RuleManager::check_and_repair
@@ -36,10 +40,12 @@ pub trait RuleManager: Send + Sync + std::fmt::Debug {
     /// The mode this manager programs.
     fn mode(&self) -> RulesMode;
 
-    /// Removes everything the *other* mode may have left behind: iptables mode deletes the nft
-    /// tables, nftables mode removes the jump rules, then flushes and deletes the iptables chains
-    /// (IPv4 and IPv6). A missing binary of the other mode means there is nothing to clean.
-    async fn cleanup_other_mode(&self) -> Result<(), RulesError>;
+    /// Removes everything this mode ever installs, whatever the configuration: iptables mode
+    /// removes every jump (and any other reference) to its chains and the chains themselves, in
+    /// both tables and both families, along with rules older versions left in the built-in chains;
+    /// nftables mode deletes its tables. A missing binary or a kernel without the family means
+    /// there is nothing to remove. Rules this manager installed are no longer repaired afterwards.
+    async fn remove_all(&self) -> Result<(), RulesError>;
 
     /// Installs the masquerade rules for every configured family when `--ip-masq` is set, and
     /// removes flannel's masquerade rules of families (or a flag) that are no longer enabled.
@@ -58,6 +64,9 @@ pub trait RuleManager: Send + Sync + std::fmt::Debug {
 }
 
 /// Builds the manager for `EnableNFTables`, running commands through `runner`.
+///
+/// The daemon builds one for its mode and, to clear what the other mode left behind, one with
+/// `!enable_nftables` on which it only calls [`RuleManager::remove_all`].
 pub fn new_rule_manager(
     enable_nftables: bool,
     config: RuleConfig,
