@@ -238,7 +238,7 @@ async fn fully_random_dropped_when_the_probe_fails_or_the_flag_says_so() {
     let fake = runner(false, vec![]);
     let m = NftablesManager::new(config(true, false, true, true), fake.clone());
     m.install_masquerade().await.unwrap();
-    assert_eq!(scripts(&fake.calls()), [plain.clone()]);
+    assert_eq!(scripts(&fake.calls()), [plain.as_str()]);
 
     let fake = runner(true, vec![]);
     let mut cfg = config(true, false, true, true);
