@@ -3,8 +3,10 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use flannel_types::IpFamily;
+use tokio::sync::Mutex;
 
-use crate::config::RuleConfig;
+use crate::config::{FamilyNets, Part, RuleConfig};
 use crate::error::RulesError;
 use crate::iptables::IptablesManager;
 use crate::nftables::NftablesManager;
@@ -76,5 +78,99 @@ pub fn new_rule_manager(
         Box::new(NftablesManager::new(config, runner))
     } else {
         Box::new(IptablesManager::new(config, runner))
+    }
+}
+
+/// What a mode implements, one address family and one part at a time; [`RuleManager`] is written
+/// once on top of it (every operation holds the state's lock, runs for IPv4 then IPv6 and reports
+/// every family's failure). A new mode is one more implementation of this trait.
+///
+/// The trait is only reachable inside this crate.
+#[async_trait]
+pub(crate) trait ModeRules: Send + Sync + std::fmt::Debug {
+    /// What the mode remembers between calls: probed capabilities, the rule sets installed.
+    type State: Send + Sync;
+
+    /// The mode implemented.
+    const MODE: RulesMode;
+
+    /// The configuration the manager converges to.
+    fn config(&self) -> &RuleConfig;
+
+    /// The state, locked for the whole of every operation, which serialises them.
+    fn state(&self) -> &Mutex<Self::State>;
+
+    /// Installs `part` of `family` (whose networks are `nets`) and keeps it for
+    /// [`ModeRules::repair`].
+    async fn install(
+        &self,
+        state: &mut Self::State,
+        family: IpFamily,
+        part: Part,
+        nets: FamilyNets,
+    ) -> Result<(), RulesError>;
+
+    /// Removes `part` of `family`, which the configuration does not want, and stops repairing it.
+    async fn remove(
+        &self,
+        state: &mut Self::State,
+        family: IpFamily,
+        part: Part,
+    ) -> Result<(), RulesError>;
+
+    /// Brings what was installed in `family` back to its desired state; `true` if it had to.
+    async fn repair(&self, state: &Self::State, family: IpFamily) -> Result<bool, RulesError>;
+
+    /// Removes everything the mode ever installs (see [`RuleManager::remove_all`]) and stops
+    /// repairing.
+    async fn remove_everything(&self, state: &mut Self::State) -> Result<(), RulesError>;
+}
+
+/// Installs (or removes, when the configuration does not want it) `part` in both families.
+async fn install_part<M: ModeRules>(mode: &M, part: Part) -> Result<(), RulesError> {
+    let mut state = mode.state().lock().await;
+    let config = mode.config();
+    let mut results = Vec::new();
+    for family in IpFamily::ALL {
+        results.push(match config.wants(family, part) {
+            Some(nets) => {
+                if part == Part::Masquerade {
+                    config.log_recycling(family);
+                }
+                mode.install(&mut state, family, part, nets).await
+            }
+            None => mode.remove(&mut state, family, part).await,
+        });
+    }
+    RulesError::collect(results)
+}
+
+#[async_trait]
+impl<M: ModeRules> RuleManager for M {
+    fn mode(&self) -> RulesMode {
+        M::MODE
+    }
+
+    async fn remove_all(&self) -> Result<(), RulesError> {
+        let mut state = self.state().lock().await;
+        self.remove_everything(&mut state).await
+    }
+
+    async fn install_masquerade(&self) -> Result<(), RulesError> {
+        install_part(self, Part::Masquerade).await
+    }
+
+    async fn install_forward(&self) -> Result<(), RulesError> {
+        install_part(self, Part::Forward).await
+    }
+
+    async fn check_and_repair(&self) -> Result<bool, RulesError> {
+        let state = self.state().lock().await;
+        let mut changed = false;
+        let mut results = Vec::new();
+        for family in IpFamily::ALL {
+            results.push(self.repair(&state, family).await.map(|c| changed |= c));
+        }
+        RulesError::collect(results).map(|()| changed)
     }
 }

@@ -13,7 +13,7 @@ use tokio::sync::Mutex;
 
 use crate::config::{FamilyNets, Part, RuleConfig};
 use crate::error::RulesError;
-use crate::manager::{RuleManager, RulesMode};
+use crate::manager::{ModeRules, RulesMode};
 use crate::runner::{Runner, command_line, run_any, run_ok};
 use listing::{Desired, Listing, parse_listing, plan};
 use rules::{ChainSpec, TableBlock, binaries, part_rules, restore_payload};
@@ -192,15 +192,16 @@ async fn remove_parts(
     }
 }
 
+/// What iptables mode remembers between calls.
 #[derive(Debug, Default)]
-struct State {
+pub(crate) struct State {
     /// Per family, once detected.
     caps: BTreeMap<IpFamily, Caps>,
     /// The rule sets installed so far, which `check_and_repair` keeps in place.
     installed: BTreeMap<(IpFamily, Part), Vec<String>>,
 }
 
-/// The iptables implementation of [`RuleManager`].
+/// The iptables implementation of [`RuleManager`](crate::RuleManager).
 #[derive(Debug)]
 pub struct IptablesManager {
     config: RuleConfig,
@@ -229,8 +230,23 @@ impl IptablesManager {
         state.caps.insert(family, caps);
         Ok(caps)
     }
+}
 
-    async fn install_present(
+#[async_trait]
+impl ModeRules for IptablesManager {
+    type State = State;
+
+    const MODE: RulesMode = RulesMode::Iptables;
+
+    fn config(&self) -> &RuleConfig {
+        &self.config
+    }
+
+    fn state(&self) -> &Mutex<State> {
+        &self.state
+    }
+
+    async fn install(
         &self,
         state: &mut State,
         family: IpFamily,
@@ -242,19 +258,13 @@ impl IptablesManager {
         let rules = part_rules(part, nets, random_fully);
         // Registered before applying: if this first write fails, the resync keeps trying.
         state.installed.insert((family, part), rules.clone());
-        let changed = reconcile(
-            self.runner.as_ref(),
-            family,
-            caps,
-            &[(part, Desired::Present(&rules))],
-        )
-        .await?;
+        let desired = [(part, Desired::Present(&rules))];
+        let changed = reconcile(self.runner.as_ref(), family, caps, &desired).await?;
         tracing::info!(%family, %part, changed, "iptables rules in place");
         Ok(())
     }
 
-    /// Removes `part` of `family`, which the configuration does not want.
-    async fn remove_absent(
+    async fn remove(
         &self,
         state: &mut State,
         family: IpFamily,
@@ -271,24 +281,6 @@ impl IptablesManager {
         Ok(())
     }
 
-    async fn install_part(&self, part: Part) -> Result<(), RulesError> {
-        let mut state = self.state.lock().await;
-        let mut results = Vec::new();
-        for family in IpFamily::ALL {
-            results.push(match self.config.wants(family, part) {
-                Some(nets) => {
-                    if part == Part::Masquerade {
-                        self.config.log_recycling(family);
-                    }
-                    self.install_present(&mut state, family, part, nets).await
-                }
-                None => self.remove_absent(&mut state, family, part).await,
-            });
-        }
-        RulesError::collect(results)
-    }
-
-    /// Brings the rule sets installed in `family` back to their desired state; `true` if it had to.
     async fn repair(&self, state: &State, family: IpFamily) -> Result<bool, RulesError> {
         let parts: Vec<(Part, Desired<'_>)> = state
             .installed
@@ -308,49 +300,19 @@ impl IptablesManager {
         }
         Ok(changed)
     }
-}
 
-#[async_trait]
-impl RuleManager for IptablesManager {
-    fn mode(&self) -> RulesMode {
-        RulesMode::Iptables
-    }
-
-    async fn remove_all(&self) -> Result<(), RulesError> {
-        let mut state = self.state.lock().await;
+    async fn remove_everything(&self, state: &mut State) -> Result<(), RulesError> {
         state.installed.clear();
         let mut results = Vec::new();
         for family in IpFamily::ALL {
             let parts = [Part::Masquerade, Part::Forward];
-            results.push(
-                remove_parts(self.runner.as_ref(), family, &parts)
-                    .await
-                    .map(|removed| {
-                        if removed {
-                            tracing::info!(%family, "removed flannel iptables chains left by iptables mode");
-                        }
-                    }),
-            );
+            let removed = remove_parts(self.runner.as_ref(), family, &parts).await;
+            if let Ok(true) = removed {
+                tracing::info!(%family, "removed flannel iptables chains left by iptables mode");
+            }
+            results.push(removed.map(|_| ()));
         }
         RulesError::collect(results)
-    }
-
-    async fn install_masquerade(&self) -> Result<(), RulesError> {
-        self.install_part(Part::Masquerade).await
-    }
-
-    async fn install_forward(&self) -> Result<(), RulesError> {
-        self.install_part(Part::Forward).await
-    }
-
-    async fn check_and_repair(&self) -> Result<bool, RulesError> {
-        let state = self.state.lock().await;
-        let mut changed = false;
-        let mut results = Vec::new();
-        for family in IpFamily::ALL {
-            results.push(self.repair(&state, family).await.map(|c| changed |= c));
-        }
-        RulesError::collect(results).map(|()| changed)
     }
 }
 

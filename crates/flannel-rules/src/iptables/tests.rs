@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use super::*;
 use crate::fixtures::{config, v6};
+use crate::manager::RuleManager;
 use crate::runner::fake::{Call, FakeRunner, fail, ok};
 
 const EMPTY_NAT: &str =

@@ -15,9 +15,9 @@ use async_trait::async_trait;
 use flannel_types::IpFamily;
 use tokio::sync::Mutex;
 
-use crate::config::{Part, RuleConfig};
+use crate::config::{FamilyNets, Part, RuleConfig};
 use crate::error::{RulesError, unsupported_feature};
-use crate::manager::{RuleManager, RulesMode};
+use crate::manager::{ModeRules, RulesMode};
 use crate::runner::{CommandOutput, Runner, command_line, run_any, run_ok};
 use model::Chain;
 use plan::{TableCurrent, TableDesired, plan, script};
@@ -130,15 +130,16 @@ async fn delete_flannel_tables(runner: &dyn Runner) -> Result<(), RulesError> {
     Ok(())
 }
 
+/// What nftables mode remembers between calls.
 #[derive(Debug, Default)]
-struct State {
+pub(crate) struct State {
     /// Whether `masquerade fully-random` is usable, once probed.
     random_fully: Option<bool>,
     /// The chains installed so far, which `check_and_repair` keeps in place.
     installed: BTreeMap<(IpFamily, Part), Chain>,
 }
 
-/// The nftables implementation of [`RuleManager`].
+/// The nftables implementation of [`RuleManager`](crate::RuleManager).
 #[derive(Debug)]
 pub struct NftablesManager {
     config: RuleConfig,
@@ -179,20 +180,29 @@ impl NftablesManager {
         self.config.wants(family, Part::Masquerade).is_some()
             || self.config.wants(family, Part::Forward).is_some()
     }
+}
 
-    /// Installs `part` of `family`, which the configuration wants.
-    async fn install_present(
+#[async_trait]
+impl ModeRules for NftablesManager {
+    type State = State;
+
+    const MODE: RulesMode = RulesMode::Nftables;
+
+    fn config(&self) -> &RuleConfig {
+        &self.config
+    }
+
+    fn state(&self) -> &Mutex<State> {
+        &self.state
+    }
+
+    async fn install(
         &self,
         state: &mut State,
         family: IpFamily,
         part: Part,
+        nets: FamilyNets,
     ) -> Result<(), RulesError> {
-        let Some(nets) = self.config.wants(family, part) else {
-            return Ok(());
-        };
-        if part == Part::Masquerade {
-            self.config.log_recycling(family);
-        }
         let random_fully = match part {
             Part::Masquerade => self.random_fully(state).await?,
             Part::Forward => false,
@@ -206,9 +216,8 @@ impl NftablesManager {
         Ok(())
     }
 
-    /// Removes `part` of `family`, which the configuration does not want (the whole table when
-    /// nothing else is wanted in it).
-    async fn remove_absent(
+    /// Removes the chain of `part` (the whole table when nothing else is wanted in it).
+    async fn remove(
         &self,
         state: &mut State,
         family: IpFamily,
@@ -238,20 +247,6 @@ impl NftablesManager {
         }
     }
 
-    async fn install_part(&self, part: Part) -> Result<(), RulesError> {
-        let mut state = self.state.lock().await;
-        let mut results = Vec::new();
-        for family in IpFamily::ALL {
-            results.push(if self.config.wants(family, part).is_some() {
-                self.install_present(&mut state, family, part).await
-            } else {
-                self.remove_absent(&mut state, family, part).await
-            });
-        }
-        RulesError::collect(results)
-    }
-
-    /// Brings the chains installed in `family` back to their desired state; `true` if it had to.
     async fn repair(&self, state: &State, family: IpFamily) -> Result<bool, RulesError> {
         let parts: Vec<(Part, Option<&Chain>)> = state
             .installed
@@ -268,36 +263,10 @@ impl NftablesManager {
         }
         Ok(changed)
     }
-}
 
-#[async_trait]
-impl RuleManager for NftablesManager {
-    fn mode(&self) -> RulesMode {
-        RulesMode::Nftables
-    }
-
-    async fn remove_all(&self) -> Result<(), RulesError> {
-        let mut state = self.state.lock().await;
+    async fn remove_everything(&self, state: &mut State) -> Result<(), RulesError> {
         state.installed.clear();
         delete_flannel_tables(self.runner.as_ref()).await
-    }
-
-    async fn install_masquerade(&self) -> Result<(), RulesError> {
-        self.install_part(Part::Masquerade).await
-    }
-
-    async fn install_forward(&self) -> Result<(), RulesError> {
-        self.install_part(Part::Forward).await
-    }
-
-    async fn check_and_repair(&self) -> Result<bool, RulesError> {
-        let state = self.state.lock().await;
-        let mut changed = false;
-        let mut results = Vec::new();
-        for family in IpFamily::ALL {
-            results.push(self.repair(&state, family).await.map(|c| changed |= c));
-        }
-        RulesError::collect(results).map(|()| changed)
     }
 }
 

@@ -59,54 +59,35 @@ pub(crate) const KUBE_PROXY_MARK: u64 = 0x4000;
 
 /// The masquerade chain.
 pub(crate) fn masquerade_chain(nets: FamilyNets, random_fully: bool) -> Chain {
+    use MatchOp::{Eq, Ne};
     let ip = table_of(nets.family).0;
     let (cluster, pod) = (nets.network, nets.subnet);
     let mc = multicast(nets.family)
         .parse()
         .expect("the multicast ranges are valid prefixes");
-    let addr = |field, op, net| Stmt::addr(ip, field, op, net);
-    let masq = || {
-        Stmt::Masquerade(
-            random_fully
-                .then(|| "fully-random".to_string())
-                .into_iter()
-                .collect(),
-        )
+    let flags = random_fully.then(|| "fully-random".to_string());
+    let masq = Stmt::Masquerade(flags.into_iter().collect());
+    let ret = Stmt::Verdict(Verdict::Return);
+    // `ip saddr [!=] S ip daddr [!=] D <then>`
+    let rule = |s_op, s, d_op, d, then: &Stmt| {
+        Rule(vec![
+            Stmt::addr(ip, "saddr", s_op, s),
+            Stmt::addr(ip, "daddr", d_op, d),
+            then.clone(),
+        ])
     };
-    let ret = || Stmt::Verdict(Verdict::Return);
-    use MatchOp::{Eq, Ne};
     Chain {
         name: POSTRTG_CHAIN.to_string(),
         comment: Some("chain to manage traffic masquerading by flannel".to_string()),
         hook: Some(Hook::new("nat", "postrouting", 100, "accept")),
         rules: vec![
-            Rule(vec![Stmt::mark_bits(KUBE_PROXY_MARK), ret()]),
-            Rule(vec![
-                addr("saddr", Eq, pod),
-                addr("daddr", Eq, cluster),
-                ret(),
-            ]),
-            Rule(vec![
-                addr("saddr", Eq, cluster),
-                addr("daddr", Eq, pod),
-                ret(),
-            ]),
+            Rule(vec![Stmt::mark_bits(KUBE_PROXY_MARK), ret.clone()]),
+            rule(Eq, pod, Eq, cluster, &ret),
+            rule(Eq, cluster, Eq, pod, &ret),
             // The iptables meaning, not upstream's nft text (see the module docs).
-            Rule(vec![
-                addr("saddr", Ne, cluster),
-                addr("daddr", Eq, pod),
-                ret(),
-            ]),
-            Rule(vec![
-                addr("saddr", Eq, cluster),
-                addr("daddr", Ne, mc),
-                masq(),
-            ]),
-            Rule(vec![
-                addr("saddr", Ne, cluster),
-                addr("daddr", Eq, cluster),
-                masq(),
-            ]),
+            rule(Ne, cluster, Eq, pod, &ret),
+            rule(Eq, cluster, Ne, mc, &masq),
+            rule(Ne, cluster, Eq, cluster, &masq),
         ],
     }
 }

@@ -8,6 +8,7 @@ use serde_json::Value;
 use super::model::{Chain, Hook, Table};
 use super::*;
 use crate::fixtures::{config, v4};
+use crate::manager::RuleManager;
 use crate::runner::fake::{Call, FakeRunner, fail, ok};
 
 const MISSING: &str = "Error: No such file or directory\nlist table ip flannel-ipv4\n";

@@ -37,24 +37,20 @@ macro_rules! for_both_modes {
     };
 }
 
-/// Runs a command (in the test's namespace) and returns its output; panics on failure.
+/// Runs a command (in the test's namespace), feeding it `stdin` (nothing if `None`).
 fn output(program: &str, args: &[&str], stdin: Option<&str>) -> std::process::Output {
     let mut child = Command::new(program)
         .args(args)
         .env("LC_ALL", "C")
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
-    if let Some(input) = stdin {
-        let mut pipe = child.stdin.take().unwrap();
-        pipe.write_all(input.as_bytes()).unwrap();
-    }
+    let mut pipe = child.stdin.take().expect("piped stdin");
+    pipe.write_all(stdin.unwrap_or_default().as_bytes())
+        .unwrap();
+    drop(pipe);
     child.wait_with_output().unwrap()
 }
 
