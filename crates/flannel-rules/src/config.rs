@@ -3,36 +3,14 @@
 
 use std::fmt;
 
+use flannel_types::IpFamily;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
-/// An IP address family; the two are handled by different binaries and tables.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Family {
-    /// IPv4: `iptables`, `table ip flannel-ipv4`.
-    V4,
-    /// IPv6: `ip6tables`, `table ip6 flannel-ipv6`.
-    V6,
-}
-
-impl Family {
-    /// Both families, IPv4 first (the order upstream applies them in).
-    pub const ALL: [Family; 2] = [Family::V4, Family::V6];
-
-    /// The multicast range that is never masqueraded.
-    pub(crate) fn multicast(self) -> &'static str {
-        match self {
-            Family::V4 => "224.0.0.0/4",
-            Family::V6 => "ff00::/8",
-        }
-    }
-}
-
-impl fmt::Display for Family {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Family::V4 => "IPv4",
-            Family::V6 => "IPv6",
-        })
+/// The multicast range of a family, which is never masqueraded.
+pub(crate) fn multicast(family: IpFamily) -> &'static str {
+    match family {
+        IpFamily::V4 => "224.0.0.0/4",
+        IpFamily::V6 => "ff00::/8",
     }
 }
 
@@ -71,7 +49,7 @@ impl Networks<Ipv6Net> {
 /// The family-neutral form the rule generators use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct FamilyNets {
-    pub(crate) family: Family,
+    pub(crate) family: IpFamily,
     pub(crate) network: IpNet,
     pub(crate) subnet: IpNet,
 }
@@ -79,7 +57,7 @@ pub(crate) struct FamilyNets {
 impl From<Networks<Ipv4Net>> for FamilyNets {
     fn from(n: Networks<Ipv4Net>) -> Self {
         Self {
-            family: Family::V4,
+            family: IpFamily::V4,
             network: IpNet::V4(n.network.trunc()),
             subnet: IpNet::V4(n.subnet.trunc()),
         }
@@ -89,7 +67,7 @@ impl From<Networks<Ipv4Net>> for FamilyNets {
 impl From<Networks<Ipv6Net>> for FamilyNets {
     fn from(n: Networks<Ipv6Net>) -> Self {
         Self {
-            family: Family::V6,
+            family: IpFamily::V6,
             network: IpNet::V6(n.network.trunc()),
             subnet: IpNet::V6(n.subnet.trunc()),
         }
@@ -112,10 +90,10 @@ pub struct PreviousValues {
 }
 
 impl PreviousValues {
-    pub(crate) fn family(&self, family: Family) -> Option<FamilyNets> {
+    pub(crate) fn family(&self, family: IpFamily) -> Option<FamilyNets> {
         match family {
-            Family::V4 => self.v4.map(Into::into),
-            Family::V6 => self.v6.map(Into::into),
+            IpFamily::V4 => self.v4.map(Into::into),
+            IpFamily::V6 => self.v6.map(Into::into),
         }
     }
 }
@@ -138,15 +116,15 @@ pub struct RuleConfig {
 }
 
 impl RuleConfig {
-    pub(crate) fn family(&self, family: Family) -> Option<FamilyNets> {
+    pub(crate) fn family(&self, family: IpFamily) -> Option<FamilyNets> {
         match family {
-            Family::V4 => self.v4.map(Into::into),
-            Family::V6 => self.v6.map(Into::into),
+            IpFamily::V4 => self.v4.map(Into::into),
+            IpFamily::V6 => self.v6.map(Into::into),
         }
     }
 
     /// Whether `part` should exist for `family` under this configuration.
-    pub(crate) fn wants(&self, family: Family, part: Part) -> Option<FamilyNets> {
+    pub(crate) fn wants(&self, family: IpFamily, part: Part) -> Option<FamilyNets> {
         let nets = self.family(family)?;
         let on = match part {
             Part::Masquerade => self.ip_masq,
@@ -156,7 +134,7 @@ impl RuleConfig {
     }
 
     /// Logs, like upstream, when the networks differ from the previous run's.
-    pub(crate) fn log_recycling(&self, family: Family) {
+    pub(crate) fn log_recycling(&self, family: IpFamily) {
         let (Some(current), Some(previous)) = (self.family(family), self.previous.family(family))
         else {
             return;
@@ -229,8 +207,8 @@ mod tests {
             random_fully_disabled: false,
             previous: PreviousValues::default(),
         };
-        assert!(cfg.wants(Family::V4, Part::Masquerade).is_some());
-        assert!(cfg.wants(Family::V4, Part::Forward).is_none());
-        assert!(cfg.wants(Family::V6, Part::Masquerade).is_none());
+        assert!(cfg.wants(IpFamily::V4, Part::Masquerade).is_some());
+        assert!(cfg.wants(IpFamily::V4, Part::Forward).is_none());
+        assert!(cfg.wants(IpFamily::V6, Part::Masquerade).is_none());
     }
 }

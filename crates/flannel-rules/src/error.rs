@@ -12,6 +12,9 @@ pub enum RulesError {
         program: String,
         /// What to install, e.g. "install the iptables package".
         hint: &'static str,
+        /// The spawn error (`NotFound`).
+        #[source]
+        source: std::io::Error,
     },
     /// A program could be found but not started (permissions, resource limits, ...).
     #[error("failed to run `{command}`: {source}")]
@@ -23,12 +26,13 @@ pub enum RulesError {
         source: std::io::Error,
     },
     /// A program ran longer than the runner allows (for example a stuck xtables lock).
-    #[error("`{command}` did not finish: {detail}")]
+    #[error("`{command}` did not finish: {source}")]
     Timeout {
         /// The command line that was attempted.
         command: String,
-        /// The runner's explanation, e.g. "timed out after 120 s".
-        detail: String,
+        /// The runner's `TimedOut` error, e.g. "timed out after 120 s".
+        #[source]
+        source: std::io::Error,
     },
     /// A program exited non-zero for a reason other than a missing kernel feature.
     #[error("`{command}` failed ({status}): {stderr}")]
@@ -50,7 +54,8 @@ pub enum RulesError {
         /// Its standard error, trimmed.
         stderr: String,
     },
-    /// A listing printed by iptables or nft could not be understood.
+    /// A listing printed by iptables could not be understood (no version number, a built-in chain
+    /// that does not exist).
     #[error("cannot parse the output of `{command}`: {detail}")]
     Parse {
         /// The command whose output was read.
@@ -58,9 +63,33 @@ pub enum RulesError {
         /// What was unexpected.
         detail: String,
     },
+    /// The JSON printed by `nft -j` could not be understood.
+    #[error("cannot parse the output of `{command}`: {source}")]
+    NftJson {
+        /// The command whose output was read, e.g. `nft -j list tables`.
+        command: String,
+        /// What was wrong with it.
+        #[source]
+        source: NftJsonError,
+    },
     /// Several independent steps failed (for example both address families); all are reported.
     #[error("{} errors: {}", .0.len(), join_errors(.0))]
     Multiple(Vec<RulesError>),
+}
+
+/// Why the JSON printed by `nft -j` could not be understood.
+///
+/// Only a listing that is not nft's JSON at all is an error: statements and expressions flannel
+/// does not know are kept as opaque values (they simply never equal a rule flannel wants).
+#[derive(Debug, thiserror::Error)]
+pub enum NftJsonError {
+    /// The text is not JSON.
+    #[error("invalid JSON: {0}")]
+    Syntax(#[source] serde_json::Error),
+    /// The text is JSON but not shaped like an nft listing (no `nftables` array, an object without
+    /// its name, a rule for a chain that was not listed, ...).
+    #[error("unexpected JSON: {0}")]
+    Shape(String),
 }
 
 fn join_errors(errors: &[RulesError]) -> String {
@@ -72,12 +101,16 @@ fn join_errors(errors: &[RulesError]) -> String {
 }
 
 impl RulesError {
-    /// Folds a list of errors from independent steps into one result.
-    pub(crate) fn collect(errors: Vec<RulesError>) -> Result<(), RulesError> {
+    /// Folds the results of independent steps (one per address family: one failing must not keep
+    /// the other's rules from being installed) into one result that reports every failure.
+    pub(crate) fn collect(
+        results: impl IntoIterator<Item = Result<(), RulesError>>,
+    ) -> Result<(), RulesError> {
         // The same failure in both families (say, a missing binary) is reported once.
         let mut seen = std::collections::HashSet::new();
-        let mut errors: Vec<RulesError> = errors
+        let mut errors: Vec<RulesError> = results
             .into_iter()
+            .filter_map(Result::err)
             .filter(|e| seen.insert(e.to_string()))
             .collect();
         match errors.len() {
@@ -200,19 +233,29 @@ mod tests {
         let err = RulesError::MissingBinary {
             program: "nft".into(),
             hint: install_hint("nft"),
+            source: std::io::ErrorKind::NotFound.into(),
         };
         assert_eq!(
             err.to_string(),
             "`nft` was not found in PATH: install the nftables package"
         );
+        assert!(std::error::Error::source(&err).is_some());
     }
 
     #[test]
     fn collect_folds_errors() {
-        assert!(RulesError::collect(vec![]).is_ok());
-        let one = RulesError::collect(vec![failed("x")]).unwrap_err();
+        assert!(RulesError::collect([Ok(()), Ok(())]).is_ok());
+        let one = RulesError::collect([Ok(()), Err(failed("x"))]).unwrap_err();
         assert!(matches!(one, RulesError::CommandFailed { .. }));
-        let two = RulesError::collect(vec![failed("x"), failed("y")]).unwrap_err();
-        assert!(two.to_string().starts_with("2 errors: "));
+        let two = RulesError::collect([Err(failed("x")), Err(failed("y"))]).unwrap_err();
+        assert_eq!(
+            two.to_string(),
+            "2 errors: `nft -f -` failed (exit status 1): x; `nft -f -` failed (exit status 1): y"
+        );
+        let same = RulesError::collect([Err(failed("x")), Err(failed("x"))]).unwrap_err();
+        assert!(
+            matches!(same, RulesError::CommandFailed { .. }),
+            "reported once"
+        );
     }
 }

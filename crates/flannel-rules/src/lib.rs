@@ -8,8 +8,9 @@
 //! family, as upstream does, through a [`Runner`] so the text can be unit tested without root.
 //!
 //! Beyond upstream, both modes are *reconciled*: every operation lists what the kernel holds,
-//! compares it with the desired rule text (which is written exactly as iptables and nft print it
-//! back) and writes only when something differs (missing, reordered, duplicated or foreign rules,
+//! compares it with the desired rules (iptables: the rule text, written exactly as `iptables -S`
+//! prints it back; nftables: structured rules read from `nft -j list table`, see the `nftables`
+//! module) and writes only when something differs (missing, reordered, duplicated or foreign rules,
 //! missing or duplicated jumps, missing chains or tables). A healthy system sees no rule churn,
 //! and [`RuleManager::check_and_repair`] reports whether it had to repair anything.
 //!
@@ -28,12 +29,13 @@
 //!   masqueraded a second time. flannel-rs writes `meta mark & 0x00004000 == 0x00004000 return`,
 //!   the meaning of iptables' `-m mark --mark 0x4000/0x4000`.
 //! * **nftables rules are repaired** like the iptables ones (upstream installs them once).
-//! * **Mode switch clean-up is complete.** nftables mode removes every POSTROUTING/FORWARD jump
-//!   (and any other reference) to `FLANNEL-POSTRTG`/`FLANNEL-FWD`, then flushes and deletes the
-//!   chains in their own tables (nat and filter), for IPv4 and IPv6. Upstream deletes both chains
-//!   from the nat table while they are still referenced, so nothing is removed. A missing
-//!   `iptables` (or `nft`) binary of the other mode means there is nothing to clean, not a fatal
-//!   error.
+//! * **Mode switch clean-up is complete.** At start the daemon builds a manager of the other
+//!   mode and calls [`RuleManager::remove_all`] on it. The iptables manager removes every
+//!   POSTROUTING/FORWARD jump (and any other reference) to `FLANNEL-POSTRTG`/`FLANNEL-FWD`, then
+//!   flushes and deletes the chains in their own tables (nat and filter), for IPv4 and IPv6; the
+//!   nftables manager deletes its tables. Upstream deletes both iptables chains from the nat table
+//!   while they are still referenced, so nothing is removed. A missing `iptables` (or `nft`)
+//!   binary of the other mode means there is nothing to clean, not a fatal error.
 //! * **Repair is exact.** Missing, reordered, duplicated or foreign rules in flannel's chains,
 //!   missing or duplicated jumps, and rules with flannel's comment left in POSTROUTING/FORWARD by
 //!   older versions are all corrected (upstream only checks that each rule exists somewhere); an
@@ -46,13 +48,15 @@
 
 mod config;
 mod error;
+#[cfg(test)]
+mod fixtures;
 mod iptables;
 mod manager;
 mod nftables;
 mod runner;
 
-pub use config::{Family, Networks, Part, PreviousValues, RuleConfig};
-pub use error::RulesError;
+pub use config::{Networks, Part, PreviousValues, RuleConfig};
+pub use error::{NftJsonError, RulesError};
 pub use iptables::IptablesManager;
 pub use manager::{RuleManager, RulesMode, new_rule_manager};
 pub use nftables::NftablesManager;

@@ -137,10 +137,11 @@ pub(crate) async fn run_any(
             std::io::ErrorKind::NotFound => RulesError::MissingBinary {
                 program: program.to_string(),
                 hint: install_hint(program),
+                source,
             },
             std::io::ErrorKind::TimedOut => RulesError::Timeout {
                 command: command_line(program, args),
-                detail: source.to_string(),
+                source,
             },
             _ => RulesError::Spawn {
                 command: command_line(program, args),
@@ -282,6 +283,12 @@ mod tests {
         let runner = TokioRunner::new(Duration::from_millis(200));
         let err = run_ok(&runner, "sleep", &["5"], None).await.unwrap_err();
         assert!(matches!(err, RulesError::Timeout { .. }), "{err}");
+        assert_eq!(
+            err.to_string(),
+            "`sleep 5` did not finish: timed out after 0 s"
+        );
+        let source = std::error::Error::source(&err).expect("the io error is the source");
+        assert_eq!(source.to_string(), "timed out after 0 s");
     }
 
     #[tokio::test]

@@ -12,7 +12,8 @@ use std::net::UdpSocket;
 use std::os::fd::AsFd;
 
 use common::*;
-use flannel_rules::RuleManager;
+use flannel_netlink::netns::{NetnsTarget, run_in_netns};
+use flannel_rules::RulesMode;
 use nix::sys::socket::{setsockopt, sockopt};
 
 const HOST_IP: &str = "192.168.77.1";
@@ -101,15 +102,19 @@ fn node_setup() {
 }
 
 async fn install(rules: Rules) {
-    let manager: Box<dyn RuleManager> = match rules {
-        Rules::OursNft => Box::new(nftables_manager(v4_only()).0),
-        Rules::OursIptables => Box::new(iptables_manager(v4_only()).0),
+    let mode = match rules {
+        Rules::OursNft => RulesMode::Nftables,
+        Rules::OursIptables => RulesMode::Iptables,
         Rules::UpstreamNft => {
             nft_script(UPSTREAM_NFT);
             return;
         }
     };
-    manager.install_masquerade().await.unwrap();
+    manager(mode, v4_only())
+        .0
+        .install_masquerade()
+        .await
+        .unwrap();
 }
 
 /// Sends one datagram from the host to `dst:port` with firewall mark `mark`, and returns the
@@ -135,14 +140,12 @@ fn send_and_get_reply_dst(dst: &str, port: u16, mark: u32) -> String {
 }
 
 fn masqueraded(rules: Rules, dst: &'static str, mark: u32) -> bool {
-    let (tx, rx) = std::sync::mpsc::channel();
-    in_netns(move || async move {
+    let reply_dst = run_in_netns(NetnsTarget::Fresh, move || async move {
         node_setup();
         install(rules).await;
-        let reply_dst = send_and_get_reply_dst(dst, 9999, mark);
-        tx.send(reply_dst).unwrap();
-    });
-    let reply_dst = rx.recv().unwrap();
+        send_and_get_reply_dst(dst, 9999, mark)
+    })
+    .unwrap();
     match reply_dst.as_str() {
         NODE_OVERLAY_IP => true,
         HOST_IP | POD_SOURCE_IP => false,

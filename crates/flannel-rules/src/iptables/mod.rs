@@ -8,12 +8,12 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use flannel_types::IpFamily;
 use tokio::sync::Mutex;
 
-use crate::config::{Family, FamilyNets, Part, RuleConfig};
+use crate::config::{FamilyNets, Part, RuleConfig};
 use crate::error::RulesError;
-use crate::manager::{RuleManager, RulesMode};
-use crate::nftables;
+use crate::manager::{ModeRules, RulesMode};
 use crate::runner::{Runner, command_line, run_any, run_ok};
 use listing::{Desired, Listing, parse_listing, plan};
 use rules::{ChainSpec, TableBlock, binaries, part_rules, restore_payload};
@@ -48,7 +48,7 @@ impl Caps {
 }
 
 /// Asks `iptables --version` (or `ip6tables`) what this iptables supports.
-pub(crate) async fn detect_caps(runner: &dyn Runner, family: Family) -> Result<Caps, RulesError> {
+async fn detect_caps(runner: &dyn Runner, family: IpFamily) -> Result<Caps, RulesError> {
     let (program, _) = binaries(family);
     let out = run_ok(runner, program, &["--version"], None).await?;
     let text = format!("{}{}", out.stdout, out.stderr);
@@ -64,7 +64,7 @@ pub(crate) async fn detect_caps(runner: &dyn Runner, family: Family) -> Result<C
 /// legacy and the nf_tables variants).
 async fn list(
     runner: &dyn Runner,
-    family: Family,
+    family: IpFamily,
     caps: Caps,
     table: &str,
     chain: Option<&str>,
@@ -94,7 +94,7 @@ async fn list(
 /// whole table is listed then (start-up only).
 async fn list_for(
     runner: &dyn Runner,
-    family: Family,
+    family: IpFamily,
     caps: Caps,
     spec: &ChainSpec,
     desired: Desired<'_>,
@@ -122,9 +122,9 @@ async fn list_for(
 
 /// Brings the given parts of one family to their desired state with a single `iptables-restore`
 /// run, if anything differs. Returns whether a change was written.
-pub(crate) async fn reconcile(
+async fn reconcile(
     runner: &dyn Runner,
-    family: Family,
+    family: IpFamily,
     caps: Caps,
     parts: &[(Part, Desired<'_>)],
 ) -> Result<bool, RulesError> {
@@ -164,15 +164,12 @@ pub(crate) async fn reconcile(
     Ok(true)
 }
 
-/// Removes every flannel chain and jump of one family (both tables) in one `iptables-restore` run.
-/// A missing iptables, or a kernel without that family's tables, means there is nothing to remove.
-pub(crate) async fn remove_all(runner: &dyn Runner, family: Family) -> Result<bool, RulesError> {
-    remove_parts(runner, family, &[Part::Masquerade, Part::Forward]).await
-}
-
+/// Removes every flannel chain and jump of `parts` in one family (and the rules older versions left
+/// in the built-in chains) in one `iptables-restore` run. A missing iptables, or a kernel without
+/// that family's tables, means there is nothing to remove. Returns whether anything was removed.
 async fn remove_parts(
     runner: &dyn Runner,
-    family: Family,
+    family: IpFamily,
     parts: &[Part],
 ) -> Result<bool, RulesError> {
     let caps = match detect_caps(runner, family).await {
@@ -195,15 +192,16 @@ async fn remove_parts(
     }
 }
 
+/// What iptables mode remembers between calls.
 #[derive(Debug, Default)]
-struct State {
+pub(crate) struct State {
     /// Per family, once detected.
-    caps: BTreeMap<Family, Caps>,
+    caps: BTreeMap<IpFamily, Caps>,
     /// The rule sets installed so far, which `check_and_repair` keeps in place.
-    installed: BTreeMap<(Family, Part), Vec<String>>,
+    installed: BTreeMap<(IpFamily, Part), Vec<String>>,
 }
 
-/// The iptables implementation of [`RuleManager`].
+/// The iptables implementation of [`RuleManager`](crate::RuleManager).
 #[derive(Debug)]
 pub struct IptablesManager {
     config: RuleConfig,
@@ -221,7 +219,7 @@ impl IptablesManager {
         }
     }
 
-    async fn caps(&self, state: &mut State, family: Family) -> Result<Caps, RulesError> {
+    async fn caps(&self, state: &mut State, family: IpFamily) -> Result<Caps, RulesError> {
         if let Some(caps) = state.caps.get(&family) {
             return Ok(*caps);
         }
@@ -232,11 +230,26 @@ impl IptablesManager {
         state.caps.insert(family, caps);
         Ok(caps)
     }
+}
 
-    async fn install_present(
+#[async_trait]
+impl ModeRules for IptablesManager {
+    type State = State;
+
+    const MODE: RulesMode = RulesMode::Iptables;
+
+    fn config(&self) -> &RuleConfig {
+        &self.config
+    }
+
+    fn state(&self) -> &Mutex<State> {
+        &self.state
+    }
+
+    async fn install(
         &self,
         state: &mut State,
-        family: Family,
+        family: IpFamily,
         part: Part,
         nets: FamilyNets,
     ) -> Result<(), RulesError> {
@@ -245,102 +258,61 @@ impl IptablesManager {
         let rules = part_rules(part, nets, random_fully);
         // Registered before applying: if this first write fails, the resync keeps trying.
         state.installed.insert((family, part), rules.clone());
-        let changed = reconcile(
-            self.runner.as_ref(),
-            family,
-            caps,
-            &[(part, Desired::Present(&rules))],
-        )
-        .await?;
+        let desired = [(part, Desired::Present(&rules))];
+        let changed = reconcile(self.runner.as_ref(), family, caps, &desired).await?;
         tracing::info!(%family, %part, changed, "iptables rules in place");
         Ok(())
     }
 
-    async fn install_part(&self, part: Part) -> Result<(), RulesError> {
-        let mut state = self.state.lock().await;
-        let mut errors = Vec::new();
-        for family in Family::ALL {
-            let result = match self.config.wants(family, part) {
-                Some(nets) => {
-                    if part == Part::Masquerade {
-                        self.config.log_recycling(family);
-                    }
-                    self.install_present(&mut state, family, part, nets).await
-                }
-                None => {
-                    state.installed.remove(&(family, part));
-                    // Only families flannel runs with, or ran with before, are looked at: a v4-only
-                    // node never needs ip6tables.
-                    let relevant = self.config.family(family).is_some()
-                        || self.config.previous.family(family).is_some();
-                    if relevant {
-                        remove_parts(self.runner.as_ref(), family, &[part])
-                            .await
-                            .map(|removed| {
-                                if removed {
-                                    tracing::info!(%family, %part, "removed iptables rules that are no longer wanted");
-                                }
-                            })
-                    } else {
-                        Ok(())
-                    }
-                }
-            };
-            if let Err(err) = result {
-                errors.push(err);
-            }
+    async fn remove(
+        &self,
+        state: &mut State,
+        family: IpFamily,
+        part: Part,
+    ) -> Result<(), RulesError> {
+        state.installed.remove(&(family, part));
+        // Only families flannel runs with, or ran with before, are looked at: a v4-only node never
+        // needs ip6tables.
+        let relevant =
+            self.config.family(family).is_some() || self.config.previous.family(family).is_some();
+        if relevant && remove_parts(self.runner.as_ref(), family, &[part]).await? {
+            tracing::info!(%family, %part, "removed iptables rules that are no longer wanted");
         }
-        RulesError::collect(errors)
-    }
-}
-
-#[async_trait]
-impl RuleManager for IptablesManager {
-    fn mode(&self) -> RulesMode {
-        RulesMode::Iptables
+        Ok(())
     }
 
-    async fn cleanup_other_mode(&self) -> Result<(), RulesError> {
-        let _state = self.state.lock().await;
-        nftables::delete_flannel_tables(self.runner.as_ref()).await
-    }
-
-    async fn install_masquerade(&self) -> Result<(), RulesError> {
-        self.install_part(Part::Masquerade).await
-    }
-
-    async fn install_forward(&self) -> Result<(), RulesError> {
-        self.install_part(Part::Forward).await
-    }
-
-    async fn check_and_repair(&self) -> Result<bool, RulesError> {
-        let mut guard = self.state.lock().await;
-        let state = &mut *guard;
-        let mut changed = false;
-        let mut errors = Vec::new();
-        for family in Family::ALL {
-            let parts: Vec<(Part, Desired<'_>)> = state
-                .installed
-                .iter()
-                .filter(|((f, _), _)| *f == family)
-                .map(|((_, part), rules)| (*part, Desired::Present(rules)))
-                .collect();
-            if parts.is_empty() {
-                continue;
-            }
-            let Some(caps) = state.caps.get(&family).copied() else {
-                continue;
-            };
-            match reconcile(self.runner.as_ref(), family, caps, &parts).await {
-                Ok(true) => {
-                    tracing::info!(%family, "iptables rules differed from the desired state: repaired");
-                    changed = true;
-                }
-                Ok(false) => {}
-                Err(err) => errors.push(err),
-            }
+    async fn repair(&self, state: &State, family: IpFamily) -> Result<bool, RulesError> {
+        let parts: Vec<(Part, Desired<'_>)> = state
+            .installed
+            .iter()
+            .filter(|((f, _), _)| *f == family)
+            .map(|((_, part), rules)| (*part, Desired::Present(rules)))
+            .collect();
+        let Some(caps) = state.caps.get(&family).copied() else {
+            return Ok(false);
+        };
+        if parts.is_empty() {
+            return Ok(false);
         }
-        RulesError::collect(errors).map(|()| changed)
+        let changed = reconcile(self.runner.as_ref(), family, caps, &parts).await?;
+        if changed {
+            tracing::info!(%family, "iptables rules differed from the desired state: repaired");
+        }
+        Ok(changed)
+    }
+
+    async fn remove_everything(&self, state: &mut State) -> Result<(), RulesError> {
+        state.installed.clear();
+        let mut results = Vec::new();
+        for family in IpFamily::ALL {
+            let parts = [Part::Masquerade, Part::Forward];
+            let removed = remove_parts(self.runner.as_ref(), family, &parts).await;
+            if let Ok(true) = removed {
+                tracing::info!(%family, "removed flannel iptables chains left by iptables mode");
+            }
+            results.push(removed.map(|_| ()));
+        }
+        RulesError::collect(results)
     }
 }
 

@@ -1,7 +1,9 @@
 //! The iptables rule text flannel installs, written exactly as `iptables -S` prints it back, so the
 //! same strings serve as `iptables-restore` input and as the key to compare listings against.
 
-use crate::config::{Family, FamilyNets, Part};
+use flannel_types::IpFamily;
+
+use crate::config::{FamilyNets, Part, multicast};
 
 /// The nat chain holding the masquerade rules.
 pub(crate) const POSTRTG_CHAIN: &str = "FLANNEL-POSTRTG";
@@ -66,7 +68,7 @@ pub(crate) fn masquerade_rules(nets: FamilyNets, random_fully: bool) -> Vec<Stri
     let spec = ChainSpec::of(Part::Masquerade);
     let cluster = nets.network.to_string();
     let pod = nets.subnet.to_string();
-    let mc = nets.family.multicast();
+    let mc = multicast(nets.family);
     let comment = spec.comment_match();
     let masq = if random_fully {
         "MASQUERADE --random-fully"
@@ -133,9 +135,9 @@ pub(crate) fn restore_payload(blocks: &[TableBlock]) -> String {
 }
 
 /// The programs of a family: (list/version, restore).
-pub(crate) fn binaries(family: Family) -> (&'static str, &'static str) {
+pub(crate) fn binaries(family: IpFamily) -> (&'static str, &'static str) {
     match family {
-        Family::V4 => ("iptables", "iptables-restore"),
-        Family::V6 => ("ip6tables", "ip6tables-restore"),
+        IpFamily::V4 => ("iptables", "iptables-restore"),
+        IpFamily::V6 => ("ip6tables", "ip6tables-restore"),
     }
 }

@@ -4,37 +4,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::*;
-use crate::config::{Networks, PreviousValues};
+use crate::fixtures::{config, v6};
+use crate::manager::RuleManager;
 use crate::runner::fake::{Call, FakeRunner, fail, ok};
 
 const EMPTY_NAT: &str =
     "-P PREROUTING ACCEPT\n-P INPUT ACCEPT\n-P OUTPUT ACCEPT\n-P POSTROUTING ACCEPT\n";
 const EMPTY_FILTER: &str = "-P INPUT ACCEPT\n-P FORWARD ACCEPT\n-P OUTPUT ACCEPT\n";
-
-fn v4() -> Networks<ipnet::Ipv4Net> {
-    Networks::v4(
-        "10.244.0.0/16".parse().unwrap(),
-        "10.244.1.0/24".parse().unwrap(),
-    )
-}
-
-fn v6() -> Networks<ipnet::Ipv6Net> {
-    Networks::v6(
-        "fd00:10:244::/56".parse().unwrap(),
-        "fd00:10:244:1::/64".parse().unwrap(),
-    )
-}
-
-fn config(v4_on: bool, v6_on: bool, masq: bool, forward: bool) -> RuleConfig {
-    RuleConfig {
-        v4: v4_on.then(v4),
-        v6: v6_on.then(v6),
-        ip_masq: masq,
-        forward_rules: forward,
-        random_fully_disabled: false,
-        previous: PreviousValues::default(),
-    }
-}
 
 /// A runner answering `--version` with `version` and every listing from `listings`
 /// (key: "iptables nat"), empty tables otherwise; restores succeed.
@@ -332,7 +308,7 @@ async fn restore_failure_carries_stderr() {
 }
 
 #[tokio::test]
-async fn nftables_cleanup_removes_both_chains_of_both_families() {
+async fn remove_all_removes_both_chains_of_both_families_whatever_the_config() {
     let nat = format!(
         "{EMPTY_NAT}-N FLANNEL-POSTRTG\n-A POSTROUTING -m comment --comment \"flanneld masq\" -j FLANNEL-POSTRTG\n-A FLANNEL-POSTRTG -j RETURN\n"
     );
@@ -346,8 +322,9 @@ async fn nftables_cleanup_removes_both_chains_of_both_families() {
         ("ip6tables filter".to_string(), filter),
     ]);
     let fake = runner("1.8.9", listings);
-    let m = crate::NftablesManager::new(config(true, false, true, true), fake.clone());
-    m.cleanup_other_mode().await.unwrap();
+    // A v4-only configuration: everything iptables mode may have installed goes all the same.
+    let m = IptablesManager::new(config(true, false, true, true), fake.clone());
+    m.remove_all().await.unwrap();
     let r = restores(&fake.calls());
     let expected = "*nat\n\
         -D POSTROUTING -m comment --comment \"flanneld masq\" -j FLANNEL-POSTRTG\n\
@@ -375,6 +352,41 @@ async fn nftables_cleanup_removes_both_chains_of_both_families() {
             expected.to_string()
         )
     );
+}
+
+#[tokio::test]
+async fn remove_all_stops_repairs_and_tolerates_missing_iptables() {
+    let fake = runner("1.8.9", HashMap::new());
+    let m = IptablesManager::new(config(true, false, true, true), fake.clone());
+    m.install_masquerade().await.unwrap();
+    m.remove_all().await.unwrap();
+    fake.calls.lock().unwrap().clear();
+    assert!(!m.check_and_repair().await.unwrap());
+    assert!(fake.calls().is_empty(), "{:?}", fake.calls());
+
+    let none = Arc::new(FakeRunner::new(|_, _| {
+        Err(std::io::Error::from(std::io::ErrorKind::NotFound))
+    }));
+    let m = IptablesManager::new(config(true, true, true, true), none.clone());
+    m.remove_all().await.unwrap();
+    assert_eq!(none.calls().len(), 2, "one --version per family");
+
+    // A kernel without the IPv6 nat table: nothing to remove there.
+    let no_v6 = Arc::new(FakeRunner::new(|command, _| {
+        if command.ends_with("--version") {
+            ok("ip6tables v1.8.9 (legacy)\n")
+        } else if command.starts_with("ip6tables") {
+            fail(
+                "ip6tables v1.8.9 (legacy): can't initialize ip6tables table `nat': Table does not exist (do you need to insmod?)\n",
+            )
+        } else {
+            ok(EMPTY_NAT)
+        }
+    }));
+    IptablesManager::new(config(true, true, true, true), no_v6)
+        .remove_all()
+        .await
+        .unwrap();
 }
 
 #[test]

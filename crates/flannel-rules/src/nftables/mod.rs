@@ -2,41 +2,65 @@
 //! `forward`, written as one atomic `nft -f -` transaction per family and repaired like the
 //! iptables rules (upstream installs them once and never looks again).
 
-pub(crate) mod listing;
-pub(crate) mod rules;
+mod comments;
+mod json;
+mod model;
+mod plan;
+mod rules;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use flannel_types::IpFamily;
 use tokio::sync::Mutex;
 
-use crate::config::{Family, Part, RuleConfig};
+use crate::config::{FamilyNets, Part, RuleConfig};
 use crate::error::{RulesError, unsupported_feature};
-use crate::iptables;
-use crate::manager::{RuleManager, RulesMode};
-use crate::runner::{Runner, command_line, run_any, run_ok};
-use listing::{TableCurrent, TableDesired, parse_table, parse_tables, plan, script};
-use rules::{ChainDef, part_chain, random_fully_probe, table_of};
+use crate::manager::{ModeRules, RulesMode};
+use crate::runner::{CommandOutput, Runner, command_line, run_any, run_ok};
+use model::Chain;
+use plan::{TableCurrent, TableDesired, plan, script};
+use rules::{part_chain, random_fully_probe, table_of};
 
-/// Reads a family's table; a table that does not exist is [`TableCurrent::Missing`].
-async fn read_table(runner: &dyn Runner, family: Family) -> Result<TableCurrent, RulesError> {
-    let (fam, name) = table_of(family);
-    let args = ["list", "table", fam, name];
-    let out = run_any(runner, "nft", &args, None).await?;
-    if out.success() {
-        return Ok(match parse_table(&out.stdout) {
-            Ok(table) => TableCurrent::Listed(table),
-            Err(detail) => {
-                tracing::warn!(%family, %detail, "cannot parse the flannel nftables table: rewriting it");
-                TableCurrent::Unparsable(detail)
-            }
-        });
-    }
+/// `nft <args>` failed: a table that does not exist is [`TableCurrent::Missing`], anything else an
+/// error.
+fn missing_or_failed(args: &[&str], out: &CommandOutput) -> Result<TableCurrent, RulesError> {
     if out.stderr.contains("No such file or directory") {
-        return Ok(TableCurrent::Missing);
+        Ok(TableCurrent::Missing)
+    } else {
+        Err(RulesError::from_failed(command_line("nft", args), out))
     }
-    Err(RulesError::from_failed(command_line("nft", &args), &out))
+}
+
+/// Reads a family's table from `nft -j list table`; a table that does not exist is
+/// [`TableCurrent::Missing`].
+///
+/// When the JSON shows no table comment (nft 1.0.6 prints none), the comments are taken from the
+/// text listing (see `comments`).
+async fn read_table(runner: &dyn Runner, family: IpFamily) -> Result<TableCurrent, RulesError> {
+    let (fam, name) = table_of(family);
+    let args = ["-j", "list", "table", fam, name];
+    let out = run_any(runner, "nft", &args, None).await?;
+    if !out.success() {
+        return missing_or_failed(&args, &out);
+    }
+    let mut table = match json::parse_table(&out.stdout) {
+        Ok(table) => table,
+        Err(detail) => {
+            tracing::warn!(%family, %detail, "cannot parse the flannel nftables table: rewriting it");
+            return Ok(TableCurrent::Unparsable);
+        }
+    };
+    if table.comment.is_none() {
+        let args = ["list", "table", fam, name];
+        let out = run_any(runner, "nft", &args, None).await?;
+        if !out.success() {
+            return missing_or_failed(&args, &out);
+        }
+        comments::read(&out.stdout).fill(&mut table);
+    }
+    Ok(TableCurrent::Listed(table))
 }
 
 /// Runs a script as one atomic transaction.
@@ -48,9 +72,9 @@ async fn apply(runner: &dyn Runner, lines: &[String]) -> Result<(), RulesError> 
 }
 
 /// Brings one family's table to `desired` if it differs. Returns whether a change was written.
-pub(crate) async fn reconcile(
+async fn reconcile(
     runner: &dyn Runner,
-    family: Family,
+    family: IpFamily,
     desired: &TableDesired<'_>,
 ) -> Result<bool, RulesError> {
     let current = read_table(runner, family).await?;
@@ -59,7 +83,7 @@ pub(crate) async fn reconcile(
         return Ok(false);
     }
     apply(runner, &lines).await?;
-    // Read back once: a difference now means our text and this nft's printing disagree, which
+    // Read back once: a difference now means our rules and this nft's listing disagree, which
     // would otherwise show up as a "repair" on every resync.
     let after = read_table(runner, family).await?;
     let left = plan(family, &after, desired);
@@ -69,10 +93,10 @@ pub(crate) async fn reconcile(
     Ok(true)
 }
 
-/// Deletes `ip flannel-ipv4` and `ip6 flannel-ipv6` if they exist (iptables mode's clean-up of
-/// nftables mode). No `nft`, or a kernel without nf_tables, means there is nothing to delete.
-pub(crate) async fn delete_flannel_tables(runner: &dyn Runner) -> Result<(), RulesError> {
-    let args = ["list", "tables"];
+/// Deletes `ip flannel-ipv4` and `ip6 flannel-ipv6` if they exist. No `nft`, or a kernel without
+/// nf_tables, means there is nothing to delete.
+async fn delete_flannel_tables(runner: &dyn Runner) -> Result<(), RulesError> {
+    let args = ["-j", "list", "tables"];
     let out = match run_any(runner, "nft", &args, None).await {
         Ok(out) => out,
         Err(err) if err.is_missing_binary() => {
@@ -88,8 +112,11 @@ pub(crate) async fn delete_flannel_tables(runner: &dyn Runner) -> Result<(), Rul
         }
         return Err(RulesError::from_failed(command_line("nft", &args), &out));
     }
-    let existing = parse_tables(&out.stdout);
-    let lines: Vec<String> = Family::ALL
+    let existing = json::parse_tables(&out.stdout).map_err(|source| RulesError::NftJson {
+        command: command_line("nft", &args),
+        source,
+    })?;
+    let lines: Vec<String> = IpFamily::ALL
         .iter()
         .map(|f| table_of(*f))
         .filter(|(fam, name)| existing.iter().any(|(ef, en)| ef == fam && en == name))
@@ -103,15 +130,16 @@ pub(crate) async fn delete_flannel_tables(runner: &dyn Runner) -> Result<(), Rul
     Ok(())
 }
 
+/// What nftables mode remembers between calls.
 #[derive(Debug, Default)]
-struct State {
+pub(crate) struct State {
     /// Whether `masquerade fully-random` is usable, once probed.
     random_fully: Option<bool>,
     /// The chains installed so far, which `check_and_repair` keeps in place.
-    installed: BTreeMap<(Family, Part), ChainDef>,
+    installed: BTreeMap<(IpFamily, Part), Chain>,
 }
 
-/// The nftables implementation of [`RuleManager`].
+/// The nftables implementation of [`RuleManager`](crate::RuleManager).
 #[derive(Debug)]
 pub struct NftablesManager {
     config: RuleConfig,
@@ -138,13 +166,8 @@ impl NftablesManager {
             return Ok(known);
         }
         let probe = random_fully_probe();
-        let out = run_any(
-            self.runner.as_ref(),
-            "nft",
-            &["--check", "-f", "-"],
-            Some(&probe),
-        )
-        .await?;
+        let args = ["--check", "-f", "-"];
+        let out = run_any(self.runner.as_ref(), "nft", &args, Some(&probe)).await?;
         let supported = out.success();
         if !supported {
             tracing::warn!(stderr = %out.stderr.trim(), "nftables: masquerade fully-random unsupported, masquerading without it");
@@ -153,128 +176,97 @@ impl NftablesManager {
         Ok(supported)
     }
 
-    fn wants_anything(&self, family: Family) -> bool {
+    fn wants_anything(&self, family: IpFamily) -> bool {
         self.config.wants(family, Part::Masquerade).is_some()
             || self.config.wants(family, Part::Forward).is_some()
-    }
-
-    async fn install_part(&self, part: Part) -> Result<(), RulesError> {
-        let mut state = self.state.lock().await;
-        let mut errors = Vec::new();
-        for family in Family::ALL {
-            let result = match self.config.wants(family, part) {
-                Some(nets) => {
-                    if part == Part::Masquerade {
-                        self.config.log_recycling(family);
-                    }
-                    let random_fully = match part {
-                        Part::Masquerade => self.random_fully(&mut state).await,
-                        Part::Forward => Ok(false),
-                    };
-                    match random_fully {
-                        Ok(random_fully) => {
-                            let def = part_chain(part, nets, random_fully);
-                            // Registered before applying: if this first write fails, the resync keeps trying.
-                            state.installed.insert((family, part), def.clone());
-                            reconcile(
-                                self.runner.as_ref(),
-                                family,
-                                &TableDesired::Parts(vec![(part, Some(&def))]),
-                            )
-                            .await
-                            .map(|changed| {
-                                tracing::info!(%family, %part, changed, "nftables rules in place");
-                            })
-                        }
-                        Err(err) => Err(err),
-                    }
-                }
-                None => {
-                    state.installed.remove(&(family, part));
-                    let desired = if self.wants_anything(family) {
-                        TableDesired::Parts(vec![(part, None)])
-                    } else {
-                        TableDesired::Absent
-                    };
-                    match reconcile(self.runner.as_ref(), family, &desired).await {
-                        Ok(true) => {
-                            tracing::info!(%family, %part, "removed nftables rules that are no longer wanted");
-                            Ok(())
-                        }
-                        Ok(false) => Ok(()),
-                        // Without nft or nf_tables there is nothing of ours to remove.
-                        Err(
-                            err @ (RulesError::MissingBinary { .. }
-                            | RulesError::UnsupportedKernelFeature { .. }),
-                        ) => {
-                            tracing::debug!(%family, %part, %err, "no nftables rules to remove");
-                            Ok(())
-                        }
-                        Err(err) => Err(err),
-                    }
-                }
-            };
-            if let Err(err) = result {
-                errors.push(err);
-            }
-        }
-        RulesError::collect(errors)
     }
 }
 
 #[async_trait]
-impl RuleManager for NftablesManager {
-    fn mode(&self) -> RulesMode {
-        RulesMode::Nftables
+impl ModeRules for NftablesManager {
+    type State = State;
+
+    const MODE: RulesMode = RulesMode::Nftables;
+
+    fn config(&self) -> &RuleConfig {
+        &self.config
     }
 
-    async fn cleanup_other_mode(&self) -> Result<(), RulesError> {
-        let _state = self.state.lock().await;
-        let mut errors = Vec::new();
-        for family in Family::ALL {
-            match iptables::remove_all(self.runner.as_ref(), family).await {
-                Ok(true) => {
-                    tracing::info!(%family, "removed flannel iptables chains left by iptables mode")
-                }
-                Ok(false) => {}
-                Err(err) => errors.push(err),
+    fn state(&self) -> &Mutex<State> {
+        &self.state
+    }
+
+    async fn install(
+        &self,
+        state: &mut State,
+        family: IpFamily,
+        part: Part,
+        nets: FamilyNets,
+    ) -> Result<(), RulesError> {
+        let random_fully = match part {
+            Part::Masquerade => self.random_fully(state).await?,
+            Part::Forward => false,
+        };
+        let def = part_chain(part, nets, random_fully);
+        // Registered before applying: if this first write fails, the resync keeps trying.
+        state.installed.insert((family, part), def.clone());
+        let desired = TableDesired::Parts(vec![(part, Some(&def))]);
+        let changed = reconcile(self.runner.as_ref(), family, &desired).await?;
+        tracing::info!(%family, %part, changed, "nftables rules in place");
+        Ok(())
+    }
+
+    /// Removes the chain of `part` (the whole table when nothing else is wanted in it).
+    async fn remove(
+        &self,
+        state: &mut State,
+        family: IpFamily,
+        part: Part,
+    ) -> Result<(), RulesError> {
+        state.installed.remove(&(family, part));
+        let desired = if self.wants_anything(family) {
+            TableDesired::Parts(vec![(part, None)])
+        } else {
+            TableDesired::Absent
+        };
+        match reconcile(self.runner.as_ref(), family, &desired).await {
+            Ok(true) => {
+                tracing::info!(%family, %part, "removed nftables rules that are no longer wanted");
+                Ok(())
             }
+            Ok(false) => Ok(()),
+            // Without nft or nf_tables there is nothing of ours to remove.
+            Err(
+                err @ (RulesError::MissingBinary { .. }
+                | RulesError::UnsupportedKernelFeature { .. }),
+            ) => {
+                tracing::debug!(%family, %part, %err, "no nftables rules to remove");
+                Ok(())
+            }
+            Err(err) => Err(err),
         }
-        RulesError::collect(errors)
     }
 
-    async fn install_masquerade(&self) -> Result<(), RulesError> {
-        self.install_part(Part::Masquerade).await
-    }
-
-    async fn install_forward(&self) -> Result<(), RulesError> {
-        self.install_part(Part::Forward).await
-    }
-
-    async fn check_and_repair(&self) -> Result<bool, RulesError> {
-        let state = self.state.lock().await;
-        let mut changed = false;
-        let mut errors = Vec::new();
-        for family in Family::ALL {
-            let parts: Vec<(Part, Option<&ChainDef>)> = state
-                .installed
-                .iter()
-                .filter(|((f, _), _)| *f == family)
-                .map(|((_, part), def)| (*part, Some(def)))
-                .collect();
-            if parts.is_empty() {
-                continue;
-            }
-            match reconcile(self.runner.as_ref(), family, &TableDesired::Parts(parts)).await {
-                Ok(true) => {
-                    tracing::info!(%family, "nftables rules differed from the desired state: repaired");
-                    changed = true;
-                }
-                Ok(false) => {}
-                Err(err) => errors.push(err),
-            }
+    async fn repair(&self, state: &State, family: IpFamily) -> Result<bool, RulesError> {
+        let parts: Vec<(Part, Option<&Chain>)> = state
+            .installed
+            .iter()
+            .filter(|((f, _), _)| *f == family)
+            .map(|((_, part), def)| (*part, Some(def)))
+            .collect();
+        if parts.is_empty() {
+            return Ok(false);
         }
-        RulesError::collect(errors).map(|()| changed)
+        let changed = reconcile(self.runner.as_ref(), family, &TableDesired::Parts(parts)).await?;
+        if changed {
+            tracing::info!(%family, "nftables rules differed from the desired state: repaired");
+        }
+        Ok(changed)
+    }
+
+    async fn remove_everything(&self, state: &mut State) -> Result<(), RulesError> {
+        state.installed.clear();
+        delete_flannel_tables(self.runner.as_ref()).await
     }
 }
 

@@ -1,5 +1,6 @@
-//! The nftables chains flannel installs, written the way `nft list table` prints them back, so the
-//! same strings serve as `nft -f -` input and as the key to compare listings against.
+//! The nftables chains flannel installs, built as the structures `nft -j list table` is read into
+//! (so a listed chain is compared with the desired one by equality) and printed from them as the
+//! `nft -f -` script, in the text `nft list table` prints back.
 //!
 //! Two deliberate differences from upstream's rule text (README "Compatibility notes"):
 //!
@@ -16,9 +17,10 @@
 //!   return`, the meaning of iptables' `-m mark --mark 0x4000/0x4000` (which iptables-nft itself
 //!   translates to the same expression).
 
-use ipnet::IpNet;
+use flannel_types::IpFamily;
 
-use crate::config::{Family, FamilyNets, Part};
+use super::model::{Chain, Hook, MatchOp, Rule, Stmt, Verdict};
+use crate::config::{FamilyNets, Part, multicast};
 
 /// The postrouting chain's name.
 pub(crate) const POSTRTG_CHAIN: &str = "postrtg";
@@ -26,35 +28,22 @@ pub(crate) const POSTRTG_CHAIN: &str = "postrtg";
 pub(crate) const FORWARD_CHAIN: &str = "forward";
 
 /// The nft family keyword and table name of an address family.
-pub(crate) fn table_of(family: Family) -> (&'static str, &'static str) {
+pub(crate) fn table_of(family: IpFamily) -> (&'static str, &'static str) {
     match family {
-        Family::V4 => ("ip", "flannel-ipv4"),
-        Family::V6 => ("ip6", "flannel-ipv6"),
+        IpFamily::V4 => ("ip", "flannel-ipv4"),
+        IpFamily::V6 => ("ip6", "flannel-ipv6"),
     }
 }
 
 /// `ip flannel-ipv4`, as used after `add table` / `list table`.
-pub(crate) fn table_ref(family: Family) -> String {
+pub(crate) fn table_ref(family: IpFamily) -> String {
     let (fam, name) = table_of(family);
     format!("{fam} {name}")
 }
 
 /// The table comment upstream sets.
-pub(crate) fn table_comment(family: Family) -> String {
+pub(crate) fn table_comment(family: IpFamily) -> String {
     format!("rules for {}", table_of(family).1)
-}
-
-/// A chain as flannel wants it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct ChainDef {
-    /// `postrtg` or `forward`.
-    pub(crate) name: &'static str,
-    /// The chain comment.
-    pub(crate) comment: &'static str,
-    /// The base-chain line exactly as nft lists it.
-    pub(crate) hook: &'static str,
-    /// The rules, in order, exactly as nft lists them.
-    pub(crate) rules: Vec<String>,
 }
 
 /// The chain name of a part.
@@ -65,62 +54,68 @@ pub(crate) fn chain_name(part: Part) -> &'static str {
     }
 }
 
-/// An address or prefix as nft prints it: a full-length prefix is printed as a bare address.
-fn prefix(net: IpNet) -> String {
-    if net.prefix_len() == net.max_prefix_len() {
-        net.addr().to_string()
-    } else {
-        net.to_string()
-    }
-}
-
-/// The kube-proxy mark test: bit 0x4000 set, whatever the other bits (see the module docs).
-pub(crate) const KUBE_PROXY_MARK_RULE: &str = "meta mark & 0x00004000 == 0x00004000 return";
+/// kube-proxy's masquerade bit: `meta mark & 0x00004000 == 0x00004000` (see the module docs).
+pub(crate) const KUBE_PROXY_MARK: u64 = 0x4000;
 
 /// The masquerade chain.
-pub(crate) fn masquerade_chain(nets: FamilyNets, random_fully: bool) -> ChainDef {
+pub(crate) fn masquerade_chain(nets: FamilyNets, random_fully: bool) -> Chain {
+    use MatchOp::{Eq, Ne};
     let ip = table_of(nets.family).0;
-    let cluster = prefix(nets.network);
-    let pod = prefix(nets.subnet);
-    let mc = nets.family.multicast();
-    let masq = if random_fully {
-        "masquerade fully-random"
-    } else {
-        "masquerade"
+    let (cluster, pod) = (nets.network, nets.subnet);
+    let mc = multicast(nets.family)
+        .parse()
+        .expect("the multicast ranges are valid prefixes");
+    let flags = random_fully.then(|| "fully-random".to_string());
+    let masq = Stmt::Masquerade(flags.into_iter().collect());
+    let ret = Stmt::Verdict(Verdict::Return);
+    // `ip saddr [!=] S ip daddr [!=] D <then>`
+    let rule = |s_op, s, d_op, d, then: &Stmt| {
+        Rule(vec![
+            Stmt::addr(ip, "saddr", s_op, s),
+            Stmt::addr(ip, "daddr", d_op, d),
+            then.clone(),
+        ])
     };
-    ChainDef {
-        name: POSTRTG_CHAIN,
-        comment: "chain to manage traffic masquerading by flannel",
-        hook: "type nat hook postrouting priority srcnat; policy accept;",
+    Chain {
+        name: POSTRTG_CHAIN.to_string(),
+        comment: Some("chain to manage traffic masquerading by flannel".to_string()),
+        hook: Some(Hook::new("nat", "postrouting", 100, "accept")),
         rules: vec![
-            KUBE_PROXY_MARK_RULE.to_string(),
-            format!("{ip} saddr {pod} {ip} daddr {cluster} return"),
-            format!("{ip} saddr {cluster} {ip} daddr {pod} return"),
+            Rule(vec![Stmt::mark_bits(KUBE_PROXY_MARK), ret.clone()]),
+            rule(Eq, pod, Eq, cluster, &ret),
+            rule(Eq, cluster, Eq, pod, &ret),
             // The iptables meaning, not upstream's nft text (see the module docs).
-            format!("{ip} saddr != {cluster} {ip} daddr {pod} return"),
-            format!("{ip} saddr {cluster} {ip} daddr != {mc} {masq}"),
-            format!("{ip} saddr != {cluster} {ip} daddr {cluster} {masq}"),
+            rule(Ne, cluster, Eq, pod, &ret),
+            rule(Eq, cluster, Ne, mc, &masq),
+            rule(Ne, cluster, Eq, cluster, &masq),
         ],
     }
 }
 
 /// The forward chain.
-pub(crate) fn forward_chain(nets: FamilyNets) -> ChainDef {
+pub(crate) fn forward_chain(nets: FamilyNets) -> Chain {
     let ip = table_of(nets.family).0;
-    let cluster = prefix(nets.network);
-    ChainDef {
-        name: FORWARD_CHAIN,
-        comment: "chain to accept flannel traffic",
-        hook: "type filter hook forward priority filter; policy accept;",
+    let cluster = nets.network;
+    let accept = || Stmt::Verdict(Verdict::Accept);
+    Chain {
+        name: FORWARD_CHAIN.to_string(),
+        comment: Some("chain to accept flannel traffic".to_string()),
+        hook: Some(Hook::new("filter", "forward", 0, "accept")),
         rules: vec![
-            format!("{ip} saddr {cluster} accept"),
-            format!("{ip} daddr {cluster} accept"),
+            Rule(vec![
+                Stmt::addr(ip, "saddr", MatchOp::Eq, cluster),
+                accept(),
+            ]),
+            Rule(vec![
+                Stmt::addr(ip, "daddr", MatchOp::Eq, cluster),
+                accept(),
+            ]),
         ],
     }
 }
 
 /// The desired chain of a part.
-pub(crate) fn part_chain(part: Part, nets: FamilyNets, random_fully: bool) -> ChainDef {
+pub(crate) fn part_chain(part: Part, nets: FamilyNets, random_fully: bool) -> Chain {
     match part {
         Part::Masquerade => masquerade_chain(nets, random_fully),
         Part::Forward => forward_chain(nets),
@@ -133,7 +128,7 @@ pub(crate) fn quote(text: &str) -> String {
 }
 
 /// `add table ip flannel-ipv4 { comment "rules for flannel-ipv4"; }`
-pub(crate) fn add_table(family: Family) -> String {
+pub(crate) fn add_table(family: IpFamily) -> String {
     format!(
         "add table {} {{ comment {}; }}",
         table_ref(family),
@@ -141,23 +136,20 @@ pub(crate) fn add_table(family: Family) -> String {
     )
 }
 
-/// `add chain ...` with comment and hook, then `flush chain`, then one `add rule` per rule: the
-/// knftables-style transaction body for one chain.
-pub(crate) fn add_chain_with_rules(
-    family: Family,
-    name: &str,
-    comment: Option<&str>,
-    hook: Option<&str>,
-    rules: &[String],
-    flush: bool,
-) -> Vec<String> {
+/// `add chain ...` with comment and hook, then (if `flush`) `flush chain`, then one `add rule` per
+/// rule: the knftables-style transaction body for one chain.
+///
+/// A listed chain being carried over may hold a rule flannel cannot print back (a statement it
+/// does not model); such a rule can only be foreign to flannel's own chain and is left out.
+pub(crate) fn add_chain(family: IpFamily, chain: &Chain, flush: bool) -> Vec<String> {
     let table = table_ref(family);
+    let name = &chain.name;
     let mut spec = Vec::new();
-    if let Some(comment) = comment {
+    if let Some(comment) = &chain.comment {
         spec.push(format!("comment {};", quote(comment)));
     }
-    if let Some(hook) = hook {
-        spec.push(hook.to_string());
+    if let Some(hook) = &chain.hook {
+        spec.push(hook.to_nft());
     }
     let mut lines = vec![if spec.is_empty() {
         format!("add chain {table} {name}")
@@ -167,16 +159,23 @@ pub(crate) fn add_chain_with_rules(
     if flush {
         lines.push(format!("flush chain {table} {name}"));
     }
-    lines.extend(rules.iter().map(|r| format!("add rule {table} {name} {r}")));
+    for rule in &chain.rules {
+        match rule.to_nft() {
+            Some(text) => lines.push(format!("add rule {table} {name} {text}")),
+            None => {
+                tracing::warn!(%family, chain = %name, ?rule, "leaving out a rule flannel cannot write back")
+            }
+        }
+    }
     lines
 }
 
 /// The script that checks whether the kernel can do `masquerade fully-random` (run with
 /// `nft --check`, so nothing is committed).
 pub(crate) fn random_fully_probe() -> String {
-    let table = table_ref(Family::V4);
+    let table = table_ref(IpFamily::V4);
     [
-        add_table(Family::V4),
+        add_table(IpFamily::V4),
         format!(
             "add chain {table} masqueradeTest {{ type nat hook postrouting priority srcnat; policy accept; }}"
         ),

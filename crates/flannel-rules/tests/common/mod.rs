@@ -1,47 +1,62 @@
-//! Shared helpers of the privileged tests: a fresh network namespace per test, a runner that
-//! counts writes, command helpers and the golden listings.
+//! Shared helpers of the privileged tests: managers of either mode started the way the daemon
+//! starts them, a runner that counts writes, what each mode must leave in the kernel for a
+//! configuration, and commands to read or damage it.
+//!
+//! Every test runs its body in a fresh network namespace
+//! (`flannel_netlink::netns::run_in_netns(NetnsTarget::Fresh, ..)`), so these commands only ever
+//! see and change that namespace.
 #![allow(dead_code, missing_docs)]
 
-use std::future::Future;
-use std::process::Command;
+use std::io::Write;
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use flannel_rules::{
-    CommandOutput, IptablesManager, Networks, NftablesManager, PreviousValues, RuleConfig,
-    RuleManager, Runner, TokioRunner,
+    CommandOutput, Networks, PreviousValues, RuleConfig, RuleManager, RulesMode, Runner,
+    TokioRunner, new_rule_manager,
 };
-use nix::sched::{CloneFlags, unshare};
 
-/// Runs `test` on a dedicated thread that first moves into a new, anonymous network namespace,
-/// on a current-thread tokio runtime: every child process inherits that namespace, so the root
-/// namespace's rules are never touched. The namespace disappears with the thread.
-pub fn in_netns<F, Fut>(test: F)
-where
-    F: FnOnce() -> Fut + Send + 'static,
-    Fut: Future<Output = ()>,
-{
-    let handle = std::thread::spawn(move || {
-        unshare(CloneFlags::CLONE_NEWNET)
-            .expect("unshare(CLONE_NEWNET) failed: the privileged tests must run as root");
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("tokio runtime");
-        runtime.block_on(test());
-    });
-    if let Err(panic) = handle.join() {
-        std::panic::resume_unwind(panic);
-    }
+/// Generates one `#[test]` per mode (modules `iptables` and `nftables`) for each named function
+/// taking a [`RulesMode`].
+#[allow(unused_macros)]
+macro_rules! for_both_modes {
+    ($($name:ident),* $(,)?) => {
+        mod iptables {
+            $(#[test]
+            fn $name() {
+                super::$name(flannel_rules::RulesMode::Iptables)
+            })*
+        }
+        mod nftables {
+            $(#[test]
+            fn $name() {
+                super::$name(flannel_rules::RulesMode::Nftables)
+            })*
+        }
+    };
 }
 
-/// Runs a command (in the test's namespace) and returns its stdout; panics on failure.
-pub fn run(program: &str, args: &[&str]) -> String {
-    let out = Command::new(program)
+/// Runs a command (in the test's namespace), feeding it `stdin` (nothing if `None`).
+fn output(program: &str, args: &[&str], stdin: Option<&str>) -> std::process::Output {
+    let mut child = Command::new(program)
         .args(args)
         .env("LC_ALL", "C")
-        .output()
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+    let mut pipe = child.stdin.take().expect("piped stdin");
+    pipe.write_all(stdin.unwrap_or_default().as_bytes())
+        .unwrap();
+    drop(pipe);
+    child.wait_with_output().unwrap()
+}
+
+/// Runs a command and returns its stdout; panics on failure.
+pub fn run(program: &str, args: &[&str]) -> String {
+    let out = output(program, args, None);
     assert!(
         out.status.success(),
         "{program} {args:?} failed: {}",
@@ -50,22 +65,14 @@ pub fn run(program: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Runs a shell command line (how the tests damage rules); panics on failure.
+pub fn sh(script: &str) -> String {
+    run("sh", &["-c", script])
+}
+
 /// `nft -f -` with the given script; panics on failure.
 pub fn nft_script(script: &str) {
-    use std::io::Write;
-    let mut child = Command::new("nft")
-        .args(["-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("nft");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(script.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = output("nft", &["-f", "-"], Some(script));
     assert!(
         out.status.success(),
         "nft -f - failed: {}\n{script}",
@@ -144,66 +151,47 @@ pub fn v4_only() -> RuleConfig {
     }
 }
 
-pub fn iptables_manager(config: RuleConfig) -> (IptablesManager, Arc<CountingRunner>) {
-    let runner = Arc::new(CountingRunner::default());
-    (IptablesManager::new(config, runner.clone()), runner)
+/// The previous run's values of [`dual_stack`], as subnet.env would give them.
+pub fn previous_dual_stack() -> PreviousValues {
+    PreviousValues {
+        v4: Some(nets_v4(NETWORK_V4, SUBNET_V4)),
+        v6: Some(nets_v6(NETWORK_V6, SUBNET_V6)),
+    }
 }
 
-pub fn nftables_manager(config: RuleConfig) -> (NftablesManager, Arc<CountingRunner>) {
+/// A manager of `mode` for `config` (nothing run yet), with the runner it counts commands on.
+pub fn manager(mode: RulesMode, config: RuleConfig) -> (Box<dyn RuleManager>, Arc<CountingRunner>) {
     let runner = Arc::new(CountingRunner::default());
-    (NftablesManager::new(config, runner.clone()), runner)
+    let manager = new_rule_manager(mode == RulesMode::Nftables, config, runner.clone());
+    (manager, runner)
 }
 
-/// The start-up sequence of the daemon.
-pub async fn start(manager: &dyn RuleManager) {
-    manager
-        .cleanup_other_mode()
+/// The other mode.
+pub fn other(mode: RulesMode) -> RulesMode {
+    match mode {
+        RulesMode::Iptables => RulesMode::Nftables,
+        RulesMode::Nftables => RulesMode::Iptables,
+    }
+}
+
+/// The daemon's start-up: a manager of the *other* mode removes everything it may have left,
+/// then the manager of `mode` installs the masquerade and forward rules. Both share one runner.
+pub async fn start(
+    mode: RulesMode,
+    config: RuleConfig,
+) -> (Box<dyn RuleManager>, Arc<CountingRunner>) {
+    let (manager, runner) = manager(mode, config);
+    let enable_other = other(mode) == RulesMode::Nftables;
+    new_rule_manager(enable_other, config, runner.clone())
+        .remove_all()
         .await
-        .expect("cleanup_other_mode");
+        .expect("remove_all of the other mode");
     manager
         .install_masquerade()
         .await
         .expect("install_masquerade");
     manager.install_forward().await.expect("install_forward");
-}
-
-/// `iptables -t nat -S` (or ip6tables) of a namespace holding only flannel's rules.
-pub fn golden_nat(v6: bool) -> String {
-    let (cluster, pod, mc) = if v6 {
-        (NETWORK_V6, SUBNET_V6, "ff00::/8")
-    } else {
-        (NETWORK_V4, SUBNET_V4, "224.0.0.0/4")
-    };
-    format!(
-        "-P PREROUTING ACCEPT
--P INPUT ACCEPT
--P OUTPUT ACCEPT
--P POSTROUTING ACCEPT
--N FLANNEL-POSTRTG
--A POSTROUTING -m comment --comment \"flanneld masq\" -j FLANNEL-POSTRTG
--A FLANNEL-POSTRTG -m mark --mark 0x4000/0x4000 -m comment --comment \"flanneld masq\" -j RETURN
--A FLANNEL-POSTRTG -s {pod} -d {cluster} -m comment --comment \"flanneld masq\" -j RETURN
--A FLANNEL-POSTRTG -s {cluster} -d {pod} -m comment --comment \"flanneld masq\" -j RETURN
--A FLANNEL-POSTRTG ! -s {cluster} -d {pod} -m comment --comment \"flanneld masq\" -j RETURN
--A FLANNEL-POSTRTG -s {cluster} ! -d {mc} -m comment --comment \"flanneld masq\" -j MASQUERADE --random-fully
--A FLANNEL-POSTRTG ! -s {cluster} -d {cluster} -m comment --comment \"flanneld masq\" -j MASQUERADE --random-fully
-"
-    )
-}
-
-/// `iptables -S` (filter) of a namespace holding only flannel's rules.
-pub fn golden_filter(v6: bool) -> String {
-    let cluster = if v6 { NETWORK_V6 } else { NETWORK_V4 };
-    format!(
-        "-P INPUT ACCEPT
--P FORWARD ACCEPT
--P OUTPUT ACCEPT
--N FLANNEL-FWD
--A FORWARD -m comment --comment \"flanneld forward\" -j FLANNEL-FWD
--A FLANNEL-FWD -s {cluster} -m comment --comment \"flanneld forward\" -j ACCEPT
--A FLANNEL-FWD -d {cluster} -m comment --comment \"flanneld forward\" -j ACCEPT
-"
-    )
+    (manager, runner)
 }
 
 pub const EMPTY_NAT: &str =
@@ -214,97 +202,208 @@ fn ipt(v6: bool) -> &'static str {
     if v6 { "ip6tables" } else { "iptables" }
 }
 
-pub fn nat_listing(v6: bool) -> String {
-    run(ipt(v6), &["-t", "nat", "-S"])
-}
-
-pub fn filter_listing(v6: bool) -> String {
-    run(ipt(v6), &["-S"])
-}
-
-/// `iptables -t nat ...` / `ip6tables -t nat ...`.
-pub fn ipt_nat(v6: bool, args: &[&str]) {
-    let mut full = vec!["-t", "nat"];
-    full.extend_from_slice(args);
-    run(ipt(v6), &full);
-}
-
-pub fn ipt_filter(v6: bool, args: &[&str]) {
-    let mut full = vec!["-t", "filter"];
-    full.extend_from_slice(args);
-    run(ipt(v6), &full);
-}
-
-/// `nft list table ip flannel-ipv4` (or the IPv6 table) as flannel leaves it.
-pub fn golden_nft(v6: bool) -> String {
-    let (fam, table, ip, cluster, pod, mc) = if v6 {
-        (
-            "ip6",
-            "flannel-ipv6",
-            "ip6",
-            NETWORK_V6,
-            SUBNET_V6,
-            "ff00::/8",
-        )
+/// `(table family, table name, ip keyword)` of flannel's nft table.
+fn nft_names(v6: bool) -> (&'static str, &'static str, &'static str) {
+    if v6 {
+        ("ip6", "flannel-ipv6", "ip6")
     } else {
-        (
-            "ip",
-            "flannel-ipv4",
-            "ip",
-            NETWORK_V4,
-            SUBNET_V4,
-            "224.0.0.0/4",
-        )
+        ("ip", "flannel-ipv4", "ip")
+    }
+}
+
+/// `(cluster, pod, multicast)` of a family of `config`, if it is configured.
+fn nets(config: &RuleConfig, v6: bool) -> Option<(String, String, &'static str)> {
+    if v6 {
+        let n = config.v6?;
+        Some((n.network.to_string(), n.subnet.to_string(), "ff00::/8"))
+    } else {
+        let n = config.v4?;
+        Some((n.network.to_string(), n.subnet.to_string(), "224.0.0.0/4"))
+    }
+}
+
+/// What `iptables -t nat -S` and `iptables -S` (or ip6tables) print in a namespace holding only
+/// flannel's rules for `config`.
+fn expected_iptables(config: &RuleConfig, v6: bool) -> Vec<String> {
+    let mut nat = EMPTY_NAT.to_string();
+    let mut filter = EMPTY_FILTER.to_string();
+    if let Some((cluster, pod, mc)) = nets(config, v6) {
+        let masq = if config.random_fully_disabled {
+            "MASQUERADE"
+        } else {
+            "MASQUERADE --random-fully"
+        };
+        let c = "-m comment --comment \"flanneld masq\"";
+        if config.ip_masq {
+            nat.push_str(&format!(
+                "-N FLANNEL-POSTRTG
+-A POSTROUTING {c} -j FLANNEL-POSTRTG
+-A FLANNEL-POSTRTG -m mark --mark 0x4000/0x4000 {c} -j RETURN
+-A FLANNEL-POSTRTG -s {pod} -d {cluster} {c} -j RETURN
+-A FLANNEL-POSTRTG -s {cluster} -d {pod} {c} -j RETURN
+-A FLANNEL-POSTRTG ! -s {cluster} -d {pod} {c} -j RETURN
+-A FLANNEL-POSTRTG -s {cluster} ! -d {mc} {c} -j {masq}
+-A FLANNEL-POSTRTG ! -s {cluster} -d {cluster} {c} -j {masq}
+"
+            ));
+        }
+        let c = "-m comment --comment \"flanneld forward\"";
+        if config.forward_rules {
+            filter.push_str(&format!(
+                "-N FLANNEL-FWD
+-A FORWARD {c} -j FLANNEL-FWD
+-A FLANNEL-FWD -s {cluster} {c} -j ACCEPT
+-A FLANNEL-FWD -d {cluster} {c} -j ACCEPT
+"
+            ));
+        }
+    }
+    vec![nat, filter]
+}
+
+/// What `nft list table ip flannel-ipv4` (or the IPv6 table) prints for `config`: empty when the
+/// table must not exist.
+fn expected_nft(config: &RuleConfig, v6: bool) -> String {
+    let Some((cluster, pod, mc)) = nets(config, v6) else {
+        return String::new();
     };
-    format!(
-        "table {fam} {table} {{
-\tcomment \"rules for {table}\"
-\tchain postrtg {{
+    let (fam, table, ip) = nft_names(v6);
+    let masq = if config.random_fully_disabled {
+        "masquerade"
+    } else {
+        "masquerade fully-random"
+    };
+    let mut chains = Vec::new();
+    if config.ip_masq {
+        chains.push(format!(
+            "\tchain postrtg {{
 \t\tcomment \"chain to manage traffic masquerading by flannel\"
 \t\ttype nat hook postrouting priority srcnat; policy accept;
 \t\tmeta mark & 0x00004000 == 0x00004000 return
 \t\t{ip} saddr {pod} {ip} daddr {cluster} return
 \t\t{ip} saddr {cluster} {ip} daddr {pod} return
 \t\t{ip} saddr != {cluster} {ip} daddr {pod} return
-\t\t{ip} saddr {cluster} {ip} daddr != {mc} masquerade fully-random
-\t\t{ip} saddr != {cluster} {ip} daddr {cluster} masquerade fully-random
+\t\t{ip} saddr {cluster} {ip} daddr != {mc} {masq}
+\t\t{ip} saddr != {cluster} {ip} daddr {cluster} {masq}
 \t}}
-
-\tchain forward {{
+"
+        ));
+    }
+    if config.forward_rules {
+        chains.push(format!(
+            "\tchain forward {{
 \t\tcomment \"chain to accept flannel traffic\"
 \t\ttype filter hook forward priority filter; policy accept;
 \t\t{ip} saddr {cluster} accept
 \t\t{ip} daddr {cluster} accept
 \t}}
-}}
 "
+        ));
+    }
+    if chains.is_empty() {
+        return String::new();
+    }
+    format!(
+        "table {fam} {table} {{\n\tcomment \"rules for {table}\"\n{}}}\n",
+        chains.join("\n")
     )
 }
 
-pub fn nft_table(v6: bool) -> String {
-    if v6 {
-        run("nft", &["list", "table", "ip6", "flannel-ipv6"])
-    } else {
-        run("nft", &["list", "table", "ip", "flannel-ipv4"])
+/// The golden listings of one family: what [`listing`] must print once `config` is installed.
+pub fn expected(mode: RulesMode, config: &RuleConfig, v6: bool) -> Vec<String> {
+    match mode {
+        RulesMode::Iptables => expected_iptables(config, v6),
+        RulesMode::Nftables => vec![expected_nft(config, v6)],
     }
 }
 
-/// `nft list tables`.
-pub fn nft_tables() -> String {
-    run("nft", &["list", "tables"])
+/// flannel's table of one family as `nft list table` prints it, empty when there is none.
+pub fn nft_table(v6: bool) -> String {
+    let (fam, table, _) = nft_names(v6);
+    let out = output("nft", &["list", "table", fam, table], None);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() && stderr.contains("No such file or directory") {
+        return String::new();
+    }
+    assert!(out.status.success(), "nft list table failed: {stderr}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// The handle of the first rule in `chain` of the IPv4/IPv6 flannel table whose text contains `needle`.
-pub fn nft_handle(v6: bool, chain: &str, needle: &str) -> String {
-    let (fam, table) = if v6 {
-        ("ip6", "flannel-ipv6")
-    } else {
-        ("ip", "flannel-ipv4")
-    };
+/// What the kernel holds for one family in `mode`'s terms: iptables' nat and filter listings, or
+/// flannel's nft table.
+pub fn listing(mode: RulesMode, v6: bool) -> Vec<String> {
+    match mode {
+        RulesMode::Iptables => vec![run(ipt(v6), &["-t", "nat", "-S"]), run(ipt(v6), &["-S"])],
+        RulesMode::Nftables => vec![nft_table(v6)],
+    }
+}
+
+/// Asserts that both families hold exactly what `config` asks for in `mode`.
+pub fn assert_state(mode: RulesMode, config: &RuleConfig) {
+    for v6 in [false, true] {
+        assert_eq!(
+            listing(mode, v6),
+            expected(mode, config, v6),
+            "{mode:?}, v6={v6}"
+        );
+    }
+}
+
+/// Everything `mode` could have written, with nft's rule handles: equal before and after an
+/// operation means nothing was rewritten.
+pub fn full_state(mode: RulesMode) -> String {
+    match mode {
+        RulesMode::Iptables => [false, true]
+            .into_iter()
+            .flat_map(|v6| listing(mode, v6))
+            .collect(),
+        RulesMode::Nftables => run("nft", &["-a", "list", "ruleset"]),
+    }
+}
+
+/// Asserts that nothing of `mode` is left in the namespace.
+pub fn assert_nothing_of(mode: RulesMode) {
+    match mode {
+        RulesMode::Iptables => {
+            for v6 in [false, true] {
+                assert_eq!(listing(mode, v6), [EMPTY_NAT, EMPTY_FILTER], "v6={v6}");
+            }
+        }
+        RulesMode::Nftables => {
+            let tables = run("nft", &["list", "tables"]);
+            assert!(!tables.contains("flannel"), "{tables}");
+        }
+    }
+}
+
+/// Asserts that repair restores what `config` asks for, then that a second pass writes nothing.
+pub async fn assert_repairs(
+    mode: RulesMode,
+    manager: &dyn RuleManager,
+    runner: &CountingRunner,
+    config: &RuleConfig,
+) {
+    runner.clear();
+    assert!(
+        manager.check_and_repair().await.unwrap(),
+        "damage was not detected"
+    );
+    assert_state(mode, config);
+    runner.clear();
+    assert!(!manager.check_and_repair().await.unwrap(), "repair churned");
+    assert!(runner.writes().is_empty(), "{:?}", runner.writes());
+}
+
+/// Deletes the first rule of `chain` in flannel's nft table whose text contains `needle`.
+pub fn nft_delete_rule(v6: bool, chain: &str, needle: &str) {
+    let (fam, table, _) = nft_names(v6);
     let listing = run("nft", &["-a", "list", "chain", fam, table, chain]);
     let line = listing
         .lines()
         .find(|l| l.contains(needle) && l.contains("# handle"))
         .unwrap_or_else(|| panic!("no rule with {needle:?} in\n{listing}"));
-    line.rsplit(' ').next().unwrap().to_string()
+    let handle = line.rsplit(' ').next().unwrap();
+    sh(&format!(
+        "nft delete rule {fam} {table} {chain} handle {handle}"
+    ));
 }
