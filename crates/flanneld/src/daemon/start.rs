@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use flannel_netlink::{LinkEvents, Netlink};
-use flannel_rules::{Networks, PreviousValues, RuleConfig, RuleManager, TokioRunner};
+use flannel_rules::{Networks, PreviousValues, RuleConfig, RuleManager, Runner, TokioRunner};
 use flannel_subnet::{SubnetError, SubnetManager};
 use flannel_types::subnet_env::{PreviousSubnetEnv, SubnetEnv, SubnetEnvV4, SubnetEnvV6};
 use flannel_types::{IpStack, Lease, LeaseAttrs, NetConfig};
@@ -329,11 +329,13 @@ async fn install_rules(
     previous: Option<&PreviousSubnetEnv>,
 ) -> Result<Box<dyn RuleManager>, DaemonError> {
     let rules_cfg = rule_config(config, net, lease, previous);
-    let runner = Arc::new(TokioRunner::default());
-    let rules = flannel_rules::new_rule_manager(net.enable_nftables, rules_cfg, runner);
+    let runner: Arc<dyn Runner> = Arc::new(TokioRunner::default());
+    let rules = flannel_rules::new_rule_manager(net.enable_nftables, rules_cfg, runner.clone());
     let step = |what| move |source| DaemonError::Rules { what, source };
-    rules
-        .cleanup_other_mode()
+    // Upstream does the same with a manager of the other kind: whatever a switch of
+    // `EnableNFTables` left behind is removed before our rules go in.
+    flannel_rules::new_rule_manager(!net.enable_nftables, rules_cfg, runner)
+        .remove_all()
         .await
         .map_err(step("Failed to clean-up the other mode's rules"))?;
     if config.ip_masq {
