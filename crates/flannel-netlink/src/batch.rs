@@ -183,3 +183,13 @@ impl Netlink {
         self.apply(std::slice::from_ref(&op)).await.into_result()
     }
 }
+
+/// `apply` futures must stay `Send` (the request iterator and the socket lock are chosen for
+/// it), so callers can hold them in tasks spawned on any runtime. Checked at compile time.
+const _: () = {
+    fn assert_send<T: Send>(_: &T) {}
+    #[allow(dead_code)]
+    fn apply_is_send(nl: &Netlink, ops: &[BatchOp]) {
+        assert_send(&nl.apply(ops));
+    }
+};
