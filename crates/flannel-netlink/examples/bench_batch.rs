@@ -10,23 +10,21 @@
 //! Run as root:
 //!
 //! ```text
-//! CARGO_TARGET_DIR=/work/target-netlink cargo run --release -p flannel-netlink \
-//!     --example bench_batch -- [N=5000] [ROUNDS=3]
+//! cargo run --release -p flannel-netlink --example bench_batch -- [N=5000] [ROUNDS=3]
 //! ```
 //!
 //! Prints the median over ROUNDS of each phase in milliseconds.
 
+// The integration tests' fixtures: underlay, vxlan device, peers, dump counts.
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 use std::fmt::Write as _;
-use std::net::{IpAddr, Ipv4Addr};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::{PeerEntries, flannel_dev, peer, peer_entry_counts, run_within, underlay};
 use flannel_netlink::netns::{NetnsTarget, run_in_netns};
-use flannel_netlink::{
-    BatchOp, Fdb, LinkInfo, MacAddr, Neighbour, Netlink, Route, RouteFilter, RouteProtocol,
-    VxlanSpec,
-};
-use ipnet::IpNet;
+use flannel_netlink::{BatchOp, LinkInfo, Netlink, RouteProtocol};
 
 type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
@@ -42,79 +40,27 @@ fn main() {
         .unwrap_or(3);
     assert!((1..=60000).contains(&n), "N must be 1..=60000");
     assert!(rounds >= 1, "ROUNDS must be >= 1");
-    let result = run_in_netns(
-        NetnsTarget::Fresh,
-        move || async move { bench(n, rounds).await },
-    )
-    .expect("entering a fresh network namespace (run as root)");
+    // Unbounded on purpose: with N in the tens of thousands a round takes minutes.
+    let result = run_in_netns(NetnsTarget::Fresh, move || bench(n, rounds))
+        .expect("entering a fresh network namespace (run as root)");
     if let Err(e) = result {
         eprintln!("bench_batch: {e}");
         std::process::exit(1);
     }
 }
 
-/// Peer i: subnet 10.<hi+1>.<lo>.0/24, VTEP 10.<hi+1>.<lo>.0, MAC 0e:2a:00:00:hi:lo, public IP
-/// 172.16.hi.lo.
-fn peer(i: u32) -> (IpNet, IpAddr, MacAddr, IpAddr) {
-    let (hi, lo) = ((i >> 8) as u8, (i & 0xff) as u8);
-    let vtep = IpAddr::V4(Ipv4Addr::new(10, hi + 1, lo, 0));
-    let net = IpNet::new(vtep, 24).expect("valid prefix");
-    (
-        net,
-        vtep,
-        MacAddr([0x0e, 0x2a, 0, 0, hi, lo]),
-        IpAddr::V4(Ipv4Addr::new(172, 16, hi, lo)),
-    )
-}
-
-fn sh(cmd: &str) -> Res<()> {
-    let mut p = cmd.split_whitespace();
-    let out = Command::new(p.next().ok_or("empty command")?)
-        .args(p)
-        .output()?;
-    if !out.status.success() {
-        return Err(format!("{cmd}: {}", String::from_utf8_lossy(&out.stderr)).into());
-    }
-    Ok(())
-}
-
-async fn fresh_device(nl: &Netlink, eth0: &LinkInfo) -> Res<LinkInfo> {
+/// Replaces `flannel.1` by a fresh, empty one.
+async fn fresh_device(nl: &Netlink, eth0: &LinkInfo) -> Res<u32> {
     if let Some(old) = nl.link_by_name("flannel.1").await? {
         nl.delete_link(old.index).await?;
     }
-    let spec = VxlanSpec {
-        local: Some("192.0.2.1".parse()?),
-        dev: Some(eth0.index),
-        mtu: Some(1450),
-        ..VxlanSpec::new("flannel.1", 1)
-    };
-    let dev = nl.create_vxlan(&spec).await?;
-    nl.add_address(dev.index, "10.0.0.0/32".parse()?).await?;
-    nl.set_link_up(dev.index).await?;
-    Ok(dev)
+    Ok(flannel_dev(nl, eth0).await.index)
 }
 
 /// Checks that the device holds exactly n of each kind; returns the dump time.
 async fn verify(nl: &Netlink, dev: u32, n: usize) -> Res<Duration> {
     let t = Instant::now();
-    let neigh = nl
-        .neighbours(Some(dev))
-        .await?
-        .iter()
-        .filter(|e| e.state.is_permanent())
-        .count();
-    let fdb = nl
-        .fdb_entries(Some(dev))
-        .await?
-        .iter()
-        .filter_map(|e| e.as_fdb())
-        .count();
-    let routes = nl
-        .routes(&RouteFilter::main().oif(dev))
-        .await?
-        .iter()
-        .filter(|r| r.onlink)
-        .count();
+    let (neigh, fdb, routes) = peer_entry_counts(nl, dev).await;
     let took = t.elapsed();
     if (neigh, fdb, routes) != (n, n, n) {
         return Err(
@@ -133,7 +79,7 @@ struct Phases {
 }
 
 impl Phases {
-    fn push(&mut self, neigh: Duration, fdb: Duration, route: Duration) {
+    fn push_phases(&mut self, [neigh, fdb, route]: [Duration; 3]) {
         self.neigh.push(neigh);
         self.fdb.push(fdb);
         self.route.push(route);
@@ -147,154 +93,160 @@ fn median_ms(v: &[Duration]) -> f64 {
     v[v.len() / 2].as_secs_f64() * 1000.0
 }
 
-async fn bench(n: u32, rounds: usize) -> Res<()> {
-    let nl = Netlink::new()?;
-    let lo = nl.link_by_name("lo").await?.ok_or("no lo")?;
-    nl.set_link_up(lo.index).await?;
-    sh("ip link add eth0 type veth peer name eth0p")?;
-    sh("ip addr add 192.0.2.1/24 dev eth0")?;
-    sh("ip link set eth0 up")?;
-    sh("ip link set eth0p up")?;
-    let eth0 = nl.link_by_name("eth0").await?.ok_or("no eth0")?;
+/// How long one `ip -batch` run may take: the kernel's route insertion is superlinear, and
+/// 60000 routes take minutes.
+const IPROUTE_LIMIT: Duration = Duration::from_secs(900);
 
+/// The results of all rounds.
+#[derive(Default)]
+struct Results {
+    batched: Phases,
+    iproute: Phases,
+    single: Phases,
+    dump: Vec<Duration>,
+    delete: Vec<Duration>,
+    devdel: Vec<Duration>,
+}
+
+async fn bench(n: u32, rounds: usize) -> Res<()> {
+    let (nl, eth0) = underlay().await;
     let dir = std::env::temp_dir().join(format!("flannel-bench-batch-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let (mut neigh_txt, mut fdb_txt, mut route_txt) = (String::new(), String::new(), String::new());
-    for i in 0..n {
-        let (net, vtep, mac, public) = peer(i);
+    let peers: Vec<PeerEntries> = (0..n).map(|i| peer(0, i)).collect();
+    write_batch_files(&dir, &peers)?;
+    let mut res = Results::default();
+    for _ in 0..rounds {
+        let dev = fresh_device(&nl, &eth0).await?;
+        batched_round(&nl, dev, n, &mut res).await?;
+        let dev = fresh_device(&nl, &eth0).await?;
+        iproute_round(&nl, dev, n, &dir, &mut res).await?;
+        let dev = fresh_device(&nl, &eth0).await?;
+        single_round(&nl, dev, n)
+            .await
+            .map(|p| res.single.push_phases(p))?;
+    }
+    std::fs::remove_dir_all(&dir)?;
+    print_report(n, rounds, &res);
+    Ok(())
+}
+
+/// The `ip -batch` / `bridge -batch` input files for `peers` (files `neigh`, `fdb`, `route`).
+fn write_batch_files(dir: &std::path::Path, peers: &[PeerEntries]) -> Res<()> {
+    let (mut neigh, mut fdb, mut route) = (String::new(), String::new(), String::new());
+    for p in peers {
+        let (vtep, mac) = (p.neigh.ip, p.neigh.mac);
         writeln!(
-            neigh_txt,
+            neigh,
             "neigh replace {vtep} lladdr {mac} dev flannel.1 nud permanent"
         )?;
         writeln!(
-            fdb_txt,
-            "fdb replace {mac} dev flannel.1 self permanent dst {public}"
+            fdb,
+            "fdb replace {mac} dev flannel.1 self permanent dst {}",
+            p.fdb.dst
         )?;
         writeln!(
-            route_txt,
-            "route replace {net} via {vtep} dev flannel.1 onlink"
+            route,
+            "route replace {} via {vtep} dev flannel.1 onlink",
+            p.route.dst
         )?;
     }
-    let files = [("neigh", neigh_txt), ("fdb", fdb_txt), ("route", route_txt)];
-    for (name, txt) in &files {
+    for (name, txt) in [("neigh", neigh), ("fdb", fdb), ("route", route)] {
         std::fs::write(dir.join(name), txt)?;
     }
-    let path = |name: &str| dir.join(name).display().to_string();
+    Ok(())
+}
 
-    let (mut batched, mut iproute, mut single) =
-        (Phases::default(), Phases::default(), Phases::default());
-    let (mut dump, mut delete, mut devdel) = (Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..rounds {
-        // 1. Netlink::apply
-        let dev = fresh_device(&nl, &eth0).await?.index;
-        let mut neigh_ops = Vec::new();
-        let mut fdb_ops = Vec::new();
-        let mut route_ops = Vec::new();
-        for i in 0..n {
-            let (net, vtep, mac, public) = peer(i);
-            neigh_ops.push(BatchOp::ReplaceNeighbour(Neighbour {
-                ifindex: dev,
-                ip: vtep,
-                mac,
-            }));
-            fdb_ops.push(BatchOp::ReplaceFdb(Fdb {
-                ifindex: dev,
-                mac,
-                dst: public,
-            }));
-            route_ops.push(BatchOp::ReplaceRoute(Route::onlink_via(net, vtep, dev)));
-        }
-        let mut times = [Duration::ZERO; 3];
-        for (k, ops) in [&neigh_ops, &fdb_ops, &route_ops].into_iter().enumerate() {
-            let t = Instant::now();
-            let report = nl.apply(ops).await;
-            times[k] = t.elapsed();
-            if report.failed() > 0 {
-                let (i, e) = report.errors().next().ok_or("failure without error")?;
-                return Err(format!("{} ops failed, first #{i}: {e}", report.failed()).into());
-            }
-        }
-        batched.push(times[0], times[1], times[2]);
-        dump.push(verify(&nl, dev, n as usize).await?);
-        // Batched delete of everything (what a reconcile after mass node removal does).
-        let dels: Vec<BatchOp> = route_ops
-            .iter()
-            .chain(&fdb_ops)
-            .chain(&neigh_ops)
-            .map(|op| match op {
-                BatchOp::ReplaceRoute(r) => {
-                    BatchOp::DelRoute(r.clone().with_protocol(RouteProtocol::FLANNEL))
-                }
-                BatchOp::ReplaceFdb(f) => BatchOp::DelFdb(*f),
-                BatchOp::ReplaceNeighbour(x) => BatchOp::DelNeighbour(*x),
-                other => other.clone(),
-            })
-            .collect();
-        let t = Instant::now();
-        let report = nl.apply(&dels).await;
-        delete.push(t.elapsed());
-        if report.failed() > 0 {
-            return Err(format!("{} deletes failed", report.failed()).into());
-        }
-        verify(&nl, dev, 0).await?;
-
-        // 2. ip -batch / bridge -batch
-        let dev = fresh_device(&nl, &eth0).await?.index;
-        let mut times = [Duration::ZERO; 3];
-        for (k, cmd) in [
-            format!("ip -batch {}", path("neigh")),
-            format!("bridge -batch {}", path("fdb")),
-            format!("ip -batch {}", path("route")),
-        ]
+/// 1. `Netlink::apply`, one batch per kind, then one batched delete of everything (what a
+///    reconcile after mass node removal does).
+async fn batched_round(nl: &Netlink, dev: u32, n: u32, res: &mut Results) -> Res<()> {
+    let peers: Vec<PeerEntries> = (0..n).map(|i| peer(dev, i)).collect();
+    let neigh_ops: Vec<_> = peers
         .iter()
-        .enumerate()
-        {
-            let t = Instant::now();
-            sh(cmd)?;
-            times[k] = t.elapsed();
-        }
-        iproute.push(times[0], times[1], times[2]);
-        verify(&nl, dev, n as usize).await?;
+        .map(|p| BatchOp::ReplaceNeighbour(p.neigh))
+        .collect();
+    let fdb_ops: Vec<_> = peers.iter().map(|p| BatchOp::ReplaceFdb(p.fdb)).collect();
+    let route_ops: Vec<_> = peers
+        .iter()
+        .map(|p| BatchOp::ReplaceRoute(p.route.clone()))
+        .collect();
+    let mut times = [Duration::ZERO; 3];
+    for (k, ops) in [&neigh_ops, &fdb_ops, &route_ops].into_iter().enumerate() {
         let t = Instant::now();
-        nl.delete_link(dev).await?;
-        devdel.push(t.elapsed());
-
-        // 3. one awaited request per entry
-        let dev = fresh_device(&nl, &eth0).await?.index;
-        let mut times = [Duration::ZERO; 3];
-        let t = Instant::now();
-        for i in 0..n {
-            let (_, vtep, mac, _) = peer(i);
-            nl.replace_neighbour(&Neighbour {
-                ifindex: dev,
-                ip: vtep,
-                mac,
-            })
-            .await?;
+        let report = nl.apply(ops).await;
+        times[k] = t.elapsed();
+        if report.failed() > 0 {
+            let (i, e) = report.errors().next().ok_or("failure without error")?;
+            return Err(format!("{} ops failed, first #{i}: {e}", report.failed()).into());
         }
-        times[0] = t.elapsed();
-        let t = Instant::now();
-        for i in 0..n {
-            let (_, _, mac, public) = peer(i);
-            nl.replace_fdb(&Fdb {
-                ifindex: dev,
-                mac,
-                dst: public,
-            })
-            .await?;
-        }
-        times[1] = t.elapsed();
-        let t = Instant::now();
-        for i in 0..n {
-            let (net, vtep, _, _) = peer(i);
-            nl.replace_route(&Route::onlink_via(net, vtep, dev)).await?;
-        }
-        times[2] = t.elapsed();
-        single.push(times[0], times[1], times[2]);
-        verify(&nl, dev, n as usize).await?;
     }
-    std::fs::remove_dir_all(&dir)?;
+    res.batched.push_phases(times);
+    res.dump.push(verify(nl, dev, n as usize).await?);
+    let dels: Vec<BatchOp> = peers
+        .iter()
+        .map(|p| BatchOp::DelRoute(p.route.clone().with_protocol(RouteProtocol::FLANNEL)))
+        .chain(peers.iter().map(|p| BatchOp::DelFdb(p.fdb)))
+        .chain(peers.iter().map(|p| BatchOp::DelNeighbour(p.neigh)))
+        .collect();
+    let t = Instant::now();
+    let report = nl.apply(&dels).await;
+    res.delete.push(t.elapsed());
+    if report.failed() > 0 {
+        return Err(format!("{} deletes failed", report.failed()).into());
+    }
+    verify(nl, dev, 0).await?;
+    Ok(())
+}
 
+/// 2. `ip -batch` / `bridge -batch`, then deleting the device with everything on it.
+async fn iproute_round(
+    nl: &Netlink,
+    dev: u32,
+    n: u32,
+    dir: &std::path::Path,
+    res: &mut Results,
+) -> Res<()> {
+    let mut times = [Duration::ZERO; 3];
+    for (k, (tool, file)) in [("ip", "neigh"), ("bridge", "fdb"), ("ip", "route")]
+        .into_iter()
+        .enumerate()
+    {
+        let cmd = format!("{tool} -batch {}", dir.join(file).display());
+        let t = Instant::now();
+        run_within(&cmd, IPROUTE_LIMIT).await;
+        times[k] = t.elapsed();
+    }
+    res.iproute.push_phases(times);
+    verify(nl, dev, n as usize).await?;
+    let t = Instant::now();
+    nl.delete_link(dev).await?;
+    res.devdel.push(t.elapsed());
+    Ok(())
+}
+
+/// 3. One awaited request per entry; returns the three phase times.
+async fn single_round(nl: &Netlink, dev: u32, n: u32) -> Res<[Duration; 3]> {
+    let peers: Vec<PeerEntries> = (0..n).map(|i| peer(dev, i)).collect();
+    let mut times = [Duration::ZERO; 3];
+    let t = Instant::now();
+    for p in &peers {
+        nl.replace_neighbour(&p.neigh).await?;
+    }
+    times[0] = t.elapsed();
+    let t = Instant::now();
+    for p in &peers {
+        nl.replace_fdb(&p.fdb).await?;
+    }
+    times[1] = t.elapsed();
+    let t = Instant::now();
+    for p in &peers {
+        nl.replace_route(&p.route).await?;
+    }
+    times[2] = t.elapsed();
+    verify(nl, dev, n as usize).await?;
+    Ok(times)
+}
+
+fn print_report(n: u32, rounds: usize, res: &Results) {
     println!(
         "flannel-netlink batch benchmark: {n} peers x (neighbour + fdb + onlink route) = {} entries, median of {rounds} round(s), ms",
         3 * n
@@ -304,9 +256,9 @@ async fn bench(n: u32, rounds: usize) -> Res<()> {
         "method", "neigh", "fdb", "route", "total"
     );
     for (name, p) in [
-        ("Netlink::apply (batched)", &batched),
-        ("ip -batch + bridge -batch", &iproute),
-        ("Netlink::replace_* one by one", &single),
+        ("Netlink::apply (batched)", &res.batched),
+        ("ip -batch + bridge -batch", &res.iproute),
+        ("Netlink::replace_* one by one", &res.single),
     ] {
         println!(
             "{:<34} {:>9.1} {:>9.1} {:>9.1} {:>9.1}",
@@ -319,21 +271,20 @@ async fn bench(n: u32, rounds: usize) -> Res<()> {
     }
     println!(
         "ratio Netlink::apply / ip -batch (total): {:.2}",
-        median_ms(&batched.total) / median_ms(&iproute.total)
+        median_ms(&res.batched.total) / median_ms(&res.iproute.total)
     );
     println!(
         "dump of all three tables (neigh+fdb+routes): {:.1} ms",
-        median_ms(&dump)
+        median_ms(&res.dump)
     );
     println!(
         "batched delete of all {} entries: {:.1} ms",
         3 * n,
-        median_ms(&delete)
+        median_ms(&res.delete)
     );
     println!(
         "deleting flannel.1 with {} entries: {:.1} ms",
         3 * n,
-        median_ms(&devdel)
+        median_ms(&res.devdel)
     );
-    Ok(())
 }

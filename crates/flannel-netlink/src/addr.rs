@@ -3,6 +3,7 @@
 
 use std::net::IpAddr;
 
+use flannel_types::IpFamily;
 use ipnet::IpNet;
 use rtnetlink::packet_core::{NLM_F_CREATE, NLM_F_EXCL};
 use rtnetlink::packet_route::RouteNetlinkMessage;
@@ -10,7 +11,7 @@ use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage, Address
 
 use crate::error::Result;
 use crate::netlink::{Netlink, collect};
-use crate::types::{IpFamily, Scope};
+use crate::types::{Scope, address_family};
 
 /// `IFA_F_*` address flags, kept raw with helpers for the ones address selection uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -152,7 +153,7 @@ impl Netlink {
 
 fn address_message(index: u32, net: IpNet) -> AddressMessage {
     let mut msg = AddressMessage::default();
-    msg.header.family = IpFamily::of_net(&net).to_af();
+    msg.header.family = address_family(IpFamily::of_net(&net));
     msg.header.prefix_len = net.prefix_len();
     msg.header.index = index;
     let ip = net.addr();

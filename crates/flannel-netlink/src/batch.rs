@@ -130,10 +130,15 @@ impl Netlink {
     ///
     /// The kernel processes them in the order given (so a delete followed by an add of the same
     /// key works). Requests are packed up to ~1000 per datagram; this task yields to the
-    /// executor between datagrams, each of which the kernel handles in a few milliseconds. A
-    /// failing operation does not stop the others. An operation that cannot be encoded (e.g. a
-    /// route whose gateway family differs from its destination's) fails with
-    /// [`NetlinkError::InvalidArgument`] without being sent.
+    /// executor between datagrams, each of which the kernel handles in a few milliseconds, and
+    /// should the kernel's answers not be queued at once, it waits for them on the reactor
+    /// (bounded by a timer) rather than blocking the thread. A failing operation does not stop
+    /// the others. An operation that cannot be encoded (e.g. a route whose gateway family
+    /// differs from its destination's) fails with [`NetlinkError::InvalidArgument`] without
+    /// being sent.
+    ///
+    /// Dropping the future part-way leaves the datagrams already sent applied and the rest
+    /// unsent; the next dump shows which.
     pub async fn apply(&self, ops: &[BatchOp]) -> BatchReport {
         // Messages are encoded as the socket packs them, one datagram at a time, so a batch of
         // 15000 changes never holds 15000 encoded messages at once.
@@ -183,3 +188,13 @@ impl Netlink {
         self.apply(std::slice::from_ref(&op)).await.into_result()
     }
 }
+
+/// `apply` futures must stay `Send` (the request iterator and the socket lock are chosen for
+/// it), so callers can hold them in tasks spawned on any runtime. Checked at compile time.
+const _: () = {
+    fn assert_send<T: Send>(_: &T) {}
+    #[allow(dead_code)]
+    fn apply_is_send(nl: &Netlink, ops: &[BatchOp]) {
+        assert_send(&nl.apply(ops));
+    }
+};

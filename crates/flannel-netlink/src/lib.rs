@@ -30,11 +30,14 @@ pub use addr::{AddrFlags, AddrInfo};
 pub use batch::{BatchOp, BatchReport};
 pub use error::{NetlinkError, Result};
 pub use events::{LinkEvent, LinkEvents};
+/// The address family type of every flannel-rs crate, re-exported so callers of this crate
+/// need not name flannel-types for it.
+pub use flannel_types::IpFamily;
 pub use link::LinkInfo;
 pub use neigh::{Fdb, FdbEntry, NeighFlags, Neighbour, NeighbourEntry, NudState};
 pub use netlink::Netlink;
 pub use route::{
     LOCAL_TABLE, MAIN_TABLE, Route, RouteFilter, RouteKind, RouteLookup, RouteProtocol,
 };
-pub use types::{IpFamily, MacAddr, ParseMacError, Scope};
+pub use types::{MacAddr, ParseMacError, Scope};
 pub use vxlan::{VxlanInfo, VxlanSpec};

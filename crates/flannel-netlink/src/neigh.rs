@@ -7,6 +7,7 @@
 use std::fmt;
 use std::net::IpAddr;
 
+use flannel_types::IpFamily;
 use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage,
@@ -15,7 +16,7 @@ use rtnetlink::packet_route::neighbour::{
 use crate::batch::BatchOp;
 use crate::error::Result;
 use crate::netlink::{Netlink, collect};
-use crate::types::{IpFamily, MacAddr, ip_from_bytes};
+use crate::types::{MacAddr, address_family, ip_from_bytes};
 
 /// `NUD_*` neighbour state, kept raw with names for the values flannel looks at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -87,7 +88,7 @@ impl Neighbour {
     /// RTM_NEWNEIGH/RTM_DELNEIGH body: permanent, type unicast (as upstream's NeighSet).
     pub(crate) fn to_message(self) -> NeighbourMessage {
         let mut m = NeighbourMessage::default();
-        m.header.family = IpFamily::of(&self.ip).to_af();
+        m.header.family = address_family(IpFamily::of(&self.ip));
         m.header.ifindex = self.ifindex;
         m.header.state = NudState::PERMANENT.into();
         m.header.kind = 1u8.into(); // RTN_UNICAST
@@ -276,12 +277,12 @@ impl Netlink {
     /// included.
     pub async fn neighbours(&self, ifindex: Option<u32>) -> Result<Vec<NeighbourEntry>> {
         let mut out = Vec::new();
-        for family in [IpFamily::V4, IpFamily::V6] {
+        for family in IpFamily::ALL {
             let req = self
                 .handle()
                 .neighbours()
                 .get()
-                .set_address_family(family.to_af());
+                .set_address_family(address_family(family));
             let msgs = collect("list neighbours", "", req.execute()).await?;
             out.extend(
                 msgs.iter()

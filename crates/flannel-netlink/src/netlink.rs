@@ -1,11 +1,12 @@
 //! The connection object every other module hangs its methods on.
 
 use std::fmt::Display;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use futures::{Stream, TryStreamExt};
 use rtnetlink::packet_core::NetlinkMessage;
 use rtnetlink::packet_route::RouteNetlinkMessage;
+use tokio::sync::Mutex;
 
 use crate::error::{NetlinkError, Result};
 use crate::raw::{Outcome, RawSocket, Request};
@@ -18,8 +19,8 @@ use crate::raw::{Outcome, RawSocket, Request};
 ///
 /// * an rtnetlink connection, driven by a task on the current tokio runtime, for dumps and
 ///   lookups (multi-part answers);
-/// * a synchronous write socket for every change (see [`Netlink::apply`]), which packs many
-///   requests into one datagram.
+/// * a write socket for every change (see [`Netlink::apply`]), which packs many requests into
+///   one datagram and waits for the kernel's answers on the reactor, never blocking the thread.
 ///
 /// Cloning is cheap and shares both sockets. Dropping the last clone stops the connection task.
 #[derive(Clone)]
@@ -29,6 +30,8 @@ pub struct Netlink {
 
 struct Inner {
     handle: rtnetlink::Handle,
+    /// An async lock: a task waiting for the kernel's answers holds it across an await, and
+    /// other tasks wanting to write wait on the runtime, not by blocking the thread.
     raw: Mutex<RawSocket>,
     task: tokio::task::AbortHandle,
 }
@@ -81,23 +84,21 @@ impl Netlink {
 
     /// Runs requests on the write socket, one datagram at a time, yielding to the executor
     /// between datagrams. Returns one outcome per request, in order.
+    ///
+    /// The socket is locked per datagram, so concurrent callers interleave whole datagrams and
+    /// each one's answers are read before the next caller sends.
     pub(crate) async fn execute(&self, reqs: impl Iterator<Item = Request>) -> Vec<Outcome> {
         let mut iter = reqs;
         let mut out = Vec::new();
         let mut pending: Option<NetlinkMessage<RouteNetlinkMessage>> = None;
         loop {
             let got = {
-                let mut raw = match self.inner.raw.lock() {
-                    Ok(g) => g,
-                    // A panic while holding the lock cannot leave the socket inconsistent in a
-                    // way that matters: sequence numbers only grow.
-                    Err(poisoned) => poisoned.into_inner(),
+                let mut raw = self.inner.raw.lock().await;
+                let Some(packed) = raw.pack(&mut iter, &mut pending) else {
+                    break;
                 };
-                raw.execute_some(&mut iter, &mut pending)
+                raw.exchange(packed).await
             };
-            if got.is_empty() {
-                break;
-            }
             out.extend(got);
             tokio::task::yield_now().await;
         }

@@ -105,6 +105,9 @@ where
 
 /// Like [`spawn_in_netns`] but waits for the result. A panic inside `f` is re-raised in the
 /// caller, so test assertions inside the namespace fail the test normally.
+///
+/// The wait blocks the calling thread: call this from plain threads (tests, the lab, `main`),
+/// and from async code only through `tokio::task::spawn_blocking`.
 pub fn run_in_netns<F, Fut, T>(target: NetnsTarget, f: F) -> Result<T, NetnsError>
 where
     F: FnOnce() -> Fut + Send + 'static,

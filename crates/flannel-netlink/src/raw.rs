@@ -1,4 +1,4 @@
-//! A second, synchronous rtnetlink socket used for every write request.
+//! A second rtnetlink socket used for every write request, driven by tokio's reactor.
 //!
 //! rtnetlink's `Handle` sends one request per netlink datagram and lets its connection task
 //! send one datagram per wake-up, so N writes cost N round trips through a channel, the task and
@@ -15,15 +15,27 @@
 //! * the receive buffer is enlarged and datagrams are sized so that even an all-failing datagram
 //!   cannot overrun it; if it overruns anyway (`ENOBUFS`), the affected operations are reported
 //!   as unconfirmed rather than guessed.
+//!
+//! # Never blocking the runtime
+//!
+//! flanneld runs everything on one current-thread tokio runtime, so a thread blocked here would
+//! stall every other task (peer watch, health endpoint, signals). The socket is non-blocking and
+//! registered with tokio's reactor (the netlink crate's own [`TokioSocket`]): answers already
+//! queued when `sendmsg` returns (always the case for NETLINK_ROUTE) are read at once, and if
+//! they are not, the task waits for readiness on the reactor, bounded by a tokio timer, and the
+//! runtime runs other tasks meanwhile.
+//!
+//! A call may be cancelled (its future dropped) while it waits: the answers it leaves in the
+//! socket's queue carry older sequence numbers and are ignored by the next call.
 
+use std::future::poll_fn;
 use std::io;
-use std::os::fd::AsFd;
 
-use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::socket::{setsockopt, sockopt};
 use rtnetlink::packet_core::{NLM_F_ACK, NLM_F_REQUEST, NetlinkMessage};
 use rtnetlink::packet_route::RouteNetlinkMessage;
-use rtnetlink::sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
+use rtnetlink::sys::{AsyncSocket, SocketAddr, TokioSocket, protocols::NETLINK_ROUTE};
+use tokio::time::{Duration, Instant, timeout_at};
 
 /// Largest datagram we send; well below the default `wmem_default` (212992) which bounds a
 /// netlink datagram.
@@ -37,7 +49,7 @@ const ERROR_TRUESIZE: usize = 1280;
 const MAX_MSGS: usize = 1024;
 /// How long to wait for the final acknowledgement if it was not already queued when `sendmsg`
 /// returned (it always is for NETLINK_ROUTE; this only bounds pathological cases).
-const ACK_WAIT_MS: u16 = 5000;
+const ACK_WAIT: Duration = Duration::from_secs(5);
 
 const NLMSG_ERROR: u16 = 2;
 const NLMSG_HDRLEN: usize = 16;
@@ -59,49 +71,97 @@ pub(crate) enum Outcome {
 /// One request: the message and the `NLM_F_*` flags besides REQUEST/ACK (CREATE, REPLACE, EXCL).
 pub(crate) type Request = (RouteNetlinkMessage, u16);
 
-/// The synchronous write socket.
+/// The write socket.
 pub(crate) struct RawSocket {
-    sock: Socket,
+    sock: TokioSocket,
     seq: u32,
     tx: Vec<u8>,
     rx: Vec<u8>,
     max_msgs: usize,
+    ack_wait: Duration,
+}
+
+/// A datagram built by [`RawSocket::pack`], waiting to be exchanged.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Packed {
+    /// Sequence number of its first request.
+    base: u32,
+    /// How many requests it holds.
+    count: usize,
+}
+
+/// How reading the answers to one datagram ended.
+struct Answers {
+    /// The acknowledgement of the datagram's last request was read.
+    final_seen: bool,
+    /// The kernel dropped answers (`ENOBUFS`).
+    overrun: bool,
 }
 
 impl RawSocket {
-    /// Opens the socket in the calling thread's network namespace.
+    /// Opens the socket in the calling thread's network namespace and registers it with the
+    /// current tokio runtime's reactor (the caller must be inside a runtime context).
     pub(crate) fn open() -> io::Result<Self> {
-        let mut sock = Socket::new(NETLINK_ROUTE)?;
+        // Non-blocking and registered with the reactor; needs a runtime context.
+        let mut async_sock = TokioSocket::new(NETLINK_ROUTE)?;
+        let sock = async_sock.socket_mut();
         sock.bind_auto()?;
-        sock.set_non_blocking(true)?;
         // Both options exist since Linux 4.2/4.12; without them we still work, with larger
         // error messages and no explanation text.
         let _ = sock.set_cap_ack(true);
         let _ = sock.set_ext_ack(true);
-        if setsockopt(&sock, sockopt::RcvBufForce, &WANTED_RCVBUF).is_err() {
+        if setsockopt(&*sock, sockopt::RcvBufForce, &WANTED_RCVBUF).is_err() {
             let _ = sock.set_rx_buf_sz(WANTED_RCVBUF as libc::c_int);
         }
         let rcvbuf = sock.get_rx_buf_sz().unwrap_or(212_992);
         let max_msgs = (rcvbuf / ERROR_TRUESIZE).clamp(16, MAX_MSGS);
         tracing::trace!(rcvbuf, max_msgs, "opened rtnetlink write socket");
         Ok(Self {
-            sock,
+            sock: async_sock,
             seq: 0,
             tx: Vec::with_capacity(MAX_DATAGRAM),
             rx: Vec::with_capacity(MAX_DATAGRAM),
             max_msgs,
+            ack_wait: ACK_WAIT,
         })
     }
 
-    /// Sends one datagram with as many of `reqs` as fit and returns their outcomes in order.
-    /// Fewer outcomes than requests means the rest must be passed again: a request that did not
-    /// fit is parked in `pending` and goes first next time. The caller loops, and can yield to
-    /// its executor between datagrams.
-    pub(crate) fn execute_some(
+    /// Sends the datagram [`RawSocket::pack`] built and returns the outcomes of its requests
+    /// in order.
+    pub(crate) async fn exchange(&mut self, packed: Packed) -> Vec<Outcome> {
+        let Packed { base, count } = packed;
+        if let Err(e) = self.send().await {
+            return vec![Outcome::Unconfirmed(format!("sendmsg failed: {e}")); count];
+        }
+        let mut outcomes: Vec<Option<Outcome>> = vec![None; count];
+        let answers = self.read_answers(base, &mut outcomes).await;
+        let lost_reason = if answers.overrun {
+            "netlink receive buffer overrun"
+        } else {
+            "no acknowledgement from the kernel"
+        };
+        outcomes
+            .into_iter()
+            .map(|o| match o {
+                Some(o) => o,
+                None if answers.final_seen && !answers.overrun => Outcome::Ok,
+                None => Outcome::Unconfirmed(lost_reason.to_string()),
+            })
+            .collect()
+    }
+
+    /// Encodes as many of `reqs` as fit into one datagram (up to `max_msgs`), numbering them
+    /// from the next sequence number, and sets `NLM_F_ACK` on the last one; `None` when there
+    /// is nothing left to send. A request that did not fit is parked in `pending` and goes
+    /// first next time.
+    ///
+    /// This is synchronous and separate from [`RawSocket::exchange`] so the request iterator,
+    /// which need not be `Send`, is never held across an await.
+    pub(crate) fn pack(
         &mut self,
         reqs: &mut dyn Iterator<Item = Request>,
         pending: &mut Option<NetlinkMessage<RouteNetlinkMessage>>,
-    ) -> Vec<Outcome> {
+    ) -> Option<Packed> {
         self.tx.clear();
         let base = self.seq.wrapping_add(1);
         let mut count: usize = 0;
@@ -133,80 +193,103 @@ impl RawSocket {
             count += 1;
         }
         if count == 0 {
-            return Vec::new();
+            return None;
         }
         self.seq = base.wrapping_add(count as u32 - 1);
         // Only the last message asks for an ack (see module docs).
         let flags_off = last_hdr_off + 6;
         let flags = u16::from_ne_bytes([self.tx[flags_off], self.tx[flags_off + 1]]) | NLM_F_ACK;
         self.tx[flags_off..flags_off + 2].copy_from_slice(&flags.to_ne_bytes());
+        Some(Packed { base, count })
+    }
 
-        let mut outcomes: Vec<Option<Outcome>> = vec![None; count];
-        if let Err(e) = self.send() {
-            return vec![Outcome::Unconfirmed(format!("sendmsg failed: {e}")); count];
+    /// Sends the transmit buffer to the kernel. A netlink send to the kernel does not wait for
+    /// buffer space, but should it ever report `EWOULDBLOCK` the task waits for writability on
+    /// the reactor, bounded like the acknowledgement wait.
+    async fn send(&self) -> io::Result<()> {
+        let kernel = SocketAddr::new(0, 0);
+        let sent = match self.sock.socket_ref().send_to(&self.tx, &kernel, 0) {
+            Err(e) if retry(&e) => {
+                let send = poll_fn(|cx| self.sock.poll_send_to(cx, &self.tx, &kernel));
+                timeout_at(Instant::now() + self.ack_wait, send)
+                    .await
+                    .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))?
+            }
+            other => other,
+        }?;
+        if sent != self.tx.len() {
+            return Err(io::Error::other(format!(
+                "short send: {sent} of {} bytes",
+                self.tx.len()
+            )));
         }
-        let mut overrun = false;
-        let mut final_seen = false;
-        let mut waited = false;
-        while !final_seen {
-            self.rx.clear();
-            self.rx.reserve(MAX_DATAGRAM);
-            match self.sock.recv(&mut self.rx, 0) {
-                Ok(_) => {
-                    final_seen = parse_answers(&self.rx, base, &mut outcomes);
-                }
-                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => overrun = true,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    // After an overrun the final ack may be among the lost messages: do not
-                    // wait for it.
-                    if overrun || waited || !self.wait_readable() {
-                        break;
+        Ok(())
+    }
+
+    /// Reads answer datagrams for the requests numbered from `base` into `outcomes` until the
+    /// final acknowledgement is seen, answers are known to be lost, or the wait times out.
+    async fn read_answers(&mut self, base: u32, outcomes: &mut [Option<Outcome>]) -> Answers {
+        let mut answers = Answers {
+            final_seen: false,
+            overrun: false,
+        };
+        let mut deadline = None;
+        loop {
+            // After an overrun the final ack may be among the lost messages: do not wait for it.
+            let wait = deadline.filter(|_| !answers.overrun);
+            match self.recv(wait).await {
+                Ok(true) => {
+                    if parse_answers(&self.rx, base, outcomes) {
+                        answers.final_seen = true;
+                        return answers;
                     }
-                    waited = true;
                 }
+                Ok(false) if deadline.is_none() && !answers.overrun => {
+                    deadline = Some(Instant::now() + self.ack_wait);
+                }
+                Ok(false) => return answers,
+                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => answers.overrun = true,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     tracing::warn!(error = %e, "reading rtnetlink acknowledgements");
-                    break;
+                    return answers;
                 }
             }
         }
-        let lost_reason = if overrun {
-            "netlink receive buffer overrun"
-        } else {
-            "no acknowledgement from the kernel"
+    }
+
+    /// Reads one datagram into the receive buffer. With `wait == None` it only takes what is
+    /// already queued; otherwise it waits on the reactor until `wait`. Returns false when
+    /// nothing came.
+    async fn recv(&mut self, wait: Option<Instant>) -> io::Result<bool> {
+        let Self { sock, rx, .. } = self;
+        rx.clear();
+        rx.reserve(MAX_DATAGRAM);
+        match sock.socket_ref().recv(rx, 0) {
+            Ok(_) => return Ok(true),
+            Err(e) if !retry(&e) => return Err(e),
+            Err(_) => {}
+        }
+        let Some(deadline) = wait else {
+            return Ok(false);
         };
-        outcomes
-            .into_iter()
-            .map(|o| match o {
-                Some(o) => o,
-                None if final_seen && !overrun => Outcome::Ok,
-                None => Outcome::Unconfirmed(lost_reason.to_string()),
-            })
-            .collect()
-    }
-
-    fn send(&self) -> io::Result<()> {
-        let kernel = SocketAddr::new(0, 0);
-        loop {
-            match self.sock.send_to(&self.tx, &kernel, 0) {
-                Ok(n) if n == self.tx.len() => return Ok(()),
-                Ok(n) => {
-                    return Err(io::Error::other(format!(
-                        "short send: {n} of {} bytes",
-                        self.tx.len()
-                    )));
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
+        // `poll_recv` waits for readiness and clears tokio's memory of it when the queue turns
+        // out empty, so a stale readiness cannot make this spin.
+        match timeout_at(deadline, poll_fn(|cx| sock.poll_recv(cx, rx))).await {
+            Ok(Ok(())) => Ok(true),
+            Ok(Err(e)) => Err(e),
+            Err(_elapsed) => Ok(false),
         }
     }
+}
 
-    fn wait_readable(&self) -> bool {
-        let mut fds = [PollFd::new(self.sock.as_fd(), PollFlags::POLLIN)];
-        matches!(poll(&mut fds, PollTimeout::from(ACK_WAIT_MS)), Ok(n) if n > 0)
-    }
+/// True for the errors after which a non-blocking socket call should be retried by waiting on
+/// the reactor: "would block" and "interrupted".
+fn retry(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+    )
 }
 
 /// Parses one received datagram of answers to the requests numbered `base..base+len`.
@@ -275,33 +358,39 @@ fn ext_ack_message(payload: &[u8], flags: u16) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use tokio::time::timeout;
+
     use super::*;
     use crate::netns::{NetnsTarget, run_in_netns};
     use crate::route::Route;
 
     /// With a tiny receive buffer and a datagram of 1000 failing requests, the kernel drops
     /// answers. Nothing may be reported as applied, the lost ones must be "unconfirmed", and
-    /// the call must return promptly.
+    /// the call must return promptly (no waiting for an ack that was lost).
     #[test]
     fn overrun_reports_unconfirmed_not_success() {
         run_in_netns(NetnsTarget::Fresh, || async {
             let mut raw = RawSocket::open().unwrap();
-            raw.sock.set_rx_buf_sz(1024).unwrap();
+            raw.sock.socket_ref().set_rx_buf_sz(1024).unwrap();
             raw.max_msgs = 1000;
-            let reqs: Vec<Request> = (0..1000u32)
-                .map(|i| {
-                    let net = format!("10.{}.{}.0/24", i / 256, i % 256).parse().unwrap();
-                    let r = Route::blackhole(net);
-                    (
-                        RouteNetlinkMessage::DelRoute(r.to_message(true).unwrap()),
-                        0,
-                    )
-                })
-                .collect();
-            let started = std::time::Instant::now();
-            let mut pending = None;
-            let out = raw.execute_some(&mut reqs.into_iter(), &mut pending);
-            assert!(started.elapsed() < std::time::Duration::from_secs(2));
+            let mut reqs = (0..1000u32).map(|i| {
+                let net = format!("10.{}.{}.0/24", i / 256, i % 256).parse().unwrap();
+                let r = Route::blackhole(net);
+                (
+                    RouteNetlinkMessage::DelRoute(r.to_message(true).unwrap()),
+                    0,
+                )
+            });
+            let started = Instant::now();
+            let packed = raw.pack(&mut reqs, &mut None).unwrap();
+            assert_eq!(packed.count, 1000);
+            let out = timeout(Duration::from_secs(2), raw.exchange(packed))
+                .await
+                .expect("an overrun must not wait for the lost final ack");
+            assert!(started.elapsed() < Duration::from_secs(2));
             assert_eq!(out.len(), 1000);
             assert!(!out.contains(&Outcome::Ok));
             let unconfirmed = out
@@ -322,6 +411,43 @@ mod tests {
                 .count();
             assert!(unconfirmed > 0, "expected an overrun with a 1 KiB buffer");
             assert_eq!(failed + unconfirmed, 1000);
+        })
+        .unwrap();
+    }
+
+    /// Waiting for an acknowledgement that never comes (here: nothing was sent) ends at the
+    /// tokio timer, and while it waits the single-threaded runtime keeps running other tasks:
+    /// the wait is on the reactor, not a blocking syscall.
+    #[test]
+    fn waiting_for_answers_yields_to_the_runtime_and_times_out() {
+        run_in_netns(NetnsTarget::Fresh, || async {
+            let mut raw = RawSocket::open().unwrap();
+            raw.ack_wait = Duration::from_millis(300);
+            let ticks = Arc::new(AtomicUsize::new(0));
+            let ticker = tokio::spawn({
+                let ticks = ticks.clone();
+                async move {
+                    for _ in 0..1000 {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        ticks.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            });
+            let started = Instant::now();
+            let mut outcomes = vec![None; 3];
+            let answers = timeout(Duration::from_secs(5), raw.read_answers(1, &mut outcomes))
+                .await
+                .expect("the ack wait is bounded by its own timer");
+            let waited = started.elapsed();
+            let ticked = ticks.load(Ordering::Relaxed);
+            ticker.abort();
+            assert!(!answers.final_seen && !answers.overrun);
+            assert_eq!(outcomes, vec![None; 3]);
+            assert!(waited >= Duration::from_millis(300), "{waited:?}");
+            assert!(
+                ticked >= 10,
+                "only {ticked} ticks ran during a {waited:?} wait"
+            );
         })
         .unwrap();
     }

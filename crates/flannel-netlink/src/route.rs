@@ -29,6 +29,7 @@
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use flannel_types::IpFamily;
 use futures::TryStreamExt;
 use ipnet::IpNet;
 use rtnetlink::packet_route::route::{
@@ -38,7 +39,7 @@ use rtnetlink::packet_route::route::{
 use crate::batch::BatchOp;
 use crate::error::{NetlinkError, Result};
 use crate::netlink::{Netlink, collect};
-use crate::types::{IpFamily, Scope};
+use crate::types::{Scope, address_family, ip_family};
 
 /// The main routing table (254), where flannel's routes live.
 pub const MAIN_TABLE: u32 = 254;
@@ -267,7 +268,7 @@ impl Route {
         }
         let mut msg = RouteMessage::default();
         let h = &mut msg.header;
-        h.address_family = family.to_af();
+        h.address_family = address_family(family);
         h.destination_prefix_length = self.dst.prefix_len();
         h.protocol = self.protocol.0.into();
         h.scope = u8::from(if for_delete {
@@ -308,11 +309,7 @@ impl Route {
     /// Converts a kernel route message; `None` for non-IP families (multicast routing tables
     /// and the like show up in unfiltered dumps).
     pub(crate) fn from_message(msg: &RouteMessage) -> Option<Self> {
-        let family = match u8::from(msg.header.address_family) {
-            x if x == libc::AF_INET as u8 => IpFamily::V4,
-            x if x == libc::AF_INET6 as u8 => IpFamily::V6,
-            _ => return None,
-        };
+        let family = ip_family(msg.header.address_family)?;
         let mut dst = None;
         let mut route = Route {
             dst: unspecified_net(family),
@@ -488,14 +485,13 @@ impl RouteLookup {
 impl Netlink {
     /// Dumps routes and returns those that pass `filter`, in kernel order.
     pub async fn routes(&self, filter: &RouteFilter) -> Result<Vec<Route>> {
-        let families = match filter.family {
-            Some(f) => vec![f],
-            None => vec![IpFamily::V4, IpFamily::V6],
-        };
         let mut out = Vec::new();
-        for family in families {
+        for family in IpFamily::ALL {
+            if filter.family.is_some_and(|f| f != family) {
+                continue;
+            }
             let mut msg = RouteMessage::default();
-            msg.header.address_family = family.to_af();
+            msg.header.address_family = address_family(family);
             let msgs = collect("list routes", "", self.handle().route().get(msg).execute()).await?;
             out.extend(
                 msgs.iter()
@@ -525,7 +521,7 @@ impl Netlink {
     pub async fn route_get(&self, dst: IpAddr) -> Result<RouteLookup> {
         let family = IpFamily::of(&dst);
         let mut msg = RouteMessage::default();
-        msg.header.address_family = family.to_af();
+        msg.header.address_family = address_family(family);
         msg.header.destination_prefix_length = family.max_prefix_len();
         msg.attributes.push(RouteAttribute::Destination(dst.into()));
         let object = dst.to_string();

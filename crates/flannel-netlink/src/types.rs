@@ -4,6 +4,9 @@ use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
 
+use flannel_types::IpFamily;
+use rtnetlink::packet_route::AddressFamily;
+
 /// An Ethernet (EUI-48) address.
 ///
 /// flannel stores VTEP MACs in leases and annotations as text (`"0e:2a:..."`, Go's
@@ -86,46 +89,21 @@ impl FromStr for MacAddr {
     }
 }
 
-/// IPv4 or IPv6: flannel runs the two stacks side by side and selects interfaces, default
-/// routes and devices per family.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum IpFamily {
-    /// AF_INET.
-    V4,
-    /// AF_INET6.
-    V6,
+/// The rtnetlink address family of an IP family (`AF_INET` / `AF_INET6`), for request headers.
+pub(crate) fn address_family(family: IpFamily) -> AddressFamily {
+    match family {
+        IpFamily::V4 => AddressFamily::Inet,
+        IpFamily::V6 => AddressFamily::Inet6,
+    }
 }
 
-impl IpFamily {
-    /// The family of an address.
-    pub fn of(ip: &IpAddr) -> Self {
-        match ip {
-            IpAddr::V4(_) => Self::V4,
-            IpAddr::V6(_) => Self::V6,
-        }
-    }
-
-    /// The family of a prefix.
-    pub fn of_net(net: &ipnet::IpNet) -> Self {
-        match net {
-            ipnet::IpNet::V4(_) => Self::V4,
-            ipnet::IpNet::V6(_) => Self::V6,
-        }
-    }
-
-    /// Maximum prefix length: 32 or 128.
-    pub fn max_prefix_len(self) -> u8 {
-        match self {
-            Self::V4 => 32,
-            Self::V6 => 128,
-        }
-    }
-
-    pub(crate) fn to_af(self) -> rtnetlink::packet_route::AddressFamily {
-        match self {
-            Self::V4 => rtnetlink::packet_route::AddressFamily::Inet,
-            Self::V6 => rtnetlink::packet_route::AddressFamily::Inet6,
-        }
+/// The IP family of an rtnetlink address family; `None` for anything but `AF_INET` and
+/// `AF_INET6` (unfiltered dumps also report multicast and bridge entries).
+pub(crate) fn ip_family(af: AddressFamily) -> Option<IpFamily> {
+    match af {
+        AddressFamily::Inet => Some(IpFamily::V4),
+        AddressFamily::Inet6 => Some(IpFamily::V6),
+        _ => None,
     }
 }
 
@@ -208,6 +186,16 @@ mod tests {
         ] {
             assert!(s.parse::<MacAddr>().is_err(), "{s:?} parsed");
         }
+    }
+
+    #[test]
+    fn address_family_round_trip() {
+        for family in IpFamily::ALL {
+            assert_eq!(ip_family(address_family(family)), Some(family));
+        }
+        assert_eq!(u8::from(address_family(IpFamily::V4)), libc::AF_INET as u8);
+        assert_eq!(u8::from(address_family(IpFamily::V6)), libc::AF_INET6 as u8);
+        assert_eq!(ip_family(AddressFamily::Bridge), None);
     }
 
     #[test]

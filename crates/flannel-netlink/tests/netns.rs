@@ -3,49 +3,68 @@
 
 mod common;
 
-use common::{in_fresh_netns, run};
+use common::{FRESH_NETNS, bounded, run};
 use flannel_netlink::Netlink;
 use flannel_netlink::netns::{NetnsTarget, current_thread_netns_path, run_in_netns};
 
 #[test]
 fn fresh_namespace_starts_empty() {
-    in_fresh_netns(|| async {
-        let nl = Netlink::new().unwrap();
-        let links = nl.links().await.unwrap();
-        let names: Vec<_> = links.iter().map(|l| l.name.as_str()).collect();
-        assert_eq!(names, vec!["lo"], "a fresh netns has only lo");
-        assert!(!links[0].up);
-    });
+    run_in_netns(NetnsTarget::Fresh, || {
+        bounded(async {
+            let nl = Netlink::new().unwrap();
+            let links = nl.links().await.unwrap();
+            let names: Vec<_> = links.iter().map(|l| l.name.as_str()).collect();
+            assert_eq!(names, vec!["lo"], "a fresh netns has only lo");
+            assert!(!links[0].up);
+        })
+    })
+    .expect(FRESH_NETNS);
 }
 
 #[test]
 fn setns_into_another_threads_namespace() {
-    in_fresh_netns(|| async {
-        let path = current_thread_netns_path();
-        // Another thread joins this namespace by path and creates a link there.
-        let created = run_in_netns(NetnsTarget::Path(path.clone()), || async {
-            let nl = Netlink::new().unwrap();
-            let br = nl.create_bridge("br-joined", None).await.unwrap();
-            br.index
-        })
-        .unwrap();
-        let nl = Netlink::new().unwrap();
-        let br = nl
-            .link_by_name("br-joined")
+    run_in_netns(NetnsTarget::Fresh, || {
+        bounded(async {
+            let path = current_thread_netns_path();
+            // Another thread joins this namespace by path and creates a link there; joining it
+            // blocks, so it happens off the runtime.
+            let joiner_path = path.clone();
+            let created = tokio::task::spawn_blocking(move || {
+                run_in_netns(NetnsTarget::Path(joiner_path), || async {
+                    let nl = Netlink::new().unwrap();
+                    let br = nl.create_bridge("br-joined", None).await.unwrap();
+                    br.index
+                })
+            })
             .await
-            .unwrap()
-            .expect("link made by the joiner");
-        assert_eq!(br.index, created);
-        assert!(run("ip -o link show").contains("br-joined"));
-        // A child spawned through nsenter with the same path sees it too.
-        let via_nsenter = run(&format!(
-            "nsenter --net={} ip -o link show br-joined",
-            path.display()
-        ));
-        assert!(via_nsenter.contains("br-joined"), "{via_nsenter}");
-    });
-    // And the root namespace never saw it.
-    assert!(!run("ip -o link show").contains("br-joined"));
+            .expect("joiner thread")
+            .expect("joining the namespace by path");
+            let nl = Netlink::new().unwrap();
+            let br = nl
+                .link_by_name("br-joined")
+                .await
+                .unwrap()
+                .expect("link made by the joiner");
+            assert_eq!(br.index, created);
+            assert!(run("ip -o link show").await.contains("br-joined"));
+            // A child spawned through nsenter with the same path sees it too.
+            let via_nsenter = run(&format!(
+                "nsenter --net={} ip -o link show br-joined",
+                path.display()
+            ))
+            .await;
+            assert!(via_nsenter.contains("br-joined"), "{via_nsenter}");
+        })
+    })
+    .expect(FRESH_NETNS);
+    // And the root namespace never saw it (checked from this plain thread, outside any
+    // runtime).
+    let root = std::process::Command::new("ip")
+        .args(["-o", "link", "show"])
+        .output()
+        .expect("ip -o link show");
+    assert!(root.status.success());
+    assert!(!String::from_utf8_lossy(&root.stdout).contains("br-joined"));
 }
 
 #[test]
