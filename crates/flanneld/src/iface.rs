@@ -77,7 +77,7 @@ impl HostView {
         nl: &flannel_netlink::Netlink,
         can_reach: Option<IpAddr>,
     ) -> Result<HostView, IfaceError> {
-        use flannel_netlink::IpFamily;
+        use flannel_types::IpFamily;
         let err = IfaceError::Netlink;
         let mut links: Vec<HostLink> = nl
             .links()

@@ -9,7 +9,8 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use flannel_netlink::{BatchOp, IpFamily, Netlink, Route, RouteFilter, RouteKind, RouteProtocol};
+use flannel_netlink::{BatchOp, Netlink, Route, RouteFilter, RouteKind, RouteProtocol};
+use flannel_types::IpFamily;
 use ipnet::IpNet;
 
 use super::{BackendError, nl_err};

@@ -13,7 +13,7 @@ pub(super) async fn ensure_blackhole(nl: &Netlink, lease: &Lease) {
             continue;
         };
         let have = match nl
-            .routes(&RouteFilter::main().family(nl_family(family)).within(net))
+            .routes(&RouteFilter::main().family(family).within(net))
             .await
         {
             Ok(rs) => rs
@@ -31,13 +31,5 @@ pub(super) async fn ensure_blackhole(nl: &Netlink, lease: &Lease) {
                 Err(e) => warn!("adding blackhole route for {net}: {e}"),
             }
         }
-    }
-}
-
-// TEMP until flannel-netlink re-exports flannel_types::IpFamily.
-fn nl_family(f: IpFamily) -> flannel_netlink::IpFamily {
-    match f {
-        IpFamily::V4 => flannel_netlink::IpFamily::V4,
-        IpFamily::V6 => flannel_netlink::IpFamily::V6,
     }
 }

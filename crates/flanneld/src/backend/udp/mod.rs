@@ -29,8 +29,8 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use flannel_netlink::{IpFamily, Route, RouteFilter, RouteKind, Scope};
-use flannel_types::{Lease, LeaseAttrs, NetConfig};
+use flannel_netlink::{Route, RouteFilter, RouteKind, Scope};
+use flannel_types::{IpFamily, Lease, LeaseAttrs, NetConfig};
 use ipnet::{IpNet, Ipv4Net};
 use tracing::{debug, info, warn};
 
