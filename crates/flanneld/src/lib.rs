@@ -14,3 +14,6 @@ pub mod metrics;
 pub mod notify;
 pub mod peers;
 pub mod reconcile;
+
+#[cfg(test)]
+pub(crate) mod testing;

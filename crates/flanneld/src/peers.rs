@@ -280,15 +280,7 @@ mod tests {
     use flannel_types::LeaseAttrs;
 
     fn lease(sn: &str, ip: &str) -> Lease {
-        Lease {
-            subnet: Some(sn.parse().unwrap()),
-            ipv6_subnet: None,
-            attrs: LeaseAttrs {
-                public_ip: ip.parse().unwrap(),
-                ..Default::default()
-            },
-            expiration: None,
-        }
+        crate::testing::lease(sn, ip, "")
     }
 
     fn v4_cluster(len: u8) -> Cluster {

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{assert_full_mesh, assert_mesh, flannel1_mac, sh};
+use common::{assert_direct_routes, assert_full_mesh, assert_mesh, flannel1_mac, ping_summary, sh};
 use flannel_lab::{Cluster, ClusterSpec, PodCni, run_ok, wait_for};
 
 fn spec(backend: &str) -> ClusterSpec {
@@ -67,12 +67,7 @@ fn host_gw_pods_reach_each_other_across_nodes() {
     let mut c = Cluster::start(spec("host-gw")).expect("cluster");
     assert_eq!(c.subnet_env(0).unwrap().mtu, 1500);
     assert_full_mesh(&mut c);
-    let routes = sh(&c, 0, &["ip", "route"]);
-    for i in 1..3 {
-        let sn = c.subnet_env(i).unwrap().subnet.unwrap().trunc();
-        let want = format!("{sn} via 198.18.0.{} dev eth0", i + 1);
-        assert!(routes.contains(&want), "missing {want:?} in {routes}");
-    }
+    assert_direct_routes(&c);
 }
 
 #[test]
@@ -81,12 +76,7 @@ fn vxlan_direct_routing_uses_plain_routes_on_the_same_segment() {
     s.direct_routing = true;
     let mut c = Cluster::start(s).expect("cluster");
     assert_full_mesh(&mut c);
-    let routes = sh(&c, 0, &["ip", "route"]);
-    for i in 1..3 {
-        let sn = c.subnet_env(i).unwrap().subnet.unwrap().trunc();
-        let want = format!("{sn} via 198.18.0.{} dev eth0", i + 1);
-        assert!(routes.contains(&want), "missing {want:?} in {routes}");
-    }
+    assert_direct_routes(&c);
     let neigh = sh(&c, 0, &["ip", "neigh", "show", "dev", "flannel.1"]);
     assert!(
         !neigh.contains("PERMANENT"),
@@ -125,19 +115,6 @@ fn removed_node_is_cleaned_up_everywhere() {
         .unwrap_or_else(|e| panic!("node {n}: {e}"));
     }
     assert!(start.elapsed() < Duration::from_secs(3));
-}
-
-/// Counts of `ping`'s summary line: (transmitted, received).
-fn ping_summary(out: &str) -> (u32, u32) {
-    let line = out
-        .lines()
-        .find(|l| l.contains("packets transmitted"))
-        .unwrap_or_else(|| panic!("no ping summary in {out}"));
-    let nums: Vec<u32> = line
-        .split(',')
-        .filter_map(|part| part.split_whitespace().next()?.parse().ok())
-        .collect();
-    (nums[0], nums[1])
 }
 
 /// SIGTERM and start again while pods talk every 10 ms: nothing is lost, and the node keeps its

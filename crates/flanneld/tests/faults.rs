@@ -31,7 +31,7 @@ fn etcd_outage_of_a_minute() {
     std::thread::sleep(Duration::from_secs(60));
     c.etcd_mut().restart().unwrap();
     let out = ping.join().unwrap();
-    let (sent, received) = ping_summary(&out);
+    let (sent, received) = ping_summary(&String::from_utf8_lossy(&out.stdout));
     assert!(sent >= 1300, "{}", String::from_utf8_lossy(&out.stdout));
     assert_eq!(sent, received, "pod traffic lost during the etcd outage");
     for n in 0..2 {
@@ -115,7 +115,7 @@ fn sigkill_loop_converges_exactly() {
     c.start_flanneld(0).unwrap();
     c.wait_ready(0).unwrap();
     let out = ping.join().unwrap();
-    let (sent, received) = ping_summary(&out);
+    let (sent, received) = ping_summary(&String::from_utf8_lossy(&out.stdout));
     let lost = sent - received;
     eprintln!("pod traffic across 10 SIGKILLs: {sent} sent, {lost} lost");
     assert!(lost * 100 <= sent, "more than 1% lost: {lost}/{sent}");

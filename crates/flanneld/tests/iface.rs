@@ -25,6 +25,13 @@ fn select_in(node: &Node, stack: IpStack, sel: Selection) -> Result<ExternalInte
         .expect("thread in node namespace")
 }
 
+/// Selection on an IPv4 node with the flags `set` gives.
+fn v4(node: &Node, set: impl FnOnce(&mut Selection)) -> Result<ExternalInterface, IfaceError> {
+    let mut sel = Selection::default();
+    set(&mut sel);
+    select_in(node, IpStack::V4, sel)
+}
+
 fn lab() -> Lab {
     Lab::builder()
         .nodes(1)
@@ -59,44 +66,16 @@ fn iface_by_name_by_ip_and_in_order() {
     let n = lab.node(0);
     let eth1 = n.interface("eth1").expect("eth1").ipv4();
 
-    let e = select_in(
-        n,
-        IpStack::V4,
-        Selection {
-            iface: vec!["eth1".into()],
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let e = v4(n, |s| s.iface = vec!["eth1".into()]).unwrap();
     assert_eq!(e.name, "eth1");
     assert_eq!(e.iface_addr, Some(eth1));
 
-    let e = select_in(
-        n,
-        IpStack::V4,
-        Selection {
-            iface: vec![eth1.to_string()],
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let e = v4(n, |s| s.iface = vec![eth1.to_string()]).unwrap();
     assert_eq!(e.name, "eth1");
 
     // The first that exists wins; unknown names and foreign IPs are skipped.
-    let e = select_in(
-        n,
-        IpStack::V4,
-        Selection {
-            iface: vec![
-                "wlan7".into(),
-                "203.0.113.1".into(),
-                "eth0".into(),
-                "eth1".into(),
-            ],
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let order = ["wlan7", "203.0.113.1", "eth0", "eth1"];
+    let e = v4(n, |s| s.iface = order.map(String::from).to_vec()).unwrap();
     assert_eq!(e.name, "eth0");
 }
 
@@ -106,27 +85,11 @@ fn regex_on_addresses_then_names() {
     let n = lab.node(0);
     let eth1 = n.interface("eth1").expect("eth1").ipv4();
     // An address regex: 198.18.1.x lives on eth1.
-    let e = select_in(
-        n,
-        IpStack::V4,
-        Selection {
-            iface_regex: vec![r"^198\.18\.1\.".into()],
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let e = v4(n, |s| s.iface_regex = vec![r"^198\.18\.1\.".into()]).unwrap();
     assert_eq!(e.name, "eth1");
     assert_eq!(e.iface_addr, Some(eth1));
     // A name regex.
-    let e = select_in(
-        n,
-        IpStack::V4,
-        Selection {
-            iface_regex: vec!["^eth1$".into()],
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let e = v4(n, |s| s.iface_regex = vec!["^eth1$".into()]).unwrap();
     assert_eq!(e.name, "eth1");
 }
 
@@ -135,27 +98,11 @@ fn can_reach_follows_the_kernel_route() {
     let lab = lab();
     let n = lab.node(0);
     let eth1 = n.interface("eth1").expect("eth1").ipv4();
-    let e = select_in(
-        n,
-        IpStack::V4,
-        Selection {
-            iface_can_reach: Some(ip("198.18.1.200")),
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let e = v4(n, |s| s.iface_can_reach = Some(ip("198.18.1.200"))).unwrap();
     assert_eq!(e.name, "eth1");
     assert_eq!(e.iface_addr, Some(eth1));
     // Anything else goes out of the default route.
-    let e = select_in(
-        n,
-        IpStack::V4,
-        Selection {
-            iface_can_reach: Some(ip("203.0.113.7")),
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let e = v4(n, |s| s.iface_can_reach = Some(ip("203.0.113.7"))).unwrap();
     assert_eq!(e.name, "eth0");
 }
 
@@ -164,25 +111,9 @@ fn public_ip_alone_must_be_owned() {
     let lab = lab();
     let n = lab.node(0);
     let eth1 = n.interface("eth1").expect("eth1").ipv4();
-    let e = select_in(
-        n,
-        IpStack::V4,
-        Selection {
-            public_ip: eth1.to_string(),
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let e = v4(n, |s| s.public_ip = eth1.to_string()).unwrap();
     assert_eq!(e.name, "eth1");
-    let err = select_in(
-        n,
-        IpStack::V4,
-        Selection {
-            public_ip: "203.0.113.50".into(),
-            ..Default::default()
-        },
-    )
-    .unwrap_err();
+    let err = v4(n, |s| s.public_ip = "203.0.113.50".into()).unwrap_err();
     assert!(
         err.to_string()
             .starts_with("Failed to find any valid interface to use:"),
@@ -194,15 +125,10 @@ fn public_ip_alone_must_be_owned() {
 fn no_match_lists_every_attempt() {
     let lab = lab();
     let n = lab.node(0);
-    let err = select_in(
-        n,
-        IpStack::V4,
-        Selection {
-            iface: vec!["eth9".into()],
-            iface_regex: vec!["^wl".into()],
-            ..Default::default()
-        },
-    )
+    let err = v4(n, |s| {
+        s.iface = vec!["eth9".into()];
+        s.iface_regex = vec!["^wl".into()];
+    })
     .unwrap_err();
     let msg = err.to_string();
     assert!(

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{assert_full_mesh, sh};
+use common::{assert_full_mesh, ping_summary, sh};
 use flannel_lab::{Cluster, ClusterSpec, PodCni, run_in, run_ok, wait_for};
 
 fn spec() -> ClusterSpec {
@@ -112,19 +112,6 @@ fn udp_pods_reach_each_other_across_nodes() {
         value.trim(),
         r#"{"PublicIP":"198.18.0.1","PublicIPv6":null}"#
     );
-}
-
-/// Counts of `ping`'s summary line: (transmitted, received).
-fn ping_summary(out: &str) -> (u32, u32) {
-    let line = out
-        .lines()
-        .find(|l| l.contains("packets transmitted"))
-        .unwrap_or_else(|| panic!("no ping summary in {out}"));
-    let nums: Vec<u32> = line
-        .split(',')
-        .filter_map(|part| part.split_whitespace().next()?.parse().ok())
-        .collect();
-    (nums[0], nums[1])
 }
 
 /// Starts a background ping from `pod` every 10 ms, `count` probes.

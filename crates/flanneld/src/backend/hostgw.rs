@@ -154,22 +154,9 @@ impl DataPlane for HostGwBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::{lease, with_v6};
     use flannel_netlink::{BatchOp, Route};
     use std::net::IpAddr;
-
-    fn lease(v4: Option<&str>, v6: Option<&str>, ip: &str, ip6: Option<&str>, kind: &str) -> Lease {
-        Lease {
-            subnet: v4.map(|s| s.parse().unwrap()),
-            ipv6_subnet: v6.map(|s| s.parse().unwrap()),
-            attrs: LeaseAttrs {
-                public_ip: ip.parse().unwrap(),
-                public_ipv6: ip6.map(|s| s.parse().unwrap()),
-                backend_type: kind.into(),
-                ..Default::default()
-            },
-            expiration: None,
-        }
-    }
 
     fn view(families: &[IpFamily]) -> HostGwView {
         HostGwView {
@@ -188,8 +175,8 @@ mod tests {
 
     #[test]
     fn desired_routes_each_host_gw_peer_via_its_public_ip() {
-        let a = lease(Some("10.244.2.0/24"), None, "198.18.0.2", None, "host-gw");
-        let b = lease(Some("10.244.3.0/24"), None, "198.18.0.3", None, "vxlan");
+        let a = lease("10.244.2.0/24", "198.18.0.2", "host-gw");
+        let b = lease("10.244.3.0/24", "198.18.0.3", "vxlan");
         let d = HostGwBackend::desired(&[&a, &b], &view(&[IpFamily::V4]));
         assert_eq!(d.len(), 1, "{d:?}");
         let t = d[&net("10.244.2.0/24")];
@@ -199,19 +186,15 @@ mod tests {
 
     #[test]
     fn desired_covers_only_the_families_we_run_and_the_peer_has() {
-        let dual = lease(
-            Some("10.244.2.0/24"),
-            Some("fd00:10:0:2::/64"),
-            "198.18.0.2",
+        let dual = with_v6(
+            lease("10.244.2.0/24", "198.18.0.2", "host-gw"),
+            "fd00:10:0:2::/64",
             Some("fd00:198::2"),
-            "host-gw",
         );
-        let v4_only_addr = lease(
-            Some("10.244.3.0/24"),
-            Some("fd00:10:0:3::/64"),
-            "198.18.0.3",
+        let v4_only_addr = with_v6(
+            lease("10.244.3.0/24", "198.18.0.3", "host-gw"),
+            "fd00:10:0:3::/64",
             None,
-            "host-gw",
         );
         let both = [IpFamily::V4, IpFamily::V6];
         let d = HostGwBackend::desired(&[&dual, &v4_only_addr], &view(&both));
@@ -233,8 +216,8 @@ mod tests {
 
     #[test]
     fn plan_adds_missing_fixes_wrong_and_removes_stale_routes() {
-        let a = lease(Some("10.244.2.0/24"), None, "198.18.0.2", None, "host-gw");
-        let b = lease(Some("10.244.3.0/24"), None, "198.18.0.3", None, "host-gw");
+        let a = lease("10.244.2.0/24", "198.18.0.2", "host-gw");
+        let b = lease("10.244.3.0/24", "198.18.0.3", "host-gw");
         let v = view(&[IpFamily::V4]);
         let desired = HostGwBackend::desired(&[&a, &b], &v);
         let mut actual = OwnedRoutes::default();

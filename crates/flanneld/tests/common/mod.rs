@@ -73,20 +73,29 @@ pub fn pinger(
     })
 }
 
-/// (transmitted, received) from ping's summary.
-pub fn ping_summary(out: &Output) -> (u32, u32) {
-    let text = String::from_utf8_lossy(&out.stdout);
-    let line = text
+/// Counts of `ping`'s summary line: (transmitted, received).
+pub fn ping_summary(out: &str) -> (u32, u32) {
+    let line = out
         .lines()
         .find(|l| l.contains("packets transmitted"))
-        .unwrap_or_else(|| panic!("no ping summary in {text}"));
+        .unwrap_or_else(|| panic!("no ping summary in {out}"));
     let nums: Vec<u32> = line
         .split(',')
-        .filter_map(|p| p.split_whitespace().next()?.parse().ok())
+        .filter_map(|part| part.split_whitespace().next()?.parse().ok())
         .collect();
     (nums[0], nums[1])
 }
 
+/// Asserts node 0 routes every other node's subnet straight to that node's underlay address
+/// (host-gw, and vxlan with DirectRouting on one segment).
+pub fn assert_direct_routes(c: &Cluster) {
+    let routes = sh(c, 0, &["ip", "route"]);
+    for i in 1..c.spec().nodes {
+        let sn = c.subnet_env(i).unwrap().subnet.unwrap().trunc();
+        let want = format!("{sn} via 198.18.0.{} dev eth0", i + 1);
+        assert!(routes.contains(&want), "missing {want:?} in {routes}");
+    }
+}
 pub fn lease_key(c: &Cluster, node: usize) -> String {
     let sn = c.subnet_env(node).unwrap().subnet.unwrap().trunc();
     format!("{PREFIX}/{}-{}", sn.network(), sn.prefix_len())

@@ -475,6 +475,7 @@ fn ensure_accept_local() {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::lease;
 
     fn cfg(json: &str) -> Result<UdpConfig, BackendError> {
         UdpConfig::from_net_config(&NetConfig::parse(json).unwrap())
@@ -522,19 +523,6 @@ mod tests {
         }
         let e = cfg(r#"{"Backend":{"Type":"udp","Port":"x"}}"#).unwrap_err();
         assert!(e.to_string().contains("Port"), "{e}");
-    }
-
-    fn lease(sn: &str, ip: &str, backend: &str) -> Lease {
-        Lease {
-            subnet: Some(sn.parse().unwrap()),
-            ipv6_subnet: None,
-            attrs: LeaseAttrs {
-                public_ip: ip.parse().unwrap(),
-                backend_type: backend.into(),
-                ..Default::default()
-            },
-            expiration: None,
-        }
     }
 
     fn view() -> UdpView {

@@ -143,7 +143,7 @@ pub fn plan(desired: &VxlanDesired, actual: &VxlanActual) -> Plan {
 mod tests {
     use super::*;
     use flannel_netlink::Route;
-    use flannel_types::{LeaseAttrs, RawJson};
+    use flannel_types::RawJson;
 
     const DEV4: u32 = 7;
     const DEV6: u32 = 8;
@@ -165,17 +165,9 @@ mod tests {
     }
 
     fn peer(subnet: &str, public: &str, m: &str) -> Lease {
-        Lease {
-            subnet: Some(subnet.parse().unwrap()),
-            ipv6_subnet: None,
-            attrs: LeaseAttrs {
-                public_ip: public.parse().unwrap(),
-                backend_type: "vxlan".into(),
-                backend_data: data(m),
-                ..Default::default()
-            },
-            expiration: None,
-        }
+        let mut l = crate::testing::lease(subnet, public, "vxlan");
+        l.attrs.backend_data = data(m);
+        l
     }
 
     fn view() -> VxlanView {
