@@ -130,6 +130,12 @@ impl ReconcileStats {
         self.unchanged += d.unchanged;
     }
 
+    /// (added, removed, unchanged, peers): what plan tests compare.
+    #[cfg(test)]
+    pub(crate) fn counts(&self) -> (usize, usize, usize, usize) {
+        (self.added, self.removed, self.unchanged, self.peers)
+    }
+
     /// True when the pass changed nothing in the kernel.
     pub fn is_noop(&self) -> bool {
         self.added == 0 && self.removed == 0 && self.failed == 0

@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{assert_direct_routes, assert_full_mesh, assert_mesh, flannel1_mac, ping_summary, sh};
+use common::{
+    assert_direct_routes, assert_full_mesh, assert_mesh, flannel1_mac, lease_key, ping_summary, sh,
+};
 use flannel_lab::{Cluster, ClusterSpec, PodCni, run_ok, wait_for};
 
 fn spec(backend: &str) -> ClusterSpec {
@@ -169,15 +171,9 @@ fn restart_keeps_traffic_subnet_and_mac() {
     assert_eq!(flannel1_mac(&c, 0), mac_before);
     assert_eq!(flannel1_mac(&c, 1), peer_mac_before);
     // The lease in etcd still advertises the same MAC.
-    let sn = subnet_before.unwrap().trunc();
-    let key = format!(
-        "/coreos.com/network/subnets/{}-{}",
-        sn.network(),
-        sn.prefix_len()
-    );
     let value = c
         .etcd()
-        .etcdctl(["get", "--print-value-only", &key])
+        .etcdctl(["get", "--print-value-only", &lease_key(&c, 0)])
         .unwrap();
     assert!(value.contains(&mac_before), "{value}");
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{assert_full_mesh, ping_summary, sh};
+use common::{assert_full_mesh, lease_key, ping_summary, sh};
 use flannel_lab::{Cluster, ClusterSpec, PodCni, run_in, run_ok, wait_for};
 
 fn spec() -> ClusterSpec {
@@ -98,15 +98,9 @@ fn udp_pods_reach_each_other_across_nodes() {
     let sockets = sh(&c, 0, &["ss", "-uln"]);
     assert!(sockets.contains("198.18.0.1:8285"), "{sockets}");
     // The lease is upstream's udp shape: public IP only, no BackendType.
-    let sn = c.subnet_env(0).unwrap().subnet.unwrap().trunc();
-    let key = format!(
-        "/coreos.com/network/subnets/{}-{}",
-        sn.network(),
-        sn.prefix_len()
-    );
     let value = c
         .etcd()
-        .etcdctl(["get", "--print-value-only", &key])
+        .etcdctl(["get", "--print-value-only", &lease_key(&c, 0)])
         .unwrap();
     assert_eq!(
         value.trim(),

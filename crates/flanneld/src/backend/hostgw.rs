@@ -233,15 +233,7 @@ mod tests {
                 .insert(net(dst), Route::via(net(dst), gw(via), Some(2)));
         }
         let p = HostGwBackend::plan(&desired, &actual);
-        assert_eq!(
-            (
-                p.stats.added,
-                p.stats.removed,
-                p.stats.unchanged,
-                p.stats.peers
-            ),
-            (1, 1, 1, 2)
-        );
+        assert_eq!(p.stats.counts(), (1, 1, 1, 2));
         assert_eq!(p.ops.len(), 2);
         assert!(matches!(&p.ops[0], BatchOp::DelRoute(r) if r.dst == net("10.244.9.0/24")));
         assert!(matches!(&p.ops[1], BatchOp::ReplaceRoute(r)

@@ -584,15 +584,7 @@ mod tests {
             Route::via(stray, "198.18.0.5".parse().unwrap(), Some(2)),
         );
         let p = UdpBackend::plan(&d, &actual);
-        assert_eq!(
-            (
-                p.stats.added,
-                p.stats.removed,
-                p.stats.unchanged,
-                p.stats.peers
-            ),
-            (1, 2, 1, 2)
-        );
+        assert_eq!(p.stats.counts(), (1, 2, 1, 2));
         assert_eq!(p.ops.len(), 1);
         assert!(matches!(&p.ops[0], flannel_netlink::BatchOp::DelRoute(r) if r.dst == stray));
     }

@@ -287,15 +287,7 @@ mod tests {
                 "replace route"
             ]
         );
-        assert_eq!(
-            (
-                p.stats.added,
-                p.stats.removed,
-                p.stats.unchanged,
-                p.stats.peers
-            ),
-            (3, 3, 0, 1)
-        );
+        assert_eq!(p.stats.counts(), (3, 3, 0, 1));
     }
 
     #[test]
