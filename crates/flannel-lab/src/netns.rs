@@ -44,8 +44,8 @@ const KILL_WAIT: Duration = Duration::from_secs(3);
 
 /// Prefix of the lab's temp directories: `flrs-lab-<pid>-<counter>-<kind>-XXXXXX`.
 ///
-/// `flrs` is what `scripts/test` greps process command lines for after the suite: etcd (and
-/// later flanneld) get paths under these directories as arguments, so a leaked daemon is caught.
+/// `flrs` is what `scripts/test` greps process command lines for after the suite: etcd and
+/// flanneld get paths under these directories as arguments, so a leaked daemon is caught.
 pub const TEMP_PREFIX: &str = "flrs-lab-";
 
 /// Process-wide counter that makes names unique within one test binary.

@@ -137,7 +137,7 @@ fn assert_gone(state: &LabState, dir: &Path) {
     assert!(!state.lab_dir.exists(), "{} left", state.lab_dir.display());
 }
 
-/// The scenario of the issue: up with --check, look around, down, down again.
+/// A newcomer's session: up with --check, look around, down, down again.
 fn up_check_down(tag: &str, extra: &[&str], route_shows: &str) {
     let lab = LabDir::new(tag);
     let mut args = vec!["up", "--nodes", "3", "--check"];

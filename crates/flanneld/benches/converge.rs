@@ -53,7 +53,7 @@ use futures::{StreamExt, TryStreamExt};
 use ipnet::Ipv4Net;
 use regex::Regex;
 
-/// The network config the issue asks for: a /8 so thousands of /24 subnets fit.
+/// The network config of the benchmark: a /8 so thousands of /24 subnets fit.
 const NET_CONFIG: &str = r#"{"Network":"10.0.0.0/8","SubnetLen":24,"Backend":{"Type":"vxlan"}}"#;
 /// Upstream's default etcd prefix.
 const PREFIX: &str = "/coreos.com/network";

@@ -97,7 +97,7 @@ fn assert_iptables_golden(c: &Cluster, node: usize) {
 }
 
 fn wait_repaired(node: usize, what: &str, check: impl Fn() -> bool) {
-    // resync is 1 s; the bound is resync + 1 s.
+    // resync is 1 s; repair must happen within resync + 1 s.
     wait_for(
         what,
         Duration::from_secs(2),
