@@ -590,9 +590,13 @@ fn config_missing_invalid_and_waited_for() -> Result<()> {
 
         ctx.put_config("{not json")?;
         match m.network_config().await {
-            Err(SubnetError::InvalidConfig { location, reason }) => {
+            Err(SubnetError::InvalidConfig { location, source }) => {
                 assert_eq!(location, "/coreos.com/network/config");
-                ensure!(reason.contains("invalid JSON"), "{reason}");
+                ensure!(source.to_string().contains("invalid JSON"), "{source}");
+                ensure!(
+                    matches!(source, flannel_subnet::ConfigProblem::Parse(_)),
+                    "{source:?}"
+                );
             }
             other => bail!("expected InvalidConfig, got {other:?}"),
         }
@@ -663,9 +667,16 @@ fn prefix_and_credentials_are_honoured() -> Result<()> {
 
         cfg.password = Some("wrong".into());
         match EtcdManager::connect(cfg, PreviousSubnets::default()).await {
-            Err(SubnetError::Datastore { operation, reason }) => {
+            Err(SubnetError::Datastore { operation, source }) => {
                 ensure!(operation.starts_with("connecting to etcd"), "{operation}");
-                ensure!(reason.contains("authentication failed"), "{reason}");
+                ensure!(
+                    source.to_string().contains("authentication failed"),
+                    "{source}"
+                );
+                ensure!(
+                    matches!(source, flannel_subnet::DatastoreCause::Etcd(_)),
+                    "the etcd client's error is kept as the cause: {source:?}"
+                );
             }
             Err(e) => bail!("unexpected error {e}"),
             Ok(_) => bail!("a wrong password was accepted"),
@@ -872,8 +883,8 @@ fn own_lease_deletion_is_reported() -> Result<()> {
         }
         ensure!(t.elapsed() < WITHIN);
         match m.renew_lease(&own).await {
-            Err(SubnetError::Datastore { reason, .. }) => {
-                ensure!(reason.contains("no longer exists"), "{reason}")
+            Err(SubnetError::Datastore { source, .. }) => {
+                ensure!(source.to_string().contains("no longer exists"), "{source}")
             }
             other => bail!("renewing a deleted lease: {other:?}"),
         }

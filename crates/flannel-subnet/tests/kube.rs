@@ -11,6 +11,8 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use flannel_kube_emu::{EmuConfig, Emulator, PatchType, Server, Subresource};
+use flannel_netlink::Netlink;
+use flannel_netlink::netns::{NetnsTarget, run_in_netns};
 use flannel_subnet::kube::{KubeError, KubeManager, KubeOptions};
 use flannel_subnet::{SubnetError, SubnetManager, WatchEvent};
 use flannel_types::{
@@ -21,30 +23,25 @@ use tokio::sync::mpsc;
 
 const NET_CONF: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#;
 
-/// Runs an async test body on a current-thread runtime inside a fresh network namespace, so
-/// the emulator listens on that namespace's loopback and never on the host's.
-fn in_netns<F, Fut>(role: &str, body: F)
-where
-    F: FnOnce() -> Fut + Send,
-    Fut: std::future::Future<Output = ()>,
-{
-    flannel_lab::in_fresh_netns(role, || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("tokio runtime")
-            .block_on(body())
-    })
-    .expect("test namespace");
-}
-
 struct Env {
     emu: Emulator,
     server: Server,
     dir: tempfile::TempDir,
 }
 
+/// Brings `lo` up in the test's fresh namespace (it starts down, and loopback connections
+/// fail until it is up).
+async fn loopback_up() {
+    let nl = Netlink::new().expect("netlink");
+    let lo = nl.link_by_name("lo").await.unwrap().expect("lo exists");
+    nl.set_link_up(lo.index).await.unwrap();
+}
+
+/// Starts the emulator on loopback. Tests run in a fresh network namespace of their own
+/// (`run_in_netns(NetnsTarget::Fresh, ..)`), so this brings its `lo` up first and the emulator
+/// never listens on the host's loopback.
 async fn env(config: EmuConfig) -> Env {
+    loopback_up().await;
     let emu = Emulator::new(config);
     let server = emu.start("127.0.0.1:0".parse().unwrap()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -103,7 +100,7 @@ fn config() -> NetConfig {
 
 #[test]
 fn acquire_writes_upstream_annotations_once_and_completes() {
-    in_netns("kube", || async {
+    run_in_netns(NetnsTarget::Fresh, || async {
         let e = env(EmuConfig::default()).await;
         e.emu.add_node("n1", &["10.244.0.0/24"], json!({})).unwrap();
         let m = e.manager().await;
@@ -155,12 +152,13 @@ fn acquire_writes_upstream_annotations_once_and_completes() {
             m.renew_lease(&lease).await,
             Err(SubnetError::Unsupported(_))
         ));
-    });
+    })
+    .expect("fresh network namespace");
 }
 
 #[test]
 fn network_unavailable_can_be_left_alone() {
-    in_netns("kube", || async {
+    run_in_netns(NetnsTarget::Fresh, || async {
         let e = env(EmuConfig::default()).await;
         e.emu.add_node("n1", &["10.244.0.0/24"], json!({})).unwrap();
         let mut opts = e.opts();
@@ -173,12 +171,13 @@ fn network_unavailable_can_be_left_alone() {
         let rv = e.emu.resource_version();
         m.complete_lease(&lease).await.unwrap();
         assert_eq!(e.emu.resource_version(), rv);
-    });
+    })
+    .expect("fresh network namespace");
 }
 
 #[test]
 fn overwrite_and_node_public_ip_annotations() {
-    in_netns("kube", || async {
+    run_in_netns(NetnsTarget::Fresh, || async {
         let e = env(EmuConfig::default()).await;
         let k = keys();
         e.emu
@@ -198,20 +197,25 @@ fn overwrite_and_node_public_ip_annotations() {
             .unwrap();
         let node = e.emu.node("n1").unwrap();
         assert_eq!(node["metadata"]["annotations"][&k.public_ip], "203.0.113.7");
-    });
+    })
+    .expect("fresh network namespace");
 }
 
 #[test]
 fn acquire_errors_read_as_upstream() {
-    in_netns("kube", || async {
+    run_in_netns(NetnsTarget::Fresh, || async {
         let e = env(EmuConfig::default()).await;
         let m = e.manager().await;
         let attrs = vxlan_attrs("198.18.0.1", "aa:bb:cc:00:00:01");
         // No Node object yet: a datastore error (the daemon retries).
         match m.acquire_lease(&config(), &attrs).await {
-            Err(SubnetError::Datastore { operation, reason }) => {
+            Err(SubnetError::Datastore { operation, source }) => {
                 assert!(operation.contains("n1"), "{operation}");
-                assert!(reason.contains("not found"), "{reason}");
+                assert!(source.to_string().contains("not found"), "{source}");
+                assert!(
+                    matches!(source, flannel_subnet::DatastoreCause::Kube(_)),
+                    "the kube client's error is kept as the cause: {source:?}"
+                );
             }
             other => panic!("expected a datastore error, got {other:?}"),
         }
@@ -250,12 +254,13 @@ fn acquire_errors_read_as_upstream() {
                 .to_string(),
             r#"node "n1" pod cidrs should be IPv4/IPv6 only or dualstack"#
         );
-    });
+    })
+    .expect("fresh network namespace");
 }
 
 #[test]
 fn start_up_errors_read_as_upstream() {
-    in_netns("kube", || async {
+    run_in_netns(NetnsTarget::Fresh, || async {
         let e = env(EmuConfig::default()).await;
         let mut o = e.opts();
         o.node_name = None;
@@ -299,7 +304,7 @@ fn start_up_errors_read_as_upstream() {
         let mut bad = e.opts();
         bad.net_config_path = e.dir.path().join("missing.json");
         let err = KubeManager::connect(bad).await.unwrap_err();
-        assert!(matches!(err, KubeError::ReadNetConf(_)));
+        assert!(matches!(err, KubeError::ReadNetConf { .. }));
         assert!(
             err.to_string().starts_with("failed to read net conf: "),
             "{err}"
@@ -340,12 +345,13 @@ fn start_up_errors_read_as_upstream() {
                 .to_string()
                 .starts_with("fail to create kubernetes config: ")
         );
-    });
+    })
+    .expect("fresh network namespace");
 }
 
 #[test]
 fn kubeconfig_file_is_honoured_and_api_url_overrides_it() {
-    in_netns("kube", || async {
+    run_in_netns(NetnsTarget::Fresh, || async {
         let e = env(EmuConfig::default()).await;
         e.emu.add_node("n1", &["10.244.0.0/24"], json!({})).unwrap();
         let kc = e.dir.path().join("kubeconfig");
@@ -372,7 +378,8 @@ fn kubeconfig_file_is_honoured_and_api_url_overrides_it() {
         o.api_url = e.server.url();
         let m = KubeManager::connect(o).await.unwrap();
         assert!(m.stored_attrs(None).await.unwrap().is_some());
-    });
+    })
+    .expect("fresh network namespace");
 }
 
 // ---- the node watch ----------------------------------------------------------------------
@@ -480,7 +487,7 @@ fn mac(i: u32) -> String {
 
 #[test]
 fn watch_survives_drops_and_410_without_losing_or_duplicating_peers() {
-    in_netns("kube", || async {
+    run_in_netns(NetnsTarget::Fresh, || async {
         // A history of 3 changes: resuming after a few writes needs a re-list.
         let e = env(EmuConfig {
             history: 3,
@@ -655,12 +662,13 @@ fn watch_survives_drops_and_410_without_losing_or_duplicating_peers() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         assert_eq!(e.emu.watcher_count(), 0);
-    });
+    })
+    .expect("fresh network namespace");
 }
 
 #[test]
 fn dual_stack_peers_and_v4_only_changes() {
-    in_netns("kube", || async {
+    run_in_netns(NetnsTarget::Fresh, || async {
         let e = env(EmuConfig::default()).await;
         std::fs::write(
             e.dir.path().join("net-conf.json"),
@@ -739,5 +747,6 @@ fn dual_stack_peers_and_v4_only_changes() {
                 .as_str()
                 .contains(&mac(222))
         );
-    });
+    })
+    .expect("fresh network namespace");
 }

@@ -33,14 +33,11 @@ where
 {
     match tokio::time::timeout(RPC_TIMEOUT, fut).await {
         Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(SubnetError::Datastore {
-            operation: operation(),
-            reason: e.to_string(),
-        }),
-        Err(_) => Err(SubnetError::Datastore {
-            operation: operation(),
-            reason: format!("etcd did not answer within {RPC_TIMEOUT:?}"),
-        }),
+        Ok(Err(e)) => Err(SubnetError::datastore(operation(), e)),
+        Err(_) => Err(SubnetError::datastore(
+            operation(),
+            format!("etcd did not answer within {RPC_TIMEOUT:?}"),
+        )),
     }
 }
 
