@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use flannel_kube_emu::{EmuConfig, Emulator};
 use flannel_netlink::Netlink;
-use flannel_netlink::netns::{NetnsTarget, run_in_netns};
+use flannel_netlink::netns::{NetnsError, NetnsTarget, run_in_netns};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -72,7 +72,7 @@ fn lines(body: &str) -> Vec<Value> {
 }
 
 #[test]
-fn errors_lists_watches_and_patches() {
+fn errors_lists_watches_and_patches() -> Result<(), NetnsError> {
     run_in_netns(NetnsTarget::Fresh, || async {
         loopback_up().await;
         let emu = Emulator::new(EmuConfig {
@@ -274,11 +274,10 @@ fn errors_lists_watches_and_patches() {
         let (st, _, _) = call(a, "GET", "/apis/apps/v1/daemonsets", j, "").await;
         assert_eq!(st, 404);
     })
-    .expect("fresh network namespace");
 }
 
 #[test]
-fn test_controls_end_open_watches() {
+fn test_controls_end_open_watches() -> Result<(), NetnsError> {
     run_in_netns(NetnsTarget::Fresh, || async {
         loopback_up().await;
         let emu = Emulator::new(EmuConfig::default());
@@ -323,5 +322,4 @@ fn test_controls_end_open_watches() {
         }
         assert_eq!(emu.watcher_count(), 0);
     })
-    .expect("fresh network namespace");
 }

@@ -674,58 +674,62 @@ mod tests {
 
     #[test]
     fn wrong_types_name_the_key() {
-        assert_eq!(
-            parse_err(r#"{"SubnetLen":"24"}"#),
-            r#"net-conf: "SubnetLen": expected an unsigned integer, got "24""#
-        );
-        assert_eq!(
-            parse_err(r#"{"subnetlen":24.0}"#),
-            r#"net-conf: "subnetlen": expected an unsigned integer, got 24.0"#
-        );
-        assert_eq!(
-            parse_err(r#"{"SubnetLen":-1}"#),
-            r#"net-conf: "SubnetLen": expected an unsigned integer, got -1"#
-        );
-        assert_eq!(
-            parse_err(r#"{"SubnetLen":1e1}"#),
-            r#"net-conf: "SubnetLen": expected an unsigned integer, got 1e1"#
-        );
-        assert_eq!(
-            parse_err(r#"{"SubnetLen":18446744073709551616}"#),
-            r#"net-conf: "SubnetLen": expected an unsigned integer, got 18446744073709551616"#
-        );
-        assert_eq!(
-            parse_err(r#"{"IPv6SubnetLen":true}"#),
-            r#"net-conf: "IPv6SubnetLen": expected an unsigned integer, got true"#
-        );
-        assert_eq!(
-            parse_err(r#"{"EnableIPv6":"true"}"#),
-            r#"net-conf: "EnableIPv6": expected a boolean, got "true""#
-        );
-        assert_eq!(
-            parse_err(r#"{"EnableIPv4":1}"#),
-            r#"net-conf: "EnableIPv4": expected a boolean, got 1"#
-        );
-        assert_eq!(
-            parse_err(r#"{"EnableNFTables":"yes"}"#),
-            r#"net-conf: "EnableNFTables": expected a boolean, got "yes""#
-        );
-        assert_eq!(
-            parse_err(r#"{"SubnetMin":"10.0.0"}"#),
-            r#"net-conf: "SubnetMin": expected an IPv4 address, got "10.0.0""#
-        );
-        assert_eq!(
-            parse_err(r#"{"SubnetMax":"fc00::"}"#),
-            r#"net-conf: "SubnetMax": expected an IPv4 address, got "fc00::""#
-        );
-        assert_eq!(
-            parse_err(r#"{"IPv6SubnetMin":7}"#),
-            r#"net-conf: "IPv6SubnetMin": expected an IPv6 address, got 7"#
-        );
-        assert_eq!(
-            parse_err(r#"{"IPv6SubnetMax":""}"#),
-            r#"net-conf: "IPv6SubnetMax": expected an IPv6 address, got """#
-        );
+        for (text, want) in [
+            (
+                r#"{"SubnetLen":"24"}"#,
+                r#"net-conf: "SubnetLen": expected an unsigned integer, got "24""#,
+            ),
+            (
+                r#"{"subnetlen":24.0}"#,
+                r#"net-conf: "subnetlen": expected an unsigned integer, got 24.0"#,
+            ),
+            (
+                r#"{"SubnetLen":-1}"#,
+                r#"net-conf: "SubnetLen": expected an unsigned integer, got -1"#,
+            ),
+            (
+                r#"{"SubnetLen":1e1}"#,
+                r#"net-conf: "SubnetLen": expected an unsigned integer, got 1e1"#,
+            ),
+            (
+                r#"{"SubnetLen":18446744073709551616}"#,
+                r#"net-conf: "SubnetLen": expected an unsigned integer, got 18446744073709551616"#,
+            ),
+            (
+                r#"{"IPv6SubnetLen":true}"#,
+                r#"net-conf: "IPv6SubnetLen": expected an unsigned integer, got true"#,
+            ),
+            (
+                r#"{"EnableIPv6":"true"}"#,
+                r#"net-conf: "EnableIPv6": expected a boolean, got "true""#,
+            ),
+            (
+                r#"{"EnableIPv4":1}"#,
+                r#"net-conf: "EnableIPv4": expected a boolean, got 1"#,
+            ),
+            (
+                r#"{"EnableNFTables":"yes"}"#,
+                r#"net-conf: "EnableNFTables": expected a boolean, got "yes""#,
+            ),
+            (
+                r#"{"SubnetMin":"10.0.0"}"#,
+                r#"net-conf: "SubnetMin": expected an IPv4 address, got "10.0.0""#,
+            ),
+            (
+                r#"{"SubnetMax":"fc00::"}"#,
+                r#"net-conf: "SubnetMax": expected an IPv4 address, got "fc00::""#,
+            ),
+            (
+                r#"{"IPv6SubnetMin":7}"#,
+                r#"net-conf: "IPv6SubnetMin": expected an IPv6 address, got 7"#,
+            ),
+            (
+                r#"{"IPv6SubnetMax":""}"#,
+                r#"net-conf: "IPv6SubnetMax": expected an IPv6 address, got """#,
+            ),
+        ] {
+            assert_eq!(parse_err(text), want, "{text}");
+        }
     }
 
     #[test]
@@ -751,18 +755,22 @@ mod tests {
     #[test]
     fn backend_errors_mirror_go() {
         // Go decodes Backend into `struct{ Type string }`: anything but an object or null fails.
-        assert_eq!(
-            parse_err(r#"{"Backend":"vxlan"}"#),
-            r#"net-conf: "Backend": expected an object, got "vxlan""#
-        );
-        assert_eq!(
-            parse_err(r#"{"Backend":["vxlan"]}"#),
-            r#"net-conf: "Backend": expected an object, got ["vxlan"]"#
-        );
-        assert_eq!(
-            parse_err(r#"{"Backend":{"Type":7}}"#),
-            r#"net-conf: "Backend.Type": expected a string, got 7"#
-        );
+        for (text, want) in [
+            (
+                r#"{"Backend":"vxlan"}"#,
+                r#"net-conf: "Backend": expected an object, got "vxlan""#,
+            ),
+            (
+                r#"{"Backend":["vxlan"]}"#,
+                r#"net-conf: "Backend": expected an object, got ["vxlan"]"#,
+            ),
+            (
+                r#"{"Backend":{"Type":7}}"#,
+                r#"net-conf: "Backend.Type": expected a string, got 7"#,
+            ),
+        ] {
+            assert_eq!(parse_err(text), want, "{text}");
+        }
     }
 
     #[test]

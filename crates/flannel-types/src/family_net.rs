@@ -10,7 +10,6 @@
 //! at the family's width as Go's fixed-width integers do, so one computation serves both.
 
 use std::fmt::{Debug, Display};
-use std::hash::Hash;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 
@@ -30,32 +29,9 @@ mod sealed {
 ///
 /// Exists so that code handling "the IPv4 part" and "the IPv6 part" of upstream's data is
 /// written once; see the [module documentation](self).
-pub trait FamilyNet:
-    sealed::Sealed
-    + Copy
-    + Eq
-    + Ord
-    + Hash
-    + Debug
-    + Display
-    + FromStr
-    + Into<IpNet>
-    + Send
-    + Sync
-    + 'static
-{
+pub trait FamilyNet: sealed::Sealed + Copy + Eq + Debug + Display + Into<IpNet> {
     /// The address type: [`Ipv4Addr`] or [`Ipv6Addr`].
-    type Addr: Copy
-        + Eq
-        + Ord
-        + Hash
-        + Debug
-        + Display
-        + FromStr
-        + Into<IpAddr>
-        + Send
-        + Sync
-        + 'static;
+    type Addr: Copy + Ord + Debug + Display + FromStr + Into<IpAddr>;
 
     /// The family, to pick family-specific texts and fields.
     const FAMILY: IpFamily;
@@ -103,12 +79,6 @@ pub trait FamilyNet:
 
     /// This family's prefix out of a pair of per-family fields (`ipv4`, `ipv6`).
     fn select(v4: Option<Ipv4Net>, v6: Option<Ipv6Net>) -> Option<Self>;
-
-    /// This family's field out of a pair of per-family prefix fields, for writing.
-    fn select_mut<'a>(
-        v4: &'a mut Option<Ipv4Net>,
-        v6: &'a mut Option<Ipv6Net>,
-    ) -> &'a mut Option<Self>;
 
     /// This family's address out of a pair of per-family address fields.
     fn select_addr(v4: Option<Ipv4Addr>, v6: Option<Ipv6Addr>) -> Option<Self::Addr>;
@@ -159,38 +129,71 @@ pub trait FamilyNet:
     }
 }
 
-impl FamilyNet for Ipv4Net {
-    type Addr = Ipv4Addr;
-    const FAMILY: IpFamily = IpFamily::V4;
-    const UNSPECIFIED: Ipv4Addr = Ipv4Addr::UNSPECIFIED;
+/// `$v4` or `$v6` by family, for the `select` methods (the other one is only looked at).
+macro_rules! by_family {
+    (V4, $v4:expr, $v6:expr) => {{
+        let _ = &$v6;
+        $v4
+    }};
+    (V6, $v4:expr, $v6:expr) => {{
+        let _ = &$v4;
+        $v6
+    }};
+}
 
-    fn new(addr: Ipv4Addr, prefix_len: u8) -> Option<Self> {
-        Ipv4Net::new(addr, prefix_len).ok()
-    }
-    fn addr(&self) -> Ipv4Addr {
-        Ipv4Net::addr(self)
-    }
-    fn prefix_len(&self) -> u8 {
-        Ipv4Net::prefix_len(self)
-    }
-    fn network(&self) -> Ipv4Addr {
-        Ipv4Net::network(self)
-    }
-    fn trunc(&self) -> Self {
-        Ipv4Net::trunc(self)
-    }
-    fn contains_net(&self, other: &Self) -> bool {
-        self.contains(other)
-    }
-    fn contains_addr(&self, addr: &Ipv4Addr) -> bool {
-        self.contains(addr)
-    }
-    fn from_ip_net(net: IpNet) -> Option<Self> {
-        match net {
-            IpNet::V4(n) => Some(n),
-            IpNet::V6(_) => None,
+/// The parts of a [`FamilyNet`] impl that forward to `ipnet`'s inherent methods and pick the
+/// family's field out of a pair, identical for both families but for the types.
+macro_rules! family_net_common {
+    ($net:ident, $addr:ident, $family:ident) => {
+        type Addr = $addr;
+        const FAMILY: IpFamily = IpFamily::$family;
+        const UNSPECIFIED: $addr = $addr::UNSPECIFIED;
+
+        fn new(addr: $addr, prefix_len: u8) -> Option<Self> {
+            $net::new(addr, prefix_len).ok()
         }
-    }
+        fn addr(&self) -> $addr {
+            $net::addr(self)
+        }
+        fn prefix_len(&self) -> u8 {
+            $net::prefix_len(self)
+        }
+        fn network(&self) -> $addr {
+            $net::network(self)
+        }
+        fn trunc(&self) -> Self {
+            $net::trunc(self)
+        }
+        fn contains_net(&self, other: &Self) -> bool {
+            self.contains(other)
+        }
+        fn contains_addr(&self, addr: &$addr) -> bool {
+            self.contains(addr)
+        }
+        fn from_ip_net(net: IpNet) -> Option<Self> {
+            match net {
+                IpNet::$family(n) => Some(n),
+                _ => None,
+            }
+        }
+        fn select(v4: Option<Ipv4Net>, v6: Option<Ipv6Net>) -> Option<Self> {
+            by_family!($family, v4, v6)
+        }
+        fn select_addr(v4: Option<Ipv4Addr>, v6: Option<Ipv6Addr>) -> Option<$addr> {
+            by_family!($family, v4, v6)
+        }
+        fn select_addr_mut<'a>(
+            v4: &'a mut Option<Ipv4Addr>,
+            v6: &'a mut Option<Ipv6Addr>,
+        ) -> &'a mut Option<$addr> {
+            by_family!($family, v4, v6)
+        }
+    };
+}
+
+impl FamilyNet for Ipv4Net {
+    family_net_common!(Ipv4Net, Ipv4Addr, V4);
+
     fn addr_bits(addr: Ipv4Addr) -> u128 {
         u128::from(u32::from(addr))
     }
@@ -210,58 +213,11 @@ impl FamilyNet for Ipv4Net {
     fn go_addr_string(addr: Ipv4Addr) -> String {
         addr.to_string()
     }
-    fn select(v4: Option<Ipv4Net>, _v6: Option<Ipv6Net>) -> Option<Self> {
-        v4
-    }
-    fn select_mut<'a>(
-        v4: &'a mut Option<Ipv4Net>,
-        _v6: &'a mut Option<Ipv6Net>,
-    ) -> &'a mut Option<Self> {
-        v4
-    }
-    fn select_addr(v4: Option<Ipv4Addr>, _v6: Option<Ipv6Addr>) -> Option<Ipv4Addr> {
-        v4
-    }
-    fn select_addr_mut<'a>(
-        v4: &'a mut Option<Ipv4Addr>,
-        _v6: &'a mut Option<Ipv6Addr>,
-    ) -> &'a mut Option<Ipv4Addr> {
-        v4
-    }
 }
 
 impl FamilyNet for Ipv6Net {
-    type Addr = Ipv6Addr;
-    const FAMILY: IpFamily = IpFamily::V6;
-    const UNSPECIFIED: Ipv6Addr = Ipv6Addr::UNSPECIFIED;
+    family_net_common!(Ipv6Net, Ipv6Addr, V6);
 
-    fn new(addr: Ipv6Addr, prefix_len: u8) -> Option<Self> {
-        Ipv6Net::new(addr, prefix_len).ok()
-    }
-    fn addr(&self) -> Ipv6Addr {
-        Ipv6Net::addr(self)
-    }
-    fn prefix_len(&self) -> u8 {
-        Ipv6Net::prefix_len(self)
-    }
-    fn network(&self) -> Ipv6Addr {
-        Ipv6Net::network(self)
-    }
-    fn trunc(&self) -> Self {
-        Ipv6Net::trunc(self)
-    }
-    fn contains_net(&self, other: &Self) -> bool {
-        self.contains(other)
-    }
-    fn contains_addr(&self, addr: &Ipv6Addr) -> bool {
-        self.contains(addr)
-    }
-    fn from_ip_net(net: IpNet) -> Option<Self> {
-        match net {
-            IpNet::V6(n) => Some(n),
-            IpNet::V4(_) => None,
-        }
-    }
     fn addr_bits(addr: Ipv6Addr) -> u128 {
         u128::from(addr)
     }
@@ -280,36 +236,14 @@ impl FamilyNet for Ipv6Net {
     fn go_addr_string(addr: Ipv6Addr) -> String {
         goip::ip6_string(addr)
     }
-    fn select(_v4: Option<Ipv4Net>, v6: Option<Ipv6Net>) -> Option<Self> {
-        v6
-    }
-    fn select_mut<'a>(
-        _v4: &'a mut Option<Ipv4Net>,
-        v6: &'a mut Option<Ipv6Net>,
-    ) -> &'a mut Option<Self> {
-        v6
-    }
-    fn select_addr(_v4: Option<Ipv4Addr>, v6: Option<Ipv6Addr>) -> Option<Ipv6Addr> {
-        v6
-    }
-    fn select_addr_mut<'a>(
-        _v4: &'a mut Option<Ipv4Addr>,
-        v6: &'a mut Option<Ipv6Addr>,
-    ) -> &'a mut Option<Ipv6Addr> {
-        v6
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn n4(s: &str) -> Ipv4Net {
-        s.parse().unwrap()
-    }
-
-    fn n6(s: &str) -> Ipv6Net {
-        s.parse().unwrap()
+    fn net<N: FamilyNet + FromStr>(s: &str) -> N {
+        s.parse().unwrap_or_else(|_| panic!("{s}"))
     }
 
     #[test]
@@ -333,22 +267,31 @@ mod tests {
 
     #[test]
     fn spans_and_zero_values() {
-        assert_eq!(n4("10.0.1.7/24").bits_span(), (0x0a00_0100, 0x0a00_01ff));
-        let (first, last) = n6("fc00::/64").bits_span();
+        assert_eq!(
+            net::<Ipv4Net>("10.0.1.7/24").bits_span(),
+            (0x0a00_0100, 0x0a00_01ff)
+        );
+        let (first, last) = net::<Ipv6Net>("fc00::/64").bits_span();
         assert_eq!(first, u128::from("fc00::".parse::<Ipv6Addr>().unwrap()));
         assert_eq!(last - first, u128::from(u64::MAX));
-        assert!(n4("0.0.0.0/0").is_go_zero());
-        assert!(!n4("10.0.0.0/0").is_go_zero());
-        assert!(n6("::/0").is_go_zero());
-        assert!(!n6("::/64").is_go_zero());
+        assert!(net::<Ipv4Net>("0.0.0.0/0").is_go_zero());
+        assert!(!net::<Ipv4Net>("10.0.0.0/0").is_go_zero());
+        assert!(net::<Ipv6Net>("::/0").is_go_zero());
+        assert!(!net::<Ipv6Net>("::/64").is_go_zero());
     }
 
     #[test]
     fn selection_follows_the_family() {
-        let (a, b) = (Some(n4("10.0.0.0/8")), Some(n6("fc00::/7")));
+        let (a, b) = (
+            Some(net::<Ipv4Net>("10.0.0.0/8")),
+            Some(net::<Ipv6Net>("fc00::/7")),
+        );
         assert_eq!(Ipv4Net::select(a, b), a);
         assert_eq!(Ipv6Net::select(a, b), b);
-        assert_eq!(Ipv4Net::from_ip_net(IpNet::V6(n6("fc00::/7"))), None);
+        assert_eq!(
+            Ipv4Net::from_ip_net(IpNet::V6(net::<Ipv6Net>("fc00::/7"))),
+            None
+        );
         assert_eq!(
             Ipv6Net::go_addr_string("::a00:1".parse().unwrap()),
             "10.0.0.1"
