@@ -706,7 +706,8 @@ impl SubnetManager for EtcdManager {
         Ok(())
     }
 
-    /// Spawns the watch task on the current tokio runtime; see [`watch`] for its behaviour.
+    /// Spawns the watch task on the current tokio runtime (the private `etcd::watch` module,
+    /// summarised in the [module documentation](self)).
     fn watch_leases(&self, own: &Lease) -> mpsc::Receiver<WatchEvent> {
         watch::spawn(watch::Setup {
             etcd: self.etcd.clone(),

@@ -494,8 +494,19 @@ fn push_html_safe(out: &mut String, c: char) {
 /// Encodes a string as Go's `json.Marshal` does (Go 1.22 and later): `\"`, `\\`, `\b`, `\f`,
 /// `\n`, `\r`, `\t`, other control characters as `\u00xx`, and HTML-sensitive characters
 /// escaped as in [`compact_go`].
+///
+/// This is the one Go string escaper of the workspace; see [`write_go_string`] for encoders
+/// that append to one buffer.
 pub fn go_string(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
+    write_go_string(&mut out, s);
+    out
+}
+
+/// Appends `s` to `out` as [`go_string`] encodes it, without allocating, for encoders that
+/// build a whole document in one buffer (the CNI plugin's delegate config and errors).
+pub fn write_go_string(out: &mut String, s: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     out.push('"');
     for c in s.chars() {
         match c {
@@ -506,12 +517,17 @@ pub fn go_string(s: &str) -> String {
             '\n' => out.push_str("\\n"),
             '\r' => out.push_str("\\r"),
             '\t' => out.push_str("\\t"),
-            c if u32::from(c) < 0x20 => out.push_str(&format!("\\u{:04x}", u32::from(c))),
-            c => push_html_safe(&mut out, c),
+            '\u{0}'..='\u{1f}' => {
+                let b = u32::from(c);
+                out.push_str("\\u00");
+                for nibble in [b >> 4, b & 0xf] {
+                    out.push(char::from(HEX[usize::try_from(nibble).unwrap_or_default()]));
+                }
+            }
+            c => push_html_safe(out, c),
         }
     }
     out.push('"');
-    out
 }
 
 #[cfg(test)]
@@ -673,5 +689,14 @@ mod tests {
             go_string("a\"b\\c\n\t\r\u{8}\u{c}\u{1}<>&\u{2028}é"),
             r#""a\"b\\c\n\t\r\b\f\u0001\u003c\u003e\u0026\u2028é""#
         );
+    }
+
+    #[test]
+    fn write_go_string_appends() {
+        // What is already in the buffer stays; control characters without a short escape get
+        // lower-case hex; DEL is not a control character to Go's encoder.
+        let mut out = String::from("x:");
+        write_go_string(&mut out, "\u{1f}\u{1b}\u{7f}\u{2029}");
+        assert_eq!(out, "x:\"\\u001f\\u001b\u{7f}\\u2029\"");
     }
 }

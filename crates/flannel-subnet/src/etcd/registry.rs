@@ -15,7 +15,7 @@ use etcd_client::{
     Client, Compare, CompareOp, GetOptions, KeyValue, LeaseTimeToLiveOptions, PutOptions, Txn,
     TxnOp,
 };
-use flannel_types::{LeaseAttrs, SubnetKey};
+use flannel_types::{LeaseAttrs, LeaseError, SubnetKey};
 
 use crate::SubnetError;
 
@@ -147,7 +147,7 @@ pub struct Entry {
     /// The subnets it names.
     pub key: SubnetKey,
     /// The parsed value, or why it could not be parsed (the key then still occupies its subnet).
-    pub attrs: Result<LeaseAttrs, String>,
+    pub attrs: Result<LeaseAttrs, LeaseError>,
     /// The etcd lease the key is attached to; 0 for a reservation (no TTL).
     pub lease_id: i64,
     /// Revision of the last write, for guarded updates and deletes.
@@ -192,7 +192,7 @@ pub fn parse_kv(keys: &Keys, kv: &KeyValue) -> Parsed {
         Ok(key) => Parsed::Entry(Entry {
             etcd_key,
             key,
-            attrs: LeaseAttrs::from_slice(kv.value()).map_err(|e| e.to_string()),
+            attrs: LeaseAttrs::from_slice(kv.value()),
             lease_id: kv.lease(),
             mod_revision: kv.mod_revision(),
             create_revision: kv.create_revision(),
@@ -249,7 +249,7 @@ pub fn warn_bad_key(warned: &Warned, bad: &BadKey) {
 }
 
 /// Logs a lease key with a malformed value once.
-pub fn warn_bad_value(warned: &Warned, entry: &Entry, reason: &str) {
+pub fn warn_bad_value(warned: &Warned, entry: &Entry, reason: &LeaseError) {
     if warned.first(&entry.etcd_key, entry.mod_revision) {
         tracing::warn!(
             "Ignoring bad subnet node {:?}: its value is not a lease: {reason}",

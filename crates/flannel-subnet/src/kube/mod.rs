@@ -24,7 +24,9 @@
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
-use flannel_types::{AnnotationError, AnnotationKeys, ConfigError, Lease, LeaseAttrs, NetConfig};
+use flannel_types::{
+    AnnotationError, AnnotationKeys, ConfigError, IpFamily, Lease, LeaseAttrs, NetConfig,
+};
 use k8s_openapi::api::core::v1::{Node, NodeCondition};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Patch, PatchParams};
@@ -246,17 +248,14 @@ impl SubnetManager for KubeManager {
     async fn public_ip_overrides(&self) -> Result<(Option<String>, Option<String>), SubnetError> {
         let node = self.own_node().await?;
         let (v4, v6) = node::public_ip_overrides(&NodeView::of(&node), &self.keys);
-        if let Some(ip) = &v4 {
-            info!(
-                "Using public IP {ip} from node annotation {}",
-                self.keys.node_public_ip
-            );
-        }
-        if let Some(ip) = &v6 {
-            info!(
-                "Using public IPv6 {ip} from node annotation {}",
-                self.keys.node_public_ipv6
-            );
+        for (family, ip) in [(IpFamily::V4, &v4), (IpFamily::V6, &v6)] {
+            if let Some(ip) = ip {
+                info!(
+                    "Using public {} {ip} from node annotation {}",
+                    family.pick("IP", "IPv6"),
+                    self.keys.family(family).node_public_ip
+                );
+            }
         }
         Ok((v4, v6))
     }

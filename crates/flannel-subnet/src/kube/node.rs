@@ -242,8 +242,14 @@ pub fn public_ip_overrides(
     node: &NodeView<'_>,
     keys: &AnnotationKeys,
 ) -> (Option<String>, Option<String>) {
-    let get = |k: &str| Some(node.annotation(k).to_string()).filter(|s| !s.is_empty());
-    (get(&keys.node_public_ip), get(&keys.node_public_ipv6))
+    let get = |family| {
+        Some(
+            node.annotation(keys.family(family).node_public_ip)
+                .to_string(),
+        )
+        .filter(|s| !s.is_empty())
+    };
+    (get(IpFamily::V4), get(IpFamily::V6))
 }
 
 fn ip6_text(ip: Option<Ipv6Addr>) -> String {
