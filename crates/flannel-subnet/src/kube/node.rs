@@ -334,20 +334,10 @@ pub fn annotation_changes(
     keys: &AnnotationKeys,
 ) -> Option<BTreeMap<String, String>> {
     let bt = attrs.backend_type.as_str();
-    let v4 = Published::new(
-        node,
-        keys,
-        IpFamily::V4,
-        attrs.backend_data.as_ref(),
-        attrs.public_ip.to_string(),
-    );
-    let v6 = Published::new(
-        node,
-        keys,
-        IpFamily::V6,
-        attrs.backend_v6_data.as_ref(),
-        ip6_text(attrs.public_ipv6),
-    );
+    let published =
+        |family, ip| Published::new(node, keys, family, attrs.backend_data_of(family), ip);
+    let v4 = published(IpFamily::V4, attrs.public_ip.to_string());
+    let v6 = published(IpFamily::V6, ip6_text(attrs.public_ipv6));
     let type_differs = node.annotation(&keys.backend_type) != bt;
     let differs = |p: &Published<'_>| type_differs || p.differs(node, &keys.kube_subnet_manager);
     let v6_differs = attrs.public_ipv6.is_some() && differs(&v6);
