@@ -105,7 +105,7 @@ fn map_field(obj: &GoObject, field: &str) -> Result<Option<Map<String, Value>>, 
         if text == "null" {
             out = None;
         } else if text.starts_with('{') {
-            out = Some(serde_json::from_str(text).map_err(|e| GoJsonError::Syntax(e.to_string()))?);
+            out = Some(serde_json::from_str(text).map_err(GoJsonError::from)?);
         } else {
             return Err(field_error(key, "an object", text));
         }

@@ -832,6 +832,11 @@ mod tests {
         assert!(s.watch(Kind::Node, WatchFrom::After(4)).is_ok());
     }
 
+    /// A page of two nodes, starting at `token` (the first page when `None`).
+    fn page_of_two(s: &mut Store, token: Option<&str>) -> Result<ListPage, ApiError> {
+        s.list(Kind::Node, None, None, false, Some(2), token)
+    }
+
     #[test]
     fn list_pages_from_a_snapshot() {
         let mut s = Store::new(StoreConfig::default());
@@ -839,48 +844,19 @@ mod tests {
             s.create_node(node(&format!("n{i}"), &format!("10.0.{i}.0/24")))
                 .unwrap();
         }
-        let p1 = s
-            .list(Kind::Node, None, None, false, Some(2), None)
-            .unwrap();
+        let p1 = page_of_two(&mut s, None).unwrap();
         assert_eq!(p1.items.len(), 2);
         assert!(p1.items[0].get("kind").is_none());
         // A change between pages does not show up in the paged list.
         s.delete_node("n4").unwrap();
-        let p2 = s
-            .list(
-                Kind::Node,
-                None,
-                None,
-                false,
-                Some(2),
-                p1.continue_token.as_deref(),
-            )
-            .unwrap();
-        let p3 = s
-            .list(
-                Kind::Node,
-                None,
-                None,
-                false,
-                Some(2),
-                p2.continue_token.as_deref(),
-            )
-            .unwrap();
+        let p2 = page_of_two(&mut s, p1.continue_token.as_deref()).unwrap();
+        let p3 = page_of_two(&mut s, p2.continue_token.as_deref()).unwrap();
         assert_eq!(p3.items.len(), 1);
         assert_eq!(p3.items[0]["metadata"]["name"], "n4");
         assert!(p3.continue_token.is_none());
         assert_eq!(p3.resource_version, p1.resource_version);
         s.compact();
-        let e = s
-            .list(
-                Kind::Node,
-                None,
-                None,
-                false,
-                Some(2),
-                p1.continue_token.as_deref(),
-            )
-            .unwrap_err();
+        let e = page_of_two(&mut s, p1.continue_token.as_deref()).unwrap_err();
         assert_eq!(e.code, 410);
         let cur = s.resource_version();
         assert_eq!(

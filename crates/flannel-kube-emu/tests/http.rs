@@ -4,25 +4,19 @@
 use std::time::Duration;
 
 use flannel_kube_emu::{EmuConfig, Emulator};
+use flannel_netlink::Netlink;
+use flannel_netlink::netns::{NetnsError, NetnsTarget, run_in_netns};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// Runs an async test body on a current-thread runtime inside a fresh network namespace, so
-/// the emulator listens on that namespace's loopback and never on the host's.
-fn in_netns<F, Fut>(role: &str, body: F)
-where
-    F: FnOnce() -> Fut + Send,
-    Fut: std::future::Future<Output = ()>,
-{
-    flannel_lab::in_fresh_netns(role, || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("tokio runtime")
-            .block_on(body())
-    })
-    .expect("test namespace");
+/// Brings `lo` up: each test runs in a fresh network namespace of its own
+/// (`run_in_netns(NetnsTarget::Fresh, ..)`, so the emulator never listens on the host's
+/// loopback), where `lo` starts down.
+async fn loopback_up() {
+    let nl = Netlink::new().expect("netlink");
+    let lo = nl.link_by_name("lo").await.unwrap().expect("lo exists");
+    nl.set_link_up(lo.index).await.unwrap();
 }
 
 /// One request with `Connection: close`; returns status, headers and the de-chunked body.
@@ -78,8 +72,9 @@ fn lines(body: &str) -> Vec<Value> {
 }
 
 #[test]
-fn errors_lists_watches_and_patches() {
-    in_netns("kube-emu", || async {
+fn errors_lists_watches_and_patches() -> Result<(), NetnsError> {
+    run_in_netns(NetnsTarget::Fresh, || async {
+        loopback_up().await;
         let emu = Emulator::new(EmuConfig {
             history: 4,
             bookmark_interval: Duration::from_millis(100),
@@ -278,12 +273,13 @@ fn errors_lists_watches_and_patches() {
         assert_eq!(st, 400);
         let (st, _, _) = call(a, "GET", "/apis/apps/v1/daemonsets", j, "").await;
         assert_eq!(st, 404);
-    });
+    })
 }
 
 #[test]
-fn test_controls_end_open_watches() {
-    in_netns("kube-emu", || async {
+fn test_controls_end_open_watches() -> Result<(), NetnsError> {
+    run_in_netns(NetnsTarget::Fresh, || async {
+        loopback_up().await;
         let emu = Emulator::new(EmuConfig::default());
         let srv = emu.start("127.0.0.1:0".parse().unwrap()).await.unwrap();
         let a = srv.addr();
@@ -325,5 +321,5 @@ fn test_controls_end_open_watches() {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         assert_eq!(emu.watcher_count(), 0);
-    });
+    })
 }

@@ -51,11 +51,12 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use flannel_types::{Lease, LeaseAttrs, NetConfig, SubnetKey};
+use flannel_types::{FamilyNet, Lease, LeaseAttrs, NetConfig, NoStackError, SubnetKey};
+use ipnet::{Ipv4Net, Ipv6Net};
 use rand::Rng;
 use tokio::sync::mpsc;
 
-use crate::{PreviousSubnets, SubnetError, SubnetManager, WatchEvent};
+use crate::{ConfigProblem, PreviousSubnets, SubnetError, SubnetManager, WatchEvent};
 
 use alloc::Occupied;
 use registry::{Entry, Keys, Registry, Warned, warn_bad_key, warn_bad_value};
@@ -273,75 +274,15 @@ impl EtcdManager {
     /// Which free subnet(s) to create: the previous ones from subnet.env if they still fit and
     /// are free, else a random pick among the first [`MAX_CANDIDATES`] free ones, per family.
     fn choose(&self, config: &NetConfig, occupied: &Occupied) -> Result<SubnetKey, SubnetError> {
-        let prev4 = match (config.enable_ipv4, self.previous.ipv4) {
-            (true, Some(p)) if !alloc::fits_range_v4(config, Some(p)) => {
-                tracing::error!(
-                    "Found previously leased subnet ({p}) that is not compatible with the Etcd network config, ignoring"
-                );
-                None
-            }
-            (true, Some(p)) if occupied.overlaps_v4(p) => {
-                tracing::info!(
-                    "Previously leased subnet ({p}) is taken by another lease, not reusing it"
-                );
-                None
-            }
-            (true, Some(p)) => {
-                tracing::info!("Found previously leased subnet ({p}), reusing");
-                Some(p)
-            }
-            _ => None,
-        };
-        let prev6 = match (config.enable_ipv6, self.previous.ipv6) {
-            (true, Some(p)) if !alloc::fits_range_v6(config, Some(p)) => {
-                tracing::error!(
-                    "Found previously leased subnet ({p}) that is not compatible with the Etcd network config, ignoring"
-                );
-                None
-            }
-            (true, Some(p)) if occupied.overlaps_v6(p) => {
-                tracing::info!(
-                    "Previously leased subnet ({p}) is taken by another lease, not reusing it"
-                );
-                None
-            }
-            (true, Some(p)) => {
-                tracing::info!("Found previously leased subnet ({p}), reusing");
-                Some(p)
-            }
-            _ => None,
-        };
+        let previous4 = reusable::<Ipv4Net>(config, self.previous.ipv4, occupied);
+        let previous6 = reusable::<Ipv6Net>(config, self.previous.ipv6, occupied);
         let mut rng = rand::rng();
-        let ipv4 = if config.enable_ipv4 && prev4.is_none() {
-            tracing::info!(
-                "Picking subnet in range {} ... {}",
-                show(config.subnet_min),
-                show(config.subnet_max)
-            );
-            Some(
-                alloc::pick(&alloc::candidates_v4(config, occupied), &mut rng)
-                    .ok_or(SubnetError::OutOfSubnets)?,
-            )
-        } else {
-            prev4
-        };
-        let ipv6 = if config.enable_ipv6 && prev6.is_none() {
-            tracing::info!(
-                "Picking ipv6 subnet in range {} ... {}",
-                show(config.ipv6_subnet_min),
-                show(config.ipv6_subnet_max)
-            );
-            Some(
-                alloc::pick(&alloc::candidates_v6(config, occupied), &mut rng)
-                    .ok_or(SubnetError::OutOfSubnets)?,
-            )
-        } else {
-            prev6
-        };
+        let ipv4 = new_subnet(config, previous4, occupied, &mut rng)?;
+        let ipv6 = new_subnet(config, previous6, occupied, &mut rng)?;
         if ipv4.is_none() && ipv6.is_none() {
             return Err(SubnetError::InvalidConfig {
                 location: self.registry.keys.config.clone(),
-                reason: "none defined stack".into(),
+                source: NoStackError.into(),
             });
         }
         Ok(SubnetKey { ipv4, ipv6 })
@@ -567,6 +508,52 @@ impl EtcdManager {
     }
 }
 
+/// The previous subnet of family `N` (from subnet.env), if the family is enabled and the
+/// subnet still fits the config and is free; each outcome is logged as upstream logs it.
+fn reusable<N: FamilyNet>(
+    config: &NetConfig,
+    previous: Option<N>,
+    occupied: &Occupied,
+) -> Option<N> {
+    let family = config.family::<N>();
+    let p = previous.filter(|_| family.enabled)?;
+    if !alloc::fits_family_range(&family, Some(p)) {
+        tracing::error!(
+            "Found previously leased subnet ({p}) that is not compatible with the Etcd network config, ignoring"
+        );
+        None
+    } else if occupied.overlaps(p) {
+        tracing::info!("Previously leased subnet ({p}) is taken by another lease, not reusing it");
+        None
+    } else {
+        tracing::info!("Found previously leased subnet ({p}), reusing");
+        Some(p)
+    }
+}
+
+/// The subnet of family `N` for a new lease: `reused` if there is one, else a random free one
+/// (an error when none is free); `None` when the family is disabled.
+fn new_subnet<N: FamilyNet>(
+    config: &NetConfig,
+    reused: Option<N>,
+    occupied: &Occupied,
+    rng: &mut impl Rng,
+) -> Result<Option<N>, SubnetError> {
+    let family = config.family::<N>();
+    if !family.enabled || reused.is_some() {
+        return Ok(reused);
+    }
+    tracing::info!(
+        "Picking {}subnet in range {} ... {}",
+        N::FAMILY.pick("", "ipv6 "),
+        show(family.subnet_min),
+        show(family.subnet_max)
+    );
+    alloc::pick(&alloc::candidates(&family, occupied), rng)
+        .map(Some)
+        .ok_or(SubnetError::OutOfSubnets)
+}
+
 /// A small random pause between allocation attempts, growing with the attempt number, so that
 /// nodes that collided do not collide again in lockstep.
 fn jitter(attempt: u32) -> Duration {
@@ -595,12 +582,12 @@ impl SubnetManager for EtcdManager {
             .get_config()
             .await?
             .ok_or(SubnetError::ConfigNotFound)?;
-        let invalid = |reason: String| SubnetError::InvalidConfig {
+        let invalid = |source: ConfigProblem| SubnetError::InvalidConfig {
             location: key.clone(),
-            reason,
+            source,
         };
-        let mut config = NetConfig::parse_slice(&raw).map_err(|e| invalid(e.to_string()))?;
-        config.check().map_err(|e| invalid(e.to_string()))?;
+        let mut config = NetConfig::parse_slice(&raw).map_err(|e| invalid(e.into()))?;
+        config.check().map_err(|e| invalid(e.into()))?;
         self.remember_config(&config);
         Ok(config)
     }
@@ -636,7 +623,7 @@ impl SubnetManager for EtcdManager {
         let mut config = config.clone();
         config.check().map_err(|e| SubnetError::InvalidConfig {
             location: self.registry.keys.config.clone(),
-            reason: e.to_string(),
+            source: e.into(),
         })?;
         self.remember_config(&config);
         for attempt in 1..=RACE_RETRIES {
@@ -648,10 +635,10 @@ impl SubnetManager for EtcdManager {
                 }
             }
         }
-        Err(SubnetError::Datastore {
-            operation: "acquiring a subnet lease".into(),
-            reason: "Max retries reached trying to acquire a subnet".into(),
-        })
+        Err(SubnetError::datastore(
+            "acquiring a subnet lease",
+            "Max retries reached trying to acquire a subnet",
+        ))
     }
 
     /// Moves our key to a fresh etcd lease of the manager's TTL and revokes the old one.
@@ -663,14 +650,12 @@ impl SubnetManager for EtcdManager {
         let etcd_key = self.registry.keys.subnet(&lease.key());
         let operation = || format!("renewing lease {etcd_key}");
         for _ in 0..3 {
-            let kv = self
-                .registry
-                .get(&etcd_key)
-                .await?
-                .ok_or_else(|| SubnetError::Datastore {
-                    operation: operation(),
-                    reason: "the key no longer exists (it expired or was deleted)".into(),
-                })?;
+            let kv = self.registry.get(&etcd_key).await?.ok_or_else(|| {
+                SubnetError::datastore(
+                    operation(),
+                    "the key no longer exists (it expired or was deleted)",
+                )
+            })?;
             let entry = match registry::parse_kv(&self.registry.keys, &kv) {
                 registry::Parsed::Entry(e) => e,
                 registry::Parsed::Bad(b) => {
@@ -710,10 +695,10 @@ impl SubnetManager for EtcdManager {
                 Attempt::Retry(why) => tracing::info!("{why}; trying again"),
             }
         }
-        Err(SubnetError::Datastore {
-            operation: operation(),
-            reason: "the key kept changing while it was being renewed".into(),
-        })
+        Err(SubnetError::datastore(
+            operation(),
+            "the key kept changing while it was being renewed",
+        ))
     }
 
     /// Nothing to do in etcd mode: renewal and the own-lease watch are driven by the daemon.
@@ -721,7 +706,8 @@ impl SubnetManager for EtcdManager {
         Ok(())
     }
 
-    /// Spawns the watch task on the current tokio runtime; see [`watch`] for its behaviour.
+    /// Spawns the watch task on the current tokio runtime (the private `etcd::watch` module,
+    /// summarised in the [module documentation](self)).
     fn watch_leases(&self, own: &Lease) -> mpsc::Receiver<WatchEvent> {
         watch::spawn(watch::Setup {
             etcd: self.etcd.clone(),

@@ -10,7 +10,9 @@ use std::future::Future;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use flannel_types::{Lease, LeaseAttrs, LeaseEvent, NetConfig};
+use flannel_types::{
+    CheckError, ConfigError, Lease, LeaseAttrs, LeaseEvent, NetConfig, NoStackError,
+};
 use ipnet::{Ipv4Net, Ipv6Net};
 use tokio::sync::mpsc;
 
@@ -49,12 +51,13 @@ pub enum SubnetError {
     #[error("flannel config not found in etcd store. Did you create your config using etcdv3 API?")]
     ConfigNotFound,
     /// The network config exists but is not valid JSON or fails validation.
-    #[error("invalid network config at {location}: {reason}")]
+    #[error("invalid network config at {location}: {source}")]
     InvalidConfig {
         /// Where the config came from (etcd key or file path).
         location: String,
-        /// The parse or validation error text.
-        reason: String,
+        /// Why it is invalid.
+        #[source]
+        source: ConfigProblem,
     },
     /// Every subnet between SubnetMin and SubnetMax is taken.
     #[error("out of subnets")]
@@ -63,16 +66,74 @@ pub enum SubnetError {
     #[error("{0}")]
     LeaseRejected(String),
     /// The datastore could not be reached or answered with an error.
-    #[error("{operation}: {reason}")]
+    #[error("{operation}: {source}")]
     Datastore {
         /// What we were doing (`getting /coreos.com/network/config`).
         operation: String,
-        /// The client's error text.
-        reason: String,
+        /// What went wrong.
+        #[source]
+        source: DatastoreCause,
     },
     /// The operation does not exist for this manager (kube mode never renews).
     #[error("{0} is not supported by this subnet manager")]
     Unsupported(&'static str),
+}
+
+impl SubnetError {
+    /// A [`SubnetError::Datastore`] for `operation`, caused by `source`.
+    pub fn datastore(operation: impl Into<String>, source: impl Into<DatastoreCause>) -> Self {
+        SubnetError::Datastore {
+            operation: operation.into(),
+            source: source.into(),
+        }
+    }
+}
+
+/// Why the network config was refused ([`SubnetError::InvalidConfig`]).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigProblem {
+    /// It does not parse as upstream's `subnet.Config`.
+    #[error(transparent)]
+    Parse(#[from] ConfigError),
+    /// It breaks a `CheckNetworkConfig` rule.
+    #[error(transparent)]
+    Check(#[from] CheckError),
+    /// It enables neither IPv4 nor IPv6.
+    #[error(transparent)]
+    NoStack(#[from] NoStackError),
+}
+
+/// What made a datastore operation fail ([`SubnetError::Datastore`]).
+///
+/// The client's own error where there is one, so callers can walk the chain; otherwise a
+/// message saying what the datastore's answer or silence meant.
+#[derive(Debug, thiserror::Error)]
+pub enum DatastoreCause {
+    /// The etcd client failed.
+    #[error(transparent)]
+    Etcd(#[from] etcd_client::Error),
+    /// The Kubernetes client failed.
+    #[cfg(feature = "kube")]
+    #[error(transparent)]
+    Kube(#[from] ::kube::Error),
+    /// A local file (TLS material) could not be read.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// No answer in time, or an answer that makes the operation impossible.
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl From<String> for DatastoreCause {
+    fn from(message: String) -> Self {
+        DatastoreCause::Failed(message)
+    }
+}
+
+impl From<&str> for DatastoreCause {
+    fn from(message: &str) -> Self {
+        DatastoreCause::Failed(message.to_string())
+    }
 }
 
 /// One datastore flanneld can take its lease from.

@@ -274,6 +274,11 @@ fn assert_expires_in(lease: &Lease, ttl: Duration) -> Result<()> {
 
 const CONFIG_16: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#;
 
+/// A config for 10.5.0.0/16 whose dynamic range starts at 10.5.1.0 and ends at `max`.
+fn config_up_to(max: &str) -> String {
+    format!(r#"{{"Network":"10.5.0.0/16","SubnetMin":"10.5.1.0","SubnetMax":"{max}"}}"#)
+}
+
 // ---- acquisition --------------------------------------------------------------------------
 
 #[test]
@@ -590,9 +595,13 @@ fn config_missing_invalid_and_waited_for() -> Result<()> {
 
         ctx.put_config("{not json")?;
         match m.network_config().await {
-            Err(SubnetError::InvalidConfig { location, reason }) => {
+            Err(SubnetError::InvalidConfig { location, source }) => {
                 assert_eq!(location, "/coreos.com/network/config");
-                ensure!(reason.contains("invalid JSON"), "{reason}");
+                ensure!(source.to_string().contains("invalid JSON"), "{source}");
+                ensure!(
+                    matches!(source, flannel_subnet::ConfigProblem::Parse(_)),
+                    "{source:?}"
+                );
             }
             other => bail!("expected InvalidConfig, got {other:?}"),
         }
@@ -663,9 +672,16 @@ fn prefix_and_credentials_are_honoured() -> Result<()> {
 
         cfg.password = Some("wrong".into());
         match EtcdManager::connect(cfg, PreviousSubnets::default()).await {
-            Err(SubnetError::Datastore { operation, reason }) => {
+            Err(SubnetError::Datastore { operation, source }) => {
                 ensure!(operation.starts_with("connecting to etcd"), "{operation}");
-                ensure!(reason.contains("authentication failed"), "{reason}");
+                ensure!(
+                    source.to_string().contains("authentication failed"),
+                    "{source}"
+                );
+                ensure!(
+                    matches!(source, flannel_subnet::DatastoreCause::Etcd(_)),
+                    "the etcd client's error is kept as the cause: {source:?}"
+                );
             }
             Err(e) => bail!("unexpected error {e}"),
             Ok(_) => bail!("a wrong password was accepted"),
@@ -872,8 +888,8 @@ fn own_lease_deletion_is_reported() -> Result<()> {
         }
         ensure!(t.elapsed() < WITHIN);
         match m.renew_lease(&own).await {
-            Err(SubnetError::Datastore { reason, .. }) => {
-                ensure!(reason.contains("no longer exists"), "{reason}")
+            Err(SubnetError::Datastore { source, .. }) => {
+                ensure!(source.to_string().contains("no longer exists"), "{source}")
             }
             other => bail!("renewing a deleted lease: {other:?}"),
         }
@@ -950,9 +966,7 @@ fn renewal_extends_the_ttl_and_expiry_revokes_the_lease() -> Result<()> {
 fn reservations_are_honoured() -> Result<()> {
     run_test("etcd-reserve", async |ctx: Ctx| {
         // Dynamic range: 10.5.1.0 and 10.5.2.0 only.
-        ctx.put_config(
-            r#"{"Network":"10.5.0.0/16","SubnetMin":"10.5.1.0","SubnetMax":"10.5.2.0"}"#,
-        )?;
+        ctx.put_config(&config_up_to("10.5.2.0"))?;
         let other = "/coreos.com/network/subnets/10.5.1.0-24";
         let other_value = r#"{"PublicIP":"198.18.0.9","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"0a:58:c6:12:00:09"}}"#;
         ctx.ctl(&["put", other, other_value])?;
@@ -1045,9 +1059,7 @@ fn reservations_are_honoured() -> Result<()> {
 
         // An operator may turn a running node's lease into a reservation: the next renewal
         // leaves it alone.
-        ctx.put_config(
-            r#"{"Network":"10.5.0.0/16","SubnetMin":"10.5.1.0","SubnetMax":"10.5.9.0"}"#,
-        )?;
+        ctx.put_config(&config_up_to("10.5.9.0"))?;
         let config = m.network_config().await?;
         let d = ctx.manager(PreviousSubnets::default()).await?;
         let dl = d.acquire_lease(&config, &vxlan("198.18.0.5")).await?;
@@ -1063,9 +1075,7 @@ fn reservations_are_honoured() -> Result<()> {
 #[test]
 fn malformed_and_foreign_keys_are_skipped() -> Result<()> {
     run_test("etcd-garbage", async |ctx: Ctx| {
-        ctx.put_config(
-            r#"{"Network":"10.5.0.0/16","SubnetMin":"10.5.1.0","SubnetMax":"10.5.6.0"}"#,
-        )?;
+        ctx.put_config(&config_up_to("10.5.6.0"))?;
         let s = |k: &str| format!("{PREFIX}/subnets/{k}");
         ctx.ctl(&["put", &s("garbage"), "x"])?;
         ctx.ctl(&["put", &s("10.5.1.0-24"), "not json"])?;

@@ -11,6 +11,8 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use flannel_kube_emu::{EmuConfig, Emulator, PatchType, Server, Subresource};
+use flannel_netlink::Netlink;
+use flannel_netlink::netns::{NetnsError, NetnsTarget, run_in_netns};
 use flannel_subnet::kube::{KubeError, KubeManager, KubeOptions};
 use flannel_subnet::{SubnetError, SubnetManager, WatchEvent};
 use flannel_types::{
@@ -21,35 +23,37 @@ use tokio::sync::mpsc;
 
 const NET_CONF: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#;
 
-/// Runs an async test body on a current-thread runtime inside a fresh network namespace, so
-/// the emulator listens on that namespace's loopback and never on the host's.
-fn in_netns<F, Fut>(role: &str, body: F)
-where
-    F: FnOnce() -> Fut + Send,
-    Fut: std::future::Future<Output = ()>,
-{
-    flannel_lab::in_fresh_netns(role, || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("tokio runtime")
-            .block_on(body())
-    })
-    .expect("test namespace");
-}
-
 struct Env {
     emu: Emulator,
     server: Server,
     dir: tempfile::TempDir,
 }
 
+/// Brings `lo` up in the test's fresh namespace (it starts down, and loopback connections
+/// fail until it is up).
+async fn loopback_up() {
+    let nl = Netlink::new().expect("netlink");
+    let lo = nl.link_by_name("lo").await.unwrap().expect("lo exists");
+    nl.set_link_up(lo.index).await.unwrap();
+}
+
+/// Starts the emulator on loopback. Tests run in a fresh network namespace of their own
+/// (`run_in_netns(NetnsTarget::Fresh, ..)`), so this brings its `lo` up first and the emulator
+/// never listens on the host's loopback.
 async fn env(config: EmuConfig) -> Env {
+    loopback_up().await;
     let emu = Emulator::new(config);
     let server = emu.start("127.0.0.1:0".parse().unwrap()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("net-conf.json"), NET_CONF).unwrap();
     Env { emu, server, dir }
+}
+
+/// [`env`] with node `n1` (podCIDR 10.244.0.0/24) already registered.
+async fn env_with_n1() -> Env {
+    let e = env(EmuConfig::default()).await;
+    e.emu.add_node("n1", &["10.244.0.0/24"], json!({})).unwrap();
+    e
 }
 
 impl Env {
@@ -102,10 +106,9 @@ fn config() -> NetConfig {
 }
 
 #[test]
-fn acquire_writes_upstream_annotations_once_and_completes() {
-    in_netns("kube", || async {
-        let e = env(EmuConfig::default()).await;
-        e.emu.add_node("n1", &["10.244.0.0/24"], json!({})).unwrap();
+fn acquire_writes_upstream_annotations_once_and_completes() -> Result<(), NetnsError> {
+    run_in_netns(NetnsTarget::Fresh, || async {
+        let e = env_with_n1().await;
         let m = e.manager().await;
         assert_eq!(m.name(), "Kubernetes Subnet Manager - n1");
         assert_eq!(m.stored_attrs(None).await.unwrap(), None);
@@ -155,14 +158,13 @@ fn acquire_writes_upstream_annotations_once_and_completes() {
             m.renew_lease(&lease).await,
             Err(SubnetError::Unsupported(_))
         ));
-    });
+    })
 }
 
 #[test]
-fn network_unavailable_can_be_left_alone() {
-    in_netns("kube", || async {
-        let e = env(EmuConfig::default()).await;
-        e.emu.add_node("n1", &["10.244.0.0/24"], json!({})).unwrap();
+fn network_unavailable_can_be_left_alone() -> Result<(), NetnsError> {
+    run_in_netns(NetnsTarget::Fresh, || async {
+        let e = env_with_n1().await;
         let mut opts = e.opts();
         opts.set_node_network_unavailable = false;
         let m = KubeManager::connect(opts).await.unwrap();
@@ -173,12 +175,12 @@ fn network_unavailable_can_be_left_alone() {
         let rv = e.emu.resource_version();
         m.complete_lease(&lease).await.unwrap();
         assert_eq!(e.emu.resource_version(), rv);
-    });
+    })
 }
 
 #[test]
-fn overwrite_and_node_public_ip_annotations() {
-    in_netns("kube", || async {
+fn overwrite_and_node_public_ip_annotations() -> Result<(), NetnsError> {
+    run_in_netns(NetnsTarget::Fresh, || async {
         let e = env(EmuConfig::default()).await;
         let k = keys();
         e.emu
@@ -198,20 +200,24 @@ fn overwrite_and_node_public_ip_annotations() {
             .unwrap();
         let node = e.emu.node("n1").unwrap();
         assert_eq!(node["metadata"]["annotations"][&k.public_ip], "203.0.113.7");
-    });
+    })
 }
 
 #[test]
-fn acquire_errors_read_as_upstream() {
-    in_netns("kube", || async {
+fn acquire_errors_read_as_upstream() -> Result<(), NetnsError> {
+    run_in_netns(NetnsTarget::Fresh, || async {
         let e = env(EmuConfig::default()).await;
         let m = e.manager().await;
         let attrs = vxlan_attrs("198.18.0.1", "aa:bb:cc:00:00:01");
         // No Node object yet: a datastore error (the daemon retries).
         match m.acquire_lease(&config(), &attrs).await {
-            Err(SubnetError::Datastore { operation, reason }) => {
+            Err(SubnetError::Datastore { operation, source }) => {
                 assert!(operation.contains("n1"), "{operation}");
-                assert!(reason.contains("not found"), "{reason}");
+                assert!(source.to_string().contains("not found"), "{source}");
+                assert!(
+                    matches!(source, flannel_subnet::DatastoreCause::Kube(_)),
+                    "the kube client's error is kept as the cause: {source:?}"
+                );
             }
             other => panic!("expected a datastore error, got {other:?}"),
         }
@@ -225,6 +231,10 @@ fn acquire_errors_read_as_upstream() {
             json!({})
         );
 
+        let refusal = async || {
+            let e = m.acquire_lease(&config(), &attrs).await.unwrap_err();
+            e.to_string()
+        };
         e.emu
             .patch_node(
                 "n1",
@@ -234,28 +244,22 @@ fn acquire_errors_read_as_upstream() {
             )
             .unwrap();
         assert_eq!(
-            m.acquire_lease(&config(), &attrs)
-                .await
-                .unwrap_err()
-                .to_string(),
+            refusal().await,
             r#"subnet "10.244.0.0/16" specified in the flannel net config doesn't contain "10.96.0.0/24" PodCIDR of the "n1" node"#
         );
         e.emu
             .force_pod_cidrs("n1", &["10.244.0.0/24", "fd00::/64", "10.244.9.0/24"])
             .unwrap();
         assert_eq!(
-            m.acquire_lease(&config(), &attrs)
-                .await
-                .unwrap_err()
-                .to_string(),
+            refusal().await,
             r#"node "n1" pod cidrs should be IPv4/IPv6 only or dualstack"#
         );
-    });
+    })
 }
 
 #[test]
-fn start_up_errors_read_as_upstream() {
-    in_netns("kube", || async {
+fn start_up_errors_read_as_upstream() -> Result<(), NetnsError> {
+    run_in_netns(NetnsTarget::Fresh, || async {
         let e = env(EmuConfig::default()).await;
         let mut o = e.opts();
         o.node_name = None;
@@ -299,7 +303,7 @@ fn start_up_errors_read_as_upstream() {
         let mut bad = e.opts();
         bad.net_config_path = e.dir.path().join("missing.json");
         let err = KubeManager::connect(bad).await.unwrap_err();
-        assert!(matches!(err, KubeError::ReadNetConf(_)));
+        assert!(matches!(err, KubeError::ReadNetConf { .. }));
         assert!(
             err.to_string().starts_with("failed to read net conf: "),
             "{err}"
@@ -340,14 +344,13 @@ fn start_up_errors_read_as_upstream() {
                 .to_string()
                 .starts_with("fail to create kubernetes config: ")
         );
-    });
+    })
 }
 
 #[test]
-fn kubeconfig_file_is_honoured_and_api_url_overrides_it() {
-    in_netns("kube", || async {
-        let e = env(EmuConfig::default()).await;
-        e.emu.add_node("n1", &["10.244.0.0/24"], json!({})).unwrap();
+fn kubeconfig_file_is_honoured_and_api_url_overrides_it() -> Result<(), NetnsError> {
+    run_in_netns(NetnsTarget::Fresh, || async {
+        let e = env_with_n1().await;
         let kc = e.dir.path().join("kubeconfig");
         let write = |server: &str| {
             std::fs::write(
@@ -372,52 +375,59 @@ fn kubeconfig_file_is_honoured_and_api_url_overrides_it() {
         o.api_url = e.server.url();
         let m = KubeManager::connect(o).await.unwrap();
         assert!(m.stored_attrs(None).await.unwrap().is_some());
-    });
+    })
 }
 
 // ---- the node watch ----------------------------------------------------------------------
 
-/// Receives events until the LeaseSet equals `want`, or fails after a deadline. Returns the
-/// changes the LeaseSet reported on the way.
-async fn converge(
-    rx: &mut mpsc::Receiver<WatchEvent>,
-    set: &mut LeaseSet,
-    want: &BTreeMap<SubnetKey, Lease>,
-    what: &str,
-) -> Vec<LeaseEvent> {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let mut changes = Vec::new();
-    loop {
-        let have: BTreeMap<SubnetKey, Lease> = set.leases().map(|l| (l.key(), l.clone())).collect();
-        if &have == want {
-            return changes;
-        }
-        let left = deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(left, rx.recv()).await {
-            Ok(Some(WatchEvent::Leases(ev))) => changes.extend(set.apply(ev)),
-            Ok(Some(other)) => panic!("{what}: unexpected {other:?}"),
-            Ok(None) => panic!("{what}: the watch ended"),
-            Err(_) => panic!(
-                "{what}: did not converge\n have: {:?}\n want: {:?}",
-                have.keys().collect::<Vec<_>>(),
-                want.keys().collect::<Vec<_>>()
-            ),
-        }
-    }
+/// The daemon's side of a lease watch: the receiver and the [`LeaseSet`] it feeds.
+struct Peers {
+    rx: mpsc::Receiver<WatchEvent>,
+    set: LeaseSet,
 }
 
-/// Drains events for a short while and returns the changes they caused.
-async fn quiet(
-    rx: &mut mpsc::Receiver<WatchEvent>,
-    set: &mut LeaseSet,
-    d: Duration,
-) -> Vec<LeaseEvent> {
-    let mut changes = Vec::new();
-    let end = tokio::time::Instant::now() + d;
-    while let Ok(Some(WatchEvent::Leases(ev))) = tokio::time::timeout_at(end, rx.recv()).await {
-        changes.extend(set.apply(ev));
+impl Peers {
+    /// Receives events until the LeaseSet equals `want`, or fails after a deadline. Returns
+    /// the changes the LeaseSet reported on the way.
+    async fn converge(&mut self, want: &BTreeMap<SubnetKey, Lease>, what: &str) -> Vec<LeaseEvent> {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let mut changes = Vec::new();
+        loop {
+            let have: BTreeMap<SubnetKey, Lease> =
+                self.set.leases().map(|l| (l.key(), l.clone())).collect();
+            if &have == want {
+                return changes;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, self.rx.recv()).await {
+                Ok(Some(WatchEvent::Leases(ev))) => changes.extend(self.set.apply(ev)),
+                Ok(Some(other)) => panic!("{what}: unexpected {other:?}"),
+                Ok(None) => panic!("{what}: the watch ended"),
+                Err(_) => panic!(
+                    "{what}: did not converge\n have: {:?}\n want: {:?}",
+                    have.keys().collect::<Vec<_>>(),
+                    want.keys().collect::<Vec<_>>()
+                ),
+            }
+        }
     }
-    changes
+
+    /// [`Peers::converge`] to the peers `emu`'s nodes describe for node `n1`.
+    async fn converge_to(&mut self, emu: &Emulator, what: &str) -> Vec<LeaseEvent> {
+        self.converge(&truth(emu, "n1"), what).await
+    }
+
+    /// Drains events for a short while and returns the changes they caused.
+    async fn quiet(&mut self, d: Duration) -> Vec<LeaseEvent> {
+        let mut changes = Vec::new();
+        let end = tokio::time::Instant::now() + d;
+        while let Ok(Some(WatchEvent::Leases(ev))) =
+            tokio::time::timeout_at(end, self.rx.recv()).await
+        {
+            changes.extend(self.set.apply(ev));
+        }
+        changes
+    }
 }
 
 /// Waits until the client has a watch open (it may still be in its backoff after an error).
@@ -479,8 +489,8 @@ fn mac(i: u32) -> String {
 }
 
 #[test]
-fn watch_survives_drops_and_410_without_losing_or_duplicating_peers() {
-    in_netns("kube", || async {
+fn watch_survives_drops_and_410_without_losing_or_duplicating_peers() -> Result<(), NetnsError> {
+    run_in_netns(NetnsTarget::Fresh, || async {
         // A history of 3 changes: resuming after a few writes needs a re-list.
         let e = env(EmuConfig {
             history: 3,
@@ -516,18 +526,20 @@ fn watch_survives_drops_and_410_without_losing_or_duplicating_peers() {
             .acquire_lease(&config(), &vxlan_attrs("198.18.0.1", &mac(1)))
             .await
             .unwrap();
-        let mut rx = m.watch_leases(&own);
-        let mut set = LeaseSet::new(Some(own.clone()));
-        let first = rx.recv().await.unwrap();
+        let mut peers = Peers {
+            rx: m.watch_leases(&own),
+            set: LeaseSet::new(Some(own.clone())),
+        };
+        let first = peers.rx.recv().await.unwrap();
         assert!(
             matches!(&first, WatchEvent::Leases(LeaseEvent::Snapshot(l)) if l.len() == 5),
             "the first event is a snapshot of all 5 flannel nodes (own included): {first:?}"
         );
         if let WatchEvent::Leases(ev) = first {
-            set.apply(ev);
+            peers.set.apply(ev);
         }
-        converge(&mut rx, &mut set, &truth(&e.emu, "n1"), "initial list").await;
-        assert_eq!(set.len(), 4);
+        peers.converge_to(&e.emu, "initial list").await;
+        assert_eq!(peers.set.len(), 4);
 
         let mut next_node = 6u32;
         for round in 0..4 {
@@ -541,7 +553,7 @@ fn watch_survives_drops_and_410_without_losing_or_duplicating_peers() {
                 )
                 .unwrap();
             next_node += 1;
-            converge(&mut rx, &mut set, &truth(&e.emu, "n1"), "node added").await;
+            peers.converge_to(&e.emu, "node added").await;
             e.emu
                 .patch_node(
                     "n2",
@@ -550,13 +562,7 @@ fn watch_survives_drops_and_410_without_losing_or_duplicating_peers() {
                     Subresource::Status,
                 )
                 .unwrap();
-            converge(
-                &mut rx,
-                &mut set,
-                &truth(&e.emu, "n1"),
-                "backend data changed",
-            )
-            .await;
+            peers.converge_to(&e.emu, "backend data changed").await;
 
             // A dropped connection, with changes made while the client is away: more than the
             // history holds on even rounds, so those resume attempts get 410 and re-list.
@@ -577,13 +583,7 @@ fn watch_survives_drops_and_410_without_losing_or_duplicating_peers() {
                         .unwrap();
                 }
             }
-            converge(
-                &mut rx,
-                &mut set,
-                &truth(&e.emu, "n1"),
-                "after a watch drop",
-            )
-            .await;
+            peers.converge_to(&e.emu, "after a watch drop").await;
             assert!(
                 e.emu.stats().watches > before.watches,
                 "the client re-watched"
@@ -594,19 +594,19 @@ fn watch_survives_drops_and_410_without_losing_or_duplicating_peers() {
             watch_open(&e.emu).await;
             let before = e.emu.stats();
             e.emu.expire_watches();
-            let changes = quiet(&mut rx, &mut set, Duration::from_secs(3)).await;
+            let changes = peers.quiet(Duration::from_secs(3)).await;
             assert!(e.emu.stats().expired > before.expired, "410 was sent");
             assert!(e.emu.stats().lists > before.lists, "the client re-listed");
             assert!(
                 changes.is_empty(),
                 "re-list without changes caused {changes:?}"
             );
-            converge(&mut rx, &mut set, &truth(&e.emu, "n1"), "after 410").await;
+            peers.converge_to(&e.emu, "after 410").await;
         }
 
         // A podCIDR change (re-registration) replaces the peer's subnet; no stale lease remains.
         e.emu.force_pod_cidrs("n3", &["10.244.77.0/24"]).unwrap();
-        let changes = converge(&mut rx, &mut set, &truth(&e.emu, "n1"), "podCIDR changed").await;
+        let changes = peers.converge_to(&e.emu, "podCIDR changed").await;
         assert!(changes.iter().any(
             |c| matches!(c, LeaseEvent::Removed(l) if l.subnet.unwrap().to_string() == "10.244.2.0/24")
         ));
@@ -632,7 +632,7 @@ fn watch_survives_drops_and_410_without_losing_or_duplicating_peers() {
             !t.values()
                 .any(|l| l.attrs.public_ip.to_string() == "198.18.0.4")
         );
-        converge(&mut rx, &mut set, &t, "unmanaged and malformed nodes").await;
+        peers.converge(&t, "unmanaged and malformed nodes").await;
         // A node that gets its podCIDR late joins.
         e.emu
             .patch_node(
@@ -642,25 +642,27 @@ fn watch_survives_drops_and_410_without_losing_or_duplicating_peers() {
                 Subresource::Main,
             )
             .unwrap();
-        converge(&mut rx, &mut set, &truth(&e.emu, "n1"), "late podCIDR").await;
+        peers.converge_to(&e.emu, "late podCIDR").await;
         assert!(
-            set.leases()
+            peers
+                .set
+                .leases()
                 .any(|l| l.attrs.public_ip.to_string() == "198.18.0.60")
         );
 
         // Dropping the receiver ends the watch task and its connection.
-        drop(rx);
+        drop(peers);
         let deadline = Instant::now() + Duration::from_secs(5);
         while e.emu.watcher_count() > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         assert_eq!(e.emu.watcher_count(), 0);
-    });
+    })
 }
 
 #[test]
-fn dual_stack_peers_and_v4_only_changes() {
-    in_netns("kube", || async {
+fn dual_stack_peers_and_v4_only_changes() -> Result<(), NetnsError> {
+    run_in_netns(NetnsTarget::Fresh, || async {
         let e = env(EmuConfig::default()).await;
         std::fs::write(
             e.dir.path().join("net-conf.json"),
@@ -700,17 +702,19 @@ fn dual_stack_peers_and_v4_only_changes() {
             Some(RawJson::parse(&format!(r#"{{"VNI":1,"VtepMAC":"{}"}}"#, mac(101))).unwrap());
         let own = m.acquire_lease(&cfg, &attrs).await.unwrap();
         assert_eq!(own.ipv6_subnet.unwrap().to_string(), "fd00:10:244::/64");
-        let mut rx = m.watch_leases(&own);
-        let mut set = LeaseSet::new(Some(own));
+        let mut peers = Peers {
+            rx: m.watch_leases(&own),
+            set: LeaseSet::new(Some(own)),
+        };
         let deadline = Instant::now() + Duration::from_secs(10);
-        while set.is_empty() && Instant::now() < deadline {
+        while peers.set.is_empty() && Instant::now() < deadline {
             if let Ok(Some(WatchEvent::Leases(ev))) =
-                tokio::time::timeout(Duration::from_secs(5), rx.recv()).await
+                tokio::time::timeout(Duration::from_secs(5), peers.rx.recv()).await
             {
-                set.apply(ev);
+                peers.set.apply(ev);
             }
         }
-        let peer = set.leases().next().unwrap().clone();
+        let peer = peers.set.leases().next().unwrap().clone();
         assert_eq!(peer.ipv6_subnet.unwrap().to_string(), "fd00:10:244:1::/64");
         assert_eq!(
             peer.attrs.public_ipv6,
@@ -726,7 +730,7 @@ fn dual_stack_peers_and_v4_only_changes() {
                 Subresource::Status,
             )
             .unwrap();
-        let changes = quiet(&mut rx, &mut set, Duration::from_secs(2)).await;
+        let changes = peers.quiet(Duration::from_secs(2)).await;
         assert_eq!(changes.len(), 1, "{changes:?}");
         let LeaseEvent::Added(l) = &changes[0] else {
             panic!("{changes:?}")
@@ -739,5 +743,5 @@ fn dual_stack_peers_and_v4_only_changes() {
                 .as_str()
                 .contains(&mac(222))
         );
-    });
+    })
 }

@@ -8,6 +8,8 @@ use std::sync::LazyLock;
 
 use regex::Regex;
 
+use crate::family::IpFamily;
+
 /// Upstream's default `--kube-annotation-prefix`.
 pub const DEFAULT_PREFIX: &str = "flannel.alpha.coreos.com";
 
@@ -105,6 +107,38 @@ impl AnnotationKeys {
     pub fn prefix(&self) -> &str {
         &self.prefix
     }
+
+    /// The keys that exist once per address family, for code written once for both.
+    pub fn family(&self, family: IpFamily) -> FamilyAnnotationKeys<'_> {
+        family.pick(
+            FamilyAnnotationKeys {
+                public_ip: &self.public_ip,
+                backend_data: &self.backend_data,
+                public_ip_overwrite: &self.public_ip_overwrite,
+                node_public_ip: &self.node_public_ip,
+            },
+            FamilyAnnotationKeys {
+                public_ip: &self.public_ipv6,
+                backend_data: &self.backend_v6_data,
+                public_ip_overwrite: &self.public_ipv6_overwrite,
+                node_public_ip: &self.node_public_ipv6,
+            },
+        )
+    }
+}
+
+/// One address family's annotation keys (`public-ip`, `backend-data`, ... or their `v6`
+/// twins), see [`AnnotationKeys::family`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FamilyAnnotationKeys<'a> {
+    /// `public-ip` / `public-ipv6`.
+    pub public_ip: &'a str,
+    /// `backend-data` / `backend-v6-data`.
+    pub backend_data: &'a str,
+    /// `public-ip-overwrite` / `public-ipv6-overwrite`.
+    pub public_ip_overwrite: &'a str,
+    /// `node-public-ip` / `node-public-ipv6`.
+    pub node_public_ip: &'a str,
 }
 
 impl Default for AnnotationKeys {

@@ -5,11 +5,12 @@
 //! [`crate::gojson`]), and [`NetConfig::check`] applies upstream's `CheckNetworkConfig` with its
 //! exact error texts, because operators and scripts match on them.
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use ipnet::{Ipv4Net, Ipv6Net};
 
-use crate::family::{IpStack, NoStackError};
+use crate::family::{IpFamily, IpStack, NoStackError};
+use crate::family_net::FamilyNet;
 use crate::goip::{self, GoIp6};
 use crate::gojson::{GoJsonError, GoObject, RawJson};
 
@@ -189,8 +190,13 @@ impl NetConfig {
         if let Some(v) = obj.bool("EnableNFTables")? {
             cfg.enable_nftables = v;
         }
-        cfg.network = parse_network(&obj)?;
-        cfg.ipv6_network = parse_ipv6_network(&obj)?;
+        cfg.network = parse_network(&obj, "Network", |key, got| ConfigError::InvalidNetwork {
+            key,
+            got,
+        })?;
+        cfg.ipv6_network = parse_network(&obj, "IPv6Network", |key, got| {
+            ConfigError::InvalidIpv6Network { key, got }
+        })?;
         if let Some(v) = obj.uint("SubnetLen")? {
             cfg.subnet_len = saturate_u8(v);
         }
@@ -243,174 +249,192 @@ impl NetConfig {
     /// Kubernetes mode does not call this upstream (subnets come from the node's podCIDR), and
     /// neither should flannel-rs, or configs that work upstream would be rejected.
     pub fn check(&mut self) -> Result<(), CheckError> {
-        if self.enable_ipv4 {
-            self.check_ipv4()?;
-        }
-        if self.enable_ipv6 {
-            self.check_ipv6()?;
-        }
-        Ok(())
+        self.check_family::<Ipv4Net>()?;
+        self.check_family::<Ipv6Net>()
     }
 
-    fn check_ipv4(&mut self) -> Result<(), CheckError> {
+    /// [`NetConfig::check`] for one family, when it is enabled.
+    fn check_family<N: FamilyNet>(&mut self) -> Result<(), CheckError> {
+        let mut family = self.family::<N>();
+        if !family.enabled {
+            return Ok(());
+        }
+        let checked = family.check();
+        // Stored even on failure: upstream fills fields in as it goes.
+        self.store_family(&family);
+        checked.map_err(|v| CheckError::of(N::FAMILY, v))
+    }
+
+    /// One family's share of the config (`Network`, `SubnetLen`, ... or their `IPv6` twins),
+    /// for code that applies the same rule to each family.
+    pub fn family<N: FamilyNet>(&self) -> FamilyConfig<N> {
+        FamilyConfig {
+            enabled: N::FAMILY.pick(self.enable_ipv4, self.enable_ipv6),
+            network: N::select(self.network, self.ipv6_network),
+            subnet_len: N::FAMILY.pick(self.subnet_len, self.ipv6_subnet_len),
+            subnet_min: N::select_addr(self.subnet_min, self.ipv6_subnet_min),
+            subnet_max: N::select_addr(self.subnet_max, self.ipv6_subnet_max),
+        }
+    }
+
+    /// Writes back what [`FamilyConfig::check`] computes: the subnet length and range.
+    fn store_family<N: FamilyNet>(&mut self, family: &FamilyConfig<N>) {
+        *N::FAMILY.pick(&mut self.subnet_len, &mut self.ipv6_subnet_len) = family.subnet_len;
+        *N::select_addr_mut(&mut self.subnet_min, &mut self.ipv6_subnet_min) = family.subnet_min;
+        *N::select_addr_mut(&mut self.subnet_max, &mut self.ipv6_subnet_max) = family.subnet_max;
+    }
+}
+
+/// One address family's settings in [`NetConfig`]: `EnableIPv4`, `Network`, `SubnetLen`,
+/// `SubnetMin`, `SubnetMax` for [`Ipv4Net`], the `IPv6` keys for [`Ipv6Net`].
+///
+/// Upstream states every rule on these twice, once per family; flannel-rs states it once on
+/// this view (see [`NetConfig::family`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FamilyConfig<N: FamilyNet> {
+    /// Whether the family is enabled.
+    pub enabled: bool,
+    /// The cluster network of the family.
+    pub network: Option<N>,
+    /// Prefix length of each node's subnet; 0 means "compute".
+    pub subnet_len: u8,
+    /// Lowest subnet the etcd allocator may hand out.
+    pub subnet_min: Option<N::Addr>,
+    /// Highest subnet the etcd allocator may hand out.
+    pub subnet_max: Option<N::Addr>,
+}
+
+/// A broken `CheckNetworkConfig` rule, before it is named for its family (see
+/// [`CheckError::of`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Violation {
+    Missing,
+    SubnetLenTooLong,
+    TooFewSubnets,
+    NetworkTooSmall,
+    MinOutOfRange,
+    MaxOutOfRange,
+    MinUnaligned(IpAddr),
+    MaxUnaligned(IpAddr),
+}
+
+impl CheckError {
+    /// The error upstream reports for `violation` in `family`'s keys.
+    fn of(family: IpFamily, violation: Violation) -> CheckError {
+        use CheckError as E;
+        use Violation as V;
+        match (family, violation) {
+            (IpFamily::V4, V::Missing) => E::MissingNetwork,
+            (IpFamily::V4, V::SubnetLenTooLong) => E::SubnetLenTooLong,
+            (IpFamily::V4, V::TooFewSubnets) => E::TooFewSubnets,
+            (IpFamily::V4, V::NetworkTooSmall) => E::NetworkTooSmall,
+            (IpFamily::V4, V::MinOutOfRange) => E::SubnetMinOutOfRange,
+            (IpFamily::V4, V::MaxOutOfRange) => E::SubnetMaxOutOfRange,
+            (IpFamily::V6, V::Missing) => E::MissingIpv6Network,
+            (IpFamily::V6, V::SubnetLenTooLong) => E::Ipv6SubnetLenTooLong,
+            (IpFamily::V6, V::TooFewSubnets) => E::Ipv6TooFewSubnets,
+            (IpFamily::V6, V::NetworkTooSmall) => E::Ipv6NetworkTooSmall,
+            (IpFamily::V6, V::MinOutOfRange) => E::Ipv6SubnetMinOutOfRange,
+            (IpFamily::V6, V::MaxOutOfRange) => E::Ipv6SubnetMaxOutOfRange,
+            (_, V::MinUnaligned(IpAddr::V4(a))) => E::SubnetMinUnaligned(a),
+            (_, V::MaxUnaligned(IpAddr::V4(a))) => E::SubnetMaxUnaligned(a),
+            (_, V::MinUnaligned(IpAddr::V6(a))) => E::Ipv6SubnetMinUnaligned(GoIp6(a)),
+            (_, V::MaxUnaligned(IpAddr::V6(a))) => E::Ipv6SubnetMaxUnaligned(GoIp6(a)),
+        }
+    }
+}
+
+/// The subnet length upstream picks for a large network: /24 for IPv4, /64 for IPv6.
+fn default_subnet_len(family: IpFamily) -> u8 {
+    family.pick(24, 64)
+}
+
+impl<N: FamilyNet> FamilyConfig<N> {
+    /// Upstream's `CheckNetworkConfig` rules for one family, in upstream's order; fills in the
+    /// subnet length and range when they are unset.
+    fn check(&mut self) -> Result<(), Violation> {
         let network = match self.network {
-            Some(n) if !(n.addr().is_unspecified() && n.prefix_len() == 0) => n,
-            _ => return Err(CheckError::MissingNetwork),
+            Some(n) if !n.is_go_zero() => n,
+            _ => return Err(Violation::Missing),
         };
+        let width = N::width();
         let prefix = network.prefix_len();
+        let default_len = default_subnet_len(N::FAMILY);
         if self.subnet_len > 0 {
             // Each host needs room for at least a tunnel and a bridge address.
-            if self.subnet_len > 30 {
-                return Err(CheckError::SubnetLenTooLong);
+            if u32::from(self.subnet_len) > width - 2 {
+                return Err(Violation::SubnetLenTooLong);
             }
             // The first subnet is never handed out, so at least four are needed.
             if u16::from(self.subnet_len) < u16::from(prefix) + 2 {
-                return Err(CheckError::TooFewSubnets);
+                return Err(Violation::TooFewSubnets);
             }
-        } else if prefix > 28 {
-            return Err(CheckError::NetworkTooSmall);
-        } else if prefix <= 22 {
-            self.subnet_len = 24;
+        } else if u32::from(prefix) > width - 4 {
+            return Err(Violation::NetworkTooSmall);
+        } else if prefix <= default_len - 2 {
+            self.subnet_len = default_len;
         } else {
             self.subnet_len = prefix + 2;
         }
 
-        let net_ip = u32::from(network.addr());
-        let net_mask = goip::mask4(prefix);
-        let contains = |ip: Ipv4Addr| (net_ip & net_mask) == (u32::from(ip) & net_mask);
-        let subnet_size = goip::shl32(1, 32 - u32::from(self.subnet_len));
+        let net_ip = N::addr_bits(network.addr());
+        let net_mask = N::mask_bits(prefix);
+        let contains = |ip: N::Addr| (net_ip & net_mask) == (N::addr_bits(ip) & net_mask);
+        let subnet_size = N::one_shl(width - u32::from(self.subnet_len));
 
-        let min = match self.subnet_min.filter(|a| !a.is_unspecified()) {
+        let min = match self.subnet_min.filter(|a| *a != N::UNSPECIFIED) {
             // Skip the first subnet: its address would clash with the network address.
-            None => Ipv4Addr::from(net_ip.wrapping_add(subnet_size)),
-            Some(a) if !contains(a) => return Err(CheckError::SubnetMinOutOfRange),
+            None => N::addr_from_bits(N::wrapping_add(net_ip, subnet_size)),
+            Some(a) if !contains(a) => return Err(Violation::MinOutOfRange),
             Some(a) => a,
         };
         self.subnet_min = Some(min);
 
-        let max = match self.subnet_max.filter(|a| !a.is_unspecified()) {
+        let max = match self.subnet_max.filter(|a| *a != N::UNSPECIFIED) {
             None => {
-                let next = net_ip.wrapping_add(goip::shl32(1, 32 - u32::from(prefix)));
-                Ipv4Addr::from(next.wrapping_sub(subnet_size))
+                // Go computes the IPv6 case with big.Int; modulo 2^128 gives the same address.
+                let next = N::wrapping_add(net_ip, N::one_shl(width - u32::from(prefix)));
+                N::addr_from_bits(N::wrapping_sub(next, subnet_size))
             }
-            Some(a) if !contains(a) => return Err(CheckError::SubnetMaxOutOfRange),
+            Some(a) if !contains(a) => return Err(Violation::MaxOutOfRange),
             Some(a) => a,
         };
         self.subnet_max = Some(max);
 
-        let mask = goip::mask4(self.subnet_len);
-        if u32::from(min) & mask != u32::from(min) {
-            return Err(CheckError::SubnetMinUnaligned(min));
+        let mask = N::mask_bits(self.subnet_len);
+        if N::addr_bits(min) & mask != N::addr_bits(min) {
+            return Err(Violation::MinUnaligned(min.into()));
         }
-        if u32::from(max) & mask != u32::from(max) {
-            return Err(CheckError::SubnetMaxUnaligned(max));
-        }
-        Ok(())
-    }
-
-    fn check_ipv6(&mut self) -> Result<(), CheckError> {
-        let network = match self.ipv6_network {
-            Some(n) if !(n.addr().is_unspecified() && n.prefix_len() == 0) => n,
-            _ => return Err(CheckError::MissingIpv6Network),
-        };
-        let prefix = network.prefix_len();
-        if self.ipv6_subnet_len > 0 {
-            if self.ipv6_subnet_len > 126 {
-                return Err(CheckError::Ipv6SubnetLenTooLong);
-            }
-            if u16::from(self.ipv6_subnet_len) < u16::from(prefix) + 2 {
-                return Err(CheckError::Ipv6TooFewSubnets);
-            }
-        } else if prefix > 124 {
-            return Err(CheckError::Ipv6NetworkTooSmall);
-        } else if prefix <= 62 {
-            self.ipv6_subnet_len = 64;
-        } else {
-            self.ipv6_subnet_len = prefix + 2;
-        }
-
-        let net_ip = u128::from(network.addr());
-        let net_mask = goip::mask6(prefix);
-        let contains = |ip: Ipv6Addr| (net_ip & net_mask) == (u128::from(ip) & net_mask);
-        let subnet_size = goip::shl128(1, 128 - u32::from(self.ipv6_subnet_len));
-
-        let min = match self.ipv6_subnet_min.filter(|a| !a.is_unspecified()) {
-            None => Ipv6Addr::from(net_ip.wrapping_add(subnet_size)),
-            Some(a) if !contains(a) => return Err(CheckError::Ipv6SubnetMinOutOfRange),
-            Some(a) => a,
-        };
-        self.ipv6_subnet_min = Some(min);
-
-        let max = match self.ipv6_subnet_max.filter(|a| !a.is_unspecified()) {
-            None => {
-                // Go computes this with big.Int; modulo 2^128 gives the same address.
-                let next = net_ip.wrapping_add(goip::shl128(1, 128 - u32::from(prefix)));
-                Ipv6Addr::from(next.wrapping_sub(subnet_size))
-            }
-            Some(a) if !contains(a) => return Err(CheckError::Ipv6SubnetMaxOutOfRange),
-            Some(a) => a,
-        };
-        self.ipv6_subnet_max = Some(max);
-
-        let mask = goip::mask6(self.ipv6_subnet_len);
-        if u128::from(min) & mask != u128::from(min) {
-            return Err(CheckError::Ipv6SubnetMinUnaligned(GoIp6(min)));
-        }
-        if u128::from(max) & mask != u128::from(max) {
-            return Err(CheckError::Ipv6SubnetMaxUnaligned(GoIp6(max)));
+        if N::addr_bits(max) & mask != N::addr_bits(max) {
+            return Err(Violation::MaxUnaligned(max.into()));
         }
         Ok(())
     }
 }
 
-/// Decodes every `Network` entry like upstream's `ip.IP4Net.UnmarshalJSON`: a CIDR written in
-/// IPv4 form, stored as its network address.
-fn parse_network(obj: &GoObject) -> Result<Option<Ipv4Net>, ConfigError> {
-    let mut out = None;
-    for (key, raw) in obj.matching("Network") {
-        if raw.get() == "null" {
-            continue;
-        }
-        let parsed = serde_json::from_str::<String>(raw.get())
-            .ok()
-            .and_then(|s| goip::parse_cidr(&s))
-            .map(|c| c.network());
-        match parsed {
-            Some(IpNet::V4(n)) => out = Some(n),
-            _ => {
-                return Err(ConfigError::InvalidNetwork {
-                    key: key.to_string(),
-                    got: crate::gojson::shorten(raw.get()),
-                });
-            }
-        }
-    }
-    Ok(out)
-}
-
-/// Decodes every `IPv6Network` entry: a CIDR written in IPv6 form, stored as its network
-/// address.
+/// Decodes every `Network` (IPv4) or `IPv6Network` entry like upstream's
+/// `ip.IP4Net.UnmarshalJSON`: a CIDR written in the family's form, stored as its network
+/// address; anything else is `invalid(key, got)`.
 ///
-/// Upstream would also take IPv4 text here and turn it into a nonsensical IPv4-mapped network
-/// with the IPv4 prefix length; flannel-rs rejects it.
-fn parse_ipv6_network(obj: &GoObject) -> Result<Option<Ipv6Net>, ConfigError> {
+/// Upstream would also take IPv4 text for `IPv6Network` and turn it into a nonsensical
+/// IPv4-mapped network with the IPv4 prefix length; flannel-rs rejects it.
+fn parse_network<N: FamilyNet>(
+    obj: &GoObject,
+    field: &str,
+    invalid: fn(String, String) -> ConfigError,
+) -> Result<Option<N>, ConfigError> {
     let mut out = None;
-    for (key, raw) in obj.matching("IPv6Network") {
+    for (key, raw) in obj.matching(field) {
         if raw.get() == "null" {
             continue;
         }
         let parsed = serde_json::from_str::<String>(raw.get())
             .ok()
             .and_then(|s| goip::parse_cidr(&s))
-            .map(|c| c.network());
+            .and_then(|c| N::from_ip_net(c.network()));
         match parsed {
-            Some(IpNet::V6(n)) => out = Some(n),
-            _ => {
-                return Err(ConfigError::InvalidIpv6Network {
-                    key: key.to_string(),
-                    got: crate::gojson::shorten(raw.get()),
-                });
-            }
+            Some(n) => out = Some(n),
+            None => return Err(invalid(key.to_string(), crate::gojson::shorten(raw.get()))),
         }
     }
     Ok(out)
@@ -650,58 +674,62 @@ mod tests {
 
     #[test]
     fn wrong_types_name_the_key() {
-        assert_eq!(
-            parse_err(r#"{"SubnetLen":"24"}"#),
-            r#"net-conf: "SubnetLen": expected an unsigned integer, got "24""#
-        );
-        assert_eq!(
-            parse_err(r#"{"subnetlen":24.0}"#),
-            r#"net-conf: "subnetlen": expected an unsigned integer, got 24.0"#
-        );
-        assert_eq!(
-            parse_err(r#"{"SubnetLen":-1}"#),
-            r#"net-conf: "SubnetLen": expected an unsigned integer, got -1"#
-        );
-        assert_eq!(
-            parse_err(r#"{"SubnetLen":1e1}"#),
-            r#"net-conf: "SubnetLen": expected an unsigned integer, got 1e1"#
-        );
-        assert_eq!(
-            parse_err(r#"{"SubnetLen":18446744073709551616}"#),
-            r#"net-conf: "SubnetLen": expected an unsigned integer, got 18446744073709551616"#
-        );
-        assert_eq!(
-            parse_err(r#"{"IPv6SubnetLen":true}"#),
-            r#"net-conf: "IPv6SubnetLen": expected an unsigned integer, got true"#
-        );
-        assert_eq!(
-            parse_err(r#"{"EnableIPv6":"true"}"#),
-            r#"net-conf: "EnableIPv6": expected a boolean, got "true""#
-        );
-        assert_eq!(
-            parse_err(r#"{"EnableIPv4":1}"#),
-            r#"net-conf: "EnableIPv4": expected a boolean, got 1"#
-        );
-        assert_eq!(
-            parse_err(r#"{"EnableNFTables":"yes"}"#),
-            r#"net-conf: "EnableNFTables": expected a boolean, got "yes""#
-        );
-        assert_eq!(
-            parse_err(r#"{"SubnetMin":"10.0.0"}"#),
-            r#"net-conf: "SubnetMin": expected an IPv4 address, got "10.0.0""#
-        );
-        assert_eq!(
-            parse_err(r#"{"SubnetMax":"fc00::"}"#),
-            r#"net-conf: "SubnetMax": expected an IPv4 address, got "fc00::""#
-        );
-        assert_eq!(
-            parse_err(r#"{"IPv6SubnetMin":7}"#),
-            r#"net-conf: "IPv6SubnetMin": expected an IPv6 address, got 7"#
-        );
-        assert_eq!(
-            parse_err(r#"{"IPv6SubnetMax":""}"#),
-            r#"net-conf: "IPv6SubnetMax": expected an IPv6 address, got """#
-        );
+        for (text, want) in [
+            (
+                r#"{"SubnetLen":"24"}"#,
+                r#"net-conf: "SubnetLen": expected an unsigned integer, got "24""#,
+            ),
+            (
+                r#"{"subnetlen":24.0}"#,
+                r#"net-conf: "subnetlen": expected an unsigned integer, got 24.0"#,
+            ),
+            (
+                r#"{"SubnetLen":-1}"#,
+                r#"net-conf: "SubnetLen": expected an unsigned integer, got -1"#,
+            ),
+            (
+                r#"{"SubnetLen":1e1}"#,
+                r#"net-conf: "SubnetLen": expected an unsigned integer, got 1e1"#,
+            ),
+            (
+                r#"{"SubnetLen":18446744073709551616}"#,
+                r#"net-conf: "SubnetLen": expected an unsigned integer, got 18446744073709551616"#,
+            ),
+            (
+                r#"{"IPv6SubnetLen":true}"#,
+                r#"net-conf: "IPv6SubnetLen": expected an unsigned integer, got true"#,
+            ),
+            (
+                r#"{"EnableIPv6":"true"}"#,
+                r#"net-conf: "EnableIPv6": expected a boolean, got "true""#,
+            ),
+            (
+                r#"{"EnableIPv4":1}"#,
+                r#"net-conf: "EnableIPv4": expected a boolean, got 1"#,
+            ),
+            (
+                r#"{"EnableNFTables":"yes"}"#,
+                r#"net-conf: "EnableNFTables": expected a boolean, got "yes""#,
+            ),
+            (
+                r#"{"SubnetMin":"10.0.0"}"#,
+                r#"net-conf: "SubnetMin": expected an IPv4 address, got "10.0.0""#,
+            ),
+            (
+                r#"{"SubnetMax":"fc00::"}"#,
+                r#"net-conf: "SubnetMax": expected an IPv4 address, got "fc00::""#,
+            ),
+            (
+                r#"{"IPv6SubnetMin":7}"#,
+                r#"net-conf: "IPv6SubnetMin": expected an IPv6 address, got 7"#,
+            ),
+            (
+                r#"{"IPv6SubnetMax":""}"#,
+                r#"net-conf: "IPv6SubnetMax": expected an IPv6 address, got """#,
+            ),
+        ] {
+            assert_eq!(parse_err(text), want, "{text}");
+        }
     }
 
     #[test]
@@ -727,18 +755,22 @@ mod tests {
     #[test]
     fn backend_errors_mirror_go() {
         // Go decodes Backend into `struct{ Type string }`: anything but an object or null fails.
-        assert_eq!(
-            parse_err(r#"{"Backend":"vxlan"}"#),
-            r#"net-conf: "Backend": expected an object, got "vxlan""#
-        );
-        assert_eq!(
-            parse_err(r#"{"Backend":["vxlan"]}"#),
-            r#"net-conf: "Backend": expected an object, got ["vxlan"]"#
-        );
-        assert_eq!(
-            parse_err(r#"{"Backend":{"Type":7}}"#),
-            r#"net-conf: "Backend.Type": expected a string, got 7"#
-        );
+        for (text, want) in [
+            (
+                r#"{"Backend":"vxlan"}"#,
+                r#"net-conf: "Backend": expected an object, got "vxlan""#,
+            ),
+            (
+                r#"{"Backend":["vxlan"]}"#,
+                r#"net-conf: "Backend": expected an object, got ["vxlan"]"#,
+            ),
+            (
+                r#"{"Backend":{"Type":7}}"#,
+                r#"net-conf: "Backend.Type": expected a string, got 7"#,
+            ),
+        ] {
+            assert_eq!(parse_err(text), want, "{text}");
+        }
     }
 
     #[test]

@@ -49,6 +49,16 @@ impl IpFamily {
             Self::V6 => 128,
         }
     }
+
+    /// `v4` or `v6`, whichever belongs to this family: how family-generic code picks the
+    /// texts, keys and fields that differ between IPv4 and IPv6 (see
+    /// [`crate::FamilyNet::FAMILY`]).
+    pub fn pick<T>(self, v4: T, v6: T) -> T {
+        match self {
+            Self::V4 => v4,
+            Self::V6 => v6,
+        }
+    }
 }
 
 impl fmt::Display for IpFamily {

@@ -12,6 +12,7 @@
 //! the outcome.
 
 use std::fmt;
+use std::sync::Arc;
 
 use serde::de::{self, Deserialize, Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
@@ -27,7 +28,7 @@ const MAX_GOT_CHARS: usize = 64;
 pub enum GoJsonError {
     /// The text is not JSON at all.
     #[error("invalid JSON: {0}")]
-    Syntax(String),
+    Syntax(#[source] JsonSyntaxError),
     /// The document is valid JSON but not an object (Go: "cannot unmarshal array into ...").
     #[error("expected a JSON object, got {got}")]
     NotObject {
@@ -44,6 +45,53 @@ pub enum GoJsonError {
         /// The offending JSON text, shortened if long.
         got: String,
     },
+}
+
+impl From<serde_json::Error> for GoJsonError {
+    /// A document serde_json could not read is [`GoJsonError::Syntax`].
+    fn from(e: serde_json::Error) -> Self {
+        GoJsonError::Syntax(JsonSyntaxError(Arc::new(e)))
+    }
+}
+
+/// serde_json's error for text that is not JSON, kept as the cause of
+/// [`GoJsonError::Syntax`].
+///
+/// Wrapped so that [`GoJsonError`] stays a plain value (`Clone`, `PartialEq`) that configs
+/// and leases can carry and tests can compare: two syntax errors are equal when serde_json
+/// reports the same category, position and text. `Display` and `source` are serde_json's.
+#[derive(Debug, Clone)]
+pub struct JsonSyntaxError(Arc<serde_json::Error>);
+
+impl JsonSyntaxError {
+    /// serde_json's error.
+    pub fn inner(&self) -> &serde_json::Error {
+        &self.0
+    }
+}
+
+impl PartialEq for JsonSyntaxError {
+    fn eq(&self, other: &Self) -> bool {
+        let (a, b) = (&*self.0, &*other.0);
+        a.classify() == b.classify()
+            && a.line() == b.line()
+            && a.column() == b.column()
+            && a.to_string() == b.to_string()
+    }
+}
+
+impl Eq for JsonSyntaxError {}
+
+impl fmt::Display for JsonSyntaxError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for JsonSyntaxError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
 }
 
 /// Folds a key the way Go's `encoding/json` does before its case-insensitive comparison.
@@ -130,8 +178,7 @@ impl GoObject {
     /// Returns `Ok(None)` for a top-level `null`, which Go accepts and which leaves every field
     /// at its default.
     pub fn parse(text: &str) -> Result<Option<Self>, GoJsonError> {
-        let raw: &RawValue =
-            serde_json::from_str(text).map_err(|e| GoJsonError::Syntax(e.to_string()))?;
+        let raw: &RawValue = serde_json::from_str(text).map_err(GoJsonError::from)?;
         match kind(raw.get()) {
             "null" => Ok(None),
             "object" => Self::from_object_text(raw.get(), String::new()).map(Some),
@@ -146,8 +193,7 @@ impl GoObject {
     }
 
     fn from_object_text(text: &str, path: String) -> Result<Self, GoJsonError> {
-        let Entries(entries) =
-            serde_json::from_str(text).map_err(|e| GoJsonError::Syntax(e.to_string()))?;
+        let Entries(entries) = serde_json::from_str(text).map_err(GoJsonError::from)?;
         Ok(GoObject { path, entries })
     }
 
@@ -315,8 +361,7 @@ pub struct RawJson(Box<str>);
 impl RawJson {
     /// Validates `text` as a single JSON value and stores its Go-compact form.
     pub fn parse(text: &str) -> Result<Self, GoJsonError> {
-        let raw: &RawValue =
-            serde_json::from_str(text).map_err(|e| GoJsonError::Syntax(e.to_string()))?;
+        let raw: &RawValue = serde_json::from_str(text).map_err(GoJsonError::from)?;
         Ok(Self::from_raw(raw))
     }
 
@@ -449,8 +494,19 @@ fn push_html_safe(out: &mut String, c: char) {
 /// Encodes a string as Go's `json.Marshal` does (Go 1.22 and later): `\"`, `\\`, `\b`, `\f`,
 /// `\n`, `\r`, `\t`, other control characters as `\u00xx`, and HTML-sensitive characters
 /// escaped as in [`compact_go`].
+///
+/// This is the one Go string escaper of the workspace; see [`write_go_string`] for encoders
+/// that append to one buffer.
 pub fn go_string(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
+    write_go_string(&mut out, s);
+    out
+}
+
+/// Appends `s` to `out` as [`go_string`] encodes it, without allocating, for encoders that
+/// build a whole document in one buffer (the CNI plugin's delegate config and errors).
+pub fn write_go_string(out: &mut String, s: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     out.push('"');
     for c in s.chars() {
         match c {
@@ -461,12 +517,17 @@ pub fn go_string(s: &str) -> String {
             '\n' => out.push_str("\\n"),
             '\r' => out.push_str("\\r"),
             '\t' => out.push_str("\\t"),
-            c if u32::from(c) < 0x20 => out.push_str(&format!("\\u{:04x}", u32::from(c))),
-            c => push_html_safe(&mut out, c),
+            '\u{0}'..='\u{1f}' => {
+                let b = u32::from(c);
+                out.push_str("\\u00");
+                for nibble in [b >> 4, b & 0xf] {
+                    out.push(char::from(HEX[usize::try_from(nibble).unwrap_or_default()]));
+                }
+            }
+            c => push_html_safe(out, c),
         }
     }
     out.push('"');
-    out
 }
 
 #[cfg(test)]
@@ -628,5 +689,14 @@ mod tests {
             go_string("a\"b\\c\n\t\r\u{8}\u{c}\u{1}<>&\u{2028}é"),
             r#""a\"b\\c\n\t\r\b\f\u0001\u003c\u003e\u0026\u2028é""#
         );
+    }
+
+    #[test]
+    fn write_go_string_appends() {
+        // What is already in the buffer stays; control characters without a short escape get
+        // lower-case hex; DEL is not a control character to Go's encoder.
+        let mut out = String::from("x:");
+        write_go_string(&mut out, "\u{1f}\u{1b}\u{7f}\u{2029}");
+        assert_eq!(out, "x:\"\\u001f\\u001b\u{7f}\\u2029\"");
     }
 }

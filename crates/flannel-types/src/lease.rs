@@ -15,6 +15,7 @@ use std::time::SystemTime;
 use ipnet::{Ipv4Net, Ipv6Net};
 use regex::Regex;
 
+use crate::family_net::FamilyNet;
 use crate::goip;
 use crate::gojson::{self, GoJsonError, GoObject, RawJson};
 
@@ -160,6 +161,29 @@ fn parse_uint_bits(s: &str, bits: u32) -> Option<u8> {
     u8::try_from(v).ok()
 }
 
+/// One family's `<addr>-<len>` of a subnet key, as upstream's `ParseSubnetKey` reads it: the
+/// address must parse, the prefix must fit in 5 bits (IPv4) or 7 bits (IPv6), host bits are
+/// kept, and Go's zero network (`0.0.0.0-0`) means "no subnet of this family". The error is
+/// the reason for [`SubnetKeyError`].
+fn parse_key_part<N: FamilyNet>(addr: &str, len: &str) -> Result<Option<N>, &'static str> {
+    let (bad_addr, bad_len, len_bits) = N::FAMILY.pick(
+        (
+            "the IPv4 address is not valid",
+            "the IPv4 prefix is above 31",
+            5,
+        ),
+        (
+            "the IPv6 address is not valid",
+            "the IPv6 prefix is above 127",
+            7,
+        ),
+    );
+    let ip: N::Addr = addr.parse().map_err(|_| bad_addr)?;
+    let len = parse_uint_bits(len, len_bits).ok_or(bad_len)?;
+    let net = N::new(ip, len).ok_or(bad_len)?;
+    Ok((!net.is_go_zero()).then_some(net))
+}
+
 impl SubnetKey {
     /// A key for an IPv4-only lease.
     pub fn v4(net: Ipv4Net) -> Self {
@@ -186,27 +210,10 @@ impl SubnetKey {
             .ok_or_else(|| err("expected <a.b.c.d>-<len>[&<ipv6>-<len>]"))?;
         let group = |i| caps.get(i).map(|m| m.as_str()).unwrap_or_default();
 
-        let ip4: Ipv4Addr = group(1)
-            .parse()
-            .map_err(|_| err("the IPv4 address is not valid"))?;
-        let len4 =
-            parse_uint_bits(group(2), 5).ok_or_else(|| err("the IPv4 prefix is above 31"))?;
-        let net4 = Ipv4Net::new(ip4, len4).map_err(|_| err("the IPv4 prefix is above 31"))?;
-        let ipv4 = (!(ip4.is_unspecified() && len4 == 0)).then_some(net4);
-
+        let ipv4 = parse_key_part::<Ipv4Net>(group(1), group(2)).map_err(err)?;
         let ipv6 = match caps.get(3) {
             None => None,
-            Some(m) => {
-                let ip6: Ipv6Addr = m
-                    .as_str()
-                    .parse()
-                    .map_err(|_| err("the IPv6 address is not valid"))?;
-                let len6 = parse_uint_bits(group(4), 7)
-                    .ok_or_else(|| err("the IPv6 prefix is above 127"))?;
-                let net6 =
-                    Ipv6Net::new(ip6, len6).map_err(|_| err("the IPv6 prefix is above 127"))?;
-                (!(ip6.is_unspecified() && len6 == 0)).then_some(net6)
-            }
+            Some(m) => parse_key_part::<Ipv6Net>(m.as_str(), group(4)).map_err(err)?,
         };
         if ipv4.is_none() && ipv6.is_none() {
             return Err(err("it names no subnet"));

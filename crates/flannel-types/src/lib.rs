@@ -12,6 +12,8 @@
 //!   and flanneld read it.
 //! * [`annotations`]: Kubernetes node annotation keys.
 //! * [`family`]: address families and the stack, the one definition every crate uses.
+//! * [`family_net`]: [`FamilyNet`], one trait over `Ipv4Net` and `Ipv6Net`, so that the rules
+//!   upstream states once per family are written once here and in the subnet managers.
 //! * [`gojson`] and [`goip`]: the Go `encoding/json` and `net` behaviours the above rely on,
 //!   public so that backends and the CNI plugin can parse their own JSON the same way.
 //!
@@ -23,16 +25,19 @@
 pub mod annotations;
 pub mod config;
 pub mod family;
+pub mod family_net;
 pub mod goip;
 pub mod gojson;
 pub mod lease;
 pub mod subnet_env;
 
-pub use annotations::{AnnotationError, AnnotationKeys};
-pub use config::{CheckError, ConfigError, NetConfig};
+pub use annotations::{AnnotationError, AnnotationKeys, FamilyAnnotationKeys};
+pub use config::{CheckError, ConfigError, FamilyConfig, NetConfig};
 pub use family::{IpFamily, IpStack, NoStackError};
-pub use gojson::{GoJsonError, GoObject, RawJson};
+pub use family_net::FamilyNet;
+pub use gojson::{GoJsonError, GoObject, JsonSyntaxError, RawJson};
 pub use lease::{Lease, LeaseAttrs, LeaseError, LeaseEvent, LeaseSet, SubnetKey, SubnetKeyError};
 pub use subnet_env::{
-    CniSubnetEnv, PreviousSubnetEnv, SubnetEnv, SubnetEnvError, SubnetEnvV4, SubnetEnvV6,
+    CniSubnetEnv, PreviousSubnetEnv, SubnetEnv, SubnetEnvError, SubnetEnvFamily, SubnetEnvV4,
+    SubnetEnvV6,
 };

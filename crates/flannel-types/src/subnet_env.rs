@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
+use crate::family_net::FamilyNet;
 use crate::goip;
 
 /// The CNI plugin's default location, also flanneld's default `--subnet-file`.
@@ -109,22 +110,38 @@ fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> SubnetEnvE
     move |source| SubnetEnvError::Io { op, path, source }
 }
 
-/// The IPv4 part of subnet.env: the cluster network and this node's lease subnet.
+/// One family's part of subnet.env: the cluster network and this node's lease subnet
+/// (`FLANNEL_NETWORK` and `FLANNEL_SUBNET`, or their `IPV6` twins).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SubnetEnvV4 {
-    /// The config's `Network` (`FLANNEL_NETWORK`).
-    pub network: Ipv4Net,
+pub struct SubnetEnvFamily<N: FamilyNet> {
+    /// The config's `Network` or `IPv6Network` (`FLANNEL_NETWORK`, `FLANNEL_IPV6_NETWORK`).
+    pub network: N,
     /// The lease subnet as the network address; written as its first usable address.
-    pub subnet: Ipv4Net,
+    pub subnet: N,
 }
 
+/// The IPv4 part of subnet.env.
+pub type SubnetEnvV4 = SubnetEnvFamily<Ipv4Net>;
+
 /// The IPv6 part of subnet.env.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SubnetEnvV6 {
-    /// The config's `IPv6Network` (`FLANNEL_IPV6_NETWORK`).
-    pub network: Ipv6Net,
-    /// The lease subnet as the network address; written as its first usable address.
-    pub subnet: Ipv6Net,
+pub type SubnetEnvV6 = SubnetEnvFamily<Ipv6Net>;
+
+impl<N: FamilyNet> SubnetEnvFamily<N> {
+    /// The two lines of this family, network then subnet, in upstream's spelling.
+    fn render(&self, out: &mut String) {
+        let (network_key, subnet_key) = N::FAMILY.pick(
+            (KEY_NETWORK, KEY_SUBNET),
+            (KEY_IPV6_NETWORK, KEY_IPV6_SUBNET),
+        );
+        let first = N::addr_from_bits(N::wrapping_add(N::addr_bits(self.subnet.network()), 1));
+        out.push_str(&format!(
+            "{network_key}={}/{}\n{subnet_key}={}/{}\n",
+            N::go_addr_string(self.network.addr()),
+            self.network.prefix_len(),
+            N::go_addr_string(first),
+            self.subnet.prefix_len()
+        ));
+    }
 }
 
 /// What flanneld writes to subnet.env once its lease, backend and rules are set up.
@@ -149,24 +166,10 @@ impl SubnetEnv {
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(160);
         if let Some(v4) = self.ipv4 {
-            let first = u32::from(v4.subnet.network()).wrapping_add(1);
-            out.push_str(&format!(
-                "{KEY_NETWORK}={}/{}\n{KEY_SUBNET}={}/{}\n",
-                v4.network.addr(),
-                v4.network.prefix_len(),
-                std::net::Ipv4Addr::from(first),
-                v4.subnet.prefix_len()
-            ));
+            v4.render(&mut out);
         }
         if let Some(v6) = self.ipv6 {
-            let first = u128::from(v6.subnet.network()).wrapping_add(1);
-            out.push_str(&format!(
-                "{KEY_IPV6_NETWORK}={}/{}\n{KEY_IPV6_SUBNET}={}/{}\n",
-                goip::ip6_string(v6.network.addr()),
-                v6.network.prefix_len(),
-                goip::ip6_string(std::net::Ipv6Addr::from(first)),
-                v6.subnet.prefix_len()
-            ));
+            v6.render(&mut out);
         }
         out.push_str(&format!(
             "{KEY_MTU}={}\n{KEY_IPMASQ}={}\n",
@@ -283,12 +286,7 @@ fn scan_lines(text: &str) -> impl Iterator<Item = &str> {
 fn cidr(path: &Path, key: &'static str, value: &str) -> Result<IpNet, SubnetEnvError> {
     goip::parse_cidr(value)
         .map(|c| c.network())
-        .ok_or_else(|| SubnetEnvError::InvalidValue {
-            path: path.to_path_buf(),
-            key,
-            value: value.to_string(),
-            expected: "a CIDR such as 10.244.0.0/16",
-        })
+        .ok_or_else(|| invalid(path, key, value, "a CIDR such as 10.244.0.0/16"))
 }
 
 /// Parses a comma-separated CIDR list, dropping duplicates but keeping first-seen order.
@@ -414,12 +412,7 @@ fn parse_u32(path: &Path, key: &'static str, value: &str) -> Result<u32, SubnetE
     {
         return Ok(v);
     }
-    Err(SubnetEnvError::InvalidValue {
-        path: path.to_path_buf(),
-        key,
-        value: value.to_string(),
-        expected: "an unsigned 32-bit integer",
-    })
+    Err(invalid(path, key, value, "an unsigned 32-bit integer"))
 }
 
 /// What flanneld finds in an existing subnet.env at start-up (upstream `main.go`,
@@ -481,49 +474,50 @@ impl PreviousSubnetEnv {
 
         let mut out = PreviousSubnetEnv::default();
         let [network, subnet, ipv6_network, ipv6_subnet] = values;
-        if let Some(v) = network {
-            out.networks = out.list(path, KEY_NETWORK, &v, v4_of, "an IPv4 CIDR");
-        }
-        if let Some(v) = subnet {
-            out.subnet = out.single(path, KEY_SUBNET, &v, v4_of, "an IPv4 CIDR");
-        }
-        if let Some(v) = ipv6_network {
-            out.ipv6_networks = out.list(path, KEY_IPV6_NETWORK, &v, v6_of, "an IPv6 CIDR");
-        }
-        if let Some(v) = ipv6_subnet {
-            out.ipv6_subnet = out.single(path, KEY_IPV6_SUBNET, &v, v6_of, "an IPv6 CIDR");
-        }
+        (out.networks, out.subnet) = out.family(path, network, subnet);
+        (out.ipv6_networks, out.ipv6_subnet) = out.family(path, ipv6_network, ipv6_subnet);
         out
     }
 
     /// The single `FLANNEL_NETWORK`, as upstream's `ReadCIDRFromSubnetFile` returns it: `None`
     /// when there are zero or several.
     pub fn network(&self) -> Option<Ipv4Net> {
-        match self.networks.as_slice() {
-            [n] => Some(*n),
-            _ => None,
-        }
+        only(&self.networks)
     }
 
     /// The single `FLANNEL_IPV6_NETWORK`, or `None` when there are zero or several.
     pub fn ipv6_network(&self) -> Option<Ipv6Net> {
-        match self.ipv6_networks.as_slice() {
-            [n] => Some(*n),
-            _ => None,
-        }
+        only(&self.ipv6_networks)
     }
 
-    fn list<T>(
+    /// Reads one family's network list and subnet from their raw values.
+    fn family<N: FamilyNet>(
+        &mut self,
+        path: &Path,
+        network: Option<String>,
+        subnet: Option<String>,
+    ) -> (Vec<N>, Option<N>) {
+        let (network_key, subnet_key, expected) = N::FAMILY.pick(
+            (KEY_NETWORK, KEY_SUBNET, "an IPv4 CIDR"),
+            (KEY_IPV6_NETWORK, KEY_IPV6_SUBNET, "an IPv6 CIDR"),
+        );
+        let networks = network
+            .map(|v| self.list(path, network_key, &v, expected))
+            .unwrap_or_default();
+        let subnet = subnet.and_then(|v| self.single(path, subnet_key, &v, expected));
+        (networks, subnet)
+    }
+
+    fn list<N: FamilyNet>(
         &mut self,
         path: &Path,
         key: &'static str,
         value: &str,
-        family: fn(IpNet) -> Option<T>,
         expected: &'static str,
-    ) -> Vec<T> {
+    ) -> Vec<N> {
         let mut out = Vec::new();
         for part in value.split(',') {
-            match goip::parse_cidr(part).and_then(|c| family(c.network())) {
+            match goip::parse_cidr(part).and_then(|c| N::from_ip_net(c.network())) {
                 Some(n) => out.push(n),
                 None => self.problems.push(invalid(path, key, part, expected)),
             }
@@ -531,24 +525,19 @@ impl PreviousSubnetEnv {
         out
     }
 
-    fn single<T>(
+    fn single<N: FamilyNet>(
         &mut self,
         path: &Path,
         key: &'static str,
         value: &str,
-        family: fn(IpNet) -> Option<T>,
         expected: &'static str,
-    ) -> Option<T> {
+    ) -> Option<N> {
         if value.contains(',') {
-            self.problems.push(SubnetEnvError::InvalidValue {
-                path: path.to_path_buf(),
-                key,
-                value: value.to_string(),
-                expected: "exactly one CIDR",
-            });
+            self.problems
+                .push(invalid(path, key, value, "exactly one CIDR"));
             return None;
         }
-        let net = goip::parse_cidr(value).and_then(|c| family(c.network()));
+        let net = goip::parse_cidr(value).and_then(|c| N::from_ip_net(c.network()));
         if net.is_none() {
             self.problems.push(invalid(path, key, value, expected));
         }
@@ -556,20 +545,15 @@ impl PreviousSubnetEnv {
     }
 }
 
-fn v4_of(n: IpNet) -> Option<Ipv4Net> {
-    match n {
-        IpNet::V4(n) => Some(n),
-        IpNet::V6(_) => None,
+/// The one element of a list, `None` when there are zero or several.
+fn only<T: Copy>(items: &[T]) -> Option<T> {
+    match items {
+        [n] => Some(*n),
+        _ => None,
     }
 }
 
-fn v6_of(n: IpNet) -> Option<Ipv6Net> {
-    match n {
-        IpNet::V6(n) => Some(n),
-        IpNet::V4(_) => None,
-    }
-}
-
+/// [`SubnetEnvError::InvalidValue`] for `key` in `path`.
 fn invalid(path: &Path, key: &'static str, value: &str, expected: &'static str) -> SubnetEnvError {
     SubnetEnvError::InvalidValue {
         path: path.to_path_buf(),

@@ -4,9 +4,7 @@
 //! Nothing here talks to etcd, so every rule is unit-tested (and property-tested) without a
 //! server. The manager feeds it the keys it listed and decides what to write.
 
-use std::net::{Ipv4Addr, Ipv6Addr};
-
-use flannel_types::{NetConfig, SubnetKey};
+use flannel_types::{FamilyConfig, FamilyNet, NetConfig, SubnetKey};
 use ipnet::{Ipv4Net, Ipv6Net};
 use rand::Rng;
 
@@ -32,17 +30,6 @@ pub struct Occupied {
     v6: Vec<(u128, u128)>,
 }
 
-fn span4(n: Ipv4Net) -> (u128, u128) {
-    (
-        u128::from(u32::from(n.network())),
-        u128::from(u32::from(n.broadcast())),
-    )
-}
-
-fn span6(n: Ipv6Net) -> (u128, u128) {
-    (u128::from(n.network()), u128::from(n.broadcast()))
-}
-
 fn overlaps(spans: &[(u128, u128)], (start, end): (u128, u128)) -> bool {
     spans.iter().any(|&(s, e)| s <= end && e >= start)
 }
@@ -53,30 +40,34 @@ impl Occupied {
         Self::default()
     }
 
+    /// The taken spans of family `N`.
+    fn spans<N: FamilyNet>(&self) -> &[(u128, u128)] {
+        N::FAMILY.pick(&self.v4, &self.v6)
+    }
+
+    /// Marks `net` as taken (host bits, if any, are ignored).
+    fn take<N: FamilyNet>(&mut self, net: Option<N>) {
+        if let Some(n) = net {
+            N::FAMILY
+                .pick(&mut self.v4, &mut self.v6)
+                .push(n.bits_span());
+        }
+    }
+
     /// Marks the subnets of `key` as taken (host bits, if any, are ignored).
     pub fn add(&mut self, key: &SubnetKey) {
-        if let Some(n) = key.ipv4 {
-            self.v4.push(span4(n.trunc()));
-        }
-        if let Some(n) = key.ipv6 {
-            self.v6.push(span6(n.trunc()));
-        }
+        self.take(key.ipv4);
+        self.take(key.ipv6);
     }
 
-    /// Whether `net` overlaps any taken IPv4 subnet.
-    pub fn overlaps_v4(&self, net: Ipv4Net) -> bool {
-        overlaps(&self.v4, span4(net.trunc()))
-    }
-
-    /// Whether `net` overlaps any taken IPv6 subnet.
-    pub fn overlaps_v6(&self, net: Ipv6Net) -> bool {
-        overlaps(&self.v6, span6(net.trunc()))
+    /// Whether `net` overlaps any taken subnet of its family.
+    pub fn overlaps<N: FamilyNet>(&self, net: N) -> bool {
+        overlaps(self.spans::<N>(), net.bits_span())
     }
 
     /// Whether any subnet of `key` overlaps a taken one.
     pub fn overlaps_key(&self, key: &SubnetKey) -> bool {
-        key.ipv4.is_some_and(|n| self.overlaps_v4(n))
-            || key.ipv6.is_some_and(|n| self.overlaps_v6(n))
+        key.ipv4.is_some_and(|n| self.overlaps(n)) || key.ipv6.is_some_and(|n| self.overlaps(n))
     }
 }
 
@@ -125,49 +116,27 @@ pub fn free_blocks(
     out
 }
 
-/// Up to [`MAX_CANDIDATES`] free IPv4 subnets between SubnetMin and SubnetMax, lowest first.
-/// Empty when IPv4 is disabled or the config was not checked (no SubnetMin/SubnetMax).
-pub fn candidates_v4(config: &NetConfig, occupied: &Occupied) -> Vec<Ipv4Net> {
-    let (Some(min), Some(max)) = (config.subnet_min, config.subnet_max) else {
+/// Up to [`MAX_CANDIDATES`] free subnets of one family between its SubnetMin and SubnetMax,
+/// lowest first. Empty when the family is disabled or the config was not checked (no
+/// SubnetMin/SubnetMax, no SubnetLen).
+pub fn candidates<N: FamilyNet>(family: &FamilyConfig<N>, occupied: &Occupied) -> Vec<N> {
+    let (Some(min), Some(max)) = (family.subnet_min, family.subnet_max) else {
         return Vec::new();
     };
-    if !config.enable_ipv4 || config.subnet_len > 32 {
+    let len = family.subnet_len;
+    if !family.enabled || len == 0 || u32::from(len) > N::width() {
         return Vec::new();
     }
-    let host_bits = 32 - u32::from(config.subnet_len);
+    let host_bits = N::width() - u32::from(len);
     free_blocks(
-        u128::from(u32::from(min)),
-        u128::from(u32::from(max)),
+        N::addr_bits(min),
+        N::addr_bits(max),
         host_bits,
-        &occupied.v4,
+        occupied.spans::<N>(),
         MAX_CANDIDATES,
     )
     .into_iter()
-    .filter_map(|i| {
-        let addr = u32::try_from(i << host_bits).ok()?;
-        Ipv4Net::new(Ipv4Addr::from(addr), config.subnet_len).ok()
-    })
-    .collect()
-}
-
-/// Up to [`MAX_CANDIDATES`] free IPv6 subnets between IPv6SubnetMin and IPv6SubnetMax.
-pub fn candidates_v6(config: &NetConfig, occupied: &Occupied) -> Vec<Ipv6Net> {
-    let (Some(min), Some(max)) = (config.ipv6_subnet_min, config.ipv6_subnet_max) else {
-        return Vec::new();
-    };
-    if !config.enable_ipv6 || config.ipv6_subnet_len > 128 || config.ipv6_subnet_len == 0 {
-        return Vec::new();
-    }
-    let host_bits = 128 - u32::from(config.ipv6_subnet_len);
-    free_blocks(
-        u128::from(min),
-        u128::from(max),
-        host_bits,
-        &occupied.v6,
-        MAX_CANDIDATES,
-    )
-    .into_iter()
-    .filter_map(|i| Ipv6Net::new(Ipv6Addr::from(i << host_bits), config.ipv6_subnet_len).ok())
+    .filter_map(|i| N::new(N::addr_from_bits(i << host_bits), len))
     .collect()
 }
 
@@ -180,40 +149,39 @@ pub fn pick<T: Copy, R: Rng + ?Sized>(candidates: &[T], rng: &mut R) -> Option<T
     }
 }
 
-/// Upstream's `isSubnetConfigCompat`: an IPv4 subnet that the dynamic allocator could have
-/// handed out under `config` (between SubnetMin and SubnetMax, SubnetLen long). With IPv4
-/// disabled only "no IPv4 subnet" fits.
-pub fn fits_range_v4(config: &NetConfig, net: Option<Ipv4Net>) -> bool {
-    if !config.enable_ipv4 {
+/// Upstream's `isSubnetConfigCompat` / `isIPv6SubnetConfigCompat`: a subnet that the dynamic
+/// allocator could have handed out under `family` (between SubnetMin and SubnetMax, SubnetLen
+/// long). With the family disabled only "no subnet" fits.
+pub fn fits_family_range<N: FamilyNet>(family: &FamilyConfig<N>, net: Option<N>) -> bool {
+    if !family.enabled {
         return net.is_none();
     }
-    let (Some(net), Some(min), Some(max)) = (net, config.subnet_min, config.subnet_max) else {
+    let (Some(net), Some(min), Some(max)) = (net, family.subnet_min, family.subnet_max) else {
         return false;
     };
     net.addr() == net.network()
         && net.addr() >= min
         && net.addr() <= max
-        && net.prefix_len() == config.subnet_len
-}
-
-/// Upstream's `isIPv6SubnetConfigCompat`, the same rule for IPv6.
-pub fn fits_range_v6(config: &NetConfig, net: Option<Ipv6Net>) -> bool {
-    if !config.enable_ipv6 {
-        return net.is_none();
-    }
-    let (Some(net), Some(min), Some(max)) = (net, config.ipv6_subnet_min, config.ipv6_subnet_max)
-    else {
-        return false;
-    };
-    net.addr() == net.network()
-        && net.addr() >= min
-        && net.addr() <= max
-        && net.prefix_len() == config.ipv6_subnet_len
+        && net.prefix_len() == family.subnet_len
 }
 
 /// Whether an existing lease can be reused as is: both families fit the allocation range.
 pub fn fits_range(config: &NetConfig, key: &SubnetKey) -> bool {
-    fits_range_v4(config, key.ipv4) && fits_range_v6(config, key.ipv6)
+    fits_family_range::<Ipv4Net>(&config.family(), key.ipv4)
+        && fits_family_range::<Ipv6Net>(&config.family(), key.ipv6)
+}
+
+/// The reservation rule of [`fits_network`] for one family.
+fn fits_family_network<N: FamilyNet>(family: &FamilyConfig<N>, net: Option<N>) -> bool {
+    match (family.enabled, net) {
+        (false, None) => true,
+        (true, Some(n)) => {
+            n.addr() == n.network()
+                && n.prefix_len() == family.subnet_len
+                && family.network.is_some_and(|net| net.contains_net(&n))
+        }
+        _ => false,
+    }
 }
 
 /// Whether a *reservation* can be adopted under `config`: each enabled family has a subnet
@@ -222,25 +190,28 @@ pub fn fits_range(config: &NetConfig, key: &SubnetKey) -> bool {
 /// Reservations are placed by operators, typically outside SubnetMin..SubnetMax so that the
 /// dynamic allocator never competes for them, hence the looser rule than [`fits_range`].
 pub fn fits_network(config: &NetConfig, key: &SubnetKey) -> bool {
-    let v4 = match (config.enable_ipv4, key.ipv4) {
-        (false, None) => true,
-        (true, Some(n)) => {
-            n.addr() == n.network()
-                && n.prefix_len() == config.subnet_len
-                && config.network.is_some_and(|net| net.contains(&n))
-        }
-        _ => false,
+    fits_family_network::<Ipv4Net>(&config.family(), key.ipv4)
+        && fits_family_network::<Ipv6Net>(&config.family(), key.ipv6)
+}
+
+/// The [`reject_peer`] rule for one family: `Ok(true)` when the peer's subnet of this family
+/// is usable, `Ok(false)` when it has none (or the family is off), `Err` when it must be
+/// refused.
+fn peer_family<N: FamilyNet>(family: &FamilyConfig<N>, net: Option<N>) -> Result<bool, String> {
+    let Some(n) = net.filter(|_| family.enabled) else {
+        return Ok(false);
     };
-    let v6 = match (config.enable_ipv6, key.ipv6) {
-        (false, None) => true,
-        (true, Some(n)) => {
-            n.addr() == n.network()
-                && n.prefix_len() == config.ipv6_subnet_len
-                && config.ipv6_network.is_some_and(|net| net.contains(&n))
-        }
-        _ => false,
-    };
-    v4 && v6
+    let (subnet, network) = N::FAMILY.pick(("subnet", "Network"), ("IPv6 subnet", "IPv6Network"));
+    match family.network {
+        Some(net) if net.contains_net(&n) => Ok(true),
+        Some(net) => Err(format!("its {subnet} {n} is outside the {network} {net}")),
+        None => Err(N::FAMILY
+            .pick(
+                "no IPv4 Network is configured",
+                "no IPv6Network is configured",
+            )
+            .to_string()),
+    }
 }
 
 /// Why a peer lease must not reach the daemon, or `None` if it may.
@@ -251,31 +222,14 @@ pub fn fits_network(config: &NetConfig, key: &SubnetKey) -> bool {
 /// of our pods' traffic. Families that are disabled are not looked at, but a lease must have
 /// at least one enabled family.
 pub fn reject_peer(config: &NetConfig, own: Option<&SubnetKey>, key: &SubnetKey) -> Option<String> {
-    let mut usable = false;
-    if config.enable_ipv4
-        && let Some(n) = key.ipv4
-    {
-        match config.network {
-            Some(net) if net.contains(&n) => usable = true,
-            Some(net) => return Some(format!("its subnet {n} is outside the Network {net}")),
-            None => return Some("no IPv4 Network is configured".to_string()),
+    let v4 = peer_family::<Ipv4Net>(&config.family(), key.ipv4);
+    let v6 = peer_family::<Ipv6Net>(&config.family(), key.ipv6);
+    match (v4, v6) {
+        (Err(reason), _) | (_, Err(reason)) => return Some(reason),
+        (Ok(false), Ok(false)) => {
+            return Some("it has no subnet of an enabled address family".to_string());
         }
-    }
-    if config.enable_ipv6
-        && let Some(n) = key.ipv6
-    {
-        match config.ipv6_network {
-            Some(net) if net.contains(&n) => usable = true,
-            Some(net) => {
-                return Some(format!(
-                    "its IPv6 subnet {n} is outside the IPv6Network {net}"
-                ));
-            }
-            None => return Some("no IPv6Network is configured".to_string()),
-        }
-    }
-    if !usable {
-        return Some("it has no subnet of an enabled address family".to_string());
+        _ => {}
     }
     if let Some(own) = own
         && own != key
@@ -292,6 +246,8 @@ pub fn reject_peer(config: &NetConfig, own: Option<&SubnetKey>, key: &SubnetKey)
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::Ipv4Addr;
+
     use proptest::prelude::*;
     use rand::SeedableRng;
     use rand::rngs::StdRng;
@@ -308,6 +264,22 @@ mod tests {
         let mut c = NetConfig::parse(json).unwrap();
         c.check().unwrap();
         c
+    }
+
+    fn candidates_v4(c: &NetConfig, o: &Occupied) -> Vec<Ipv4Net> {
+        candidates(&c.family(), o)
+    }
+
+    fn candidates_v6(c: &NetConfig, o: &Occupied) -> Vec<Ipv6Net> {
+        candidates(&c.family(), o)
+    }
+
+    fn fits_range_v4(c: &NetConfig, net: Option<Ipv4Net>) -> bool {
+        fits_family_range(&c.family(), net)
+    }
+
+    fn fits_range_v6(c: &NetConfig, net: Option<Ipv6Net>) -> bool {
+        fits_family_range(&c.family(), net)
     }
 
     fn occupied(keys: &[&str]) -> Occupied {

@@ -67,10 +67,10 @@ pub fn plan(config: &EtcdConfig) -> Result<Plan, SubnetError> {
         .filter(|e| !e.is_empty())
         .collect();
     if endpoints.is_empty() {
-        return Err(SubnetError::Datastore {
-            operation: "connecting to etcd".into(),
-            reason: "no etcd endpoints given".into(),
-        });
+        return Err(SubnetError::datastore(
+            "connecting to etcd",
+            "no etcd endpoints given",
+        ));
     }
     let client_cert =
         non_empty_path(&config.keyfile).is_some() && non_empty_path(&config.certfile).is_some();
@@ -100,13 +100,13 @@ pub fn plan(config: &EtcdConfig) -> Result<Plan, SubnetError> {
         https > 0
     };
     if tls && http > 0 {
-        return Err(SubnetError::Datastore {
-            operation: "connecting to etcd".into(),
-            reason: format!(
+        return Err(SubnetError::datastore(
+            "connecting to etcd",
+            format!(
                 "endpoints {} mix http:// and https:// (or bare) URLs while TLS is in use",
                 endpoints.join(",")
             ),
-        });
+        ));
     }
     Ok(Plan {
         endpoints,
@@ -117,9 +117,8 @@ pub fn plan(config: &EtcdConfig) -> Result<Plan, SubnetError> {
 }
 
 fn read(what: &str, path: &Path) -> Result<Vec<u8>, SubnetError> {
-    std::fs::read(path).map_err(|e| SubnetError::Datastore {
-        operation: format!("reading the etcd {what} {}", path.display()),
-        reason: e.to_string(),
+    std::fs::read(path).map_err(|e| {
+        SubnetError::datastore(format!("reading the etcd {what} {}", path.display()), e)
     })
 }
 

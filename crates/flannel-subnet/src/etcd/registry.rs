@@ -15,7 +15,7 @@ use etcd_client::{
     Client, Compare, CompareOp, GetOptions, KeyValue, LeaseTimeToLiveOptions, PutOptions, Txn,
     TxnOp,
 };
-use flannel_types::{LeaseAttrs, SubnetKey};
+use flannel_types::{LeaseAttrs, LeaseError, SubnetKey};
 
 use crate::SubnetError;
 
@@ -33,14 +33,11 @@ where
 {
     match tokio::time::timeout(RPC_TIMEOUT, fut).await {
         Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(SubnetError::Datastore {
-            operation: operation(),
-            reason: e.to_string(),
-        }),
-        Err(_) => Err(SubnetError::Datastore {
-            operation: operation(),
-            reason: format!("etcd did not answer within {RPC_TIMEOUT:?}"),
-        }),
+        Ok(Err(e)) => Err(SubnetError::datastore(operation(), e)),
+        Err(_) => Err(SubnetError::datastore(
+            operation(),
+            format!("etcd did not answer within {RPC_TIMEOUT:?}"),
+        )),
     }
 }
 
@@ -150,7 +147,7 @@ pub struct Entry {
     /// The subnets it names.
     pub key: SubnetKey,
     /// The parsed value, or why it could not be parsed (the key then still occupies its subnet).
-    pub attrs: Result<LeaseAttrs, String>,
+    pub attrs: Result<LeaseAttrs, LeaseError>,
     /// The etcd lease the key is attached to; 0 for a reservation (no TTL).
     pub lease_id: i64,
     /// Revision of the last write, for guarded updates and deletes.
@@ -195,7 +192,7 @@ pub fn parse_kv(keys: &Keys, kv: &KeyValue) -> Parsed {
         Ok(key) => Parsed::Entry(Entry {
             etcd_key,
             key,
-            attrs: LeaseAttrs::from_slice(kv.value()).map_err(|e| e.to_string()),
+            attrs: LeaseAttrs::from_slice(kv.value()),
             lease_id: kv.lease(),
             mod_revision: kv.mod_revision(),
             create_revision: kv.create_revision(),
@@ -252,7 +249,7 @@ pub fn warn_bad_key(warned: &Warned, bad: &BadKey) {
 }
 
 /// Logs a lease key with a malformed value once.
-pub fn warn_bad_value(warned: &Warned, entry: &Entry, reason: &str) {
+pub fn warn_bad_value(warned: &Warned, entry: &Entry, reason: &LeaseError) {
     if warned.first(&entry.etcd_key, entry.mod_revision) {
         tracing::warn!(
             "Ignoring bad subnet node {:?}: its value is not a lease: {reason}",

@@ -212,11 +212,11 @@ impl Watcher {
     }
 
     /// The lease an entry stands for, if it may be reported (our own key always may).
-    fn admit(&self, config: &NetConfig, mut entry: Entry) -> Option<Lease> {
-        let attrs = match std::mem::replace(&mut entry.attrs, Err(String::new())) {
+    fn admit(&self, config: &NetConfig, entry: Entry) -> Option<Lease> {
+        let attrs = match entry.attrs {
             Ok(a) => a,
-            Err(reason) => {
-                warn_bad_value(&self.setup.warned, &entry, &reason);
+            Err(ref reason) => {
+                warn_bad_value(&self.setup.warned, &entry, reason);
                 return None;
             }
         };

@@ -10,6 +10,7 @@ use kube::{Api, Client, Config};
 use tracing::warn;
 
 use super::KubeError;
+use crate::DatastoreCause;
 
 /// How long one API request may take before it counts as failed. Watches are not affected:
 /// kube's watcher has its own idle timeout.
@@ -23,32 +24,55 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// * neither: the in-cluster service-account config (`KUBERNETES_SERVICE_HOST`/`PORT`, token
 ///   and CA under `/var/run/secrets/kubernetes.io/serviceaccount`).
 pub async fn client_config(api_url: &str, kubeconfig: &str) -> Result<Config, KubeError> {
-    let url =
-        if api_url.is_empty() {
-            None
-        } else {
-            Some(api_url.parse::<http::Uri>().map_err(|e| {
-                KubeError::Config(format!("invalid --kube-api-url {api_url:?}: {e}"))
-            })?)
-        };
+    let url = if api_url.is_empty() {
+        None
+    } else {
+        Some(
+            api_url
+                .parse::<http::Uri>()
+                .map_err(config_failed(format!("invalid --kube-api-url {api_url:?}")))?,
+        )
+    };
     let mut config = if !kubeconfig.is_empty() {
         let file = Kubeconfig::read_from(kubeconfig)
-            .map_err(|e| KubeError::Config(format!("reading {kubeconfig}: {e}")))?;
+            .map_err(config_failed(format!("reading {kubeconfig}")))?;
         Config::from_custom_kubeconfig(file, &KubeConfigOptions::default())
             .await
-            .map_err(|e| KubeError::Config(format!("{kubeconfig}: {e}")))?
+            .map_err(config_failed(kubeconfig))?
     } else if let Some(url) = &url {
         Config::new(url.clone())
     } else {
         warn!(
             "Neither --kubeconfig-file nor --kube-api-url was specified. Using the inClusterConfig."
         );
-        Config::incluster().map_err(|e| KubeError::Config(format!("in-cluster config: {e}")))?
+        Config::incluster().map_err(config_failed("in-cluster config"))?
     };
     if let Some(url) = url {
         config.cluster_url = url;
     }
     Ok(config)
+}
+
+/// [`KubeError::Config`] for a failure while reading `context`.
+fn config_failed<E>(context: impl Into<String>) -> impl FnOnce(E) -> KubeError
+where
+    E: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let context = context.into();
+    move |e| KubeError::Config {
+        context,
+        source: e.into(),
+    }
+}
+
+/// Awaits one API request for at most [`REQUEST_TIMEOUT`].
+pub(super) async fn within_timeout<T>(
+    fut: impl Future<Output = Result<T, kube::Error>>,
+) -> Result<T, DatastoreCause> {
+    match tokio::time::timeout(REQUEST_TIMEOUT, fut).await {
+        Ok(result) => result.map_err(DatastoreCause::from),
+        Err(_) => Err(format!("timed out after {REQUEST_TIMEOUT:?}").into()),
+    }
 }
 
 /// Our node's name (upstream's rules): `NODE_NAME`; otherwise `POD_NAME` and `POD_NAMESPACE`
@@ -71,12 +95,11 @@ pub async fn node_name(
         ));
     };
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    let got = tokio::time::timeout(REQUEST_TIMEOUT, pods.get(pod))
+    let got = within_timeout(pods.get(pod))
         .await
-        .map_err(|_| format!("timed out after {REQUEST_TIMEOUT:?}"))
-        .and_then(|r| r.map_err(|e| e.to_string()))
-        .map_err(|e| {
-            KubeError::NodeName(format!("error retrieving pod spec for '{ns}/{pod}': {e}"))
+        .map_err(|source| KubeError::PodLookup {
+            pod: format!("{ns}/{pod}"),
+            source,
         })?;
     got.spec
         .and_then(|s| s.node_name)

@@ -24,7 +24,9 @@
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
-use flannel_types::{AnnotationError, AnnotationKeys, Lease, LeaseAttrs, NetConfig};
+use flannel_types::{
+    AnnotationError, AnnotationKeys, ConfigError, IpFamily, Lease, LeaseAttrs, NetConfig,
+};
 use k8s_openapi::api::core::v1::{Node, NodeCondition};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Patch, PatchParams};
@@ -33,13 +35,12 @@ use serde_json::json;
 use tokio::sync::mpsc;
 use tracing::info;
 
-use crate::{SubnetError, SubnetManager, WatchEvent};
+use crate::{DatastoreCause, SubnetError, SubnetManager, WatchEvent};
 
 pub mod client;
 pub mod node;
 pub mod watch;
 
-use client::REQUEST_TIMEOUT;
 use node::NodeView;
 
 /// Upstream's default depth of the lease event queue (`EVENT_QUEUE_DEPTH`).
@@ -49,26 +50,53 @@ pub const DEFAULT_EVENT_QUEUE_DEPTH: usize = 5000;
 #[derive(Debug, thiserror::Error)]
 pub enum KubeError {
     /// The client configuration could not be built.
-    #[error("fail to create kubernetes config: {0}")]
-    Config(String),
+    #[error("fail to create kubernetes config: {context}: {source}")]
+    Config {
+        /// Which configuration source failed (`reading /etc/kubeconfig`, `in-cluster config`).
+        context: String,
+        /// The parse or read error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// The client could not be created from the configuration.
     #[error("unable to initialize client: {0}")]
-    Client(String),
-    /// Our node's name could not be found.
+    Client(#[source] kube::Error),
+    /// Our node's name is not configured, or the pod names no node.
     #[error("{0}")]
     NodeName(String),
+    /// Our pod (`POD_NAMESPACE`/`POD_NAME`) could not be read to find our node's name.
+    #[error("error retrieving pod spec for '{pod}': {source}")]
+    PodLookup {
+        /// `namespace/name`.
+        pod: String,
+        /// Why the request failed.
+        #[source]
+        source: DatastoreCause,
+    },
     /// net-conf.json could not be read.
-    #[error("failed to read net conf: {0}")]
-    ReadNetConf(String),
+    #[error("failed to read net conf: {}: {source}", .path.display())]
+    ReadNetConf {
+        /// `--net-config-path`.
+        path: PathBuf,
+        /// The read error.
+        #[source]
+        source: std::io::Error,
+    },
     /// net-conf.json is not a valid config.
     #[error("error parsing subnet config: {0}")]
-    ParseNetConf(String),
+    ParseNetConf(#[source] ConfigError),
     /// `--kube-annotation-prefix` is invalid.
     #[error("error creating network manager: {0}")]
     Prefix(#[from] AnnotationError),
     /// `EVENT_QUEUE_DEPTH` is not a number.
-    #[error("error creating network manager: env EVENT_QUEUE_DEPTH={0} format error: {1}")]
-    QueueDepth(String, String),
+    #[error("error creating network manager: env EVENT_QUEUE_DEPTH={value} format error: {source}")]
+    QueueDepth {
+        /// The variable's value.
+        value: String,
+        /// Why it is not a number.
+        #[source]
+        source: std::num::ParseIntError,
+    },
 }
 
 /// The flags and environment the manager is built from.
@@ -126,33 +154,22 @@ impl std::fmt::Debug for KubeManager {
     }
 }
 
-fn datastore(operation: impl Into<String>, reason: impl std::fmt::Display) -> SubnetError {
-    SubnetError::Datastore {
-        operation: operation.into(),
-        reason: reason.to_string(),
-    }
-}
-
-/// Runs one API request with [`REQUEST_TIMEOUT`], mapping failures to a datastore error.
+/// Runs one API request with [`client::REQUEST_TIMEOUT`], mapping failures to a datastore
+/// error.
 async fn request<T>(
     what: &str,
     fut: impl Future<Output = Result<T, kube::Error>>,
 ) -> Result<T, SubnetError> {
-    match tokio::time::timeout(REQUEST_TIMEOUT, fut).await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(datastore(what, e)),
-        Err(_) => Err(datastore(
-            what,
-            format!("timed out after {REQUEST_TIMEOUT:?}"),
-        )),
-    }
+    client::within_timeout(fut)
+        .await
+        .map_err(|cause| SubnetError::datastore(what, cause))
 }
 
 impl KubeManager {
     /// Connects as upstream's `NewSubnetManager` does (see the module docs for the order).
     pub async fn connect(opts: KubeOptions) -> Result<KubeManager, KubeError> {
         let config = client::client_config(&opts.api_url, &opts.kubeconfig).await?;
-        let client = Client::try_from(config).map_err(|e| KubeError::Client(e.to_string()))?;
+        let client = Client::try_from(config).map_err(KubeError::Client)?;
         let node_name = client::node_name(
             &client,
             opts.node_name.as_deref(),
@@ -169,17 +186,25 @@ impl KubeManager {
         node_name: String,
         opts: KubeOptions,
     ) -> Result<KubeManager, KubeError> {
-        let text = std::fs::read_to_string(&opts.net_config_path).map_err(|e| {
-            KubeError::ReadNetConf(format!("{}: {e}", opts.net_config_path.display()))
+        let text = std::fs::read_to_string(&opts.net_config_path).map_err(|source| {
+            KubeError::ReadNetConf {
+                path: opts.net_config_path.clone(),
+                source,
+            }
         })?;
-        let config = NetConfig::parse(&text).map_err(|e| KubeError::ParseNetConf(e.to_string()))?;
+        let config = NetConfig::parse(&text).map_err(KubeError::ParseNetConf)?;
         let keys = AnnotationKeys::new(&opts.annotation_prefix)?;
         let queue_depth = match opts.event_queue_depth.as_deref() {
             None | Some("") => DEFAULT_EVENT_QUEUE_DEPTH,
             Some(s) => match s.parse::<i64>() {
                 Ok(n) if n > 0 => usize::try_from(n).unwrap_or(DEFAULT_EVENT_QUEUE_DEPTH),
                 Ok(_) => DEFAULT_EVENT_QUEUE_DEPTH,
-                Err(e) => return Err(KubeError::QueueDepth(s.to_string(), e.to_string())),
+                Err(source) => {
+                    return Err(KubeError::QueueDepth {
+                        value: s.to_string(),
+                        source,
+                    });
+                }
             },
         };
         Ok(KubeManager {
@@ -223,17 +248,14 @@ impl SubnetManager for KubeManager {
     async fn public_ip_overrides(&self) -> Result<(Option<String>, Option<String>), SubnetError> {
         let node = self.own_node().await?;
         let (v4, v6) = node::public_ip_overrides(&NodeView::of(&node), &self.keys);
-        if let Some(ip) = &v4 {
-            info!(
-                "Using public IP {ip} from node annotation {}",
-                self.keys.node_public_ip
-            );
-        }
-        if let Some(ip) = &v6 {
-            info!(
-                "Using public IPv6 {ip} from node annotation {}",
-                self.keys.node_public_ipv6
-            );
+        for (family, ip) in [(IpFamily::V4, &v4), (IpFamily::V6, &v6)] {
+            if let Some(ip) = ip {
+                info!(
+                    "Using public {} {ip} from node annotation {}",
+                    family.pick("IP", "IPv6"),
+                    self.keys.family(family).node_public_ip
+                );
+            }
         }
         Ok((v4, v6))
     }

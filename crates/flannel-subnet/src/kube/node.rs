@@ -5,7 +5,10 @@
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use flannel_types::{AnnotationKeys, Lease, LeaseAttrs, NetConfig, RawJson, goip};
+use flannel_types::{
+    AnnotationKeys, FamilyAnnotationKeys, FamilyConfig, FamilyNet, IpFamily, Lease, LeaseAttrs,
+    NetConfig, RawJson, goip,
+};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use k8s_openapi::api::core::v1::Node;
 use tracing::info;
@@ -88,8 +91,44 @@ pub fn pod_subnets(node: &NodeView<'_>) -> Result<(Option<Ipv4Net>, Option<Ipv6N
 }
 
 /// Go's `containsCIDR`: `outer` contains `inner`'s address and is not more specific.
-fn contains(outer_len: u8, inner_len: u8, outer_contains_addr: bool) -> bool {
-    outer_len <= inner_len && outer_contains_addr
+fn contains<N: FamilyNet>(outer: &N, inner: &N) -> bool {
+    outer.prefix_len() <= inner.prefix_len() && outer.contains_addr(&inner.addr())
+}
+
+/// One family's podCIDR checked against its network in net-conf.json (upstream's
+/// `AcquireLease` checks and messages); `None` when the family is off or has no podCIDR.
+fn own_subnet<N: FamilyNet>(
+    node: &NodeView<'_>,
+    family: &FamilyConfig<N>,
+    cidr: Option<N>,
+) -> Result<Option<N>, String> {
+    let Some(cidr) = cidr.filter(|_| family.enabled) else {
+        return Ok(None);
+    };
+    let Some(network) = family.network else {
+        return Err(match N::FAMILY {
+            IpFamily::V4 => format!(
+                "the flannel net config has no \"Network\" to contain {:?} PodCIDR of the {:?} node",
+                cidr.to_string(),
+                node.name
+            ),
+            IpFamily::V6 => format!(
+                "subnet {:?} specified in the PodCIDR, but doesn't exist in the flannel net config of the {:?} node",
+                cidr.to_string(),
+                node.name
+            ),
+        });
+    };
+    if !contains(&network, &cidr) {
+        return Err(format!(
+            "subnet {:?} specified in the flannel net config doesn't contain {:?} {} of the {:?} node",
+            network.to_string(),
+            cidr.to_string(),
+            N::FAMILY.pick("PodCIDR", "IPv6 PodCIDR"),
+            node.name
+        ));
+    }
+    Ok(Some(cidr))
 }
 
 /// Our own lease's subnets, checked against net-conf.json as upstream's `AcquireLease` does.
@@ -103,52 +142,8 @@ pub fn own_subnets(
     backend_type: &str,
 ) -> Result<(Option<Ipv4Net>, Option<Ipv6Net>), String> {
     let (v4, v6) = pod_subnets(node)?;
-    let mut subnet = None;
-    if let (Some(cidr), true) = (v4, config.enable_ipv4) {
-        let network = config.network.ok_or_else(|| {
-            format!(
-                "the flannel net config has no \"Network\" to contain {:?} PodCIDR of the {:?} node",
-                cidr.to_string(),
-                node.name
-            )
-        })?;
-        if !contains(
-            network.prefix_len(),
-            cidr.prefix_len(),
-            network.contains(&cidr.addr()),
-        ) {
-            return Err(format!(
-                "subnet {:?} specified in the flannel net config doesn't contain {:?} PodCIDR of the {:?} node",
-                network.to_string(),
-                cidr.to_string(),
-                node.name
-            ));
-        }
-        subnet = Some(cidr);
-    }
-    let mut ipv6_subnet = None;
-    if let (Some(cidr), true) = (v6, config.enable_ipv6) {
-        let network = config.ipv6_network.ok_or_else(|| {
-            format!(
-                "subnet {:?} specified in the PodCIDR, but doesn't exist in the flannel net config of the {:?} node",
-                cidr.to_string(),
-                node.name
-            )
-        })?;
-        if !contains(
-            network.prefix_len(),
-            cidr.prefix_len(),
-            network.contains(&cidr.addr()),
-        ) {
-            return Err(format!(
-                "subnet {:?} specified in the flannel net config doesn't contain {:?} IPv6 PodCIDR of the {:?} node",
-                network.to_string(),
-                cidr.to_string(),
-                node.name
-            ));
-        }
-        ipv6_subnet = Some(cidr);
-    }
+    let subnet = own_subnet(node, &config.family(), v4)?;
+    let mut ipv6_subnet = own_subnet(node, &config.family(), v6)?;
     // Upstream: only vxlan, host-gw and wireguard do dual stack; others get an IPv4 lease.
     if !matches!(backend_type, "vxlan" | "host-gw" | "wireguard") {
         ipv6_subnet = None;
@@ -172,6 +167,27 @@ fn json_annotation(node: &NodeView<'_>, key: &str) -> Result<Option<RawJson>, St
     }
 }
 
+/// One family's part of a peer's lease from its annotations: the public address, the
+/// backend data and the podCIDR, each required.
+fn lease_part<N: FamilyNet>(
+    node: &NodeView<'_>,
+    keys: &AnnotationKeys,
+    subnet: Option<N>,
+) -> Result<(N::Addr, Option<RawJson>, N), String> {
+    let keys = keys.family(N::FAMILY);
+    let text = node.annotation(keys.public_ip);
+    let ip = N::parse_go_addr(text).ok_or_else(|| {
+        format!(
+            "annotation {}: invalid {} address {text:?}",
+            keys.public_ip,
+            N::FAMILY
+        )
+    })?;
+    let data = json_annotation(node, keys.backend_data)?;
+    let subnet = subnet.ok_or_else(|| format!("no {} pod cidr", N::FAMILY))?;
+    Ok((ip, data, subnet))
+}
+
 /// A peer's lease from its Node (upstream `nodeToLease`), for the families that are enabled.
 ///
 /// Errors (no podCIDR, an address or JSON annotation that does not parse, no podCIDR of an
@@ -193,26 +209,16 @@ pub fn node_to_lease(
         expiration: None,
     };
     if enable_ipv4 {
-        let text = node.annotation(&keys.public_ip);
-        lease.attrs.public_ip = goip::parse_ip4(text).ok_or_else(|| {
-            format!(
-                "annotation {}: invalid IPv4 address {text:?}",
-                keys.public_ip
-            )
-        })?;
-        lease.attrs.backend_data = json_annotation(node, &keys.backend_data)?;
-        lease.subnet = Some(v4.ok_or_else(|| "no IPv4 pod cidr".to_string())?);
+        let (ip, data, subnet) = lease_part(node, keys, v4)?;
+        lease.attrs.public_ip = ip;
+        lease.attrs.backend_data = data;
+        lease.subnet = Some(subnet);
     }
     if enable_ipv6 {
-        let text = node.annotation(&keys.public_ipv6);
-        lease.attrs.public_ipv6 = Some(goip::parse_ip6(text).ok_or_else(|| {
-            format!(
-                "annotation {}: invalid IPv6 address {text:?}",
-                keys.public_ipv6
-            )
-        })?);
-        lease.attrs.backend_v6_data = json_annotation(node, &keys.backend_v6_data)?;
-        lease.ipv6_subnet = Some(v6.ok_or_else(|| "no IPv6 pod cidr".to_string())?);
+        let (ip, data, subnet) = lease_part(node, keys, v6)?;
+        lease.attrs.public_ipv6 = Some(ip);
+        lease.attrs.backend_v6_data = data;
+        lease.ipv6_subnet = Some(subnet);
     }
     Ok(lease)
 }
@@ -236,13 +242,80 @@ pub fn public_ip_overrides(
     node: &NodeView<'_>,
     keys: &AnnotationKeys,
 ) -> (Option<String>, Option<String>) {
-    let get = |k: &str| Some(node.annotation(k).to_string()).filter(|s| !s.is_empty());
-    (get(&keys.node_public_ip), get(&keys.node_public_ipv6))
+    let get = |family| {
+        Some(
+            node.annotation(keys.family(family).node_public_ip)
+                .to_string(),
+        )
+        .filter(|s| !s.is_empty())
+    };
+    (get(IpFamily::V4), get(IpFamily::V6))
 }
 
 fn ip6_text(ip: Option<Ipv6Addr>) -> String {
     // Go prints a nil net.IP as "<nil>".
     ip.map(goip::ip6_string).unwrap_or_else(|| "<nil>".into())
+}
+
+/// What one family publishes on our Node: the values upstream compares and writes, with that
+/// family's keys.
+struct Published<'a> {
+    family: IpFamily,
+    keys: FamilyAnnotationKeys<'a>,
+    /// Backend data as written (`null` when the backend has none).
+    data: String,
+    /// The public address as upstream prints it.
+    ip: String,
+    /// The user's `public-ip(v6)-overwrite` annotation, `""` when unset.
+    overwrite: &'a str,
+}
+
+impl<'a> Published<'a> {
+    fn new(
+        node: &NodeView<'a>,
+        keys: &'a AnnotationKeys,
+        family: IpFamily,
+        data: Option<&RawJson>,
+        ip: String,
+    ) -> Self {
+        let keys = keys.family(family);
+        Published {
+            family,
+            keys,
+            data: data.map_or_else(|| "null".into(), |d| d.as_str().to_string()),
+            ip,
+            overwrite: node.annotation(keys.public_ip_overwrite),
+        }
+    }
+
+    /// Upstream's test for "this family's annotations need a patch" (the backend type aside,
+    /// which both families share).
+    fn differs(&self, node: &NodeView<'_>, managed_key: &str) -> bool {
+        let a = |k: &str| node.annotation(k);
+        a(self.keys.backend_data) != self.data
+            || a(self.keys.public_ip) != self.ip
+            || a(managed_key) != "true"
+            || (!self.overwrite.is_empty() && self.overwrite != self.ip)
+    }
+
+    /// Adds this family's backend data and public address (or the overwrite) to `want`.
+    fn write(&self, node: &NodeView<'_>, want: &mut BTreeMap<String, String>) {
+        want.insert(self.keys.backend_data.to_string(), self.data.clone());
+        let ip = if self.overwrite.is_empty() {
+            self.ip.as_str()
+        } else {
+            if node.annotation(self.keys.public_ip) != self.overwrite {
+                info!(
+                    "Overriding public {} with '{}' from node annotation '{}'",
+                    self.family.pick("ip", "ipv6"),
+                    self.overwrite,
+                    self.keys.public_ip_overwrite
+                );
+            }
+            self.overwrite
+        };
+        want.insert(self.keys.public_ip.to_string(), ip.to_string());
+    }
 }
 
 /// The annotations to write on our Node for `attrs`, or `None` when nothing differs.
@@ -260,77 +333,35 @@ pub fn annotation_changes(
     attrs: &LeaseAttrs,
     keys: &AnnotationKeys,
 ) -> Option<BTreeMap<String, String>> {
-    let a = |k: &str| node.annotation(k);
-    let bd = attrs
-        .backend_data
-        .as_ref()
-        .map(|d| d.as_str().to_string())
-        .unwrap_or_else(|| "null".into());
-    let bd6 = attrs
-        .backend_v6_data
-        .as_ref()
-        .map(|d| d.as_str().to_string())
-        .unwrap_or_else(|| "null".into());
     let bt = attrs.backend_type.as_str();
-    let pip = attrs.public_ip.to_string();
-    let pip6 = ip6_text(attrs.public_ipv6);
-    let overwrite = a(&keys.public_ip_overwrite);
-    let overwrite6 = a(&keys.public_ipv6_overwrite);
-
-    let v4_differs = a(&keys.backend_data) != bd
-        || a(&keys.backend_type) != bt
-        || a(&keys.public_ip) != pip
-        || a(&keys.kube_subnet_manager) != "true"
-        || (!overwrite.is_empty() && overwrite != pip);
-    let v6_differs = attrs.public_ipv6.is_some()
-        && (a(&keys.backend_v6_data) != bd6
-            || a(&keys.backend_type) != bt
-            || a(&keys.public_ipv6) != pip6
-            || a(&keys.kube_subnet_manager) != "true"
-            || (!overwrite6.is_empty() && overwrite6 != pip6));
-    if !v4_differs && !v6_differs {
+    let published =
+        |family, ip| Published::new(node, keys, family, attrs.backend_data_of(family), ip);
+    let v4 = published(IpFamily::V4, attrs.public_ip.to_string());
+    let v6 = published(IpFamily::V6, ip6_text(attrs.public_ipv6));
+    let type_differs = node.annotation(&keys.backend_type) != bt;
+    let differs = |p: &Published<'_>| type_differs || p.differs(node, &keys.kube_subnet_manager);
+    let v6_differs = attrs.public_ipv6.is_some() && differs(&v6);
+    if !differs(&v4) && !v6_differs {
         return None;
     }
 
     let mut want: BTreeMap<String, String> = BTreeMap::new();
     want.insert(keys.backend_type.clone(), bt.to_string());
     let write_v4 = match bt {
-        "vxlan" | "wireguard" => bd != "null",
+        "vxlan" | "wireguard" => v4.data != "null",
         _ => true,
     };
     if write_v4 {
-        want.insert(keys.backend_data.clone(), bd.clone());
-        if !overwrite.is_empty() {
-            if a(&keys.public_ip) != overwrite {
-                info!(
-                    "Overriding public ip with '{overwrite}' from node annotation '{}'",
-                    keys.public_ip_overwrite
-                );
-            }
-            want.insert(keys.public_ip.clone(), overwrite.to_string());
-        } else {
-            want.insert(keys.public_ip.clone(), pip.clone());
-        }
+        v4.write(node, &mut want);
     }
     let write_v6 = match bt {
-        "vxlan" => bd6 != "null",
-        "wireguard" => bd6 != "null" && attrs.public_ipv6.is_some(),
+        "vxlan" => v6.data != "null",
+        "wireguard" => v6.data != "null" && attrs.public_ipv6.is_some(),
         "host-gw" => attrs.public_ipv6.is_some(),
         _ => false,
     };
     if write_v6 {
-        want.insert(keys.backend_v6_data.clone(), bd6.clone());
-        if !overwrite6.is_empty() {
-            if a(&keys.public_ipv6) != overwrite6 {
-                info!(
-                    "Overriding public ipv6 with '{overwrite6}' from node annotation '{}'",
-                    keys.public_ipv6_overwrite
-                );
-            }
-            want.insert(keys.public_ipv6.clone(), overwrite6.to_string());
-        } else {
-            want.insert(keys.public_ipv6.clone(), pip6);
-        }
+        v6.write(node, &mut want);
     }
     want.insert(keys.kube_subnet_manager.clone(), "true".into());
     want.retain(|k, v| node.annotations.get(k) != Some(v));
