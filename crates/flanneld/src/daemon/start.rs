@@ -7,8 +7,9 @@ use std::time::Duration;
 use flannel_netlink::{LinkEvents, Netlink};
 use flannel_rules::{Networks, PreviousValues, RuleConfig, RuleManager, Runner, TokioRunner};
 use flannel_subnet::{SubnetError, SubnetManager};
-use flannel_types::subnet_env::{PreviousSubnetEnv, SubnetEnv, SubnetEnvV4, SubnetEnvV6};
-use flannel_types::{IpStack, Lease, LeaseAttrs, NetConfig};
+use flannel_types::subnet_env::{PreviousSubnetEnv, SubnetEnv, SubnetEnvFamily};
+use flannel_types::{FamilyNet, IpStack, Lease, LeaseAttrs, NetConfig};
+use ipnet::{Ipv4Net, Ipv6Net};
 use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
 
@@ -357,17 +358,24 @@ async fn install_rules(
 /// The subnet.env contents for our lease.
 pub fn subnet_env(config: &NetConfig, lease: &Lease, mtu: u32, ip_masq: bool) -> SubnetEnv {
     SubnetEnv {
-        ipv4: match (config.enable_ipv4, config.network, lease.subnet) {
-            (true, Some(network), Some(subnet)) => Some(SubnetEnvV4 { network, subnet }),
-            _ => None,
-        },
-        ipv6: match (config.enable_ipv6, config.ipv6_network, lease.ipv6_subnet) {
-            (true, Some(network), Some(subnet)) => Some(SubnetEnvV6 { network, subnet }),
-            _ => None,
-        },
+        ipv4: subnet_env_family::<Ipv4Net>(config, lease),
+        ipv6: subnet_env_family::<Ipv6Net>(config, lease),
         mtu,
         ip_masq,
     }
+}
+
+/// One family's lines of subnet.env: present when the family is enabled and we hold a subnet
+/// of it.
+fn subnet_env_family<N: FamilyNet>(
+    config: &NetConfig,
+    lease: &Lease,
+) -> Option<SubnetEnvFamily<N>> {
+    let family = config.family::<N>();
+    Some(SubnetEnvFamily {
+        network: family.network.filter(|_| family.enabled)?,
+        subnet: N::from_ip_net(lease.subnet_of(N::FAMILY)?)?,
+    })
 }
 
 /// Writes subnet.env atomically, then reports ready. Upstream keeps running but never becomes
