@@ -10,10 +10,74 @@ use std::fs::File;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use flannel_types::goip;
+use nix::errno::Errno;
 use nix::ifaddrs::getifaddrs;
 use nix::net::if_::InterfaceFlags;
 use nix::sched::{CloneFlags, setns};
 use serde_json::{Map, Value};
+
+use crate::error::{CHECK_MISMATCH, Coded, DECODE_FAILURE};
+
+/// `prevResult` holds a value that is not what the CNI result types allow (code 6).
+#[derive(Debug, thiserror::Error)]
+pub enum PrevResultError {
+    /// An `ips[].address` is not a CIDR.
+    #[error("prevResult: ips[].address {0:?} is not a CIDR")]
+    Address(String),
+    /// A `routes[].dst` is not a CIDR.
+    #[error("prevResult: routes[].dst {0:?} is not a CIDR")]
+    Dst(String),
+    /// A `routes[].gw` is not an address.
+    #[error("prevResult: routes[].gw {0:?} is not an address")]
+    Gateway(String),
+}
+
+impl Coded for PrevResultError {
+    fn code(&self) -> u32 {
+        DECODE_FAILURE
+    }
+}
+
+/// The container's namespace could not be inspected (code 100: CHECK cannot confirm the pod).
+#[derive(Debug, thiserror::Error)]
+pub enum ObserveError {
+    /// `CNI_NETNS` cannot be opened.
+    #[error("cannot open netns {netns}: {source}")]
+    Open {
+        /// `CNI_NETNS`.
+        netns: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `setns` into it failed.
+    #[error("cannot enter netns {netns}: {source}")]
+    Enter {
+        /// `CNI_NETNS`.
+        netns: String,
+        /// The OS error.
+        #[source]
+        source: Errno,
+    },
+    /// Its addresses cannot be listed.
+    #[error("listing addresses in {netns}: {source}")]
+    List {
+        /// `CNI_NETNS`.
+        netns: String,
+        /// The OS error.
+        #[source]
+        source: Errno,
+    },
+    /// The inspecting thread panicked.
+    #[error("netns inspection thread panicked")]
+    Panicked,
+}
+
+impl Coded for ObserveError {
+    fn code(&self) -> u32 {
+        CHECK_MISMATCH
+    }
+}
 
 /// What the container's namespace holds for one interface.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -42,7 +106,7 @@ pub struct Expected {
 }
 
 /// Extracts what `prev` (a 0.4.0 or 1.x result) promises for interface `ifname`.
-pub fn expected(prev: &Map<String, Value>, ifname: &str) -> Result<Expected, String> {
+pub fn expected(prev: &Map<String, Value>, ifname: &str) -> Result<Expected, PrevResultError> {
     let interfaces = prev
         .get("interfaces")
         .and_then(Value::as_array)
@@ -85,8 +149,7 @@ pub fn expected(prev: &Map<String, Value>, ifname: &str) -> Result<Expected, Str
             }
         }
         let addr = ip.get("address").and_then(Value::as_str).unwrap_or("");
-        let c = goip::parse_cidr(addr)
-            .ok_or_else(|| format!("prevResult: ips[].address {addr:?} is not a CIDR"))?;
+        let c = goip::parse_cidr(addr).ok_or_else(|| PrevResultError::Address(addr.into()))?;
         out.addrs.push((c.addr, c.prefix));
     }
     for r in prev
@@ -96,14 +159,10 @@ pub fn expected(prev: &Map<String, Value>, ifname: &str) -> Result<Expected, Str
         .flatten()
     {
         let dst = r.get("dst").and_then(Value::as_str).unwrap_or("");
-        let c = goip::parse_cidr(dst)
-            .ok_or_else(|| format!("prevResult: routes[].dst {dst:?} is not a CIDR"))?;
+        let c = goip::parse_cidr(dst).ok_or_else(|| PrevResultError::Dst(dst.into()))?;
         let gw = match r.get("gw").and_then(Value::as_str) {
             None | Some("") => None,
-            Some(g) => Some(
-                goip::parse_ip(g)
-                    .ok_or_else(|| format!("prevResult: routes[].gw {g:?} is not an address"))?,
-            ),
+            Some(g) => Some(goip::parse_ip(g).ok_or_else(|| PrevResultError::Gateway(g.into()))?),
         };
         let net = c.network();
         out.routes.push((net.network(), net.prefix_len(), gw));
@@ -112,14 +171,22 @@ pub fn expected(prev: &Map<String, Value>, ifname: &str) -> Result<Expected, Str
 }
 
 /// Reads what the namespace at `netns` holds for `ifname`.
-pub fn observe(netns: &str, ifname: &str) -> Result<Observed, String> {
-    let file = File::open(netns).map_err(|e| format!("cannot open netns {netns}: {e}"))?;
+pub fn observe(netns: &str, ifname: &str) -> Result<Observed, ObserveError> {
+    let file = File::open(netns).map_err(|source| ObserveError::Open {
+        netns: netns.into(),
+        source,
+    })?;
     std::thread::scope(|s| {
-        s.spawn(|| -> Result<Observed, String> {
-            setns(&file, CloneFlags::CLONE_NEWNET)
-                .map_err(|e| format!("cannot enter netns {netns}: {e}"))?;
+        s.spawn(|| -> Result<Observed, ObserveError> {
+            setns(&file, CloneFlags::CLONE_NEWNET).map_err(|source| ObserveError::Enter {
+                netns: netns.into(),
+                source,
+            })?;
             let mut seen = Observed::default();
-            let addrs = getifaddrs().map_err(|e| format!("listing addresses in {netns}: {e}"))?;
+            let addrs = getifaddrs().map_err(|source| ObserveError::List {
+                netns: netns.into(),
+                source,
+            })?;
             for a in addrs.filter(|a| a.interface_name == ifname) {
                 seen.exists = true;
                 seen.up |= a.flags.contains(InterfaceFlags::IFF_UP);
@@ -158,7 +225,7 @@ pub fn observe(netns: &str, ifname: &str) -> Result<Observed, String> {
             Ok(seen)
         })
         .join()
-        .unwrap_or_else(|_| Err("netns inspection thread panicked".to_string()))
+        .unwrap_or(Err(ObserveError::Panicked))
     })
 }
 
@@ -403,6 +470,13 @@ mod tests {
     #[test]
     fn observe_reports_unopenable_netns() {
         let e = observe("/nonexistent/netns", "eth0").unwrap_err();
-        assert!(e.starts_with("cannot open netns /nonexistent/netns"), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("cannot open netns /nonexistent/netns"),
+            "{e}"
+        );
+        assert!(
+            matches!(e, ObserveError::Open { ref source, .. } if source.kind() == std::io::ErrorKind::NotFound)
+        );
     }
 }
