@@ -9,11 +9,12 @@
 use std::fs::File;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use flannel_types::goip;
+use flannel_types::{IpFamily, goip};
 use nix::errno::Errno;
 use nix::ifaddrs::getifaddrs;
 use nix::net::if_::InterfaceFlags;
 use nix::sched::{CloneFlags, setns};
+use nix::sys::socket::SockaddrStorage;
 use serde_json::{Map, Value};
 
 use crate::error::{CHECK_MISMATCH, Coded, DECODE_FAILURE};
@@ -198,22 +199,8 @@ pub fn observe(netns: &str, ifname: &str) -> Result<Observed, ObserveError> {
                             .collect::<Vec<_>>()
                             .join(":")
                     });
-                } else if let Some(v4) = addr.as_sockaddr_in() {
-                    let mask = a
-                        .netmask
-                        .as_ref()
-                        .and_then(|m| m.as_sockaddr_in())
-                        .map(|m| u32::from(m.ip()).count_ones())
-                        .unwrap_or(32);
-                    seen.addrs.push((IpAddr::V4(v4.ip()), mask as u8));
-                } else if let Some(v6) = addr.as_sockaddr_in6() {
-                    let mask = a
-                        .netmask
-                        .as_ref()
-                        .and_then(|m| m.as_sockaddr_in6())
-                        .map(|m| u128::from(m.ip()).count_ones())
-                        .unwrap_or(128);
-                    seen.addrs.push((IpAddr::V6(v6.ip()), mask as u8));
+                } else if let Some(a) = with_prefix(&addr, a.netmask.as_ref()) {
+                    seen.addrs.push(a);
                 }
             }
             if let Ok(t) = std::fs::read_to_string("/proc/thread-self/net/route") {
@@ -227,6 +214,29 @@ pub fn observe(netns: &str, ifname: &str) -> Result<Observed, ObserveError> {
         .join()
         .unwrap_or(Err(ObserveError::Panicked))
     })
+}
+
+/// An interface address with the prefix length of its netmask (none: a host address), for
+/// IPv4 and IPv6 alike; `None` for other address families.
+fn with_prefix(addr: &SockaddrStorage, netmask: Option<&SockaddrStorage>) -> Option<(IpAddr, u8)> {
+    let ip_of = |s: &SockaddrStorage| {
+        s.as_sockaddr_in()
+            .map(|a| IpAddr::V4(a.ip()))
+            .or_else(|| s.as_sockaddr_in6().map(|a| IpAddr::V6(a.ip())))
+    };
+    let ip = ip_of(addr)?;
+    let family = IpFamily::of(&ip);
+    let prefix = netmask
+        .and_then(ip_of)
+        .filter(|m| IpFamily::of(m) == family)
+        .map_or(family.max_prefix_len(), |m| {
+            let bits = match m {
+                IpAddr::V4(m) => u32::from(m).count_ones(),
+                IpAddr::V6(m) => u128::from(m).count_ones(),
+            };
+            bits as u8
+        });
+    Some((ip, prefix))
 }
 
 /// Parses `/proc/net/route` (IPv4 main table; addresses in host-endian hex) for `ifname`.
@@ -465,6 +475,27 @@ mod tests {
         assert_eq!(routes[1]["gw"], "10.244.1.1");
         assert_eq!(routes[2]["gw"], "fd00::1");
         assert_eq!(p["ips"], prev()["ips"]);
+    }
+
+    #[test]
+    fn prefixes_come_from_netmasks_of_either_family() {
+        let s = |a: &str| SockaddrStorage::from(a.parse::<std::net::SocketAddr>().unwrap());
+        assert_eq!(
+            with_prefix(&s("10.244.1.2:0"), Some(&s("255.255.255.0:0"))),
+            Some((ip("10.244.1.2"), 24))
+        );
+        assert_eq!(
+            with_prefix(&s("[fd00::2]:0"), Some(&s("[ffff:ffff:ffff:ffff::]:0"))),
+            Some((ip("fd00::2"), 64))
+        );
+        assert_eq!(
+            with_prefix(&s("10.0.0.1:0"), None),
+            Some((ip("10.0.0.1"), 32))
+        );
+        assert_eq!(
+            with_prefix(&s("[fd00::1]:0"), None),
+            Some((ip("fd00::1"), 128))
+        );
     }
 
     #[test]

@@ -7,10 +7,10 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{NodeSetup, cni_path, ipv4_of};
+use common::{NodeSetup, ipv4_of};
 use flannel_cni::delegate;
 use flannel_cni::netconf::NetConf;
-use flannel_lab::cni::{self, CniCall};
+use flannel_lab::cni;
 use flannel_types::subnet_env::CniSubnetEnv;
 use serde_json::{Value, json};
 
@@ -258,20 +258,12 @@ fn conflist_attaches_a_reachable_pod_and_detaches_it() {
     // emulator (flannel, then portmap), then traffic.
     let mut setup = NodeSetup::new(8);
     let (cid, netns) = add_pod(&mut setup, "hook");
-    let path = cni_path();
-    let call = CniCall {
-        container_id: &cid,
-        netns: &netns,
-        ifname: "eth0",
-        path: &path,
-    };
-    let node = setup.lab.node(0).netns();
-    let list = setup.files.conflist();
-    let result = cni::conflist_add(node, &list, &call, &json!({})).unwrap();
+    let result = setup.conflist_add(&cid, &netns, &json!({}));
     let pod_ip = ipv4_of(&result);
     assert!(pod_ip.to_string().starts_with("10.244.8."), "{pod_ip}");
+    let node = setup.lab.node(0).netns();
     assert!(flannel_lab::ping(node, pod_ip, 2, Duration::from_secs(5)).unwrap());
-    cni::conflist_del(node, &list, &call, &json!({}), Some(&result)).unwrap();
+    setup.conflist_del(&cid, &netns, &json!({}), &result);
     assert!(setup.files.reservations().is_empty());
     assert!(setup.saved_files().is_empty());
     assert!(!flannel_lab::ping(node, pod_ip, 1, Duration::from_secs(1)).unwrap());

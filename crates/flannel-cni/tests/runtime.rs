@@ -9,8 +9,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{FLANNEL, NodeSetup, cni_path, ipv4_of};
-use flannel_lab::cni::{self, CniCall};
+use common::{FLANNEL, NodeSetup, ipv4_of};
 use flannel_lab::{Netns, require_binary, run_command, wait_for, wait_until};
 use serde_json::json;
 
@@ -176,22 +175,13 @@ fn wget(client: &Netns, url: &str) -> flannel_lab::Result<std::process::Output> 
 #[test]
 fn host_port_mapping_reaches_a_server_in_the_pod() {
     let mut setup = NodeSetup::with_nodes(2, 7);
-    let list = setup.files.conflist();
     let (cid, netns) = {
         let pod = setup.lab.add_pod(0, "web").unwrap();
         (pod.netns_name().to_string(), pod.netns_path())
     };
-    let path = cni_path();
-    let call = CniCall {
-        container_id: &cid,
-        netns: &netns,
-        ifname: "eth0",
-        path: &path,
-    };
     let caps =
         json!({"portMappings": [{"hostPort": 18080, "containerPort": 80, "protocol": "tcp"}]});
-    let node_ns = setup.lab.node(0).netns();
-    let result = cni::conflist_add(node_ns, &list, &call, &caps).unwrap();
+    let result = setup.conflist_add(&cid, &netns, &caps);
     assert!(
         ipv4_of(&result).to_string().starts_with("10.244.7."),
         "{result}"
@@ -232,8 +222,13 @@ fn host_port_mapping_reaches_a_server_in_the_pod() {
     assert_eq!(body, "flannel-rs hostPort ok\n");
 
     // DEL in reverse order with the same port mappings removes the DNAT rules.
-    cni::conflist_del(node_ns, &list, &call, &caps, Some(&result)).unwrap();
-    let nat = node_ns.run_ok(["iptables", "-t", "nat", "-S"]).unwrap();
+    setup.conflist_del(&cid, &netns, &caps, &result);
+    let nat = setup
+        .lab
+        .node(0)
+        .netns()
+        .run_ok(["iptables", "-t", "nat", "-S"])
+        .unwrap();
     assert!(!nat.contains("CNI-DN-"), "{nat}");
     assert!(
         !wget(client, &url).unwrap().status.success(),

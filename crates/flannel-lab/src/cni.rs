@@ -356,31 +356,30 @@ impl FlannelFiles {
 
     /// Everything in `dataDir` (saved configs and any leftover temp files), sorted.
     pub fn saved_files(&self) -> Vec<String> {
-        let mut v: Vec<String> = std::fs::read_dir(&self.data_dir)
-            .map(|d| {
-                d.flatten()
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .collect()
-            })
-            .unwrap_or_default();
-        v.sort();
-        v
+        list_dir(&self.data_dir)
     }
 
     /// host-local's reservations (one file per allocated address) for the lab's network,
     /// sorted.
     pub fn reservations(&self) -> Vec<String> {
-        let mut v: Vec<String> = std::fs::read_dir(self.ipam_dir.join(NETWORK_NAME))
-            .map(|d| {
-                d.flatten()
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .filter(|n| n.parse::<IpAddr>().is_ok())
-                    .collect()
-            })
-            .unwrap_or_default();
-        v.sort();
+        let mut v = list_dir(&self.ipam_dir.join(NETWORK_NAME));
+        v.retain(|n| n.parse::<IpAddr>().is_ok());
         v
     }
+}
+
+/// Sorted entry names of a directory; empty if it does not exist (state a plugin has not
+/// created yet).
+pub fn list_dir(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
 }
 
 #[cfg(test)]

@@ -31,6 +31,16 @@ pub fn cni_path() -> Vec<PathBuf> {
     vec![dir.to_path_buf(), PathBuf::from(DEBIAN_CNI_DIR)]
 }
 
+/// A call for a pod's `eth0`.
+fn pod_call<'a>(container_id: &'a str, netns: &'a Path, path: &'a [PathBuf]) -> CniCall<'a> {
+    CniCall {
+        container_id,
+        netns,
+        ifname: "eth0",
+        path,
+    }
+}
+
 /// A lab whose node 0 has subnet 10.244.`n`.0/24 in subnet.env, with the plugin's state in
 /// the node's directory.
 pub struct NodeSetup {
@@ -68,12 +78,7 @@ impl NodeSetup {
     /// delegates from Debian's directory); `netns` may be empty or gone.
     pub fn call(&self, command: &str, container_id: &str, netns: &Path, conf: &Value) -> CniOutput {
         let path = [PathBuf::from(DEBIAN_CNI_DIR)];
-        let call = CniCall {
-            container_id,
-            netns,
-            ifname: "eth0",
-            path: &path,
-        };
+        let call = pod_call(container_id, netns, &path);
         cni::run_plugin(
             self.lab.node(0).netns(),
             Path::new(FLANNEL),
@@ -97,6 +102,34 @@ impl NodeSetup {
     /// CHECK of a container against the ADD result `prev`.
     pub fn check(&self, container_id: &str, netns: &Path, conf: &Value, prev: &Value) -> CniOutput {
         self.call("CHECK", container_id, netns, &with_prev(conf, prev))
+    }
+
+    /// Runs the node's kube-flannel conflist's ADD (flannel, then portmap) for a pod, with the
+    /// capability arguments `caps` (port mappings); returns the result.
+    pub fn conflist_add(&self, container_id: &str, netns: &Path, caps: &Value) -> Value {
+        let path = cni_path();
+        let call = pod_call(container_id, netns, &path);
+        cni::conflist_add(
+            self.lab.node(0).netns(),
+            &self.files.conflist(),
+            &call,
+            caps,
+        )
+        .expect("conflist ADD")
+    }
+
+    /// Runs the conflist's DEL (in reverse) for a pod added with [`NodeSetup::conflist_add`].
+    pub fn conflist_del(&self, container_id: &str, netns: &Path, caps: &Value, result: &Value) {
+        let path = cni_path();
+        let call = pod_call(container_id, netns, &path);
+        cni::conflist_del(
+            self.lab.node(0).netns(),
+            &self.files.conflist(),
+            &call,
+            caps,
+            Some(result),
+        )
+        .expect("conflist DEL")
     }
 
     /// The node's veth interfaces that are host ends of pods (not its own underlay `ethN`).
@@ -138,19 +171,6 @@ impl NodeSetup {
         );
         assert!(self.saved_files().is_empty(), "{:?}", self.saved_files());
     }
-}
-
-/// Sorted entry names of a directory (empty if it does not exist).
-pub fn list_dir(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    v.sort();
-    v
 }
 
 /// Runs the plugin in the test's own namespace with exactly `env` (plus PATH) and `stdin`.
