@@ -4,8 +4,8 @@
 //!
 //! Hand-written on `std` rather than taken from a crate: the only Rust skel (rscni-plugin)
 //! does not accept CNI 0.1.0/0.2.0, which upstream supports. With [`crate::request`] (reading
-//! and validating the invocation) it is about 500 lines, half of them tests, with no dependency
-//! beyond serde_json. Its checks and messages follow libcni 1.3 so runtimes and operators see
+//! and validating the invocation) it is about 490 lines plus tests, with no dependency beyond
+//! serde_json. Its checks and messages follow libcni 1.3 so runtimes and operators see
 //! what they see with upstream, with spec error codes instead of libcni's catch-all where the
 //! spec has one.
 //!
