@@ -147,11 +147,16 @@ m = statistics.median
 add_over = m(wall["flannel ADD"]) - m(wall["bridge ADD"])
 del_over = m(wall["flannel DEL"]) - m(wall["bridge DEL"])
 print(f"\nflannel vs bridge (median difference): ADD {add_over:+.2f} ms, DEL {del_over:+.2f} ms")
-for label, _ in flannels:
-    name = "flannel's" if label == "flannel+noop" else label[:-len("+noop")] + "'s"
-    print(f"{name} own overhead ({label} - noop): "
-          f"ADD {m(wall[f'{label} ADD']) - m(wall['noop ADD']):+.2f} ms, "
-          f"DEL {m(wall[f'{label} DEL']) - m(wall['noop DEL']):+.2f} ms  (target < 1 ms); "
-          f"CPU time ADD {statistics.mean(cpu[f'{label} ADD']) - statistics.mean(cpu['noop ADD']):+.2f} ms, "
-          f"DEL {statistics.mean(cpu[f'{label} DEL']) - statistics.mean(cpu['noop DEL']):+.2f} ms")
+
+
+def overhead(label):
+    return (f"ADD {m(wall[f'{label} ADD']) - m(wall['noop ADD']):+.2f} ms, "
+            f"DEL {m(wall[f'{label} DEL']) - m(wall['noop DEL']):+.2f} ms; CPU time "
+            f"ADD {statistics.mean(cpu[f'{label} ADD']) - statistics.mean(cpu['noop ADD']):+.2f} ms, "
+            f"DEL {statistics.mean(cpu[f'{label} DEL']) - statistics.mean(cpu['noop DEL']):+.2f} ms")
+
+
+print(f"flannel's own overhead (flannel+noop - noop, target < 1 ms): {overhead('flannel+noop')}")
+for label, _ in flannels[1:]:
+    print(f"  the same for {label[:-len('+noop')]}: {overhead(label)}")
 print(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
