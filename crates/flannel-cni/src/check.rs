@@ -9,11 +9,76 @@
 use std::fs::File;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use flannel_types::goip;
+use flannel_types::{IpFamily, goip};
+use nix::errno::Errno;
 use nix::ifaddrs::getifaddrs;
 use nix::net::if_::InterfaceFlags;
 use nix::sched::{CloneFlags, setns};
+use nix::sys::socket::SockaddrStorage;
 use serde_json::{Map, Value};
+
+use crate::error::{CHECK_MISMATCH, Coded, DECODE_FAILURE};
+
+/// `prevResult` holds a value that is not what the CNI result types allow (code 6).
+#[derive(Debug, thiserror::Error)]
+pub enum PrevResultError {
+    /// An `ips[].address` is not a CIDR.
+    #[error("prevResult: ips[].address {0:?} is not a CIDR")]
+    Address(String),
+    /// A `routes[].dst` is not a CIDR.
+    #[error("prevResult: routes[].dst {0:?} is not a CIDR")]
+    Dst(String),
+    /// A `routes[].gw` is not an address.
+    #[error("prevResult: routes[].gw {0:?} is not an address")]
+    Gateway(String),
+}
+
+impl Coded for PrevResultError {
+    fn code(&self) -> u32 {
+        DECODE_FAILURE
+    }
+}
+
+/// The container's namespace could not be inspected (code 100: CHECK cannot confirm the pod).
+#[derive(Debug, thiserror::Error)]
+pub enum ObserveError {
+    /// `CNI_NETNS` cannot be opened.
+    #[error("cannot open netns {netns}: {source}")]
+    Open {
+        /// `CNI_NETNS`.
+        netns: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `setns` into it failed.
+    #[error("cannot enter netns {netns}: {source}")]
+    Enter {
+        /// `CNI_NETNS`.
+        netns: String,
+        /// The OS error.
+        #[source]
+        source: Errno,
+    },
+    /// Its addresses cannot be listed.
+    #[error("listing addresses in {netns}: {source}")]
+    List {
+        /// `CNI_NETNS`.
+        netns: String,
+        /// The OS error.
+        #[source]
+        source: Errno,
+    },
+    /// The inspecting thread panicked.
+    #[error("netns inspection thread panicked")]
+    Panicked,
+}
+
+impl Coded for ObserveError {
+    fn code(&self) -> u32 {
+        CHECK_MISMATCH
+    }
+}
 
 /// What the container's namespace holds for one interface.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -42,7 +107,7 @@ pub struct Expected {
 }
 
 /// Extracts what `prev` (a 0.4.0 or 1.x result) promises for interface `ifname`.
-pub fn expected(prev: &Map<String, Value>, ifname: &str) -> Result<Expected, String> {
+pub fn expected(prev: &Map<String, Value>, ifname: &str) -> Result<Expected, PrevResultError> {
     let interfaces = prev
         .get("interfaces")
         .and_then(Value::as_array)
@@ -85,8 +150,7 @@ pub fn expected(prev: &Map<String, Value>, ifname: &str) -> Result<Expected, Str
             }
         }
         let addr = ip.get("address").and_then(Value::as_str).unwrap_or("");
-        let c = goip::parse_cidr(addr)
-            .ok_or_else(|| format!("prevResult: ips[].address {addr:?} is not a CIDR"))?;
+        let c = goip::parse_cidr(addr).ok_or_else(|| PrevResultError::Address(addr.into()))?;
         out.addrs.push((c.addr, c.prefix));
     }
     for r in prev
@@ -96,14 +160,10 @@ pub fn expected(prev: &Map<String, Value>, ifname: &str) -> Result<Expected, Str
         .flatten()
     {
         let dst = r.get("dst").and_then(Value::as_str).unwrap_or("");
-        let c = goip::parse_cidr(dst)
-            .ok_or_else(|| format!("prevResult: routes[].dst {dst:?} is not a CIDR"))?;
+        let c = goip::parse_cidr(dst).ok_or_else(|| PrevResultError::Dst(dst.into()))?;
         let gw = match r.get("gw").and_then(Value::as_str) {
             None | Some("") => None,
-            Some(g) => Some(
-                goip::parse_ip(g)
-                    .ok_or_else(|| format!("prevResult: routes[].gw {g:?} is not an address"))?,
-            ),
+            Some(g) => Some(goip::parse_ip(g).ok_or_else(|| PrevResultError::Gateway(g.into()))?),
         };
         let net = c.network();
         out.routes.push((net.network(), net.prefix_len(), gw));
@@ -112,14 +172,22 @@ pub fn expected(prev: &Map<String, Value>, ifname: &str) -> Result<Expected, Str
 }
 
 /// Reads what the namespace at `netns` holds for `ifname`.
-pub fn observe(netns: &str, ifname: &str) -> Result<Observed, String> {
-    let file = File::open(netns).map_err(|e| format!("cannot open netns {netns}: {e}"))?;
+pub fn observe(netns: &str, ifname: &str) -> Result<Observed, ObserveError> {
+    let file = File::open(netns).map_err(|source| ObserveError::Open {
+        netns: netns.into(),
+        source,
+    })?;
     std::thread::scope(|s| {
-        s.spawn(|| -> Result<Observed, String> {
-            setns(&file, CloneFlags::CLONE_NEWNET)
-                .map_err(|e| format!("cannot enter netns {netns}: {e}"))?;
+        s.spawn(|| -> Result<Observed, ObserveError> {
+            setns(&file, CloneFlags::CLONE_NEWNET).map_err(|source| ObserveError::Enter {
+                netns: netns.into(),
+                source,
+            })?;
             let mut seen = Observed::default();
-            let addrs = getifaddrs().map_err(|e| format!("listing addresses in {netns}: {e}"))?;
+            let addrs = getifaddrs().map_err(|source| ObserveError::List {
+                netns: netns.into(),
+                source,
+            })?;
             for a in addrs.filter(|a| a.interface_name == ifname) {
                 seen.exists = true;
                 seen.up |= a.flags.contains(InterfaceFlags::IFF_UP);
@@ -131,22 +199,8 @@ pub fn observe(netns: &str, ifname: &str) -> Result<Observed, String> {
                             .collect::<Vec<_>>()
                             .join(":")
                     });
-                } else if let Some(v4) = addr.as_sockaddr_in() {
-                    let mask = a
-                        .netmask
-                        .as_ref()
-                        .and_then(|m| m.as_sockaddr_in())
-                        .map(|m| u32::from(m.ip()).count_ones())
-                        .unwrap_or(32);
-                    seen.addrs.push((IpAddr::V4(v4.ip()), mask as u8));
-                } else if let Some(v6) = addr.as_sockaddr_in6() {
-                    let mask = a
-                        .netmask
-                        .as_ref()
-                        .and_then(|m| m.as_sockaddr_in6())
-                        .map(|m| u128::from(m.ip()).count_ones())
-                        .unwrap_or(128);
-                    seen.addrs.push((IpAddr::V6(v6.ip()), mask as u8));
+                } else if let Some(a) = with_prefix(&addr, a.netmask.as_ref()) {
+                    seen.addrs.push(a);
                 }
             }
             if let Ok(t) = std::fs::read_to_string("/proc/thread-self/net/route") {
@@ -158,8 +212,31 @@ pub fn observe(netns: &str, ifname: &str) -> Result<Observed, String> {
             Ok(seen)
         })
         .join()
-        .unwrap_or_else(|_| Err("netns inspection thread panicked".to_string()))
+        .unwrap_or(Err(ObserveError::Panicked))
     })
+}
+
+/// An interface address with the prefix length of its netmask (none: a host address), for
+/// IPv4 and IPv6 alike; `None` for other address families.
+fn with_prefix(addr: &SockaddrStorage, netmask: Option<&SockaddrStorage>) -> Option<(IpAddr, u8)> {
+    let ip_of = |s: &SockaddrStorage| {
+        s.as_sockaddr_in()
+            .map(|a| IpAddr::V4(a.ip()))
+            .or_else(|| s.as_sockaddr_in6().map(|a| IpAddr::V6(a.ip())))
+    };
+    let ip = ip_of(addr)?;
+    let family = IpFamily::of(&ip);
+    let prefix = netmask
+        .and_then(ip_of)
+        .filter(|m| IpFamily::of(m) == family)
+        .map_or(family.max_prefix_len(), |m| {
+            let bits = match m {
+                IpAddr::V4(m) => u32::from(m).count_ones(),
+                IpAddr::V6(m) => u128::from(m).count_ones(),
+            };
+            bits as u8
+        });
+    Some((ip, prefix))
 }
 
 /// Parses `/proc/net/route` (IPv4 main table; addresses in host-endian hex) for `ifname`.
@@ -401,8 +478,36 @@ mod tests {
     }
 
     #[test]
+    fn prefixes_come_from_netmasks_of_either_family() {
+        let s = |a: &str| SockaddrStorage::from(a.parse::<std::net::SocketAddr>().unwrap());
+        assert_eq!(
+            with_prefix(&s("10.244.1.2:0"), Some(&s("255.255.255.0:0"))),
+            Some((ip("10.244.1.2"), 24))
+        );
+        assert_eq!(
+            with_prefix(&s("[fd00::2]:0"), Some(&s("[ffff:ffff:ffff:ffff::]:0"))),
+            Some((ip("fd00::2"), 64))
+        );
+        assert_eq!(
+            with_prefix(&s("10.0.0.1:0"), None),
+            Some((ip("10.0.0.1"), 32))
+        );
+        assert_eq!(
+            with_prefix(&s("[fd00::1]:0"), None),
+            Some((ip("fd00::1"), 128))
+        );
+    }
+
+    #[test]
     fn observe_reports_unopenable_netns() {
         let e = observe("/nonexistent/netns", "eth0").unwrap_err();
-        assert!(e.starts_with("cannot open netns /nonexistent/netns"), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("cannot open netns /nonexistent/netns"),
+            "{e}"
+        );
+        assert!(
+            matches!(e, ObserveError::Open { ref source, .. } if source.kind() == std::io::ErrorKind::NotFound)
+        );
     }
 }

@@ -1,4 +1,5 @@
-//! The commands: ADD, DEL, CHECK, GC, STATUS (VERSION is answered by the skel).
+//! The command handlers: ADD, DEL, CHECK, GC and STATUS, given to the skel as [`FUNCS`]
+//! (VERSION is answered by the skel).
 //!
 //! ADD and DEL follow upstream step by step (reference §10); CHECK, GC and STATUS are flannel-rs
 //! additions, described in the README.
@@ -6,60 +7,85 @@
 use std::collections::HashSet;
 use std::io::{ErrorKind, Write};
 
-use flannel_types::gojson::GoObject;
+use flannel_types::gojson::{GoObject, write_go_string};
 use flannel_types::subnet_env::{CniSubnetEnv, SubnetEnvError};
 use serde_json::Value;
 
 use crate::check;
 use crate::delegate;
 use crate::error::{
-    CHECK_MISMATCH, CniError, DECODE_FAILURE, INCOMPATIBLE_VERSION, INVALID_CONFIG, IO_FAILURE,
-    PLUGIN_NOT_AVAILABLE, TRY_AGAIN_LATER, UNKNOWN_CONTAINER, clip,
+    CHECK_MISMATCH, CniError, Coded, DECODE_FAILURE, INCOMPATIBLE_VERSION, INVALID_CONFIG,
+    IO_FAILURE, PLUGIN_NOT_AVAILABLE, TRY_AGAIN_LATER, UNKNOWN_CONTAINER, clip,
 };
 use crate::invoke;
+use crate::marshal::{encode_map, write_value};
 use crate::netconf::{NetConf, VALID_ATTACHMENTS};
-use crate::skel::{Command, Request};
+use crate::request::Request;
+use crate::skel::PluginFuncs;
 use crate::store::Store;
 
-/// Runs the command of `req`; returns what to print on stdout.
-pub fn run(req: &Request) -> Result<Vec<u8>, CniError> {
-    let conf = NetConf::parse(&req.stdin)?;
-    match req.command {
-        Command::Add => add(req, &conf),
-        Command::Del => del(req, &conf).map(|()| Vec::new()),
-        Command::Check => check(req, &conf).map(|()| Vec::new()),
-        Command::Gc => gc(req, &conf).map(|()| Vec::new()),
-        Command::Status => status(req, &conf).map(|()| Vec::new()),
-        Command::Version => Ok(crate::skel::version_json().into_bytes()),
-    }
-}
+/// The flannel plugin's handlers, for [`crate::skel::main_with`].
+pub const FUNCS: PluginFuncs = PluginFuncs {
+    add,
+    del,
+    check,
+    gc,
+    status,
+};
 
-/// Writes a line to stderr (the only log channel: stdout is protocol).
-fn log(msg: std::fmt::Arguments<'_>) {
-    let _ = writeln!(std::io::stderr(), "flannel: {msg}");
-}
+/// subnet.env could not be loaded, in upstream's words; the code tells the runtime whether
+/// waiting helps: a missing file (flanneld not ready yet) is 11, other I/O 5, bad content 6.
+#[derive(Debug, thiserror::Error)]
+#[error("failed to load flannel 'subnet.env' file: {0}. Check the flannel pod log for this node.")]
+pub struct SubnetEnvLoadError(#[source] pub SubnetEnvError);
 
-/// Reads subnet.env, with upstream's message and a code telling the runtime whether waiting
-/// helps: a missing file (flanneld not ready yet) is 11, other I/O 5, bad content 6.
-pub fn load_subnet_env(conf: &NetConf) -> Result<CniSubnetEnv, CniError> {
-    CniSubnetEnv::load(&conf.subnet_file).map_err(|e| {
-        let code = match &e {
+impl Coded for SubnetEnvLoadError {
+    fn code(&self) -> u32 {
+        match &self.0 {
             SubnetEnvError::Io { source, .. } if source.kind() == ErrorKind::NotFound => {
                 TRY_AGAIN_LATER
             }
             SubnetEnvError::Io { .. } => IO_FAILURE,
             _ => DECODE_FAILURE,
-        };
-        CniError::new(
-            code,
-            format!(
-                "failed to load flannel 'subnet.env' file: {e}. Check the flannel pod log for this node."
-            ),
-        )
-    })
+        }
+    }
 }
 
-fn add(req: &Request, conf: &NetConf) -> Result<Vec<u8>, CniError> {
+/// STATUS: an ADD could not succeed now (code 50); the cause is the error ADD would give.
+#[derive(Debug, thiserror::Error)]
+#[error("flannel is not ready: {}", .0.msg)]
+pub struct NotReady(#[source] pub CniError);
+
+impl Coded for NotReady {
+    fn code(&self) -> u32 {
+        PLUGIN_NOT_AVAILABLE
+    }
+}
+
+/// CHECK: the saved delegate config is not JSON (code 6).
+#[derive(Debug, thiserror::Error)]
+#[error("saved delegate config is not JSON: {0}")]
+pub struct SavedConfigError(#[source] pub serde_json::Error);
+
+impl Coded for SavedConfigError {
+    fn code(&self) -> u32 {
+        DECODE_FAILURE
+    }
+}
+
+/// Writes a line to stderr in one write (the only log channel: stdout is protocol).
+fn log(msg: std::fmt::Arguments<'_>) {
+    let _ = std::io::stderr().write_all(format!("flannel: {msg}\n").as_bytes());
+}
+
+/// Reads subnet.env (see [`SubnetEnvLoadError`] for the codes).
+pub fn load_subnet_env(conf: &NetConf) -> Result<CniSubnetEnv, SubnetEnvLoadError> {
+    CniSubnetEnv::load(&conf.subnet_file).map_err(SubnetEnvLoadError)
+}
+
+/// ADD: build the delegate config, save it, run the delegate's ADD and pass its result on.
+fn add(req: &Request) -> Result<Vec<u8>, CniError> {
+    let conf = &NetConf::parse(&req.stdin)?;
     let env = load_subnet_env(conf)?;
     let d = delegate::build(conf, &env)?;
     log(format_args!(
@@ -75,7 +101,9 @@ fn add(req: &Request, conf: &NetConf) -> Result<Vec<u8>, CniError> {
     invoke::result_bytes(&out.stdout, &conf.cni_version)
 }
 
-fn del(req: &Request, conf: &NetConf) -> Result<(), CniError> {
+/// DEL: replay the saved delegate config; keep it if the delegate fails, so a retry can.
+fn del(req: &Request) -> Result<(), CniError> {
+    let conf = &NetConf::parse(&req.stdin)?;
     let store = Store::new(&conf.data_dir);
     let Some(saved) = store.load(&req.container_id)? else {
         // Nothing was added (or DEL already ran): success, as the spec asks.
@@ -101,10 +129,13 @@ fn del(req: &Request, conf: &NetConf) -> Result<(), CniError> {
         // Keep the saved config so a retried DEL can replay it (upstream deletes it anyway).
         return Err(invoke::failure(&out));
     }
-    store.remove(&req.container_id)
+    Ok(store.remove(&req.container_id)?)
 }
 
-fn check(req: &Request, conf: &NetConf) -> Result<(), CniError> {
+/// CHECK: the saved config is still what the netconf gives, the pod still has what ADD gave
+/// it, and the delegate agrees.
+fn check(req: &Request) -> Result<(), CniError> {
+    let conf = &NetConf::parse(&req.stdin)?;
     let Some(prev) = &conf.prev_result else {
         return Err(CniError::new(
             INVALID_CONFIG,
@@ -122,7 +153,6 @@ fn check(req: &Request, conf: &NetConf) -> Result<(), CniError> {
             ),
         ));
     };
-    let mismatch = |msg: String| CniError::new(CHECK_MISMATCH, msg);
     // 1. The pod was set up with what the current netconf and subnet.env ask for.
     let env = load_subnet_env(conf)?;
     let want = delegate::build(conf, &env)?;
@@ -141,30 +171,27 @@ fn check(req: &Request, conf: &NetConf) -> Result<(), CniError> {
         ));
     }
     // 2. Inside the container: the interface, its addresses and routes are all there.
-    let expected =
-        check::expected(prev, &req.ifname).map_err(|e| CniError::new(DECODE_FAILURE, e))?;
-    let seen = check::observe(&req.netns, &req.ifname).map_err(mismatch)?;
+    let expected = check::expected(prev, &req.ifname)?;
+    let seen = check::observe(&req.netns, &req.ifname)?;
     let problems = check::compare(&req.ifname, &expected, &seen);
     if !problems.is_empty() {
-        return Err(mismatch(format!(
-            "container {} network is not as ADD left it: {}",
-            req.container_id,
-            problems.join("; ")
-        )));
+        return Err(CniError::new(
+            CHECK_MISMATCH,
+            format!(
+                "container {} network is not as ADD left it: {}",
+                req.container_id,
+                problems.join("; ")
+            ),
+        ));
     }
     // 3. The delegate agrees (bridge: the bridge and host veth; host-local: the reservation).
-    let mut conf_for_delegate: serde_json::Map<String, Value> = serde_json::from_slice(&saved)
-        .map_err(|e| {
-            CniError::new(
-                DECODE_FAILURE,
-                format!("saved delegate config is not JSON: {e}"),
-            )
-        })?;
+    let mut conf_for_delegate: serde_json::Map<String, Value> =
+        serde_json::from_slice(&saved).map_err(SavedConfigError)?;
     conf_for_delegate.insert(
         "prevResult".into(),
         Value::Object(check::prev_result_for_delegate(prev)),
     );
-    let bytes = crate::gojson::encode_map(&conf_for_delegate);
+    let bytes = encode_map(&conf_for_delegate);
     let path = invoke::find_in_path(&want.plugin, &req.path)?;
     let out = invoke::exec(&path, "CHECK", bytes.as_bytes(), &[])?;
     if !out.success {
@@ -173,7 +200,10 @@ fn check(req: &Request, conf: &NetConf) -> Result<(), CniError> {
     Ok(())
 }
 
-fn gc(req: &Request, conf: &NetConf) -> Result<(), CniError> {
+/// GC: remove saved configs of containers the runtime no longer knows, then forward GC to
+/// the delegate.
+fn gc(req: &Request) -> Result<(), CniError> {
+    let conf = &NetConf::parse(&req.stdin)?;
     let Some(valid) = &conf.valid_attachments else {
         return Err(CniError::new(
             INVALID_CONFIG,
@@ -194,10 +224,7 @@ fn gc(req: &Request, conf: &NetConf) -> Result<(), CniError> {
     let env = match load_subnet_env(conf) {
         Ok(env) => env,
         Err(e) => {
-            log(format_args!(
-                "GC: not forwarding to the delegate: {}",
-                e.msg
-            ));
+            log(format_args!("GC: not forwarding to the delegate: {e}"));
             return Ok(());
         }
     };
@@ -210,9 +237,9 @@ fn gc(req: &Request, conf: &NetConf) -> Result<(), CniError> {
     // to the delegate; the saved bytes are not touched).
     let mut json = String::with_capacity(d.json.len() + 128);
     json.push('{');
-    crate::gojson::write_go_string(&mut json, VALID_ATTACHMENTS);
+    write_go_string(&mut json, VALID_ATTACHMENTS);
     json.push(':');
-    crate::gojson::write_value(&mut json, &Value::Array(attachments));
+    write_value(&mut json, &Value::Array(attachments));
     json.push(',');
     json.push_str(d.json.strip_prefix('{').unwrap_or(&d.json));
     let path = invoke::find_in_path(&d.plugin, &req.path)?;
@@ -231,15 +258,12 @@ fn gc(req: &Request, conf: &NetConf) -> Result<(), CniError> {
     Ok(())
 }
 
-fn status(req: &Request, conf: &NetConf) -> Result<(), CniError> {
-    let unavailable = |e: CniError| {
-        CniError::new(
-            PLUGIN_NOT_AVAILABLE,
-            format!("flannel is not ready: {}", e.msg),
-        )
-    };
-    load_subnet_env(conf).map_err(unavailable)?;
+/// STATUS: subnet.env is there and complete, and the delegate plugin is on `CNI_PATH`.
+fn status(req: &Request) -> Result<(), CniError> {
+    let conf = &NetConf::parse(&req.stdin)?;
+    let not_ready = |e: CniError| CniError::from(NotReady(e));
+    load_subnet_env(conf).map_err(|e| not_ready(e.into()))?;
     let plugin = delegate::plugin_type(conf)?;
-    invoke::find_in_path(&plugin, &req.path).map_err(unavailable)?;
+    invoke::find_in_path(&plugin, &req.path).map_err(not_ready)?;
     Ok(())
 }

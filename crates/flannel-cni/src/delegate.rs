@@ -13,14 +13,61 @@ use flannel_types::gojson::{GoJsonError, GoObject};
 use flannel_types::subnet_env::CniSubnetEnv;
 use serde_json::{Map, Value};
 
-use crate::error::{CniError, INVALID_CONFIG};
-use crate::gojson::{Field, go_cidr_string, go_ip_string, go_net_string, write_object};
+use flannel_types::gojson::write_go_string;
+
+use crate::error::{CniError, Coded, INVALID_CONFIG, clip};
+use crate::marshal::{Field, go_cidr_string, go_ip_string, go_net_string, write_map_with};
 use crate::netconf::NetConf;
 
 /// The delegate plugin used when the netconf's delegate names none.
 pub const DEFAULT_DELEGATE_TYPE: &str = "bridge";
 /// The IPAM plugin used when the netconf's ipam names none.
 pub const DEFAULT_IPAM_TYPE: &str = "host-local";
+
+/// The delegate's IPAM section could not be built from the netconf's `ipam.routes` (code 7).
+#[derive(Debug, thiserror::Error)]
+#[error("failed to assemble Delegate IPAM: failed to read IPAM routes: {0}")]
+pub struct IpamError(#[source] pub RoutesError);
+
+impl Coded for IpamError {
+    fn code(&self) -> u32 {
+        INVALID_CONFIG
+    }
+}
+
+/// Why `ipam.routes` cannot be passed on as CNI's `types.Route` list; the texts are upstream's
+/// where it has one (its JSON decoding and `net.ParseCIDR`/`net.ParseIP` errors).
+#[derive(Debug, thiserror::Error)]
+pub enum RoutesError {
+    /// An entry has a key of the wrong type, or is not JSON Go can decode.
+    #[error("failed to parse ipam.routes: {0}")]
+    Decode(#[source] GoJsonError),
+    /// `routes` is not an array (Go's message names the JSON kind found).
+    #[error(
+        "failed to parse ipam.routes: json: cannot unmarshal {0} into Go value of type []types.Route"
+    )]
+    NotArray(&'static str),
+    /// An entry is not an object.
+    #[error("failed to parse ipam.routes: {path}: expected an object, got {got}")]
+    NotObject {
+        /// `ipam.routes[i]`.
+        path: String,
+        /// The entry's JSON, shortened.
+        got: String,
+    },
+    /// An entry has no `dst` (upstream would pass `"dst":"<nil>"` on to the delegate).
+    #[error("failed to parse ipam.routes: {path} has no \"dst\"")]
+    NoDst {
+        /// `ipam.routes[i]`.
+        path: String,
+    },
+    /// `dst` is not a CIDR.
+    #[error("failed to parse ipam.routes: invalid CIDR address: {0}")]
+    Dst(String),
+    /// `gw` is not an address.
+    #[error("failed to parse ipam.routes: invalid IP address: {0}")]
+    Gateway(String),
+}
 
 /// A delegate config ready to be saved and sent.
 #[derive(Debug, Clone, PartialEq)]
@@ -84,26 +131,15 @@ pub fn build(conf: &NetConf, env: &CniSubnetEnv) -> Result<Delegate, CniError> {
     if !conf.cni_version.is_empty() {
         d.insert("cniVersion".into(), Value::String(conf.cni_version.clone()));
     }
-    let ipam = build_ipam(conf, env).map_err(|e| {
-        CniError::new(
-            INVALID_CONFIG,
-            format!("failed to assemble Delegate IPAM: failed to read IPAM routes: {e}"),
-        )
-    })?;
-    d.remove("ipam");
+    let ipam = build_ipam(conf, env).map_err(IpamError)?;
     let mut json = String::with_capacity(512);
-    write_object(
-        &mut json,
-        d.iter()
-            .map(|(k, v)| (k.as_str(), Field::Value(v)))
-            .chain(std::iter::once(("ipam", Field::Raw(&ipam)))),
-    );
+    write_map_with(&mut json, &d, [("ipam", Field::Raw(&ipam))]);
     Ok(Delegate { plugin, json })
 }
 
 /// The delegate's `ipam`: the netconf's ipam with `type` defaulted, `ranges` replaced by the
 /// node's subnets and `routes` extended by the cluster networks. Returns the encoded object.
-fn build_ipam(conf: &NetConf, env: &CniSubnetEnv) -> Result<String, String> {
+fn build_ipam(conf: &NetConf, env: &CniSubnetEnv) -> Result<String, RoutesError> {
     let mut ipam = conf.ipam.clone().unwrap_or_default();
     ipam.entry("type")
         .or_insert_with(|| Value::String(DEFAULT_IPAM_TYPE.into()));
@@ -131,16 +167,11 @@ fn build_ipam(conf: &NetConf, env: &CniSubnetEnv) -> Result<String, String> {
                 .map(|(i, r)| encode_route(i, r))
                 .collect::<Result<_, _>>()?,
         ),
-        Some(other) => {
-            return Err(format!(
-                "failed to parse ipam.routes: json: cannot unmarshal {} into Go value of type []types.Route",
-                kind(other)
-            ));
-        }
+        Some(other) => return Err(RoutesError::NotArray(kind(other))),
     };
     for net in env.networks.iter().chain(&env.ipv6_networks) {
         let mut r = String::from("{\"dst\":");
-        crate::gojson::write_go_string(&mut r, &go_net_string(net));
+        write_go_string(&mut r, &go_net_string(net));
         r.push('}');
         routes.get_or_insert_with(Vec::new).push(r);
     }
@@ -148,17 +179,14 @@ fn build_ipam(conf: &NetConf, env: &CniSubnetEnv) -> Result<String, String> {
         Some(r) => format!("[{}]", r.join(",")),
         None => "null".to_string(),
     };
-    ipam.remove("ranges");
-    ipam.remove("routes");
     let mut out = String::with_capacity(256);
-    write_object(
+    write_map_with(
         &mut out,
-        ipam.iter()
-            .map(|(k, v)| (k.as_str(), Field::Value(v)))
-            .chain([
-                ("ranges", Field::Value(&ranges)),
-                ("routes", Field::Raw(&routes)),
-            ]),
+        &ipam,
+        [
+            ("ranges", Field::Value(&ranges)),
+            ("routes", Field::Raw(&routes)),
+        ],
     );
     Ok(out)
 }
@@ -175,44 +203,44 @@ fn kind(v: &Value) -> &'static str {
 }
 
 /// Re-encodes one `ipam.routes` entry as Go's `types.Route` marshals it.
-fn encode_route(i: usize, route: &Value) -> Result<String, String> {
-    let text = route.to_string();
-    let path = format!("ipam.routes[{i}]");
-    let fail = |e: GoJsonError| format!("failed to parse ipam.routes: {e}");
+fn encode_route(i: usize, route: &Value) -> Result<String, RoutesError> {
+    let path = || format!("ipam.routes[{i}]");
     let obj = match route {
-        Value::Object(_) => GoObject::parse(&text).map_err(fail)?.unwrap_or_default(),
+        Value::Object(_) => GoObject::parse(&route.to_string())
+            .map_err(RoutesError::Decode)?
+            .unwrap_or_default(),
         _ => {
-            return Err(format!(
-                "failed to parse ipam.routes: {path}: expected an object, got {}",
-                crate::error::clip(&text)
-            ));
+            return Err(RoutesError::NotObject {
+                path: path(),
+                got: clip(&route.to_string()),
+            });
         }
     };
     let dst = obj
         .string("dst")
-        .map_err(fail)?
-        .ok_or_else(|| format!("failed to parse ipam.routes: {path} has no \"dst\""))?;
-    let cidr = goip::parse_cidr(&dst)
-        .ok_or_else(|| format!("failed to parse ipam.routes: invalid CIDR address: {dst}"))?;
+        .map_err(RoutesError::Decode)?
+        .ok_or_else(|| RoutesError::NoDst { path: path() })?;
+    let cidr = goip::parse_cidr(&dst).ok_or_else(|| RoutesError::Dst(dst.clone()))?;
     let mut out = String::from("{\"dst\":");
-    crate::gojson::write_go_string(&mut out, &go_cidr_string(cidr.addr, cidr.prefix));
-    if let Some(gw) = obj.string("gw").map_err(fail)?
+    write_go_string(&mut out, &go_cidr_string(cidr.addr, cidr.prefix));
+    if let Some(gw) = obj.string("gw").map_err(RoutesError::Decode)?
         && !gw.is_empty()
     {
-        let ip: IpAddr = goip::parse_ip(&gw)
-            .ok_or_else(|| format!("failed to parse ipam.routes: invalid IP address: {gw}"))?;
+        let ip: IpAddr = goip::parse_ip(&gw).ok_or_else(|| RoutesError::Gateway(gw.clone()))?;
         out.push_str(",\"gw\":");
-        crate::gojson::write_go_string(&mut out, &go_ip_string(ip));
+        write_go_string(&mut out, &go_ip_string(ip));
     }
-    for key in ["mtu", "advmss", "priority"] {
-        if let Some(v) = obj.int(key).map_err(fail)?
-            && v != 0
+    // Go omits zero mtu/advmss/priority (`omitempty`) but keeps table and scope (pointers).
+    for (key, keep_zero) in [
+        ("mtu", false),
+        ("advmss", false),
+        ("priority", false),
+        ("table", true),
+        ("scope", true),
+    ] {
+        if let Some(v) = obj.int(key).map_err(RoutesError::Decode)?
+            && (keep_zero || v != 0)
         {
-            out.push_str(&format!(",\"{key}\":{v}"));
-        }
-    }
-    for key in ["table", "scope"] {
-        if let Some(v) = obj.int(key).map_err(fail)? {
             out.push_str(&format!(",\"{key}\":{v}"));
         }
     }

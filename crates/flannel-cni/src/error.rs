@@ -4,10 +4,15 @@
 //! Every failure of the plugin becomes one [`CniError`] carrying a spec error code, so the
 //! runtime can tell "try again later" from "your config is wrong" from "internal bug". Upstream
 //! reports nearly everything as 999; see the README's compatibility notes.
+//!
+//! Failures with an underlying cause (an I/O error, a JSON decoding error, a bad subnet.env) are
+//! typed errors of the module where they happen, each implementing [`Coded`]; converting one
+//! into a [`CniError`] renders its text as `msg` (upstream's wording, so the printed object is
+//! unchanged) and keeps the typed error as the [`std::error::Error::source`].
 
 use std::fmt;
 
-use crate::gojson::{write_go_string, write_str_field};
+use flannel_types::gojson::write_go_string;
 
 /// Spec code 1: the config's `cniVersion` is not one this plugin supports.
 pub const INCOMPATIBLE_VERSION: u32 = 1;
@@ -34,8 +39,19 @@ pub const CHECK_MISMATCH: u32 = 100;
 /// Spec code 999: an internal failure (a misbehaving delegate, an unexpected OS error).
 pub const INTERNAL: u32 = 999;
 
+/// A typed failure that knows which spec code reports it.
+///
+/// Implemented by each module's error type so `?` turns it into a [`CniError`] with the right
+/// code, in one place per failure instead of at every call site.
+pub trait Coded: std::error::Error + Send + Sync + 'static {
+    /// The spec error code the runtime sees.
+    fn code(&self) -> u32;
+}
+
 /// A CNI error result.
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// Equality compares what is printed (code, message, details), not the cause.
+#[derive(Debug)]
 pub struct CniError {
     /// The spec error code.
     pub code: u32,
@@ -43,16 +59,14 @@ pub struct CniError {
     pub msg: String,
     /// Optional longer details (the offending value, what was expected).
     pub details: String,
+    /// The typed failure `msg` was rendered from, if any.
+    cause: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
 }
 
 impl CniError {
     /// An error with a code and a message, no details.
     pub fn new(code: u32, msg: impl Into<String>) -> Self {
-        CniError {
-            code,
-            msg: msg.into(),
-            details: String::new(),
-        }
+        Self::with_details(code, msg, String::new())
     }
 
     /// An error with details.
@@ -61,6 +75,18 @@ impl CniError {
             code,
             msg: msg.into(),
             details: details.into(),
+            cause: None,
+        }
+    }
+
+    /// An error result for a typed failure: its text becomes `msg`, and it stays reachable as
+    /// the source (downcast it to inspect the failure).
+    pub fn caused_by<E: std::error::Error + Send + Sync + 'static>(code: u32, cause: E) -> Self {
+        CniError {
+            code,
+            msg: cause.to_string(),
+            details: String::new(),
+            cause: Some(Box::new(cause)),
         }
     }
 
@@ -70,12 +96,12 @@ impl CniError {
     /// when empty, as Go's `omitempty` does.
     pub fn to_json(&self, cni_version: &str) -> String {
         let mut out = String::with_capacity(64 + self.msg.len() + self.details.len());
-        out.push('{');
-        write_str_field(&mut out, "cniVersion", cni_version);
+        out.push_str("{\"cniVersion\":");
+        write_go_string(&mut out, cni_version);
         out.push_str(",\"code\":");
         out.push_str(&self.code.to_string());
-        out.push(',');
-        write_str_field(&mut out, "msg", &self.msg);
+        out.push_str(",\"msg\":");
+        write_go_string(&mut out, &self.msg);
         if !self.details.is_empty() {
             out.push_str(",\"details\":");
             write_go_string(&mut out, &self.details);
@@ -84,6 +110,20 @@ impl CniError {
         out
     }
 }
+
+impl<E: Coded> From<E> for CniError {
+    fn from(e: E) -> Self {
+        CniError::caused_by(e.code(), e)
+    }
+}
+
+impl PartialEq for CniError {
+    fn eq(&self, other: &Self) -> bool {
+        (self.code, &self.msg, &self.details) == (other.code, &other.msg, &other.details)
+    }
+}
+
+impl Eq for CniError {}
 
 impl fmt::Display for CniError {
     /// Like Go's `types.Error.Error()`: the message, then `; details` if any.
@@ -96,7 +136,13 @@ impl fmt::Display for CniError {
     }
 }
 
-impl std::error::Error for CniError {}
+impl std::error::Error for CniError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.cause
+            .as_deref()
+            .map(|c| c as &(dyn std::error::Error + 'static))
+    }
+}
 
 /// Shortens untrusted input quoted in an error (a 1 MiB container ID must not become a 1 MiB
 /// error message).
@@ -111,9 +157,21 @@ pub fn clip(s: &str) -> String {
     }
 }
 
+/// Test helper: asserts `e` has `code` and a message starting with `prefix`.
+#[cfg(test)]
+pub(crate) fn assert_error(e: &CniError, code: u32, prefix: &str) {
+    assert_eq!(e.code, code, "{e}");
+    assert!(
+        e.msg.starts_with(prefix),
+        "{:?} does not start with {prefix:?}",
+        e.msg
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::error::Error as _;
 
     #[test]
     fn json_has_spec_shape() {
@@ -128,6 +186,49 @@ mod tests {
             r#"{"cniVersion":"0.3.1","code":7,"msg":"bad \u003cthing\u003e","details":"line \"1\""}"#
         );
         assert_eq!(e.to_string(), "bad <thing>; line \"1\"");
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("reading {what}: {source}")]
+    struct Failure {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    }
+
+    impl Coded for Failure {
+        fn code(&self) -> u32 {
+            IO_FAILURE
+        }
+    }
+
+    #[test]
+    fn typed_failures_keep_their_cause() {
+        let io = std::io::Error::from(std::io::ErrorKind::NotFound);
+        let text = io.to_string();
+        let e = CniError::from(Failure {
+            what: "x",
+            source: io,
+        });
+        assert_eq!(
+            (e.code, e.msg.clone()),
+            (IO_FAILURE, format!("reading x: {text}"))
+        );
+        let failure = e
+            .source()
+            .and_then(|s| s.downcast_ref::<Failure>())
+            .unwrap();
+        assert_eq!(failure.what, "x");
+        let io = failure
+            .source()
+            .and_then(|s| s.downcast_ref::<std::io::Error>());
+        assert_eq!(
+            io.map(std::io::Error::kind),
+            Some(std::io::ErrorKind::NotFound)
+        );
+        // The printed object is the same as for an error built from the text.
+        assert_eq!(e, CniError::new(IO_FAILURE, format!("reading x: {text}")));
+        assert!(CniError::new(1, "m").source().is_none());
     }
 
     #[test]

@@ -5,18 +5,77 @@
 //! `CNI_CONTAINERID`, `CNI_NETNS`, `CNI_IFNAME`, `CNI_ARGS`, `CNI_PATH`) with `CNI_COMMAND`
 //! set, and fed the config on stdin. Its stdout is the protocol: a result on success, an error
 //! object on failure; its stderr is copied to ours.
+//!
+//! The delegate's stdin, stdout and stderr are memory files (`memfd_create`), not pipes: the
+//! config is written before the delegate starts, and its output is read after it exits. So no
+//! thread feeds stdin, nothing polls pipes, a delegate that writes a lot before reading cannot
+//! deadlock us, and this process sleeps exactly once, in `wait` (each wake-up costs a
+//! scheduling delay on a busy node). A background process the delegate leaves holding its
+//! stdout does not keep us waiting either.
 
-use std::io::{self, Read, Write};
+use std::fs::File;
+use std::io::{self, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Command, ExitStatus};
 use std::time::Duration;
 
+use nix::sys::memfd::{MFdFlags, memfd_create};
 use serde_json::Value;
 
-use crate::error::{CniError, INTERNAL, INVALID_CONFIG};
+use crate::error::{CniError, Coded, INTERNAL, INVALID_CONFIG, clip};
 
 /// How often a delegate that is being replaced ("text file busy") is retried, as libcni does.
 const TEXT_BUSY_RETRIES: u32 = 5;
+/// The errno of a binary that is open for writing.
+const ETXTBSY: i32 = nix::errno::Errno::ETXTBSY as i32;
+
+/// A delegate could not be run, or what it printed is not a result (code 999).
+#[derive(Debug, thiserror::Error)]
+pub enum InvokeError {
+    /// The delegate could not be started.
+    #[error("failed to run plugin {}: {source}", .path.display())]
+    Spawn {
+        /// The delegate binary.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// Waiting for the delegate, or reading back what it printed, failed.
+    #[error("waiting for plugin {}: {source}", .path.display())]
+    Wait {
+        /// The delegate binary.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// The memory files for the delegate's stdin, stdout and stderr could not be set up.
+    #[error("preparing the stdio of plugin {}: {source}", .path.display())]
+    Stdio {
+        /// The delegate binary.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// A successful ADD printed something that is not JSON (libcni's text).
+    #[error("failed to unmarshal raw result: {source} result {text}")]
+    Result {
+        /// The JSON error.
+        #[source]
+        source: serde_json::Error,
+        /// What was printed, shortened.
+        text: String,
+    },
+}
+
+impl Coded for InvokeError {
+    fn code(&self) -> u32 {
+        INTERNAL
+    }
+}
 
 /// Finds `plugin` in the `CNI_PATH` directories (`:`-separated), like libcni's `FindInPath`.
 ///
@@ -28,7 +87,7 @@ pub fn find_in_path(plugin: &str, cni_path: &str) -> Result<PathBuf, CniError> {
     if plugin.contains('/') {
         return Err(CniError::new(
             INVALID_CONFIG,
-            format!("invalid plugin name: {}", crate::error::clip(plugin)),
+            format!("invalid plugin name: {}", clip(plugin)),
         ));
     }
     let dirs: Vec<&str> = cni_path.split(':').collect();
@@ -60,6 +119,75 @@ pub struct Output {
     pub stderr: Vec<u8>,
 }
 
+/// An anonymous in-memory file (close-on-exec; the child gets its own descriptor).
+fn memory_file(name: &str) -> io::Result<File> {
+    Ok(File::from(memfd_create(name, MFdFlags::MFD_CLOEXEC)?))
+}
+
+/// Everything the delegate wrote to `file`, read from the start whatever the offset.
+fn read_back(file: &File) -> io::Result<Vec<u8>> {
+    let len = usize::try_from(file.metadata()?.len()).unwrap_or(usize::MAX);
+    let mut buf = vec![0; len];
+    if len > 0 {
+        file.read_exact_at(&mut buf, 0)?;
+    }
+    Ok(buf)
+}
+
+/// The delegate's stdio: stdin holding the config, empty stdout and stderr.
+struct Stdio {
+    stdin: File,
+    stdout: File,
+    stderr: File,
+}
+
+impl Stdio {
+    fn new(input: &[u8]) -> io::Result<Stdio> {
+        let mut stdin = memory_file("cni-stdin")?;
+        stdin.write_all(input)?;
+        stdin.seek(SeekFrom::Start(0))?;
+        Ok(Stdio {
+            stdin,
+            stdout: memory_file("cni-stdout")?,
+            stderr: memory_file("cni-stderr")?,
+        })
+    }
+
+    /// Hands the three files to `cmd` (stdout and stderr as duplicates we keep reading).
+    fn attach(self, cmd: &mut Command) -> io::Result<(File, File)> {
+        cmd.stdin(self.stdin)
+            .stdout(self.stdout.try_clone()?)
+            .stderr(self.stderr.try_clone()?);
+        Ok((self.stdout, self.stderr))
+    }
+}
+
+/// Starts `cmd`, retrying while its binary is being replaced (ETXTBSY), and waits for it.
+fn spawn_and_wait(cmd: &mut Command, path: &Path) -> Result<ExitStatus, InvokeError> {
+    let mut attempt = 0;
+    loop {
+        match cmd.spawn() {
+            Ok(mut child) => {
+                return child.wait().map_err(|source| InvokeError::Wait {
+                    path: path.to_path_buf(),
+                    source,
+                });
+            }
+            Err(e) if e.raw_os_error() == Some(ETXTBSY) && attempt < TEXT_BUSY_RETRIES => {
+                // The binary is being replaced (an installer copying it); wait.
+                attempt += 1;
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            Err(source) => {
+                return Err(InvokeError::Spawn {
+                    path: path.to_path_buf(),
+                    source,
+                });
+            }
+        }
+    }
+}
+
 /// Runs `plugin_path` for `command` with `stdin`, collecting its output.
 ///
 /// `extra_env` overrides variables of our environment (e.g. `CNI_CONTAINERID` for GC).
@@ -68,70 +196,36 @@ pub fn exec(
     command: &str,
     stdin: &[u8],
     extra_env: &[(&str, &str)],
-) -> Result<Output, CniError> {
-    let mut attempt = 0;
-    loop {
-        let mut cmd = Command::new(plugin_path);
-        cmd.env("CNI_COMMAND", command)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        for (k, v) in extra_env {
-            cmd.env(k, v);
-        }
-        match cmd.spawn() {
-            Ok(mut child) => {
-                let mut input = child.stdin.take();
-                // Small configs fit in the pipe; a writer thread only for big ones, so a
-                // delegate that writes a lot before reading cannot deadlock us.
-                let writer = if stdin.len() > 16 * 1024 {
-                    let data = stdin.to_vec();
-                    let mut pipe = input.take();
-                    Some(std::thread::spawn(move || {
-                        if let Some(p) = pipe.as_mut() {
-                            let _ = p.write_all(&data);
-                        }
-                    }))
-                } else {
-                    if let Some(p) = input.as_mut() {
-                        // A delegate that exits without reading gives EPIPE: its output says why.
-                        let _ = p.write_all(stdin);
-                    }
-                    drop(input);
-                    None
-                };
-                let out = child.wait_with_output().map_err(|e| {
-                    CniError::new(
-                        INTERNAL,
-                        format!("waiting for plugin {}: {e}", plugin_path.display()),
-                    )
-                })?;
-                if let Some(w) = writer {
-                    let _ = w.join();
-                }
-                if !out.stderr.is_empty() {
-                    let _ = io::stderr().write_all(&out.stderr);
-                }
-                return Ok(Output {
-                    status: out.status.code(),
-                    success: out.status.success(),
-                    stdout: out.stdout,
-                    stderr: out.stderr,
-                });
-            }
-            Err(e) if e.raw_os_error() == Some(26) && attempt < TEXT_BUSY_RETRIES => {
-                // ETXTBSY: the binary is being replaced (an installer copying it); wait.
-                attempt += 1;
-                std::thread::sleep(Duration::from_secs(1));
-            }
-            Err(e) => {
-                return Err(CniError::new(
-                    INTERNAL,
-                    format!("failed to run plugin {}: {e}", plugin_path.display()),
-                ));
-            }
-        }
+) -> Result<Output, InvokeError> {
+    let stdio_error = |source| InvokeError::Stdio {
+        path: plugin_path.to_path_buf(),
+        source,
+    };
+    let mut cmd = Command::new(plugin_path);
+    cmd.env("CNI_COMMAND", command);
+    for (k, v) in extra_env {
+        cmd.env(k, v);
     }
+    let (stdout, stderr) = Stdio::new(stdin)
+        .and_then(|s| s.attach(&mut cmd))
+        .map_err(stdio_error)?;
+    let status = spawn_and_wait(&mut cmd, plugin_path)?;
+    let read = |f: &File| {
+        read_back(f).map_err(|source| InvokeError::Wait {
+            path: plugin_path.to_path_buf(),
+            source,
+        })
+    };
+    let (stdout, stderr) = (read(&stdout)?, read(&stderr)?);
+    if !stderr.is_empty() {
+        let _ = io::stderr().write_all(&stderr);
+    }
+    Ok(Output {
+        status: status.code(),
+        success: status.success(),
+        stdout,
+        stderr,
+    })
 }
 
 /// Turns a failed run into the delegate's own error, as libcni's `pluginErr` does: the error
@@ -189,21 +283,16 @@ fn parse_error(stdout: &[u8]) -> Option<CniError> {
 /// The result is passed through unchanged. A result without `cniVersion` (old plugins) gets
 /// the config's version, as libcni's `fixupResultVersion` does.
 pub fn result_bytes(stdout: &[u8], conf_version: &str) -> Result<Vec<u8>, CniError> {
-    let mut v: Value = serde_json::from_slice(stdout).map_err(|e| {
-        CniError::new(
-            INTERNAL,
-            format!(
-                "failed to unmarshal raw result: {e} result {}",
-                crate::error::clip(&String::from_utf8_lossy(stdout))
-            ),
-        )
+    let mut v: Value = serde_json::from_slice(stdout).map_err(|source| InvokeError::Result {
+        source,
+        text: clip(&String::from_utf8_lossy(stdout)),
     })?;
     let Some(obj) = v.as_object_mut() else {
         return Err(CniError::new(
             INTERNAL,
             format!(
                 "delegate result is not a JSON object: {}",
-                crate::error::clip(&String::from_utf8_lossy(stdout))
+                clip(&String::from_utf8_lossy(stdout))
             ),
         ));
     };
@@ -221,14 +310,6 @@ pub fn result_bytes(stdout: &[u8], conf_version: &str) -> Result<Vec<u8>, CniErr
     };
     obj.insert("cniVersion".into(), Value::String(version.into()));
     Ok(serde_json::to_vec(&v).unwrap_or_else(|_| stdout.to_vec()))
-}
-
-/// Reads all of a reader, at most `limit` bytes; `Ok(None)` when there was more.
-pub fn read_capped(mut r: impl Read, limit: usize) -> io::Result<Option<Vec<u8>>> {
-    let mut buf = Vec::with_capacity(4096);
-    let cap = u64::try_from(limit).unwrap_or(u64::MAX).saturating_add(1);
-    (&mut r).take(cap).read_to_end(&mut buf)?;
-    Ok((buf.len() <= limit).then_some(buf))
 }
 
 #[cfg(test)]
@@ -308,11 +389,5 @@ mod tests {
             find_in_path("", &path).unwrap_err().msg,
             "no plugin name provided"
         );
-    }
-
-    #[test]
-    fn read_capped_stops_after_the_limit() {
-        assert_eq!(read_capped(&b"abc"[..], 3).unwrap().unwrap(), b"abc");
-        assert!(read_capped(&b"abcd"[..], 3).unwrap().is_none());
     }
 }

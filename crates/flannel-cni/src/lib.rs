@@ -6,22 +6,22 @@
 //! codes, atomic state files, a CHECK that looks, and GC/STATUS. Synchronous and small: it
 //! runs once per pod event, so startup time is what matters.
 //!
-//! Layout: [`skel`] speaks the protocol (env, stdin, versions, output), [`netconf`] reads the
-//! config, [`delegate`] builds the delegate config, [`store`] keeps it per container,
-//! [`invoke`] runs the delegate, [`check`] inspects a pod's namespace, [`commands`] ties them
-//! together.
+//! Layout: [`request`] reads and validates an invocation (env, stdin, versions), [`skel`]
+//! dispatches it to the handlers of [`commands`] and prints the outcome, [`netconf`] reads the
+//! config, [`delegate`] builds the delegate config (encoded by [`marshal`] as Go would),
+//! [`store`] keeps it per container, [`invoke`] runs the delegate, [`check`] inspects a pod's
+//! namespace, [`error`] is the CNI error result.
 
 pub mod check;
 pub mod commands;
 pub mod delegate;
 pub mod error;
-pub mod gojson;
 pub mod invoke;
+pub mod marshal;
 pub mod netconf;
+pub mod request;
 pub mod skel;
 pub mod store;
-#[cfg(feature = "testkit")]
-pub mod testkit;
 
 pub use error::CniError;
 
@@ -31,6 +31,7 @@ pub fn main_from_env() -> i32 {
     let stdout = std::io::stdout();
     let stderr = std::io::stderr();
     skel::main_with(
+        &commands::FUNCS,
         &|k| std::env::var(k).ok(),
         &mut stdin.lock(),
         &mut stdout.lock(),

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use flannel_types::gojson::{GoJsonError, GoObject};
 use serde_json::{Map, Value};
 
-use crate::error::{CniError, DECODE_FAILURE, INVALID_CONFIG};
+use crate::error::{CniError, Coded, DECODE_FAILURE, INVALID_CONFIG, clip};
 
 /// Default location of subnet.env (`subnetFile`).
 pub const DEFAULT_SUBNET_FILE: &str = "/run/flannel/subnet.env";
@@ -54,15 +54,24 @@ pub struct NetConf {
     pub valid_attachments: Option<Vec<Attachment>>,
 }
 
-/// Prefix upstream puts before every netconf decoding error.
-const LOAD_PREFIX: &str = "failed to load flannel netconf file: failed to load netconf";
+/// The netconf could not be decoded (code 6), with the prefix upstream puts before every
+/// netconf decoding error.
+#[derive(Debug, thiserror::Error)]
+#[error("failed to load flannel netconf file: failed to load netconf: {0}")]
+pub struct NetConfError(#[source] pub GoJsonError);
+
+impl Coded for NetConfError {
+    fn code(&self) -> u32 {
+        DECODE_FAILURE
+    }
+}
 
 impl NetConf {
     /// Parses stdin. Errors carry upstream's prefix
     /// (`failed to load flannel netconf file: failed to load netconf: ...`) and code 6, or 7 for
     /// values that decode but cannot be used.
     pub fn parse(stdin: &[u8]) -> Result<NetConf, CniError> {
-        let decode = |e: GoJsonError| CniError::new(DECODE_FAILURE, format!("{LOAD_PREFIX}: {e}"));
+        let decode = NetConfError;
         let obj = GoObject::parse_slice(stdin)
             .map_err(decode)?
             .unwrap_or_default();
@@ -117,7 +126,7 @@ fn field_error(key: &str, expected: &'static str, got: &str) -> GoJsonError {
     GoJsonError::Field {
         key: key.to_string(),
         expected,
-        got: crate::error::clip(got),
+        got: clip(got),
     }
 }
 

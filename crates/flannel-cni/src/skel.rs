@@ -1,313 +1,38 @@
-//! The plugin side of the CNI protocol: environment variables, stdin, version negotiation,
-//! dispatch, and printing a result or an error (what Go's `pkg/skel` does for upstream).
+//! The plugin side of the CNI protocol: dispatch of one invocation to the command handlers,
+//! the VERSION answer, and printing a result or an error (what Go's `pkg/skel` does for
+//! upstream).
 //!
 //! Hand-written on `std` rather than taken from a crate: the only Rust skel (rscni-plugin)
-//! does not accept CNI 0.1.0/0.2.0, which upstream supports, and this one is ~250 lines with
-//! no dependency beyond serde_json. Its checks and messages follow libcni 1.3 so runtimes and
-//! operators see what they see with upstream, with spec error codes instead of libcni's
-//! catch-all where the spec has one.
+//! does not accept CNI 0.1.0/0.2.0, which upstream supports. With [`crate::request`] (reading
+//! and validating the invocation) it is about 490 lines plus tests, with no dependency beyond
+//! serde_json. Its checks and messages follow libcni 1.3 so runtimes and operators see
+//! what they see with upstream, with spec error codes instead of libcni's catch-all where the
+//! spec has one.
+//!
+//! The skel knows nothing about what the commands do: like libcni's `PluginMainFuncs`, it is
+//! given a [`PluginFuncs`] of handlers, and answers VERSION itself.
 
 use std::io::{Read, Write};
 
-use flannel_types::gojson::GoObject;
+use crate::error::{CniError, INVALID_NETNS};
+use crate::request::{CURRENT_VERSION, Command, Request, SUPPORTED_VERSIONS, parse_request};
 
-use crate::error::{
-    CniError, DECODE_FAILURE, INCOMPATIBLE_VERSION, INVALID_CONFIG, INVALID_ENV, INVALID_NETNS,
-    IO_FAILURE, clip,
-};
-
-/// Every spec version this plugin speaks (upstream's `cni.All`).
-pub const SUPPORTED_VERSIONS: [&str; 7] = [
-    "0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0",
-];
-/// The newest spec version, reported by VERSION.
-pub const CURRENT_VERSION: &str = "1.1.0";
-/// The most stdin this plugin reads; a netconf is a few hundred bytes.
-pub const MAX_STDIN: usize = 1024 * 1024;
-/// Longest container ID: it becomes a file name.
-pub const MAX_CONTAINER_ID: usize = 255;
-/// Longest interface name the kernel accepts (IFNAMSIZ - 1).
-pub const MAX_IFNAME: usize = 15;
-
-/// The CNI commands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Command {
-    /// Attach a container.
-    Add,
-    /// Detach a container.
-    Del,
-    /// Verify an attachment.
-    Check,
-    /// Report supported versions.
-    Version,
-    /// Remove state of attachments the runtime no longer knows (CNI 1.1).
-    Gc,
-    /// Report readiness to ADD (CNI 1.1).
-    Status,
-}
-
-impl Command {
-    fn parse(s: &str) -> Option<Command> {
-        Some(match s {
-            "ADD" => Command::Add,
-            "DEL" => Command::Del,
-            "CHECK" => Command::Check,
-            "VERSION" => Command::Version,
-            "GC" => Command::Gc,
-            "STATUS" => Command::Status,
-            _ => return None,
-        })
-    }
-
-    /// The lowest spec version that has this command.
-    fn min_version(self) -> Option<&'static str> {
-        match self {
-            Command::Check => Some("0.4.0"),
-            Command::Gc | Command::Status => Some("1.1.0"),
-            _ => None,
-        }
-    }
-}
-
-/// One invocation: the command, its environment and stdin.
-#[derive(Debug, Clone)]
-pub struct Request {
-    /// `CNI_COMMAND`.
-    pub command: Command,
-    /// `CNI_CONTAINERID` (validated as a safe file name when required).
-    pub container_id: String,
-    /// `CNI_NETNS`.
-    pub netns: String,
-    /// `CNI_IFNAME`.
-    pub ifname: String,
-    /// `CNI_ARGS`.
-    pub args: String,
-    /// `CNI_PATH`.
-    pub path: String,
-    /// The netconf's `cniVersion`, `0.1.0` when absent.
-    pub cni_version: String,
-    /// The netconf bytes.
-    pub stdin: Vec<u8>,
-}
-
-/// Whether `s` matches libcni's name rule `^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$` (container IDs,
-/// network names). It excludes `/`, `..` as a whole name, control characters and spaces.
-pub fn valid_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes()
-            .enumerate()
-            .all(|(i, c)| c.is_ascii_alphanumeric() || (i > 0 && matches!(c, b'_' | b'.' | b'-')))
-}
-
-fn validate_container_id(id: &str) -> Result<(), CniError> {
-    if id.len() > MAX_CONTAINER_ID {
-        return Err(CniError::with_details(
-            INVALID_ENV,
-            "invalid CNI_CONTAINERID: too long",
-            format!(
-                "containerID must be at most {MAX_CONTAINER_ID} bytes, got {}",
-                id.len()
-            ),
-        ));
-    }
-    if !valid_name(id) {
-        return Err(CniError::with_details(
-            INVALID_ENV,
-            "invalid characters in containerID",
-            clip(id),
-        ));
-    }
-    Ok(())
-}
-
-fn validate_ifname(name: &str) -> Result<(), CniError> {
-    let e = |msg: &str| CniError::new(INVALID_ENV, msg);
-    if name.len() > MAX_IFNAME {
-        return Err(CniError::with_details(
-            INVALID_ENV,
-            "interface name is too long",
-            format!(
-                "interface name should be less than {} characters",
-                MAX_IFNAME + 1
-            ),
-        ));
-    }
-    if name == "." || name == ".." {
-        return Err(e("interface name is . or .."));
-    }
-    if name
-        .chars()
-        .any(|c| c == '/' || c == ':' || c.is_whitespace())
-    {
-        return Err(e("interface name contains / or : or whitespace characters"));
-    }
-    Ok(())
-}
-
-/// Parses `major.minor.patch` (missing parts are 0), as libcni's `version.ParseVersion`.
-pub fn parse_version(v: &str) -> Result<(u64, u64, u64), CniError> {
-    let parts: Vec<&str> = v.split('.').collect();
-    let bad = || {
-        CniError::new(
-            DECODE_FAILURE,
-            format!(
-                "invalid CNI version {:?}: expected major.minor.patch",
-                clip(v)
-            ),
-        )
-    };
-    if parts.len() > 3 {
-        return Err(bad());
-    }
-    let num = |i: usize| -> Result<u64, CniError> {
-        match parts.get(i) {
-            None => Ok(0),
-            Some(p) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => {
-                p.parse().map_err(|_| bad())
-            }
-            Some(_) => Err(bad()),
-        }
-    };
-    Ok((num(0)?, num(1)?, num(2)?))
-}
-
-/// Reads the environment, stdin and the netconf's name and version; validates all of them.
+/// The command handlers a plugin gives [`main_with`] (libcni's `CNIFuncs`).
 ///
-/// `getenv` is injectable so tests can run the whole protocol in-process.
-pub fn parse_request(
-    getenv: &dyn Fn(&str) -> Option<String>,
-    stdin: &mut dyn Read,
-) -> Result<Request, CniError> {
-    let var = |name: &str| getenv(name).unwrap_or_default();
-    let command_text = var("CNI_COMMAND");
-    let command = Command::parse(&command_text);
-    // Which variables each command needs, in libcni's order.
-    let needs = |name: &str| -> bool {
-        use Command::*;
-        matches!(
-            (name, command),
-            ("CNI_COMMAND", _)
-                | ("CNI_CONTAINERID" | "CNI_IFNAME", Some(Add | Check | Del))
-                | ("CNI_NETNS", Some(Add | Check))
-                | ("CNI_PATH", Some(Add | Check | Del | Gc | Status))
-        )
-    };
-    let mut missing = Vec::new();
-    for name in [
-        "CNI_COMMAND",
-        "CNI_CONTAINERID",
-        "CNI_NETNS",
-        "CNI_IFNAME",
-        "CNI_PATH",
-    ] {
-        let value = var(name);
-        if value.is_empty() {
-            if needs(name) {
-                missing.push(name);
-            }
-        } else if needs(name) {
-            match name {
-                "CNI_CONTAINERID" => validate_container_id(&value)?,
-                "CNI_IFNAME" => validate_ifname(&value)?,
-                _ => {}
-            }
-        }
-    }
-    if !missing.is_empty() {
-        return Err(CniError::new(
-            INVALID_ENV,
-            format!("required env variables [{}] missing", missing.join(",")),
-        ));
-    }
-    let Some(command) = command else {
-        return Err(CniError::new(
-            INVALID_ENV,
-            format!("unknown CNI_COMMAND: {}", clip(&command_text)),
-        ));
-    };
-    let mut req = Request {
-        command,
-        container_id: var("CNI_CONTAINERID"),
-        netns: var("CNI_NETNS"),
-        ifname: var("CNI_IFNAME"),
-        args: var("CNI_ARGS"),
-        path: var("CNI_PATH"),
-        cni_version: CURRENT_VERSION.to_string(),
-        stdin: Vec::new(),
-    };
-    if command == Command::Version {
-        return Ok(req);
-    }
-    req.stdin = crate::invoke::read_capped(stdin, MAX_STDIN)
-        .map_err(|e| CniError::new(IO_FAILURE, format!("error reading from stdin: {e}")))?
-        .ok_or_else(|| {
-            CniError::new(
-                INVALID_CONFIG,
-                format!("network config on stdin is larger than {MAX_STDIN} bytes"),
-            )
-        })?;
-    let obj = GoObject::parse_slice(&req.stdin)
-        .map_err(|e| {
-            CniError::new(
-                DECODE_FAILURE,
-                format!("error unmarshall network config: {e}"),
-            )
-        })?
-        .unwrap_or_default();
-    let name = obj
-        .string("name")
-        .map_err(|e| {
-            CniError::new(
-                DECODE_FAILURE,
-                format!("error unmarshall network config: {e}"),
-            )
-        })?
-        .unwrap_or_default();
-    if name.is_empty() {
-        return Err(CniError::new(INVALID_CONFIG, "missing network name"));
-    }
-    if !valid_name(&name) {
-        return Err(CniError::with_details(
-            INVALID_CONFIG,
-            "invalid characters found in network name",
-            clip(&name),
-        ));
-    }
-    let version = obj
-        .string("cniVersion")
-        .map_err(|e| {
-            CniError::new(
-                DECODE_FAILURE,
-                format!("decoding version from network config: {e}"),
-            )
-        })?
-        .filter(|v| !v.is_empty())
-        .unwrap_or_else(|| "0.1.0".to_string());
-    if let Some(min) = command.min_version()
-        && parse_version(&version)? < parse_version(min)?
-    {
-        return Err(CniError::new(
-            INCOMPATIBLE_VERSION,
-            format!("config version does not allow {command_text}"),
-        ));
-    }
-    if !SUPPORTED_VERSIONS.contains(&version.as_str()) {
-        let supported: Vec<String> = SUPPORTED_VERSIONS
-            .iter()
-            .map(|v| format!("{v:?}"))
-            .collect();
-        return Err(CniError::with_details(
-            INCOMPATIBLE_VERSION,
-            "incompatible CNI versions",
-            format!(
-                "config is {:?}, plugin supports [{}]",
-                clip(&version),
-                supported.join(" ")
-            ),
-        ));
-    }
-    req.cni_version = version;
-    Ok(req)
+/// Each gets the validated [`Request`]; ADD returns the result to print, the others print
+/// nothing on success.
+#[derive(Debug, Clone, Copy)]
+pub struct PluginFuncs {
+    /// ADD: attach the container, return its result.
+    pub add: fn(&Request) -> Result<Vec<u8>, CniError>,
+    /// DEL: detach the container; nothing to detach is success.
+    pub del: fn(&Request) -> Result<(), CniError>,
+    /// CHECK (0.4.0+): verify the attachment.
+    pub check: fn(&Request) -> Result<(), CniError>,
+    /// GC (1.1.0+): remove state of attachments the runtime no longer knows.
+    pub gc: fn(&Request) -> Result<(), CniError>,
+    /// STATUS (1.1.0+): whether an ADD could succeed now.
+    pub status: fn(&Request) -> Result<(), CniError>,
 }
 
 /// Refuses a `CNI_NETNS` that is the plugin's own network namespace (libcni's `CheckNetNS`,
@@ -319,10 +44,11 @@ pub fn check_netns_is_not_ours(netns: &str, override_var: Option<String>) -> Res
     if netns.is_empty() || overridden {
         return Ok(());
     }
-    let (Ok(theirs), Ok(ours)) = (
-        std::fs::metadata(netns),
-        std::fs::metadata("/proc/thread-self/ns/net"),
-    ) else {
+    // Theirs first: when it is gone there is no need to look up our own.
+    let Ok(theirs) = std::fs::metadata(netns) else {
+        return Ok(());
+    };
+    let Ok(ours) = std::fs::metadata("/proc/thread-self/ns/net") else {
         return Ok(());
     };
     if (theirs.dev(), theirs.ino()) == (ours.dev(), ours.ino()) {
@@ -334,7 +60,8 @@ pub fn check_netns_is_not_ours(netns: &str, override_var: Option<String>) -> Res
     Ok(())
 }
 
-/// The VERSION answer, byte-equal to libcni's (including the trailing newline).
+/// The VERSION answer, byte-equal to libcni's (including the trailing newline). The only place
+/// VERSION is answered.
 pub fn version_json() -> String {
     let list: Vec<String> = SUPPORTED_VERSIONS
         .iter()
@@ -357,9 +84,27 @@ pub fn about() -> String {
     )
 }
 
-/// Runs one invocation end to end and returns the exit code: 0 with the result (if any) on
-/// `stdout`, 1 with an error object on `stdout`.
+/// Runs the handler of `req`'s command; returns what to print on stdout.
+fn dispatch(
+    funcs: &PluginFuncs,
+    req: &Request,
+    getenv: &dyn Fn(&str) -> Option<String>,
+) -> Result<Vec<u8>, CniError> {
+    let netns_is_not_ours = || check_netns_is_not_ours(&req.netns, getenv("CNI_NETNS_OVERRIDE"));
+    match req.command {
+        Command::Version => Ok(version_json().into_bytes()),
+        Command::Add => netns_is_not_ours().and_then(|()| (funcs.add)(req)),
+        Command::Del => netns_is_not_ours().and_then(|()| (funcs.del)(req).map(|()| Vec::new())),
+        Command::Check => (funcs.check)(req).map(|()| Vec::new()),
+        Command::Gc => (funcs.gc)(req).map(|()| Vec::new()),
+        Command::Status => (funcs.status)(req).map(|()| Vec::new()),
+    }
+}
+
+/// Runs one invocation end to end with `funcs` and returns the exit code: 0 with the result
+/// (if any) on `stdout`, 1 with an error object on `stdout`.
 pub fn main_with(
+    funcs: &PluginFuncs,
     getenv: &dyn Fn(&str) -> Option<String>,
     stdin: &mut dyn Read,
     stdout: &mut dyn Write,
@@ -369,20 +114,12 @@ pub fn main_with(
         Ok(r) => r,
         Err(e) => {
             if getenv("CNI_COMMAND").unwrap_or_default().is_empty() {
-                let _ = writeln!(stderr, "{}", about());
+                let _ = stderr.write_all(format!("{}\n", about()).as_bytes());
             }
             return fail(stdout, stderr, &e, CURRENT_VERSION);
         }
     };
-    let outcome = match req.command {
-        Command::Version => Ok(version_json().into_bytes()),
-        Command::Add | Command::Del => {
-            check_netns_is_not_ours(&req.netns, getenv("CNI_NETNS_OVERRIDE"))
-                .and_then(|()| crate::commands::run(&req))
-        }
-        _ => crate::commands::run(&req),
-    };
-    match outcome {
+    match dispatch(funcs, &req, getenv) {
         Ok(out) => {
             if stdout
                 .write_all(&out)
@@ -397,9 +134,11 @@ pub fn main_with(
     }
 }
 
+/// Logs `e` on stderr and prints its error object on stdout (each in one write); returns the
+/// exit code 1.
 fn fail(stdout: &mut dyn Write, stderr: &mut dyn Write, e: &CniError, version: &str) -> i32 {
-    let _ = writeln!(stderr, "flannel: error {}: {e}", e.code);
-    let _ = writeln!(stdout, "{}", e.to_json(version));
+    let _ = stderr.write_all(format!("flannel: error {}: {e}\n", e.code).as_bytes());
+    let _ = stdout.write_all(format!("{}\n", e.to_json(version)).as_bytes());
     let _ = stdout.flush();
     1
 }
@@ -407,251 +146,132 @@ fn fail(stdout: &mut dyn Write, stderr: &mut dyn Write, e: &CniError, version: &
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::cell::RefCell;
     use std::collections::HashMap;
 
-    fn req(env: &[(&str, &str)], stdin: &str) -> Result<Request, CniError> {
+    thread_local! {
+        static CALLS: RefCell<Vec<&'static str>> = const { RefCell::new(Vec::new()) };
+    }
+
+    fn record(name: &'static str) {
+        CALLS.with(|c| c.borrow_mut().push(name));
+    }
+
+    /// Handlers that record their name; DEL fails with a delegate-style error.
+    const FAKE: PluginFuncs = PluginFuncs {
+        add: |_| {
+            record("add");
+            Ok(b"{\"cniVersion\":\"1.1.0\"}".to_vec())
+        },
+        del: |_| {
+            record("del");
+            Err(CniError::with_details(11, "busy", "later"))
+        },
+        check: |_| {
+            record("check");
+            Ok(())
+        },
+        gc: |_| {
+            record("gc");
+            Ok(())
+        },
+        status: |_| {
+            record("status");
+            Ok(())
+        },
+    };
+
+    /// Runs `main_with(FAKE)`; returns (exit code, stdout, stderr, handlers called).
+    fn run(env: &[(&str, &str)], stdin: &str) -> (i32, String, String, Vec<&'static str>) {
         let map: HashMap<String, String> = env
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        parse_request(&|k| map.get(k).cloned(), &mut stdin.as_bytes())
+        CALLS.with(|c| c.borrow_mut().clear());
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let code = main_with(
+            &FAKE,
+            &|k| map.get(k).cloned(),
+            &mut stdin.as_bytes(),
+            &mut out,
+            &mut err,
+        );
+        let text = |b: Vec<u8>| String::from_utf8(b).unwrap();
+        let calls = CALLS.with(|c| c.borrow().clone());
+        (code, text(out), text(err), calls)
     }
 
-    const CONF: &str = r#"{"cniVersion":"1.0.0","name":"cbr0","type":"flannel"}"#;
+    const CONF: &str = r#"{"cniVersion":"1.1.0","name":"cbr0","type":"flannel"}"#;
 
-    fn add_env<'a>(extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
-        let mut v = vec![
-            ("CNI_COMMAND", "ADD"),
-            ("CNI_CONTAINERID", "abc123"),
-            ("CNI_NETNS", "/run/netns/x"),
+    fn env(command: &str) -> Vec<(&str, &str)> {
+        vec![
+            ("CNI_COMMAND", command),
+            ("CNI_CONTAINERID", "abc"),
+            ("CNI_NETNS", "/nonexistent/netns"),
             ("CNI_IFNAME", "eth0"),
             ("CNI_PATH", "/opt/cni/bin"),
-        ];
-        for (k, val) in extra {
-            v.retain(|(kk, _)| kk != k);
-            v.push((k, val));
+        ]
+    }
+
+    #[test]
+    fn each_command_reaches_its_handler() {
+        let (code, out, _, calls) = run(&env("ADD"), CONF);
+        assert_eq!((code, out.as_str()), (0, "{\"cniVersion\":\"1.1.0\"}"));
+        assert_eq!(calls, ["add"]);
+        for (command, handler) in [("CHECK", "check"), ("GC", "gc"), ("STATUS", "status")] {
+            let (code, out, _, calls) = run(&env(command), CONF);
+            assert_eq!((code, out.as_str()), (0, ""), "{command}");
+            assert_eq!(calls, [handler]);
         }
-        v
+        // A handler's error is printed with the config's version and logged.
+        let (code, out, err, calls) = run(&env("DEL"), CONF);
+        assert_eq!(calls, ["del"]);
+        assert_eq!(code, 1);
+        assert_eq!(
+            out,
+            "{\"cniVersion\":\"1.1.0\",\"code\":11,\"msg\":\"busy\",\"details\":\"later\"}\n"
+        );
+        assert_eq!(err, "flannel: error 11: busy; later\n");
     }
 
     #[test]
-    fn missing_env_vars_are_named_with_code_4() {
-        let e = req(&[], "").unwrap_err();
-        assert_eq!(
-            (e.code, e.msg.as_str()),
-            (4, "required env variables [CNI_COMMAND] missing")
-        );
-        let e = req(&[("CNI_COMMAND", "ADD")], CONF).unwrap_err();
-        assert_eq!(
-            e.msg,
-            "required env variables [CNI_CONTAINERID,CNI_NETNS,CNI_IFNAME,CNI_PATH] missing"
-        );
-        let e = req(
-            &[
-                ("CNI_COMMAND", "DEL"),
-                ("CNI_CONTAINERID", "a"),
-                ("CNI_IFNAME", "eth0"),
-            ],
-            CONF,
-        )
-        .unwrap_err();
-        assert_eq!(e.msg, "required env variables [CNI_PATH] missing");
-        let e = req(&[("CNI_COMMAND", "STATUS")], CONF).unwrap_err();
-        assert_eq!(e.msg, "required env variables [CNI_PATH] missing");
-        // DEL does not need CNI_NETNS; VERSION needs nothing.
-        assert!(
-            req(
-                &[
-                    ("CNI_COMMAND", "DEL"),
-                    ("CNI_CONTAINERID", "a"),
-                    ("CNI_IFNAME", "e"),
-                    ("CNI_PATH", "/p")
-                ],
-                CONF
-            )
-            .is_ok()
-        );
-        assert!(req(&[("CNI_COMMAND", "VERSION")], "").is_ok());
-        let e = req(&[("CNI_COMMAND", "FROB")], CONF).unwrap_err();
-        assert_eq!((e.code, e.msg.as_str()), (4, "unknown CNI_COMMAND: FROB"));
-    }
-
-    #[test]
-    fn hostile_container_ids_are_refused() {
-        for id in [
-            "../../etc/x",
-            "/abs",
-            "a/b",
-            ".hidden",
-            "..",
-            "-x",
-            "a b",
-            "a\nb",
-            "a\u{0}b",
-            "é",
-        ] {
-            let e = req(&add_env(&[("CNI_CONTAINERID", id)]), CONF).unwrap_err();
-            assert_eq!(e.code, INVALID_ENV, "{id:?}");
-            assert_eq!(e.msg, "invalid characters in containerID", "{id:?}");
-            assert_eq!(e.details, clip(id));
-        }
-        let long = "a".repeat(256);
-        let e = req(&add_env(&[("CNI_CONTAINERID", &long)]), CONF).unwrap_err();
-        assert_eq!(
-            (e.code, e.msg.as_str()),
-            (4, "invalid CNI_CONTAINERID: too long")
-        );
-        assert!(req(&add_env(&[("CNI_CONTAINERID", &"a".repeat(255))]), CONF).is_ok());
-        assert!(req(&add_env(&[("CNI_CONTAINERID", "default-c1_x.y")]), CONF).is_ok());
-    }
-
-    #[test]
-    fn bad_ifnames_are_refused() {
-        for (name, msg) in [
-            ("averyveryverylongname", "interface name is too long"),
-            ("..", "interface name is . or .."),
-            (
-                "eth/0",
-                "interface name contains / or : or whitespace characters",
-            ),
-            (
-                "eth 0",
-                "interface name contains / or : or whitespace characters",
-            ),
-        ] {
-            let e = req(&add_env(&[("CNI_IFNAME", name)]), CONF).unwrap_err();
-            assert_eq!((e.code, e.msg.as_str()), (INVALID_ENV, msg), "{name}");
-        }
-    }
-
-    #[test]
-    fn stdin_is_capped_and_decoded() {
-        let big = format!(r#"{{"name":"n","pad":"{}"}}"#, "x".repeat(MAX_STDIN));
-        let e = req(&add_env(&[]), &big).unwrap_err();
-        assert_eq!(e.code, INVALID_CONFIG);
-        assert_eq!(
-            e.msg,
-            "network config on stdin is larger than 1048576 bytes"
-        );
-        let e = req(&add_env(&[]), "{").unwrap_err();
-        assert_eq!(e.code, DECODE_FAILURE);
-        assert!(
-            e.msg
-                .starts_with("error unmarshall network config: invalid JSON"),
-            "{}",
-            e.msg
-        );
-        let e = req(&add_env(&[]), r#"{"name":5}"#).unwrap_err();
-        assert_eq!(e.code, DECODE_FAILURE);
-        assert_eq!(
-            e.msg,
-            "error unmarshall network config: \"name\": expected a string, got 5"
-        );
-        let e = req(&add_env(&[]), r#"{"type":"flannel"}"#).unwrap_err();
-        assert_eq!(
-            (e.code, e.msg.as_str()),
-            (INVALID_CONFIG, "missing network name")
-        );
-        let e = req(&add_env(&[]), r#"{"name":"a/b"}"#).unwrap_err();
-        assert_eq!(
-            (e.code, e.msg.as_str()),
-            (INVALID_CONFIG, "invalid characters found in network name")
-        );
-    }
-
-    #[test]
-    fn versions_are_negotiated() {
-        for v in SUPPORTED_VERSIONS {
-            let r = req(
-                &add_env(&[]),
-                &format!(r#"{{"name":"n","cniVersion":"{v}"}}"#),
-            )
-            .unwrap();
-            assert_eq!(r.cni_version, v);
-        }
-        assert_eq!(
-            req(&add_env(&[]), r#"{"name":"n"}"#).unwrap().cni_version,
-            "0.1.0"
-        );
-        let e = req(&add_env(&[]), r#"{"name":"n","cniVersion":"2.0.0"}"#).unwrap_err();
-        assert_eq!(e.code, INCOMPATIBLE_VERSION);
-        assert_eq!(e.msg, "incompatible CNI versions");
-        assert_eq!(
-            e.details,
-            r#"config is "2.0.0", plugin supports ["0.1.0" "0.2.0" "0.3.0" "0.3.1" "0.4.0" "1.0.0" "1.1.0"]"#
-        );
-        let e = req(
-            &add_env(&[("CNI_COMMAND", "CHECK")]),
-            r#"{"name":"n","cniVersion":"0.3.1"}"#,
-        )
-        .unwrap_err();
-        assert_eq!(
-            (e.code, e.msg.as_str()),
-            (1, "config version does not allow CHECK")
-        );
-        let gc = [("CNI_COMMAND", "GC"), ("CNI_PATH", "/p")];
-        let e = req(&gc, r#"{"name":"n","cniVersion":"1.0.0"}"#).unwrap_err();
-        assert_eq!(
-            (e.code, e.msg.as_str()),
-            (1, "config version does not allow GC")
-        );
-        let e = req(&gc, r#"{"name":"n","cniVersion":"x.y"}"#).unwrap_err();
-        assert_eq!(e.code, DECODE_FAILURE);
-        let e = req(&add_env(&[]), r#"{"name":"n","cniVersion":1}"#).unwrap_err();
-        assert_eq!(e.code, DECODE_FAILURE);
-        assert!(e.msg.starts_with("decoding version from network config: "));
-    }
-
-    #[test]
-    fn version_answer_matches_libcni() {
+    fn version_is_answered_by_the_skel_alone() {
         assert_eq!(
             version_json(),
             "{\"cniVersion\":\"1.1.0\",\"supportedVersions\":[\"0.1.0\",\"0.2.0\",\"0.3.0\",\"0.3.1\",\"0.4.0\",\"1.0.0\",\"1.1.0\"]}\n"
         );
-        let mut out = Vec::new();
-        let mut err = Vec::new();
-        let code = main_with(
-            &|k| (k == "CNI_COMMAND").then(|| "VERSION".to_string()),
-            &mut &b"ignored"[..],
-            &mut out,
-            &mut err,
-        );
-        assert_eq!(code, 0);
-        assert_eq!(String::from_utf8(out).unwrap(), version_json());
+        let (code, out, _, calls) = run(&[("CNI_COMMAND", "VERSION")], "ignored");
+        assert_eq!((code, out), (0, version_json()));
+        assert!(calls.is_empty());
     }
 
     #[test]
     fn no_command_prints_about_and_an_error() {
-        let mut out = Vec::new();
-        let mut err = Vec::new();
-        let code = main_with(&|_| None, &mut &b""[..], &mut out, &mut err);
+        let (code, out, err, calls) = run(&[], "");
         assert_eq!(code, 1);
         assert_eq!(
-            String::from_utf8(out).unwrap(),
+            out,
             "{\"cniVersion\":\"1.1.0\",\"code\":4,\"msg\":\"required env variables [CNI_COMMAND] missing\"}\n"
         );
-        assert!(
-            String::from_utf8(err)
-                .unwrap()
-                .starts_with("CNI Plugin flannel version v")
-        );
+        assert!(err.starts_with("CNI Plugin flannel version v"), "{err}");
+        assert!(calls.is_empty());
     }
 
     #[test]
-    fn own_netns_is_refused_unless_overridden() {
+    fn own_netns_is_refused_before_add_and_del() {
         let e = check_netns_is_not_ours("/proc/self/ns/net", None).unwrap_err();
         assert_eq!(e.code, INVALID_NETNS);
         assert!(check_netns_is_not_ours("/proc/self/ns/net", Some("true".into())).is_ok());
         assert!(check_netns_is_not_ours("/nonexistent", None).is_ok());
         assert!(check_netns_is_not_ours("", None).is_ok());
-    }
-
-    #[test]
-    fn version_parsing() {
-        assert_eq!(parse_version("1.1.0").unwrap(), (1, 1, 0));
-        assert_eq!(parse_version("1.0").unwrap(), (1, 0, 0));
-        assert!(parse_version("1.0.0.0").is_err());
-        assert!(parse_version("1.x").is_err());
-        assert!(parse_version("").is_err());
+        for command in ["ADD", "DEL"] {
+            let mut e = env(command);
+            e.retain(|(k, _)| *k != "CNI_NETNS");
+            e.push(("CNI_NETNS", "/proc/self/ns/net"));
+            let (code, out, _, calls) = run(&e, CONF);
+            assert_eq!(code, 1);
+            assert!(out.contains("\"code\":8"), "{out}");
+            assert!(calls.is_empty(), "{command}: {calls:?}");
+        }
     }
 }

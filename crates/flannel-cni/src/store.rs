@@ -17,7 +17,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::error::{CniError, IO_FAILURE};
+use crate::error::{Coded, IO_FAILURE};
+use crate::request::valid_name;
 
 /// Mode of a saved delegate config: it may hold secrets from `runtimeConfig`.
 pub const FILE_MODE: u32 = 0o600;
@@ -25,6 +26,57 @@ pub const FILE_MODE: u32 = 0o600;
 pub const DIR_MODE: u32 = 0o700;
 /// Temp files of interrupted writes older than this are removed by GC.
 pub const STALE_TEMP_AGE: Duration = Duration::from_secs(600);
+
+/// A saved delegate config could not be written, read, removed or listed (code 5).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Writing the file failed at step `op` (`mkdir`, `create`, `write`, `rename`) on `path`.
+    #[error("failed to save the delegate config for {container_id}: {op} {}: {source}", .path.display())]
+    Save {
+        /// The container whose config was being saved.
+        container_id: String,
+        /// The step that failed.
+        op: &'static str,
+        /// The file or directory of that step.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// The saved file exists but cannot be read.
+    #[error("failed to read saved delegate config {}: {source}", .path.display())]
+    Read {
+        /// The saved file.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// The saved file cannot be removed.
+    #[error("failed to remove saved delegate config {}: {source}", .path.display())]
+    Remove {
+        /// The saved file.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// The directory cannot be listed (GC).
+    #[error("failed to list {}: {source}", .dir.display())]
+    List {
+        /// The `dataDir`.
+        dir: PathBuf,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl Coded for StoreError {
+    fn code(&self) -> u32 {
+        IO_FAILURE
+    }
+}
 
 /// The saved-config directory.
 #[derive(Debug, Clone)]
@@ -46,61 +98,46 @@ impl Store {
     }
 
     /// Saves `json` for `container_id` atomically with mode 0600 (directory 0700).
-    pub fn save(&self, container_id: &str, json: &[u8]) -> Result<(), CniError> {
-        write_atomic(&self.dir, container_id, json).map_err(|(what, path, e)| {
-            CniError::new(
-                IO_FAILURE,
-                format!(
-                    "failed to save the delegate config for {container_id}: {what} {}: {e}",
-                    path.display()
-                ),
-            )
+    pub fn save(&self, container_id: &str, json: &[u8]) -> Result<(), StoreError> {
+        write_atomic(&self.dir, container_id, json).map_err(|(op, path, source)| StoreError::Save {
+            container_id: container_id.to_string(),
+            op,
+            path,
+            source,
         })
     }
 
     /// The saved bytes, or `None` if there are none.
-    pub fn load(&self, container_id: &str) -> Result<Option<Vec<u8>>, CniError> {
+    pub fn load(&self, container_id: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let path = self.path(container_id);
         match fs::read(&path) {
             Ok(b) => Ok(Some(b)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(CniError::new(
-                IO_FAILURE,
-                format!(
-                    "failed to read saved delegate config {}: {e}",
-                    path.display()
-                ),
-            )),
+            Err(source) => Err(StoreError::Read { path, source }),
         }
     }
 
     /// Removes the saved config; a missing file is fine.
-    pub fn remove(&self, container_id: &str) -> Result<(), CniError> {
+    pub fn remove(&self, container_id: &str) -> Result<(), StoreError> {
         let path = self.path(container_id);
         match fs::remove_file(&path) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(CniError::new(
-                IO_FAILURE,
-                format!(
-                    "failed to remove saved delegate config {}: {e}",
-                    path.display()
-                ),
-            )),
+            Err(source) => Err(StoreError::Remove { path, source }),
         }
     }
 
     /// Container IDs with a saved config, and leftover temp files of interrupted writes older
     /// than [`STALE_TEMP_AGE`]. A missing directory has neither.
-    pub fn scan(&self) -> Result<(Vec<String>, Vec<PathBuf>), CniError> {
+    pub fn scan(&self) -> Result<(Vec<String>, Vec<PathBuf>), StoreError> {
         let entries = match fs::read_dir(&self.dir) {
             Ok(e) => e,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((vec![], vec![])),
-            Err(e) => {
-                return Err(CniError::new(
-                    IO_FAILURE,
-                    format!("failed to list {}: {e}", self.dir.display()),
-                ));
+            Err(source) => {
+                return Err(StoreError::List {
+                    dir: self.dir.clone(),
+                    source,
+                });
             }
         };
         let now = SystemTime::now();
@@ -122,7 +159,7 @@ impl Store {
                 {
                     stale.push(entry.path());
                 }
-            } else if crate::skel::valid_name(&name) {
+            } else if valid_name(&name) {
                 ids.push(name);
             }
         }
@@ -139,13 +176,6 @@ fn write_atomic(
     data: &[u8],
 ) -> Result<(), (&'static str, PathBuf, io::Error)> {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
-    if !dir.is_dir() {
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(DIR_MODE)
-            .create(dir)
-            .map_err(|e| ("mkdir", dir.to_path_buf(), e))?;
-    }
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.subsec_nanos())
@@ -155,11 +185,27 @@ fn write_atomic(
         std::process::id(),
         COUNTER.fetch_add(1, Ordering::Relaxed)
     ));
-    let result = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(FILE_MODE)
-        .open(&tmp)
+    let create = || {
+        fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(FILE_MODE)
+            .open(&tmp)
+    };
+    // The directory normally exists: try first and create it only when that fails (one stat
+    // fewer per ADD than checking first, same errors).
+    let file = match create() {
+        Err(_) if !dir.is_dir() => {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(DIR_MODE)
+                .create(dir)
+                .map_err(|e| ("mkdir", dir.to_path_buf(), e))?;
+            create()
+        }
+        r => r,
+    };
+    let result = file
         .map_err(|e| ("create", tmp.clone(), e))
         .and_then(|mut f| f.write_all(data).map_err(|e| ("write", tmp.clone(), e)))
         .and_then(|()| {
@@ -175,6 +221,7 @@ fn write_atomic(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::{CniError, assert_error};
     use std::os::unix::fs::PermissionsExt;
 
     #[test]
@@ -228,13 +275,11 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         // The target is a non-empty directory: the rename must fail.
         fs::create_dir_all(tmp.path().join("c1/x")).unwrap();
-        let e = Store::new(tmp.path()).save("c1", b"{}").unwrap_err();
-        assert_eq!(e.code, IO_FAILURE);
-        assert!(
-            e.msg
-                .starts_with("failed to save the delegate config for c1: rename "),
-            "{}",
-            e.msg
+        let e = CniError::from(Store::new(tmp.path()).save("c1", b"{}").unwrap_err());
+        assert_error(
+            &e,
+            IO_FAILURE,
+            "failed to save the delegate config for c1: rename ",
         );
         let names: Vec<_> = fs::read_dir(tmp.path())
             .unwrap()

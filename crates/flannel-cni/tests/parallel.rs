@@ -18,13 +18,13 @@ fn fifty_parallel_adds_then_dels_leave_nothing_behind() {
         let pod = setup.lab.add_pod(0, &format!("par{i}")).unwrap();
         pods.push((pod.netns_name().to_string(), pod.netns_path()));
     }
-    let conf = setup.cni.netconf("1.0.0");
-    let cni = &setup.cni;
+    let conf = setup.files.netconf("1.0.0");
+    let node = &setup;
 
     let results: Vec<_> = std::thread::scope(|s| {
         let handles: Vec<_> = pods
             .iter()
-            .map(|(cid, netns)| s.spawn(|| cni.add(cid, netns, &conf).unwrap()))
+            .map(|(cid, netns)| s.spawn(|| node.add(cid, netns, &conf)))
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
@@ -37,25 +37,19 @@ fn fifty_parallel_adds_then_dels_leave_nothing_behind() {
     }
     assert_eq!(ips.len(), PODS, "addresses must be distinct");
     assert_eq!(setup.saved_files().len(), PODS);
-    assert_eq!(setup.cni.reservations().len(), PODS);
+    assert_eq!(setup.files.reservations().len(), PODS);
     assert_eq!(setup.node_veths().len(), PODS);
 
     let dels: Vec<_> = std::thread::scope(|s| {
         let handles: Vec<_> = pods
             .iter()
-            .map(|(cid, netns)| s.spawn(|| cni.del(cid, &netns.to_string_lossy(), &conf).unwrap()))
+            .map(|(cid, netns)| s.spawn(|| node.del(cid, netns, &conf)))
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
     for out in &dels {
         assert!(out.ok(), "DEL: {} {}", out.stdout, out.stderr);
     }
-    assert!(setup.node_veths().is_empty(), "{:?}", setup.node_veths());
-    assert!(
-        setup.cni.reservations().is_empty(),
-        "{:?}",
-        setup.cni.reservations()
-    );
-    // No saved configs and no temp files of the atomic writes.
-    assert!(setup.saved_files().is_empty(), "{:?}", setup.saved_files());
+    // No veths, reservations, saved configs or temp files of the atomic writes.
+    setup.assert_clean();
 }

@@ -6,6 +6,7 @@ mod common;
 use std::path::Path;
 
 use common::{FakeDelegate, flannel, netconf_in, with_prev, write_subnet_env};
+use flannel_lab::cni::list_dir;
 use serde_json::{Value, json};
 
 fn env<'a>(command: &'a str, cid: &'a str, cni_path: &'a str) -> Vec<(&'a str, &'a str)> {
@@ -316,7 +317,7 @@ fn gc_removes_stale_saved_configs_and_forwards_to_the_delegate() {
     let gc_env = [("CNI_COMMAND", "GC"), ("CNI_PATH", path.as_str())];
     let out = flannel(&gc_env, gc.to_string().as_bytes());
     assert_eq!(out.code, Some(0), "{} {}", out.stdout, out.stderr);
-    assert_eq!(common::list_dir(&dir.path().join("data")), vec!["keep"]);
+    assert_eq!(list_dir(&dir.path().join("data")), vec!["keep"]);
     let sent: Value = serde_json::from_str(&fake.stdin("GC")).unwrap();
     assert_eq!(
         sent["cni.dev/valid-attachments"],
@@ -345,7 +346,7 @@ fn gc_removes_stale_saved_configs_and_forwards_to_the_delegate() {
         (out.error_code(), out.error_msg().as_str()),
         (Some(1), "config version does not allow GC")
     );
-    assert_eq!(common::list_dir(&dir.path().join("data")), vec!["keep"]);
+    assert_eq!(list_dir(&dir.path().join("data")), vec!["keep"]);
 }
 
 #[test]

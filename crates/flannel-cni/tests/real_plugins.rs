@@ -4,19 +4,27 @@
 mod common;
 
 use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use common::{NodeSetup, ipv4_of, with_prev};
+use common::{NodeSetup, ipv4_of};
 use flannel_cni::delegate;
 use flannel_cni::netconf::NetConf;
-use flannel_cni::testkit::Call;
+use flannel_lab::cni;
 use flannel_types::subnet_env::CniSubnetEnv;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 /// The delegate bytes the plugin must have saved for `conf`.
 fn expected_saved(setup: &NodeSetup, conf: &Value) -> String {
     let nc = NetConf::parse(conf.to_string().as_bytes()).unwrap();
-    let env = CniSubnetEnv::load(&setup.cni.subnet_file).unwrap();
+    let env = CniSubnetEnv::load(&setup.files.subnet_file).unwrap();
     delegate::build(&nc, &env).unwrap().json
+}
+
+/// Adds lab pod `name` on node 0; returns its container ID (the netns name) and netns path.
+fn add_pod(setup: &mut NodeSetup, name: &str) -> (String, PathBuf) {
+    let pod = setup.lab.add_pod(0, name).unwrap();
+    (pod.netns_name().to_string(), pod.netns_path())
 }
 
 #[test]
@@ -24,12 +32,9 @@ fn add_check_del_with_real_bridge_for_each_version() {
     let mut setup = NodeSetup::new(1);
     for (i, version) in ["0.3.1", "0.4.0", "1.0.0"].into_iter().enumerate() {
         let pod_name = format!("v{i}");
-        let (cid, netns) = {
-            let pod = setup.lab.add_pod(0, &pod_name).unwrap();
-            (pod.netns_name().to_string(), pod.netns_path())
-        };
-        let conf = setup.cni.netconf(version);
-        let out = setup.cni.add(&cid, &netns, &conf).unwrap();
+        let (cid, netns) = add_pod(&mut setup, &pod_name);
+        let conf = setup.files.netconf(version);
+        let out = setup.add(&cid, &netns, &conf);
         assert!(out.ok(), "ADD {version}: {} {}", out.stdout, out.stderr);
         let result = out.json();
         assert_eq!(result["cniVersion"], version, "{result}");
@@ -62,7 +67,7 @@ fn add_check_del_with_real_bridge_for_each_version() {
         );
 
         // The saved delegate config: exact bytes, private mode, and the reservation.
-        let saved = setup.cni.saved_path(&cid);
+        let saved = setup.files.saved_config(&cid);
         assert_eq!(
             std::fs::read_to_string(&saved).unwrap(),
             expected_saved(&setup, &conf)
@@ -71,21 +76,10 @@ fn add_check_del_with_real_bridge_for_each_version() {
             std::fs::metadata(&saved).unwrap().permissions().mode() & 0o777,
             0o600
         );
-        assert!(setup.cni.reservations().contains(&ip.to_string()));
+        assert!(setup.files.reservations().contains(&ip.to_string()));
 
         // CHECK: passes on the healthy pod (0.4.0+); refused by version for 0.3.1.
-        let check = setup
-            .cni
-            .call(
-                &Call {
-                    command: "CHECK",
-                    container_id: &cid,
-                    netns: &netns.to_string_lossy(),
-                    ifname: "eth0",
-                },
-                &with_prev(&conf, &result),
-            )
-            .unwrap();
+        let check = setup.check(&cid, &netns, &conf, &result);
         if version == "0.3.1" {
             assert_eq!(check.error_code(), Some(1), "{}", check.stdout);
             assert_eq!(check.error_msg(), "config version does not allow CHECK");
@@ -99,15 +93,14 @@ fn add_check_del_with_real_bridge_for_each_version() {
         }
 
         // DEL removes the veth, the reservation and the saved file; twice is fine.
-        let netns_s = netns.to_string_lossy().to_string();
-        let del = setup.cni.del(&cid, &netns_s, &conf).unwrap();
+        let del = setup.del(&cid, &netns, &conf);
         assert!(del.ok(), "DEL {version}: {} {}", del.stdout, del.stderr);
         assert!(setup.node_veths().is_empty(), "{:?}", setup.node_veths());
-        assert!(!setup.cni.reservations().contains(&ip.to_string()));
+        assert!(!setup.files.reservations().contains(&ip.to_string()));
         assert!(!saved.exists());
         let pod = setup.lab.pod(&pod_name).unwrap();
         assert!(pod.netns().ip(["link", "show", "dev", "eth0"]).is_err());
-        let again = setup.cni.del(&cid, &netns_s, &conf).unwrap();
+        let again = setup.del(&cid, &netns, &conf);
         assert!(again.ok(), "second DEL: {}", again.stdout);
     }
 }
@@ -115,31 +108,15 @@ fn add_check_del_with_real_bridge_for_each_version() {
 #[test]
 fn check_fails_for_broken_pods_and_unknown_containers() {
     let mut setup = NodeSetup::new(2);
-    let conf = setup.cni.netconf("1.0.0");
+    let conf = setup.files.netconf("1.0.0");
     let mut pods = Vec::new();
     for name in ["addr", "veth", "ipam", "drift"] {
-        let (cid, netns) = {
-            let pod = setup.lab.add_pod(0, name).unwrap();
-            (pod.netns_name().to_string(), pod.netns_path())
-        };
-        let out = setup.cni.add(&cid, &netns, &conf).unwrap();
+        let (cid, netns) = add_pod(&mut setup, name);
+        let out = setup.add(&cid, &netns, &conf);
         assert!(out.ok(), "ADD: {}", out.stdout);
-        pods.push((name, cid, netns.to_string_lossy().to_string(), out.json()));
+        pods.push((name, cid, netns, out.json()));
     }
-    let check = |cid: &str, netns: &str, result: &Value| {
-        setup
-            .cni
-            .call(
-                &Call {
-                    command: "CHECK",
-                    container_id: cid,
-                    netns,
-                    ifname: "eth0",
-                },
-                &with_prev(&conf, result),
-            )
-            .unwrap()
-    };
+    let check = |cid: &str, netns: &Path, result: &Value| setup.check(cid, netns, &conf, result);
     for (_, cid, netns, result) in &pods {
         let ok = check(cid, netns, result);
         assert!(ok.ok(), "healthy CHECK: {} {}", ok.stdout, ok.stderr);
@@ -189,7 +166,7 @@ fn check_fails_for_broken_pods_and_unknown_containers() {
     // 3. The IPAM reservation vanished: only the delegate's own CHECK (host-local) sees it.
     let (_, cid, netns, result) = &pods[2];
     let ip = ipv4_of(result).to_string();
-    std::fs::remove_file(setup.cni.ipam_dir.join("cbr0").join(&ip)).unwrap();
+    std::fs::remove_file(setup.files.ipam_dir.join(cni::NETWORK_NAME).join(&ip)).unwrap();
     let out = check(cid, netns, result);
     assert!(
         !out.ok(),
@@ -200,10 +177,7 @@ fn check_fails_for_broken_pods_and_unknown_containers() {
 
     // 4. subnet.env changed (flanneld now has another MTU): the pod is stale.
     let (_, cid, netns, result) = &pods[3];
-    setup
-        .cni
-        .write_subnet_env(common::NETWORK, "10.244.2.1/24", 1400)
-        .unwrap();
+    setup.write_subnet_env("10.244.2.1/24", 1400).unwrap();
     let out = check(cid, netns, result);
     assert_eq!(out.error_code(), Some(100), "{}", out.stdout);
     assert!(
@@ -211,10 +185,7 @@ fn check_fails_for_broken_pods_and_unknown_containers() {
         "{}",
         out.stdout
     );
-    setup
-        .cni
-        .write_subnet_env(common::NETWORK, "10.244.2.1/24", 1450)
-        .unwrap();
+    setup.write_subnet_env("10.244.2.1/24", 1450).unwrap();
 
     // Unknown container: code 3. No prevResult: code 7.
     let out = check("never-added", netns, result);
@@ -223,73 +194,50 @@ fn check_fails_for_broken_pods_and_unknown_containers() {
         out.error_msg()
             .contains("container never-added is unknown to flannel")
     );
-    let out = setup
-        .cni
-        .call(
-            &Call {
-                command: "CHECK",
-                container_id: cid,
-                netns,
-                ifname: "eth0",
-            },
-            &conf,
-        )
-        .unwrap();
+    let out = setup.call("CHECK", cid, netns, &conf);
     assert_eq!(out.error_code(), Some(7), "{}", out.stdout);
 
     for (_, cid, netns, _) in &pods {
-        let del = setup.cni.del(cid, netns, &conf).unwrap();
+        let del = setup.del(cid, netns, &conf);
         assert!(del.ok(), "DEL: {}", del.stdout);
     }
-    assert!(setup.node_veths().is_empty());
-    assert!(setup.saved_files().is_empty());
-    assert!(setup.cni.reservations().is_empty());
+    setup.assert_clean();
 }
 
 #[test]
 fn del_after_the_netns_is_gone_succeeds() {
     let mut setup = NodeSetup::new(3);
-    let conf = setup.cni.netconf("1.0.0");
-    let (cid, netns) = {
-        let pod = setup.lab.add_pod(0, "gone").unwrap();
-        (pod.netns_name().to_string(), pod.netns_path())
-    };
-    let out = setup.cni.add(&cid, &netns, &conf).unwrap();
+    let conf = setup.files.netconf("1.0.0");
+    let (cid, netns) = add_pod(&mut setup, "gone");
+    let out = setup.add(&cid, &netns, &conf);
     assert!(out.ok(), "ADD: {}", out.stdout);
     setup.lab.remove_pod("gone").unwrap();
     assert!(!netns.exists());
-    let del = setup
-        .cni
-        .del(&cid, &netns.to_string_lossy(), &conf)
-        .unwrap();
+    let del = setup.del(&cid, &netns, &conf);
     assert!(del.ok(), "DEL: {} {}", del.stdout, del.stderr);
     assert!(setup.wait_no_veths(), "{:?}", setup.node_veths());
-    assert!(setup.cni.reservations().is_empty());
-    assert!(setup.saved_files().is_empty());
+    setup.assert_clean();
     // Without CNI_NETNS at all (allowed for DEL) a second DEL is also fine.
-    assert!(setup.cni.del(&cid, "", &conf).unwrap().ok());
+    assert!(setup.del(&cid, Path::new(""), &conf).ok());
 }
 
 #[test]
 fn dual_stack_pod_gets_both_families() {
     let mut setup = NodeSetup::new(4);
     setup
-        .cni
-        .write_subnet_env_text(
+        .files
+        .write_subnet_env(
             "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.4.1/24\n\
              FLANNEL_IPV6_NETWORK=fd42::/56\nFLANNEL_IPV6_SUBNET=fd42:0:0:4::1/64\n\
              FLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n",
         )
         .unwrap();
-    let conf = setup.cni.netconf("1.0.0");
-    let (cid, netns) = {
-        let pod = setup.lab.add_pod(0, "dual").unwrap();
-        (pod.netns_name().to_string(), pod.netns_path())
-    };
-    let out = setup.cni.add(&cid, &netns, &conf).unwrap();
+    let conf = setup.files.netconf("1.0.0");
+    let (cid, netns) = add_pod(&mut setup, "dual");
+    let out = setup.add(&cid, &netns, &conf);
     assert!(out.ok(), "ADD: {} {}", out.stdout, out.stderr);
     let result = out.json();
-    let v6 = flannel_cni::testkit::first_ip(&result, true).expect("v6 address");
+    let v6 = cni::result_ip(&result, true).expect("v6 address");
     assert!(v6.to_string().starts_with("fd42:0:0:4::"), "{v6}");
     let routes = setup
         .lab
@@ -299,32 +247,24 @@ fn dual_stack_pod_gets_both_families() {
         .ip(["-6", "route"])
         .unwrap();
     assert!(routes.contains("fd42::/56"), "{routes}");
-    let del = setup
-        .cni
-        .del(&cid, &netns.to_string_lossy(), &conf)
-        .unwrap();
+    let del = setup.del(&cid, &netns, &conf);
     assert!(del.ok(), "DEL: {}", del.stdout);
-    assert!(setup.cni.reservations().is_empty());
+    assert!(setup.files.reservations().is_empty());
 }
 
 #[test]
-fn testkit_hook_attaches_a_reachable_pod_and_detaches_it() {
-    // The path a flanneld lab test takes: NodeCni::for_node + attach_pod, then traffic.
+fn conflist_attaches_a_reachable_pod_and_detaches_it() {
+    // The path a lab cluster's pods take: kube-flannel's conflist through the lab's CNI
+    // emulator (flannel, then portmap), then traffic.
     let mut setup = NodeSetup::new(8);
-    let pod_ip = {
-        let pod = setup.lab.add_pod(0, "hook").unwrap();
-        setup.cni.attach_pod(pod).unwrap()
-    };
+    let (cid, netns) = add_pod(&mut setup, "hook");
+    let result = setup.conflist_add(&cid, &netns, &json!({}));
+    let pod_ip = ipv4_of(&result);
     assert!(pod_ip.to_string().starts_with("10.244.8."), "{pod_ip}");
-    let node = setup.lab.node(0);
-    assert!(flannel_lab::ping(node.netns(), pod_ip, 2, std::time::Duration::from_secs(5)).unwrap());
-    setup
-        .cni
-        .detach_pod(setup.lab.pod("hook").unwrap())
-        .unwrap();
-    assert!(setup.cni.reservations().is_empty());
+    let node = setup.lab.node(0).netns();
+    assert!(flannel_lab::ping(node, pod_ip, 2, Duration::from_secs(5)).unwrap());
+    setup.conflist_del(&cid, &netns, &json!({}), &result);
+    assert!(setup.files.reservations().is_empty());
     assert!(setup.saved_files().is_empty());
-    assert!(
-        !flannel_lab::ping(node.netns(), pod_ip, 1, std::time::Duration::from_secs(1)).unwrap()
-    );
+    assert!(!flannel_lab::ping(node, pod_ip, 1, Duration::from_secs(1)).unwrap());
 }

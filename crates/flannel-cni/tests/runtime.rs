@@ -10,28 +10,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::{FLANNEL, NodeSetup, ipv4_of};
-use flannel_cni::testkit::{Call, Conflist, DEBIAN_CNI_PATH};
-use flannel_lab::{require_binary, run_command, wait_for, wait_until};
-use serde_json::{Value, json};
-
-/// kube-flannel's `10-flannel.conflist` (ConfigMap `kube-flannel-cfg`), with this node's
-/// private subnet.env, dataDir and host-local dataDir added to the flannel entry.
-fn kube_flannel_conflist(setup: &NodeSetup) -> Value {
-    json!({
-        "name": "cbr0",
-        "cniVersion": "0.3.1",
-        "plugins": [
-            {
-                "type": "flannel",
-                "subnetFile": setup.cni.subnet_file,
-                "dataDir": setup.cni.data_dir,
-                "ipam": {"dataDir": setup.cni.ipam_dir},
-                "delegate": {"hairpinMode": true, "isDefaultGateway": true}
-            },
-            {"type": "portmap", "capabilities": {"portMappings": true}}
-        ]
-    })
-}
+use flannel_lab::{Netns, require_binary, run_command, wait_for, wait_until};
+use serde_json::json;
 
 fn write(path: &Path, text: &str) {
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
@@ -68,7 +48,8 @@ fn containerd_ctr_runs_a_container_through_the_kube_flannel_conflist() {
     // show ours there without touching the host's /etc or /opt.
     write(
         &t.join("etc-upper/cni/net.d/10-flannel.conflist"),
-        &serde_json::to_string_pretty(&kube_flannel_conflist(&setup)).unwrap(),
+        // kube-flannel's `10-flannel.conflist` with this node's private state paths.
+        &serde_json::to_string_pretty(&setup.files.conflist()).unwrap(),
     );
     let plugin = t.join("opt-upper/cni/bin/flannel");
     std::fs::create_dir_all(plugin.parent().unwrap()).unwrap();
@@ -158,9 +139,9 @@ fn containerd_ctr_runs_a_container_through_the_kube_flannel_conflist() {
     // ctr --rm ran DEL: veth, reservation and saved config are gone.
     assert!(setup.wait_no_veths(), "{:?}", setup.node_veths());
     assert!(
-        setup.cni.reservations().is_empty(),
+        setup.files.reservations().is_empty(),
         "{:?}",
-        setup.cni.reservations()
+        setup.files.reservations()
     );
     assert!(setup.saved_files().is_empty(), "{:?}", setup.saved_files());
     drop(containerd);
@@ -185,28 +166,22 @@ impl Drop for Daemon {
     }
 }
 
+/// Fetches `url` from `client` with busybox wget, bounded to 3 s.
+fn wget(client: &Netns, url: &str) -> flannel_lab::Result<std::process::Output> {
+    // (busybox 1.35's `wget -T` segfaults; coreutils' timeout bounds the request instead.)
+    client.run(["timeout", "3", "busybox", "wget", "-q", "-O", "-", url])
+}
+
 #[test]
 fn host_port_mapping_reaches_a_server_in_the_pod() {
     let mut setup = NodeSetup::with_nodes(2, 7);
-    let list = Conflist {
-        list: kube_flannel_conflist(&setup),
-        cni_path: DEBIAN_CNI_PATH.to_string(),
-    };
     let (cid, netns) = {
         let pod = setup.lab.add_pod(0, "web").unwrap();
         (pod.netns_name().to_string(), pod.netns_path())
     };
-    let netns_s = netns.to_string_lossy().to_string();
-    let call = Call {
-        command: "ADD",
-        container_id: &cid,
-        netns: &netns_s,
-        ifname: "eth0",
-    };
     let caps =
         json!({"portMappings": [{"hostPort": 18080, "containerPort": 80, "protocol": "tcp"}]});
-    let node_ns = setup.lab.node(0).netns_path();
-    let result = list.add(&node_ns, &call, &caps).unwrap();
+    let result = setup.conflist_add(&cid, &netns, &caps);
     assert!(
         ipv4_of(&result).to_string().starts_with("10.244.7."),
         "{result}"
@@ -235,19 +210,9 @@ fn host_port_mapping_reaches_a_server_in_the_pod() {
         Duration::from_secs(20),
         Duration::from_millis(200),
         || {
-            // (busybox 1.35's `wget -T` segfaults; coreutils' timeout bounds the request instead.)
-            let out = client.run([
-                "timeout",
-                "3",
-                "busybox",
-                "wget",
-                "-q",
-                "-O",
-                "-",
-                url.as_str(),
-            ]);
             Ok::<_, String>(
-                out.ok()
+                wget(client, &url)
+                    .ok()
                     .filter(|o| o.status.success())
                     .map(|o| String::from_utf8_lossy(&o.stdout).into_owned()),
             )
@@ -257,11 +222,7 @@ fn host_port_mapping_reaches_a_server_in_the_pod() {
     assert_eq!(body, "flannel-rs hostPort ok\n");
 
     // DEL in reverse order with the same port mappings removes the DNAT rules.
-    let del = Call {
-        command: "DEL",
-        ..call.clone()
-    };
-    list.del(&node_ns, &del, &caps, &result).unwrap();
+    setup.conflist_del(&cid, &netns, &caps, &result);
     let nat = setup
         .lab
         .node(0)
@@ -269,20 +230,9 @@ fn host_port_mapping_reaches_a_server_in_the_pod() {
         .run_ok(["iptables", "-t", "nat", "-S"])
         .unwrap();
     assert!(!nat.contains("CNI-DN-"), "{nat}");
-    let out = client
-        .run([
-            "timeout",
-            "3",
-            "busybox",
-            "wget",
-            "-q",
-            "-O",
-            "-",
-            url.as_str(),
-        ])
-        .unwrap();
-    assert!(!out.status.success(), "hostPort still answers after DEL");
-    assert!(setup.node_veths().is_empty());
-    assert!(setup.cni.reservations().is_empty());
-    assert!(setup.saved_files().is_empty());
+    assert!(
+        !wget(client, &url).unwrap().status.success(),
+        "hostPort still answers after DEL"
+    );
+    setup.assert_clean();
 }

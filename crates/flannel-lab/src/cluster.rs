@@ -370,7 +370,7 @@ impl Cluster {
 
     /// The subnet.env path of node `i`.
     pub fn subnet_file(&self, i: usize) -> PathBuf {
-        self.lab.node(i).dir().join("subnet.env")
+        cni::FlannelFiles::in_dir(self.lab.node(i).dir()).subnet_file
     }
 
     /// The flags flanneld gets on node `i`: what the kube-flannel DaemonSet passes, with etcd
@@ -511,21 +511,7 @@ impl Cluster {
     /// with hairpinMode/isDefaultGateway, then `portmap`), with per-node paths so nodes sharing
     /// one machine do not share state.
     pub fn conflist(&self, i: usize) -> Value {
-        let dir = self.lab.node(i).dir();
-        json!({
-            "name": "cbr0",
-            "cniVersion": "0.3.1",
-            "plugins": [
-                {
-                    "type": "flannel",
-                    "subnetFile": self.subnet_file(i),
-                    "dataDir": dir.join("cni-flannel"),
-                    "ipam": { "dataDir": dir.join("ipam") },
-                    "delegate": { "hairpinMode": true, "isDefaultGateway": true }
-                },
-                { "type": "portmap", "capabilities": { "portMappings": true } }
-            ]
-        })
+        cni::FlannelFiles::in_dir(self.lab.node(i).dir()).conflist()
     }
 
     /// The bridge config [`PodCni::Bridge`] uses: what the flannel plugin would hand to

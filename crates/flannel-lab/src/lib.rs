@@ -2,8 +2,8 @@
 //!
 //! Every integration test in the workspace and the `flannel-lab` command build on this crate, so
 //! the demo and the tests cannot drift apart. It is synchronous (std threads and processes) and
-//! drives the real tools a node would run: `ip` (iproute2), etcd 3.4, iputils `ping`, and later
-//! flanneld and the CNI plugins.
+//! drives the real tools a node would run: `ip` (iproute2), etcd 3.4, iputils `ping`, flanneld
+//! and the CNI plugins (through [`cni`], the workspace's one CNI runtime emulator).
 //!
 //! ```no_run
 //! use std::time::Duration;

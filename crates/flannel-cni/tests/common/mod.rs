@@ -1,5 +1,8 @@
-//! Shared helpers of the integration tests: a one-node lab with a hand-written subnet.env, a
-//! direct (no namespace) runner for protocol tests, and a scriptable fake delegate.
+//! Shared helpers of the integration tests: a lab node driven through flannel-lab's CNI
+//! emulator, a direct (no namespace) runner for protocol tests, and a scriptable fake delegate.
+//!
+//! The plugin under test is always [`FLANNEL`], the binary cargo built for these tests; every
+//! path to it comes from here.
 
 #![allow(dead_code)]
 
@@ -9,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use flannel_cni::testkit::{CniOutput, NodeCni};
+use flannel_lab::cni::{self, CniCall, CniOutput, DEBIAN_CNI_DIR, FlannelFiles};
 use flannel_lab::{Lab, run_command};
 use serde_json::{Value, json};
 
@@ -19,12 +22,32 @@ pub const FLANNEL: &str = env!("CARGO_BIN_EXE_flannel");
 /// The cluster network every test uses.
 pub const NETWORK: &str = "10.244.0.0/16";
 
-/// A one-node lab whose node has subnet 10.244.`n`.0/24 in subnet.env.
+/// `CNI_PATH` for runtimes that find `flannel` by its type: the directory cargo built it in,
+/// then Debian's plugins (bridge, host-local, portmap).
+pub fn cni_path() -> Vec<PathBuf> {
+    let dir = Path::new(FLANNEL)
+        .parent()
+        .expect("FLANNEL has a directory");
+    vec![dir.to_path_buf(), PathBuf::from(DEBIAN_CNI_DIR)]
+}
+
+/// A call for a pod's `eth0`.
+fn pod_call<'a>(container_id: &'a str, netns: &'a Path, path: &'a [PathBuf]) -> CniCall<'a> {
+    CniCall {
+        container_id,
+        netns,
+        ifname: "eth0",
+        path,
+    }
+}
+
+/// A lab whose node 0 has subnet 10.244.`n`.0/24 in subnet.env, with the plugin's state in
+/// the node's directory.
 pub struct NodeSetup {
     /// The lab; dropped last.
     pub lab: Lab,
-    /// The plugin set up for node 0.
-    pub cni: NodeCni,
+    /// The plugin's files on node 0.
+    pub files: FlannelFiles,
 }
 
 impl NodeSetup {
@@ -36,11 +59,77 @@ impl NodeSetup {
     /// Builds a lab of `nodes` nodes; the plugin is set up for the first one.
     pub fn with_nodes(nodes: usize, n: u8) -> NodeSetup {
         let lab = Lab::builder().nodes(nodes).build().expect("lab");
-        let mut cni = NodeCni::for_node(lab.node(0));
-        cni.plugin = PathBuf::from(FLANNEL);
-        cni.write_subnet_env(NETWORK, &format!("10.244.{n}.1/24"), 1450)
+        let files = FlannelFiles::in_dir(lab.node(0).dir());
+        let setup = NodeSetup { lab, files };
+        setup
+            .write_subnet_env(&format!("10.244.{n}.1/24"), 1450)
             .expect("subnet.env");
-        NodeSetup { lab, cni }
+        setup
+    }
+
+    /// Writes subnet.env as flanneld would for `subnet` (e.g. `10.244.3.1/24`) in [`NETWORK`].
+    pub fn write_subnet_env(&self, subnet: &str, mtu: u32) -> flannel_lab::Result<()> {
+        self.files.write_subnet_env(&format!(
+            "FLANNEL_NETWORK={NETWORK}\nFLANNEL_SUBNET={subnet}\nFLANNEL_MTU={mtu}\nFLANNEL_IPMASQ=true\n"
+        ))
+    }
+
+    /// Runs [`FLANNEL`] for `command` in node 0, as a runtime there would (interface `eth0`,
+    /// delegates from Debian's directory); `netns` may be empty or gone.
+    pub fn call(&self, command: &str, container_id: &str, netns: &Path, conf: &Value) -> CniOutput {
+        let path = [PathBuf::from(DEBIAN_CNI_DIR)];
+        let call = pod_call(container_id, netns, &path);
+        cni::run_plugin(
+            self.lab.node(0).netns(),
+            Path::new(FLANNEL),
+            command,
+            &call,
+            conf,
+        )
+        .expect("run flannel")
+    }
+
+    /// ADD of a container with netns `netns`.
+    pub fn add(&self, container_id: &str, netns: &Path, conf: &Value) -> CniOutput {
+        self.call("ADD", container_id, netns, conf)
+    }
+
+    /// DEL of a container.
+    pub fn del(&self, container_id: &str, netns: &Path, conf: &Value) -> CniOutput {
+        self.call("DEL", container_id, netns, conf)
+    }
+
+    /// CHECK of a container against the ADD result `prev`.
+    pub fn check(&self, container_id: &str, netns: &Path, conf: &Value, prev: &Value) -> CniOutput {
+        self.call("CHECK", container_id, netns, &with_prev(conf, prev))
+    }
+
+    /// Runs the node's kube-flannel conflist's ADD (flannel, then portmap) for a pod, with the
+    /// capability arguments `caps` (port mappings); returns the result.
+    pub fn conflist_add(&self, container_id: &str, netns: &Path, caps: &Value) -> Value {
+        let path = cni_path();
+        let call = pod_call(container_id, netns, &path);
+        cni::conflist_add(
+            self.lab.node(0).netns(),
+            &self.files.conflist(),
+            &call,
+            caps,
+        )
+        .expect("conflist ADD")
+    }
+
+    /// Runs the conflist's DEL (in reverse) for a pod added with [`NodeSetup::conflist_add`].
+    pub fn conflist_del(&self, container_id: &str, netns: &Path, caps: &Value, result: &Value) {
+        let path = cni_path();
+        let call = pod_call(container_id, netns, &path);
+        cni::conflist_del(
+            self.lab.node(0).netns(),
+            &self.files.conflist(),
+            &call,
+            caps,
+            Some(result),
+        )
+        .expect("conflist DEL")
     }
 
     /// The node's veth interfaces that are host ends of pods (not its own underlay `ethN`).
@@ -69,21 +158,19 @@ impl NodeSetup {
 
     /// Files in the plugin's dataDir.
     pub fn saved_files(&self) -> Vec<String> {
-        list_dir(&self.cni.data_dir)
+        self.files.saved_files()
     }
-}
 
-/// Sorted entry names of a directory (empty if it does not exist).
-pub fn list_dir(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    v.sort();
-    v
+    /// Asserts that nothing of a pod is left on the node: veth, reservation, saved config.
+    pub fn assert_clean(&self) {
+        assert!(self.node_veths().is_empty(), "{:?}", self.node_veths());
+        assert!(
+            self.files.reservations().is_empty(),
+            "{:?}",
+            self.files.reservations()
+        );
+        assert!(self.saved_files().is_empty(), "{:?}", self.saved_files());
+    }
 }
 
 /// Runs the plugin in the test's own namespace with exactly `env` (plus PATH) and `stdin`.
@@ -96,18 +183,14 @@ pub fn flannel(env: &[(&str, &str)], stdin: &[u8]) -> CniOutput {
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let out = run_command(cmd, Some(stdin), Duration::from_secs(60)).expect("run flannel");
-    CniOutput {
-        code: out.status.code(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    run_command(cmd, Some(stdin), Duration::from_secs(60))
+        .expect("run flannel")
+        .into()
 }
 
-/// The address of `result` (any layout) as text.
+/// The IPv4 address of `result` (any layout).
 pub fn ipv4_of(result: &Value) -> IpAddr {
-    flannel_cni::testkit::first_ip(result, false)
-        .unwrap_or_else(|| panic!("no IPv4 in result {result}"))
+    cni::result_ip(result, false).unwrap_or_else(|| panic!("no IPv4 in result {result}"))
 }
 
 /// Adds `prevResult` to a netconf.
@@ -159,7 +242,7 @@ impl FakeDelegate {
 
     /// `CNI_PATH` with the fake first and the real plugins after it.
     pub fn cni_path(&self) -> String {
-        format!("{}:/usr/lib/cni", self.dir.path().display())
+        format!("{}:{DEBIAN_CNI_DIR}", self.dir.path().display())
     }
 
     /// Sets the behaviour for `command`.

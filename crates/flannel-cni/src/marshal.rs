@@ -4,51 +4,17 @@
 //! `json.Marshal` produces. To save the same bytes (so a node can switch between upstream and
 //! flannel-rs with pods running) the encoder must follow Go's rules, not serde_json's:
 //! * object keys sorted bytewise (Go sorts map keys), whatever order the input had;
-//! * strings escaped with HTML safety: `<`, `>`, `&`, U+2028 and U+2029 become `\u00XX` /
-//!   `\u20XX`; `\b`, `\f`, `\n`, `\r`, `\t` use short escapes; other control characters
-//!   `\u00xx` (lower-case hex);
+//! * strings escaped with HTML safety by the workspace's one Go string escaper,
+//!   [`flannel_types::gojson::write_go_string`];
 //! * numbers pass through `float64` (Go decodes every JSON number into `interface{}` as
 //!   `float64`) and print in the shortest form, with an exponent (`1e+21`, `1e-7`) outside
 //!   `[1e-6, 1e21)`.
 
 use std::net::IpAddr;
 
+use flannel_types::gojson::write_go_string;
 use ipnet::IpNet;
 use serde_json::{Map, Value};
-
-/// Appends `s` as a Go-escaped JSON string literal.
-pub fn write_go_string(out: &mut String, s: &str) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            '\u{8}' => out.push_str("\\b"),
-            '\u{c}' => out.push_str("\\f"),
-            '<' | '>' | '&' | '\u{0}'..='\u{1f}' => {
-                let b = c as u32;
-                out.push_str("\\u00");
-                out.push(HEX[(b >> 4) as usize & 0xf] as char);
-                out.push(HEX[b as usize & 0xf] as char);
-            }
-            '\u{2028}' => out.push_str("\\u2028"),
-            '\u{2029}' => out.push_str("\\u2029"),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-}
-
-/// Appends `"key":"value"` (no separator).
-pub fn write_str_field(out: &mut String, key: &str, value: &str) {
-    write_go_string(out, key);
-    out.push(':');
-    write_go_string(out, value);
-}
 
 /// Formats a number as Go's encoder formats a `float64`.
 pub fn go_float(f: f64) -> String {
@@ -88,7 +54,7 @@ pub fn write_value(out: &mut String, v: &Value) {
             }
             out.push(']');
         }
-        Value::Object(m) => write_object(out, m.iter().map(|(k, v)| (k.as_str(), Field::Value(v)))),
+        Value::Object(m) => write_map_with(out, m, []),
     }
 }
 
@@ -119,13 +85,27 @@ pub fn write_object<'a>(out: &mut String, fields: impl Iterator<Item = (&'a str,
     out.push('}');
 }
 
+/// Appends `map` plus the `extra` members (which take the place of same-named keys of `map`)
+/// as one object with keys sorted, as Go marshals a map it added keys to.
+pub fn write_map_with<'a, const N: usize>(
+    out: &mut String,
+    map: &'a Map<String, Value>,
+    extra: [(&'a str, Field<'a>); N],
+) {
+    let names: [&str; N] = std::array::from_fn(|i| extra[i].0);
+    write_object(
+        out,
+        map.iter()
+            .filter(|(k, _)| !names.contains(&k.as_str()))
+            .map(|(k, v)| (k.as_str(), Field::Value(v)))
+            .chain(extra),
+    );
+}
+
 /// Encodes a map Go-style, as a `String`.
 pub fn encode_map(m: &Map<String, Value>) -> String {
     let mut out = String::with_capacity(256);
-    write_object(
-        &mut out,
-        m.iter().map(|(k, v)| (k.as_str(), Field::Value(v))),
-    );
+    write_map_with(&mut out, m, []);
     out
 }
 
