@@ -302,9 +302,9 @@ fn containerfile_ships_what_the_manifest_runs() {
         })
         .collect();
     for (src, dst) in [
-        ("target/release/flanneld", "/opt/bin/flanneld"),
-        ("target/release/install-conf", "/opt/bin/install-conf"),
-        ("target/release/flannel", "/flannel"),
+        ("target/dist/flanneld", "/opt/bin/flanneld"),
+        ("target/dist/install-conf", "/opt/bin/install-conf"),
+        ("target/dist/flannel", "/flannel"),
     ] {
         assert!(
             copies.contains(&(src.to_string(), dst.to_string())),
@@ -312,6 +312,15 @@ fn containerfile_ships_what_the_manifest_runs() {
         );
     }
     assert!(text.contains(r#"ENTRYPOINT ["/opt/bin/flanneld"]"#));
+    // target/dist is what scripts/build-release fills, the plugin from the static musl build.
+    let build = std::fs::read_to_string(repo().join("scripts/build-release")).unwrap();
+    for want in [
+        "cp \"$target/release/flanneld\" \"$target/release/install-conf\" \"$target/dist/\"",
+        "cp \"$target/$musl/release/flannel\" \"$target/dist/flannel\"",
+        "-unknown-linux-musl",
+    ] {
+        assert!(build.contains(want), "scripts/build-release lacks {want:?}");
+    }
     // The sources are binaries this workspace builds.
     let flanneld = std::fs::read_to_string(repo().join("crates/flanneld/Cargo.toml")).unwrap();
     assert!(
