@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 
 use crate::cni::{self, CniCall, DEBIAN_CNI_DIR};
 use crate::command::wait_for;
+use crate::daemonset::{self, DaemonSet, DaemonSetSpec};
 use crate::error::{LabError, Result};
 use crate::etcd::{Etcd, EtcdOptions};
 use crate::kube::{self, KubeEmu, KubeEmuOptions};
@@ -86,6 +87,10 @@ pub struct ClusterSpec {
     /// Build a lab that can outlive this process (`flannel-lab up`; see
     /// [`crate::LabState::detach`]); `None` for an ordinary test cluster.
     pub persist: Option<Persist>,
+    /// Run flanneld as the kube-flannel DaemonSet from a container image instead of the
+    /// workspace's binary ([`crate::daemonset`]; needs [`Datastore::Kube`]). `None`: flanneld
+    /// from [`bin_dir`] with the flags above.
+    pub daemonset: Option<DaemonSetSpec>,
 }
 
 impl Default for ClusterSpec {
@@ -108,6 +113,7 @@ impl Default for ClusterSpec {
             pod_cni: PodCni::Flannel,
             ready_timeout: Duration::from_secs(30),
             persist: None,
+            daemonset: None,
         }
     }
 }
@@ -164,9 +170,11 @@ pub struct ClusterPod {
     pub runtime: Value,
 }
 
-/// A running cluster. Field order is drop order: daemons first, then etcd, then the namespaces.
+/// A running cluster. Field order is drop order: containers and daemons first, then etcd, then
+/// the namespaces.
 #[derive(Debug)]
 pub struct Cluster {
+    daemonset: Option<DaemonSet>,
     flanneld: Vec<Option<Child>>,
     started: Vec<std::time::SystemTime>,
     etcd: Option<Etcd>,
@@ -246,7 +254,9 @@ impl Cluster {
             }
             Datastore::Kube => (None, Some(kube::start_cluster(&lab, &bin_dir, &spec)?)),
         };
+        let daemonset = daemonset::for_cluster(&spec, &lab, kube.as_ref())?;
         let mut c = Cluster {
+            daemonset,
             flanneld: (0..spec.nodes).map(|_| None).collect(),
             started: vec![std::time::SystemTime::UNIX_EPOCH; spec.nodes],
             etcd,
@@ -368,9 +378,17 @@ impl Cluster {
         &self.bin_dir
     }
 
+    /// The kube-flannel DaemonSet's pods, when flanneld runs from an image.
+    pub fn daemonset(&self) -> Option<&DaemonSet> {
+        self.daemonset.as_ref()
+    }
+
     /// The subnet.env path of node `i`.
     pub fn subnet_file(&self, i: usize) -> PathBuf {
-        cni::FlannelFiles::in_dir(self.lab.node(i).dir()).subnet_file
+        match &self.daemonset {
+            Some(ds) => ds.subnet_file(i),
+            None => cni::FlannelFiles::in_dir(self.lab.node(i).dir()).subnet_file,
+        }
     }
 
     /// The flags flanneld gets on node `i`: what the kube-flannel DaemonSet passes, with etcd
@@ -411,6 +429,11 @@ impl Cluster {
         extra: &[&str],
         env: &BTreeMap<&str, &str>,
     ) -> Result<()> {
+        if let Some(ds) = &mut self.daemonset {
+            self.started[i] = std::time::SystemTime::now();
+            self.flanneld[i] = Some(ds.start(i, &self.lab, extra, env)?);
+            return Ok(());
+        }
         let mut cmd = Command::new(self.bin_dir.join("flanneld"));
         cmd.args(self.flanneld_args(i));
         cmd.args(extra);
@@ -442,6 +465,9 @@ impl Cluster {
 
     /// Kills flanneld on node `i` with SIGKILL.
     pub fn kill_flanneld(&mut self, i: usize) -> Result<std::process::ExitStatus> {
+        if let (Some(ds), Some(_)) = (&self.daemonset, &self.flanneld[i]) {
+            ds.kill(i)?;
+        }
         match self.flanneld[i].take() {
             Some(mut c) => c.kill(),
             None => Err(LabError::Invalid(format!(
@@ -459,12 +485,19 @@ impl Cluster {
     /// is on, otherwise subnet.env was (re)written after this flanneld started. A subnet.env
     /// left by an earlier run does not count.
     pub fn is_ready(&self, i: usize) -> bool {
-        if self.spec.healthz {
+        let probe = match &self.daemonset {
+            Some(ds) => ds.readiness(),
+            None => self
+                .spec
+                .healthz
+                .then(|| (HEALTHZ_PORT, "/readyz".to_string())),
+        };
+        if let Some((port, path)) = probe {
             return self
                 .lab
                 .node(i)
                 .netns()
-                .in_thread(|| http_get_status(HEALTHZ_PORT, "/readyz") == Some(200))
+                .in_thread(|| http_get_status(port, &path) == Some(200))
                 .unwrap_or(false);
         }
         std::fs::metadata(self.subnet_file(i))
@@ -548,8 +581,14 @@ impl Cluster {
         }))
     }
 
-    fn cni_path(&self) -> Vec<PathBuf> {
-        vec![self.bin_dir.clone(), PathBuf::from(DEBIAN_CNI_DIR)]
+    /// `CNI_PATH` for node `i`: our plugin's directory (the node's cniBinDir when the
+    /// DaemonSet installed it there), then Debian's plugins.
+    fn cni_path(&self, i: usize) -> Result<Vec<PathBuf>> {
+        let ours = match &self.daemonset {
+            Some(ds) => ds.cni_bin_dir(i)?,
+            None => self.bin_dir.clone(),
+        };
+        Ok(vec![ours, PathBuf::from(DEBIAN_CNI_DIR)])
     }
 
     /// Creates pod `name` on node `i` through CNI and returns its address.
@@ -567,12 +606,13 @@ impl Cluster {
         let netns_path = self.lab.add_pod(i, name)?.netns_path();
         let runtime = json!({ "portMappings": port_mappings });
         let conflist = self.pod_conflist(i)?;
-        let path = self.cni_path();
+        let path = self.cni_path(i)?;
         let call = CniCall {
             container_id: name,
             netns: &netns_path,
             ifname: "eth0",
             path: &path,
+            node_root: self.daemonset.as_ref().map(|ds| ds.root(i)),
         };
         let result = cni::conflist_add(self.lab.node(i).netns(), &conflist, &call, &runtime)?;
         let ip6 = cni::result_ip(&result, true);
@@ -593,8 +633,12 @@ impl Cluster {
         Ok(ip)
     }
 
-    /// The conflist pods of node `i` are created with (the spec's [`PodCni`]).
+    /// The conflist pods of node `i` are created with: the one the DaemonSet's `install-cni`
+    /// installed, else the spec's [`PodCni`].
     fn pod_conflist(&self, i: usize) -> Result<Value> {
+        if let Some(ds) = &self.daemonset {
+            return ds.conflist(i).map(|(_, list)| list);
+        }
         match self.spec.pod_cni {
             PodCni::Flannel => Ok(self.conflist(i)),
             PodCni::Bridge => self.bridge_conflist(i),
@@ -613,12 +657,13 @@ impl Cluster {
             .pod(name)
             .map(|p| p.netns_path())
             .unwrap_or_default();
-        let path = self.cni_path();
+        let path = self.cni_path(pod.node)?;
         let call = CniCall {
             container_id: name,
             netns: &netns_path,
             ifname: "eth0",
             path: &path,
+            node_root: self.daemonset.as_ref().map(|ds| ds.root(pod.node)),
         };
         let r = cni::conflist_del(
             self.lab.node(pod.node).netns(),

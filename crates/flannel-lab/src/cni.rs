@@ -11,6 +11,7 @@
 //! [`FlannelFiles`] keeps a node's plugin state (subnet.env, saved delegate configs, host-local
 //! reservations) in the node's own directory.
 
+use std::ffi::OsStr;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -21,6 +22,7 @@ use serde_json::{Value, json};
 use crate::command::{describe, run_command};
 use crate::error::{LabError, Result};
 use crate::netns::Netns;
+use crate::node_root::view_command;
 
 /// Where Debian's `containernetworking-plugins` installs the standard plugins.
 pub const DEBIAN_CNI_DIR: &str = "/usr/lib/cni";
@@ -36,6 +38,11 @@ pub struct CniCall<'a> {
     pub ifname: &'a str,
     /// `CNI_PATH`: directories searched for plugins, in order.
     pub path: &'a [PathBuf],
+    /// The node's root directory when the node has its own `/run` and `/var/lib` (a node that
+    /// runs the kube-flannel DaemonSet, see [`crate::node_root`]): plugins then run with those,
+    /// as the node's runtime would, and find subnet.env and keep their state at their default
+    /// paths. `None`: the machine's file system.
+    pub node_root: Option<&'a Path>,
 }
 
 /// What one plugin run printed, uninterpreted.
@@ -86,22 +93,36 @@ impl CniOutput {
 }
 
 /// The command a runtime on node `ns` runs for one plugin call.
-fn plugin_command(ns: &Netns, plugin: &Path, command: &str, call: &CniCall<'_>) -> Command {
+fn plugin_command(ns: &Netns, plugin: &Path, command: &str, call: &CniCall<'_>) -> Result<Command> {
     let cni_path = call
         .path
         .iter()
         .map(|p| p.display().to_string())
         .collect::<Vec<_>>()
         .join(":");
-    let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", ns.name()])
-        .arg(plugin)
-        .env("CNI_COMMAND", command)
+    let args = [
+        OsStr::new("netns"),
+        OsStr::new("exec"),
+        OsStr::new(ns.name()),
+    ];
+    let mut cmd = match call.node_root {
+        Some(root) => view_command(
+            root,
+            OsStr::new("ip"),
+            args.iter().copied().chain([plugin.as_os_str()]),
+        )?,
+        None => {
+            let mut c = Command::new("ip");
+            c.args(args).arg(plugin);
+            c
+        }
+    };
+    cmd.env("CNI_COMMAND", command)
         .env("CNI_CONTAINERID", call.container_id)
         .env("CNI_NETNS", call.netns)
         .env("CNI_IFNAME", call.ifname)
         .env("CNI_PATH", cni_path);
-    cmd
+    Ok(cmd)
 }
 
 /// Runs `cmd` with `conf` on stdin, bounded in time.
@@ -119,7 +140,7 @@ pub fn run_plugin(
     call: &CniCall<'_>,
     conf: &Value,
 ) -> Result<CniOutput> {
-    run_with_conf(plugin_command(ns, plugin, command, call), conf).map(CniOutput::from)
+    run_with_conf(plugin_command(ns, plugin, command, call)?, conf).map(CniOutput::from)
 }
 
 /// Runs one plugin binary for `command` (ADD, DEL, CHECK, ...) inside the node namespace `ns`
@@ -132,7 +153,7 @@ pub fn exec_plugin(
     call: &CniCall<'_>,
     conf: &Value,
 ) -> Result<Value> {
-    let cmd = plugin_command(ns, plugin, command, call);
+    let cmd = plugin_command(ns, plugin, command, call)?;
     let line = describe(&cmd);
     let out = run_with_conf(cmd, conf)?;
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();

@@ -132,6 +132,16 @@ pub enum LabError {
     #[error("invalid lab request: {0}")]
     Invalid(String),
 
+    /// The kube-flannel manifest the lab runs the DaemonSet from could not be read.
+    #[error("kube-flannel manifest {origin}: {source}")]
+    Manifest {
+        /// The file (or the compiled-in copy).
+        origin: String,
+        /// What is wrong with it.
+        #[source]
+        source: crate::manifest::ManifestError,
+    },
+
     /// A state directory already records a lab (see [`crate::LabState::begin`]); the message
     /// says which and what to run, so it is shown as is.
     #[error("{0}")]

@@ -32,6 +32,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("sh", "dash"),
     ("setsid", "util-linux"),
     ("nsenter", "util-linux"),
+    ("unshare", "util-linux"),
+    ("mount", "mount"),
     ("ss", "iproute2"),
 ];
 

@@ -36,14 +36,18 @@
 pub mod cluster;
 pub mod cni;
 mod command;
+pub mod daemonset;
 mod error;
 mod etcd;
 mod host;
 pub mod kube;
 pub mod lab;
+pub mod manifest;
 mod netns;
+pub mod node_root;
 mod ping;
 mod pod;
+pub mod podman;
 mod process;
 pub mod state;
 pub mod throughput;

@@ -55,7 +55,14 @@ pub fn spawn_in(ns: &Netns, cmd: Command, log_path: impl Into<PathBuf>) -> Resul
 impl Child {
     /// [`spawn_in`] by namespace name, for holders of only a name (etcd restarting itself).
     pub(crate) fn spawn_in_name(ns_name: &str, cmd: Command, log_path: PathBuf) -> Result<Child> {
-        Self::spawn_with(ns_name, cmd, log_path, false)
+        Self::spawn_with(Some(ns_name), cmd, log_path, false)
+    }
+
+    /// Starts `cmd` in this process's own namespaces (network *and* mounts: `ip netns exec`
+    /// would replace `/sys`), with a session of its own when `new_session`: for podman, which
+    /// joins the node's namespace itself and needs the machine's cgroup mounts.
+    pub(crate) fn spawn_host(cmd: Command, log_path: PathBuf, new_session: bool) -> Result<Child> {
+        Self::spawn_with(None, cmd, log_path, new_session)
     }
 
     /// Like [`Child::spawn_in_name`], but the process leads a new *session* (`setsid`), not only
@@ -67,21 +74,27 @@ impl Child {
     /// netns exec`, which execs the program: the pid we get is the program's, and it is also the
     /// session and process-group id, so [`Child::signal`] reaches the program's helpers too.
     pub(crate) fn spawn_session(ns_name: &str, cmd: Command, log_path: PathBuf) -> Result<Child> {
-        Self::spawn_with(ns_name, cmd, log_path, true)
+        Self::spawn_with(Some(ns_name), cmd, log_path, true)
     }
 
+    /// Starts `cmd` (inside namespace `ns_name` when given) with its output in `log_path`.
     fn spawn_with(
-        ns_name: &str,
+        ns_name: Option<&str>,
         cmd: Command,
         log_path: PathBuf,
         new_session: bool,
     ) -> Result<Child> {
         use std::os::unix::process::CommandExt;
 
-        let inner = netns_exec_command(
-            ns_name,
-            std::iter::once(cmd.get_program()).chain(cmd.get_args()),
-        )?;
+        let argv = std::iter::once(cmd.get_program()).chain(cmd.get_args());
+        let inner = match ns_name {
+            Some(ns) => netns_exec_command(ns, argv)?,
+            None => {
+                let mut c = Command::new(require_binary(&cmd.get_program().to_string_lossy())?);
+                c.args(cmd.get_args());
+                c
+            }
+        };
         let mut wrapped = if new_session {
             let mut w = Command::new(require_binary("setsid")?);
             w.arg(inner.get_program()).args(inner.get_args());
@@ -110,7 +123,8 @@ impl Child {
             .open(&log_path)
             .map_err(|e| LabError::io(format!("opening log {}", log_path.display()), e))?;
         // A header per start, so a log spanning restarts shows where each run begins.
-        let _ = writeln!(log, "{LOG_HEADER}starting in {ns_name}: {command}");
+        let place = ns_name.unwrap_or("the host's namespaces");
+        let _ = writeln!(log, "{LOG_HEADER}starting in {place}: {command}");
         let err_log = log
             .try_clone()
             .map_err(|e| LabError::io(format!("duplicating log {}", log_path.display()), e))?;
@@ -128,7 +142,7 @@ impl Child {
             child,
             status: None,
             command,
-            netns: ns_name.to_string(),
+            netns: ns_name.unwrap_or_default().to_string(),
             log_path,
             stop_timeout: DEFAULT_STOP_TIMEOUT,
         })

@@ -168,6 +168,8 @@ pub struct LabState {
 pub struct Teardown {
     /// Processes stopped (role and pid).
     pub stopped: Vec<String>,
+    /// Containers removed (the kube-flannel DaemonSet's, `flannel-lab up --image`).
+    pub containers: Vec<String>,
     /// Namespaces deleted.
     pub namespaces: Vec<String>,
     /// Directories and files removed.
@@ -350,15 +352,25 @@ impl LabState {
         let mut nodes = Vec::new();
         for (i, node) in lab.nodes().iter().enumerate() {
             if let Some(c) = cluster.flanneld(i) {
+                // From an image, the process is podman attached to the flanneld container.
+                let program = match cluster.daemonset() {
+                    Some(_) => "podman",
+                    None => "flanneld",
+                };
                 processes.push(process_record(
                     &format!("flanneld {}", node.name()),
-                    "flanneld",
+                    program,
                     c.pid(),
                     c.netns_name(),
                     Some(c.log_path()),
                 ));
             }
-            let conflist = installed_conflist(node.dir());
+            let conflist = match cluster.daemonset() {
+                Some(ds) => ds
+                    .conflist(i)
+                    .map_or_else(|_| PathBuf::new(), |(file, _)| file),
+                None => installed_conflist(node.dir()),
+            };
             nodes.push(NodeRecord {
                 name: node.name().to_string(),
                 netns: node.netns_name().to_string(),
@@ -476,6 +488,13 @@ impl LabState {
             } else {
                 report.stopped.push(format!("{} (pid {})", p.role, p.pid));
             }
+        }
+
+        // Containers of the kube-flannel DaemonSet (`flannel-lab up --image`), found by the
+        // lab's prefix, so also those whose podman was killed or never recorded.
+        match crate::podman::remove_with_prefix(&format!("{}-", self.stem)) {
+            Ok(names) => report.containers = names,
+            Err(e) => errors.push(format!("removing containers {}-*: {e}", self.stem)),
         }
 
         for ns in self.namespaces() {

@@ -38,6 +38,7 @@ fn pod_call<'a>(container_id: &'a str, netns: &'a Path, path: &'a [PathBuf]) -> 
         netns,
         ifname: "eth0",
         path,
+        node_root: None,
     }
 }
 

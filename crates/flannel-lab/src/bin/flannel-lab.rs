@@ -31,6 +31,8 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
+use flannel_lab::daemonset::DaemonSetSpec;
+use flannel_lab::manifest::Manifest;
 use flannel_lab::state::{DEFAULT_STATE_DIR, LabState, Phase, install_conflist};
 use flannel_lab::throughput::iperf3;
 use flannel_lab::{Cluster, ClusterSpec, Datastore, Netns, PodCni, StartPhase};
@@ -109,6 +111,18 @@ struct UpArgs {
     /// carrying kubeadm-style podCIDRs (flanneld runs with --kube-subnet-mgr)
     #[arg(long, value_enum, default_value_t = DatastoreArg::Etcd)]
     datastore: DatastoreArg,
+
+    /// Run flanneld as the kube-flannel DaemonSet from this local podman image (scripts/image
+    /// builds it): on every node the init containers install-cni-plugin and install-cni, then
+    /// the flanneld container, with the node's namespace as host network; pods then use the
+    /// plugin and conflist they installed (needs --datastore kube)
+    #[arg(long, value_name = "IMAGE")]
+    image: Option<String>,
+
+    /// The manifest whose DaemonSet --image runs, e.g. a `helm template` rendering (default:
+    /// the deploy/kube-flannel.yml flannel-lab was built with)
+    #[arg(long, value_name = "FILE", requires = "image")]
+    manifest: Option<PathBuf>,
 
     /// Pods per node, named nK-p1, nK-p2, ...
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
@@ -215,7 +229,16 @@ fn state_dir_flag(dir: &Path) -> String {
 fn up(state_dir: &Path, args: &UpArgs) -> anyhow::Result<ExitCode> {
     bins::require_root("up")?;
     let signals = Signals::install();
-    bins::check_programs(args.nftables, args.throughput.throughput)?;
+    if args.image.is_some() && args.datastore != DatastoreArg::Kube {
+        bail!(
+            "--image runs the kube-flannel DaemonSet, whose flanneld uses --kube-subnet-mgr: add --datastore kube"
+        );
+    }
+    bins::check_programs(
+        args.nftables,
+        args.throughput.throughput,
+        args.image.is_some(),
+    )?;
     let unicode = render::utf8_locale();
     let total = 5 + usize::from(args.throughput.throughput);
     let mut progress = Progress::new(total, args.quiet, unicode);
@@ -325,6 +348,7 @@ fn build(
         pod_cni: PodCni::Flannel,
         ready_timeout: Duration::from_secs(args.ready_timeout),
         persist: Some(state.persist()?),
+        daemonset: daemonset_spec(args)?,
         ..ClusterSpec::default()
     };
     let backend = args.backend.clone();
@@ -334,20 +358,30 @@ fn build(
             DatastoreArg::Etcd => "etcd + network config",
             DatastoreArg::Kube => "Kubernetes API emulator + Node objects + net-conf.json",
         }),
-        StartPhase::Flanneld => progress.step(format!(
-            "flanneld on {nodes} nodes ({backend}), until ready and routed"
-        )),
+        StartPhase::Flanneld => progress.step(match &args.image {
+            Some(image) => format!(
+                "kube-flannel DaemonSet from {image} on {nodes} nodes ({backend}), until ready and routed"
+            ),
+            None => format!("flanneld on {nodes} nodes ({backend}), until ready and routed"),
+        }),
     })
     .context("starting the cluster")?;
     if signals.interrupted() {
         bail!("interrupted");
     }
     let pods = nodes * usize::from(args.pods_per_node);
-    progress.step(format!(
-        "conflists + {pods} pods through CNI (flannel + portmap)"
-    ));
-    for i in 0..nodes {
-        install_conflist(&cluster, i)?;
+    if cluster.daemonset().is_some() {
+        // The init containers installed the plugin and the conflist on every node.
+        progress.step(format!(
+            "{pods} pods through CNI (the plugin and conflist the init containers installed)"
+        ));
+    } else {
+        progress.step(format!(
+            "conflists + {pods} pods through CNI (flannel + portmap)"
+        ));
+        for i in 0..nodes {
+            install_conflist(&cluster, i)?;
+        }
     }
     for i in 0..nodes {
         for k in 1..=args.pods_per_node {
@@ -362,6 +396,21 @@ fn build(
     }
     state.detach(cluster).context("recording the lab")?;
     Ok(())
+}
+
+/// What `--image` (and `--manifest`) ask for: the DaemonSet to run, or `None`.
+fn daemonset_spec(args: &UpArgs) -> anyhow::Result<Option<DaemonSetSpec>> {
+    let Some(image) = &args.image else {
+        return Ok(None);
+    };
+    let manifest = match &args.manifest {
+        Some(path) => Manifest::load(path)?,
+        None => Manifest::repo()?,
+    };
+    Ok(Some(DaemonSetSpec {
+        image: image.clone(),
+        manifest,
+    }))
 }
 
 /// The three iperf3 paths of `--throughput`, one after the other.
@@ -549,8 +598,13 @@ fn down(state_dir: &Path, args: &DownArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let report = state.teardown()?;
+    let containers = match report.containers.len() {
+        0 => String::new(),
+        1 => ", removed 1 container".to_string(),
+        n => format!(", removed {n} containers"),
+    };
     out(&format!(
-        "removed lab {}: stopped {} process{}, deleted {} namespace{}, removed {}\n",
+        "removed lab {}: stopped {} process{}{containers}, deleted {} namespace{}, removed {}\n",
         state.stem,
         report.stopped.len(),
         if report.stopped.len() == 1 { "" } else { "es" },

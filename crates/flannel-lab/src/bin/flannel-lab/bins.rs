@@ -22,8 +22,12 @@ pub fn require_root(command: &str) -> anyhow::Result<()> {
 }
 
 /// The programs `up` needs: fails on the first missing one, naming its Debian package.
-pub fn check_programs(nftables: bool, throughput: bool) -> anyhow::Result<()> {
+pub fn check_programs(nftables: bool, throughput: bool, image: bool) -> anyhow::Result<()> {
     let mut programs = vec!["ip", "setsid", "etcd", "etcdctl", "ping"];
+    if image {
+        // The containers; the node's runtime runs the CNI plugins with the node's /run.
+        programs.extend(["podman", "unshare", "mount"]);
+    }
     // flanneld applies its masquerade/forward rules with these.
     programs.push(if nftables { "nft" } else { "iptables-restore" });
     if throughput {

@@ -1,0 +1,580 @@
+//! The kube-flannel DaemonSet run from the image, per node, the way a kubelet runs it.
+//!
+//! For every node of a [`crate::Datastore::Kube`] cluster whose spec names an image
+//! ([`crate::ClusterSpec::daemonset`]), the lab does what the DaemonSet controller and the
+//! kubelet would, with the manifest's own containers ([`crate::manifest`]):
+//!
+//! 1. *schedule*: a Pod object `kube-flannel-ds-xxxxx` in the DaemonSet's namespace, bound to the
+//!    node (`spec.nodeName`), with the pod template's labels and spec, host IP = pod IP = the
+//!    node's address (host network); the `fieldRef` environment is resolved from it;
+//! 2. *volumes*: every hostPath under the node's root ([`NodeRoot`]), created as its `type`
+//!    says (`FileOrCreate` an empty file, a directory otherwise), and the ConfigMap's keys as
+//!    files, mounted read-only;
+//! 3. the init containers in order (`install-cni-plugin` copies the plugin into the node's
+//!    cniBinDir, `install-cni` the conflist into its cniConfDir), each to completion;
+//! 4. the flanneld container (`kube-flannel`), left running.
+//!
+//! Every container runs from the one image given (it carries all three binaries; the
+//! manifest's image names are not looked up), with the node's namespace as host network, the
+//! manifest's command, args, environment and capabilities, containerd's default capability set
+//! and no seccomp profile, as a kubelet gives a pod that asks for none.
+//!
+//! Two things differ from a cluster, both because the lab's API is the in-repo emulator: the
+//! flanneld container gets `--kube-api-url=<the emulator>` after the manifest's args (the
+//! emulator speaks plain HTTP and issues no service-account tokens, so the in-cluster config
+//! has nothing to use), and the ConfigMap's `net-conf.json` is the lab's network config
+//! (`--network`, `--backend`, `--nftables`, ...; with the defaults, the manifest's own), the way
+//! Helm values or an edited ConfigMap change it. `cni-conf.json` and everything else are the
+//! manifest's.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use serde_json::{Value, json};
+
+use crate::cluster::ClusterSpec;
+use crate::error::{LabError, Result};
+use crate::kube::{KubeEmu, node_name};
+use crate::lab::Lab;
+use crate::manifest::{
+    Container, EnvValue, INSTALL_CNI, INSTALL_CNI_PLUGIN, KUBE_FLANNEL, Manifest,
+};
+use crate::node_root::NodeRoot;
+use crate::podman::{self, Bind, RunSpec};
+use crate::process::Child;
+
+/// Capabilities containerd gives every container beyond podman's defaults; added so the
+/// containers start with what a kubelet's runtime would give them (the manifest adds to that).
+pub const RUNTIME_DEFAULT_CAPS: &[&str] = &["AUDIT_WRITE", "MKNOD", "NET_RAW"];
+
+/// flanneld's default `--subnet-file`, where the CNI plugin reads it.
+const DEFAULT_SUBNET_FILE: &str = "/run/flannel/subnet.env";
+
+/// The characters Kubernetes draws generated name suffixes from (no vowels, no look-alikes).
+const NAME_ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+
+/// What to run: the image and the manifest whose DaemonSet it runs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DaemonSetSpec {
+    /// The local podman image every container runs from (`scripts/image` builds it).
+    pub image: String,
+    /// The manifest (the repository's unless `--manifest` names another).
+    pub manifest: Manifest,
+}
+
+impl DaemonSetSpec {
+    /// The repository's manifest run from `image`.
+    pub fn repo(image: impl Into<String>) -> Result<DaemonSetSpec> {
+        Ok(DaemonSetSpec {
+            image: image.into(),
+            manifest: Manifest::repo()?,
+        })
+    }
+}
+
+/// One node's pod of the DaemonSet.
+#[derive(Debug)]
+struct NodePod {
+    /// The Pod object as the emulator stored it.
+    pod: Value,
+    /// `n1`, ...
+    node: String,
+    /// The node's namespace: the containers' network, and their names' prefix.
+    netns_name: String,
+    netns_path: PathBuf,
+    root: NodeRoot,
+    /// The ConfigMap volume's files.
+    config_dir: PathBuf,
+    /// Where the logs of the init containers go.
+    log_dir: PathBuf,
+    /// Whether the init containers have run (a container restart does not rerun them).
+    initialized: bool,
+    /// The flanneld container, removed on drop.
+    main: Option<podman::Container>,
+}
+
+/// The DaemonSet's pods on the lab's nodes: containers are removed when it is dropped.
+#[derive(Debug)]
+pub struct DaemonSet {
+    spec: DaemonSetSpec,
+    api_url: String,
+    image_id: String,
+    pods: Vec<NodePod>,
+}
+
+impl DaemonSet {
+    /// Schedules a pod on every node of `lab`: creates the Pod objects in `emu` and the nodes'
+    /// volumes, with `net_conf` as the ConfigMap's `net-conf.json`. Nothing runs yet
+    /// ([`DaemonSet::start`] does that). Containers left by killed test runs are removed first.
+    pub fn schedule(
+        spec: DaemonSetSpec,
+        lab: &Lab,
+        emu: &KubeEmu,
+        net_conf: &str,
+    ) -> Result<DaemonSet> {
+        let image_id = podman::image_id(&spec.image)?;
+        for name in [INSTALL_CNI_PLUGIN, KUBE_FLANNEL] {
+            spec.manifest
+                .container(name)
+                .map_err(|source| LabError::Manifest {
+                    origin: "the DaemonSet".into(),
+                    source,
+                })?;
+        }
+        podman::reap_stale()?;
+        let mut config = spec.manifest.config.clone();
+        config.insert("net-conf.json".into(), format!("{net_conf}\n"));
+        let mut pods = Vec::new();
+        for (i, node) in lab.nodes().iter().enumerate() {
+            let root = NodeRoot::new(node.dir());
+            root.prepare()?;
+            create_host_paths(&spec.manifest, &root)?;
+            let config_dir = node
+                .dir()
+                .join("configmaps")
+                .join(crate::manifest::CONFIGMAP);
+            write_files(&config_dir, &config)?;
+            let pod = create_pod(
+                emu,
+                &spec.manifest.namespace,
+                &pod_object(&spec.manifest, &node_name(i), node.ip()),
+            )?;
+            pods.push(NodePod {
+                pod,
+                node: node_name(i),
+                netns_name: node.netns_name().to_string(),
+                netns_path: node.netns_path(),
+                root,
+                config_dir,
+                log_dir: lab.dir().join("logs"),
+                initialized: false,
+                main: None,
+            });
+        }
+        Ok(DaemonSet {
+            spec,
+            api_url: emu.url(),
+            image_id,
+            pods,
+        })
+    }
+
+    /// Runs node `i`'s init containers (the first time) and starts its flanneld container,
+    /// with `extra_args` after the manifest's args and `extra_env` after its environment; the
+    /// returned process is podman attached to the container (it ends when the container does,
+    /// and SIGTERM to it reaches flanneld).
+    pub fn start(
+        &mut self,
+        i: usize,
+        lab: &Lab,
+        extra_args: &[&str],
+        extra_env: &BTreeMap<&str, &str>,
+    ) -> Result<Child> {
+        if !self.pods[i].initialized {
+            for c in &self.spec.manifest.init_containers {
+                let run = self.run_spec(i, c, &[], &BTreeMap::new())?;
+                let out = podman::run_to_completion(&run)
+                    .map_err(|e| init_failed(&run.name, &self.pods[i].node, e))?;
+                let log = self.pods[i].log_dir.join(format!("{}.log", run.name));
+                std::fs::write(&log, out)
+                    .map_err(|e| LabError::io(format!("writing {}", log.display()), e))?;
+            }
+            self.pods[i].initialized = true;
+        }
+        let main = self
+            .spec
+            .manifest
+            .container(KUBE_FLANNEL)
+            .map_err(|source| LabError::Manifest {
+                origin: "the DaemonSet".into(),
+                source,
+            })?;
+        let mut args = vec![format!("--kube-api-url={}", self.api_url)];
+        args.extend(extra_args.iter().map(|a| a.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let run = self.run_spec(i, main, &args, extra_env)?;
+        // A container of that name left by a killed podman would refuse the new one; the old
+        // guard goes now, before it names the new container.
+        match self.pods[i].main.take() {
+            Some(old) => old.remove()?,
+            None => podman::remove(std::slice::from_ref(&run.name))?,
+        }
+        // podman runs in the machine's namespaces, as a node's runtime runs outside its pods:
+        // inside the node's, runc would take it for the host network and refuse podman's
+        // default sysctls, and `ip netns exec` would hide the cgroup mounts.
+        let log = self.pods[i].log_dir.join(format!("{}.log", run.name));
+        let child = Child::spawn_host(run.command()?, log, lab.persistence().is_some())?;
+        self.pods[i].main = Some(podman::Container::new(run.name));
+        Ok(child)
+    }
+
+    /// The container spec for container `c` of node `i`'s pod.
+    fn run_spec(
+        &self,
+        i: usize,
+        c: &Container,
+        extra_args: &[&str],
+        extra_env: &BTreeMap<&str, &str>,
+    ) -> Result<RunSpec> {
+        let p = &self.pods[i];
+        let mut env = Vec::new();
+        for var in &c.env {
+            let value = match var.source()? {
+                EnvValue::Literal(v) => v,
+                EnvValue::Field(path) => field_value(&p.pod, &path)?,
+            };
+            env.push((var.name.clone(), value));
+        }
+        env.extend(
+            extra_env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string())),
+        );
+        let mut binds = Vec::new();
+        for m in &c.volume_mounts {
+            let v = self
+                .spec
+                .manifest
+                .volume(&m.name)
+                .map_err(|source| LabError::Manifest {
+                    origin: format!("container {}", c.name),
+                    source,
+                })?;
+            let (source, read_only) = match (&v.host_path, &v.config_map) {
+                (Some(h), _) => (p.root.path(&h.path), m.read_only),
+                (None, Some(_)) => (p.config_dir.clone(), true),
+                (None, None) => {
+                    return Err(LabError::Invalid(format!(
+                        "volume {} of container {}: only hostPath and configMap volumes are supported by the lab",
+                        m.name, c.name
+                    )));
+                }
+            };
+            binds.push(Bind {
+                source,
+                target: m.mount_path.clone(),
+                read_only,
+            });
+        }
+        let mut cap_add: Vec<String> = RUNTIME_DEFAULT_CAPS.iter().map(|c| c.to_string()).collect();
+        cap_add.extend(c.cap_add().iter().cloned());
+        let (entrypoint, mut args) = match c.command.split_first() {
+            Some((first, rest)) => (Some(first.clone()), rest.to_vec()),
+            None => (None, Vec::new()),
+        };
+        args.extend(c.args.iter().cloned());
+        args.extend(extra_args.iter().map(|a| a.to_string()));
+        Ok(RunSpec {
+            name: self.container_name(i, &c.name),
+            image: self.spec.image.clone(),
+            netns: p.netns_path.clone(),
+            hostname: p.node.clone(),
+            binds,
+            env,
+            cap_add,
+            privileged: c.privileged(),
+            entrypoint,
+            args,
+        })
+    }
+
+    /// The podman name of container `container` on node `i`: `<node namespace>-<container>`.
+    pub fn container_name(&self, i: usize, container: &str) -> String {
+        format!("{}-{container}", self.pods[i].netns_name)
+    }
+
+    /// The image the containers run from.
+    pub fn image(&self) -> &str {
+        &self.spec.image
+    }
+
+    /// That image's ID, as podman reports it for the containers.
+    pub fn image_id(&self) -> &str {
+        &self.image_id
+    }
+
+    /// The manifest being run.
+    pub fn manifest(&self) -> &Manifest {
+        &self.spec.manifest
+    }
+
+    /// Node `i`'s Pod object.
+    pub fn pod(&self, i: usize) -> &Value {
+        &self.pods[i].pod
+    }
+
+    /// Node `i`'s root directory ([`NodeRoot`]).
+    pub fn root(&self, i: usize) -> &Path {
+        self.pods[i].root.dir()
+    }
+
+    /// Where node `i`'s flanneld writes subnet.env: its `--subnet-file` (default
+    /// `/run/flannel/subnet.env`) through the container's hostPath mounts.
+    pub fn subnet_file(&self, i: usize) -> PathBuf {
+        let node_path = self
+            .spec
+            .manifest
+            .container(KUBE_FLANNEL)
+            .ok()
+            .and_then(|c| {
+                let path = c
+                    .args
+                    .iter()
+                    .find_map(|a| a.strip_prefix("--subnet-file="))
+                    .unwrap_or(DEFAULT_SUBNET_FILE);
+                self.spec.manifest.host_path_of(c, path)
+            })
+            .unwrap_or_else(|| DEFAULT_SUBNET_FILE.to_string());
+        self.pods[i].root.path(&node_path)
+    }
+
+    /// Node `i`'s cniBinDir, where `install-cni-plugin` put the plugin.
+    pub fn cni_bin_dir(&self, i: usize) -> Result<PathBuf> {
+        let dir = self
+            .spec
+            .manifest
+            .cni_bin_dir()
+            .map_err(|source| LabError::Manifest {
+                origin: "the DaemonSet".into(),
+                source,
+            })?;
+        Ok(self.pods[i].root.path(&dir))
+    }
+
+    /// Node `i`'s cniConfDir, where `install-cni` put the conflist (`None` without
+    /// `install-cni`).
+    pub fn cni_conf_dir(&self, i: usize) -> Option<PathBuf> {
+        self.spec
+            .manifest
+            .cni_conf_dir()
+            .map(|d| self.pods[i].root.path(&d))
+    }
+
+    /// The network configuration node `i`'s runtime uses, as libcni picks it: the first
+    /// `.conflist`, `.conf` or `.json` file in cniConfDir by name, a single-plugin `.conf`
+    /// wrapped into a list. Returns the file and its content.
+    pub fn conflist(&self, i: usize) -> Result<(PathBuf, Value)> {
+        let dir = self.cni_conf_dir(i).ok_or_else(|| {
+            LabError::Invalid(format!(
+                "the DaemonSet has no {INSTALL_CNI} container, so nothing installs a CNI configuration on the nodes"
+            ))
+        })?;
+        let file = crate::cni::list_dir(&dir)
+            .into_iter()
+            .find(|n| {
+                [".conflist", ".conf", ".json"]
+                    .iter()
+                    .any(|e| n.ends_with(e))
+            })
+            .map(|n| dir.join(n))
+            .ok_or_else(|| {
+                LabError::Invalid(format!("no CNI configuration in {}", dir.display()))
+            })?;
+        let text = std::fs::read_to_string(&file)
+            .map_err(|e| LabError::io(format!("reading {}", file.display()), e))?;
+        let conf: Value = serde_json::from_str(&text)
+            .map_err(|e| LabError::Invalid(format!("{} is not JSON: {e}", file.display())))?;
+        let list = if conf.get("plugins").is_some() {
+            conf
+        } else {
+            json!({
+                "name": conf.get("name").cloned().unwrap_or(Value::Null),
+                "cniVersion": conf.get("cniVersion").cloned().unwrap_or(Value::Null),
+                "plugins": [conf]
+            })
+        };
+        Ok((file, list))
+    }
+
+    /// The flanneld container's readiness probe (port, path), if the manifest has one.
+    pub fn readiness(&self) -> Option<(u16, String)> {
+        self.spec
+            .manifest
+            .container(KUBE_FLANNEL)
+            .ok()?
+            .readiness_http()
+    }
+
+    /// SIGKILLs node `i`'s flanneld container (a crash; the podman attached to it then exits).
+    pub fn kill(&self, i: usize) -> Result<()> {
+        match &self.pods[i].main {
+            Some(c) => c.kill("KILL"),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The DaemonSet of a cluster being started: scheduled on every node when `spec` names an
+/// image, refused without the Kubernetes datastore (`emu`), whose API its flanneld uses.
+pub fn for_cluster(
+    spec: &ClusterSpec,
+    lab: &Lab,
+    emu: Option<&KubeEmu>,
+) -> Result<Option<DaemonSet>> {
+    let Some(ds) = &spec.daemonset else {
+        return Ok(None);
+    };
+    let Some(emu) = emu else {
+        return Err(LabError::Invalid(
+            "the kube-flannel DaemonSet runs flanneld with --kube-subnet-mgr: it needs the Kubernetes datastore (--datastore kube)".into(),
+        ));
+    };
+    let net_conf = serde_json::to_string_pretty(&spec.net_config())
+        .map_err(|e| LabError::Invalid(format!("net-conf.json: {e}")))?;
+    DaemonSet::schedule(ds.clone(), lab, emu, &net_conf).map(Some)
+}
+
+/// The error of an init container, naming it and the node.
+fn init_failed(container: &str, node: &str, e: LabError) -> LabError {
+    match e {
+        LabError::CommandFailed {
+            command,
+            status,
+            stdout,
+            stderr,
+        } => LabError::CommandFailed {
+            command: format!("init container {container} on {node}: {command}"),
+            status,
+            stdout,
+            stderr,
+        },
+        other => other,
+    }
+}
+
+/// The Pod object the DaemonSet controller would create for `node`, bound to it.
+fn pod_object(m: &Manifest, node: &str, ip: Ipv4Addr) -> Value {
+    let mut spec = m.pod_spec.clone();
+    spec["nodeName"] = json!(node);
+    json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": format!("{}-{}", crate::manifest::DAEMONSET, name_suffix(node)),
+            "namespace": m.namespace,
+            "labels": m.labels,
+        },
+        "spec": spec,
+        "status": {
+            "phase": "Running",
+            "hostIP": ip.to_string(),
+            "podIP": ip.to_string(),
+            "podIPs": [{ "ip": ip.to_string() }],
+        }
+    })
+}
+
+/// Creates `pod` in `namespace` through the API, returning it as stored (with its uid).
+fn create_pod(emu: &KubeEmu, namespace: &str, pod: &Value) -> Result<Value> {
+    let path = format!("/api/v1/namespaces/{namespace}/pods");
+    match emu.request("POST", &path, "application/json", Some(pod))? {
+        (200..=299, stored) => Ok(stored),
+        (status, body) => Err(LabError::Invalid(format!(
+            "POST {path} on the kube emulator: {status} {}",
+            body.get("message").and_then(Value::as_str).unwrap_or("")
+        ))),
+    }
+}
+
+/// Five characters from [`NAME_ALPHABET`], fixed per node name (FNV-1a), standing for the
+/// random suffix of a generated pod name.
+fn name_suffix(node: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in node.bytes() {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    (0..5)
+        .map(|_| {
+            let c = NAME_ALPHABET[(h % NAME_ALPHABET.len() as u64) as usize];
+            h /= NAME_ALPHABET.len() as u64;
+            char::from(c)
+        })
+        .collect()
+}
+
+/// The value of a `fieldRef` path (`metadata.name`, `spec.nodeName`, `status.podIP`) in the Pod.
+fn field_value(pod: &Value, path: &str) -> Result<String> {
+    let pointer = format!("/{}", path.replace('.', "/"));
+    match pod.pointer(&pointer) {
+        Some(Value::String(s)) => Ok(s.clone()),
+        Some(v @ (Value::Number(_) | Value::Bool(_))) => Ok(v.to_string()),
+        _ => Err(LabError::Invalid(format!(
+            "fieldRef {path}: the pod has no such field"
+        ))),
+    }
+}
+
+/// Creates every hostPath of the manifest under the node's root, as its `type` asks.
+fn create_host_paths(m: &Manifest, root: &NodeRoot) -> Result<()> {
+    for h in m.volumes.iter().filter_map(|v| v.host_path.as_ref()) {
+        let path = root.path(&h.path);
+        let io = |e| LabError::io(format!("creating {}", path.display()), e);
+        match h.kind.as_str() {
+            "FileOrCreate" => {
+                if let Some(dir) = path.parent() {
+                    std::fs::create_dir_all(dir).map_err(io)?;
+                }
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&path)
+                    .map_err(io)?;
+            }
+            "" | "DirectoryOrCreate" | "Directory" => std::fs::create_dir_all(&path).map_err(io)?,
+            other => {
+                return Err(LabError::Invalid(format!(
+                    "hostPath {} of type {other}: the lab creates only directories and FileOrCreate files",
+                    h.path
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Writes `files` (name to content) into `dir`, as a ConfigMap volume shows them.
+fn write_files(dir: &Path, files: &BTreeMap<String, String>) -> Result<()> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| LabError::io(format!("creating {}", dir.display()), e))?;
+    for (name, text) in files {
+        let path = dir.join(name);
+        std::fs::write(&path, text)
+            .map_err(|e| LabError::io(format!("writing {}", path.display()), e))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pod_names_look_generated_and_differ_per_node() {
+        let a = name_suffix("n1");
+        let b = name_suffix("n2");
+        assert_eq!(a.len(), 5);
+        assert_ne!(a, b);
+        assert!(a.bytes().all(|c| NAME_ALPHABET.contains(&c)));
+        assert_eq!(a, name_suffix("n1"));
+    }
+
+    #[test]
+    fn field_refs_resolve_from_the_pod() {
+        let m = Manifest::repo().unwrap();
+        let pod = pod_object(&m, "n2", Ipv4Addr::new(198, 18, 0, 2));
+        assert_eq!(field_value(&pod, "spec.nodeName").unwrap(), "n2");
+        assert_eq!(
+            field_value(&pod, "metadata.namespace").unwrap(),
+            "kube-flannel"
+        );
+        assert_eq!(field_value(&pod, "status.podIP").unwrap(), "198.18.0.2");
+        assert!(
+            field_value(&pod, "metadata.name")
+                .unwrap()
+                .starts_with("kube-flannel-ds-")
+        );
+        assert!(field_value(&pod, "metadata.nope").is_err());
+        assert_eq!(pod["spec"]["hostNetwork"], json!(true));
+    }
+}

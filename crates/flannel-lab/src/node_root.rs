@@ -1,0 +1,112 @@
+//! A node's own file system for what a DaemonSet shares with the host: the lab's nodes are
+//! namespaces on one machine, so each gets a directory standing for its root, and a hostPath
+//! `/run/flannel` of node `n1` is `<n1's directory>/host/run/flannel`.
+//!
+//! Containers see those directories through bind mounts ([`crate::daemonset`]). Programs the
+//! node runs on the host itself, the CNI plugins a runtime executes, see them through
+//! [`view_command`]: a private mount namespace in which the node's `run` and `var/lib`
+//! directories are mounted over `/run` and `/var/lib`, with the machine's `/run/netns` kept
+//! (network namespaces are found there). So the `flannel` plugin reads the subnet.env the node's
+//! flanneld wrote at its default path `/run/flannel/subnet.env`, keeps its state in
+//! `/var/lib/cni/flannel` and host-local its leases in `/var/lib/cni/networks`, and iptables in
+//! `portmap` takes the node's `/run/xtables.lock`, as on a real node, while nothing of the
+//! machine's own `/run` or `/var/lib` is read or written, and nothing is created outside the
+//! node's directory.
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::error::{LabError, Result};
+use crate::host::require_binary;
+
+/// The node's directories under its root that [`view_command`] mounts over the machine's.
+const VIEW_DIRS: [&str; 2] = ["run", "var/lib"];
+
+/// Mounts the node's `/run` and `/var/lib`, keeping the machine's `/run/netns`, then execs the
+/// command. The sources are opened first and mounted through `/proc/self/fd`, so covering `/run`
+/// (or `/var/lib`) cannot hide a source that lives below it; `-n` keeps mount from writing
+/// `/run/mount/utab`.
+const VIEW_SCRIPT: &str = r#"set -e
+root=$1; shift
+exec 3</run/netns 4<"$root/run" 5<"$root/var/lib"
+mount -n --no-canonicalize --bind /proc/self/fd/5 /var/lib
+mount -n --no-canonicalize --bind /proc/self/fd/4 /run
+mount -n --no-canonicalize --rbind /proc/self/fd/3 /run/netns
+exec "$@" 3<&- 4<&- 5<&-
+"#;
+
+/// The directory standing for one node's `/`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeRoot {
+    dir: PathBuf,
+}
+
+impl NodeRoot {
+    /// The root of the node whose lab directory is `node_dir`: `<node_dir>/host`.
+    pub fn new(node_dir: &Path) -> NodeRoot {
+        NodeRoot {
+            dir: node_dir.join("host"),
+        }
+    }
+
+    /// The directory itself.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Where the node's absolute path `node_path` is on this machine.
+    pub fn path(&self, node_path: &str) -> PathBuf {
+        self.dir.join(node_path.trim_start_matches('/'))
+    }
+
+    /// Creates the directories [`view_command`] mounts (and `/run/netns` inside the node's
+    /// `/run`, the mount point for the machine's).
+    pub fn prepare(&self) -> Result<()> {
+        for d in VIEW_DIRS
+            .iter()
+            .map(|d| self.dir.join(d))
+            .chain([self.dir.join("run/netns")])
+        {
+            std::fs::create_dir_all(&d)
+                .map_err(|e| LabError::io(format!("creating {}", d.display()), e))?;
+        }
+        Ok(())
+    }
+}
+
+/// `program args...` with the node's `/run` and `/var/lib` (see the module documentation), in a
+/// mount namespace of its own; the environment and stdio given to the returned command reach
+/// the program.
+pub fn view_command<I, S>(root: &Path, program: &OsStr, args: I) -> Result<Command>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    // Checked here so a missing tool is named with its package rather than failing in sh.
+    require_binary("mount")?;
+    let mut cmd = Command::new(require_binary("unshare")?);
+    cmd.args(["--mount", "--propagation", "slave", "--"])
+        .arg(require_binary("sh")?)
+        .args(["-c", VIEW_SCRIPT, "sh"])
+        .arg(root)
+        .arg(program)
+        .args(args);
+    Ok(cmd)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_paths_live_under_the_node_directory() {
+        let r = NodeRoot::new(Path::new("/lab/n1"));
+        assert_eq!(r.dir(), Path::new("/lab/n1/host"));
+        assert_eq!(
+            r.path("/run/flannel/subnet.env"),
+            Path::new("/lab/n1/host/run/flannel/subnet.env")
+        );
+        assert_eq!(r.path("opt/cni/bin"), Path::new("/lab/n1/host/opt/cni/bin"));
+    }
+}

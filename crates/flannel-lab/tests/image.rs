@@ -1,0 +1,348 @@
+//! The flannel-rs image, run as the kube-flannel DaemonSet: on 2 nodes, the init containers
+//! install the plugin and the conflist, flanneld runs in a container from the image, and pods
+//! created through what was installed reach each other; restarts and crashes of the container,
+//! and `flannel-lab up --image` / `down` (also after its podman processes were killed) leave no
+//! container and no namespace behind.
+//!
+//! The image is built once per test run: `scripts/test` runs `scripts/image` and names the tag
+//! in `FLANNEL_LAB_IMAGE`; without it, the first test here runs `scripts/image` itself (a no-op
+//! build when the release binaries and the base are current) under a test tag.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use flannel_lab::daemonset::{DaemonSet, DaemonSetSpec};
+use flannel_lab::manifest::{CONFIGMAP, INSTALL_CNI, INSTALL_CNI_PLUGIN, KUBE_FLANNEL, Manifest};
+use flannel_lab::state::LabState;
+use flannel_lab::{Cluster, ClusterSpec, Datastore, netns_exists, podman, run_command};
+use serde_json::Value;
+
+/// The tag `scripts/image` builds when the test runs it itself.
+const TEST_TAG: &str = "localhost/flannel-rs:lab-test";
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The image under test, built at most once per test binary.
+fn image() -> &'static str {
+    static IMAGE: OnceLock<String> = OnceLock::new();
+    IMAGE.get_or_init(|| {
+        if let Some(tag) = std::env::var("FLANNEL_LAB_IMAGE")
+            .ok()
+            .filter(|t| !t.is_empty())
+        {
+            return tag;
+        }
+        let mut cmd = Command::new(repo().join("scripts/image"));
+        cmd.arg(TEST_TAG).env_remove("FLANNEL_IMAGE_NO_BUILD");
+        let out = run_command(cmd, None, Duration::from_secs(1800)).expect("scripts/image ran");
+        assert!(
+            out.status.success(),
+            "scripts/image {TEST_TAG} failed:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        TEST_TAG.to_string()
+    })
+}
+
+fn spec(nodes: usize) -> ClusterSpec {
+    ClusterSpec {
+        nodes,
+        datastore: Datastore::Kube,
+        daemonset: Some(DaemonSetSpec::repo(image()).expect("the repository's manifest reads")),
+        ready_timeout: Duration::from_secs(60),
+        ..ClusterSpec::default()
+    }
+}
+
+/// A file of the image, read by running `cat` in a container of it.
+fn file_in_image(image: &str, path: &str) -> Vec<u8> {
+    let mut cmd = podman::command().unwrap();
+    cmd.args(["run", "--rm", "--pull", "never", "--network", "none"]);
+    for l in podman::ulimits() {
+        cmd.args(["--ulimit", &l]);
+    }
+    cmd.args(["--entrypoint", "cat", image, path]);
+    let out = run_command(cmd, None, Duration::from_secs(60)).unwrap();
+    assert!(out.status.success(), "{out:?}");
+    out.stdout
+}
+
+/// Pids in namespace `ns` whose command line starts with `argv0`.
+fn pids_running(ns: &flannel_lab::Netns, argv0: &str) -> Vec<u32> {
+    ns.pids()
+        .unwrap()
+        .into_iter()
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| c.split(|b| *b == 0).next() == Some(argv0.as_bytes()))
+        })
+        .collect()
+}
+
+fn mount_ns(pid: &str) -> PathBuf {
+    std::fs::read_link(format!("/proc/{pid}/ns/mnt")).unwrap()
+}
+
+/// Checks that node `i` runs flanneld from the image, in a container, with what the init
+/// containers installed.
+fn assert_node_runs_the_image(c: &Cluster, ds: &DaemonSet, manifest: &Manifest, i: usize) {
+    let node = c.lab().node(i);
+    let name = ds.container_name(i, KUBE_FLANNEL);
+    let (state, image_id) = podman::inspect(&name).unwrap().expect("flanneld container");
+    assert_eq!(state, "running", "{name}");
+    assert_eq!(image_id, ds.image_id(), "{name} runs another image");
+    for init in [INSTALL_CNI_PLUGIN, INSTALL_CNI] {
+        let done = ds.container_name(i, init);
+        assert_eq!(podman::inspect(&done).unwrap(), None, "{done} left behind");
+    }
+    // The daemon in the node's namespace is the image's /opt/bin/flanneld, in a mount namespace
+    // of its own, and no flanneld of the workspace runs there.
+    let pids = pids_running(node.netns(), "/opt/bin/flanneld");
+    assert_eq!(
+        pids.len(),
+        1,
+        "one containerised flanneld in {}",
+        node.name()
+    );
+    assert_ne!(mount_ns(&pids[0].to_string()), mount_ns("self"));
+    let ours = c.bin_dir().join("flanneld");
+    assert!(pids_running(node.netns(), &ours.to_string_lossy()).is_empty());
+    // It found its node through its Pod (POD_NAME/POD_NAMESPACE, no NODE_NAME).
+    let log = c.flanneld(i).expect("podman attached").log();
+    let node_name = format!("n{}", i + 1);
+    assert!(
+        log.contains(&format!("on node {node_name}")),
+        "flanneld log of {node_name}:\n{log}"
+    );
+    assert_eq!(ds.pod(i)["spec"]["nodeName"], node_name.as_str());
+    let pod_name = ds.pod(i)["metadata"]["name"].as_str().unwrap();
+    let stored = c.kube().unwrap().request(
+        "GET",
+        &format!("/api/v1/namespaces/kube-flannel/pods/{pod_name}"),
+        "application/json",
+        None,
+    );
+    assert_eq!(stored.unwrap().1["spec"]["nodeName"], node_name.as_str());
+    // The plugin in the node's cniBinDir is the image's /flannel; the conflist in its
+    // cniConfDir is the ConfigMap's cni-conf.json.
+    let plugin = ds.cni_bin_dir(i).unwrap().join("flannel");
+    assert!(plugin.starts_with(node.dir()), "{}", plugin.display());
+    assert_eq!(
+        std::fs::read(&plugin).unwrap(),
+        file_in_image(ds.image(), "/flannel"),
+        "{} is not the image's plugin",
+        plugin.display()
+    );
+    let (file, list) = ds.conflist(i).unwrap();
+    assert_eq!(file.file_name().unwrap(), "10-flannel.conflist");
+    let want: Value = serde_json::from_str(&manifest.config["cni-conf.json"]).unwrap();
+    assert_eq!(list, want);
+    // subnet.env is where the node's hostPath /run/flannel is.
+    assert!(c.subnet_file(i).starts_with(ds.root(i)));
+    assert!(c.subnet_env(i).unwrap().subnet.is_some());
+}
+
+#[test]
+fn daemonset_from_the_image_meshes_two_nodes() {
+    let manifest = Manifest::repo().unwrap();
+    let mut c = Cluster::start(spec(2)).expect("the DaemonSet runs on 2 nodes");
+    for i in 0..2 {
+        for k in 1..=2 {
+            c.add_pod(i, &format!("n{}-p{k}", i + 1)).unwrap();
+        }
+    }
+    let ds = c.daemonset().expect("image mode");
+    let names: Vec<String> = (0..2).map(|i| ds.container_name(i, KUBE_FLANNEL)).collect();
+    for i in 0..2 {
+        assert_node_runs_the_image(&c, ds, &manifest, i);
+        // The flannel plugin kept its state in the node's /var/lib, not the machine's.
+        let saved = ds.root(i).join("var/lib/cni/flannel");
+        assert_eq!(
+            flannel_lab::cni::list_dir(&saved),
+            vec![format!("n{}-p1", i + 1), format!("n{}-p2", i + 1)]
+        );
+    }
+    let ok = c.ping_matrix();
+    assert_eq!(ok.len(), 12);
+    assert!(c.unreachable().is_empty(), "{:?}", c.unreachable());
+    // The node annotations flanneld wrote through the API.
+    let node = c.kube().unwrap().node("n1").unwrap();
+    assert_eq!(
+        node["metadata"]["annotations"]["flannel.alpha.coreos.com/backend-type"],
+        "vxlan"
+    );
+
+    // SIGTERM reaches flanneld through podman (exit 0); a restart runs only the container.
+    let status = c.stop_flanneld(0).unwrap();
+    assert!(status.success(), "flanneld stopped with {status}");
+    assert_eq!(podman::inspect(&names[0]).unwrap(), None);
+    c.start_flanneld(0).unwrap();
+    c.wait_ready(0).unwrap();
+    // A crash (SIGKILL of the container), then a new container of the same name.
+    c.kill_flanneld(1).unwrap();
+    c.start_flanneld(1).unwrap();
+    c.wait_ready(1).unwrap();
+    c.wait_mesh().unwrap();
+    assert!(c.unreachable().is_empty(), "{:?}", c.unreachable());
+    c.del_pod("n1-p1").unwrap();
+    assert_eq!(
+        flannel_lab::cni::list_dir(&c.daemonset().unwrap().root(0).join("var/lib/cni/flannel")),
+        vec!["n1-p2".to_string()]
+    );
+
+    let namespaces = c.lab().netns_names();
+    drop(c);
+    for n in &names {
+        assert_eq!(
+            podman::inspect(n).unwrap(),
+            None,
+            "{n} outlived the cluster"
+        );
+    }
+    for n in &namespaces {
+        assert!(!netns_exists(n), "{n} outlived the cluster");
+    }
+}
+
+#[test]
+fn the_configmap_and_the_environment_come_from_the_manifest() {
+    let c = Cluster::start(ClusterSpec {
+        backend: "host-gw".into(),
+        ..spec(1)
+    })
+    .expect("one node");
+    let ds = c.daemonset().unwrap();
+    let name = ds.container_name(0, KUBE_FLANNEL);
+    let mut cmd = podman::command().unwrap();
+    cmd.args([
+        "container",
+        "inspect",
+        "--format",
+        "{{json .Config.Env}} {{json .Config.Entrypoint}} {{json .Config.Cmd}} {{json .EffectiveCaps}}",
+        &name,
+    ]);
+    let out = run_command(cmd, None, Duration::from_secs(60)).unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let pod_name = ds.pod(0)["metadata"]["name"].as_str().unwrap().to_string();
+    for want in [
+        format!("POD_NAME={pod_name}"),
+        "POD_NAMESPACE=kube-flannel".into(),
+        "EVENT_QUEUE_DEPTH=5000".into(),
+        "CONT_WHEN_CACHE_NOT_READY=false".into(),
+        "/opt/bin/flanneld".into(),
+        "--ip-masq".into(),
+        "--kube-subnet-mgr".into(),
+        "--healthz-port=8081".into(),
+        "--kube-api-url=http://198.18.0.254:".into(),
+        "CAP_NET_ADMIN".into(),
+        "CAP_NET_RAW".into(),
+    ] {
+        assert!(text.contains(&want), "{want} missing from {name}: {text}");
+    }
+    assert!(!text.contains("CAP_SYS_ADMIN"), "not privileged: {text}");
+    // The ConfigMap volume: cni-conf.json as written, net-conf.json the lab's (host-gw here).
+    let cm = c.lab().node(0).dir().join("configmaps").join(CONFIGMAP);
+    let manifest = Manifest::repo().unwrap();
+    assert_eq!(
+        std::fs::read_to_string(cm.join("cni-conf.json")).unwrap(),
+        manifest.config["cni-conf.json"]
+    );
+    let net: Value =
+        serde_json::from_str(&std::fs::read_to_string(cm.join("net-conf.json")).unwrap()).unwrap();
+    assert_eq!(net["Backend"]["Type"], "host-gw");
+    assert_eq!(
+        c.subnet_env(0).unwrap().mtu,
+        1500,
+        "host-gw keeps the link MTU"
+    );
+}
+
+/// Runs the flannel-lab command with a private state directory.
+fn lab_cli(state: &Path, args: &[&str]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_flannel-lab"));
+    cmd.arg("--state-dir")
+        .arg(state)
+        .args(args)
+        .env_remove("CARGO");
+    if std::env::var_os("FLANNEL_RS_BIN_DIR").is_none() {
+        let dir = Path::new(env!("CARGO_BIN_EXE_flannel-lab"))
+            .parent()
+            .unwrap();
+        cmd.env("FLANNEL_RS_BIN_DIR", dir);
+    }
+    run_command(cmd, None, Duration::from_secs(300)).unwrap()
+}
+
+/// `down` of a lab left by `up --image` on drop, also when an assertion failed.
+struct Down<'a>(&'a Path);
+
+impl Drop for Down<'_> {
+    fn drop(&mut self) {
+        let _ = lab_cli(self.0, &["down", "--force"]);
+    }
+}
+
+#[test]
+fn up_with_an_image_and_down_after_its_podman_was_killed() {
+    let dir = tempfile::Builder::new()
+        .prefix("flrs-labimage-")
+        .tempdir()
+        .unwrap();
+    let state_dir = dir.path();
+    let out = lab_cli(state_dir, &["up", "--image", image(), "--nodes", "2"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("add --datastore kube"));
+
+    let _down = Down(state_dir);
+    let out = lab_cli(
+        state_dir,
+        &[
+            "up",
+            "--datastore",
+            "kube",
+            "--image",
+            image(),
+            "--nodes",
+            "2",
+            "--check",
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(stdout.contains("12/12 pairs, full"), "{stdout}");
+    let state = LabState::load(state_dir).unwrap().unwrap();
+    let containers = podman::names_with_prefix(&format!("{}-", state.stem)).unwrap();
+    assert_eq!(containers.len(), 2, "{containers:?}");
+    assert!(containers.iter().all(|n| n.ends_with("-kube-flannel")));
+    // The conflist recorded is the one install-cni wrote in the node's cniConfDir.
+    let conflist = state.nodes[0].conflist.clone().unwrap();
+    assert!(conflist.ends_with("host/etc/cni/net.d/10-flannel.conflist"));
+
+    // A crash of the podman processes leaves the containers running; `down` still finds them.
+    for p in state.processes.iter().filter(|p| p.program == "podman") {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(p.pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+    }
+    let out = lab_cli(state_dir, &["down"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("removed 2 containers"),
+        "{out:?}"
+    );
+    assert!(
+        podman::names_with_prefix(&format!("{}-", state.stem))
+            .unwrap()
+            .is_empty()
+    );
+    for n in state.nodes.iter().map(|n| &n.netns) {
+        assert!(!netns_exists(n), "{n} left behind");
+    }
+}
