@@ -115,12 +115,7 @@ impl DaemonSet {
     ) -> Result<DaemonSet> {
         let image_id = podman::image_id(&spec.image)?;
         for name in [INSTALL_CNI_PLUGIN, KUBE_FLANNEL] {
-            spec.manifest
-                .container(name)
-                .map_err(|source| LabError::Manifest {
-                    origin: "the DaemonSet".into(),
-                    source,
-                })?;
+            spec.manifest.container(name).map_err(in_daemonset)?;
         }
         podman::reap_stale()?;
         let mut config = spec.manifest.config.clone();
@@ -186,10 +181,7 @@ impl DaemonSet {
             .spec
             .manifest
             .container(KUBE_FLANNEL)
-            .map_err(|source| LabError::Manifest {
-                origin: "the DaemonSet".into(),
-                source,
-            })?;
+            .map_err(in_daemonset)?;
         let mut args = vec![format!("--kube-api-url={}", self.api_url)];
         args.extend(extra_args.iter().map(|a| a.to_string()));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -331,14 +323,7 @@ impl DaemonSet {
 
     /// Node `i`'s cniBinDir, where `install-cni-plugin` put the plugin.
     pub fn cni_bin_dir(&self, i: usize) -> Result<PathBuf> {
-        let dir = self
-            .spec
-            .manifest
-            .cni_bin_dir()
-            .map_err(|source| LabError::Manifest {
-                origin: "the DaemonSet".into(),
-                source,
-            })?;
+        let dir = self.spec.manifest.cni_bin_dir().map_err(in_daemonset)?;
         Ok(self.pods[i].root.path(&dir))
     }
 
@@ -423,6 +408,14 @@ pub fn for_cluster(
     let net_conf = serde_json::to_string_pretty(&spec.net_config())
         .map_err(|e| LabError::Invalid(format!("net-conf.json: {e}")))?;
     DaemonSet::schedule(ds.clone(), lab, emu, &net_conf).map(Some)
+}
+
+/// A manifest error found while running the DaemonSet.
+fn in_daemonset(source: crate::manifest::ManifestError) -> LabError {
+    LabError::Manifest {
+        origin: "the DaemonSet".into(),
+        source,
+    }
 }
 
 /// The error of an init container, naming it and the node.

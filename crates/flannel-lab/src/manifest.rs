@@ -48,7 +48,7 @@ pub enum ManifestError {
     /// The text is not YAML.
     #[error("not valid YAML")]
     Yaml(#[source] yaml_rust2::ScanError),
-    /// A YAML construct with no JSON equivalent (an alias, a non-scalar mapping key).
+    /// A YAML construct with no JSON equivalent (a non-scalar mapping key).
     #[error("{0}")]
     Unsupported(String),
     /// An object the lab needs is missing.
@@ -478,10 +478,197 @@ fn to_json(y: &Yaml) -> std::result::Result<Value, ManifestError> {
             }
             Value::Object(m)
         }
+        // The loader expands aliases itself; these do not come out of it.
         Yaml::Alias(_) | Yaml::BadValue => {
-            return Err(ManifestError::Unsupported(
-                "YAML aliases are not supported".into(),
-            ));
+            return Err(ManifestError::Unsupported(format!("YAML node {y:?}")));
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ClusterSpec;
+
+    #[test]
+    fn the_repository_manifest_reads_by_name() {
+        let m = Manifest::repo().unwrap();
+        assert_eq!(m.namespace, "kube-flannel");
+        assert_eq!(m.labels["app"], "flannel");
+        assert_eq!(m.pod_spec["hostNetwork"], true);
+        let plugin = m.container(INSTALL_CNI_PLUGIN).unwrap();
+        assert_eq!(plugin.command, ["cp"]);
+        assert_eq!(plugin.args, ["-f", "/flannel", "/opt/cni/bin/flannel"]);
+        let conf = m.container(INSTALL_CNI).unwrap();
+        assert_eq!(conf.command, ["/opt/bin/install-conf"]);
+        let main = m.container(KUBE_FLANNEL).unwrap();
+        assert_eq!(main.command, ["/opt/bin/flanneld"]);
+        assert!(main.args.contains(&"--kube-subnet-mgr".to_string()));
+        assert_eq!(main.cap_add(), ["NET_ADMIN", "NET_RAW"]);
+        assert!(!main.privileged());
+        assert_eq!(main.readiness_http(), Some((8081, "/readyz".to_string())));
+        let env: Vec<(&str, EnvValue)> = main
+            .env
+            .iter()
+            .map(|v| (v.name.as_str(), v.source().unwrap()))
+            .collect();
+        assert!(env.contains(&("POD_NAME", EnvValue::Field("metadata.name".into()))));
+        assert!(env.contains(&("EVENT_QUEUE_DEPTH", EnvValue::Literal("5000".into()))));
+        assert_eq!(m.cni_bin_dir().unwrap(), "/opt/cni/bin");
+        assert_eq!(m.cni_conf_dir().as_deref(), Some("/etc/cni/net.d"));
+        assert_eq!(
+            m.host_path_of(main, "/run/flannel/subnet.env").as_deref(),
+            Some("/run/flannel/subnet.env")
+        );
+        // The ConfigMap is mounted there, not a hostPath.
+        assert_eq!(
+            m.host_path_of(main, "/etc/kube-flannel/net-conf.json"),
+            None
+        );
+        assert_eq!(
+            m.volume("xtables-lock")
+                .unwrap()
+                .host_path
+                .as_ref()
+                .unwrap()
+                .kind,
+            "FileOrCreate"
+        );
+        let cni: Value = serde_json::from_str(&m.config["cni-conf.json"]).unwrap();
+        assert_eq!(cni["plugins"][0]["type"], "flannel");
+        assert!(m.config.contains_key("net-conf.json"));
+    }
+
+    #[test]
+    fn the_labs_default_network_is_the_manifests() {
+        let m = Manifest::repo().unwrap();
+        let theirs: Value = serde_json::from_str(&m.config["net-conf.json"]).unwrap();
+        let ours = ClusterSpec::default().net_config();
+        assert_eq!(theirs["Network"], ours["Network"]);
+        assert_eq!(theirs["Backend"], ours["Backend"]);
+        // Absent and false are the same to flanneld.
+        assert_eq!(
+            theirs
+                .get("EnableNFTables")
+                .cloned()
+                .unwrap_or(Value::Bool(false)),
+            ours["EnableNFTables"]
+        );
+    }
+
+    /// A chart-style rendering: other documents around, other host directories, no
+    /// `install-cni` (skipCNIConfigInstallation), containers in another order.
+    const CHART: &str = r#"
+# Source: flannel/templates/config.yaml
+kind: ConfigMap
+apiVersion: v1
+metadata:
+  name: kube-flannel-cfg
+  namespace: kube-flannel
+data:
+  cni-conf.json: |
+    {"name": "cbr0", "plugins": [{"type": "flannel"}]}
+  net-conf.json: "{\"Network\": \"10.244.0.0/16\"}"
+---
+kind: ConfigMap
+apiVersion: v1
+metadata:
+  name: other
+---
+apiVersion: apps/v1
+kind: DaemonSet
+metadata:
+  name: kube-flannel-ds
+  namespace: flannel-system
+spec:
+  template:
+    metadata:
+      labels: {app: flannel, tier: node}
+    spec:
+      containers:
+      - name: kube-network-policies
+        image: example/netpol:1
+      - name: kube-flannel
+        image: example/flannel:2
+        command: ["/opt/bin/flanneld"]
+        args: ["--ip-masq", "--kube-subnet-mgr", "--subnet-file=/run/flannel/x.env"]
+        ports: [{containerPort: 9090}]
+        readinessProbe: {httpGet: {path: /readyz, port: 9090}}
+        env:
+        - {name: SECRET, valueFrom: {secretKeyRef: {name: s, key: k}}}
+        volumeMounts:
+        - {name: run, mountPath: /run/flannel}
+      initContainers:
+      - name: install-cni-plugin
+        image: example/cni:3
+        command: [cp]
+        args: [-f, /flannel, /usr/libexec/cni/flannel]
+        volumeMounts:
+        - {name: cni-plugin, mountPath: /usr/libexec/cni}
+      volumes:
+      - {name: run, hostPath: {path: /run/flannel}}
+      - {name: cni-plugin, hostPath: {path: /usr/libexec/cni}}
+"#;
+
+    #[test]
+    fn a_rendering_is_read_by_structure() {
+        let m = Manifest::parse(CHART).unwrap();
+        assert_eq!(m.namespace, "flannel-system");
+        assert_eq!(m.cni_bin_dir().unwrap(), "/usr/libexec/cni");
+        assert_eq!(m.cni_conf_dir(), None);
+        let main = m.container(KUBE_FLANNEL).unwrap();
+        assert_eq!(main.image, "example/flannel:2");
+        assert_eq!(main.readiness_http(), Some((9090, "/readyz".to_string())));
+        assert_eq!(
+            m.host_path_of(main, "/run/flannel/x.env").as_deref(),
+            Some("/run/flannel/x.env")
+        );
+        assert!(
+            main.env[0].source().is_err(),
+            "secrets are refused, not dropped"
+        );
+        assert!(m.container(INSTALL_CNI).is_err());
+        assert_eq!(m.config["net-conf.json"], r#"{"Network": "10.244.0.0/16"}"#);
+    }
+
+    #[test]
+    fn broken_manifests_say_what_is_wrong() {
+        assert!(matches!(
+            Manifest::parse("a: [1, 2"),
+            Err(ManifestError::Yaml(_))
+        ));
+        assert!(matches!(
+            Manifest::parse("kind: ConfigMap\nmetadata: {name: kube-flannel-cfg}\n"),
+            Err(ManifestError::Missing {
+                kind: "DaemonSet",
+                ..
+            })
+        ));
+        let bad = CHART.replace("args: [-f, /flannel, /usr/libexec/cni/flannel]", "args: 7");
+        let e = Manifest::parse(&bad).unwrap_err();
+        assert!(matches!(e, ManifestError::Shape { .. }), "{e}");
+        assert!(matches!(
+            yaml_documents("? [a, b]\n: 1\n"),
+            Err(ManifestError::Unsupported(_))
+        ));
+        // Anchors and aliases are expanded by the loader.
+        assert_eq!(
+            yaml_documents("a: &x 1\nb: *x\n").unwrap()[0],
+            serde_json::json!({"a": 1, "b": 1})
+        );
+    }
+
+    #[test]
+    fn yaml_scalars_become_json() {
+        let docs = yaml_documents(
+            "---\n---\ni: 5\nf: 1.5\nq: \"5000\"\nb: false\nn: ~\nblock: |\n  x\n  y\nlist: [a, 2]\n",
+        )
+        .unwrap();
+        assert_eq!(docs.len(), 1, "empty documents are skipped");
+        assert_eq!(
+            docs[0],
+            serde_json::json!({"i": 5, "f": 1.5, "q": "5000", "b": false, "n": null,
+                               "block": "x\ny\n", "list": ["a", 2]})
+        );
+    }
 }
