@@ -20,12 +20,22 @@
 //! See [`lab`] for the topology and address plan (nodes 198.18.0.K/24 on `eth0`, bridge `br0` in
 //! an underlay namespace, default route via 198.18.0.254).
 //!
+//! # The image, run as the DaemonSet
+//! With [`ClusterSpec::daemonset`] (`flannel-lab up --datastore kube --image TAG`), flanneld runs
+//! the way a kubelet runs the kube-flannel DaemonSet of `deploy/kube-flannel.yml`
+//! ([`manifest`]): per node, the init containers and then the flanneld container from the image,
+//! under podman ([`podman`]), with the node's namespace as host network and the manifest's
+//! hostPath volumes in the node's own directory ([`node_root`]); pods then use the plugin and
+//! the conflist those containers installed. [`daemonset`] says what differs from a cluster.
+//!
 //! # Cleanup guarantees
-//! Namespaces, processes and temp directories are owned by drop guards ([`Netns`], [`Child`],
-//! [`Etcd`], [`Lab`]), so they are removed when a test returns *or panics*. Dropping a namespace
-//! first kills every process inside it. What a guard cannot survive is SIGKILL of the test
-//! process; for that, every namespace name embeds the creator's pid and [`reap_stale`] (run by
-//! every [`LabBuilder::build`]) removes leftovers whose creator is gone.
+//! Namespaces, processes, containers and temp directories are owned by drop guards ([`Netns`],
+//! [`Child`], [`Etcd`], [`podman::Container`], [`Lab`]), so they are removed when a test returns
+//! *or panics*. Dropping a namespace first kills every process inside it. What a guard cannot
+//! survive is SIGKILL of the test process; for that, every namespace name embeds the creator's
+//! pid and [`reap_stale`] (run by every [`LabBuilder::build`]) removes leftovers whose creator
+//! is gone, as [`podman::reap_stale`] does for containers (named after their node's namespace)
+//! when the next cluster runs the image.
 //!
 //! # Rules the lab keeps
 //! It never changes the root namespace's addresses, routes, firewall rules or sysctls: sysctls are

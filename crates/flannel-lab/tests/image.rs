@@ -210,13 +210,37 @@ fn daemonset_from_the_image_meshes_two_nodes() {
 }
 
 #[test]
-fn the_configmap_and_the_environment_come_from_the_manifest() {
-    let c = Cluster::start(ClusterSpec {
+fn the_configmap_the_environment_and_the_host_paths_come_from_the_manifest() {
+    // The chart's cniBinDir and cniConfDir change the hostPath volumes' paths only.
+    let mut manifest = Manifest::repo().unwrap();
+    for v in &mut manifest.volumes {
+        match (v.name.as_str(), &mut v.host_path) {
+            ("cni-plugin", Some(h)) => h.path = "/usr/libexec/cni".into(),
+            ("cni", Some(h)) => h.path = "/etc/cni/alt.d".into(),
+            _ => {}
+        }
+    }
+    let mut c = Cluster::start(ClusterSpec {
         backend: "host-gw".into(),
+        daemonset: Some(DaemonSetSpec {
+            image: image().to_string(),
+            manifest,
+        }),
         ..spec(1)
     })
     .expect("one node");
+    c.add_pod(0, "n1-p1").unwrap();
+    c.add_pod(0, "n1-p2").unwrap();
+    assert!(c.unreachable().is_empty(), "{:?}", c.unreachable());
     let ds = c.daemonset().unwrap();
+    let root = ds.root(0);
+    assert_eq!(ds.cni_bin_dir(0).unwrap(), root.join("usr/libexec/cni"));
+    assert!(root.join("usr/libexec/cni/flannel").is_file());
+    assert!(!root.join("opt/cni/bin").exists());
+    assert_eq!(
+        ds.conflist(0).unwrap().0,
+        root.join("etc/cni/alt.d/10-flannel.conflist")
+    );
     let name = ds.container_name(0, KUBE_FLANNEL);
     let mut cmd = podman::command().unwrap();
     cmd.args([
@@ -299,6 +323,13 @@ fn up_with_an_image_and_down_after_its_podman_was_killed() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("add --datastore kube"));
 
     let _down = Down(state_dir);
+    // --manifest reads a file (here the repository's manifest, copied).
+    let files = tempfile::Builder::new()
+        .prefix("flrs-labimage-")
+        .tempdir()
+        .unwrap();
+    let manifest = files.path().join("kube-flannel.yml");
+    std::fs::write(&manifest, flannel_lab::manifest::REPO_MANIFEST).unwrap();
     let out = lab_cli(
         state_dir,
         &[
@@ -307,6 +338,8 @@ fn up_with_an_image_and_down_after_its_podman_was_killed() {
             "kube",
             "--image",
             image(),
+            "--manifest",
+            manifest.to_str().unwrap(),
             "--nodes",
             "2",
             "--check",

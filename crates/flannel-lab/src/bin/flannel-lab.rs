@@ -7,6 +7,10 @@
 //! container runtime does, waits until every node is ready, and prints nodes, pods and a
 //! pod-to-pod ping matrix (and, with `--throughput`, iperf3 figures).
 //!
+//! With `--datastore kube --image TAG`, flanneld instead runs from the image built by
+//! `scripts/image`, as the kube-flannel DaemonSet's containers (init containers first), and the
+//! pods use the plugin and conflist those installed.
+//!
 //! The lab then keeps running on its own: its state is in one directory (default
 //! `/run/flannel-lab`), so `status`, `check`, `exec` and `down` work from any shell.
 //!
