@@ -28,12 +28,12 @@
 //! manifest's.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
 
 use crate::cluster::ClusterSpec;
+use crate::daemonset_pod;
 use crate::error::{LabError, Result};
 use crate::kube::{KubeEmu, node_name};
 use crate::lab::Lab;
@@ -50,9 +50,6 @@ pub const RUNTIME_DEFAULT_CAPS: &[&str] = &["AUDIT_WRITE", "MKNOD", "NET_RAW"];
 
 /// flanneld's default `--subnet-file`, where the CNI plugin reads it.
 const DEFAULT_SUBNET_FILE: &str = "/run/flannel/subnet.env";
-
-/// The characters Kubernetes draws generated name suffixes from (no vowels, no look-alikes).
-const NAME_ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
 
 /// What to run: the image and the manifest whose DaemonSet it runs.
 #[derive(Debug, Clone, PartialEq)]
@@ -130,11 +127,7 @@ impl DaemonSet {
                 .join("configmaps")
                 .join(crate::manifest::CONFIGMAP);
             write_files(&config_dir, &config)?;
-            let pod = create_pod(
-                emu,
-                &spec.manifest.namespace,
-                &pod_object(&spec.manifest, &node_name(i), node.ip()),
-            )?;
+            let pod = daemonset_pod::register(emu, &spec.manifest, &node_name(i), node.ip())?;
             pods.push(NodePod {
                 pod,
                 node: node_name(i),
@@ -214,7 +207,7 @@ impl DaemonSet {
         for var in &c.env {
             let value = match var.source()? {
                 EnvValue::Literal(v) => v,
-                EnvValue::Field(path) => field_value(&p.pod, &path)?,
+                EnvValue::Field(path) => daemonset_pod::field_value(&p.pod, &path)?,
             };
             env.push((var.name.clone(), value));
         }
@@ -436,68 +429,6 @@ fn init_failed(container: &str, node: &str, e: LabError) -> LabError {
     }
 }
 
-/// The Pod object the DaemonSet controller would create for `node`, bound to it.
-fn pod_object(m: &Manifest, node: &str, ip: Ipv4Addr) -> Value {
-    let mut spec = m.pod_spec.clone();
-    spec["nodeName"] = json!(node);
-    json!({
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {
-            "name": format!("{}-{}", crate::manifest::DAEMONSET, name_suffix(node)),
-            "namespace": m.namespace,
-            "labels": m.labels,
-        },
-        "spec": spec,
-        "status": {
-            "phase": "Running",
-            "hostIP": ip.to_string(),
-            "podIP": ip.to_string(),
-            "podIPs": [{ "ip": ip.to_string() }],
-        }
-    })
-}
-
-/// Creates `pod` in `namespace` through the API, returning it as stored (with its uid).
-fn create_pod(emu: &KubeEmu, namespace: &str, pod: &Value) -> Result<Value> {
-    let path = format!("/api/v1/namespaces/{namespace}/pods");
-    match emu.request("POST", &path, "application/json", Some(pod))? {
-        (200..=299, stored) => Ok(stored),
-        (status, body) => Err(LabError::Invalid(format!(
-            "POST {path} on the kube emulator: {status} {}",
-            body.get("message").and_then(Value::as_str).unwrap_or("")
-        ))),
-    }
-}
-
-/// Five characters from [`NAME_ALPHABET`], fixed per node name (FNV-1a), standing for the
-/// random suffix of a generated pod name.
-fn name_suffix(node: &str) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in node.bytes() {
-        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-    }
-    (0..5)
-        .map(|_| {
-            let c = NAME_ALPHABET[(h % NAME_ALPHABET.len() as u64) as usize];
-            h /= NAME_ALPHABET.len() as u64;
-            char::from(c)
-        })
-        .collect()
-}
-
-/// The value of a `fieldRef` path (`metadata.name`, `spec.nodeName`, `status.podIP`) in the Pod.
-fn field_value(pod: &Value, path: &str) -> Result<String> {
-    let pointer = format!("/{}", path.replace('.', "/"));
-    match pod.pointer(&pointer) {
-        Some(Value::String(s)) => Ok(s.clone()),
-        Some(v @ (Value::Number(_) | Value::Bool(_))) => Ok(v.to_string()),
-        _ => Err(LabError::Invalid(format!(
-            "fieldRef {path}: the pod has no such field"
-        ))),
-    }
-}
-
 /// Creates every hostPath of the manifest under the node's root, as its `type` asks.
 fn create_host_paths(m: &Manifest, root: &NodeRoot) -> Result<()> {
     for h in m.volumes.iter().filter_map(|v| v.host_path.as_ref()) {
@@ -536,38 +467,4 @@ fn write_files(dir: &Path, files: &BTreeMap<String, String>) -> Result<()> {
             .map_err(|e| LabError::io(format!("writing {}", path.display()), e))?;
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn pod_names_look_generated_and_differ_per_node() {
-        let a = name_suffix("n1");
-        let b = name_suffix("n2");
-        assert_eq!(a.len(), 5);
-        assert_ne!(a, b);
-        assert!(a.bytes().all(|c| NAME_ALPHABET.contains(&c)));
-        assert_eq!(a, name_suffix("n1"));
-    }
-
-    #[test]
-    fn field_refs_resolve_from_the_pod() {
-        let m = Manifest::repo().unwrap();
-        let pod = pod_object(&m, "n2", Ipv4Addr::new(198, 18, 0, 2));
-        assert_eq!(field_value(&pod, "spec.nodeName").unwrap(), "n2");
-        assert_eq!(
-            field_value(&pod, "metadata.namespace").unwrap(),
-            "kube-flannel"
-        );
-        assert_eq!(field_value(&pod, "status.podIP").unwrap(), "198.18.0.2");
-        assert!(
-            field_value(&pod, "metadata.name")
-                .unwrap()
-                .starts_with("kube-flannel-ds-")
-        );
-        assert!(field_value(&pod, "metadata.nope").is_err());
-        assert_eq!(pod["spec"]["hostNetwork"], json!(true));
-    }
 }

@@ -127,7 +127,13 @@ fn assert_node_runs_the_image(c: &Cluster, ds: &DaemonSet, manifest: &Manifest, 
         "application/json",
         None,
     );
-    assert_eq!(stored.unwrap().1["spec"]["nodeName"], node_name.as_str());
+    let stored = stored.unwrap().1;
+    assert_eq!(stored["spec"]["nodeName"], node_name.as_str());
+    assert_eq!(
+        stored["status"]["podIP"],
+        node.ip().to_string(),
+        "host network"
+    );
     // The plugin in the node's cniBinDir is the image's /flannel; the conflist in its
     // cniConfDir is the ConfigMap's cni-conf.json.
     let plugin = ds.cni_bin_dir(i).unwrap().join("flannel");
