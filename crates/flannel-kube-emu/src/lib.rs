@@ -306,8 +306,8 @@ impl Emulator {
     }
 
     /// Creates a pod in `namespace` (as `POST /api/v1/namespaces/<ns>/pods`): it starts
-    /// `Pending`, whatever status it carries (see [`Emulator::patch`] with
-    /// [`Subresource::Status`] for what a kubelet reports).
+    /// `Pending`, whatever status it carries (a kubelet reports the rest with
+    /// [`Store::patch`] and [`Subresource::Status`]).
     pub fn create_pod(&self, namespace: &str, pod: Value) -> Result<Value, ApiError> {
         self.store().create_pod(namespace, pod)
     }
@@ -320,20 +320,6 @@ impl Emulator {
     /// The object `name` of `kind`.
     pub fn get(&self, kind: Kind, namespace: &str, name: &str) -> Option<Value> {
         self.store().get(kind, namespace, name).ok()
-    }
-
-    /// Patches an object of any kind (as `PATCH .../<name>[/status]`).
-    pub fn patch(
-        &self,
-        kind: Kind,
-        namespace: &str,
-        name: &str,
-        patch: &Value,
-        patch_type: PatchType,
-        sub: Subresource,
-    ) -> Result<Value, ApiError> {
-        self.store()
-            .patch(kind, namespace, name, patch, patch_type, sub)
     }
 
     /// Deletes an object of any kind.

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use flannel_kube_emu::strategy::INITIAL_NAMESPACES;
 use flannel_kube_emu::{EmuConfig, Emulator};
 use flannel_netlink::Netlink;
 use flannel_netlink::netns::{NetnsError, NetnsTarget, run_in_netns};
@@ -598,15 +599,6 @@ fn namespaces_pods_and_selector_watches() -> Result<(), NetnsError> {
             .iter()
             .map(|n| n["metadata"]["name"].as_str().unwrap().to_string())
             .collect();
-        assert_eq!(
-            names,
-            [
-                "default",
-                "kube-flannel",
-                "kube-node-lease",
-                "kube-public",
-                "kube-system"
-            ]
-        );
+        assert_eq!(names, INITIAL_NAMESPACES);
     })
 }

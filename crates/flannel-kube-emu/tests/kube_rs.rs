@@ -6,6 +6,7 @@
 
 use std::time::Duration;
 
+use flannel_kube_emu::strategy::INITIAL_NAMESPACES;
 use flannel_kube_emu::{EmuConfig, Emulator};
 use flannel_netlink::Netlink;
 use flannel_netlink::netns::{NetnsError, NetnsTarget, run_in_netns};
@@ -76,16 +77,7 @@ fn kube_rs_discovers_and_uses_namespaces_and_pods() -> Result<(), NetnsError> {
             .iter()
             .map(ResourceExt::name_any)
             .collect();
-        assert_eq!(
-            names,
-            [
-                "default",
-                "kube-flannel",
-                "kube-node-lease",
-                "kube-public",
-                "kube-system"
-            ]
-        );
+        assert_eq!(names, INITIAL_NAMESPACES);
         let team: Namespace =
             serde_json::from_value(json!({"metadata": {"name": "team"}})).unwrap();
         let team = namespaces

@@ -6,7 +6,8 @@
 use std::process::Output;
 use std::time::Duration;
 
-use flannel_kube_emu::{EmuConfig, Emulator, Kind, PatchType, Subresource};
+use flannel_kube_emu::strategy::INITIAL_NAMESPACES;
+use flannel_kube_emu::{EmuConfig, Emulator, Kind, PatchType, Server, Subresource};
 use flannel_netlink::Netlink;
 use flannel_netlink::netns::{NetnsError, NetnsTarget, run_in_netns};
 use serde_json::json;
@@ -102,6 +103,16 @@ async fn next_row(lines: &mut Lines<BufReader<ChildStdout>>) -> Vec<String> {
     line.split_whitespace().map(str::to_string).collect()
 }
 
+/// The emulator on the fresh namespace's loopback, populated, and kubectl for it.
+async fn start() -> (Emulator, Server, Kubectl) {
+    loopback_up().await;
+    let emu = Emulator::new(EmuConfig::default());
+    let server = emu.start("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    populate(&emu);
+    let k = Kubectl::new(&server.url());
+    (emu, server, k)
+}
+
 /// A node as a kubelet registers it, and the lab's pods with the status a kubelet reports.
 fn populate(emu: &Emulator) {
     for (i, ready) in [(1, "True"), (2, "False")] {
@@ -132,28 +143,27 @@ fn add_running_pod(emu: &Emulator, ns: &str, name: &str, node: &str, ip: &str) {
                "spec": {"nodeName": node, "containers": [{"name": "c", "image": "i"}]}}),
     )
     .unwrap();
-    emu.patch(
-        Kind::Pod,
-        ns,
-        name,
-        &json!({"status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}],
-                "conditions": [{"type": "Ready", "status": "True"}],
-                "containerStatuses": [{"name": "c", "ready": true, "restartCount": 0,
-                                       "state": {"running": {}}}]}}),
-        PatchType::Strategic,
-        Subresource::Status,
-    )
+    let status = json!({"status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}],
+        "conditions": [{"type": "Ready", "status": "True"}],
+        "containerStatuses": [{"name": "c", "ready": true, "restartCount": 0,
+                               "state": {"running": {}}}]}});
+    emu.with_store(|s| {
+        s.patch(
+            Kind::Pod,
+            ns,
+            name,
+            &status,
+            PatchType::Strategic,
+            Subresource::Status,
+        )
+    })
     .unwrap();
 }
 
 #[test]
 fn kubectl_gets_as_from_a_kubeadm_cluster() -> Result<(), NetnsError> {
     run_in_netns(NetnsTarget::Fresh, || async {
-        loopback_up().await;
-        let emu = Emulator::new(EmuConfig::default());
-        let srv = emu.start("127.0.0.1:0".parse().unwrap()).await.unwrap();
-        populate(&emu);
-        let k = Kubectl::new(&srv.url());
+        let (_emu, _server, k) = start().await;
 
         let cidrs = k
             .ok(&[
@@ -167,54 +177,20 @@ fn kubectl_gets_as_from_a_kubeadm_cluster() -> Result<(), NetnsError> {
 
         let nodes = table(&k.ok(&["get", "nodes", "-o", "wide"]).await);
         assert_eq!(
-            nodes[0],
-            [
-                "NAME",
-                "STATUS",
-                "ROLES",
-                "AGE",
-                "VERSION",
-                "INTERNAL-IP",
-                "EXTERNAL-IP",
-                "OS-IMAGE",
-                "KERNEL-VERSION",
-                "CONTAINER-RUNTIME"
-            ]
+            nodes[0].join(" "),
+            "NAME STATUS ROLES AGE VERSION INTERNAL-IP EXTERNAL-IP OS-IMAGE KERNEL-VERSION CONTAINER-RUNTIME"
         );
         assert_eq!(nodes[1][..3], ["n1", "Ready", "<none>"]);
         assert_eq!(
-            nodes[1][4..],
-            [
-                "v1.33.0-flannel-lab",
-                "198.18.0.1",
-                "<none>",
-                "Debian",
-                "GNU/Linux",
-                "12",
-                "(bookworm)",
-                "6.1.0-test",
-                "flannel-lab://0.1.0"
-            ]
+            nodes[1][4..].join(" "),
+            "v1.33.0-flannel-lab 198.18.0.1 <none> Debian GNU/Linux 12 (bookworm) 6.1.0-test flannel-lab://0.1.0"
         );
         assert_eq!(nodes[2][1], "NotReady");
 
         let pods = table(&k.ok(&["get", "pods", "-A", "-o", "wide"]).await);
         assert_eq!(
-            pods[0],
-            [
-                "NAMESPACE",
-                "NAME",
-                "READY",
-                "STATUS",
-                "RESTARTS",
-                "AGE",
-                "IP",
-                "NODE",
-                "NOMINATED",
-                "NODE",
-                "READINESS",
-                "GATES"
-            ]
+            pods[0].join(" "),
+            "NAMESPACE NAME READY STATUS RESTARTS AGE IP NODE NOMINATED NODE READINESS GATES"
         );
         assert_eq!(pods.len(), 3, "{pods:?}");
         assert_eq!(pods[1][..5], ["default", "n1-p1", "1/1", "Running", "0"]);
@@ -228,16 +204,7 @@ fn kubectl_gets_as_from_a_kubeadm_cluster() -> Result<(), NetnsError> {
         let ns = table(&k.ok(&["get", "ns"]).await);
         assert_eq!(ns[0], ["NAME", "STATUS", "AGE"]);
         let names: Vec<&str> = ns[1..].iter().map(|r| r[0].as_str()).collect();
-        assert_eq!(
-            names,
-            [
-                "default",
-                "kube-flannel",
-                "kube-node-lease",
-                "kube-public",
-                "kube-system"
-            ]
-        );
+        assert_eq!(names, INITIAL_NAMESPACES);
         assert!(ns[1..].iter().all(|r| r[1] == "Active"));
         let kinds = k.ok(&["api-resources", "--no-headers", "-o", "name"]).await;
         assert_eq!(kinds, "namespaces\nnodes\npods\n");
@@ -252,11 +219,7 @@ fn kubectl_gets_as_from_a_kubeadm_cluster() -> Result<(), NetnsError> {
 #[test]
 fn kubectl_writes_and_watches() -> Result<(), NetnsError> {
     run_in_netns(NetnsTarget::Fresh, || async {
-        loopback_up().await;
-        let emu = Emulator::new(EmuConfig::default());
-        let srv = emu.start("127.0.0.1:0".parse().unwrap()).await.unwrap();
-        populate(&emu);
-        let k = Kubectl::new(&srv.url());
+        let (emu, _server, k) = start().await;
 
         // label/annotate: a GET, then a strategic merge patch; the emulator holds the result.
         assert_eq!(

@@ -264,17 +264,8 @@ fn kubectl_shows_the_lab(lab: &LabDir, state: &LabState) {
     let mut lines = pods.lines();
     let header: Vec<&str> = lines.next().unwrap_or("").split_whitespace().collect();
     assert_eq!(
-        header[..8],
-        [
-            "NAMESPACE",
-            "NAME",
-            "READY",
-            "STATUS",
-            "RESTARTS",
-            "AGE",
-            "IP",
-            "NODE"
-        ],
+        header[..8].join(" "),
+        "NAMESPACE NAME READY STATUS RESTARTS AGE IP NODE",
         "{pods}"
     );
     let rows: Vec<Vec<&str>> = lines.map(|l| l.split_whitespace().collect()).collect();

@@ -9,21 +9,16 @@ use std::process::{Child, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use flannel_lab::{Cluster, ClusterSpec, Datastore, kubectl, run_command};
+use flannel_lab::{Cluster, ClusterSpec, Datastore, check, describe, kubectl, run_command};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 
-/// `kubectl ARGS` in the lab's underlay namespace; requires success and returns stdout.
-fn kubectl_ok(c: &Cluster, args: &[&str]) -> String {
-    let cmd = kubectl::command(c.lab().underlay().netns().name(), c.lab().dir(), args).unwrap();
-    let out = run_command(cmd, None, TIMEOUT).unwrap();
-    assert!(
-        out.status.success(),
-        "kubectl {args:?}: {}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+/// `kubectl ARGS` in the lab's underlay namespace; requires success and returns stdout (the
+/// error carries kubectl's stderr).
+fn kubectl_ok(c: &Cluster, args: &[&str]) -> anyhow::Result<String> {
+    let cmd = kubectl::command(c.lab().underlay().netns().name(), c.lab().dir(), args)?;
+    let out = check(describe(&cmd), run_command(cmd, None, TIMEOUT)?)?;
+    Ok(String::from_utf8(out.stdout)?)
 }
 
 fn rows(text: &str) -> Vec<Vec<String>> {
@@ -105,13 +100,13 @@ fn kubectl_sees_the_lab_as_a_kubeadm_cluster() -> anyhow::Result<()> {
             "-o",
             r#"jsonpath={range .items[*]}{.metadata.name}{"\t"}{.spec.podCIDR}{"\n"}{end}"#,
         ],
-    );
+    )?;
     assert_eq!(cidrs, "n1\t10.244.0.0/24\nn2\t10.244.1.0/24\n");
     for i in 0..2 {
         let subnet = c.subnet_env(i)?.subnet.expect("an IPv4 subnet");
         assert_eq!(subnet.trunc().to_string(), format!("10.244.{i}.0/24"));
     }
-    let nodes = rows(&kubectl_ok(&c, &["get", "nodes", "-o", "wide"]));
+    let nodes = rows(&kubectl_ok(&c, &["get", "nodes", "-o", "wide"])?);
     assert_eq!(
         nodes[0][..6],
         ["NAME", "STATUS", "ROLES", "AGE", "VERSION", "INTERNAL-IP"]
@@ -125,19 +120,10 @@ fn kubectl_sees_the_lab_as_a_kubeadm_cluster() -> anyhow::Result<()> {
     }
 
     // Pods: the lab's, Running, with their IPs, on their nodes.
-    let pods = rows(&kubectl_ok(&c, &["get", "pods", "-A", "-o", "wide"]));
+    let pods = rows(&kubectl_ok(&c, &["get", "pods", "-A", "-o", "wide"])?);
     assert_eq!(
-        pods[0][..8],
-        [
-            "NAMESPACE",
-            "NAME",
-            "READY",
-            "STATUS",
-            "RESTARTS",
-            "AGE",
-            "IP",
-            "NODE"
-        ]
+        pods[0][..8].join(" "),
+        "NAMESPACE NAME READY STATUS RESTARTS AGE IP NODE"
     );
     assert_eq!(pods.len(), 3, "{pods:?}");
     for (row, (name, ip, node)) in pods[1..]
@@ -151,7 +137,7 @@ fn kubectl_sees_the_lab_as_a_kubeadm_cluster() -> anyhow::Result<()> {
         );
         assert_eq!(row[6..8], [ip.to_string(), node.to_string()], "{pods:?}");
     }
-    let ns = kubectl_ok(&c, &["get", "ns", "-o", "name"]);
+    let ns = kubectl_ok(&c, &["get", "ns", "-o", "name"])?;
     assert!(
         ns.contains("namespace/default\n") && ns.contains("namespace/kube-flannel\n"),
         "{ns}"
@@ -165,7 +151,7 @@ fn kubectl_sees_the_lab_as_a_kubeadm_cluster() -> anyhow::Result<()> {
     let wide = rows(&kubectl_ok(
         &c,
         &["get", "pod", "n2-p2", "-o", "wide", "--no-headers"],
-    ));
+    )?);
     assert_eq!(wide[0][5..7], [p3.to_string(), "n2".to_string()]);
     c.del_pod("n2-p2")?;
     watch.until(&["DELETED", "n2-p2"]);
@@ -173,7 +159,7 @@ fn kubectl_sees_the_lab_as_a_kubeadm_cluster() -> anyhow::Result<()> {
 
     // A label written with kubectl is on the Node object, and goes again.
     assert_eq!(
-        kubectl_ok(&c, &["label", "node", "n2", "flannel-rs/lab=yes"]),
+        kubectl_ok(&c, &["label", "node", "n2", "flannel-rs/lab=yes"])?,
         "node/n2 labeled\n"
     );
     let kube = c.kube().expect("kube mode");
@@ -182,11 +168,11 @@ fn kubectl_sees_the_lab_as_a_kubeadm_cluster() -> anyhow::Result<()> {
         "yes"
     );
     assert_eq!(
-        kubectl_ok(&c, &["get", "nodes", "-l", "flannel-rs/lab", "-o", "name"]),
+        kubectl_ok(&c, &["get", "nodes", "-l", "flannel-rs/lab", "-o", "name"])?,
         "node/n2\n"
     );
     assert_eq!(
-        kubectl_ok(&c, &["label", "node", "n2", "flannel-rs/lab-"]),
+        kubectl_ok(&c, &["label", "node", "n2", "flannel-rs/lab-"])?,
         "node/n2 unlabeled\n"
     );
     assert!(
