@@ -546,8 +546,11 @@ fn exec(state_dir: &Path, args: &ExecArgs) -> anyhow::Result<ExitCode> {
         cmd.env("ETCDCTL_API", "3").env("ETCDCTL_ENDPOINTS", ep);
     }
     if state.datastore == "kube" {
-        // So `flannel-lab exec underlay -- kubectl get nodes` works too.
-        cmd.env("KUBECONFIG", kubeconfig_path(&state.lab_dir));
+        // So `flannel-lab exec underlay -- kubectl get nodes` works too, as `kubectl` does.
+        cmd.env("KUBECONFIG", kubeconfig_path(&state.lab_dir)).env(
+            "KUBECACHEDIR",
+            state.lab_dir.join(flannel_lab::kubectl::CACHE_DIR),
+        );
     }
     // Become the command (exec(2)): its exit status, signals and terminal handling are the
     // user's, exactly as with `ip netns exec` (Ctrl-C in an interactive shell reaches the shell
