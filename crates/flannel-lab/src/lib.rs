@@ -40,6 +40,7 @@ mod error;
 mod etcd;
 mod host;
 pub mod kube;
+pub mod kubectl;
 pub mod lab;
 mod netns;
 mod ping;
