@@ -1,50 +1,78 @@
 //! `flannel-kube-emu`: a small, in-memory **emulator** of the Kubernetes API for flannel-rs tests
-//! and the lab. It is not an API server and makes no attempt to be one; it serves `v1` Node and
-//! Pod objects over plain HTTP with the semantics flanneld's Kubernetes subnet manager relies
-//! on, so that manager can be tested end to end on a machine where no API server can run.
+//! and the lab. It is not an API server and makes no attempt to be one; it serves `v1`
+//! Namespace, Node and Pod objects over plain HTTP with the semantics flanneld's Kubernetes
+//! subnet manager relies on and what real `kubectl` needs to look at a lab, so both can be
+//! tested end to end on a machine where no API server can run. Real clients are the judges:
+//! kube-rs (flanneld) and kubectl v1.34 are tested against it.
 //!
 //! # What is emulated
-//! * **Objects**: `v1/Node` (cluster-scoped) and `v1/Pod` (namespaced), stored as JSON. The
-//!   server stamps `kind`, `apiVersion`, `metadata.uid`, `metadata.creationTimestamp` and
-//!   `metadata.resourceVersion`; clients cannot change them.
+//! * **Objects**: `v1/Namespace` and `v1/Node` (cluster-scoped) and `v1/Pod` (namespaced),
+//!   stored as JSON. The server stamps `kind`, `apiVersion`, `metadata.uid`,
+//!   `metadata.creationTimestamp` and `metadata.resourceVersion`; clients cannot change them.
+//!   The namespaces `default`, `kube-flannel`, `kube-node-lease`, `kube-public` and
+//!   `kube-system` exist from the start.
+//! * **Discovery**: `/version`; `/api`, `/apis` in the aggregated form
+//!   (`apidiscovery.k8s.io/v2`, chosen by the `Accept` header as kubectl asks for it) and the
+//!   legacy one (`APIVersions`, `APIGroupList`); `/api/v1` (`APIResourceList`). See
+//!   [`discovery`].
+//! * **Tables**: a GET, list or watch whose `Accept` asks for `as=Table` (`meta.k8s.io` `v1`
+//!   or `v1beta1`) gets the API server's server-side printing: the columns and cells of
+//!   `kubectl get` (`-o wide` included) and `includeObject`; a watch sends column definitions
+//!   with its first event only. See [`table`]. An `Accept` header naming nothing servable is
+//!   `406`.
 //! * **resourceVersion**: one global counter shared by all objects, bumped by every write that
 //!   changes something (like etcd's revision). A write that changes nothing (same patch twice)
 //!   bumps nothing and produces no watch event, as on a real server.
-//! * **GET** of one object; **list** (`GET /api/v1/nodes`, `/api/v1/namespaces/<ns>/pods`,
-//!   `/api/v1/pods`) with `resourceVersion` (unset, `0` or `N`: the current state; `N` newer than
-//!   the server: `504 Too large resource version`), `resourceVersionMatch=Exact` (only for the
-//!   current RV, else 410), `limit` and `continue` (pages come from a snapshot taken at the first
-//!   page; a token whose snapshot was compacted gets `410 Expired`). List items carry no
+//! * **GET** of one object; **list** (`GET /api/v1/nodes`, `/api/v1/namespaces`,
+//!   `/api/v1/namespaces/<ns>/pods`, `/api/v1/pods`) with `resourceVersion` (unset, `0` or
+//!   `N`: the current state; `N` newer than the server: `504 Too large resource version`),
+//!   `resourceVersionMatch=Exact` (only for the current RV, else 410), `limit` and `continue`
+//!   (pages come from a snapshot taken at the first page; a token whose snapshot was compacted
+//!   gets `410 Expired`), `labelSelector` (`=`, `==`, `!=`, `in`, `notin`, exists, `!`, `>`,
+//!   `<`) and `fieldSelector` (`=`, `==`, `!=` on the field labels the server supports per
+//!   resource, others `400 field label not supported`; see [`selector`]). List items carry no
 //!   `kind`/`apiVersion`, as the real server sends them.
 //! * **watch** (`?watch=1`): a chunked stream of JSON lines `{"type":...,"object":...}` with
 //!   `ADDED`/`MODIFIED`/`DELETED`; from `resourceVersion=N` it replays every retained change
 //!   after `N`; without one (or `0`) it starts with synthetic `ADDED`s of the current objects.
-//!   `allowWatchBookmarks=true` adds periodic `BOOKMARK` events carrying the latest RV the stream
-//!   has passed. `timeoutSeconds` ends the stream cleanly. A watch from an RV older than the
-//!   retained history gets `200` and a single `ERROR` event with a `410 Expired` Status ("too old
-//!   resource version"), as the watch cache does. The history window is small and configurable
-//!   so tests can force this.
-//! * **writes**: `POST` (create; `409 AlreadyExists`), `PUT` (replace; a stale
+//!   With a selector, a change that moves an object into (out of) the selection arrives as
+//!   `ADDED` (`DELETED`), as from the watch cache. `allowWatchBookmarks=true` adds periodic
+//!   `BOOKMARK` events carrying the latest RV the stream has passed. `timeoutSeconds` ends the
+//!   stream cleanly. A watch from an RV older than the retained history gets `200` and a
+//!   single `ERROR` event with a `410 Expired` Status ("too old resource version"), as the
+//!   watch cache does. The history window is small and configurable so tests can force this.
+//! * **writes**: `POST` (create; `201`; `409 AlreadyExists`; a pod in a namespace that does not
+//!   exist is `404 namespaces "x" not found`), `PUT` (replace; a stale
 //!   `metadata.resourceVersion` gets `409 Conflict`), `PATCH` with
 //!   `application/merge-patch+json` and `application/strategic-merge-patch+json` (see
 //!   [`patch`]: lists merge by the API types' `patchMergeKey`, e.g. Node `status.conditions` by
-//!   `type`; a `metadata.resourceVersion` in the patch is a precondition), `DELETE`.
-//! * **subresource `status`** for nodes: writes to `nodes/<n>/status` keep the stored `spec`
-//!   (metadata changes are kept: that is how flanneld writes its annotations with only
-//!   `nodes/status: patch` permission); writes to `nodes/<n>` keep the stored `status`.
-//! * **Node validation**: `spec.podCIDR` and `spec.podCIDRs[0]` are kept in sync, each must be a
-//!   CIDR, at most two of different families, and updates may only change podCIDR from empty to
-//!   set (`422 Invalid` otherwise), as the API server validates them.
+//!   `type`; a `metadata.resourceVersion` in the patch is a precondition), `DELETE` (at once;
+//!   a namespace takes its pods with it; `default`, `kube-system`, `kube-public` are
+//!   `403 Forbidden`).
+//! * **subresource `status`** for every kind: writes to `<resource>/<n>/status` keep the
+//!   stored `spec` (metadata changes are kept: that is how flanneld writes its annotations with
+//!   only `nodes/status: patch` permission); writes to the object keep the stored `status`.
+//! * **per-kind rules** (see [`strategy`]): Node `spec.podCIDR` and `spec.podCIDRs[0]` kept in
+//!   sync, each a CIDR, at most two of different families, podCIDR changes only from empty to
+//!   set (`422 Invalid` otherwise); a new Pod starts `Pending` with its QoS class whatever
+//!   status it was sent (the kubelet reports the rest through `pods/<n>/status`), and its spec
+//!   may then change only in images, `activeDeadlineSeconds` and added tolerations; a
+//!   Namespace is `Active` with the `kubernetes` finalizer and the
+//!   `kubernetes.io/metadata.name` label; names must be RFC 1123 labels (namespaces) or
+//!   subdomains (nodes, pods).
 //! * **errors** as `Status` objects with the real `code`, `reason` and message wording
-//!   (`nodes "x" not found`, ...).
+//!   (`nodes "x" not found`, `Node "x" is invalid: ...`, ...).
 //!
 //! # What is not emulated
 //! Authentication and authorization (RBAC is checked offline against the manifest instead),
-//! TLS, admission, defaulting beyond pod CIDRs, label and field selectors (rejected with 400),
-//! `generateName`, finalizers and graceful deletion, JSON patch and server-side apply (415),
-//! protobuf, `sendInitialEvents` streaming lists (400), every other resource and API group,
-//! discovery beyond `/version`, historical reads (`resourceVersionMatch=Exact` at an old RV),
-//! and `$retainKeys` / element order in strategic merge patches.
+//! TLS, admission beyond namespace lifecycle, defaulting beyond what is listed above (pods get
+//! no `restartPolicy`, `dnsPolicy`, service account, ...), `generateName`, finalizers and
+//! graceful deletion (`deletionTimestamp` is never set), `deletecollection`, JSON patch and
+//! server-side apply (415), protobuf and CBOR (406), OpenAPI (`/openapi/v2`, `/openapi/v3`: 404,
+//! so `kubectl create -f`/`apply -f` need `--validate=false`), `sendInitialEvents` streaming
+//! lists (400), `managedFields`, `metadata.generation`, every other resource and API group,
+//! historical reads (`resourceVersionMatch=Exact` at an old RV), and `$retainKeys` / element
+//! order in strategic merge patches.
 //!
 //! # Test controls
 //! Besides the library API ([`Emulator`]), the server answers under `/emu/`:
@@ -65,13 +93,19 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+pub mod discovery;
 pub mod patch;
+pub mod selector;
 mod server;
 pub mod status;
 pub mod store;
+pub mod strategy;
+pub mod table;
+mod watch_stream;
 
+pub use selector::Selector;
 pub use status::ApiError;
-pub use store::{Kind, PatchType, Store, StoreConfig, Subresource};
+pub use store::{Kind, ListQuery, PatchType, Store, StoreConfig, Subresource};
 
 /// Emulator settings.
 #[derive(Debug, Clone, Copy)]
@@ -271,9 +305,31 @@ impl Emulator {
         self.store().force_pod_cidrs(name, &cidrs)
     }
 
-    /// Creates a pod in `namespace` (as `POST /api/v1/namespaces/<ns>/pods`).
+    /// Creates a pod in `namespace` (as `POST /api/v1/namespaces/<ns>/pods`): it starts
+    /// `Pending`, whatever status it carries (a kubelet reports the rest with
+    /// [`Store::patch`] and [`Subresource::Status`]).
     pub fn create_pod(&self, namespace: &str, pod: Value) -> Result<Value, ApiError> {
         self.store().create_pod(namespace, pod)
+    }
+
+    /// Creates an object of any kind (`namespace` empty for cluster-scoped kinds).
+    pub fn create(&self, kind: Kind, namespace: &str, obj: Value) -> Result<Value, ApiError> {
+        self.store().create(kind, namespace, obj)
+    }
+
+    /// The object `name` of `kind`.
+    pub fn get(&self, kind: Kind, namespace: &str, name: &str) -> Option<Value> {
+        self.store().get(kind, namespace, name).ok()
+    }
+
+    /// Deletes an object of any kind.
+    pub fn delete(&self, kind: Kind, namespace: &str, name: &str) -> Result<Value, ApiError> {
+        self.store().delete(kind, namespace, name)
+    }
+
+    /// Names of all objects of `kind`, in list order.
+    pub fn names(&self, kind: Kind) -> Vec<String> {
+        self.store().names(kind)
     }
 
     /// The current resourceVersion.
@@ -325,7 +381,9 @@ impl Emulator {
         json!({
             "resourceVersion": s.resource_version(),
             "compactedResourceVersion": s.compacted(),
+            "namespaces": s.names(Kind::Namespace),
             "nodes": s.node_names(),
+            "pods": s.names(Kind::Pod).len(),
             "watchers": self.watcher_count(),
             "stats": {
                 "lists": self.stats().lists,

@@ -15,7 +15,7 @@ use flannel_kube_emu::{EmuConfig, Emulator};
 #[derive(Debug, Parser)]
 #[command(
     name = "flannel-kube-emu",
-    about = "An in-memory Kubernetes API emulator (Nodes and Pods) for flannel-rs tests; not an API server"
+    about = "An in-memory Kubernetes API emulator (Namespaces, Nodes and Pods) for flannel-rs tests, the lab and kubectl; not an API server"
 )]
 struct Args {
     /// Address to listen on; port 0 picks a free port.

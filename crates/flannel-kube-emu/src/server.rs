@@ -1,25 +1,30 @@
-//! HTTP/1.1 front end: routing, query parameters, watch streams and the `/emu/` test controls.
+//! HTTP/1.1 front end: routing, query parameters, content negotiation, and the `/emu/` test
+//! controls (watch streams are in `watch_stream`).
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use http_body_util::combinators::UnsyncBoxBody;
-use http_body_util::{BodyExt, Full, Limited, StreamBody};
-use hyper::body::{Bytes, Frame, Incoming};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Bytes, Incoming};
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::watch;
 use tracing::{debug, warn};
 
-use crate::store::{Change, Kind, PatchType, Subresource, WatchFrom};
+use crate::discovery::{self, AGGREGATED_CONTENT_TYPE, Media, negotiate};
+use crate::selector::Selector;
+use crate::store::{Kind, ListQuery, PatchType, Subresource, WatchFrom};
+use crate::table::{IncludeObject, TableOptions, table};
+use crate::watch_stream::{WatchSpec, watch_response};
 use crate::{ApiError, Emulator};
 
-type Body = UnsyncBoxBody<Bytes, std::io::Error>;
+/// The response body type: a full body or a watch stream.
+pub(crate) type Body = UnsyncBoxBody<Bytes, std::io::Error>;
 
 /// Largest request body accepted.
 const MAX_BODY: usize = 1 << 20;
@@ -159,6 +164,13 @@ async fn read_json(req: Request<Incoming>) -> Result<(String, Value), ApiError> 
     Ok((content_type, v))
 }
 
+fn header(req: &Request<Incoming>, name: hyper::header::HeaderName) -> Option<String> {
+    req.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+}
+
 async fn handle(emu: Emulator, req: Request<Incoming>) -> Response<Body> {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
@@ -172,148 +184,212 @@ async fn handle(emu: Emulator, req: Request<Incoming>) -> Response<Body> {
     }
 }
 
+/// The emulator's `/version`: a 1.33 server, named so nobody mistakes it for a real one.
+fn version() -> Value {
+    json!({
+        "major": "1", "minor": "33", "gitVersion": "v1.33.0-flannel-kube-emu",
+        "platform": "linux/amd64"
+    })
+}
+
 async fn route(emu: &Emulator, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
     let path = req.uri().path().to_string();
     let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
     let method = req.method().clone();
-    let ok = |v: Value| Ok(json_response(StatusCode::OK, &v));
+    let accept = header(&req, hyper::header::ACCEPT);
+    let accept = accept.as_deref();
     match (segs.as_slice(), &method) {
         (["healthz" | "readyz" | "livez"], &Method::GET) => {
             Ok(full(StatusCode::OK, "text/plain", "ok"))
         }
-        (["version"], &Method::GET) => ok(json!({
-            "major": "1", "minor": "33", "gitVersion": "v1.33.0-flannel-kube-emu",
-            "platform": "linux/amd64"
-        })),
-
-        // ---- nodes ------------------------------------------------------------------------
-        (["api", "v1", "nodes"], &Method::GET) => list_or_watch(emu, req, Kind::Node, None).await,
-        (["api", "v1", "nodes"], &Method::POST) => {
-            let (_, body) = read_json(req).await?;
-            let created = emu.store().create_node(body)?;
-            Ok(json_response(StatusCode::CREATED, &created))
+        (["version"], &Method::GET) => Ok(json_response(StatusCode::OK, &version())),
+        ([root @ ("api" | "apis")], &Method::GET) => {
+            let host = header(&req, hyper::header::HOST).unwrap_or_default();
+            Ok(match (negotiate(accept, false, true)?, *root) {
+                (Media::Aggregated, "api") => full(
+                    StatusCode::OK,
+                    AGGREGATED_CONTENT_TYPE,
+                    discovery::aggregated_core().to_string(),
+                ),
+                (Media::Aggregated, _) => full(
+                    StatusCode::OK,
+                    AGGREGATED_CONTENT_TYPE,
+                    discovery::aggregated_groups().to_string(),
+                ),
+                (_, "api") => json_response(StatusCode::OK, &discovery::api_versions(&host)),
+                _ => json_response(StatusCode::OK, &discovery::api_group_list()),
+            })
         }
-        (["api", "v1", "nodes", name] | ["api", "v1", "nodes", name, "status"], m) => {
-            let sub = if segs.len() == 5 {
-                Subresource::Status
-            } else {
-                Subresource::Main
-            };
-            let name = name.to_string();
-            match *m {
-                Method::GET => ok(emu.store().get_node(&name)?),
-                Method::PUT => {
-                    let (_, body) = read_json(req).await?;
-                    ok(emu.store().replace_node(&name, body, sub)?)
-                }
-                Method::PATCH => {
-                    let (ct, body) = read_json(req).await?;
-                    let pt = match ct.as_str() {
-                        "application/merge-patch+json" => PatchType::Merge,
-                        "application/strategic-merge-patch+json" => PatchType::Strategic,
-                        other => return Err(ApiError::unsupported_media_type(other)),
-                    };
-                    ok(emu.store().patch_node(&name, &body, pt, sub)?)
-                }
-                Method::DELETE if sub == Subresource::Main => ok(emu.store().delete_node(&name)?),
-                _ => Err(ApiError::method_not_allowed()),
-            }
+        (["api", "v1"], &Method::GET) => {
+            negotiate(accept, false, false)?;
+            Ok(json_response(
+                StatusCode::OK,
+                &discovery::api_resource_list(),
+            ))
         }
-
-        // ---- pods -------------------------------------------------------------------------
-        (["api", "v1", "pods"], &Method::GET) => list_or_watch(emu, req, Kind::Pod, None).await,
-        (["api", "v1", "namespaces", ns, "pods"], &Method::GET) => {
-            let ns = ns.to_string();
-            list_or_watch(emu, req, Kind::Pod, Some(ns)).await
-        }
-        (["api", "v1", "namespaces", ns, "pods"], &Method::POST) => {
-            let ns = ns.to_string();
-            let (_, body) = read_json(req).await?;
-            let created = emu.store().create_pod(&ns, body)?;
-            Ok(json_response(StatusCode::CREATED, &created))
-        }
-        (["api", "v1", "namespaces", ns, "pods", name], &Method::GET) => {
-            ok(emu.store().get_pod(ns, name)?)
-        }
-        (["api", "v1", "namespaces", ns, "pods", name], &Method::DELETE) => {
-            ok(emu.store().delete_pod(ns, name)?)
-        }
-
-        // ---- test controls ----------------------------------------------------------------
-        (["emu", "state"], &Method::GET) => ok(emu.state()),
-        (["emu", "drop-watches"], &Method::POST) => {
-            emu.drop_watches();
-            ok(emu.state())
-        }
-        (["emu", "expire-watches"], &Method::POST) => {
-            emu.expire_watches();
-            ok(emu.state())
-        }
-        (["emu", "compact"], &Method::POST) => {
-            emu.compact();
-            ok(emu.state())
-        }
-        (["emu", "history"], &Method::PUT) => {
-            let (_, body) = read_json(req).await?;
-            let n = body
-                .as_u64()
-                .ok_or_else(|| ApiError::bad_request("expected a number"))?;
-            emu.set_history(usize::try_from(n).unwrap_or(usize::MAX));
-            ok(emu.state())
-        }
-        (["emu", "nodes", name, "pod-cidrs"], &Method::PUT) => {
-            let name = name.to_string();
-            let (_, body) = read_json(req).await?;
-            let cidrs: Vec<String> = serde_json::from_value(body)
-                .map_err(|e| ApiError::bad_request(format!("expected a list of CIDRs: {e}")))?;
-            ok(emu.store().force_pod_cidrs(&name, &cidrs)?)
-        }
-        (["api", "v1", ..] | ["emu", ..], _) if known_path(&segs) => {
-            Err(ApiError::method_not_allowed())
-        }
-        _ => Err(ApiError::no_route()),
+        (["api"] | ["apis"] | ["api", "v1"], _) => Err(ApiError::method_not_allowed()),
+        (["emu", ..], _) => control(emu, req, &segs).await,
+        _ => match Target::parse(&segs) {
+            Some(t) => resource(emu, req, t, accept).await,
+            None => Err(ApiError::no_route()),
+        },
     }
 }
 
-fn known_path(segs: &[&str]) -> bool {
-    matches!(
-        segs,
-        ["api", "v1", "nodes"]
-            | ["api", "v1", "nodes", _]
-            | ["api", "v1", "nodes", _, "status"]
-            | ["api", "v1", "pods"]
-            | ["api", "v1", "namespaces", _, "pods"]
-            | ["api", "v1", "namespaces", _, "pods", _]
-            | ["emu", _]
-            | ["emu", "nodes", _, "pod-cidrs"]
-    )
+/// The object or collection a path under `/api/v1` addresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Target {
+    kind: Kind,
+    /// The namespace in the path (`/api/v1/namespaces/<ns>/pods...`).
+    namespace: Option<String>,
+    /// The object's name; `None` for the collection.
+    name: Option<String>,
+    sub: Subresource,
 }
 
-async fn list_or_watch(
+impl Target {
+    fn parse(segs: &[&str]) -> Option<Target> {
+        let kind_of = |res: &str| Kind::ALL.into_iter().find(|k| k.resource() == res);
+        let target = |kind: Kind, ns: Option<&str>, name: Option<&str>, status: bool| {
+            Some(Target {
+                kind,
+                namespace: ns.map(str::to_string),
+                name: name.map(str::to_string),
+                sub: if status {
+                    Subresource::Status
+                } else {
+                    Subresource::Main
+                },
+            })
+        };
+        match segs {
+            ["api", "v1", "namespaces", ns, res, rest @ ..] if kind_of(res).is_some() => {
+                let kind = kind_of(res)?;
+                if !kind.namespaced() {
+                    return None;
+                }
+                match rest {
+                    [] => target(kind, Some(ns), None, false),
+                    [name] => target(kind, Some(ns), Some(name), false),
+                    [name, "status"] => target(kind, Some(ns), Some(name), true),
+                    _ => None,
+                }
+            }
+            ["api", "v1", res, rest @ ..] => {
+                let kind = kind_of(res)?;
+                match rest {
+                    [] => target(kind, None, None, false),
+                    [name] if !kind.namespaced() => target(kind, None, Some(name), false),
+                    [name, "status"] if !kind.namespaced() => target(kind, None, Some(name), true),
+                    _ => None,
+                }
+            }
+            _ => None,
+        }
+    }
+}
+
+/// The body of a create or replace, which must be JSON: protobuf (what client-go's typed
+/// clients send, e.g. `kubectl create namespace`) is `415`, as from a server without it.
+async fn read_object(req: Request<Incoming>) -> Result<(String, Value), ApiError> {
+    let ct = header(&req, hyper::header::CONTENT_TYPE).unwrap_or_default();
+    let mime = ct.split(';').next().unwrap_or("").trim();
+    if !matches!(mime, "" | "application/json") {
+        return Err(ApiError::unsupported_media_type(mime));
+    }
+    read_json(req).await
+}
+
+fn patch_type(content_type: &str) -> Result<PatchType, ApiError> {
+    match content_type {
+        "application/merge-patch+json" => Ok(PatchType::Merge),
+        "application/strategic-merge-patch+json" => Ok(PatchType::Strategic),
+        other => Err(ApiError::unsupported_media_type(other)),
+    }
+}
+
+/// Get, list, watch, create, replace, patch and delete of any kind.
+async fn resource(
     emu: &Emulator,
     req: Request<Incoming>,
-    kind: Kind,
-    namespace: Option<String>,
+    t: Target,
+    accept: Option<&str>,
 ) -> Result<Response<Body>, ApiError> {
-    let q = query(&req);
-    for unsupported in ["labelSelector", "fieldSelector"] {
-        if q.get(unsupported).is_some_and(|v| !v.is_empty()) {
-            return Err(ApiError::bad_request(format!(
-                "{unsupported} is not emulated by flannel-kube-emu"
-            )));
+    let ns = t.namespace.clone().unwrap_or_default();
+    let (kind, sub) = (t.kind, t.sub);
+    let ok = |v: Value| Ok(json_response(StatusCode::OK, &v));
+    match (t.name.as_deref(), req.method().clone()) {
+        (None, Method::GET) => list_or_watch(emu, &query(&req), &t, accept),
+        (None, Method::POST) if t.namespace.is_some() || !kind.namespaced() => {
+            let (_, body) = read_object(req).await?;
+            let created = emu.store().create(kind, &ns, body)?;
+            Ok(json_response(StatusCode::CREATED, &created))
         }
+        (Some(name), Method::GET) => {
+            let q = query(&req);
+            let obj = emu.store().get(kind, &ns, name)?;
+            match table_options(accept, &q)? {
+                Some(opts) => {
+                    let rv = obj["metadata"]["resourceVersion"]
+                        .as_str()
+                        .and_then(|s| s.parse().ok())
+                        .unwrap_or(0);
+                    ok(table(kind, &[obj], rv, None, &opts))
+                }
+                None => ok(obj),
+            }
+        }
+        (Some(name), Method::PUT) => {
+            let (_, body) = read_object(req).await?;
+            ok(emu.store().replace(kind, &ns, name, body, sub)?)
+        }
+        (Some(name), Method::PATCH) => {
+            let (ct, body) = read_json(req).await?;
+            let pt = patch_type(&ct)?;
+            ok(emu.store().patch(kind, &ns, name, &body, pt, sub)?)
+        }
+        (Some(name), Method::DELETE) if sub == Subresource::Main => {
+            ok(emu.store().delete(kind, &ns, name)?)
+        }
+        _ => Err(ApiError::method_not_allowed()),
     }
-    if truthy(&q, "sendInitialEvents") {
+}
+
+/// The Table rendering a GET asked for in its `Accept` header, if any.
+fn table_options(
+    accept: Option<&str>,
+    q: &HashMap<String, String>,
+) -> Result<Option<TableOptions>, ApiError> {
+    Ok(match negotiate(accept, true, false)? {
+        Media::Table(api_version) => Some(TableOptions {
+            api_version,
+            include: IncludeObject::parse(q.get("includeObject").map(String::as_str))?,
+            no_headers: false,
+        }),
+        Media::Json | Media::Aggregated => None,
+    })
+}
+
+fn list_or_watch(
+    emu: &Emulator,
+    q: &HashMap<String, String>,
+    t: &Target,
+    accept: Option<&str>,
+) -> Result<Response<Body>, ApiError> {
+    let kind = t.kind;
+    let table_opts = table_options(accept, q)?;
+    let selector = Selector::parse(
+        kind,
+        q.get("labelSelector").map(String::as_str),
+        q.get("fieldSelector").map(String::as_str),
+    )?;
+    if truthy(q, "sendInitialEvents") {
         return Err(ApiError::bad_request(
             "sendInitialEvents (streaming lists) is not emulated by flannel-kube-emu",
         ));
     }
-    let rv = parse_rv(&q)?;
-    if truthy(&q, "watch") {
-        let from = match rv {
-            None | Some(0) => WatchFrom::Now,
-            Some(n) => WatchFrom::After(n),
-        };
+    let rv = parse_rv(q)?;
+    if truthy(q, "watch") {
         let timeout = match q.get("timeoutSeconds") {
             Some(t) => Some(Duration::from_secs(t.parse().map_err(|_| {
                 ApiError::bad_request(format!("invalid timeoutSeconds {t:?}"))
@@ -322,11 +398,18 @@ async fn list_or_watch(
         };
         return Ok(watch_response(
             emu,
-            kind,
-            namespace,
-            from,
-            truthy(&q, "allowWatchBookmarks"),
-            timeout,
+            WatchSpec {
+                kind,
+                namespace: t.namespace.clone(),
+                selector,
+                from: match rv {
+                    None | Some(0) => WatchFrom::Now,
+                    Some(n) => WatchFrom::After(n),
+                },
+                bookmarks: truthy(q, "allowWatchBookmarks"),
+                timeout,
+                table: table_opts,
+            },
         ));
     }
     let limit = match q.get("limit") {
@@ -337,17 +420,30 @@ async fn list_or_watch(
         _ => None,
     };
     emu.inner.stats.lists.fetch_add(1, Ordering::SeqCst);
-    let exact = q.get("resourceVersionMatch").map(String::as_str) == Some("Exact");
     let page = emu.store().list(
         kind,
-        namespace.as_deref(),
-        rv,
-        exact,
-        limit,
-        q.get("continue")
-            .map(String::as_str)
-            .filter(|c| !c.is_empty()),
+        &ListQuery {
+            namespace: t.namespace.as_deref(),
+            selector,
+            resource_version: rv,
+            exact: q.get("resourceVersionMatch").map(String::as_str) == Some("Exact"),
+            limit,
+            continue_token: q
+                .get("continue")
+                .map(String::as_str)
+                .filter(|c| !c.is_empty()),
+        },
     )?;
+    if let Some(opts) = table_opts {
+        let t = table(
+            kind,
+            &page.items,
+            page.resource_version,
+            page.continue_token.as_deref(),
+            &opts,
+        );
+        return Ok(json_response(StatusCode::OK, &t));
+    }
     let mut metadata = json!({ "resourceVersion": page.resource_version.to_string() });
     if let Some(c) = page.continue_token {
         metadata["continue"] = json!(c);
@@ -363,161 +459,44 @@ async fn list_or_watch(
     ))
 }
 
-fn event_line(kind: &str, object: &Value) -> Bytes {
-    let mut line = json!({ "type": kind, "object": object }).to_string();
-    line.push('\n');
-    Bytes::from(line)
-}
-
-/// Starts a watch: the response is sent at once (200, chunked) and a task feeds it.
-fn watch_response(
+/// The `/emu/` test controls.
+async fn control(
     emu: &Emulator,
-    kind: Kind,
-    namespace: Option<String>,
-    from: WatchFrom,
-    bookmarks: bool,
-    timeout: Option<Duration>,
-) -> Response<Body> {
-    let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(64);
-    let subscribed = emu.store().watch(kind, from);
-    emu.inner.stats.watches.fetch_add(1, Ordering::SeqCst);
-    let inner = emu.inner.clone();
-    tokio::spawn(async move {
-        inner.watchers.fetch_add(1, Ordering::SeqCst);
-        let _count = WatcherCount(inner.clone());
-        let (first, live, seen) = match subscribed {
-            Ok(x) => x,
-            Err(e) => {
-                // The watch cache answers 200 and reports the expiry as the stream's only event.
-                inner.stats.expired.fetch_add(1, Ordering::SeqCst);
-                let _ = tx.send(Ok(event_line("ERROR", &e.to_status()))).await;
-                return;
-            }
-        };
-        let floor = match from {
-            WatchFrom::After(n) => n,
-            WatchFrom::Now => 0,
-        };
-        feed_watch(
-            inner, kind, namespace, first, live, seen, floor, bookmarks, timeout, tx,
-        )
-        .await;
-    });
-    let stream = futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|item| (item.map(Frame::data), rx))
-    });
-    let mut r = Response::new(StreamBody::new(stream).boxed_unsync());
-    r.headers_mut().insert(
-        hyper::header::CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static("application/json"),
-    );
-    r
-}
-
-struct WatcherCount(Arc<crate::Inner>);
-
-impl Drop for WatcherCount {
-    fn drop(&mut self) {
-        self.0.watchers.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn feed_watch(
-    inner: Arc<crate::Inner>,
-    kind: Kind,
-    namespace: Option<String>,
-    first: Vec<Arc<Change>>,
-    mut live: broadcast::Receiver<Arc<Change>>,
-    mut seen: u64,
-    floor: u64,
-    bookmarks: bool,
-    timeout: Option<Duration>,
-    tx: mpsc::Sender<Result<Bytes, std::io::Error>>,
-) {
-    let wanted =
-        |c: &Change| c.kind == kind && namespace.as_deref().is_none_or(|ns| ns == c.namespace);
-    for c in first.iter().filter(|c| wanted(c)) {
-        if tx
-            .send(Ok(event_line(c.event.as_str(), &c.object)))
-            .await
-            .is_err()
-        {
-            return;
+    req: Request<Incoming>,
+    segs: &[&str],
+) -> Result<Response<Body>, ApiError> {
+    let ok = |v: Value| Ok(json_response(StatusCode::OK, &v));
+    match (segs, req.method().clone()) {
+        (["emu", "state"], Method::GET) => ok(emu.state()),
+        (["emu", "drop-watches"], Method::POST) => {
+            emu.drop_watches();
+            ok(emu.state())
         }
-    }
-    seen = seen.max(floor);
-    let mut control = inner.control.subscribe();
-    let start = *control.borrow_and_update();
-    let mut last_bookmark = 0;
-    let mut tick = tokio::time::interval(inner.config.bookmark_interval);
-    tick.tick().await;
-    let deadline = async {
-        match timeout {
-            Some(t) => tokio::time::sleep(t).await,
-            None => std::future::pending().await,
+        (["emu", "expire-watches"], Method::POST) => {
+            emu.expire_watches();
+            ok(emu.state())
         }
-    };
-    tokio::pin!(deadline);
-    loop {
-        tokio::select! {
-            ev = live.recv() => match ev {
-                Ok(c) => {
-                    if c.rv <= floor {
-                        continue;
-                    }
-                    seen = seen.max(c.rv);
-                    if wanted(&c)
-                        && tx.send(Ok(event_line(c.event.as_str(), &c.object))).await.is_err()
-                    {
-                        return;
-                    }
-                }
-                // Too slow a reader: end the stream; the client resumes from its last RV.
-                Err(broadcast::error::RecvError::Lagged(_)) => return,
-                Err(broadcast::error::RecvError::Closed) => return,
-            },
-            _ = tick.tick(), if bookmarks => {
-                if seen > last_bookmark {
-                    last_bookmark = seen;
-                    let obj = json!({
-                        "kind": kind.name(),
-                        "apiVersion": "v1",
-                        "metadata": { "resourceVersion": seen.to_string() }
-                    });
-                    if tx.send(Ok(event_line("BOOKMARK", &obj))).await.is_err() {
-                        return;
-                    }
-                }
-            }
-            r = control.changed() => {
-                if r.is_err() {
-                    return;
-                }
-                let now = *control.borrow_and_update();
-                if now.expiries != start.expiries {
-                    let compacted = inner
-                        .store
-                        .lock()
-                        .map(|s| s.compacted())
-                        .unwrap_or_else(|p| p.into_inner().compacted());
-                    let e = ApiError::too_old(seen, compacted);
-                    inner.stats.expired.fetch_add(1, Ordering::SeqCst);
-                    let _ = tx.send(Ok(event_line("ERROR", &e.to_status()))).await;
-                    return;
-                }
-                if now.drops != start.drops {
-                    // An error frame makes hyper abort the connection without finishing the
-                    // chunked body: to the client this is a broken connection.
-                    let _ = tx
-                        .send(Err(std::io::Error::other("watch dropped by flannel-kube-emu")))
-                        .await;
-                    return;
-                }
-            }
-            _ = &mut deadline => return,
-            _ = tx.closed() => return,
+        (["emu", "compact"], Method::POST) => {
+            emu.compact();
+            ok(emu.state())
         }
+        (["emu", "history"], Method::PUT) => {
+            let (_, body) = read_json(req).await?;
+            let n = body
+                .as_u64()
+                .ok_or_else(|| ApiError::bad_request("expected a number"))?;
+            emu.set_history(usize::try_from(n).unwrap_or(usize::MAX));
+            ok(emu.state())
+        }
+        (["emu", "nodes", name, "pod-cidrs"], Method::PUT) => {
+            let name = name.to_string();
+            let (_, body) = read_json(req).await?;
+            let cidrs: Vec<String> = serde_json::from_value(body)
+                .map_err(|e| ApiError::bad_request(format!("expected a list of CIDRs: {e}")))?;
+            ok(emu.store().force_pod_cidrs(&name, &cidrs)?)
+        }
+        (["emu", _] | ["emu", "nodes", _, "pod-cidrs"], _) => Err(ApiError::method_not_allowed()),
+        _ => Err(ApiError::no_route()),
     }
 }
 

@@ -94,14 +94,34 @@ impl ApiError {
         ApiError::new(400, "BadRequest", message)
     }
 
-    /// `422 Invalid`: the object fails validation.
-    pub fn invalid(resource: &'static str, name: &str, message: impl Into<String>) -> ApiError {
+    /// `422 Invalid`: the object fails validation. Unlike the other errors, the server names
+    /// the object by its kind here (`Node "n1" is invalid: ...`, `details.kind` `Node`).
+    pub fn invalid(kind: &'static str, name: &str, message: impl Into<String>) -> ApiError {
         ApiError::new(
             422,
             "Invalid",
-            format!("{resource} \"{name}\" is invalid: {}", message.into()),
+            format!("{kind} \"{name}\" is invalid: {}", message.into()),
+        )
+        .with_details(name, kind)
+    }
+
+    /// `403 Forbidden` from admission: `namespaces "default" is forbidden: <why>`.
+    pub fn forbidden(resource: &'static str, name: &str, why: &str) -> ApiError {
+        ApiError::new(
+            403,
+            "Forbidden",
+            format!("{resource} \"{name}\" is forbidden: {why}"),
         )
         .with_details(name, resource)
+    }
+
+    /// `406 NotAcceptable`: no media type in the request's `Accept` header can be served.
+    pub fn not_acceptable() -> ApiError {
+        ApiError::new(
+            406,
+            "NotAcceptable",
+            "only the following media types are accepted: application/json, application/json;as=Table;v=v1;g=meta.k8s.io, application/json;as=Table;v=v1beta1;g=meta.k8s.io",
+        )
     }
 
     /// `405 MethodNotAllowed`.
@@ -113,13 +133,14 @@ impl ApiError {
         )
     }
 
-    /// `415 UnsupportedMediaType` (also used for patch types the emulator does not implement).
+    /// `415 UnsupportedMediaType`: a body in a format the emulator does not read (protobuf, YAML)
+    /// or a patch type it does not implement.
     pub fn unsupported_media_type(content_type: &str) -> ApiError {
         ApiError::new(
             415,
             "UnsupportedMediaType",
             format!(
-                "the body of the request was in an unknown format - accepted media types include: application/json, application/merge-patch+json, application/strategic-merge-patch+json (got {content_type:?}; flannel-kube-emu does not emulate other patch types)"
+                "the body of the request was in an unknown format - accepted media types include: application/json, application/merge-patch+json, application/strategic-merge-patch+json (got {content_type:?}; flannel-kube-emu does not emulate protobuf, JSON patch or server-side apply)"
             ),
         )
     }

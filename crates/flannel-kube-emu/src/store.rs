@@ -1,9 +1,9 @@
-//! The in-memory object store: Nodes and Pods, one global resourceVersion counter (like etcd's
-//! revision), a bounded history of changes for watches, and the validation and update
-//! strategies of the real API that flannel depends on.
+//! The in-memory object store: Namespaces, Nodes and Pods, one global resourceVersion counter
+//! (like etcd's revision), a bounded history of changes for watches, and the write path every
+//! kind shares (preconditions, no-op detection, events); what differs per kind lives in
+//! [`crate::strategy`].
 
 use std::collections::{BTreeMap, VecDeque};
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -11,11 +11,15 @@ use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
 use crate::patch::{merge_patch, strategic_merge_patch};
+use crate::selector::Selector;
 use crate::status::ApiError;
+use crate::strategy::{self, IMMORTAL_NAMESPACES, INITIAL_NAMESPACES};
 
-/// The object kinds the emulator serves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// The object kinds the emulator serves, all in the core group `v1`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Kind {
+    /// `v1/Namespace`, cluster-scoped, resource `namespaces`.
+    Namespace,
     /// `v1/Node`, cluster-scoped, resource `nodes`.
     Node,
     /// `v1/Pod`, namespaced, resource `pods`.
@@ -23,9 +27,13 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// Every kind, in the order discovery lists them.
+    pub const ALL: [Kind; 3] = [Kind::Namespace, Kind::Node, Kind::Pod];
+
     /// The kind name (`Node`).
     pub fn name(self) -> &'static str {
         match self {
+            Kind::Namespace => "Namespace",
             Kind::Node => "Node",
             Kind::Pod => "Pod",
         }
@@ -34,8 +42,32 @@ impl Kind {
     /// The resource name (`nodes`), as used in paths and error messages.
     pub fn resource(self) -> &'static str {
         match self {
+            Kind::Namespace => "namespaces",
             Kind::Node => "nodes",
             Kind::Pod => "pods",
+        }
+    }
+
+    /// The singular resource name (`node`), which kubectl accepts as well.
+    pub fn singular(self) -> &'static str {
+        match self {
+            Kind::Namespace => "namespace",
+            Kind::Node => "node",
+            Kind::Pod => "pod",
+        }
+    }
+
+    /// Whether objects of this kind live in a namespace.
+    pub fn namespaced(self) -> bool {
+        self == Kind::Pod
+    }
+
+    /// The short names discovery announces (`kubectl get no`).
+    pub fn short_names(self) -> &'static [&'static str] {
+        match self {
+            Kind::Namespace => &["ns"],
+            Kind::Node => &["no"],
+            Kind::Pod => &["po"],
         }
     }
 }
@@ -69,12 +101,31 @@ pub struct Change {
     pub rv: u64,
     /// Which kind of object changed.
     pub kind: Kind,
-    /// The namespace (pods), empty for nodes.
+    /// The namespace (pods), empty for cluster-scoped kinds.
     pub namespace: String,
     /// What happened.
     pub event: EventType,
     /// The object after the change (for `DELETED`: its last state, with the deletion's RV).
     pub object: Value,
+    /// For `MODIFIED`, the object before the change: a watch with a selector turns a change
+    /// that moves an object into (out of) the selection into `ADDED` (`DELETED`), as the
+    /// watch cache does.
+    pub prev: Option<Value>,
+}
+
+impl Change {
+    /// The event a watch filtered by `matches` sees for this change, if any.
+    pub fn filtered(&self, matches: impl Fn(&Value) -> bool) -> Option<EventType> {
+        match (self.event, &self.prev) {
+            (EventType::Modified, Some(prev)) => match (matches(prev), matches(&self.object)) {
+                (true, true) => Some(EventType::Modified),
+                (false, true) => Some(EventType::Added),
+                (true, false) => Some(EventType::Deleted),
+                (false, false) => None,
+            },
+            (event, _) => matches(&self.object).then_some(event),
+        }
+    }
 }
 
 /// A new watch: the events to send first, the live receiver, and the store's RV at the
@@ -104,8 +155,8 @@ pub enum PatchType {
 pub enum Subresource {
     /// The main resource: changes to `status` are ignored, as the API server does.
     Main,
-    /// `/status`: changes to `spec` are ignored (for nodes, metadata changes are kept, which is
-    /// why flanneld may patch annotations through `nodes/<n>/status`).
+    /// `/status`: changes to `spec` are ignored (metadata changes are kept, which is why
+    /// flanneld may patch annotations through `nodes/<n>/status`).
     Status,
 }
 
@@ -118,6 +169,23 @@ pub struct ListPage {
     pub items: Vec<Value>,
     /// The continue token when more items follow.
     pub continue_token: Option<String>,
+}
+
+/// What a list asks for (the query parameters of `GET /api/v1/<resource>`).
+#[derive(Debug, Clone, Default)]
+pub struct ListQuery<'a> {
+    /// Only this namespace (`/api/v1/namespaces/<ns>/pods`); `None` for all.
+    pub namespace: Option<&'a str>,
+    /// `labelSelector` and `fieldSelector`.
+    pub selector: Selector,
+    /// `resourceVersion`.
+    pub resource_version: Option<u64>,
+    /// `resourceVersionMatch=Exact`.
+    pub exact: bool,
+    /// `limit`.
+    pub limit: Option<usize>,
+    /// `continue`.
+    pub continue_token: Option<&'a str>,
 }
 
 /// Tunables of the store.
@@ -136,13 +204,16 @@ impl Default for StoreConfig {
 /// How many list snapshots are kept for `continue` tokens.
 const SNAPSHOTS: usize = 16;
 
+/// An object's key: kind, namespace (empty for cluster-scoped kinds), name. The map's order is
+/// the list order, as etcd's key order is the real server's.
+type Key = (Kind, String, String);
+
 /// The store. All access goes through one mutex in [`crate::Emulator`].
 #[derive(Debug)]
 pub struct Store {
     rv: u64,
     uid: u64,
-    nodes: BTreeMap<String, Value>,
-    pods: BTreeMap<(String, String), Value>,
+    objects: BTreeMap<Key, Value>,
     history: VecDeque<Arc<Change>>,
     history_limit: usize,
     /// A watch may resume from any RV >= this; older ones are compacted away.
@@ -178,6 +249,27 @@ pub fn rfc3339_now() -> String {
     )
 }
 
+/// Seconds since the epoch of an RFC 3339 UTC time as the API writes it
+/// (`2026-01-02T03:04:05Z`, fractional seconds ignored); `None` for anything else.
+pub fn parse_rfc3339(t: &str) -> Option<i64> {
+    let b = t.as_bytes();
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || !t.ends_with('Z') {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| t.get(r)?.parse::<i64>().ok();
+    let (y, m, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (hh, mm, ss) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    // Days-from-civil (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(days * 86400 + hh * 3600 + mm * 60 + ss)
+}
+
 fn name_of(obj: &Value) -> &str {
     obj.pointer("/metadata/name")
         .and_then(Value::as_str)
@@ -190,56 +282,39 @@ fn rv_of(obj: &Value) -> Option<&str> {
         .filter(|s| !s.is_empty())
 }
 
-/// Whether `s` is a CIDR as Go's `net.ParseCIDR` accepts it (address/prefix within the family).
-fn valid_cidr(s: &str) -> bool {
-    let Some((addr, len)) = s.split_once('/') else {
-        return false;
-    };
-    let Ok(addr) = addr.parse::<IpAddr>() else {
-        return false;
-    };
-    let max = if addr.is_ipv4() { 32 } else { 128 };
-    !len.is_empty()
-        && len.len() <= 3
-        && len.bytes().all(|b| b.is_ascii_digit())
-        && len.parse::<u32>().is_ok_and(|l| l <= max)
-}
-
-/// Reads `spec.podCIDR` / `spec.podCIDRs`.
-fn pod_cidrs(obj: &Value) -> (String, Vec<String>) {
-    let single = obj
-        .pointer("/spec/podCIDR")
+fn namespace_of(obj: &Value) -> &str {
+    obj.pointer("/metadata/namespace")
         .and_then(Value::as_str)
         .unwrap_or("")
-        .to_string();
-    let list = obj
-        .pointer("/spec/podCIDRs")
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .map(|v| v.as_str().unwrap_or("").to_string())
-                .collect()
-        })
-        .unwrap_or_default();
-    (single, list)
+}
+
+fn key(kind: Kind, namespace: &str, name: &str) -> Key {
+    let ns = if kind.namespaced() { namespace } else { "" };
+    (kind, ns.to_string(), name.to_string())
 }
 
 impl Store {
-    /// An empty store.
+    /// A store holding the [`INITIAL_NAMESPACES`] (at resourceVersion 1, with no history: they
+    /// exist from the start, as a cluster's do when a client first connects).
     pub fn new(config: StoreConfig) -> Store {
         let (events, _) = broadcast::channel(4096);
-        Store {
+        let mut s = Store {
             rv: 1,
             uid: 0,
-            nodes: BTreeMap::new(),
-            pods: BTreeMap::new(),
+            objects: BTreeMap::new(),
             history: VecDeque::new(),
             history_limit: config.history.max(1),
             compacted: 1,
             snapshots: VecDeque::new(),
             next_snapshot: 1,
             events,
+        };
+        for name in INITIAL_NAMESPACES {
+            let mut ns = strategy::namespace_object(name);
+            s.stamp(&mut ns, Kind::Namespace);
+            s.objects.insert(key(Kind::Namespace, "", name), ns);
         }
+        s
     }
 
     /// The current resourceVersion.
@@ -276,13 +351,14 @@ impl Store {
         self.snapshots.retain(|(_, _, rv, _)| *rv >= compacted);
     }
 
-    fn record(&mut self, kind: Kind, namespace: &str, event: EventType, object: Value) {
+    fn record(&mut self, kind: Kind, event: EventType, object: Value, prev: Option<Value>) {
         let change = Arc::new(Change {
             rv: self.rv,
             kind,
-            namespace: namespace.to_string(),
+            namespace: namespace_of(&object).to_string(),
             event,
             object,
+            prev,
         });
         self.history.push_back(change.clone());
         self.trim();
@@ -290,8 +366,8 @@ impl Store {
         let _ = self.events.send(change);
     }
 
-    fn stamp_new(&mut self, obj: &mut Value, kind: Kind) {
-        self.rv += 1;
+    /// Sets the server-managed fields of a new object at the current RV.
+    fn stamp(&mut self, obj: &mut Value, kind: Kind) {
         self.uid += 1;
         let uid = format!("00000000-0000-4000-8000-{:012x}", self.uid);
         obj["kind"] = json!(kind.name());
@@ -302,11 +378,11 @@ impl Store {
         meta["creationTimestamp"] = json!(rfc3339_now());
     }
 
-    fn objects(&self, kind: Kind) -> Vec<Value> {
-        match kind {
-            Kind::Node => self.nodes.values().cloned().collect(),
-            Kind::Pod => self.pods.values().cloned().collect(),
-        }
+    fn objects(&self, kind: Kind) -> impl Iterator<Item = &Value> {
+        self.objects
+            .iter()
+            .filter(move |((k, _, _), _)| *k == kind)
+            .map(|(_, v)| v)
     }
 
     /// Subscribes a watch of `kind`. Returns the events to send first (history replay or
@@ -316,18 +392,14 @@ impl Store {
         let first = match from {
             WatchFrom::Now => self
                 .objects(kind)
-                .into_iter()
                 .map(|object| {
                     Arc::new(Change {
                         rv: self.rv,
                         kind,
-                        namespace: object
-                            .pointer("/metadata/namespace")
-                            .and_then(Value::as_str)
-                            .unwrap_or("")
-                            .to_string(),
+                        namespace: namespace_of(object).to_string(),
                         event: EventType::Added,
-                        object,
+                        object: object.clone(),
+                        prev: None,
                     })
                 })
                 .collect(),
@@ -349,18 +421,11 @@ impl Store {
     /// * `resource_version` `None`/`0`/`N<=current` (NotOlderThan): the current state;
     ///   `N > current`: 504 "Too large resource version".
     /// * `exact`: only the current RV can be served (older states are not kept): others 410.
-    /// * `limit` pages through a snapshot taken at the first page; a `continue` token whose
-    ///   snapshot was compacted or evicted gets 410 Expired.
-    pub fn list(
-        &mut self,
-        kind: Kind,
-        namespace: Option<&str>,
-        resource_version: Option<u64>,
-        exact: bool,
-        limit: Option<usize>,
-        continue_token: Option<&str>,
-    ) -> Result<ListPage, ApiError> {
-        let (id, rv, items, offset) = match continue_token {
+    /// * `limit` pages through a snapshot taken at the first page (after the namespace and
+    ///   selector filters); a `continue` token whose snapshot was compacted or evicted gets
+    ///   410 Expired.
+    pub fn list(&mut self, kind: Kind, q: &ListQuery<'_>) -> Result<ListPage, ApiError> {
+        let (id, rv, items, offset) = match q.continue_token {
             Some(token) => {
                 let (id, offset) = token
                     .split_once(':')
@@ -376,26 +441,23 @@ impl Store {
                 (id, *rv, items.clone(), offset)
             }
             None => {
-                match resource_version {
+                match q.resource_version {
                     Some(n) if n > self.rv => return Err(ApiError::too_large(n, self.rv)),
-                    Some(n) if exact && n != 0 && n != self.rv => {
+                    Some(n) if q.exact && n != 0 && n != self.rv => {
                         return Err(ApiError::too_old(n, self.rv));
                     }
                     _ => {}
                 }
                 let items: Vec<Value> = self
                     .objects(kind)
-                    .into_iter()
-                    .filter(|o| {
-                        namespace.is_none_or(|ns| {
-                            o.pointer("/metadata/namespace").and_then(Value::as_str) == Some(ns)
-                        })
-                    })
+                    .filter(|o| q.namespace.is_none_or(|ns| namespace_of(o) == ns))
+                    .filter(|o| q.selector.matches(kind, o))
+                    .cloned()
                     .collect();
                 (0, self.rv, items, 0)
             }
         };
-        let end = match limit {
+        let end = match q.limit {
             Some(l) if l > 0 => (offset + l).min(items.len()),
             _ => items.len(),
         };
@@ -433,153 +495,213 @@ impl Store {
         })
     }
 
-    // ---- nodes ----------------------------------------------------------------------------
+    // ---- any kind -------------------------------------------------------------------------
 
-    /// The node named `name`.
-    pub fn get_node(&self, name: &str) -> Result<Value, ApiError> {
-        self.nodes
-            .get(name)
+    /// The object `name` of `kind` (`namespace` is ignored for cluster-scoped kinds).
+    pub fn get(&self, kind: Kind, namespace: &str, name: &str) -> Result<Value, ApiError> {
+        self.objects
+            .get(&key(kind, namespace, name))
             .cloned()
-            .ok_or_else(|| ApiError::not_found("nodes", name))
+            .ok_or_else(|| ApiError::not_found(kind.resource(), name))
     }
 
-    /// Names of all nodes.
-    pub fn node_names(&self) -> Vec<String> {
-        self.nodes.keys().cloned().collect()
+    /// Names of all objects of `kind` (all namespaces), in list order.
+    pub fn names(&self, kind: Kind) -> Vec<String> {
+        self.objects(kind).map(|o| name_of(o).to_string()).collect()
     }
 
-    /// Defaulting and validation of a Node's pod CIDRs, as the API server does them:
-    /// `podCIDR` and `podCIDRs[0]` are kept in sync, each must be a CIDR, at most two, and
-    /// two must be of different families.
-    fn normalize_node(name: &str, obj: &mut Value) -> Result<(), ApiError> {
-        if !obj["spec"].is_object() {
-            obj["spec"] = json!({});
-        }
-        let (single, mut list) = pod_cidrs(obj);
-        if list.is_empty() && !single.is_empty() {
-            list.push(single.clone());
-        }
-        if !single.is_empty() && list.first() != Some(&single) {
-            return Err(ApiError::invalid(
-                "nodes",
-                name,
-                format!(
-                    "spec.podCIDRs: Invalid value: {list:?}: must match spec.podCIDR {single:?} at index 0"
-                ),
-            ));
-        }
-        for (i, c) in list.iter().enumerate() {
-            if !valid_cidr(c) {
-                return Err(ApiError::invalid(
-                    "nodes",
-                    name,
-                    format!("spec.podCIDRs[{i}]: Invalid value: {c:?}: must be a valid CIDR"),
+    /// `POST`: creates an object of `kind` in `namespace` (empty for cluster-scoped kinds),
+    /// after the kind's defaulting and validation. A namespaced object needs its namespace to
+    /// exist (`404 namespaces "x" not found`, as the `NamespaceLifecycle` admission answers).
+    pub fn create(
+        &mut self,
+        kind: Kind,
+        namespace: &str,
+        mut obj: Value,
+    ) -> Result<Value, ApiError> {
+        let name = name_of(&obj).to_string();
+        if kind.namespaced() {
+            let ns = namespace_of(&obj);
+            if !ns.is_empty() && ns != namespace {
+                return Err(ApiError::bad_request(
+                    "the namespace of the provided object does not match the namespace sent on the request",
                 ));
             }
         }
-        if list.len() > 2 {
-            return Err(ApiError::invalid(
-                "nodes",
-                name,
-                format!(
-                    "spec.podCIDRs: Too many: {}: must have at most 2 items",
-                    list.len()
-                ),
-            ));
+        // Admission (NamespaceLifecycle) runs before the kind's validation.
+        if kind.namespaced()
+            && !self
+                .objects
+                .contains_key(&key(Kind::Namespace, "", namespace))
+        {
+            return Err(ApiError::not_found("namespaces", namespace));
         }
-        if list.len() == 2 && list[0].contains(':') == list[1].contains(':') {
-            return Err(ApiError::invalid(
-                "nodes",
-                name,
-                "spec.podCIDRs: Invalid value: may specify no more than one CIDR for each IP family",
-            ));
+        strategy::prepare_create(kind, &name, &mut obj)?;
+        if kind.namespaced() {
+            obj["metadata"]["namespace"] = json!(namespace);
+        } else if let Value::Object(m) = &mut obj["metadata"] {
+            m.remove("namespace");
         }
-        if let Some(first) = list.first() {
-            obj["spec"]["podCIDR"] = json!(first);
-            obj["spec"]["podCIDRs"] = json!(list);
+        let k = key(kind, namespace, &name);
+        if self.objects.contains_key(&k) {
+            return Err(ApiError::already_exists(kind.resource(), &name));
         }
-        Ok(())
-    }
-
-    /// `POST /api/v1/nodes`.
-    pub fn create_node(&mut self, mut obj: Value) -> Result<Value, ApiError> {
-        let name = name_of(&obj).to_string();
-        if name.is_empty() {
-            return Err(ApiError::invalid(
-                "nodes",
-                "",
-                "metadata.name: Required value: name or generateName is required",
-            ));
-        }
-        if self.nodes.contains_key(&name) {
-            return Err(ApiError::already_exists("nodes", &name));
-        }
-        Self::normalize_node(&name, &mut obj)?;
-        if !obj["metadata"].is_object() {
-            obj["metadata"] = json!({});
-        }
-        self.stamp_new(&mut obj, Kind::Node);
-        self.nodes.insert(name, obj.clone());
-        self.record(Kind::Node, "", EventType::Added, obj.clone());
+        self.rv += 1;
+        self.stamp(&mut obj, kind);
+        self.objects.insert(k, obj.clone());
+        self.record(kind, EventType::Added, obj.clone(), None);
         Ok(obj)
     }
 
     /// Applies an update strategy and commits: server-managed metadata is kept, the other half
-    /// of the object (status or spec) is kept depending on the subresource, podCIDR may only
-    /// go from empty to set, and a no-op write changes nothing (no RV bump, no event).
-    fn commit_node(
+    /// of the object (status or spec) is kept depending on the subresource, the kind's rules
+    /// apply (`validate`), and a no-op write changes nothing (no RV bump, no event).
+    fn commit(
         &mut self,
+        kind: Kind,
+        namespace: &str,
         name: &str,
         mut new: Value,
         sub: Subresource,
         validate: bool,
     ) -> Result<Value, ApiError> {
-        let old = self.get_node(name)?;
+        let old = self.get(kind, namespace, name)?;
         if name_of(&new) != name {
             return Err(ApiError::bad_request(format!(
                 "the name of the object ({}) does not match the name on the URL ({name})",
                 name_of(&new)
             )));
         }
+        if kind.namespaced() && !["", namespace].contains(&namespace_of(&new)) {
+            return Err(ApiError::bad_request(
+                "the namespace of the provided object does not match the namespace sent on the request",
+            ));
+        }
         if let Some(rv) = rv_of(&new)
             && Some(rv) != rv_of(&old)
         {
-            return Err(ApiError::conflict("nodes", name));
+            return Err(ApiError::conflict(kind.resource(), name));
         }
-        for key in ["uid", "resourceVersion", "creationTimestamp"] {
-            new["metadata"][key] = old["metadata"][key].clone();
+        if !new["metadata"].is_object() {
+            new["metadata"] = json!({});
         }
-        new["kind"] = json!("Node");
-        new["apiVersion"] = json!("v1");
-        match sub {
-            Subresource::Main => new["status"] = old["status"].clone(),
-            Subresource::Status => new["spec"] = old["spec"].clone(),
-        }
-        if new["status"].is_null()
-            && let Value::Object(m) = &mut new
-        {
-            m.remove("status");
-        }
-        if validate {
-            Self::normalize_node(name, &mut new)?;
-            let (old_cidr, old_list) = pod_cidrs(&old);
-            let (new_cidr, new_list) = pod_cidrs(&new);
-            if !old_cidr.is_empty() && (old_cidr != new_cidr || old_list != new_list) {
-                return Err(ApiError::invalid(
-                    "nodes",
-                    name,
-                    "spec.podCIDRs: Forbidden: node updates may not change podCIDR except from \"\" to valid",
-                ));
+        for meta in ["uid", "resourceVersion", "creationTimestamp", "namespace"] {
+            match old["metadata"].get(meta) {
+                Some(v) => new["metadata"][meta] = v.clone(),
+                None => {
+                    if let Value::Object(m) = &mut new["metadata"] {
+                        m.remove(meta);
+                    }
+                }
             }
         }
+        new["kind"] = json!(kind.name());
+        new["apiVersion"] = json!("v1");
+        strategy::prepare_update(kind, name, &old, &mut new, sub, validate)?;
         if new == old {
             return Ok(old);
         }
         self.rv += 1;
         new["metadata"]["resourceVersion"] = json!(self.rv.to_string());
-        self.nodes.insert(name.to_string(), new.clone());
-        self.record(Kind::Node, "", EventType::Modified, new.clone());
+        self.objects.insert(key(kind, namespace, name), new.clone());
+        self.record(kind, EventType::Modified, new.clone(), Some(old));
         Ok(new)
+    }
+
+    /// `PUT`: replaces an object (or its status).
+    pub fn replace(
+        &mut self,
+        kind: Kind,
+        namespace: &str,
+        name: &str,
+        new: Value,
+        sub: Subresource,
+    ) -> Result<Value, ApiError> {
+        self.commit(kind, namespace, name, new, sub, true)
+    }
+
+    /// `PATCH`: a merge or strategic merge patch of an object (or its status). A
+    /// `metadata.resourceVersion` in the patch is a precondition.
+    pub fn patch(
+        &mut self,
+        kind: Kind,
+        namespace: &str,
+        name: &str,
+        patch: &Value,
+        patch_type: PatchType,
+        sub: Subresource,
+    ) -> Result<Value, ApiError> {
+        let mut new = self.get(kind, namespace, name)?;
+        // A resourceVersion in the patch is a precondition, checked against the stored object.
+        let precondition = patch
+            .pointer("/metadata/resourceVersion")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        match patch_type {
+            PatchType::Merge => merge_patch(&mut new, patch),
+            PatchType::Strategic => strategic_merge_patch(&mut new, patch, kind.name())?,
+        }
+        match precondition {
+            Some(rv) => new["metadata"]["resourceVersion"] = json!(rv),
+            None => {
+                if let Value::Object(m) = &mut new["metadata"] {
+                    m.remove("resourceVersion");
+                }
+            }
+        }
+        self.commit(kind, namespace, name, new, sub, true)
+    }
+
+    /// `DELETE`: removes the object at once (no graceful deletion, no finalizers); the
+    /// `DELETED` event carries the deletion's RV. Deleting a namespace deletes its pods first
+    /// (what the namespace controller does before the namespace goes); `default`,
+    /// `kube-system` and `kube-public` cannot be deleted (`403`).
+    pub fn delete(&mut self, kind: Kind, namespace: &str, name: &str) -> Result<Value, ApiError> {
+        let k = key(kind, namespace, name);
+        if !self.objects.contains_key(&k) {
+            return Err(ApiError::not_found(kind.resource(), name));
+        }
+        if kind == Kind::Namespace {
+            if IMMORTAL_NAMESPACES.contains(&name) {
+                return Err(ApiError::forbidden(
+                    "namespaces",
+                    name,
+                    "this namespace may not be deleted",
+                ));
+            }
+            let pods: Vec<String> = self
+                .objects(Kind::Pod)
+                .filter(|p| namespace_of(p) == name)
+                .map(|p| name_of(p).to_string())
+                .collect();
+            for pod in pods {
+                self.delete(Kind::Pod, name, &pod)?;
+            }
+        }
+        let Some(mut obj) = self.objects.remove(&k) else {
+            return Err(ApiError::not_found(kind.resource(), name));
+        };
+        self.rv += 1;
+        obj["metadata"]["resourceVersion"] = json!(self.rv.to_string());
+        self.record(kind, EventType::Deleted, obj.clone(), None);
+        Ok(obj)
+    }
+
+    // ---- nodes ----------------------------------------------------------------------------
+
+    /// The node named `name`.
+    pub fn get_node(&self, name: &str) -> Result<Value, ApiError> {
+        self.get(Kind::Node, "", name)
+    }
+
+    /// Names of all nodes.
+    pub fn node_names(&self) -> Vec<String> {
+        self.names(Kind::Node)
+    }
+
+    /// `POST /api/v1/nodes`.
+    pub fn create_node(&mut self, obj: Value) -> Result<Value, ApiError> {
+        self.create(Kind::Node, "", obj)
     }
 
     /// `PUT /api/v1/nodes/<name>[/status]`.
@@ -589,7 +711,7 @@ impl Store {
         new: Value,
         sub: Subresource,
     ) -> Result<Value, ApiError> {
-        self.commit_node(name, new, sub, true)
+        self.replace(Kind::Node, "", name, new, sub)
     }
 
     /// `PATCH /api/v1/nodes/<name>[/status]`.
@@ -600,37 +722,12 @@ impl Store {
         patch_type: PatchType,
         sub: Subresource,
     ) -> Result<Value, ApiError> {
-        let mut new = self.get_node(name)?;
-        // A resourceVersion in the patch is a precondition, checked against the stored object.
-        let precondition = patch
-            .pointer("/metadata/resourceVersion")
-            .and_then(Value::as_str)
-            .map(str::to_string);
-        match patch_type {
-            PatchType::Merge => merge_patch(&mut new, patch),
-            PatchType::Strategic => strategic_merge_patch(&mut new, patch, "Node")?,
-        }
-        match precondition {
-            Some(rv) => new["metadata"]["resourceVersion"] = json!(rv),
-            None => {
-                if let Value::Object(m) = &mut new["metadata"] {
-                    m.remove("resourceVersion");
-                }
-            }
-        }
-        self.commit_node(name, new, sub, true)
+        self.patch(Kind::Node, "", name, patch, patch_type, sub)
     }
 
-    /// `DELETE /api/v1/nodes/<name>`: the `DELETED` event carries the deletion's RV.
+    /// `DELETE /api/v1/nodes/<name>`.
     pub fn delete_node(&mut self, name: &str) -> Result<Value, ApiError> {
-        let mut obj = self
-            .nodes
-            .remove(name)
-            .ok_or_else(|| ApiError::not_found("nodes", name))?;
-        self.rv += 1;
-        obj["metadata"]["resourceVersion"] = json!(self.rv.to_string());
-        self.record(Kind::Node, "", EventType::Deleted, obj.clone());
-        Ok(obj)
+        self.delete(Kind::Node, "", name)
     }
 
     /// Test hook: sets a node's pod CIDRs *without* the API's validation and immutability
@@ -652,57 +749,25 @@ impl Store {
         if let Value::Object(m) = &mut new["metadata"] {
             m.remove("resourceVersion");
         }
-        self.commit_node(name, new, Subresource::Main, false)
+        self.commit(Kind::Node, "", name, new, Subresource::Main, false)
     }
 
     // ---- pods -----------------------------------------------------------------------------
 
     /// `GET /api/v1/namespaces/<ns>/pods/<name>`.
     pub fn get_pod(&self, namespace: &str, name: &str) -> Result<Value, ApiError> {
-        self.pods
-            .get(&(namespace.to_string(), name.to_string()))
-            .cloned()
-            .ok_or_else(|| ApiError::not_found("pods", name))
+        self.get(Kind::Pod, namespace, name)
     }
 
-    /// `POST /api/v1/namespaces/<ns>/pods`.
-    pub fn create_pod(&mut self, namespace: &str, mut obj: Value) -> Result<Value, ApiError> {
-        let name = name_of(&obj).to_string();
-        if name.is_empty() {
-            return Err(ApiError::invalid(
-                "pods",
-                "",
-                "metadata.name: Required value: name or generateName is required",
-            ));
-        }
-        if let Some(ns) = obj.pointer("/metadata/namespace").and_then(Value::as_str)
-            && ns != namespace
-        {
-            return Err(ApiError::bad_request(
-                "the namespace of the provided object does not match the namespace sent on the request",
-            ));
-        }
-        let key = (namespace.to_string(), name.clone());
-        if self.pods.contains_key(&key) {
-            return Err(ApiError::already_exists("pods", &name));
-        }
-        obj["metadata"]["namespace"] = json!(namespace);
-        self.stamp_new(&mut obj, Kind::Pod);
-        self.pods.insert(key, obj.clone());
-        self.record(Kind::Pod, namespace, EventType::Added, obj.clone());
-        Ok(obj)
+    /// `POST /api/v1/namespaces/<ns>/pods`: the status sent is dropped (the pod starts
+    /// `Pending`; see [`crate::strategy`]).
+    pub fn create_pod(&mut self, namespace: &str, obj: Value) -> Result<Value, ApiError> {
+        self.create(Kind::Pod, namespace, obj)
     }
 
     /// `DELETE /api/v1/namespaces/<ns>/pods/<name>`.
     pub fn delete_pod(&mut self, namespace: &str, name: &str) -> Result<Value, ApiError> {
-        let mut obj = self
-            .pods
-            .remove(&(namespace.to_string(), name.to_string()))
-            .ok_or_else(|| ApiError::not_found("pods", name))?;
-        self.rv += 1;
-        obj["metadata"]["resourceVersion"] = json!(self.rv.to_string());
-        self.record(Kind::Pod, namespace, EventType::Deleted, obj.clone());
-        Ok(obj)
+        self.delete(Kind::Pod, namespace, name)
     }
 }
 
@@ -834,7 +899,14 @@ mod tests {
 
     /// A page of two nodes, starting at `token` (the first page when `None`).
     fn page_of_two(s: &mut Store, token: Option<&str>) -> Result<ListPage, ApiError> {
-        s.list(Kind::Node, None, None, false, Some(2), token)
+        s.list(
+            Kind::Node,
+            &ListQuery {
+                limit: Some(2),
+                continue_token: token,
+                ..ListQuery::default()
+            },
+        )
     }
 
     #[test]
@@ -860,11 +932,80 @@ mod tests {
         assert_eq!(e.code, 410);
         let cur = s.resource_version();
         assert_eq!(
-            s.list(Kind::Node, None, Some(cur + 5), false, None, None)
-                .unwrap_err()
-                .code,
+            s.list(
+                Kind::Node,
+                &ListQuery {
+                    resource_version: Some(cur + 5),
+                    ..ListQuery::default()
+                }
+            )
+            .unwrap_err()
+            .code,
             504
         );
+    }
+
+    #[test]
+    fn namespaces_are_seeded_and_hold_pods() {
+        let mut s = Store::new(StoreConfig::default());
+        assert_eq!(s.resource_version(), 1, "seeding writes no history");
+        assert_eq!(s.names(Kind::Namespace), INITIAL_NAMESPACES);
+        let pod = |n: &str| json!({"metadata":{"name":n},"status":{"phase":"Running"}});
+        assert_eq!(s.create_pod("nope", pod("p")).unwrap_err().code, 404);
+        let p = s.create_pod("default", pod("p")).unwrap();
+        assert_eq!(p["status"]["phase"], "Pending");
+        assert_eq!(
+            s.create(Kind::Namespace, "", json!({"metadata":{"name":"t"}}))
+                .unwrap()["status"]["phase"],
+            "Active"
+        );
+        s.create_pod("t", pod("p")).unwrap();
+        let rv = s.resource_version();
+        s.delete(Kind::Namespace, "", "t").unwrap();
+        assert_eq!(s.resource_version(), rv + 2, "the pod, then the namespace");
+        assert!(s.get_pod("t", "p").is_err() && s.get_pod("default", "p").is_ok());
+        assert_eq!(
+            s.delete(Kind::Namespace, "", "default").unwrap_err().code,
+            403
+        );
+        // A pod's key includes its namespace; a node's ignores it.
+        assert_eq!(s.get(Kind::Pod, "kube-system", "p").unwrap_err().code, 404);
+    }
+
+    #[test]
+    fn selector_watches_see_objects_enter_and_leave() {
+        let mut s = Store::new(StoreConfig::default());
+        let (_, mut rx, _) = s.watch(Kind::Node, WatchFrom::Now).unwrap();
+        s.create_node(node("n1", "10.0.1.0/24")).unwrap();
+        for v in ["a", "b"] {
+            let p = json!({"metadata":{"labels":{"x":v}}});
+            s.patch_node("n1", &p, PatchType::Merge, Subresource::Main)
+                .unwrap();
+        }
+        s.delete_node("n1").unwrap();
+        let sel = Selector::parse(Kind::Node, Some("x=a"), None).unwrap();
+        let mut seen = Vec::new();
+        while let Ok(c) = rx.try_recv() {
+            seen.push(c.filtered(|o| sel.matches(Kind::Node, o)));
+        }
+        assert_eq!(
+            seen,
+            [None, Some(EventType::Added), Some(EventType::Deleted), None]
+        );
+    }
+
+    #[test]
+    fn rfc3339_round_trip() {
+        assert_eq!(parse_rfc3339("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(parse_rfc3339("2000-03-01T00:00:01Z"), Some(951_868_801));
+        assert_eq!(parse_rfc3339("2024-02-29T12:30:00.5Z"), Some(1_709_209_800));
+        assert_eq!(parse_rfc3339("yesterday"), None);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        let parsed = parse_rfc3339(&rfc3339_now()).unwrap();
+        assert!((now - parsed).abs() <= 1, "{now} {parsed}");
     }
 
     #[test]

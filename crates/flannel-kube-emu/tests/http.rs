@@ -1,8 +1,10 @@
 //! The emulator over HTTP, byte for byte as a client sees it: Status errors, list paging,
-//! watch streams (events, bookmarks, 410 as an ERROR event), patches on the status subresource.
+//! watch streams (events, bookmarks, 410 as an ERROR event), patches on the status subresource,
+//! discovery in both forms, Tables, namespaces and selectors.
 
 use std::time::Duration;
 
+use flannel_kube_emu::strategy::INITIAL_NAMESPACES;
 use flannel_kube_emu::{EmuConfig, Emulator};
 use flannel_netlink::Netlink;
 use flannel_netlink::netns::{NetnsError, NetnsTarget, run_in_netns};
@@ -27,9 +29,27 @@ async fn call(
     ct: &str,
     body: &str,
 ) -> (u16, String, String) {
+    request(addr, method, path, &format!("Content-Type: {ct}\r\n"), body).await
+}
+
+/// A GET with an `Accept` header; returns status, lower-cased headers and the body.
+async fn get_accept(addr: std::net::SocketAddr, path: &str, accept: &str) -> (u16, String, String) {
+    let (status, head, body) =
+        request(addr, "GET", path, &format!("Accept: {accept}\r\n"), "").await;
+    (status, head.to_ascii_lowercase(), body)
+}
+
+/// One request with extra header lines (each ending in CRLF).
+async fn request(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &str,
+    body: &str,
+) -> (u16, String, String) {
     let mut s = TcpStream::connect(addr).await.unwrap();
     let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: {ct}\r\nContent-Length: {}\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{headers}Content-Length: {}\r\n\r\n{body}",
         body.len()
     );
     s.write_all(req.as_bytes()).await.unwrap();
@@ -269,7 +289,25 @@ fn errors_lists_watches_and_patches() -> Result<(), NetnsError> {
         )
         .await;
         assert_eq!(st, 410);
-        let (st, _, _) = call(a, "GET", "/api/v1/nodes?labelSelector=a%3Db", j, "").await;
+        // Selectors: n3 carries the label i=4 from the last patch.
+        let (st, _, body) = call(a, "GET", "/api/v1/nodes?labelSelector=i%3D4", j, "").await;
+        assert_eq!(st, 200);
+        let items = json_of(&body)["items"].clone();
+        assert_eq!(items.as_array().unwrap().len(), 1, "{items}");
+        assert_eq!(items[0]["metadata"]["name"], "n3");
+        let (st, _, body) = call(
+            a,
+            "GET",
+            "/api/v1/nodes?fieldSelector=spec.nodeName%3Dn1",
+            j,
+            "",
+        )
+        .await;
+        assert_eq!(
+            (st, json_of(&body)["message"].clone()),
+            (400, json!("field label not supported: spec.nodeName"))
+        );
+        let (st, _, _) = call(a, "GET", "/api/v1/nodes?labelSelector=%3Db", j, "").await;
         assert_eq!(st, 400);
         let (st, _, _) = call(a, "GET", "/apis/apps/v1/daemonsets", j, "").await;
         assert_eq!(st, 404);
@@ -321,5 +359,246 @@ fn test_controls_end_open_watches() -> Result<(), NetnsError> {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         assert_eq!(emu.watcher_count(), 0);
+    })
+}
+
+#[test]
+fn discovery_tables_and_negotiation() -> Result<(), NetnsError> {
+    run_in_netns(NetnsTarget::Fresh, || async {
+        loopback_up().await;
+        let emu = Emulator::new(EmuConfig::default());
+        let srv = emu.start("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let a = srv.addr();
+
+        // Legacy discovery for clients that accept plain JSON (kube-rs).
+        let (st, _, body) = get_accept(a, "/api", "application/json").await;
+        assert_eq!(st, 200);
+        assert_eq!(json_of(&body)["kind"], "APIVersions");
+        assert_eq!(json_of(&body)["versions"], json!(["v1"]));
+        let (_, _, body) = get_accept(a, "/apis", "application/json").await;
+        assert_eq!(json_of(&body)["kind"], "APIGroupList");
+        let (_, _, body) = get_accept(a, "/api/v1", "application/json").await;
+        let list = json_of(&body);
+        assert_eq!(list["kind"], "APIResourceList");
+        assert_eq!(list["resources"].as_array().unwrap().len(), 6);
+
+        // Aggregated discovery when asked for first, as kubectl does; the content type says so.
+        let agg =
+            "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json";
+        let (st, head, body) = get_accept(a, "/api", agg).await;
+        assert_eq!(st, 200);
+        assert!(
+            head.contains(
+                "content-type: application/json;g=apidiscovery.k8s.io;v=v2;as=apigroupdiscoverylist"
+            ),
+            "{head}"
+        );
+        let doc = json_of(&body);
+        assert_eq!(doc["kind"], "APIGroupDiscoveryList");
+        assert_eq!(
+            doc["items"][0]["versions"][0]["resources"]
+                .as_array()
+                .unwrap()
+                .len(),
+            3
+        );
+        let (_, _, body) = get_accept(a, "/apis", agg).await;
+        assert_eq!(json_of(&body)["items"], json!([]));
+        let (st, _, _) =
+            get_accept(a, "/api/v1/nodes", "application/vnd.kubernetes.protobuf").await;
+        assert_eq!(st, 406);
+
+        // Tables as kubectl asks for them: columns once, a row per object, metadata objects.
+        emu.add_node("n1", &["10.244.0.0/24"], json!({})).unwrap();
+        let table = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json";
+        let (st, _, body) = get_accept(a, "/api/v1/nodes", table).await;
+        assert_eq!(st, 200);
+        let t = json_of(&body);
+        assert_eq!(
+            (t["kind"].clone(), t["apiVersion"].clone()),
+            (json!("Table"), json!("meta.k8s.io/v1"))
+        );
+        assert_eq!(t["columnDefinitions"][1]["name"], "Status");
+        assert_eq!(t["rows"][0]["cells"][0], "n1");
+        assert_eq!(t["rows"][0]["cells"][1], "Ready");
+        assert_eq!(t["rows"][0]["object"]["kind"], "PartialObjectMetadata");
+        let (_, _, body) = get_accept(a, "/api/v1/nodes/n1?includeObject=Object", table).await;
+        assert_eq!(
+            json_of(&body)["rows"][0]["object"]["spec"]["podCIDR"],
+            "10.244.0.0/24"
+        );
+        let (st, _, _) = get_accept(a, "/api/v1/nodes?includeObject=All", table).await;
+        assert_eq!(st, 400);
+
+        // A watch as Tables: column definitions with the first event only.
+        let w = tokio::spawn(async move {
+            get_accept(a, "/api/v1/namespaces?watch=1&timeoutSeconds=1", table).await
+        });
+        let (_, _, body) = w.await.unwrap();
+        let evs = lines(&body);
+        assert_eq!(evs.len(), 5, "the five initial namespaces: {evs:?}");
+        assert!(evs[0]["object"]["columnDefinitions"].is_array());
+        assert!(evs[1]["object"]["columnDefinitions"].is_null());
+        assert_eq!(evs[4]["object"]["rows"][0]["cells"][0], "kube-system");
+        assert_eq!(evs[4]["object"]["rows"][0]["cells"][1], "Active");
+    })
+}
+
+#[test]
+fn namespaces_pods_and_selector_watches() -> Result<(), NetnsError> {
+    run_in_netns(NetnsTarget::Fresh, || async {
+        loopback_up().await;
+        let emu = Emulator::new(EmuConfig::default());
+        let srv = emu.start("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let a = srv.addr();
+        let j = "application/json";
+        let pod = |name: &str| {
+            json!({"metadata":{"name":name},"spec":{"nodeName":"n1","containers":[{"name":"c","image":"i"}]},
+                   "status":{"phase":"Running"}})
+            .to_string()
+        };
+
+        // A pod in a namespace that does not exist is refused, as by NamespaceLifecycle.
+        let (st, _, body) = call(a, "POST", "/api/v1/namespaces/nope/pods", j, &pod("p")).await;
+        assert_eq!(
+            (st, json_of(&body)["message"].clone()),
+            (404, json!("namespaces \"nope\" not found"))
+        );
+        let (st, _, body) = call(
+            a,
+            "POST",
+            "/api/v1/namespaces",
+            j,
+            r#"{"metadata":{"name":"team"}}"#,
+        )
+        .await;
+        assert_eq!(st, 201);
+        let ns = json_of(&body);
+        assert_eq!(ns["status"]["phase"], "Active");
+        assert_eq!(ns["spec"]["finalizers"], json!(["kubernetes"]));
+        assert_eq!(
+            ns["metadata"]["labels"]["kubernetes.io/metadata.name"],
+            "team"
+        );
+        let (st, _, body) = call(
+            a,
+            "POST",
+            "/api/v1/namespaces",
+            j,
+            r#"{"metadata":{"name":"Team"}}"#,
+        )
+        .await;
+        assert_eq!(
+            (st, json_of(&body)["details"]["kind"].clone()),
+            (422, json!("Namespace"))
+        );
+        let (st, _, _) = call(
+            a,
+            "POST",
+            "/api/v1/namespaces",
+            j,
+            r#"{"metadata":{"name":"team"}}"#,
+        )
+        .await;
+        assert_eq!(st, 409);
+        let (st, _, _) = call(
+            a,
+            "POST",
+            "/api/v1/namespaces",
+            "application/vnd.kubernetes.protobuf",
+            "k8s",
+        )
+        .await;
+        assert_eq!(st, 415);
+
+        // A new pod starts Pending whatever status it was sent; its status is the kubelet's.
+        let (st, _, body) = call(a, "POST", "/api/v1/namespaces/team/pods", j, &pod("p1")).await;
+        assert_eq!(st, 201);
+        assert_eq!(
+            json_of(&body)["status"],
+            json!({"phase":"Pending","qosClass":"BestEffort"})
+        );
+        assert_eq!(json_of(&body)["metadata"]["namespace"], "team");
+
+        // A watch of pods with a label selector: a label added is ADDED, removed is DELETED.
+        let watcher = tokio::spawn(async move {
+            call(
+                a,
+                "GET",
+                "/api/v1/pods?watch=1&labelSelector=app%3Dweb&timeoutSeconds=2",
+                j,
+                "",
+            )
+            .await
+        });
+        while emu.watcher_count() == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let label = |v: &str| json!({"metadata":{"labels":{"app":v}}}).to_string();
+        let mp = "application/merge-patch+json";
+        for v in ["web", "db"] {
+            let (st, _, _) =
+                call(a, "PATCH", "/api/v1/namespaces/team/pods/p1", mp, &label(v)).await;
+            assert_eq!(st, 200);
+        }
+        let (st, _, body) = call(
+            a,
+            "PATCH",
+            "/api/v1/namespaces/team/pods/p1/status",
+            "application/strategic-merge-patch+json",
+            r#"{"status":{"phase":"Running","podIPs":[{"ip":"10.244.0.9"}]}}"#,
+        )
+        .await;
+        assert_eq!(
+            (st, json_of(&body)["status"]["phase"].clone()),
+            (200, json!("Running"))
+        );
+        // The spec of a pod is immutable but for images and a few fields.
+        let (st, _, _) = call(
+            a,
+            "PATCH",
+            "/api/v1/namespaces/team/pods/p1",
+            mp,
+            r#"{"spec":{"nodeName":"n2"}}"#,
+        )
+        .await;
+        assert_eq!(st, 422);
+        let (_, _, body) = watcher.await.unwrap();
+        let types: Vec<String> = lines(&body)
+            .iter()
+            .map(|e| e["type"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(types, ["ADDED", "DELETED"]);
+
+        // Deleting a namespace takes its pods; the initial namespaces cannot be deleted.
+        let (_, _, body) = call(
+            a,
+            "GET",
+            "/api/v1/pods?fieldSelector=status.podIP%3D10.244.0.9",
+            j,
+            "",
+        )
+        .await;
+        assert_eq!(json_of(&body)["items"].as_array().unwrap().len(), 1);
+        let (st, _, _) = call(a, "DELETE", "/api/v1/namespaces/team", j, "").await;
+        assert_eq!(st, 200);
+        let (st, _, _) = call(a, "GET", "/api/v1/namespaces/team/pods/p1", j, "").await;
+        assert_eq!(st, 404);
+        let (st, _, body) = call(a, "DELETE", "/api/v1/namespaces/kube-system", j, "").await;
+        assert_eq!(
+            (st, json_of(&body)["message"].clone()),
+            (
+                403,
+                json!("namespaces \"kube-system\" is forbidden: this namespace may not be deleted")
+            )
+        );
+        let (_, _, body) = call(a, "GET", "/api/v1/namespaces", j, "").await;
+        let names: Vec<String> = json_of(&body)["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["metadata"]["name"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(names, INITIAL_NAMESPACES);
     })
 }

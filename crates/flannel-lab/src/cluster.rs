@@ -274,7 +274,32 @@ impl Cluster {
             c.wait_ready(i)?;
         }
         c.wait_mesh()?;
+        c.kubelet_nodes_ready()?;
         Ok(c)
+    }
+
+    /// Kubernetes mode: reports every node Ready, as each kubelet does once the network plugin
+    /// is up (see [`KubeEmu::set_node_ready`]).
+    fn kubelet_nodes_ready(&self) -> Result<()> {
+        if let Some(kube) = &self.kube {
+            for i in 0..self.spec.nodes {
+                kube.set_node_ready(&kube::node_name(i))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Kubernetes mode: reports pod `name` to the API as its node's kubelet would, bound to its
+    /// node and Running with its IPs (see [`KubeEmu::register_pod`]).
+    fn kubelet_register_pod(&self, name: &str) -> Result<()> {
+        let (Some(kube), Some(pod)) = (&self.kube, self.pods.get(name)) else {
+            return Ok(());
+        };
+        let mut ips = vec![pod.ip];
+        ips.extend(pod.ip6.filter(|v6| *v6 != pod.ip));
+        let host = IpAddr::V4(self.lab.node(pod.node).ip());
+        kube.register_pod(name, &kube::node_name(pod.node), host, &ips)?;
+        Ok(())
     }
 
     /// Waits until every node routes to every other node's pod subnet (vxlan and host-gw).
@@ -630,6 +655,7 @@ impl Cluster {
                 runtime,
             },
         );
+        self.kubelet_register_pod(name)?;
         Ok(ip)
     }
 
@@ -673,6 +699,9 @@ impl Cluster {
             Some(&pod.result),
         );
         self.lab.remove_pod(name)?;
+        if let Some(kube) = &self.kube {
+            kube.unregister_pod(name)?;
+        }
         r
     }
 

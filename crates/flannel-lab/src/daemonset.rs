@@ -303,11 +303,7 @@ impl DaemonSet {
             .container(KUBE_FLANNEL)
             .ok()
             .and_then(|c| {
-                let path = c
-                    .args
-                    .iter()
-                    .find_map(|a| a.strip_prefix("--subnet-file="))
-                    .unwrap_or(DEFAULT_SUBNET_FILE);
+                let path = c.flag("subnet-file").unwrap_or(DEFAULT_SUBNET_FILE);
                 self.spec.manifest.host_path_of(c, path)
             })
             .unwrap_or_else(|| DEFAULT_SUBNET_FILE.to_string());

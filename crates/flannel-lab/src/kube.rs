@@ -2,6 +2,12 @@
 //! Node objects as kubeadm leaves them, and a kubeconfig and net-conf.json per node, so
 //! flanneld runs with `--kube-subnet-mgr` exactly as under the kube-flannel DaemonSet.
 //!
+//! The lab plays the kubelet's part towards the API: it registers each node (addresses,
+//! nodeInfo, capacity), reports it `Ready` once flanneld is up, and registers every pod it
+//! creates through CNI as a Pod bound to its node, `Running` with its IPs (see
+//! [`KubeEmu::register_pod`]), so real `kubectl` shows the lab as it would a kubeadm cluster
+//! (`flannel-lab kubectl`, [`crate::kubectl`]).
+//!
 //! The emulator is *not* an API server: see the `flannel-kube-emu` crate docs for which API
 //! semantics it reproduces. The lab talks to it over HTTP (a tiny blocking client inside the
 //! underlay namespace), with the real API paths for objects and `/emu/` for test controls.
@@ -27,6 +33,17 @@ const START_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Longest an HTTP exchange with the emulator may take.
 const HTTP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The namespace the lab's pods are registered in.
+pub const POD_NAMESPACE: &str = "default";
+
+/// The kubelet version lab nodes report (`kubectl get nodes` VERSION): the emulator's API
+/// version, marked as the lab's, since no real kubelet runs.
+pub const KUBELET_VERSION: &str = "v1.33.0-flannel-lab";
+
+/// The name of the one container of a lab pod. A lab pod is a network namespace and runs no
+/// image; the container is what makes it a valid, `1/1` ready Pod for kubectl.
+pub const POD_CONTAINER: &str = "netns";
 
 /// Emulator settings the lab passes on its command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -140,6 +157,12 @@ impl KubeEmu {
         &self.child
     }
 
+    /// The administrator's kubeconfig, named as kubeadm names `/etc/kubernetes/admin.conf`'s
+    /// cluster, user and context (no credentials: the emulator has no auth).
+    pub fn admin_kubeconfig(&self) -> String {
+        crate::kubectl::admin_kubeconfig(&self.url())
+    }
+
     /// A kubeconfig pointing at the emulator (no credentials: the emulator has no auth).
     pub fn kubeconfig(&self, user: &str) -> String {
         format!(
@@ -195,7 +218,8 @@ impl KubeEmu {
     }
 
     /// Creates a Node as kubeadm's registration plus the range allocator leave it: pod CIDRs
-    /// set, its InternalIP, no flannel annotations, not yet Ready.
+    /// set, its InternalIP, the host's nodeInfo and capacity, the kubelet's labels, no flannel
+    /// annotations, not yet Ready (the network plugin is not up).
     pub fn create_node(
         &self,
         name: &str,
@@ -206,12 +230,19 @@ impl KubeEmu {
         if let Some(first) = pod_cidrs.first() {
             spec = json!({ "podCIDR": first, "podCIDRs": pod_cidrs });
         }
+        let now = now_rfc3339();
+        let (info, capacity) = host_node_info();
+        let arch = info["architecture"].clone();
         let node = json!({
             "apiVersion": "v1",
             "kind": "Node",
             "metadata": {
                 "name": name,
-                "labels": { "kubernetes.io/hostname": name, "kubernetes.io/os": "linux" },
+                "labels": {
+                    "beta.kubernetes.io/arch": arch, "beta.kubernetes.io/os": "linux",
+                    "kubernetes.io/arch": arch, "kubernetes.io/hostname": name,
+                    "kubernetes.io/os": "linux"
+                },
                 "annotations": {}
             },
             "spec": spec,
@@ -220,13 +251,110 @@ impl KubeEmu {
                     { "type": "InternalIP", "address": internal_ip.to_string() },
                     { "type": "Hostname", "address": name }
                 ],
+                "capacity": capacity,
+                "allocatable": capacity,
+                "nodeInfo": info,
                 "conditions": [{
                     "type": "Ready", "status": "False", "reason": "KubeletNotReady",
+                    "lastHeartbeatTime": now, "lastTransitionTime": now,
                     "message": "container runtime network not ready: NetworkReady=false reason:NetworkPluginNotReady message:Network plugin returns error: cni plugin not initialized"
                 }]
             }
         });
         self.expect_ok("POST", "/api/v1/nodes", "application/json", Some(&node))
+    }
+
+    /// Reports node `name` Ready, as its kubelet does once the network plugin is up: a
+    /// strategic merge patch of `nodes/<name>/status` (conditions merge by type, so flanneld's
+    /// `NetworkUnavailable` stays).
+    pub fn set_node_ready(&self, name: &str) -> Result<Value> {
+        let now = now_rfc3339();
+        let patch = json!({ "status": { "conditions": [{
+            "type": "Ready", "status": "True", "reason": "KubeletReady",
+            "message": "kubelet is posting ready status",
+            "lastHeartbeatTime": now, "lastTransitionTime": now
+        }] } });
+        self.expect_ok(
+            "PATCH",
+            &format!("/api/v1/nodes/{name}/status"),
+            "application/strategic-merge-patch+json",
+            Some(&patch),
+        )
+    }
+
+    /// Registers a lab pod as the Pod a kubelet would report: created in [`POD_NAMESPACE`]
+    /// bound to `node` (the API starts it `Pending`), then its status (`Running`, ready, host
+    /// and pod IPs, the first IP the primary one) written through `pods/<name>/status`.
+    pub fn register_pod(
+        &self,
+        name: &str,
+        node: &str,
+        host_ip: IpAddr,
+        pod_ips: &[IpAddr],
+    ) -> Result<Value> {
+        let pod = json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": name,
+                "namespace": POD_NAMESPACE,
+                "labels": { "app.kubernetes.io/managed-by": "flannel-lab" }
+            },
+            "spec": {
+                "nodeName": node,
+                "containers": [{ "name": POD_CONTAINER, "image": "flannel-lab/netns" }],
+                "restartPolicy": "Always"
+            }
+        });
+        let created = self.expect_ok(
+            "POST",
+            &format!("/api/v1/namespaces/{POD_NAMESPACE}/pods"),
+            "application/json",
+            Some(&pod),
+        )?;
+        let now = now_rfc3339();
+        let conditions = [
+            "PodReadyToStartContainers",
+            "Initialized",
+            "Ready",
+            "ContainersReady",
+            "PodScheduled",
+        ]
+        .map(|ty| json!({ "type": ty, "status": "True", "lastTransitionTime": now }));
+        let status = json!({ "status": {
+            "phase": "Running",
+            "hostIP": host_ip.to_string(),
+            "hostIPs": [{ "ip": host_ip.to_string() }],
+            "podIP": pod_ips.first().map(IpAddr::to_string),
+            "podIPs": pod_ips.iter().map(|ip| json!({ "ip": ip.to_string() })).collect::<Vec<_>>(),
+            "startTime": created["metadata"]["creationTimestamp"],
+            "conditions": conditions,
+            "containerStatuses": [{
+                "name": POD_CONTAINER, "image": "flannel-lab/netns", "imageID": "",
+                "containerID": format!("flannel-lab://{name}"),
+                "ready": true, "started": true, "restartCount": 0,
+                "state": { "running": { "startedAt": now } }
+            }]
+        } });
+        self.expect_ok(
+            "PATCH",
+            &format!("/api/v1/namespaces/{POD_NAMESPACE}/pods/{name}/status"),
+            "application/strategic-merge-patch+json",
+            Some(&status),
+        )
+    }
+
+    /// Removes a lab pod's Pod object (the kubelet's part after the sandbox is gone); one that
+    /// is already gone (deleted with kubectl) is fine.
+    pub fn unregister_pod(&self, name: &str) -> Result<()> {
+        let path = format!("/api/v1/namespaces/{POD_NAMESPACE}/pods/{name}");
+        match self.request("DELETE", &path, "application/json", None)? {
+            (200..=299 | 404, _) => Ok(()),
+            (status, v) => Err(LabError::Invalid(format!(
+                "DELETE {path} on the kube emulator: {status} {}",
+                v.get("message").and_then(Value::as_str).unwrap_or("")
+            ))),
+        }
     }
 
     /// The Node object named `name`.
@@ -286,11 +414,13 @@ impl KubeEmu {
     }
 }
 
-/// Brings up Kubernetes mode for a cluster: starts the emulator, registers Node objects
-/// `n1..nN` with kubeadm-style pod CIDRs and their InternalIP, and writes each node's
+/// Brings up Kubernetes mode for a cluster: starts the emulator, writes the administrator's
+/// kubeconfig into the lab directory ([`crate::kubectl::ADMIN_KUBECONFIG`]), registers Node
+/// objects `n1..nN` with kubeadm-style pod CIDRs and their InternalIP, and writes each node's
 /// kubeconfig and net-conf.json (the ConfigMap's file) into its directory.
 pub fn start_cluster(lab: &Lab, bin_dir: &Path, spec: &crate::ClusterSpec) -> Result<KubeEmu> {
     let emu = KubeEmu::start(lab, bin_dir, spec.kube_emu)?;
+    crate::kubectl::write_admin_kubeconfig(lab.dir(), &emu.url())?;
     let net_conf = serde_json::to_string_pretty(&spec.net_config())
         .map_err(|e| LabError::Invalid(format!("net-conf.json: {e}")))?;
     for (i, node) in lab.nodes().iter().enumerate() {
@@ -319,6 +449,59 @@ pub fn start_cluster(lab: &Lab, bin_dir: &Path, spec: &crate::ClusterSpec) -> Re
         }
     }
     Ok(emu)
+}
+
+/// Now as the API's `Time` (RFC 3339, UTC, whole seconds).
+fn now_rfc3339() -> String {
+    jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
+}
+
+/// What a kubelet on this machine would report in `status.nodeInfo` and `status.capacity`:
+/// every lab node shares the host's kernel, OS and CPUs. The runtime is the lab itself, which
+/// runs the CNI plugins as containerd would.
+fn host_node_info() -> (Value, Value) {
+    let os_image = std::fs::read_to_string("/etc/os-release")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("PRETTY_NAME="))
+                .map(|v| v.trim_matches('"').to_string())
+        })
+        .unwrap_or_default();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default();
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "x86" => "386",
+        "powerpc64" => "ppc64le",
+        other => other,
+    };
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mem_kib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.split_whitespace().next().map(str::to_string))
+        })
+        .unwrap_or_else(|| "0".into());
+    let info = json!({
+        "architecture": arch,
+        "operatingSystem": "linux",
+        "osImage": os_image,
+        "kernelVersion": kernel,
+        "kubeletVersion": KUBELET_VERSION,
+        "kubeProxyVersion": "",
+        "containerRuntimeVersion": format!("flannel-lab://{}", env!("CARGO_PKG_VERSION")),
+        "machineID": "", "systemUUID": "", "bootID": ""
+    });
+    let capacity =
+        json!({ "cpu": cpus.to_string(), "memory": format!("{mem_kib}Ki"), "pods": "110" });
+    (info, capacity)
 }
 
 /// flanneld's datastore flags in Kubernetes mode for a node whose files are in `node_dir`.

@@ -52,6 +52,7 @@ mod error;
 mod etcd;
 mod host;
 pub mod kube;
+pub mod kubectl;
 pub mod lab;
 pub mod manifest;
 mod netns;

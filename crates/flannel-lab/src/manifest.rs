@@ -235,6 +235,33 @@ impl EnvVar {
 }
 
 impl Container {
+    /// The whole command line: `command` then `args` (upstream's chart puts flanneld's flags
+    /// in `command`, its old manifest in `args`).
+    pub fn command_line(&self) -> impl Iterator<Item = &String> {
+        self.command.iter().chain(&self.args)
+    }
+
+    /// The value of flanneld's value flag `name` on the command line (`--name=v`, `-name=v`,
+    /// `--name v`), else of its `FLANNELD_<NAME>` variable, as flanneld reads them.
+    pub fn flag(&self, name: &str) -> Option<&str> {
+        let line: Vec<&String> = self.command_line().collect();
+        let given = line.iter().enumerate().find_map(|(i, a)| {
+            let bare = a.strip_prefix("--").or_else(|| a.strip_prefix('-'))?;
+            match bare.strip_prefix(name)? {
+                "" => line.get(i + 1).map(|v| v.as_str()),
+                rest => rest.strip_prefix('='),
+            }
+        });
+        let var = format!("FLANNELD_{}", name.to_uppercase().replace(['-', '.'], "_"));
+        given.or_else(|| {
+            self.env
+                .iter()
+                .find(|e| e.name == var)
+                .and_then(|e| e.value.as_deref())
+                .filter(|v| !v.is_empty())
+        })
+    }
+
     /// The capabilities `securityContext` adds.
     pub fn cap_add(&self) -> &[String] {
         self.security_context
@@ -502,8 +529,9 @@ mod tests {
         let conf = m.container(INSTALL_CNI).unwrap();
         assert_eq!(conf.command, ["/opt/bin/install-conf"]);
         let main = m.container(KUBE_FLANNEL).unwrap();
-        assert_eq!(main.command, ["/opt/bin/flanneld"]);
-        assert!(main.args.contains(&"--kube-subnet-mgr".to_string()));
+        let line: Vec<&String> = main.command_line().collect();
+        assert_eq!(line[0], "/opt/bin/flanneld");
+        assert!(line.contains(&&"--kube-subnet-mgr".to_string()), "{line:?}");
         assert_eq!(main.cap_add(), ["NET_ADMIN", "NET_RAW"]);
         assert!(!main.privileged());
         assert_eq!(main.readiness_http(), Some((8081, "/readyz".to_string())));
@@ -627,6 +655,18 @@ spec:
             main.env[0].source().is_err(),
             "secrets are refused, not dropped"
         );
+        assert_eq!(main.flag("subnet-file"), Some("/run/flannel/x.env"));
+        assert_eq!(main.flag("iface"), None);
+        let mut c = main.clone();
+        c.args = vec!["-subnet-file".into(), "/a".into()];
+        assert_eq!(c.flag("subnet-file"), Some("/a"));
+        c.args.clear();
+        c.env = vec![EnvVar {
+            name: "FLANNELD_SUBNET_FILE".into(),
+            value: Some("/b".into()),
+            value_from: None,
+        }];
+        assert_eq!(c.flag("subnet-file"), Some("/b"));
         assert!(m.container(INSTALL_CNI).is_err());
         assert_eq!(m.config["net-conf.json"], r#"{"Network": "10.244.0.0/16"}"#);
     }

@@ -1,8 +1,10 @@
 //! The `flannel-lab` command end to end, run as a user would: `up --nodes 3 --check` for vxlan,
 //! host-gw and vxlan with nftables, then `status`, `exec`, `check`, `down` (twice), asserting
-//! that the lab outlives `up` and that `down` leaves no namespace and no process behind; plus an
-//! `up` killed half-way (SIGKILL: `down` cleans up; SIGINT: `up` cleans up itself) and the
-//! error messages for "not root" and "etcd missing".
+//! that the lab outlives `up` and that `down` leaves no namespace and no process behind; in
+//! Kubernetes mode also `kubectl` (nodes with their podCIDRs, pods with their IPs, namespaces,
+//! a label round trip), and its refusal in etcd mode; plus an `up` killed half-way (SIGKILL:
+//! `down` cleans up; SIGINT: `up` cleans up itself) and the error messages for "not root" and
+//! "etcd missing".
 //!
 //! Every test has its own `--state-dir` (named `flrs-…` so scripts/test's leak check sees any
 //! daemon left with a path under it) and a guard that runs `down` even when an assertion fails.
@@ -225,6 +227,11 @@ fn up_check_down(tag: &str, extra: &[&str], route_shows: &str) {
     let check = lab.ok(&["check"], UP_TIMEOUT);
     assert!(check.contains("30/30 pairs, full"), "{check}");
 
+    match state.datastore.as_str() {
+        "kube" => kubectl_shows_the_lab(&lab, &state),
+        _ => kubectl_is_refused(&lab),
+    }
+
     let down = lab.ok(&["down"], SHORT_TIMEOUT);
     assert!(down.contains("stopped 4 processes"), "{down}");
     assert!(down.contains("deleted 10 namespaces"), "{down}");
@@ -233,6 +240,89 @@ fn up_check_down(tag: &str, extra: &[&str], route_shows: &str) {
     assert!(twice.contains("nothing to remove"), "{twice}");
     let status = lab.run(&["status"], SHORT_TIMEOUT);
     assert_eq!(status.status.code(), Some(1));
+}
+
+/// `flannel-lab kubectl` on a lab in Kubernetes mode: the issue's commands answer as on a
+/// kubeadm cluster, and a label goes through.
+fn kubectl_shows_the_lab(lab: &LabDir, state: &LabState) {
+    let kubectl = |args: &[&str]| {
+        let mut all = vec!["kubectl", "--"];
+        all.extend_from_slice(args);
+        lab.ok(&all, SHORT_TIMEOUT)
+    };
+    let cidrs = kubectl(&[
+        "get",
+        "nodes",
+        "-o",
+        r#"jsonpath={range .items[*]}{.metadata.name}{"\t"}{.spec.podCIDR}{"\n"}{end}"#,
+    ]);
+    assert_eq!(
+        cidrs,
+        "n1\t10.244.0.0/24\nn2\t10.244.1.0/24\nn3\t10.244.2.0/24\n"
+    );
+    let pods = kubectl(&["get", "pods", "-A", "-o", "wide"]);
+    let mut lines = pods.lines();
+    let header: Vec<&str> = lines.next().unwrap_or("").split_whitespace().collect();
+    assert_eq!(
+        header[..8].join(" "),
+        "NAMESPACE NAME READY STATUS RESTARTS AGE IP NODE",
+        "{pods}"
+    );
+    let rows: Vec<Vec<&str>> = lines.map(|l| l.split_whitespace().collect()).collect();
+    assert_eq!(rows.len(), state.pods.len(), "{pods}");
+    for p in &state.pods {
+        let row = rows
+            .iter()
+            .find(|r| r[1] == p.name)
+            .expect("every pod listed");
+        let ip = p.ip.to_string();
+        assert_eq!(
+            row[..8],
+            [
+                "default", &p.name, "1/1", "Running", "0", row[5], &ip, &p.node
+            ],
+            "{pods}"
+        );
+    }
+    let nodes = kubectl(&["get", "nodes"]);
+    assert_eq!(nodes.matches(" Ready ").count(), 3, "{nodes}");
+    let ns = kubectl(&["get", "ns"]);
+    for n in ["default", "kube-flannel", "kube-system"] {
+        assert!(ns.contains(&format!("\n{n} ")), "{ns}");
+    }
+    assert_eq!(
+        kubectl(&["label", "node", "n2", "flannel-rs/cli=yes"]),
+        "node/n2 labeled\n"
+    );
+    assert_eq!(
+        kubectl(&[
+            "get",
+            "node",
+            "n2",
+            "-o",
+            "jsonpath={.metadata.labels.flannel-rs/cli}"
+        ]),
+        "yes"
+    );
+    assert_eq!(
+        kubectl(&["label", "node", "n2", "flannel-rs/cli-"]),
+        "node/n2 unlabeled\n"
+    );
+    // kubectl's exit status comes through.
+    let missing = lab.run(&["kubectl", "--", "get", "node", "n9"], SHORT_TIMEOUT);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains(r#"nodes "n9" not found"#));
+}
+
+/// `flannel-lab kubectl` on a lab in etcd mode says why it cannot work.
+fn kubectl_is_refused(lab: &LabDir) {
+    let out = lab.run(&["kubectl", "--", "get", "nodes"], SHORT_TIMEOUT);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("datastore \"etcd\"") && err.contains("--datastore kube"),
+        "{err}"
+    );
 }
 
 #[test]

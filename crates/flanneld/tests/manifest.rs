@@ -1,101 +1,45 @@
 //! `deploy/kube-flannel.yml` and `deploy/Containerfile`: the manifest is valid against the
 //! official Kubernetes schemas (offline, with `kubernetes-validate` from PyPI, installed by
-//! scripts/setup), and it carries upstream's args, env, RBAC, probes, volumes and ConfigMap, with
-//! commands that exist in our image. Also `install-conf`, the init container's atomic copy.
+//! scripts/setup), and it carries upstream's command line, env, RBAC, probes, volumes and
+//! ConfigMap, with commands that exist in our image. Also `install-conf`, the init container's
+//! atomic copy. The manifest is generated from chart/kube-flannel (scripts/render-manifest;
+//! chart.rs checks they agree); these tests pin what the default rendering must be.
+
+mod kube_yaml;
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 use flannel_types::NetConfig;
+use kube_yaml::{
+    KUBE_VERSIONS, assert_valid, find, repo, require_validator, validate, yaml_documents,
+};
 use serde_json::{Value, json};
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
 
 fn manifest_path() -> PathBuf {
     repo().join("deploy/kube-flannel.yml")
 }
 
-/// Runs kubernetes-validate; a missing tool is a failure with the fix, never a skip.
-fn validate(path: &Path, version: &str) -> std::process::Output {
-    Command::new("python3")
-        .args(["-m", "kubernetes_validate", "--strict", "-k", version])
-        .arg(path)
-        .output()
-        .unwrap_or_else(|e| {
-            panic!(
-                "python3 could not be run ({e}); run scripts/setup, which installs kubernetes-validate"
-            )
-        })
-}
-
-/// Fails with the fix when kubernetes-validate is not installed (never a skip).
-fn require_validator() {
-    let out = Command::new("python3")
-        .args(["-m", "kubernetes_validate", "--version"])
-        .output()
-        .expect("python3 runs");
-    assert!(
-        out.status.success(),
-        "kubernetes-validate is not installed: run scripts/setup (it runs `python3 -m pip install kubernetes-validate==1.37.0`): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// The manifest's documents as JSON, read by PyYAML (a dependency of kubernetes-validate).
+/// The manifest's documents as JSON.
 fn documents() -> Vec<Value> {
     yaml_documents(&manifest_path())
-}
-
-fn yaml_documents(path: &Path) -> Vec<Value> {
-    let out = Command::new("python3")
-        .args([
-            "-c",
-            "import json,sys,yaml; print(json.dumps([d for d in yaml.safe_load_all(open(sys.argv[1])) if d]))",
-        ])
-        .arg(path)
-        .output()
-        .expect("python3 runs");
-    assert!(
-        out.status.success(),
-        "reading the YAML: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
-fn find<'a>(docs: &'a [Value], kind: &str) -> &'a Value {
-    docs.iter()
-        .find(|d| d["kind"] == kind)
-        .unwrap_or_else(|| panic!("no {kind} in the manifest"))
 }
 
 #[test]
 fn manifest_is_valid_against_the_official_schemas() {
     require_validator();
-    for version in ["1.33.0", "1.37.0"] {
-        let out = validate(&manifest_path(), version);
-        let text = String::from_utf8_lossy(&out.stdout).to_string()
-            + &String::from_utf8_lossy(&out.stderr);
-        assert!(
-            out.status.success(),
-            "kubernetes-validate {version}:\n{text}"
-        );
-        for res in [
-            "namespace/kube-flannel",
-            "clusterrole/flannel",
-            "clusterrolebinding/flannel",
-            "serviceaccount/flannel",
-            "configmap/kube-flannel-cfg",
-            "daemonset/kube-flannel-ds",
-        ] {
-            assert!(
-                text.contains(&format!("passed for resource {res}")),
-                "{res}:\n{text}"
-            );
-        }
+    let resources = [
+        "namespace/kube-flannel",
+        "clusterrole/flannel",
+        "clusterrolebinding/flannel",
+        "serviceaccount/flannel",
+        "configmap/kube-flannel-cfg",
+        "daemonset/kube-flannel-ds",
+    ]
+    .map(String::from);
+    for version in KUBE_VERSIONS {
+        assert_valid(&manifest_path(), version, &resources);
     }
     // The validator really checks: a typo'd field and a wrong type are rejected.
     let dir = tempfile::tempdir().unwrap();
@@ -152,17 +96,7 @@ fn configmap_matches_upstream() {
     let cm = find(&docs, "ConfigMap");
     assert_eq!(cm["metadata"]["name"], "kube-flannel-cfg");
     let cni: Value = serde_json::from_str(cm["data"]["cni-conf.json"].as_str().unwrap()).unwrap();
-    assert_eq!(
-        cni,
-        json!({
-            "name": "cbr0",
-            "cniVersion": "0.3.1",
-            "plugins": [
-                {"type": "flannel", "delegate": {"hairpinMode": true, "isDefaultGateway": true}},
-                {"type": "portmap", "capabilities": {"portMappings": true}}
-            ]
-        })
-    );
+    assert_eq!(cni, kube_yaml::upstream_conflist());
     let net = NetConfig::parse(cm["data"]["net-conf.json"].as_str().unwrap()).unwrap();
     assert_eq!(net.network.unwrap().to_string(), "10.244.0.0/16");
     assert_eq!(net.backend_type, "vxlan");
@@ -183,9 +117,13 @@ fn daemonset_args_env_probes_and_volumes() {
     assert_eq!(pod["hostNetwork"], true);
     assert_eq!(pod["priorityClassName"], "system-node-critical");
     assert_eq!(pod["serviceAccountName"], "flannel");
+    // The chart's default tolerations (upstream's Documentation manifest has only NoSchedule).
     assert_eq!(
         pod["tolerations"],
-        json!([{"operator": "Exists", "effect": "NoSchedule"}])
+        json!([
+            {"operator": "Exists", "effect": "NoExecute"},
+            {"operator": "Exists", "effect": "NoSchedule"}
+        ])
     );
     assert_eq!(
         pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
@@ -212,24 +150,19 @@ fn daemonset_args_env_probes_and_volumes() {
 
     let c = &pod["containers"][0];
     assert_eq!(c["name"], "kube-flannel");
-    assert_eq!(c["command"], json!(["/opt/bin/flanneld"]));
-    let args: Vec<String> = c["args"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a.as_str().unwrap().to_string())
-        .collect();
+    // The whole command line is in `command`, as upstream's chart renders it.
     assert_eq!(
-        args,
-        ["--ip-masq", "--kube-subnet-mgr", "--healthz-port=8081"]
+        c["command"],
+        json!([
+            "/opt/bin/flanneld",
+            "--ip-masq",
+            "--kube-subnet-mgr",
+            "--healthz-port=8081"
+        ])
     );
+    assert!(c.get("args").is_none());
     // Our flanneld accepts exactly these flags with the DaemonSet's environment.
-    let env = |k: &str| match k {
-        "POD_NAME" => Some("kube-flannel-ds-x".to_string()),
-        "POD_NAMESPACE" => Some("kube-flannel".to_string()),
-        _ => None,
-    };
-    let opts = flanneld::cli::parse_from(args.clone(), env).expect("flanneld accepts the args");
+    let opts = kube_yaml::parse_flanneld_args(&docs);
     assert!(opts.kube_subnet_mgr && opts.ip_masq);
     assert_eq!(opts.healthz_port, 8081);
     assert_eq!(
@@ -382,13 +315,7 @@ fn install_conf_copies_atomically() {
 #[test]
 fn prometheus_scrape_patch_matches_the_daemonset() {
     let docs = documents();
-    let ds = find(&docs, "DaemonSet");
-    let args = ds["spec"]["template"]["spec"]["containers"][0]["args"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(Value::as_str)
-        .collect::<Vec<_>>();
+    let args = kube_yaml::flanneld_args(&docs);
     let port = args
         .iter()
         .find_map(|a| a.strip_prefix("--healthz-port="))

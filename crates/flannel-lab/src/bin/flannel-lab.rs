@@ -12,10 +12,13 @@
 //! pods use the plugin and conflist those installed.
 //!
 //! The lab then keeps running on its own: its state is in one directory (default
-//! `/run/flannel-lab`), so `status`, `check`, `exec` and `down` work from any shell.
+//! `/run/flannel-lab`), so `status`, `check`, `exec`, `kubectl` and `down` work from any shell.
+//! With `--datastore kube`, `kubectl -- ARGS` runs the real kubectl against the lab's API
+//! emulator (nodes with their podCIDRs, the lab's pods with their IPs, namespaces).
 //!
 //! Exit status: 0 success; 1 `check` (or `up --check`) found unreachable pairs, or `status`
-//! found no lab or a stopped process; 2 an error; 130 interrupted.
+//! found no lab or a stopped process; 2 an error; 130 interrupted. `exec` and `kubectl` exit
+//! with the status of the command they run.
 
 // The modules live in a directory named after the binary; a crate root in src/bin/ would look
 // for them next to itself, where cargo would take them for binaries of their own.
@@ -36,6 +39,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 use flannel_lab::daemonset::DaemonSetSpec;
+use flannel_lab::kubectl::{kubeconfig_path, write_admin_kubeconfig};
 use flannel_lab::manifest::Manifest;
 use flannel_lab::state::{DEFAULT_STATE_DIR, LabState, Phase, install_conflist};
 use flannel_lab::throughput::iperf3;
@@ -58,6 +62,7 @@ const PING_PARALLEL: usize = 8;
         sudo flannel-lab up --backend host-gw --throughput\n  \
         sudo flannel-lab exec n1 -- ip route\n  \
         sudo flannel-lab exec n1-p1 -- ip addr show eth0\n  \
+        sudo flannel-lab up --datastore kube && sudo flannel-lab kubectl -- get pods -A -o wide\n  \
         sudo flannel-lab check && sudo flannel-lab down\n\n\
         Exit status: 0 ok; 1 check failed (unreachable pairs) or status found a problem; 2 error; 130 interrupted."
 )]
@@ -80,6 +85,8 @@ enum Cmd {
     Check(CheckArgs),
     /// Run a command inside a node's, a pod's or the underlay's network namespace
     Exec(ExecArgs),
+    /// Run the real kubectl against the lab's Kubernetes API (a lab started with --datastore kube)
+    Kubectl(KubectlArgs),
     /// Remove everything the lab created: processes, namespaces, directories (safe to repeat)
     Down(DownArgs),
 }
@@ -180,6 +187,13 @@ struct ExecArgs {
 }
 
 #[derive(Debug, Args)]
+struct KubectlArgs {
+    /// kubectl's arguments (after `--`), e.g. `get pods -A -o wide`
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    args: Vec<String>,
+}
+
+#[derive(Debug, Args)]
 struct DownArgs {
     /// Also when the `up` that is building the lab is still running
     #[arg(long)]
@@ -193,6 +207,7 @@ fn main() -> ExitCode {
         Cmd::Status => status(&cli.state_dir),
         Cmd::Check(args) => check(&cli.state_dir, args),
         Cmd::Exec(args) => exec(&cli.state_dir, args),
+        Cmd::Kubectl(args) => kubectl(&cli.state_dir, args),
         Cmd::Down(args) => down(&cli.state_dir, args),
     };
     match result {
@@ -309,8 +324,13 @@ fn up(state_dir: &Path, args: &UpArgs) -> anyhow::Result<ExitCode> {
     // scripts/lab names itself here, so the hints are commands that work as printed.
     let program = std::env::var("FLANNEL_LAB_COMMAND").unwrap_or_else(|_| "flannel-lab".into());
     let me = format!("{program}{}", state_dir_flag_short(state_dir));
+    let kubectl_hint = if state.datastore == "kube" {
+        format!("\n  {me} kubectl -- get pods -A -o wide")
+    } else {
+        String::new()
+    };
     report += &format!(
-        "\nThe lab keeps running. Next:\n  {me} status\n  {me} exec n1 -- ip route\n  {me} exec n1-p1 -- ping -c1 {}\n  {me} check\n  {me} down\n",
+        "\nThe lab keeps running. Next:\n  {me} status\n  {me} exec n1 -- ip route\n  {me} exec n1-p1 -- ping -c1 {}{kubectl_hint}\n  {me} check\n  {me} down\n",
         state
             .pods
             .last()
@@ -578,12 +598,50 @@ fn exec(state_dir: &Path, args: &ExecArgs) -> anyhow::Result<ExitCode> {
         // So `flannel-lab exec n1 -- etcdctl get --prefix /coreos.com/network` just works.
         cmd.env("ETCDCTL_API", "3").env("ETCDCTL_ENDPOINTS", ep);
     }
+    if state.datastore == "kube" {
+        // So `flannel-lab exec underlay -- kubectl get nodes` works too, as `kubectl` does.
+        cmd.env("KUBECONFIG", kubeconfig_path(&state.lab_dir)).env(
+            "KUBECACHEDIR",
+            state.lab_dir.join(flannel_lab::kubectl::CACHE_DIR),
+        );
+    }
     // Become the command (exec(2)): its exit status, signals and terminal handling are the
     // user's, exactly as with `ip netns exec` (Ctrl-C in an interactive shell reaches the shell
     // alone). `exec` returns only on failure.
     use std::os::unix::process::CommandExt;
     let err = cmd.exec();
     Err(anyhow::Error::new(err).context(format!("running {:?} in {ns}", args.command)))
+}
+
+fn kubectl(state_dir: &Path, args: &KubectlArgs) -> anyhow::Result<ExitCode> {
+    bins::require_root("kubectl")?;
+    let state = load(state_dir)?;
+    if state.datastore != "kube" {
+        bail!(
+            "the lab in {} keeps its leases in {} (datastore {:?}), not in a Kubernetes API; \
+             kubectl needs a lab started with `flannel-lab up --datastore kube`",
+            state_dir.display(),
+            state.endpoint.as_deref().unwrap_or("etcd"),
+            state.datastore
+        );
+    }
+    let (Phase::Running, Some(netns), Some(endpoint)) =
+        (state.phase, &state.underlay_netns, &state.endpoint)
+    else {
+        bail!(
+            "the lab in {} is not complete (its `up` is still running or was interrupted)",
+            state_dir.display()
+        );
+    };
+    if !kubeconfig_path(&state.lab_dir).is_file() {
+        write_admin_kubeconfig(&state.lab_dir, endpoint)?;
+    }
+    let mut cmd = flannel_lab::kubectl::command(netns, &state.lab_dir, &args.args)?;
+    // Become kubectl (exec(2)), as `exec` does: its output, exit status and terminal handling
+    // (`kubectl get -w` until Ctrl-C, `kubectl edit`) are the user's.
+    use std::os::unix::process::CommandExt;
+    let err = cmd.exec();
+    Err(anyhow::Error::new(err).context(format!("running kubectl in {netns}")))
 }
 
 fn down(state_dir: &Path, args: &DownArgs) -> anyhow::Result<ExitCode> {

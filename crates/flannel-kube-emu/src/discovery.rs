@@ -1,0 +1,232 @@
+//! Discovery (`/api`, `/api/v1`, `/apis`) and content negotiation (`Accept`).
+//!
+//! Clients find out what a server serves before they touch it: kubectl maps `get no` to
+//! `v1/nodes` through discovery. Both forms the API server offers are served:
+//! * **aggregated** (`apidiscovery.k8s.io/v2` `APIGroupDiscoveryList`), which kubectl asks for
+//!   first in its `Accept` header: one request per root gives every resource;
+//! * **legacy** (`APIVersions`, `APIGroupList`, `APIResourceList`), for clients that accept
+//!   only `application/json` (kube-rs): `/api` lists `v1`, `/api/v1` its resources.
+//!
+//! Only the core group exists; `/apis` lists no group.
+
+use serde_json::{Value, json};
+
+use crate::status::ApiError;
+use crate::store::Kind;
+
+/// The `Content-Type` of an aggregated discovery document; client-go recognises the form by
+/// these parameters.
+pub const AGGREGATED_CONTENT_TYPE: &str =
+    "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
+
+/// What a response may be rendered as, chosen from the request's `Accept` header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Media {
+    /// Plain JSON (the object, list or legacy discovery document).
+    Json,
+    /// A `Table` of that API version (`meta.k8s.io/v1` or `meta.k8s.io/v1beta1`).
+    Table(&'static str),
+    /// Aggregated discovery (`apidiscovery.k8s.io/v2`).
+    Aggregated,
+}
+
+/// Picks the first media type in `accept` that can be served (`q` parameters are ignored;
+/// clients list their preference first). No header, `*/*` and `application/json` give JSON;
+/// `as=Table` only where `table` is allowed, aggregated discovery only where `aggregated` is.
+/// A header that names nothing servable is `406 Not Acceptable`.
+pub fn negotiate(accept: Option<&str>, table: bool, aggregated: bool) -> Result<Media, ApiError> {
+    let Some(accept) = accept.map(str::trim).filter(|a| !a.is_empty()) else {
+        return Ok(Media::Json);
+    };
+    for range in accept.split(',') {
+        let mut parts = range.split(';').map(str::trim);
+        let mime = parts.next().unwrap_or("").to_ascii_lowercase();
+        if !matches!(mime.as_str(), "application/json" | "application/*" | "*/*") {
+            continue;
+        }
+        let params: Vec<(String, String)> = parts
+            .filter_map(|p| p.split_once('='))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+            .filter(|(k, _)| k != "q")
+            .collect();
+        let get = |k: &str| {
+            params
+                .iter()
+                .find(|(pk, _)| pk == k)
+                .map(|(_, v)| v.as_str())
+        };
+        match (get("as"), get("g"), get("v")) {
+            (None, None, None) => return Ok(Media::Json),
+            (Some("Table"), Some("meta.k8s.io"), Some("v1")) if table => {
+                return Ok(Media::Table("meta.k8s.io/v1"));
+            }
+            (Some("Table"), Some("meta.k8s.io"), Some("v1beta1")) if table => {
+                return Ok(Media::Table("meta.k8s.io/v1beta1"));
+            }
+            (Some("APIGroupDiscoveryList"), Some("apidiscovery.k8s.io"), Some("v2"))
+                if aggregated =>
+            {
+                return Ok(Media::Aggregated);
+            }
+            _ => {}
+        }
+    }
+    Err(ApiError::not_acceptable())
+}
+
+const VERBS: [&str; 7] = [
+    "create", "delete", "get", "list", "patch", "update", "watch",
+];
+const STATUS_VERBS: [&str; 3] = ["get", "patch", "update"];
+
+fn categories(kind: Kind) -> Vec<&'static str> {
+    match kind {
+        Kind::Pod => vec!["all"],
+        Kind::Node | Kind::Namespace => vec![],
+    }
+}
+
+/// `GET /api` (legacy): the core group's versions.
+pub fn api_versions(server_address: &str) -> Value {
+    json!({
+        "kind": "APIVersions",
+        "versions": ["v1"],
+        "serverAddressByClientCIDRs": [{ "clientCIDR": "0.0.0.0/0", "serverAddress": server_address }],
+    })
+}
+
+/// `GET /apis` (legacy): no API groups besides the core one.
+pub fn api_group_list() -> Value {
+    json!({ "kind": "APIGroupList", "apiVersion": "v1", "groups": [] })
+}
+
+/// `GET /api/v1`: the resources of the core group as the emulator serves them.
+pub fn api_resource_list() -> Value {
+    let mut resources = Vec::new();
+    for kind in Kind::ALL {
+        let mut r = json!({
+            "name": kind.resource(),
+            "singularName": kind.singular(),
+            "namespaced": kind.namespaced(),
+            "kind": kind.name(),
+            "verbs": VERBS,
+            "shortNames": kind.short_names(),
+        });
+        if !categories(kind).is_empty() {
+            r["categories"] = json!(categories(kind));
+        }
+        resources.push(r);
+        resources.push(json!({
+            "name": format!("{}/status", kind.resource()),
+            "singularName": "",
+            "namespaced": kind.namespaced(),
+            "kind": kind.name(),
+            "verbs": STATUS_VERBS,
+        }));
+    }
+    json!({ "kind": "APIResourceList", "groupVersion": "v1", "resources": resources })
+}
+
+/// `GET /api` (aggregated): the core group with every resource and subresource.
+pub fn aggregated_core() -> Value {
+    let response_kind = |kind: Kind| json!({ "group": "", "version": "", "kind": kind.name() });
+    let resources: Vec<Value> = Kind::ALL
+        .iter()
+        .map(|&kind| {
+            let mut r = json!({
+                "resource": kind.resource(),
+                "responseKind": response_kind(kind),
+                "scope": if kind.namespaced() { "Namespaced" } else { "Cluster" },
+                "singularResource": kind.singular(),
+                "verbs": VERBS,
+                "shortNames": kind.short_names(),
+                "subresources": [{
+                    "subresource": "status",
+                    "responseKind": response_kind(kind),
+                    "verbs": STATUS_VERBS,
+                }],
+            });
+            if !categories(kind).is_empty() {
+                r["categories"] = json!(categories(kind));
+            }
+            r
+        })
+        .collect();
+    json!({
+        "kind": "APIGroupDiscoveryList",
+        "apiVersion": "apidiscovery.k8s.io/v2",
+        "metadata": {},
+        "items": [{
+            "metadata": { "creationTimestamp": null },
+            "versions": [{ "version": "v1", "resources": resources, "freshness": "Current" }],
+        }],
+    })
+}
+
+/// `GET /apis` (aggregated): no groups.
+pub fn aggregated_groups() -> Value {
+    json!({
+        "kind": "APIGroupDiscoveryList",
+        "apiVersion": "apidiscovery.k8s.io/v2",
+        "metadata": {},
+        "items": [],
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kubectl_accept_headers() {
+        let discovery = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList,application/json";
+        assert_eq!(
+            negotiate(Some(discovery), false, true).unwrap(),
+            Media::Aggregated
+        );
+        assert_eq!(
+            negotiate(Some(discovery), false, false).unwrap(),
+            Media::Json
+        );
+        let get = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json";
+        assert_eq!(
+            negotiate(Some(get), true, false).unwrap(),
+            Media::Table("meta.k8s.io/v1")
+        );
+        assert_eq!(negotiate(Some(get), false, false).unwrap(), Media::Json);
+        assert_eq!(negotiate(None, true, true).unwrap(), Media::Json);
+        assert_eq!(
+            negotiate(Some("*/*; q=0.8"), true, true).unwrap(),
+            Media::Json
+        );
+        let e = negotiate(Some("application/vnd.kubernetes.protobuf"), true, true).unwrap_err();
+        assert_eq!(e.code, 406);
+    }
+
+    #[test]
+    fn discovery_documents_name_every_kind() {
+        let legacy = api_resource_list();
+        let names: Vec<&str> = legacy["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "namespaces",
+                "namespaces/status",
+                "nodes",
+                "nodes/status",
+                "pods",
+                "pods/status"
+            ]
+        );
+        let agg = aggregated_core();
+        let pods = &agg["items"][0]["versions"][0]["resources"][2];
+        assert_eq!(pods["scope"], "Namespaced");
+        assert_eq!(pods["shortNames"], json!(["po"]));
+        assert_eq!(pods["responseKind"]["kind"], "Pod");
+    }
+}
