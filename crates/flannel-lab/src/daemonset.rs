@@ -19,13 +19,12 @@
 //! manifest's command, args, environment and capabilities, containerd's default capability set
 //! and no seccomp profile, as a kubelet gives a pod that asks for none.
 //!
-//! Two things differ from a cluster, both because the lab's API is the in-repo emulator: the
-//! flanneld container gets `--kube-api-url=<the emulator>` after the manifest's args (the
-//! emulator speaks plain HTTP and issues no service-account tokens, so the in-cluster config
-//! has nothing to use), and the ConfigMap's `net-conf.json` is the lab's network config
-//! (`--network`, `--backend`, `--nftables`, ...; with the defaults, the manifest's own), the way
-//! Helm values or an edited ConfigMap change it. `cni-conf.json` and everything else are the
-//! manifest's.
+//! One thing differs from a cluster, because the lab's API is the in-repo emulator: the
+//! flanneld container gets `--kube-api-url=<the emulator>` after the manifest's command line
+//! (the emulator speaks plain HTTP and issues no service-account tokens, so the in-cluster
+//! config has nothing to use). The ConfigMap's files are the manifest's, so the network config
+//! is its `net-conf.json`: the cluster's spec must agree with it (the Node objects' podCIDRs come
+//! from the spec), which [`DaemonSetSpec::adopt_network`] arranges.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -68,6 +67,60 @@ impl DaemonSetSpec {
             manifest: Manifest::repo()?,
         })
     }
+
+    /// The ConfigMap's `net-conf.json`.
+    pub fn net_conf(&self) -> Result<Value> {
+        let text = self.manifest.config.get("net-conf.json").ok_or_else(|| {
+            LabError::Invalid(format!(
+                "the ConfigMap {} has no net-conf.json",
+                crate::manifest::CONFIGMAP
+            ))
+        })?;
+        serde_json::from_str(text)
+            .map_err(|e| LabError::Invalid(format!("the ConfigMap's net-conf.json: {e}")))
+    }
+
+    /// Sets `spec`'s network (Network, backend type and DirectRouting, EnableNFTables, the
+    /// other keys as extra config) to the ConfigMap's `net-conf.json`, which flanneld reads.
+    pub fn adopt_network(&self, spec: &mut ClusterSpec) -> Result<()> {
+        let mut conf = self.net_conf()?;
+        let obj = conf.as_object_mut().ok_or_else(|| {
+            LabError::Invalid("the ConfigMap's net-conf.json is not an object".into())
+        })?;
+        let backend = obj.remove("Backend").unwrap_or_else(|| json!({}));
+        spec.network = obj
+            .remove("Network")
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        spec.nftables = obj.remove("EnableNFTables").and_then(|v| v.as_bool()) == Some(true);
+        spec.backend = backend["Type"].as_str().unwrap_or("udp").to_string();
+        spec.direct_routing = backend["DirectRouting"].as_bool() == Some(true);
+        spec.extra_config = conf;
+        Ok(())
+    }
+
+    /// Fails unless `spec`'s network config says what the ConfigMap's does, on the keys the lab
+    /// acts on (the Node objects' podCIDRs, the backend it waits for).
+    pub(crate) fn check_network(&self, spec: &ClusterSpec) -> Result<()> {
+        let theirs = self.net_conf()?;
+        let ours = spec.net_config();
+        let pick = |c: &Value| {
+            json!([
+                c["Network"],
+                c["IPv6Network"],
+                c["EnableIPv6"].as_bool().unwrap_or(false),
+                c["EnableNFTables"].as_bool().unwrap_or(false),
+                c["Backend"]["Type"].as_str().unwrap_or("udp"),
+                c["Backend"]["DirectRouting"].as_bool().unwrap_or(false),
+            ])
+        };
+        if pick(&theirs) == pick(&ours) {
+            return Ok(());
+        }
+        Err(LabError::Invalid(format!(
+            "the lab's network config {ours} is not the ConfigMap's net-conf.json {theirs}, which flanneld reads from the image; render the manifest with the values wanted (--manifest) instead of changing the lab's"
+        )))
+    }
 }
 
 /// One node's pod of the DaemonSet.
@@ -102,21 +155,14 @@ pub struct DaemonSet {
 
 impl DaemonSet {
     /// Schedules a pod on every node of `lab`: creates the Pod objects in `emu` and the nodes'
-    /// volumes, with `net_conf` as the ConfigMap's `net-conf.json`. Nothing runs yet
-    /// ([`DaemonSet::start`] does that). Containers left by killed test runs are removed first.
-    pub fn schedule(
-        spec: DaemonSetSpec,
-        lab: &Lab,
-        emu: &KubeEmu,
-        net_conf: &str,
-    ) -> Result<DaemonSet> {
+    /// volumes. Nothing runs yet ([`DaemonSet::start`] does that). Containers left by killed
+    /// test runs are removed first.
+    pub fn schedule(spec: DaemonSetSpec, lab: &Lab, emu: &KubeEmu) -> Result<DaemonSet> {
         let image_id = podman::image_id(&spec.image)?;
         for name in [INSTALL_CNI_PLUGIN, KUBE_FLANNEL] {
             spec.manifest.container(name).map_err(in_daemonset)?;
         }
         podman::reap_stale()?;
-        let mut config = spec.manifest.config.clone();
-        config.insert("net-conf.json".into(), format!("{net_conf}\n"));
         let mut pods = Vec::new();
         for (i, node) in lab.nodes().iter().enumerate() {
             let root = NodeRoot::new(node.dir());
@@ -126,7 +172,7 @@ impl DaemonSet {
                 .dir()
                 .join("configmaps")
                 .join(crate::manifest::CONFIGMAP);
-            write_files(&config_dir, &config)?;
+            write_files(&config_dir, &spec.manifest.config)?;
             let pod = daemonset_pod::register(emu, &spec.manifest, &node_name(i), node.ip())?;
             pods.push(NodePod {
                 pod,
@@ -259,6 +305,8 @@ impl DaemonSet {
             env,
             cap_add,
             privileged: c.privileged(),
+            // A kubelet gives a pod that asks for no seccomp profile none (Unconfined).
+            security_opt: vec!["seccomp=unconfined".into()],
             entrypoint,
             args,
         })
@@ -394,9 +442,8 @@ pub fn for_cluster(
             "the kube-flannel DaemonSet runs flanneld with --kube-subnet-mgr: it needs the Kubernetes datastore (--datastore kube)".into(),
         ));
     };
-    let net_conf = serde_json::to_string_pretty(&spec.net_config())
-        .map_err(|e| LabError::Invalid(format!("net-conf.json: {e}")))?;
-    DaemonSet::schedule(ds.clone(), lab, emu, &net_conf).map(Some)
+    ds.check_network(spec)?;
+    DaemonSet::schedule(ds.clone(), lab, emu).map(Some)
 }
 
 /// A manifest error found while running the DaemonSet.
@@ -463,4 +510,33 @@ fn write_files(dir: &Path, files: &BTreeMap<String, String>) -> Result<()> {
             .map_err(|e| LabError::io(format!("writing {}", path.display()), e))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_network_config_is_the_configmaps() {
+        let mut ds = DaemonSetSpec::repo("img").unwrap();
+        let mut spec = ClusterSpec::default();
+        ds.check_network(&spec)
+            .expect("the lab's defaults are the manifest's");
+        spec.backend = "host-gw".into();
+        let e = ds.check_network(&spec).unwrap_err().to_string();
+        assert!(e.contains("--manifest"), "{e}");
+
+        ds.manifest.config.insert(
+            "net-conf.json".into(),
+            r#"{"Network": "10.42.0.0/16", "EnableIPv6": true, "IPv6Network": "fd42::/56",
+                "EnableNFTables": true, "Backend": {"Type": "vxlan", "DirectRouting": true, "VNI": 4}}"#
+                .into(),
+        );
+        ds.adopt_network(&mut spec).unwrap();
+        assert_eq!(spec.network, "10.42.0.0/16");
+        assert_eq!(spec.backend, "vxlan");
+        assert!(spec.direct_routing && spec.nftables);
+        assert_eq!(spec.extra_config["IPv6Network"], "fd42::/56");
+        ds.check_network(&spec).unwrap();
+    }
 }

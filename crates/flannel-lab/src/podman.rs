@@ -101,6 +101,8 @@ pub struct RunSpec {
     pub cap_add: Vec<String>,
     /// `--privileged`.
     pub privileged: bool,
+    /// `--security-opt` values (`seccomp=unconfined`, ...).
+    pub security_opt: Vec<String>,
     /// Replaces the image's entrypoint (Kubernetes `command[0]`).
     pub entrypoint: Option<String>,
     /// The arguments after the image (the rest of `command`, then `args`).
@@ -150,6 +152,9 @@ impl RunSpec {
         }
         if self.privileged {
             a.push("--privileged".into());
+        }
+        for o in &self.security_opt {
+            a.extend(["--security-opt".into(), o.into()]);
         }
         if let Some(e) = &self.entrypoint {
             a.push(format!("--entrypoint={e}").into());
@@ -333,6 +338,7 @@ mod tests {
             env: vec![("POD_NAME".into(), "kube-flannel-ds-abcde".into())],
             cap_add: vec!["NET_ADMIN".into()],
             privileged: false,
+            security_opt: vec!["seccomp=unconfined".into()],
             entrypoint: Some("/opt/bin/flanneld".into()),
             args: vec!["--ip-masq".into()],
         };
@@ -346,7 +352,9 @@ mod tests {
         assert!(joined.contains(
             "--mount type=bind,source=/lab/n1/host/run/flannel,target=/run/flannel,ro=true"
         ));
-        assert!(joined.contains("--env POD_NAME=kube-flannel-ds-abcde --cap-add NET_ADMIN"));
+        assert!(joined.contains(
+            "--env POD_NAME=kube-flannel-ds-abcde --cap-add NET_ADMIN --security-opt seccomp=unconfined"
+        ));
         assert!(
             joined.ends_with("--entrypoint=/opt/bin/flanneld localhost/flannel-rs:t --ip-masq")
         );

@@ -49,14 +49,25 @@ fn image() -> &'static str {
     })
 }
 
-fn spec(nodes: usize) -> ClusterSpec {
-    ClusterSpec {
+/// A cluster of `nodes` running `ds`, with the network config of its ConfigMap.
+fn spec_with(nodes: usize, ds: DaemonSetSpec) -> ClusterSpec {
+    let mut spec = ClusterSpec {
         nodes,
         datastore: Datastore::Kube,
-        daemonset: Some(DaemonSetSpec::repo(image()).expect("the repository's manifest reads")),
         ready_timeout: Duration::from_secs(60),
         ..ClusterSpec::default()
-    }
+    };
+    ds.adopt_network(&mut spec).unwrap();
+    spec.daemonset = Some(ds);
+    spec
+}
+
+/// The repository's manifest on `nodes` nodes.
+fn spec(nodes: usize) -> ClusterSpec {
+    spec_with(
+        nodes,
+        DaemonSetSpec::repo(image()).expect("the repository's manifest reads"),
+    )
 }
 
 /// A file of the image, read by running `cat` in a container of it.
@@ -217,7 +228,8 @@ fn daemonset_from_the_image_meshes_two_nodes() {
 
 #[test]
 fn the_configmap_the_environment_and_the_host_paths_come_from_the_manifest() {
-    // The chart's cniBinDir and cniConfDir change the hostPath volumes' paths only.
+    // The chart's cniBinDir and cniConfDir change the hostPath volumes' paths only; its backend
+    // value changes net-conf.json.
     let mut manifest = Manifest::repo().unwrap();
     for v in &mut manifest.volumes {
         match (v.name.as_str(), &mut v.host_path) {
@@ -226,15 +238,16 @@ fn the_configmap_the_environment_and_the_host_paths_come_from_the_manifest() {
             _ => {}
         }
     }
-    let mut c = Cluster::start(ClusterSpec {
-        backend: "host-gw".into(),
-        daemonset: Some(DaemonSetSpec {
-            image: image().to_string(),
-            manifest,
-        }),
-        ..spec(1)
-    })
-    .expect("one node");
+    let net_conf =
+        "{\n  \"Network\": \"10.244.0.0/16\",\n  \"Backend\": {\"Type\": \"host-gw\"}\n}\n";
+    manifest
+        .config
+        .insert("net-conf.json".into(), net_conf.into());
+    let ds = DaemonSetSpec {
+        image: image().to_string(),
+        manifest,
+    };
+    let mut c = Cluster::start(spec_with(1, ds)).expect("one node");
     c.add_pod(0, "n1-p1").unwrap();
     c.add_pod(0, "n1-p2").unwrap();
     assert!(c.unreachable().is_empty(), "{:?}", c.unreachable());
@@ -275,20 +288,28 @@ fn the_configmap_the_environment_and_the_host_paths_come_from_the_manifest() {
         assert!(text.contains(&want), "{want} missing from {name}: {text}");
     }
     assert!(!text.contains("CAP_SYS_ADMIN"), "not privileged: {text}");
-    // The ConfigMap volume: cni-conf.json as written, net-conf.json the lab's (host-gw here).
+    // The ConfigMap volume: the manifest's files as written.
     let cm = c.lab().node(0).dir().join("configmaps").join(CONFIGMAP);
-    let manifest = Manifest::repo().unwrap();
     assert_eq!(
         std::fs::read_to_string(cm.join("cni-conf.json")).unwrap(),
-        manifest.config["cni-conf.json"]
+        Manifest::repo().unwrap().config["cni-conf.json"]
     );
-    let net: Value =
-        serde_json::from_str(&std::fs::read_to_string(cm.join("net-conf.json")).unwrap()).unwrap();
-    assert_eq!(net["Backend"]["Type"], "host-gw");
+    assert_eq!(
+        std::fs::read_to_string(cm.join("net-conf.json")).unwrap(),
+        net_conf
+    );
     assert_eq!(
         c.subnet_env(0).unwrap().mtu,
         1500,
         "host-gw keeps the link MTU"
+    );
+    assert!(
+        c.lab()
+            .node(0)
+            .netns()
+            .ip(["link", "show", "flannel.1"])
+            .is_err(),
+        "host-gw makes no vxlan device"
     );
 }
 
@@ -327,15 +348,41 @@ fn up_with_an_image_and_down_after_its_podman_was_killed() {
     let out = lab_cli(state_dir, &["up", "--image", image(), "--nodes", "2"]);
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("add --datastore kube"));
+    let out = lab_cli(
+        state_dir,
+        &[
+            "up",
+            "--datastore",
+            "kube",
+            "--image",
+            image(),
+            "--backend",
+            "host-gw",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--manifest"),
+        "{out:?}"
+    );
 
     let _down = Down(state_dir);
-    // --manifest reads a file (here the repository's manifest, copied).
+    // --manifest reads a rendering of the chart with other values: the backend and cniBinDir.
     let files = tempfile::Builder::new()
         .prefix("flrs-labimage-")
         .tempdir()
         .unwrap();
     let manifest = files.path().join("kube-flannel.yml");
-    std::fs::write(&manifest, flannel_lab::manifest::REPO_MANIFEST).unwrap();
+    let mut helm = Command::new("helm");
+    helm.args(["template", "flannel"])
+        .arg(repo().join("chart/kube-flannel"))
+        .args(["--namespace", "kube-flannel"])
+        .args(["--set", "flannel.backend=host-gw"])
+        .args(["--set", "flannel.cniBinDir=/usr/libexec/cni"]);
+    let out = run_command(helm, None, Duration::from_secs(60))
+        .expect("helm runs (scripts/setup installs it)");
+    assert!(out.status.success(), "{out:?}");
+    std::fs::write(&manifest, &out.stdout).unwrap();
     let out = lab_cli(
         state_dir,
         &[
@@ -354,13 +401,21 @@ fn up_with_an_image_and_down_after_its_podman_was_killed() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{out:?}");
     assert!(stdout.contains("12/12 pairs, full"), "{stdout}");
+    assert!(stdout.contains("backend host-gw"), "{stdout}");
     let state = LabState::load(state_dir).unwrap().unwrap();
     let containers = podman::names_with_prefix(&format!("{}-", state.stem)).unwrap();
     assert_eq!(containers.len(), 2, "{containers:?}");
     assert!(containers.iter().all(|n| n.ends_with("-kube-flannel")));
-    // The conflist recorded is the one install-cni wrote in the node's cniConfDir.
+    // The conflist recorded is the one install-cni wrote in the node's cniConfDir; the plugin
+    // is in the cniBinDir the values named.
     let conflist = state.nodes[0].conflist.clone().unwrap();
     assert!(conflist.ends_with("host/etc/cni/net.d/10-flannel.conflist"));
+    assert!(
+        state.nodes[0]
+            .dir
+            .join("host/usr/libexec/cni/flannel")
+            .is_file()
+    );
 
     // A crash of the podman processes leaves the containers running; `down` still finds them.
     for p in state.processes.iter().filter(|p| p.program == "podman") {

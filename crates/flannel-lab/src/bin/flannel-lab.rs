@@ -49,6 +49,12 @@ use crate::progress::Progress;
 use crate::render::{Marks, PathResult};
 use crate::signals::{INTERRUPTED_EXIT, Signals};
 
+/// `--backend` unless given (also the manifest's).
+const DEFAULT_BACKEND: &str = "vxlan";
+
+/// `--network` unless given (also the manifest's, and kubeadm's usual `--pod-network-cidr`).
+const DEFAULT_NETWORK: &str = "10.244.0.0/16";
+
 /// How many pings run at once for the matrix (each is its own process; the machine has 2 CPUs).
 const PING_PARALLEL: usize = 8;
 
@@ -107,7 +113,7 @@ struct UpArgs {
     nodes: u16,
 
     /// Backend.Type in the network config (vxlan, host-gw, udp, ...), passed to flanneld as is
-    #[arg(long, default_value = "vxlan", value_name = "TYPE")]
+    #[arg(long, default_value = DEFAULT_BACKEND, value_name = "TYPE")]
     backend: String,
 
     /// Backend.DirectRouting: vxlan uses direct routes between nodes on the same subnet
@@ -126,12 +132,14 @@ struct UpArgs {
     /// Run flanneld as the kube-flannel DaemonSet from this local podman image (scripts/image
     /// builds it): on every node the init containers install-cni-plugin and install-cni, then
     /// the flanneld container, with the node's namespace as host network; pods then use the
-    /// plugin and conflist they installed (needs --datastore kube)
+    /// plugin and conflist they installed. The network config is the manifest's net-conf.json
+    /// (needs --datastore kube; not with --backend, --network, --nftables, --direct-routing)
     #[arg(long, value_name = "IMAGE")]
     image: Option<String>,
 
-    /// The manifest whose DaemonSet --image runs, e.g. a `helm template` rendering (default:
-    /// the deploy/kube-flannel.yml flannel-lab was built with)
+    /// The manifest whose DaemonSet and ConfigMap --image runs, e.g. `helm template flannel
+    /// chart/kube-flannel --set flannel.backend=host-gw` (default: the deploy/kube-flannel.yml
+    /// flannel-lab was built with)
     #[arg(long, value_name = "FILE", requires = "image")]
     manifest: Option<PathBuf>,
 
@@ -140,7 +148,7 @@ struct UpArgs {
     pods_per_node: u16,
 
     /// Network in the network config
-    #[arg(long, default_value = "10.244.0.0/16", value_name = "CIDR")]
+    #[arg(long, default_value = DEFAULT_NETWORK, value_name = "CIDR")]
     network: String,
 
     /// Exit with status 1 unless every pod reaches every other pod (the lab stays up either way)
@@ -359,7 +367,7 @@ fn build(
     signals: &Signals,
 ) -> anyhow::Result<()> {
     let nodes = usize::from(args.nodes);
-    let spec = ClusterSpec {
+    let mut spec = ClusterSpec {
         nodes,
         backend: args.backend.clone(),
         direct_routing: args.direct_routing,
@@ -375,6 +383,11 @@ fn build(
         daemonset: daemonset_spec(args)?,
         ..ClusterSpec::default()
     };
+    if let Some(ds) = spec.daemonset.take() {
+        // flanneld reads the ConfigMap's net-conf.json; the lab follows it.
+        ds.adopt_network(&mut spec)?;
+        spec.daemonset = Some(ds);
+    }
     let backend = args.backend.clone();
     let mut cluster = Cluster::start_observed(spec, |phase| match phase {
         StartPhase::Lab => progress.step(format!("underlay + {nodes} node namespaces")),
@@ -427,6 +440,17 @@ fn daemonset_spec(args: &UpArgs) -> anyhow::Result<Option<DaemonSetSpec>> {
     let Some(image) = &args.image else {
         return Ok(None);
     };
+    if args.backend != DEFAULT_BACKEND
+        || args.network != DEFAULT_NETWORK
+        || args.nftables
+        || args.direct_routing
+    {
+        bail!(
+            "with --image, flanneld reads the network config from the manifest's ConfigMap (net-conf.json): \
+             render one with other values (helm template ... --set flannel.backend=host-gw) and pass it with --manifest, \
+             instead of --backend, --network, --nftables or --direct-routing"
+        );
+    }
     let manifest = match &args.manifest {
         Some(path) => Manifest::load(path)?,
         None => Manifest::repo()?,
