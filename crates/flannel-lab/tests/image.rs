@@ -345,25 +345,17 @@ fn up_with_an_image_and_down_after_its_podman_was_killed() {
         .tempdir()
         .unwrap();
     let state_dir = dir.path();
-    let out = lab_cli(state_dir, &["up", "--image", image(), "--nodes", "2"]);
-    assert_eq!(out.status.code(), Some(2), "{out:?}");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("add --datastore kube"));
-    let out = lab_cli(
-        state_dir,
-        &[
-            "up",
-            "--datastore",
-            "kube",
-            "--image",
-            image(),
-            "--backend",
-            "host-gw",
-        ],
-    );
-    assert_eq!(out.status.code(), Some(2), "{out:?}");
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("--manifest"),
-        "{out:?}"
+    let refused = |args: &[&str], hint: &str| {
+        let out = lab_cli(state_dir, args);
+        assert_eq!(out.status.code(), Some(2), "{out:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(hint), "{args:?}: {stderr}");
+    };
+    refused(&["up", "--image", image()], "add --datastore kube");
+    let kube = ["up", "--datastore", "kube", "--image", image()];
+    refused(
+        &[&kube[..], &["--backend", "host-gw"]].concat(),
+        "--manifest",
     );
 
     let _down = Down(state_dir);
@@ -383,21 +375,18 @@ fn up_with_an_image_and_down_after_its_podman_was_killed() {
         .expect("helm runs (scripts/setup installs it)");
     assert!(out.status.success(), "{out:?}");
     std::fs::write(&manifest, &out.stdout).unwrap();
-    let out = lab_cli(
-        state_dir,
+    let up = [
+        &kube[..],
         &[
-            "up",
-            "--datastore",
-            "kube",
-            "--image",
-            image(),
             "--manifest",
             manifest.to_str().unwrap(),
             "--nodes",
             "2",
             "--check",
         ],
-    );
+    ]
+    .concat();
+    let out = lab_cli(state_dir, &up);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{out:?}");
     assert!(stdout.contains("12/12 pairs, full"), "{stdout}");
