@@ -74,6 +74,20 @@ impl Kubectl {
         self.run_with(args, "").await
     }
 
+    /// `kubectl apply -f -` of `manifest` (no OpenAPI to validate against); requires success
+    /// and returns stdout.
+    async fn apply(&self, manifest: &str) -> String {
+        let out = self
+            .run_with(&["apply", "-f", "-", "--validate=false"], manifest)
+            .await;
+        assert!(
+            out.status.success(),
+            "kubectl apply: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
     /// Runs and requires success; returns stdout.
     async fn ok(&self, args: &[&str]) -> String {
         let out = self.run(args).await;
@@ -381,14 +395,9 @@ spec:
 fn kubectl_applies_and_shows_the_daemonset_and_its_configmap() -> Result<(), NetnsError> {
     run_in_netns(NetnsTarget::Fresh, || async {
         let (emu, _server, k) = start().await;
-        let out = k
-            .run_with(&["apply", "-f", "-", "--validate=false"], FLANNEL_MANIFEST)
-            .await;
         assert_eq!(
-            String::from_utf8_lossy(&out.stdout),
-            "configmap/kube-flannel-cfg created\ndaemonset.apps/kube-flannel-ds created\n",
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+            k.apply(FLANNEL_MANIFEST).await,
+            "configmap/kube-flannel-cfg created\ndaemonset.apps/kube-flannel-ds created\n"
         );
         // The controller's status for the one pod populate() put on n2.
         let status = json!({"status": {"desiredNumberScheduled": 1, "currentNumberScheduled": 1,
@@ -466,23 +475,15 @@ fn kubectl_applies_and_shows_the_daemonset_and_its_configmap() -> Result<(), Net
             .await;
         assert_eq!(net_conf, r#"{"Network": "10.244.0.0/16"}"#);
         // Applying again changes nothing; a changed image is a new template generation.
-        let out = k
-            .run_with(&["apply", "-f", "-", "--validate=false"], FLANNEL_MANIFEST)
-            .await;
         assert_eq!(
-            String::from_utf8_lossy(&out.stdout),
-            "configmap/kube-flannel-cfg unchanged\ndaemonset.apps/kube-flannel-ds unchanged\n",
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+            k.apply(FLANNEL_MANIFEST).await,
+            "configmap/kube-flannel-cfg unchanged\ndaemonset.apps/kube-flannel-ds unchanged\n"
         );
         let newer = FLANNEL_MANIFEST.replace("v0.28.0", "v0.28.1");
-        let out = k
-            .run_with(&["apply", "-f", "-", "--validate=false"], &newer)
-            .await;
         assert!(
-            String::from_utf8_lossy(&out.stdout)
-                .contains("daemonset.apps/kube-flannel-ds configured"),
-            "{out:?}"
+            k.apply(&newer)
+                .await
+                .contains("daemonset.apps/kube-flannel-ds configured")
         );
         let ds = emu
             .get(Kind::DaemonSet, "kube-flannel", "kube-flannel-ds")
