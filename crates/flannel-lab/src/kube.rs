@@ -452,7 +452,7 @@ pub fn start_cluster(lab: &Lab, bin_dir: &Path, spec: &crate::ClusterSpec) -> Re
 }
 
 /// Now as the API's `Time` (RFC 3339, UTC, whole seconds).
-fn now_rfc3339() -> String {
+pub(crate) fn now_rfc3339() -> String {
     jiff::Timestamp::now()
         .strftime("%Y-%m-%dT%H:%M:%SZ")
         .to_string()
