@@ -7,8 +7,9 @@
 //! * **legacy** (`APIVersions`, `APIGroupList`, `APIResourceList`), for clients that accept
 //!   only `application/json` (kube-rs): `/api` lists `v1`, `/api/v1` its resources.
 //!
-//! The core group (`/api/v1`: configmaps, namespaces, nodes, pods) and the `apps` group
-//! (`/apis/apps/v1`: daemonsets) exist, each in version `v1` only.
+//! The core group (`/api/v1`: configmaps, namespaces, nodes, pods), the `apps` group
+//! (`/apis/apps/v1`: daemonsets) and the `networking.k8s.io` group
+//! (`/apis/networking.k8s.io/v1`: networkpolicies) exist, each in version `v1` only.
 
 use serde_json::{Value, json};
 
@@ -81,7 +82,7 @@ const VERBS: [&str; 7] = [
 const STATUS_VERBS: [&str; 3] = ["get", "patch", "update"];
 
 /// The API groups served besides the core one (`/apis`).
-pub const GROUPS: [&str; 1] = ["apps"];
+pub const GROUPS: [&str; 2] = ["apps", "networking.k8s.io"];
 
 /// The kinds of `group` (`""` for the core group), in discovery order.
 fn kinds_of(group: &str) -> impl Iterator<Item = Kind> + '_ {

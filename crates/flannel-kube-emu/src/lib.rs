@@ -1,23 +1,25 @@
 //! `flannel-kube-emu`: a small, in-memory **emulator** of the Kubernetes API for flannel-rs tests
 //! and the lab. It is not an API server and makes no attempt to be one; it serves the objects a
 //! cluster running kube-flannel shows (`v1` Namespace, Node, Pod and ConfigMap, `apps/v1`
-//! DaemonSet) over plain HTTP with the semantics flanneld's Kubernetes subnet manager relies on
+//! DaemonSet, `networking.k8s.io/v1` NetworkPolicy) over plain HTTP with the semantics flanneld's Kubernetes subnet manager relies on
 //! and what real `kubectl` needs to look at a lab, so both can be tested end to end on a
 //! machine where no API server can run. Real clients are the judges: kube-rs (flanneld) and
 //! kubectl v1.34 are tested against it.
 //!
 //! # What is emulated
-//! * **Objects**: `v1/Namespace` and `v1/Node` (cluster-scoped), `v1/Pod`, `v1/ConfigMap` and
-//!   `apps/v1/DaemonSet` (namespaced), stored as JSON. The server stamps `kind`, `apiVersion`,
-//!   `metadata.uid`, `metadata.creationTimestamp` and `metadata.resourceVersion` (and a
-//!   DaemonSet's `metadata.generation`); clients cannot change them. A create with
+//! * **Objects**: `v1/Namespace` and `v1/Node` (cluster-scoped), `v1/Pod`, `v1/ConfigMap`,
+//!   `apps/v1/DaemonSet` and `networking.k8s.io/v1/NetworkPolicy` (namespaced), stored as
+//!   JSON. The server stamps `kind`, `apiVersion`, `metadata.uid`,
+//!   `metadata.creationTimestamp` and `metadata.resourceVersion` (and a DaemonSet's or a
+//!   NetworkPolicy's `metadata.generation`); clients cannot change them. A create with
 //!   `metadata.generateName` and no name gets the prefix and five random characters, as from
 //!   the API server. The namespaces `default`, `kube-flannel`, `kube-node-lease`,
 //!   `kube-public` and `kube-system` exist from the start.
 //! * **Discovery**: `/version`; `/api`, `/apis` in the aggregated form
 //!   (`apidiscovery.k8s.io/v2`, chosen by the `Accept` header as kubectl asks for it) and the
-//!   legacy one (`APIVersions`, `APIGroupList` with the `apps` group); `/api/v1` and
-//!   `/apis/apps/v1` (`APIResourceList`), `/apis/apps` (`APIGroup`). See [`discovery`].
+//!   legacy one (`APIVersions`, `APIGroupList` with the `apps` and `networking.k8s.io`
+//!   groups); `/api/v1`, `/apis/apps/v1` and `/apis/networking.k8s.io/v1`
+//!   (`APIResourceList`), `/apis/apps` and `/apis/networking.k8s.io` (`APIGroup`). See [`discovery`].
 //! * **Tables**: a GET, list or watch whose `Accept` asks for `as=Table` (`meta.k8s.io` `v1`
 //!   or `v1beta1`) gets the API server's server-side printing: the columns and cells of
 //!   `kubectl get` (`-o wide` included) for every kind, and `includeObject`; a watch sends
@@ -57,7 +59,8 @@
 //!   (the garbage collector's background deletion: a DaemonSet takes its pods), or with
 //!   `propagationPolicy: Orphan` (`kubectl delete --cascade=orphan`) leaves them without the
 //!   reference.
-//! * **subresource `status`** for every kind that has a status (a ConfigMap has none): writes
+//! * **subresource `status`** for every kind that has a status (a ConfigMap and a
+//!   NetworkPolicy have none): writes
 //!   to `<resource>/<n>/status` keep the stored `spec` (metadata changes are kept: that is how
 //!   flanneld writes its annotations with only `nodes/status: patch` permission); writes to the
 //!   object keep the stored `status`.
@@ -71,7 +74,9 @@
 //!   1 MiB, and keeps its data once `immutable` ([`configmap`]); a DaemonSet gets its update
 //!   strategy and history limit defaulted, `metadata.generation` and the template generation
 //!   annotation counted by the server, an empty status to start with, and a required,
-//!   immutable selector that must select its template ([`daemonset`]); names must be RFC 1123
+//!   immutable selector that must select its template ([`daemonset`]); a NetworkPolicy gets
+//!   its pod selector, port protocols and policy types defaulted and is validated as the API
+//!   server validates it ([`networkpolicy`]); names must be RFC 1123
 //!   labels (namespaces) or subdomains (the other kinds).
 //! * **errors** as `Status` objects with the real `code`, `reason` and message wording
 //!   (`nodes "x" not found`, `daemonsets.apps "x" not found`, `Node "x" is invalid: ...`,
@@ -89,7 +94,7 @@
 //! JSON patch and server-side apply (415), protobuf and CBOR (406), OpenAPI (`/openapi/v2`,
 //! `/openapi/v3`: 404, so `kubectl create -f`/`apply -f` need `--validate=false`),
 //! `sendInitialEvents` streaming lists (400), `managedFields`, `metadata.generation` of kinds
-//! other than DaemonSet, ControllerRevisions and every other resource and API group,
+//! other than DaemonSet and NetworkPolicy, ControllerRevisions and every other resource and API group,
 //! historical reads (`resourceVersionMatch=Exact` at an old RV), and element order in
 //! strategic merge patches.
 //!
@@ -115,6 +120,7 @@ use tokio::sync::watch;
 pub mod configmap;
 pub mod daemonset;
 pub mod discovery;
+pub mod networkpolicy;
 pub mod patch;
 pub mod selector;
 mod server;
@@ -407,6 +413,7 @@ impl Emulator {
             "pods": s.names(Kind::Pod).len(),
             "configmaps": s.names(Kind::ConfigMap).len(),
             "daemonsets": s.names(Kind::DaemonSet).len(),
+            "networkpolicies": s.names(Kind::NetworkPolicy).len(),
             "watchers": self.watcher_count(),
             "stats": {
                 "lists": self.stats().lists,

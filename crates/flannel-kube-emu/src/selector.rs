@@ -167,7 +167,7 @@ fn field_supported(kind: Kind, field: &str) -> bool {
     match kind {
         Kind::Node => matches!(field, "metadata.name" | "spec.unschedulable"),
         Kind::Namespace => matches!(field, "metadata.name" | "status.phase"),
-        Kind::ConfigMap | Kind::DaemonSet => {
+        Kind::ConfigMap | Kind::DaemonSet | Kind::NetworkPolicy => {
             matches!(field, "metadata.name" | "metadata.namespace")
         }
         Kind::Pod => matches!(

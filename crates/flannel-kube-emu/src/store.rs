@@ -15,8 +15,8 @@ use crate::selector::Selector;
 use crate::status::ApiError;
 use crate::strategy::{self, IMMORTAL_NAMESPACES, INITIAL_NAMESPACES};
 
-/// The object kinds the emulator serves: the core group's (`v1`) and the `apps` group's
-/// (`apps/v1`).
+/// The object kinds the emulator serves: the core group's (`v1`), the `apps` group's
+/// (`apps/v1`) and the `networking.k8s.io` group's (`networking.k8s.io/v1`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Kind {
     /// `v1/ConfigMap`, namespaced, resource `configmaps`; no status.
@@ -29,17 +29,20 @@ pub enum Kind {
     Pod,
     /// `apps/v1/DaemonSet`, namespaced, resource `daemonsets`.
     DaemonSet,
+    /// `networking.k8s.io/v1/NetworkPolicy`, namespaced, resource `networkpolicies`; no status.
+    NetworkPolicy,
 }
 
 impl Kind {
     /// Every kind, in the order discovery lists them (per group, by resource name, as the API
     /// server does; the core group first).
-    pub const ALL: [Kind; 5] = [
+    pub const ALL: [Kind; 6] = [
         Kind::ConfigMap,
         Kind::Namespace,
         Kind::Node,
         Kind::Pod,
         Kind::DaemonSet,
+        Kind::NetworkPolicy,
     ];
 
     /// The kind name (`Node`).
@@ -50,21 +53,24 @@ impl Kind {
             Kind::Node => "Node",
             Kind::Pod => "Pod",
             Kind::DaemonSet => "DaemonSet",
+            Kind::NetworkPolicy => "NetworkPolicy",
         }
     }
 
-    /// The API group (`""` for the core group, `apps`).
+    /// The API group (`""` for the core group, `apps`, `networking.k8s.io`).
     pub fn group(self) -> &'static str {
         match self {
             Kind::DaemonSet => "apps",
+            Kind::NetworkPolicy => "networking.k8s.io",
             Kind::ConfigMap | Kind::Namespace | Kind::Node | Kind::Pod => "",
         }
     }
 
-    /// The `apiVersion` objects of this kind carry (`v1`, `apps/v1`).
+    /// The `apiVersion` objects of this kind carry (`v1`, `apps/v1`, `networking.k8s.io/v1`).
     pub fn api_version(self) -> &'static str {
         match self.group() {
             "apps" => "apps/v1",
+            "networking.k8s.io" => "networking.k8s.io/v1",
             _ => "v1",
         }
     }
@@ -77,6 +83,7 @@ impl Kind {
             Kind::Node => "nodes",
             Kind::Pod => "pods",
             Kind::DaemonSet => "daemonsets",
+            Kind::NetworkPolicy => "networkpolicies",
         }
     }
 
@@ -85,6 +92,7 @@ impl Kind {
     pub fn qualified_resource(self) -> &'static str {
         match self {
             Kind::DaemonSet => "daemonsets.apps",
+            Kind::NetworkPolicy => "networkpolicies.networking.k8s.io",
             other => other.resource(),
         }
     }
@@ -93,6 +101,7 @@ impl Kind {
     pub fn qualified_name(self) -> &'static str {
         match self {
             Kind::DaemonSet => "DaemonSet.apps",
+            Kind::NetworkPolicy => "NetworkPolicy.networking.k8s.io",
             other => other.name(),
         }
     }
@@ -105,6 +114,7 @@ impl Kind {
             Kind::Node => "node",
             Kind::Pod => "pod",
             Kind::DaemonSet => "daemonset",
+            Kind::NetworkPolicy => "networkpolicy",
         }
     }
 
@@ -113,9 +123,10 @@ impl Kind {
         !matches!(self, Kind::Namespace | Kind::Node)
     }
 
-    /// Whether the kind has a `status` (and so a `status` subresource); a ConfigMap has none.
+    /// Whether the kind has a `status` (and so a `status` subresource); a ConfigMap and a
+    /// NetworkPolicy have none.
     pub fn has_status(self) -> bool {
-        self != Kind::ConfigMap
+        !matches!(self, Kind::ConfigMap | Kind::NetworkPolicy)
     }
 
     /// The short names discovery announces (`kubectl get no`).
@@ -126,6 +137,7 @@ impl Kind {
             Kind::Node => &["no"],
             Kind::Pod => &["po"],
             Kind::DaemonSet => &["ds"],
+            Kind::NetworkPolicy => &["netpol"],
         }
     }
 
@@ -133,7 +145,7 @@ impl Kind {
     pub fn categories(self) -> &'static [&'static str] {
         match self {
             Kind::Pod | Kind::DaemonSet => &["all"],
-            Kind::ConfigMap | Kind::Namespace | Kind::Node => &[],
+            Kind::ConfigMap | Kind::Namespace | Kind::Node | Kind::NetworkPolicy => &[],
         }
     }
 }

@@ -66,7 +66,7 @@ pub fn validate_name(kind: Kind, name: &str) -> Result<(), ApiError> {
     }
     let (ok, why) = match kind {
         Kind::Namespace => (dns_label(name), DNS1123_LABEL_ERROR),
-        Kind::Node | Kind::Pod | Kind::ConfigMap | Kind::DaemonSet => {
+        Kind::Node | Kind::Pod | Kind::ConfigMap | Kind::DaemonSet | Kind::NetworkPolicy => {
             (dns_subdomain(name), DNS1123_SUBDOMAIN_ERROR)
         }
     };
@@ -131,6 +131,7 @@ pub fn prepare_create(kind: Kind, name: &str, obj: &mut Value) -> Result<(), Api
         }
         Kind::ConfigMap => crate::configmap::validate(name, obj),
         Kind::DaemonSet => crate::daemonset::prepare_create(name, obj),
+        Kind::NetworkPolicy => crate::networkpolicy::prepare_create(name, obj),
     }
 }
 
@@ -171,6 +172,7 @@ pub fn prepare_update(
         Kind::Pod => validate_pod_spec_update(name, old, new),
         Kind::ConfigMap => crate::configmap::validate_update(name, old, new),
         Kind::DaemonSet => crate::daemonset::prepare_update(name, old, new, sub),
+        Kind::NetworkPolicy => crate::networkpolicy::prepare_update(name, old, new),
         Kind::Namespace => {
             // Finalizers change only through `namespaces/<n>/finalize`.
             new["spec"] = old["spec"].clone();

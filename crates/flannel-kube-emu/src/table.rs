@@ -174,6 +174,16 @@ fn columns(kind: Kind) -> Vec<Value> {
             column("Age", "string", 0, AGE_DOC),
         ],
         Kind::DaemonSet => daemonset_columns(),
+        Kind::NetworkPolicy => vec![
+            column("Name", "string", 0, NAME_DOC),
+            column(
+                "Pod-Selector",
+                "string",
+                0,
+                "podSelector selects the pods to which this NetworkPolicy object applies. The array of rules is applied to any pods selected by this field. An empty selector matches all pods in the policy's namespace. Multiple network policies can select the same set of pods. In this case, the ingress rules for each are combined additively. This field is optional. If it is not specified, it defaults to an empty selector.",
+            ),
+            column("Age", "string", 0, AGE_DOC),
+        ],
     }
 }
 
@@ -522,6 +532,16 @@ fn format_labels(labels: &Value) -> String {
     pairs.join(",")
 }
 
+/// `metav1.FormatLabelSelector`: a missing, empty or malformed selector prints as such.
+fn format_label_selector(sel: &Value) -> String {
+    match label_selector_string(sel) {
+        _ if sel.is_null() => "<none>".to_string(),
+        None => "<error>".to_string(),
+        Some(s) if s.is_empty() => "<none>".to_string(),
+        Some(s) => s,
+    }
+}
+
 fn daemonset_cells(ds: &Value) -> Vec<Value> {
     let count = |k: &str| ds["status"][k].as_i64().unwrap_or(0);
     let template = &ds["spec"]["template"]["spec"];
@@ -536,13 +556,7 @@ fn daemonset_cells(ds: &Value) -> Vec<Value> {
         .flatten()
         .map(|c| c["image"].as_str().unwrap_or_default())
         .collect();
-    // `metav1.FormatLabelSelector`: a missing, empty or malformed selector prints as such.
-    let selector = match label_selector_string(&ds["spec"]["selector"]) {
-        _ if ds["spec"]["selector"].is_null() => "<none>".to_string(),
-        None => "<error>".to_string(),
-        Some(s) if s.is_empty() => "<none>".to_string(),
-        Some(s) => s,
-    };
+    let selector = format_label_selector(&ds["spec"]["selector"]);
     vec![
         json!(text(ds, "/metadata/name")),
         json!(count("desiredNumberScheduled")),
@@ -576,6 +590,11 @@ fn row(kind: Kind, obj: &Value, opts: &TableOptions) -> Value {
             ]
         }
         Kind::DaemonSet => daemonset_cells(obj),
+        Kind::NetworkPolicy => vec![
+            json!(text(obj, "/metadata/name")),
+            json!(format_label_selector(&obj["spec"]["podSelector"])),
+            json!(age(creation(obj))),
+        ],
     };
     let mut row = json!({ "cells": cells });
     match text(obj, "/status/phase") {
