@@ -43,6 +43,7 @@
 //! command and every wait is bounded in time. It needs root and says so ([`LabError::NotRoot`]);
 //! a missing tool is reported with its Debian package ([`LabError::MissingBinary`]).
 
+pub mod apply;
 pub mod cluster;
 pub mod cni;
 mod command;
@@ -52,15 +53,22 @@ mod error;
 mod etcd;
 mod host;
 pub mod kube;
+pub mod kube_client;
+pub mod kube_pod;
 pub mod kubectl;
 pub mod lab;
+pub mod lab_pods;
 pub mod manifest;
 mod netns;
+pub mod netpol_matrix;
 pub mod node_root;
 mod ping;
 mod pod;
 pub mod podman;
+pub mod probe;
 mod process;
+pub mod runtime;
+pub mod serve;
 pub mod state;
 pub mod throughput;
 
@@ -82,6 +90,8 @@ pub use ping::ping;
 pub use pod::{Pod, PodNetwork};
 pub use process::{Child, DEFAULT_STOP_TIMEOUT, LOG_TAIL_LINES, spawn_in};
 pub use state::{LabState, Matrix, Phase};
+pub use probe::{DEFAULT_PROBE_TIMEOUT, PortProto, Proto};
+pub use netpol_matrix::{Comparison, Reachability};
 
 /// Signals, re-exported so callers of [`Child::signal`] need no direct nix dependency.
 pub use nix::sys::signal::Signal;
