@@ -45,28 +45,22 @@ pub fn serve(targets: &[PortProto], greeting: &str) -> Result<Infallible> {
         .map(|t| bind(*t).map(|s| (*t, s)))
         .collect::<Result<Vec<_>>>()?;
     let line = format!("{greeting}\n");
-    std::thread::scope(|s| {
-        let handles: Vec<_> = sockets
-            .into_iter()
-            .map(|(target, socket)| {
-                let line = line.as_bytes();
-                s.spawn(move || match socket {
-                    Socket::Tcp(l) => serve_tcp(&l, line),
-                    Socket::Udp(u) => serve_udp(&u),
-                }
-                .map_err(|e| LabError::io(format!("serving {target}"), e)))
-            })
-            .collect();
-        // Servers only return on a socket error; report the first.
-        for h in handles {
-            match h.join() {
-                Ok(Err(e)) => return Err(e),
-                Ok(Ok(never)) => match never {},
-                Err(panic) => std::panic::resume_unwind(panic),
-            }
-        }
-        Err(LabError::Invalid("no ports to serve".into()))
-    })
+    let (tx, rx) = std::sync::mpsc::channel();
+    for (target, socket) in sockets {
+        let (tx, line) = (tx.clone(), line.clone());
+        std::thread::spawn(move || {
+            let Err(e) = match socket {
+                Socket::Tcp(l) => serve_tcp(&l, line.as_bytes()),
+                Socket::Udp(u) => serve_udp(&u),
+            };
+            let _ = tx.send(LabError::io(format!("serving {target}"), e));
+        });
+    }
+    drop(tx);
+    // Servers only end on a socket error; the first one ends the process.
+    Err(rx
+        .recv()
+        .unwrap_or_else(|_| LabError::Invalid("no ports to serve".into())))
 }
 
 /// Accepts forever; each client gets `line` and the connection is closed.
