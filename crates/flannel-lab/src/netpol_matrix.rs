@@ -17,7 +17,7 @@ use crate::state::{LabState, PodRecord};
 
 /// How many probes `flannel-lab netpol-matrix` runs at once by default: each is a thread that
 /// mostly waits (a denied probe waits out its timeout).
-pub const DEFAULT_PARALLEL: usize = 32;
+pub const DEFAULT_PARALLEL: u16 = 32;
 
 /// A pod as the prober sees it: its name in tables, its namespace and the address probed.
 #[derive(Debug, Clone, PartialEq, Eq)]
