@@ -37,10 +37,14 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    /// kubectl's line for it: `namespace/x created`, `namespace "x" deleted`.
+    /// kubectl's line for it: `namespace/x created`, `namespace "x" deleted`, or for an
+    /// API error `Error from server (NotFound): namespaces "x" not found`.
     pub fn line(&self) -> String {
         match &self.result {
             Ok(what) => format!("{} {what}", self.object),
+            Err(LabError::Api {
+                reason, message, ..
+            }) if !message.is_empty() => format!("Error from server ({reason}): {message}"),
             Err(e) => format!("{}: {e}", self.object),
         }
     }
@@ -75,7 +79,10 @@ fn document(index: usize, mut body: Value) -> Result<Document> {
                 .entry("labels")
                 .or_insert_with(|| Value::Object(Map::new()));
             if let Some(l) = labels.as_object_mut() {
-                l.insert("kubernetes.io/metadata.name".into(), Value::String(name.clone()));
+                l.insert(
+                    "kubernetes.io/metadata.name".into(),
+                    Value::String(name.clone()),
+                );
             }
             Ok(Document {
                 object: format!("namespace/{name}"),
@@ -104,7 +111,7 @@ fn document(index: usize, mut body: Value) -> Result<Document> {
             "apiVersion {api_version:?} is not served by the lab (Namespace is v1, NetworkPolicy networking.k8s.io/v1)"
         ))),
         _ => Err(bad(
-            "the lab applies only Namespaces and NetworkPolicies".into(),
+            "the lab applies only Namespaces and NetworkPolicies".into()
         )),
     }
 }
@@ -127,9 +134,10 @@ fn matches(stored: &Value, desired: &Value) -> bool {
         None | Some(Value::Null) => empty.clone(),
         Some(v) => v.clone(),
     };
-    ["labels", "annotations"].iter().all(|k| {
-        norm(stored["metadata"].get(*k)) == norm(desired["metadata"].get(*k))
-    }) && (desired.get("spec").is_none() || norm(stored.get("spec")) == norm(desired.get("spec")))
+    ["labels", "annotations"]
+        .iter()
+        .all(|k| norm(stored["metadata"].get(*k)) == norm(desired["metadata"].get(*k)))
+        && (desired.get("spec").is_none() || norm(stored.get("spec")) == norm(desired.get("spec")))
 }
 
 /// Applies one document: create, replace, or leave alone.
@@ -231,7 +239,10 @@ mod tests {
         let e = parse_documents("apiVersion: v1\nkind: Namespace\nmetadata: {}\n")
             .unwrap_err()
             .to_string();
-        assert!(e.contains("document 1") && e.contains("metadata.name"), "{e}");
+        assert!(
+            e.contains("document 1") && e.contains("metadata.name"),
+            "{e}"
+        );
         let e = parse_documents(
             "apiVersion: extensions/v1beta1\nkind: NetworkPolicy\nmetadata: {name: p}\n",
         )
@@ -247,7 +258,8 @@ mod tests {
         let other = json!({"metadata": {"name": "x", "labels": {"a": "2"}}});
         assert!(matches(&stored, &same));
         assert!(!matches(&stored, &other));
-        let spec = json!({"metadata": {"name": "x", "labels": {"a": "1"}}, "spec": {"podSelector": {}}});
+        let spec =
+            json!({"metadata": {"name": "x", "labels": {"a": "1"}}, "spec": {"podSelector": {}}});
         assert!(!matches(&stored, &spec));
     }
 }

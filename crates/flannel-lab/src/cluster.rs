@@ -681,12 +681,9 @@ impl Cluster {
             .pod(name)
             .map(|p| p.netns_path())
             .unwrap_or_default();
-        let r = self.node_runtime(pod.node)?.del(
-            name,
-            &netns_path,
-            &pod.runtime,
-            Some(&pod.result),
-        );
+        let r =
+            self.node_runtime(pod.node)?
+                .del(name, &netns_path, &pod.runtime, Some(&pod.result));
         self.lab.remove_pod(name)?;
         if let Some(kube) = &self.kube {
             kube.unregister_pod(name)?;

@@ -104,10 +104,19 @@ impl KubeClient {
 
 /// The error for an unexpected API status: the request and the Status object's message.
 pub(crate) fn api_error(method: &str, path: &str, status: u16, body: &Value) -> LabError {
-    LabError::Invalid(format!(
-        "{method} {path} on the kube emulator: {status} {}",
-        body.get("message").and_then(Value::as_str).unwrap_or("")
-    ))
+    let text = |k: &str| {
+        body.get(k)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
+    LabError::Api {
+        method: method.to_string(),
+        path: path.to_string(),
+        status,
+        reason: text("reason"),
+        message: text("message"),
+    }
 }
 
 /// Splits an HTTP/1.1 response into status and JSON body (handles chunked bodies).

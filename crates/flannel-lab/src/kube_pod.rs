@@ -180,7 +180,10 @@ impl KubeClient {
         )?;
         self.expect_ok(
             "PATCH",
-            &format!("/api/v1/namespaces/{}/pods/{}/status", pod.namespace, pod.name),
+            &format!(
+                "/api/v1/namespaces/{}/pods/{}/status",
+                pod.namespace, pod.name
+            ),
             "application/strategic-merge-patch+json",
             Some(&pod.status(&created["metadata"]["creationTimestamp"])),
         )
@@ -275,7 +278,10 @@ mod tests {
             .iter()
             .map(|c| c["name"].as_str().unwrap())
             .collect();
-        assert_eq!(names, ["cont-80-tcp", "cont-80-udp", "cont-81-tcp", "cont-81-udp"]);
+        assert_eq!(
+            names,
+            ["cont-80-tcp", "cont-80-udp", "cont-81-tcp", "cont-81-udp"]
+        );
         assert_eq!(
             m["spec"]["containers"][1]["ports"],
             json!([{"name": "serve-80-udp", "containerPort": 80, "protocol": "UDP"}])
@@ -283,7 +289,10 @@ mod tests {
         let s = p.status(&json!("2025-01-01T00:00:00Z"));
         assert_eq!(s["status"]["phase"], "Running");
         assert_eq!(s["status"]["podIP"], "10.244.0.2");
-        assert_eq!(s["status"]["containerStatuses"].as_array().unwrap().len(), 4);
+        assert_eq!(
+            s["status"]["containerStatuses"].as_array().unwrap().len(),
+            4
+        );
     }
 
     #[test]

@@ -258,20 +258,22 @@ impl LabState {
         let cni_runtime = json!({ "portMappings": [] });
         // On an error from here on, the namespace guard deletes the pod's namespace.
         let wired = runtime.add(&container_id, &netns.path(), &cni_runtime)?;
-        let started = self.start_servers(&netns, &id, serve_program).and_then(|child| {
-            if let Some(k) = &kube {
-                let object = PodObject::server_pod(
-                    &pod.namespace,
-                    &pod.name,
-                    &node.name,
-                    IpAddr::V4(node.ip),
-                    &wired.ips(),
-                    &pod.labels,
-                );
-                k.register_pod(&object)?;
-            }
-            Ok(child)
-        });
+        let started = self
+            .start_servers(&netns, &id, serve_program)
+            .and_then(|child| {
+                if let Some(k) = &kube {
+                    let object = PodObject::server_pod(
+                        &pod.namespace,
+                        &pod.name,
+                        &node.name,
+                        IpAddr::V4(node.ip),
+                        &wired.ips(),
+                        &pod.labels,
+                    );
+                    k.register_pod(&object)?;
+                }
+                Ok(child)
+            });
         let child = match started {
             Ok(c) => c,
             Err(e) => {
@@ -317,6 +319,7 @@ impl LabState {
     fn start_servers(&self, netns: &Netns, id: &str, serve_program: &Path) -> Result<Child> {
         let mut cmd = Command::new(serve_program);
         cmd.args([SERVE_SUBCOMMAND, "--name", id]);
+        cmd.arg("--lab").arg(&self.lab_dir);
         let log = self
             .lab_dir
             .join("logs")
@@ -395,13 +398,11 @@ impl LabState {
         target: &str,
         changes: &BTreeMap<String, Option<String>>,
     ) -> Result<BTreeMap<String, String>> {
-        let i = self
-            .pods
-            .iter()
-            .position(|p| p.is(target))
-            .ok_or_else(|| self.pod_record(target).err().unwrap_or_else(|| {
-                LabError::Invalid(format!("no pod {target:?}"))
-            }))?;
+        let i = self.pods.iter().position(|p| p.is(target)).ok_or_else(|| {
+            self.pod_record(target)
+                .err()
+                .unwrap_or_else(|| LabError::Invalid(format!("no pod {target:?}")))
+        })?;
         let (ns, name) = (self.pods[i].namespace.clone(), self.pods[i].name.clone());
         if let Some(k) = self.kube_client()? {
             k.patch_pod_labels(&ns, &name, changes)?;
@@ -423,9 +424,10 @@ fn serve_role(id: &str) -> String {
 }
 
 fn program_name(program: &Path) -> String {
-    program
-        .file_name()
-        .map_or_else(|| "flannel-lab".into(), |n| n.to_string_lossy().into_owned())
+    program.file_name().map_or_else(
+        || "flannel-lab".into(),
+        |n| n.to_string_lossy().into_owned(),
+    )
 }
 
 /// Stops recorded processes: SIGTERM, then SIGKILL after [`SERVE_STOP_TIMEOUT`]; pids that no
@@ -447,8 +449,8 @@ fn stop_processes(procs: &[ProcessRecord]) {
 /// The `flannel-lab` binary to run servers with: the running one when it is `flannel-lab`,
 /// else the one in [`crate::bin_dir`] (tests and other crates' harnesses).
 pub fn serve_program() -> Result<PathBuf> {
-    let exe = std::env::current_exe()
-        .map_err(|e| LabError::io("locating the running executable", e))?;
+    let exe =
+        std::env::current_exe().map_err(|e| LabError::io("locating the running executable", e))?;
     if exe.file_name().is_some_and(|n| n == "flannel-lab") {
         return Ok(exe);
     }
@@ -488,7 +490,10 @@ mod tests {
             parse_label_change("app.kubernetes.io/name=x").unwrap(),
             ("app.kubernetes.io/name".to_string(), Some("x".to_string()))
         );
-        assert_eq!(parse_label_change("pod-").unwrap(), ("pod".to_string(), None));
+        assert_eq!(
+            parse_label_change("pod-").unwrap(),
+            ("pod".to_string(), None)
+        );
         assert_eq!(
             parse_label_change("empty=").unwrap(),
             ("empty".to_string(), Some(String::new()))

@@ -86,12 +86,12 @@ pub use netns::{
     DETACHED_PREFIX, NAME_PREFIX, NETNS_DIR, Netns, TEMP_PREFIX, in_fresh_netns, netns_exists,
     netns_with_prefix, reap_stale,
 };
+pub use netpol_matrix::{Comparison, Reachability};
 pub use ping::ping;
 pub use pod::{Pod, PodNetwork};
+pub use probe::{DEFAULT_PROBE_TIMEOUT, PortProto, Proto};
 pub use process::{Child, DEFAULT_STOP_TIMEOUT, LOG_TAIL_LINES, spawn_in};
 pub use state::{LabState, Matrix, Phase};
-pub use probe::{DEFAULT_PROBE_TIMEOUT, PortProto, Proto};
-pub use netpol_matrix::{Comparison, Reachability};
 
 /// Signals, re-exported so callers of [`Child::signal`] need no direct nix dependency.
 pub use nix::sys::signal::Signal;

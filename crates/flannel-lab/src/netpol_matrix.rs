@@ -128,7 +128,10 @@ impl Reachability {
 
     /// Probed ordered pairs over all tables, and how many of them connected.
     pub fn counts(&self) -> (usize, usize) {
-        let cells = self.tables.iter().flat_map(|(_, t)| t.cells.iter().flatten());
+        let cells = self
+            .tables
+            .iter()
+            .flat_map(|(_, t)| t.cells.iter().flatten());
         cells.fold((0, 0), |(n, ok), c| match c {
             Some(true) => (n + 1, ok + 1),
             Some(false) => (n + 1, ok),
@@ -351,7 +354,10 @@ mod tests {
 
     #[test]
     fn comparison_finds_every_differing_cell() {
-        let targets = [PortProto::new(80, Proto::Tcp), PortProto::new(81, Proto::Udp)];
+        let targets = [
+            PortProto::new(80, Proto::Tcp),
+            PortProto::new(81, Proto::Udp),
+        ];
         let want = Reachability::expected(&pods(), &targets, |_, _, _| true);
         let got = Reachability::expected(&pods(), &targets, |from, to, t| {
             !(from == "y/a" && to == "x/a" && t.proto == Proto::Udp)

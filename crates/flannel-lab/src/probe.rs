@@ -77,7 +77,11 @@ impl PortProto {
 
     /// `80-tcp`: the suffix of the e2e model's container and port names.
     pub fn slug(&self) -> String {
-        format!("{}-{}", self.port, self.proto.api_name().to_ascii_lowercase())
+        format!(
+            "{}-{}",
+            self.port,
+            self.proto.api_name().to_ascii_lowercase()
+        )
     }
 }
 

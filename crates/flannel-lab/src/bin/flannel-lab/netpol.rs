@@ -82,7 +82,10 @@ pub fn objects(state_dir: &Path, args: &FileArgs, delete: bool) -> anyhow::Resul
     } else {
         flannel_lab::apply::apply(&client, &text)
     }
-    .with_context(|| format!("{}", args.file.display()))?;
+    .with_context(|| match args.file.to_str() {
+        Some("-") => "stdin".to_string(),
+        _ => args.file.display().to_string(),
+    })?;
     let mut failed = false;
     for o in &outcomes {
         if o.result.is_ok() {
@@ -130,7 +133,10 @@ pub fn matrix(state_dir: &Path, args: &MatrixArgs) -> anyhow::Result<ExitCode> {
             "the lab has no pods with servers; add some with `flannel-lab pod add NS/NAME --node n1`"
         );
     }
-    let r = state.netpol_matrix(Duration::from_secs_f64(args.timeout), usize::from(args.parallel));
+    let r = state.netpol_matrix(
+        Duration::from_secs_f64(args.timeout),
+        usize::from(args.parallel),
+    );
     out(&format!(
         "REACHABILITY (row probes column; . connected, X not, - self)\n\n{}\n{}\n",
         r.pretty(),

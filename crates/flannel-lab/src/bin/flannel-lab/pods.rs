@@ -70,6 +70,10 @@ pub struct ServeArgs {
     #[arg(long, default_value = "flannel-lab")]
     name: String,
 
+    /// The lab directory it belongs to (only shown, so `ps` and leak checks can tell)
+    #[arg(long, value_name = "DIR")]
+    lab: Option<std::path::PathBuf>,
+
     /// What to serve (default: 80/TCP 80/UDP 81/TCP 81/UDP)
     #[arg(value_name = "PORT/PROTO")]
     targets: Vec<PortProto>,
@@ -102,7 +106,7 @@ pub fn pod(state_dir: &Path, args: &PodArgs) -> anyhow::Result<ExitCode> {
                 .collect::<Vec<_>>()
                 .join(",");
             out(&format!(
-                "pod/{} created on {} ({ips}), serving {}\n",
+                "pod {} created on {} ({ips}), serving {}\n",
                 a.pod,
                 p.node,
                 SERVED.map(|t| t.to_string()).join(" ")
@@ -121,7 +125,7 @@ pub fn pod(state_dir: &Path, args: &PodArgs) -> anyhow::Result<ExitCode> {
                 .collect::<flannel_lab::Result<BTreeMap<_, _>>>()?;
             LabState::modify(state_dir, |s| s.label_pod(&l.pod, &changes))
                 .with_context(|| format!("labelling pod {}", l.pod))?;
-            out(&format!("pod/{} labeled\n", l.pod));
+            out(&format!("pod {} labeled\n", l.pod));
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -134,8 +138,12 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<ExitCode> {
         args.targets.clone()
     };
     eprintln!(
-        "flannel-lab serve: {} on {}",
+        "flannel-lab serve: {}{} on {}",
         args.name,
+        args.lab
+            .as_ref()
+            .map(|d| format!(" (lab {})", d.display()))
+            .unwrap_or_default(),
         targets
             .iter()
             .map(ToString::to_string)
