@@ -7,7 +7,9 @@
 //! * **legacy** (`APIVersions`, `APIGroupList`, `APIResourceList`), for clients that accept
 //!   only `application/json` (kube-rs): `/api` lists `v1`, `/api/v1` its resources.
 //!
-//! Only the core group exists; `/apis` lists no group.
+//! The core group (`/api/v1`: configmaps, namespaces, nodes, pods), the `apps` group
+//! (`/apis/apps/v1`: daemonsets) and the `networking.k8s.io` group
+//! (`/apis/networking.k8s.io/v1`: networkpolicies) exist, each in version `v1` only.
 
 use serde_json::{Value, json};
 
@@ -79,11 +81,12 @@ const VERBS: [&str; 7] = [
 ];
 const STATUS_VERBS: [&str; 3] = ["get", "patch", "update"];
 
-fn categories(kind: Kind) -> Vec<&'static str> {
-    match kind {
-        Kind::Pod => vec!["all"],
-        Kind::Node | Kind::Namespace => vec![],
-    }
+/// The API groups served besides the core one (`/apis`).
+pub const GROUPS: [&str; 2] = ["apps", "networking.k8s.io"];
+
+/// The kinds of `group` (`""` for the core group), in discovery order.
+fn kinds_of(group: &str) -> impl Iterator<Item = Kind> + '_ {
+    Kind::ALL.into_iter().filter(move |k| k.group() == group)
 }
 
 /// `GET /api` (legacy): the core group's versions.
@@ -95,15 +98,33 @@ pub fn api_versions(server_address: &str) -> Value {
     })
 }
 
-/// `GET /apis` (legacy): no API groups besides the core one.
-pub fn api_group_list() -> Value {
-    json!({ "kind": "APIGroupList", "apiVersion": "v1", "groups": [] })
+/// One group of `/apis` (legacy): its one version, `v1`, preferred.
+fn group_entry(group: &str) -> Value {
+    let version = json!({ "groupVersion": format!("{group}/v1"), "version": "v1" });
+    json!({ "name": group, "versions": [version], "preferredVersion": version })
 }
 
-/// `GET /api/v1`: the resources of the core group as the emulator serves them.
-pub fn api_resource_list() -> Value {
+/// `GET /apis` (legacy): the API groups besides the core one.
+pub fn api_group_list() -> Value {
+    let groups: Vec<Value> = GROUPS.iter().map(|g| group_entry(g)).collect();
+    json!({ "kind": "APIGroupList", "apiVersion": "v1", "groups": groups })
+}
+
+/// `GET /apis/<group>`: the group and its versions, `None` for a group not served.
+pub fn api_group(group: &str) -> Option<Value> {
+    GROUPS.contains(&group).then(|| {
+        let mut g = group_entry(group);
+        g["kind"] = json!("APIGroup");
+        g["apiVersion"] = json!("v1");
+        g
+    })
+}
+
+/// `GET /api/v1` (`group` empty) or `GET /apis/<group>/v1`: the group's resources as the
+/// emulator serves them, each kind with a `status` subresource unless it has no status.
+pub fn api_resource_list(group: &str) -> Value {
     let mut resources = Vec::new();
-    for kind in Kind::ALL {
+    for kind in kinds_of(group) {
         let mut r = json!({
             "name": kind.resource(),
             "singularName": kind.singular(),
@@ -112,27 +133,37 @@ pub fn api_resource_list() -> Value {
             "verbs": VERBS,
             "shortNames": kind.short_names(),
         });
-        if !categories(kind).is_empty() {
-            r["categories"] = json!(categories(kind));
+        if !kind.categories().is_empty() {
+            r["categories"] = json!(kind.categories());
         }
         resources.push(r);
-        resources.push(json!({
-            "name": format!("{}/status", kind.resource()),
-            "singularName": "",
-            "namespaced": kind.namespaced(),
-            "kind": kind.name(),
-            "verbs": STATUS_VERBS,
-        }));
+        if kind.has_status() {
+            resources.push(json!({
+                "name": format!("{}/status", kind.resource()),
+                "singularName": "",
+                "namespaced": kind.namespaced(),
+                "kind": kind.name(),
+                "verbs": STATUS_VERBS,
+            }));
+        }
     }
-    json!({ "kind": "APIResourceList", "groupVersion": "v1", "resources": resources })
+    if group.is_empty() {
+        json!({ "kind": "APIResourceList", "groupVersion": "v1", "resources": resources })
+    } else {
+        json!({
+            "kind": "APIResourceList",
+            "apiVersion": "v1",
+            "groupVersion": format!("{group}/v1"),
+            "resources": resources,
+        })
+    }
 }
 
-/// `GET /api` (aggregated): the core group with every resource and subresource.
-pub fn aggregated_core() -> Value {
+/// The aggregated discovery entry of `group`'s `v1`: every resource and subresource.
+fn aggregated_group(group: &str) -> Value {
     let response_kind = |kind: Kind| json!({ "group": "", "version": "", "kind": kind.name() });
-    let resources: Vec<Value> = Kind::ALL
-        .iter()
-        .map(|&kind| {
+    let resources: Vec<Value> = kinds_of(group)
+        .map(|kind| {
             let mut r = json!({
                 "resource": kind.resource(),
                 "responseKind": response_kind(kind),
@@ -140,37 +171,47 @@ pub fn aggregated_core() -> Value {
                 "singularResource": kind.singular(),
                 "verbs": VERBS,
                 "shortNames": kind.short_names(),
-                "subresources": [{
+            });
+            if kind.has_status() {
+                r["subresources"] = json!([{
                     "subresource": "status",
                     "responseKind": response_kind(kind),
                     "verbs": STATUS_VERBS,
-                }],
-            });
-            if !categories(kind).is_empty() {
-                r["categories"] = json!(categories(kind));
+                }]);
+            }
+            if !kind.categories().is_empty() {
+                r["categories"] = json!(kind.categories());
             }
             r
         })
         .collect();
+    let mut metadata = json!({ "creationTimestamp": null });
+    if !group.is_empty() {
+        metadata["name"] = json!(group);
+    }
     json!({
-        "kind": "APIGroupDiscoveryList",
-        "apiVersion": "apidiscovery.k8s.io/v2",
-        "metadata": {},
-        "items": [{
-            "metadata": { "creationTimestamp": null },
-            "versions": [{ "version": "v1", "resources": resources, "freshness": "Current" }],
-        }],
+        "metadata": metadata,
+        "versions": [{ "version": "v1", "resources": resources, "freshness": "Current" }],
     })
 }
 
-/// `GET /apis` (aggregated): no groups.
-pub fn aggregated_groups() -> Value {
+fn aggregated_list(items: Vec<Value>) -> Value {
     json!({
         "kind": "APIGroupDiscoveryList",
         "apiVersion": "apidiscovery.k8s.io/v2",
         "metadata": {},
-        "items": [],
+        "items": items,
     })
+}
+
+/// `GET /api` (aggregated): the core group with every resource and subresource.
+pub fn aggregated_core() -> Value {
+    aggregated_list(vec![aggregated_group("")])
+}
+
+/// `GET /apis` (aggregated): every other group with its resources.
+pub fn aggregated_groups() -> Value {
+    aggregated_list(GROUPS.iter().map(|g| aggregated_group(g)).collect())
 }
 
 #[cfg(test)]
@@ -205,16 +246,18 @@ mod tests {
 
     #[test]
     fn discovery_documents_name_every_kind() {
-        let legacy = api_resource_list();
-        let names: Vec<&str> = legacy["resources"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|r| r["name"].as_str().unwrap())
-            .collect();
+        let names = |list: Value| -> Vec<String> {
+            list["resources"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["name"].as_str().unwrap().to_string())
+                .collect()
+        };
         assert_eq!(
-            names,
+            names(api_resource_list("")),
             [
+                "configmaps",
                 "namespaces",
                 "namespaces/status",
                 "nodes",
@@ -223,10 +266,28 @@ mod tests {
                 "pods/status"
             ]
         );
+        let apps = api_resource_list("apps");
+        assert_eq!(apps["groupVersion"], "apps/v1");
+        assert_eq!(names(apps), ["daemonsets", "daemonsets/status"]);
+        assert_eq!(
+            api_group_list()["groups"][0]["preferredVersion"]["groupVersion"],
+            "apps/v1"
+        );
+        assert_eq!(api_group("apps").unwrap()["kind"], "APIGroup");
+        assert!(api_group("batch").is_none());
         let agg = aggregated_core();
-        let pods = &agg["items"][0]["versions"][0]["resources"][2];
+        let core = &agg["items"][0]["versions"][0]["resources"];
+        assert!(core[0].get("subresources").is_none(), "configmaps");
+        assert_eq!(core[0]["shortNames"], json!(["cm"]));
+        let pods = &core[3];
         assert_eq!(pods["scope"], "Namespaced");
         assert_eq!(pods["shortNames"], json!(["po"]));
         assert_eq!(pods["responseKind"]["kind"], "Pod");
+        let groups = aggregated_groups();
+        assert_eq!(groups["items"][0]["metadata"]["name"], "apps");
+        let ds = &groups["items"][0]["versions"][0]["resources"][0];
+        assert_eq!(ds["resource"], "daemonsets");
+        assert_eq!(ds["categories"], json!(["all"]));
+        assert_eq!(ds["subresources"][0]["subresource"], "status");
     }
 }

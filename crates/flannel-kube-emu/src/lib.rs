@@ -1,37 +1,43 @@
 //! `flannel-kube-emu`: a small, in-memory **emulator** of the Kubernetes API for flannel-rs tests
-//! and the lab. It is not an API server and makes no attempt to be one; it serves `v1`
-//! Namespace, Node and Pod objects over plain HTTP with the semantics flanneld's Kubernetes
-//! subnet manager relies on and what real `kubectl` needs to look at a lab, so both can be
-//! tested end to end on a machine where no API server can run. Real clients are the judges:
-//! kube-rs (flanneld) and kubectl v1.34 are tested against it.
+//! and the lab. It is not an API server and makes no attempt to be one; it serves the objects a
+//! cluster running kube-flannel shows (`v1` Namespace, Node, Pod and ConfigMap, `apps/v1`
+//! DaemonSet, `networking.k8s.io/v1` NetworkPolicy) over plain HTTP with the semantics flanneld's Kubernetes subnet manager relies on
+//! and what real `kubectl` needs to look at a lab, so both can be tested end to end on a
+//! machine where no API server can run. Real clients are the judges: kube-rs (flanneld) and
+//! kubectl v1.34 are tested against it.
 //!
 //! # What is emulated
-//! * **Objects**: `v1/Namespace` and `v1/Node` (cluster-scoped) and `v1/Pod` (namespaced),
-//!   stored as JSON. The server stamps `kind`, `apiVersion`, `metadata.uid`,
-//!   `metadata.creationTimestamp` and `metadata.resourceVersion`; clients cannot change them.
-//!   The namespaces `default`, `kube-flannel`, `kube-node-lease`, `kube-public` and
-//!   `kube-system` exist from the start.
+//! * **Objects**: `v1/Namespace` and `v1/Node` (cluster-scoped), `v1/Pod`, `v1/ConfigMap`,
+//!   `apps/v1/DaemonSet` and `networking.k8s.io/v1/NetworkPolicy` (namespaced), stored as
+//!   JSON. The server stamps `kind`, `apiVersion`, `metadata.uid`,
+//!   `metadata.creationTimestamp` and `metadata.resourceVersion` (and a DaemonSet's or a
+//!   NetworkPolicy's `metadata.generation`); clients cannot change them. A create with
+//!   `metadata.generateName` and no name gets the prefix and five random characters, as from
+//!   the API server. The namespaces `default`, `kube-flannel`, `kube-node-lease`,
+//!   `kube-public` and `kube-system` exist from the start.
 //! * **Discovery**: `/version`; `/api`, `/apis` in the aggregated form
 //!   (`apidiscovery.k8s.io/v2`, chosen by the `Accept` header as kubectl asks for it) and the
-//!   legacy one (`APIVersions`, `APIGroupList`); `/api/v1` (`APIResourceList`). See
-//!   [`discovery`].
+//!   legacy one (`APIVersions`, `APIGroupList` with the `apps` and `networking.k8s.io`
+//!   groups); `/api/v1`, `/apis/apps/v1` and `/apis/networking.k8s.io/v1`
+//!   (`APIResourceList`), `/apis/apps` and `/apis/networking.k8s.io` (`APIGroup`). See [`discovery`].
 //! * **Tables**: a GET, list or watch whose `Accept` asks for `as=Table` (`meta.k8s.io` `v1`
 //!   or `v1beta1`) gets the API server's server-side printing: the columns and cells of
-//!   `kubectl get` (`-o wide` included) and `includeObject`; a watch sends column definitions
-//!   with its first event only. See [`table`]. An `Accept` header naming nothing servable is
-//!   `406`.
+//!   `kubectl get` (`-o wide` included) for every kind, and `includeObject`; a watch sends
+//!   column definitions with its first event only. See [`table`]. An `Accept` header naming
+//!   nothing servable is `406`.
 //! * **resourceVersion**: one global counter shared by all objects, bumped by every write that
 //!   changes something (like etcd's revision). A write that changes nothing (same patch twice)
 //!   bumps nothing and produces no watch event, as on a real server.
 //! * **GET** of one object; **list** (`GET /api/v1/nodes`, `/api/v1/namespaces`,
-//!   `/api/v1/namespaces/<ns>/pods`, `/api/v1/pods`) with `resourceVersion` (unset, `0` or
-//!   `N`: the current state; `N` newer than the server: `504 Too large resource version`),
-//!   `resourceVersionMatch=Exact` (only for the current RV, else 410), `limit` and `continue`
-//!   (pages come from a snapshot taken at the first page; a token whose snapshot was compacted
-//!   gets `410 Expired`), `labelSelector` (`=`, `==`, `!=`, `in`, `notin`, exists, `!`, `>`,
-//!   `<`) and `fieldSelector` (`=`, `==`, `!=` on the field labels the server supports per
-//!   resource, others `400 field label not supported`; see [`selector`]). List items carry no
-//!   `kind`/`apiVersion`, as the real server sends them.
+//!   `/api/v1/namespaces/<ns>/pods`, `/api/v1/pods`, `/api/v1/namespaces/<ns>/configmaps`,
+//!   `/apis/apps/v1/namespaces/<ns>/daemonsets`, `/apis/apps/v1/daemonsets`, ...) with
+//!   `resourceVersion` (unset, `0` or `N`: the current state; `N` newer than the server:
+//!   `504 Too large resource version`), `resourceVersionMatch=Exact` (only for the current RV,
+//!   else 410), `limit` and `continue` (pages come from a snapshot taken at the first page; a
+//!   token whose snapshot was compacted gets `410 Expired`), `labelSelector` (`=`, `==`, `!=`,
+//!   `in`, `notin`, exists, `!`, `>`, `<`) and `fieldSelector` (`=`, `==`, `!=` on the field
+//!   labels the server supports per resource, others `400 field label not supported`; see
+//!   [`selector`]). List items carry no `kind`/`apiVersion`, as the real server sends them.
 //! * **watch** (`?watch=1`): a chunked stream of JSON lines `{"type":...,"object":...}` with
 //!   `ADDED`/`MODIFIED`/`DELETED`; from `resourceVersion=N` it replays every retained change
 //!   after `N`; without one (or `0`) it starts with synthetic `ADDED`s of the current objects.
@@ -41,38 +47,56 @@
 //!   stream cleanly. A watch from an RV older than the retained history gets `200` and a
 //!   single `ERROR` event with a `410 Expired` Status ("too old resource version"), as the
 //!   watch cache does. The history window is small and configurable so tests can force this.
-//! * **writes**: `POST` (create; `201`; `409 AlreadyExists`; a pod in a namespace that does not
-//!   exist is `404 namespaces "x" not found`), `PUT` (replace; a stale
+//! * **writes**: `POST` (create; `201`; `409 AlreadyExists`; an object in a namespace that does
+//!   not exist is `404 namespaces "x" not found`), `PUT` (replace; a stale
 //!   `metadata.resourceVersion` gets `409 Conflict`), `PATCH` with
 //!   `application/merge-patch+json` and `application/strategic-merge-patch+json` (see
 //!   [`patch`]: lists merge by the API types' `patchMergeKey`, e.g. Node `status.conditions` by
-//!   `type`; a `metadata.resourceVersion` in the patch is a precondition), `DELETE` (at once;
-//!   a namespace takes its pods with it; `default`, `kube-system`, `kube-public` are
-//!   `403 Forbidden`).
-//! * **subresource `status`** for every kind: writes to `<resource>/<n>/status` keep the
-//!   stored `spec` (metadata changes are kept: that is how flanneld writes its annotations with
-//!   only `nodes/status: patch` permission); writes to the object keep the stored `status`.
+//!   `type`, a DaemonSet template's containers by `name`; `$retainKeys` clears the rest of a
+//!   union; a `metadata.resourceVersion` in the patch is a precondition), `DELETE` (at once; a
+//!   namespace takes everything in it along; `default`, `kube-system`, `kube-public` are
+//!   `403 Forbidden`). Deleting an object deletes the objects whose `ownerReferences` name it
+//!   (the garbage collector's background deletion: a DaemonSet takes its pods), or with
+//!   `propagationPolicy: Orphan` (`kubectl delete --cascade=orphan`) leaves them without the
+//!   reference.
+//! * **subresource `status`** for every kind that has a status (a ConfigMap and a
+//!   NetworkPolicy have none): writes
+//!   to `<resource>/<n>/status` keep the stored `spec` (metadata changes are kept: that is how
+//!   flanneld writes its annotations with only `nodes/status: patch` permission); writes to the
+//!   object keep the stored `status`.
 //! * **per-kind rules** (see [`strategy`]): Node `spec.podCIDR` and `spec.podCIDRs[0]` kept in
 //!   sync, each a CIDR, at most two of different families, podCIDR changes only from empty to
 //!   set (`422 Invalid` otherwise); a new Pod starts `Pending` with its QoS class whatever
 //!   status it was sent (the kubelet reports the rest through `pods/<n>/status`), and its spec
 //!   may then change only in images, `activeDeadlineSeconds` and added tolerations; a
 //!   Namespace is `Active` with the `kubernetes` finalizer and the
-//!   `kubernetes.io/metadata.name` label; names must be RFC 1123 labels (namespaces) or
-//!   subdomains (nodes, pods).
+//!   `kubernetes.io/metadata.name` label; a ConfigMap holds strings under config keys, at most
+//!   1 MiB, and keeps its data once `immutable` ([`configmap`]); a DaemonSet gets its update
+//!   strategy and history limit defaulted, `metadata.generation` and the template generation
+//!   annotation counted by the server, an empty status to start with, and a required,
+//!   immutable selector that must select its template ([`daemonset`]); a NetworkPolicy gets
+//!   its pod selector, port protocols and policy types defaulted and is validated as the API
+//!   server validates it ([`networkpolicy`]); names must be RFC 1123
+//!   labels (namespaces) or subdomains (the other kinds).
 //! * **errors** as `Status` objects with the real `code`, `reason` and message wording
-//!   (`nodes "x" not found`, `Node "x" is invalid: ...`, ...).
+//!   (`nodes "x" not found`, `daemonsets.apps "x" not found`, `Node "x" is invalid: ...`,
+//!   ...).
+//!
+//! No controller runs: a DaemonSet's pods and status are whatever clients write (the lab writes
+//! them as the DaemonSet controller and the kubelets would).
 //!
 //! # What is not emulated
 //! Authentication and authorization (RBAC is checked offline against the manifest instead),
-//! TLS, admission beyond namespace lifecycle, defaulting beyond what is listed above (pods get
-//! no `restartPolicy`, `dnsPolicy`, service account, ...), `generateName`, finalizers and
-//! graceful deletion (`deletionTimestamp` is never set), `deletecollection`, JSON patch and
-//! server-side apply (415), protobuf and CBOR (406), OpenAPI (`/openapi/v2`, `/openapi/v3`: 404,
-//! so `kubectl create -f`/`apply -f` need `--validate=false`), `sendInitialEvents` streaming
-//! lists (400), `managedFields`, `metadata.generation`, every other resource and API group,
-//! historical reads (`resourceVersionMatch=Exact` at an old RV), and `$retainKeys` / element
-//! order in strategic merge patches.
+//! TLS, admission beyond namespace lifecycle, defaulting beyond what is listed above (pods and
+//! pod templates get no `restartPolicy`, `dnsPolicy`, service account, ...), controllers (no
+//! DaemonSet controller, no `kube-root-ca.crt` ConfigMap in each namespace: there is no CA),
+//! finalizers and graceful deletion (`deletionTimestamp` is never set), `deletecollection`,
+//! JSON patch and server-side apply (415), protobuf and CBOR (406), OpenAPI (`/openapi/v2`,
+//! `/openapi/v3`: 404, so `kubectl create -f`/`apply -f` need `--validate=false`),
+//! `sendInitialEvents` streaming lists (400), `managedFields`, `metadata.generation` of kinds
+//! other than DaemonSet and NetworkPolicy, ControllerRevisions and every other resource and API group,
+//! historical reads (`resourceVersionMatch=Exact` at an old RV), and element order in
+//! strategic merge patches.
 //!
 //! # Test controls
 //! Besides the library API ([`Emulator`]), the server answers under `/emu/`:
@@ -93,7 +117,10 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+pub mod configmap;
+pub mod daemonset;
 pub mod discovery;
+pub mod networkpolicy;
 pub mod patch;
 pub mod selector;
 mod server;
@@ -105,7 +132,7 @@ mod watch_stream;
 
 pub use selector::Selector;
 pub use status::ApiError;
-pub use store::{Kind, ListQuery, PatchType, Store, StoreConfig, Subresource};
+pub use store::{Kind, ListQuery, PatchType, Propagation, Store, StoreConfig, Subresource};
 
 /// Emulator settings.
 #[derive(Debug, Clone, Copy)]
@@ -384,6 +411,9 @@ impl Emulator {
             "namespaces": s.names(Kind::Namespace),
             "nodes": s.node_names(),
             "pods": s.names(Kind::Pod).len(),
+            "configmaps": s.names(Kind::ConfigMap).len(),
+            "daemonsets": s.names(Kind::DaemonSet).len(),
+            "networkpolicies": s.names(Kind::NetworkPolicy).len(),
             "watchers": self.watcher_count(),
             "stats": {
                 "lists": self.stats().lists,

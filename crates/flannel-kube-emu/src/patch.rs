@@ -1,17 +1,18 @@
-//! JSON merge patch (RFC 7386) and the subset of Kubernetes strategic merge patch that Node and
-//! Pod objects need.
+//! JSON merge patch (RFC 7386) and the subset of Kubernetes strategic merge patch that the
+//! emulated kinds need (a ConfigMap has no list; a DaemonSet's template merges as a Pod does).
 //!
 //! Strategic merge differs from a plain merge patch only for lists: a list whose Go field
 //! carries `patchStrategy:"merge"` is merged element by element instead of replaced. For lists
 //! of objects the elements are matched by their `patchMergeKey` (Node `status.conditions` by
 //! `type`, which is how a flanneld patch of `NetworkUnavailable` leaves `Ready` alone); lists
 //! of scalars with the merge strategy are unions. The table [`merge_key`] lists the fields of
-//! Node and Pod with a merge strategy, taken from the Kubernetes API types.
+//! Node, Pod and DaemonSet with a merge strategy, taken from the Kubernetes API types.
 //!
 //! Directives understood: `$patch: delete` / `$patch: replace` on maps and on list elements,
 //! `$deleteFromPrimitiveList/<field>`, and `$setElementOrder/<field>` (accepted; element order is
-//! not emulated: merged elements keep their place and new ones are appended). `$retainKeys` is
-//! rejected with 400 rather than half-implemented.
+//! not emulated: merged elements keep their place and new ones are appended), and
+//! `$retainKeys` (after the merge, the map keeps only the keys listed: how `kubectl apply`
+//! clears the fields of a union such as a DaemonSet's `updateStrategy` or a volume's source).
 
 use serde_json::{Map, Value};
 
@@ -43,11 +44,21 @@ pub fn merge_key(kind: &str, path: &[&str]) -> ListStrategy {
         ("Pod", ["spec", "initContainers"]) => MergeByKey("name"),
         ("Pod", ["spec", "volumes"]) => MergeByKey("name"),
         ("Pod", ["spec", "tolerations"]) => Replace,
-        ("Pod", ["spec", "containers", "env"]) => MergeByKey("name"),
-        ("Pod", ["spec", "containers", "ports"]) => MergeByKey("containerPort"),
-        ("Pod", ["spec", "containers", "volumeMounts"]) => MergeByKey("mountPath"),
+        ("Pod", ["spec", "containers" | "initContainers", "env"]) => MergeByKey("name"),
+        ("Pod", ["spec", "containers" | "initContainers", "ports"]) => MergeByKey("containerPort"),
+        ("Pod", ["spec", "containers" | "initContainers", "volumeMounts"]) => {
+            MergeByKey("mountPath")
+        }
+        ("Pod", ["spec", "imagePullSecrets"]) => MergeByKey("name"),
         ("Pod", ["status", "conditions"]) => MergeByKey("type"),
         ("Pod", ["status", "podIPs"]) => MergeByKey("ip"),
+        // A DaemonSet's pod template is a Pod's metadata and spec.
+        ("DaemonSet", ["spec", "template", "spec", rest @ ..]) => {
+            let mut inner = vec!["spec"];
+            inner.extend_from_slice(rest);
+            merge_key("Pod", &inner)
+        }
+        ("DaemonSet", ["status", "conditions"]) => MergeByKey("type"),
         _ => Replace,
     }
 }
@@ -120,14 +131,18 @@ fn merge_map(
     let Value::Object(t) = target else {
         return Ok(None);
     };
-    for (k, v) in p {
-        if k == "$patch" || k.starts_with("$setElementOrder/") {
-            continue;
-        }
-        if k == "$retainKeys" {
+    let retain = match p.get("$retainKeys") {
+        None => None,
+        Some(Value::Array(keys)) if keys.iter().all(Value::is_string) => Some(keys.clone()),
+        Some(_) => {
             return Err(ApiError::bad_request(
-                "strategic merge patch: $retainKeys is not emulated by flannel-kube-emu",
+                "strategic merge patch: $retainKeys must be a list of strings",
             ));
+        }
+    };
+    for (k, v) in p {
+        if k == "$patch" || k == "$retainKeys" || k.starts_with("$setElementOrder/") {
+            continue;
         }
         if let Some(field) = k.strip_prefix("$deleteFromPrimitiveList/") {
             let Value::Array(remove) = v else {
@@ -156,6 +171,9 @@ fn merge_map(
                 t.insert(k.clone(), new);
             }
         }
+    }
+    if let Some(keys) = retain {
+        t.retain(|k, _| keys.iter().any(|r| r == k));
     }
     Ok(None)
 }
@@ -355,8 +373,31 @@ mod tests {
         )
         .unwrap();
         assert_eq!(m, json!({"metadata":{"labels":{"b":"2"}}}));
-        let e = strategic_merge_patch(&mut m, &json!({"$retainKeys":["a"]}), "Node").unwrap_err();
+        let e = strategic_merge_patch(&mut m, &json!({"$retainKeys":"a"}), "Node").unwrap_err();
         assert_eq!(e.code, 400);
+        // kubectl apply switching a DaemonSet to OnDelete clears rollingUpdate.
+        let mut ds = json!({"spec":{"updateStrategy":{"type":"RollingUpdate",
+                                                      "rollingUpdate":{"maxUnavailable":1}}}});
+        strategic_merge_patch(
+            &mut ds,
+            &json!({"spec":{"updateStrategy":{"$retainKeys":["type"],"type":"OnDelete"}}}),
+            "DaemonSet",
+        )
+        .unwrap();
+        assert_eq!(ds, json!({"spec":{"updateStrategy":{"type":"OnDelete"}}}));
+        // A DaemonSet's template containers merge by name, as a Pod's.
+        let mut ds = json!({"spec":{"template":{"spec":{"containers":[
+            {"name":"a","image":"1"},{"name":"b","image":"2"}]}}}});
+        strategic_merge_patch(
+            &mut ds,
+            &json!({"spec":{"template":{"spec":{"containers":[{"name":"b","image":"3"}]}}}}),
+            "DaemonSet",
+        )
+        .unwrap();
+        assert_eq!(
+            ds["spec"]["template"]["spec"]["containers"],
+            json!([{"name":"a","image":"1"},{"name":"b","image":"3"}])
+        );
         let e = strategic_merge_patch(
             &mut m,
             &json!({"status":{"conditions":[{"status":"x"}]}}),

@@ -95,11 +95,81 @@ impl Selector {
     }
 }
 
+/// A `metav1.LabelSelector` object (`matchLabels`, `matchExpressions`), as a DaemonSet's
+/// `spec.selector` holds one, in the string form of `kubectl -l` and of the SELECTOR column
+/// (`app=flannel,tier in (node)`): requirements sorted by key, values of a set sorted. `None`
+/// for a selector the API would refuse (an unknown operator, a malformed field); an empty
+/// selector (`{}`, which selects everything) is the empty string.
+pub fn label_selector_string(sel: &Value) -> Option<String> {
+    let mut reqs: Vec<(String, String)> = Vec::new();
+    for (k, v) in sel
+        .get("matchLabels")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+    {
+        reqs.push((k.clone(), format!("{k}={}", v.as_str()?)));
+    }
+    let exprs = match sel.get("matchExpressions") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(v) => v.as_array()?.clone(),
+    };
+    for e in &exprs {
+        let key = e.get("key")?.as_str()?;
+        let mut values: Vec<&str> = match e.get("values") {
+            None | Some(Value::Null) => Vec::new(),
+            Some(v) => v
+                .as_array()?
+                .iter()
+                .map(Value::as_str)
+                .collect::<Option<_>>()?,
+        };
+        values.sort_unstable();
+        let text = match e.get("operator")?.as_str()? {
+            "In" => format!("{key} in ({})", values.join(",")),
+            "NotIn" => format!("{key} notin ({})", values.join(",")),
+            "Exists" => key.to_string(),
+            "DoesNotExist" => format!("!{key}"),
+            _ => return None,
+        };
+        reqs.push((key.to_string(), text));
+    }
+    reqs.sort_by(|a, b| a.0.cmp(&b.0));
+    Some(
+        reqs.into_iter()
+            .map(|(_, t)| t)
+            .collect::<Vec<_>>()
+            .join(","),
+    )
+}
+
+/// Whether a `metav1.LabelSelector` object selects an object with `labels`
+/// (`LabelSelectorAsSelector(sel).Matches(labels)`): a missing selector (`null`) selects
+/// nothing, an empty one everything, a malformed one nothing.
+pub fn label_selector_matches(sel: &Value, labels: &Value) -> bool {
+    if sel.is_null() {
+        return false;
+    }
+    let Some(text) = label_selector_string(sel) else {
+        return false;
+    };
+    match Selector::parse(Kind::Pod, Some(&text), None) {
+        Ok(s) => s.matches(
+            Kind::Pod,
+            &serde_json::json!({ "metadata": { "labels": labels } }),
+        ),
+        Err(_) => false,
+    }
+}
+
 /// The field labels the API server accepts in field selectors for `kind`.
 fn field_supported(kind: Kind, field: &str) -> bool {
     match kind {
         Kind::Node => matches!(field, "metadata.name" | "spec.unschedulable"),
         Kind::Namespace => matches!(field, "metadata.name" | "status.phase"),
+        Kind::ConfigMap | Kind::DaemonSet | Kind::NetworkPolicy => {
+            matches!(field, "metadata.name" | "metadata.namespace")
+        }
         Kind::Pod => matches!(
             field,
             "metadata.name"
@@ -465,6 +535,31 @@ mod tests {
                 .unwrap()
                 .is_empty()
         );
+    }
+
+    #[test]
+    fn label_selector_objects() {
+        let sel = json!({"matchLabels": {"tier": "node", "app": "flannel"},
+                         "matchExpressions": [{"key": "os", "operator": "NotIn", "values": ["w", "m"]},
+                                              {"key": "gpu", "operator": "DoesNotExist"}]});
+        assert_eq!(
+            label_selector_string(&sel).unwrap(),
+            "app=flannel,!gpu,os notin (m,w),tier=node"
+        );
+        let labels = json!({"app": "flannel", "tier": "node", "os": "linux"});
+        assert!(label_selector_matches(&sel, &labels));
+        assert!(!label_selector_matches(&sel, &json!({"app": "flannel"})));
+        assert!(
+            label_selector_matches(&json!({}), &json!({})),
+            "empty: everything"
+        );
+        assert!(
+            !label_selector_matches(&Value::Null, &labels),
+            "none: nothing"
+        );
+        let bad = json!({"matchExpressions": [{"key": "a", "operator": "Near"}]});
+        assert_eq!(label_selector_string(&bad), None);
+        assert!(!label_selector_matches(&bad, &labels));
     }
 
     #[test]

@@ -18,7 +18,7 @@ use tracing::{debug, warn};
 
 use crate::discovery::{self, AGGREGATED_CONTENT_TYPE, Media, negotiate};
 use crate::selector::Selector;
-use crate::store::{Kind, ListQuery, PatchType, Subresource, WatchFrom};
+use crate::store::{Kind, ListQuery, PatchType, Propagation, Subresource, WatchFrom};
 use crate::table::{IncludeObject, TableOptions, table};
 use crate::watch_stream::{WatchSpec, watch_response};
 use crate::{ApiError, Emulator};
@@ -224,10 +224,25 @@ async fn route(emu: &Emulator, req: Request<Incoming>) -> Result<Response<Body>,
             negotiate(accept, false, false)?;
             Ok(json_response(
                 StatusCode::OK,
-                &discovery::api_resource_list(),
+                &discovery::api_resource_list(""),
+            ))
+        }
+        (["apis", group], &Method::GET) if discovery::GROUPS.contains(group) => {
+            negotiate(accept, false, false)?;
+            let doc = discovery::api_group(group).ok_or_else(ApiError::no_route)?;
+            Ok(json_response(StatusCode::OK, &doc))
+        }
+        (["apis", group, "v1"], &Method::GET) if discovery::GROUPS.contains(group) => {
+            negotiate(accept, false, false)?;
+            Ok(json_response(
+                StatusCode::OK,
+                &discovery::api_resource_list(group),
             ))
         }
         (["api"] | ["apis"] | ["api", "v1"], _) => Err(ApiError::method_not_allowed()),
+        (["apis", group] | ["apis", group, "v1"], _) if discovery::GROUPS.contains(group) => {
+            Err(ApiError::method_not_allowed())
+        }
         (["emu", ..], _) => control(emu, req, &segs).await,
         _ => match Target::parse(&segs) {
             Some(t) => resource(emu, req, t, accept).await,
@@ -236,7 +251,7 @@ async fn route(emu: &Emulator, req: Request<Incoming>) -> Result<Response<Body>,
     }
 }
 
-/// The object or collection a path under `/api/v1` addresses.
+/// The object or collection a path under `/api/v1` or `/apis/<group>/v1` addresses.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Target {
     kind: Kind,
@@ -249,8 +264,20 @@ struct Target {
 
 impl Target {
     fn parse(segs: &[&str]) -> Option<Target> {
-        let kind_of = |res: &str| Kind::ALL.into_iter().find(|k| k.resource() == res);
+        let (group, rest) = match segs {
+            ["api", "v1", rest @ ..] => ("", rest),
+            ["apis", group, "v1", rest @ ..] if !group.is_empty() => (*group, rest),
+            _ => return None,
+        };
+        let kind_of = |res: &str| {
+            Kind::ALL
+                .into_iter()
+                .find(|k| k.group() == group && k.resource() == res)
+        };
         let target = |kind: Kind, ns: Option<&str>, name: Option<&str>, status: bool| {
+            if status && !kind.has_status() {
+                return None;
+            }
             Some(Target {
                 kind,
                 namespace: ns.map(str::to_string),
@@ -262,8 +289,8 @@ impl Target {
                 },
             })
         };
-        match segs {
-            ["api", "v1", "namespaces", ns, res, rest @ ..] if kind_of(res).is_some() => {
+        match rest {
+            ["namespaces", ns, res, rest @ ..] if kind_of(res).is_some() => {
                 let kind = kind_of(res)?;
                 if !kind.namespaced() {
                     return None;
@@ -275,7 +302,7 @@ impl Target {
                     _ => None,
                 }
             }
-            ["api", "v1", res, rest @ ..] => {
+            [res, rest @ ..] => {
                 let kind = kind_of(res)?;
                 match rest {
                     [] => target(kind, None, None, false),
@@ -349,9 +376,35 @@ async fn resource(
             ok(emu.store().patch(kind, &ns, name, &body, pt, sub)?)
         }
         (Some(name), Method::DELETE) if sub == Subresource::Main => {
-            ok(emu.store().delete(kind, &ns, name)?)
+            let propagation = propagation(req).await?;
+            ok(emu.store().delete_with(kind, &ns, name, propagation)?)
         }
         _ => Err(ApiError::method_not_allowed()),
+    }
+}
+
+/// The `propagationPolicy` of a DELETE, from the query or a `DeleteOptions` body (kubectl sends
+/// the body); `Background` when neither says.
+async fn propagation(req: Request<Incoming>) -> Result<Propagation, ApiError> {
+    let mut policy = query(&req).get("propagationPolicy").cloned();
+    let bytes = Limited::new(req.into_body(), MAX_BODY)
+        .collect()
+        .await
+        .map_err(|e| ApiError::bad_request(format!("reading the request body: {e}")))?
+        .to_bytes();
+    if !bytes.iter().all(u8::is_ascii_whitespace) {
+        let options: Value = serde_json::from_slice(&bytes)
+            .map_err(|e| ApiError::bad_request(format!("the request body is not JSON: {e}")))?;
+        if let Some(p) = options["propagationPolicy"].as_str() {
+            policy = Some(p.to_string());
+        }
+    }
+    match policy.as_deref() {
+        None | Some("" | "Background" | "Foreground") => Ok(Propagation::Background),
+        Some("Orphan") => Ok(Propagation::Orphan),
+        Some(other) => Err(ApiError::bad_request(format!(
+            "DeleteOptions.meta.k8s.io \"\" is invalid: propagationPolicy: Unsupported value: {other:?}: supported values: \"Foreground\", \"Background\", \"Orphan\""
+        ))),
     }
 }
 
@@ -452,7 +505,7 @@ fn list_or_watch(
         StatusCode::OK,
         &json!({
             "kind": format!("{}List", kind.name()),
-            "apiVersion": "v1",
+            "apiVersion": kind.api_version(),
             "metadata": metadata,
             "items": page.items,
         }),

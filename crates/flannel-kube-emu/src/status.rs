@@ -34,7 +34,8 @@ impl ApiError {
         self
     }
 
-    /// `404 NotFound`: `nodes "n1" not found`.
+    /// `404 NotFound`: `nodes "n1" not found` (`daemonsets.apps "x" not found` outside the core
+    /// group).
     pub fn not_found(resource: &'static str, name: &str) -> ApiError {
         ApiError::new(404, "NotFound", format!("{resource} \"{name}\" not found"))
             .with_details(name, resource)
@@ -166,7 +167,12 @@ impl ApiError {
             "code": self.code,
         });
         if let Some((name, kind)) = &self.details {
-            s["details"] = json!({ "name": name, "kind": kind });
+            // A resource or kind outside the core group comes qualified (`daemonsets.apps`);
+            // the details name the group apart, as the server's do.
+            s["details"] = match kind.split_once('.') {
+                Some((kind, group)) => json!({ "name": name, "group": group, "kind": kind }),
+                None => json!({ "name": name, "kind": kind }),
+            };
         }
         s
     }
@@ -189,6 +195,10 @@ mod tests {
         assert_eq!(gone["reason"], "Expired");
         assert_eq!(gone["message"], "too old resource version: 5 (9)");
         assert_eq!(ApiError::conflict("nodes", "a").code, 409);
+        assert_eq!(
+            ApiError::not_found("daemonsets.apps", "ds").to_status()["details"],
+            json!({"name": "ds", "group": "apps", "kind": "daemonsets"})
+        );
         assert_eq!(
             ApiError::already_exists("nodes", "a").reason,
             "AlreadyExists"

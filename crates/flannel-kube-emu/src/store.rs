@@ -15,59 +15,137 @@ use crate::selector::Selector;
 use crate::status::ApiError;
 use crate::strategy::{self, IMMORTAL_NAMESPACES, INITIAL_NAMESPACES};
 
-/// The object kinds the emulator serves, all in the core group `v1`.
+/// The object kinds the emulator serves: the core group's (`v1`), the `apps` group's
+/// (`apps/v1`) and the `networking.k8s.io` group's (`networking.k8s.io/v1`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Kind {
+    /// `v1/ConfigMap`, namespaced, resource `configmaps`; no status.
+    ConfigMap,
     /// `v1/Namespace`, cluster-scoped, resource `namespaces`.
     Namespace,
     /// `v1/Node`, cluster-scoped, resource `nodes`.
     Node,
     /// `v1/Pod`, namespaced, resource `pods`.
     Pod,
+    /// `apps/v1/DaemonSet`, namespaced, resource `daemonsets`.
+    DaemonSet,
+    /// `networking.k8s.io/v1/NetworkPolicy`, namespaced, resource `networkpolicies`; no status.
+    NetworkPolicy,
 }
 
 impl Kind {
-    /// Every kind, in the order discovery lists them.
-    pub const ALL: [Kind; 3] = [Kind::Namespace, Kind::Node, Kind::Pod];
+    /// Every kind, in the order discovery lists them (per group, by resource name, as the API
+    /// server does; the core group first).
+    pub const ALL: [Kind; 6] = [
+        Kind::ConfigMap,
+        Kind::Namespace,
+        Kind::Node,
+        Kind::Pod,
+        Kind::DaemonSet,
+        Kind::NetworkPolicy,
+    ];
 
     /// The kind name (`Node`).
     pub fn name(self) -> &'static str {
         match self {
+            Kind::ConfigMap => "ConfigMap",
             Kind::Namespace => "Namespace",
             Kind::Node => "Node",
             Kind::Pod => "Pod",
+            Kind::DaemonSet => "DaemonSet",
+            Kind::NetworkPolicy => "NetworkPolicy",
         }
     }
 
-    /// The resource name (`nodes`), as used in paths and error messages.
+    /// The API group (`""` for the core group, `apps`, `networking.k8s.io`).
+    pub fn group(self) -> &'static str {
+        match self {
+            Kind::DaemonSet => "apps",
+            Kind::NetworkPolicy => "networking.k8s.io",
+            Kind::ConfigMap | Kind::Namespace | Kind::Node | Kind::Pod => "",
+        }
+    }
+
+    /// The `apiVersion` objects of this kind carry (`v1`, `apps/v1`, `networking.k8s.io/v1`).
+    pub fn api_version(self) -> &'static str {
+        match self.group() {
+            "apps" => "apps/v1",
+            "networking.k8s.io" => "networking.k8s.io/v1",
+            _ => "v1",
+        }
+    }
+
+    /// The resource name (`nodes`), as used in paths.
     pub fn resource(self) -> &'static str {
         match self {
+            Kind::ConfigMap => "configmaps",
             Kind::Namespace => "namespaces",
             Kind::Node => "nodes",
             Kind::Pod => "pods",
+            Kind::DaemonSet => "daemonsets",
+            Kind::NetworkPolicy => "networkpolicies",
+        }
+    }
+
+    /// The resource as error messages name it: qualified by its group outside the core group
+    /// (`daemonsets.apps "x" not found`), as the API server words it.
+    pub fn qualified_resource(self) -> &'static str {
+        match self {
+            Kind::DaemonSet => "daemonsets.apps",
+            Kind::NetworkPolicy => "networkpolicies.networking.k8s.io",
+            other => other.resource(),
+        }
+    }
+
+    /// The kind as validation errors name it (`DaemonSet.apps "x" is invalid`).
+    pub fn qualified_name(self) -> &'static str {
+        match self {
+            Kind::DaemonSet => "DaemonSet.apps",
+            Kind::NetworkPolicy => "NetworkPolicy.networking.k8s.io",
+            other => other.name(),
         }
     }
 
     /// The singular resource name (`node`), which kubectl accepts as well.
     pub fn singular(self) -> &'static str {
         match self {
+            Kind::ConfigMap => "configmap",
             Kind::Namespace => "namespace",
             Kind::Node => "node",
             Kind::Pod => "pod",
+            Kind::DaemonSet => "daemonset",
+            Kind::NetworkPolicy => "networkpolicy",
         }
     }
 
     /// Whether objects of this kind live in a namespace.
     pub fn namespaced(self) -> bool {
-        self == Kind::Pod
+        !matches!(self, Kind::Namespace | Kind::Node)
+    }
+
+    /// Whether the kind has a `status` (and so a `status` subresource); a ConfigMap and a
+    /// NetworkPolicy have none.
+    pub fn has_status(self) -> bool {
+        !matches!(self, Kind::ConfigMap | Kind::NetworkPolicy)
     }
 
     /// The short names discovery announces (`kubectl get no`).
     pub fn short_names(self) -> &'static [&'static str] {
         match self {
+            Kind::ConfigMap => &["cm"],
             Kind::Namespace => &["ns"],
             Kind::Node => &["no"],
             Kind::Pod => &["po"],
+            Kind::DaemonSet => &["ds"],
+            Kind::NetworkPolicy => &["netpol"],
+        }
+    }
+
+    /// The categories discovery announces (`kubectl get all` lists the kinds in `all`).
+    pub fn categories(self) -> &'static [&'static str] {
+        match self {
+            Kind::Pod | Kind::DaemonSet => &["all"],
+            Kind::ConfigMap | Kind::Namespace | Kind::Node | Kind::NetworkPolicy => &[],
         }
     }
 }
@@ -160,6 +238,16 @@ pub enum Subresource {
     Status,
 }
 
+/// What a `DELETE` does to the objects the deleted one owns (`propagationPolicy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Propagation {
+    /// `Background` (kubectl's choice) or `Foreground`: the dependents are deleted too.
+    #[default]
+    Background,
+    /// `Orphan`: the dependents stay, without the owner reference.
+    Orphan,
+}
+
 /// One page of a list.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ListPage {
@@ -221,6 +309,8 @@ pub struct Store {
     snapshots: VecDeque<(u64, Kind, u64, Vec<Value>)>,
     next_snapshot: u64,
     events: broadcast::Sender<Arc<Change>>,
+    /// Seeds the random suffixes of generated names (randomly keyed per process).
+    name_seed: std::collections::hash_map::RandomState,
 }
 
 /// Current time as RFC 3339 UTC with seconds (`2026-01-02T03:04:05Z`), the API's `Time` format.
@@ -276,6 +366,21 @@ fn name_of(obj: &Value) -> &str {
         .unwrap_or("")
 }
 
+fn generate_name_of(obj: &Value) -> &str {
+    obj.pointer("/metadata/generateName")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+}
+
+/// The uids an object's `metadata.ownerReferences` name.
+fn owner_uids(obj: &Value) -> impl Iterator<Item = &str> {
+    obj.pointer("/metadata/ownerReferences")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r["uid"].as_str())
+}
+
 fn rv_of(obj: &Value) -> Option<&str> {
     obj.pointer("/metadata/resourceVersion")
         .and_then(Value::as_str)
@@ -308,6 +413,7 @@ impl Store {
             snapshots: VecDeque::new(),
             next_snapshot: 1,
             events,
+            name_seed: std::collections::hash_map::RandomState::new(),
         };
         for name in INITIAL_NAMESPACES {
             let mut ns = strategy::namespace_object(name);
@@ -371,7 +477,7 @@ impl Store {
         self.uid += 1;
         let uid = format!("00000000-0000-4000-8000-{:012x}", self.uid);
         obj["kind"] = json!(kind.name());
-        obj["apiVersion"] = json!("v1");
+        obj["apiVersion"] = json!(kind.api_version());
         let meta = &mut obj["metadata"];
         meta["uid"] = json!(uid);
         meta["resourceVersion"] = json!(self.rv.to_string());
@@ -502,7 +608,7 @@ impl Store {
         self.objects
             .get(&key(kind, namespace, name))
             .cloned()
-            .ok_or_else(|| ApiError::not_found(kind.resource(), name))
+            .ok_or_else(|| ApiError::not_found(kind.qualified_resource(), name))
     }
 
     /// Names of all objects of `kind` (all namespaces), in list order.
@@ -519,7 +625,6 @@ impl Store {
         namespace: &str,
         mut obj: Value,
     ) -> Result<Value, ApiError> {
-        let name = name_of(&obj).to_string();
         if kind.namespaced() {
             let ns = namespace_of(&obj);
             if !ns.is_empty() && ns != namespace {
@@ -536,6 +641,11 @@ impl Store {
         {
             return Err(ApiError::not_found("namespaces", namespace));
         }
+        let name = match (name_of(&obj), generate_name_of(&obj)) {
+            ("", prefix) if !prefix.is_empty() => self.generate_name(kind, namespace, prefix)?,
+            (name, _) => name.to_string(),
+        };
+        obj["metadata"]["name"] = json!(name);
         strategy::prepare_create(kind, &name, &mut obj)?;
         if kind.namespaced() {
             obj["metadata"]["namespace"] = json!(namespace);
@@ -544,7 +654,7 @@ impl Store {
         }
         let k = key(kind, namespace, &name);
         if self.objects.contains_key(&k) {
-            return Err(ApiError::already_exists(kind.resource(), &name));
+            return Err(ApiError::already_exists(kind.qualified_resource(), &name));
         }
         self.rv += 1;
         self.stamp(&mut obj, kind);
@@ -580,12 +690,18 @@ impl Store {
         if let Some(rv) = rv_of(&new)
             && Some(rv) != rv_of(&old)
         {
-            return Err(ApiError::conflict(kind.resource(), name));
+            return Err(ApiError::conflict(kind.qualified_resource(), name));
         }
         if !new["metadata"].is_object() {
             new["metadata"] = json!({});
         }
-        for meta in ["uid", "resourceVersion", "creationTimestamp", "namespace"] {
+        for meta in [
+            "uid",
+            "resourceVersion",
+            "creationTimestamp",
+            "namespace",
+            "generation",
+        ] {
             match old["metadata"].get(meta) {
                 Some(v) => new["metadata"][meta] = v.clone(),
                 None => {
@@ -596,7 +712,7 @@ impl Store {
             }
         }
         new["kind"] = json!(kind.name());
-        new["apiVersion"] = json!("v1");
+        new["apiVersion"] = json!(kind.api_version());
         strategy::prepare_update(kind, name, &old, &mut new, sub, validate)?;
         if new == old {
             return Ok(old);
@@ -653,13 +769,28 @@ impl Store {
     }
 
     /// `DELETE`: removes the object at once (no graceful deletion, no finalizers); the
-    /// `DELETED` event carries the deletion's RV. Deleting a namespace deletes its pods first
-    /// (what the namespace controller does before the namespace goes); `default`,
-    /// `kube-system` and `kube-public` cannot be deleted (`403`).
+    /// `DELETED` event carries the deletion's RV. Deleting a namespace deletes what lives in it
+    /// first (what the namespace controller does before the namespace goes); `default`,
+    /// `kube-system` and `kube-public` cannot be deleted (`403`). The objects it owns (whose
+    /// `metadata.ownerReferences` name its uid) go too, as the garbage collector deletes
+    /// dependents in the background; see [`Store::delete_with`] to orphan them instead.
     pub fn delete(&mut self, kind: Kind, namespace: &str, name: &str) -> Result<Value, ApiError> {
+        self.delete_with(kind, namespace, name, Propagation::Background)
+    }
+
+    /// `DELETE` with a `propagationPolicy`: `Background` (and `Foreground`, which the emulator
+    /// does not tell apart: nothing is graceful) deletes the object's dependents, `Orphan`
+    /// removes the owner reference from them and keeps them.
+    pub fn delete_with(
+        &mut self,
+        kind: Kind,
+        namespace: &str,
+        name: &str,
+        propagation: Propagation,
+    ) -> Result<Value, ApiError> {
         let k = key(kind, namespace, name);
         if !self.objects.contains_key(&k) {
-            return Err(ApiError::not_found(kind.resource(), name));
+            return Err(ApiError::not_found(kind.qualified_resource(), name));
         }
         if kind == Kind::Namespace {
             if IMMORTAL_NAMESPACES.contains(&name) {
@@ -669,22 +800,98 @@ impl Store {
                     "this namespace may not be deleted",
                 ));
             }
-            let pods: Vec<String> = self
-                .objects(Kind::Pod)
-                .filter(|p| namespace_of(p) == name)
-                .map(|p| name_of(p).to_string())
+            let inside: Vec<(Kind, String)> = self
+                .objects
+                .iter()
+                .filter(|((k, ns, _), _)| k.namespaced() && ns == name)
+                .map(|((k, _, n), _)| (*k, n.clone()))
                 .collect();
-            for pod in pods {
-                self.delete(Kind::Pod, name, &pod)?;
+            for (k, n) in inside {
+                // An owner deleted before may have taken it already.
+                if self.objects.contains_key(&key(k, name, &n)) {
+                    self.delete_with(k, name, &n, Propagation::Background)?;
+                }
             }
         }
         let Some(mut obj) = self.objects.remove(&k) else {
-            return Err(ApiError::not_found(kind.resource(), name));
+            return Err(ApiError::not_found(kind.qualified_resource(), name));
         };
         self.rv += 1;
         obj["metadata"]["resourceVersion"] = json!(self.rv.to_string());
         self.record(kind, EventType::Deleted, obj.clone(), None);
+        let uid = obj["metadata"]["uid"].as_str().unwrap_or("").to_string();
+        self.collect_dependents(&uid, propagation)?;
         Ok(obj)
+    }
+
+    /// What the garbage collector does once an owner is gone: deletes the objects whose
+    /// `ownerReferences` name `uid` (when no other owner is left), or orphans them (removes the
+    /// reference).
+    fn collect_dependents(&mut self, uid: &str, propagation: Propagation) -> Result<(), ApiError> {
+        if uid.is_empty() {
+            return Ok(());
+        }
+        let dependents: Vec<Key> = self
+            .objects
+            .iter()
+            .filter(|(_, o)| owner_uids(o).any(|u| u == uid))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for (kind, ns, name) in dependents {
+            let Some(obj) = self.objects.get(&key(kind, &ns, &name)) else {
+                continue;
+            };
+            let others = owner_uids(obj).filter(|u| *u != uid).count();
+            if propagation == Propagation::Orphan || others > 0 {
+                let mut new = obj.clone();
+                if let Some(refs) = new["metadata"]["ownerReferences"].as_array_mut() {
+                    refs.retain(|r| r["uid"] != uid);
+                    if refs.is_empty()
+                        && let Value::Object(m) = &mut new["metadata"]
+                    {
+                        m.remove("ownerReferences");
+                    }
+                }
+                self.commit(kind, &ns, &name, new, Subresource::Main, false)?;
+            } else {
+                self.delete_with(kind, &ns, &name, Propagation::Background)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A name for a new object from its `generateName`: the prefix (cut to 58 characters) and
+    /// five random characters from the alphabet the API server draws them from, tried a few
+    /// times against names in use, as the server retries a generated name that collides.
+    fn generate_name(
+        &mut self,
+        kind: Kind,
+        namespace: &str,
+        prefix: &str,
+    ) -> Result<String, ApiError> {
+        const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+        let prefix: String = prefix.chars().take(58).collect();
+        let mut last = String::new();
+        for _ in 0..8 {
+            let mut h = std::hash::BuildHasher::build_hasher(&self.name_seed);
+            std::hash::Hasher::write_u64(&mut h, self.uid);
+            std::hash::Hasher::write_u64(&mut h, self.rv);
+            std::hash::Hasher::write(&mut h, last.as_bytes());
+            let mut bits = std::hash::Hasher::finish(&h);
+            let base = ALPHABET.len() as u64;
+            let suffix: String = (0..5)
+                .map(|_| {
+                    let c = ALPHABET[(bits % base) as usize];
+                    bits /= base;
+                    char::from(c)
+                })
+                .collect();
+            last = format!("{prefix}{suffix}");
+            if !self.objects.contains_key(&key(kind, namespace, &last)) {
+                return Ok(last);
+            }
+        }
+        Err(ApiError::already_exists(kind.qualified_resource(), &last))
     }
 
     // ---- nodes ----------------------------------------------------------------------------
@@ -970,6 +1177,79 @@ mod tests {
         );
         // A pod's key includes its namespace; a node's ignores it.
         assert_eq!(s.get(Kind::Pod, "kube-system", "p").unwrap_err().code, 404);
+    }
+
+    #[test]
+    fn generated_names_and_owned_objects() {
+        let mut s = Store::new(StoreConfig::default());
+        let ds = s
+            .create(
+                Kind::DaemonSet,
+                "kube-flannel",
+                json!({"metadata": {"name": "ds"},
+                       "spec": {"selector": {"matchLabels": {"app": "x"}},
+                                "template": {"metadata": {"labels": {"app": "x"}},
+                                             "spec": {"containers": [{"name": "c", "image": "i"}]}}}}),
+            )
+            .unwrap();
+        assert_eq!(ds["apiVersion"], "apps/v1");
+        assert_eq!(ds["metadata"]["generation"], 1);
+        let owned = |s: &mut Store, uid: &Value| {
+            s.create(
+                Kind::Pod,
+                "kube-flannel",
+                json!({"metadata": {"generateName": "ds-",
+                                    "ownerReferences": [{"apiVersion": "apps/v1", "kind": "DaemonSet",
+                                                         "name": "ds", "uid": uid, "controller": true}]}}),
+            )
+            .unwrap()
+        };
+        let uid = ds["metadata"]["uid"].clone();
+        let p1 = owned(&mut s, &uid);
+        let p2 = owned(&mut s, &uid);
+        let name = p1["metadata"]["name"].as_str().unwrap();
+        assert_eq!(name.len(), "ds-".len() + 5, "{name}");
+        assert!(name.starts_with("ds-"));
+        assert_ne!(p1["metadata"]["name"], p2["metadata"]["name"]);
+        let e = s
+            .create(
+                Kind::Pod,
+                "kube-flannel",
+                json!({"metadata": {"generateName": "Bad-"}}),
+            )
+            .unwrap_err();
+        assert_eq!(e.code, 422);
+        // The garbage collector: deleting the owner deletes what it owns...
+        s.delete(Kind::DaemonSet, "kube-flannel", "ds").unwrap();
+        assert!(s.names(Kind::Pod).is_empty());
+        let e = s.delete(Kind::DaemonSet, "kube-flannel", "ds").unwrap_err();
+        assert_eq!(e.message, "daemonsets.apps \"ds\" not found");
+        // ... or orphans it.
+        let cm = s
+            .create(
+                Kind::ConfigMap,
+                "kube-flannel",
+                json!({"metadata": {"name": "owner"}}),
+            )
+            .unwrap();
+        let p = owned(&mut s, &cm["metadata"]["uid"]);
+        let p_name = p["metadata"]["name"].as_str().unwrap();
+        s.delete_with(
+            Kind::ConfigMap,
+            "kube-flannel",
+            "owner",
+            Propagation::Orphan,
+        )
+        .unwrap();
+        let kept = s.get(Kind::Pod, "kube-flannel", p_name).unwrap();
+        assert!(kept["metadata"].get("ownerReferences").is_none());
+        // A namespace takes everything in it along.
+        s.create(Kind::Namespace, "", json!({"metadata": {"name": "t"}}))
+            .unwrap();
+        s.create(Kind::ConfigMap, "t", json!({"metadata": {"name": "c"}}))
+            .unwrap();
+        s.delete(Kind::Namespace, "", "t").unwrap();
+        assert_eq!(s.names(Kind::ConfigMap), Vec::<String>::new());
     }
 
     #[test]

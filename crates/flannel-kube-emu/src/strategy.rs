@@ -13,7 +13,8 @@
 //! * **Namespace**: created `Active`, with the `kubernetes` finalizer and the immutable
 //!   `kubernetes.io/metadata.name` label; `default`, `kube-system` and `kube-public` cannot be
 //!   deleted.
-//! * Names: namespaces must be RFC 1123 labels, nodes and pods RFC 1123 subdomains.
+//! * **ConfigMap** and **DaemonSet**: see [`crate::configmap`] and [`crate::daemonset`].
+//! * Names: namespaces must be RFC 1123 labels, the other kinds' RFC 1123 subdomains.
 
 use serde_json::{Value, json};
 
@@ -65,7 +66,9 @@ pub fn validate_name(kind: Kind, name: &str) -> Result<(), ApiError> {
     }
     let (ok, why) = match kind {
         Kind::Namespace => (dns_label(name), DNS1123_LABEL_ERROR),
-        Kind::Node | Kind::Pod => (dns_subdomain(name), DNS1123_SUBDOMAIN_ERROR),
+        Kind::Node | Kind::Pod | Kind::ConfigMap | Kind::DaemonSet | Kind::NetworkPolicy => {
+            (dns_subdomain(name), DNS1123_SUBDOMAIN_ERROR)
+        }
     };
     if ok {
         Ok(())
@@ -111,6 +114,10 @@ pub fn prepare_create(kind: Kind, name: &str, obj: &mut Value) -> Result<(), Api
     if !obj["metadata"].is_object() {
         obj["metadata"] = json!({});
     }
+    if let Value::Object(m) = &mut obj["metadata"] {
+        // The server's: set below for the kinds that track it.
+        m.remove("generation");
+    }
     match kind {
         Kind::Node => normalize_node(name, obj),
         Kind::Pod => {
@@ -122,6 +129,9 @@ pub fn prepare_create(kind: Kind, name: &str, obj: &mut Value) -> Result<(), Api
             default_namespace(obj, name);
             Ok(())
         }
+        Kind::ConfigMap => crate::configmap::validate(name, obj),
+        Kind::DaemonSet => crate::daemonset::prepare_create(name, obj),
+        Kind::NetworkPolicy => crate::networkpolicy::prepare_create(name, obj),
     }
 }
 
@@ -160,6 +170,9 @@ pub fn prepare_update(
         }
         Kind::Node => Ok(()),
         Kind::Pod => validate_pod_spec_update(name, old, new),
+        Kind::ConfigMap => crate::configmap::validate_update(name, old, new),
+        Kind::DaemonSet => crate::daemonset::prepare_update(name, old, new, sub),
+        Kind::NetworkPolicy => crate::networkpolicy::prepare_update(name, old, new),
         Kind::Namespace => {
             // Finalizers change only through `namespaces/<n>/finalize`.
             new["spec"] = old["spec"].clone();

@@ -1,5 +1,5 @@
-//! Server-side printing: `meta.k8s.io/v1 Table` for Namespaces, Nodes and Pods, the columns and
-//! cells the API server's printers produce (`pkg/printers/internalversion`).
+//! Server-side printing: `meta.k8s.io/v1 Table` for every kind served, the columns and cells the
+//! API server's printers produce (`pkg/printers/internalversion`).
 //!
 //! kubectl asks for a Table in its `Accept` header for every human-readable `get` and prints
 //! what it receives; if a server answers with a plain list instead, kubectl falls back to
@@ -11,6 +11,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 
+use crate::selector::label_selector_string;
 use crate::status::ApiError;
 use crate::store::{Kind, parse_rfc3339};
 
@@ -162,7 +163,89 @@ fn columns(kind: Kind) -> Vec<Value> {
             column("Status", "string", 0, "The status of the namespace"),
             column("Age", "string", 0, AGE_DOC),
         ],
+        Kind::ConfigMap => vec![
+            column("Name", "string", 0, NAME_DOC),
+            column(
+                "Data",
+                "string",
+                0,
+                "Data contains the configuration data. Each key must consist of alphanumeric characters, '-', '_' or '.'.",
+            ),
+            column("Age", "string", 0, AGE_DOC),
+        ],
+        Kind::DaemonSet => daemonset_columns(),
+        Kind::NetworkPolicy => vec![
+            column("Name", "string", 0, NAME_DOC),
+            column(
+                "Pod-Selector",
+                "string",
+                0,
+                "podSelector selects the pods to which this NetworkPolicy object applies. The array of rules is applied to any pods selected by this field. An empty selector matches all pods in the policy's namespace. Multiple network policies can select the same set of pods. In this case, the ingress rules for each are combined additively. This field is optional. If it is not specified, it defaults to an empty selector.",
+            ),
+            column("Age", "string", 0, AGE_DOC),
+        ],
     }
+}
+
+fn daemonset_columns() -> Vec<Value> {
+    vec![
+        column("Name", "string", 0, NAME_DOC),
+        column(
+            "Desired",
+            "integer",
+            0,
+            "The total number of nodes that should be running the daemon pod (including nodes correctly running the daemon pod).",
+        ),
+        column(
+            "Current",
+            "integer",
+            0,
+            "The number of nodes that are running at least 1 daemon pod and are supposed to run the daemon pod.",
+        ),
+        column(
+            "Ready",
+            "integer",
+            0,
+            "The number of nodes that should be running the daemon pod and have one or more of the daemon pod running and ready.",
+        ),
+        column(
+            "Up-to-date",
+            "integer",
+            0,
+            "The total number of nodes that are running updated daemon pod",
+        ),
+        column(
+            "Available",
+            "integer",
+            0,
+            "The number of nodes that should be running the daemon pod and have one or more of the daemon pod running and available (ready for at least spec.minReadySeconds)",
+        ),
+        column(
+            "Node Selector",
+            "string",
+            0,
+            "NodeSelector is a selector which must be true for the pod to fit on a node.",
+        ),
+        column("Age", "string", 0, AGE_DOC),
+        column(
+            "Containers",
+            "string",
+            1,
+            "Names of each container in the template.",
+        ),
+        column(
+            "Images",
+            "string",
+            1,
+            "Images referenced by each container in the template.",
+        ),
+        column(
+            "Selector",
+            "string",
+            1,
+            "A label query over pods that are managed by the daemon set.",
+        ),
+    ]
 }
 
 /// `duration.HumanDuration`: the AGE format (`45s`, `5m12s`, `3h10m`, `4d2h`, ...).
@@ -434,6 +517,61 @@ fn pod_cells(pod: &Value) -> Vec<Value> {
     ]
 }
 
+/// `labels.FormatLabels`: `k=v` pairs sorted by key, `<none>` for none.
+fn format_labels(labels: &Value) -> String {
+    let mut pairs: Vec<String> = labels
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+        .collect();
+    if pairs.is_empty() {
+        return "<none>".into();
+    }
+    pairs.sort();
+    pairs.join(",")
+}
+
+/// `metav1.FormatLabelSelector`: a missing, empty or malformed selector prints as such.
+fn format_label_selector(sel: &Value) -> String {
+    match label_selector_string(sel) {
+        _ if sel.is_null() => "<none>".to_string(),
+        None => "<error>".to_string(),
+        Some(s) if s.is_empty() => "<none>".to_string(),
+        Some(s) => s,
+    }
+}
+
+fn daemonset_cells(ds: &Value) -> Vec<Value> {
+    let count = |k: &str| ds["status"][k].as_i64().unwrap_or(0);
+    let template = &ds["spec"]["template"]["spec"];
+    let containers = template["containers"].as_array();
+    let names: Vec<&str> = containers
+        .into_iter()
+        .flatten()
+        .map(|c| c["name"].as_str().unwrap_or_default())
+        .collect();
+    let images: Vec<&str> = containers
+        .into_iter()
+        .flatten()
+        .map(|c| c["image"].as_str().unwrap_or_default())
+        .collect();
+    let selector = format_label_selector(&ds["spec"]["selector"]);
+    vec![
+        json!(text(ds, "/metadata/name")),
+        json!(count("desiredNumberScheduled")),
+        json!(count("currentNumberScheduled")),
+        json!(count("numberReady")),
+        json!(count("updatedNumberScheduled")),
+        json!(count("numberAvailable")),
+        json!(format_labels(&template["nodeSelector"])),
+        json!(age(creation(ds))),
+        json!(names.join(",")),
+        json!(images.join(",")),
+        json!(selector),
+    ]
+}
+
 fn row(kind: Kind, obj: &Value, opts: &TableOptions) -> Value {
     let cells = match kind {
         Kind::Node => node_cells(obj),
@@ -441,6 +579,20 @@ fn row(kind: Kind, obj: &Value, opts: &TableOptions) -> Value {
         Kind::Namespace => vec![
             json!(text(obj, "/metadata/name")),
             json!(text(obj, "/status/phase")),
+            json!(age(creation(obj))),
+        ],
+        Kind::ConfigMap => {
+            let entries = |k: &str| obj[k].as_object().map_or(0, |m| m.len());
+            vec![
+                json!(text(obj, "/metadata/name")),
+                json!(entries("data") + entries("binaryData")),
+                json!(age(creation(obj))),
+            ]
+        }
+        Kind::DaemonSet => daemonset_cells(obj),
+        Kind::NetworkPolicy => vec![
+            json!(text(obj, "/metadata/name")),
+            json!(format_label_selector(&obj["spec"]["podSelector"])),
             json!(age(creation(obj))),
         ],
     };
@@ -464,7 +616,7 @@ fn row(kind: Kind, obj: &Value, opts: &TableOptions) -> Value {
         IncludeObject::Object => {
             let mut o = obj.clone();
             o["kind"] = json!(kind.name());
-            o["apiVersion"] = json!("v1");
+            o["apiVersion"] = json!(kind.api_version());
             o
         }
     };
@@ -621,5 +773,93 @@ mod tests {
         );
         assert!(t["rows"][0]["object"].is_null());
         assert_eq!(IncludeObject::parse(Some("x")).unwrap_err().code, 400);
+    }
+
+    #[test]
+    fn daemonset_and_configmap_rows() {
+        let ds = json!({
+            "metadata": {"name": "kube-flannel-ds", "namespace": "kube-flannel"},
+            "spec": {"selector": {"matchLabels": {"app": "flannel"},
+                                  "matchExpressions": [{"key": "tier", "operator": "In", "values": ["node", "edge"]}]},
+                     "template": {"spec": {
+                         "nodeSelector": {"kubernetes.io/os": "linux", "a": "b"},
+                         "initContainers": [{"name": "install-cni", "image": "x"}],
+                         "containers": [{"name": "kube-flannel", "image": "f:1"}, {"name": "np", "image": "n:2"}]}}},
+            "status": {"desiredNumberScheduled": 2, "currentNumberScheduled": 2, "numberReady": 1,
+                       "updatedNumberScheduled": 2, "numberAvailable": 1}
+        });
+        let t = table(
+            Kind::DaemonSet,
+            &[ds],
+            5,
+            None,
+            &TableOptions {
+                include: IncludeObject::Object,
+                ..V1
+            },
+        );
+        let names: Vec<&str> = t["columnDefinitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "Name",
+                "Desired",
+                "Current",
+                "Ready",
+                "Up-to-date",
+                "Available",
+                "Node Selector",
+                "Age",
+                "Containers",
+                "Images",
+                "Selector"
+            ]
+        );
+        assert_eq!(
+            t["rows"][0]["cells"],
+            json!([
+                "kube-flannel-ds",
+                2,
+                2,
+                1,
+                2,
+                1,
+                "a=b,kubernetes.io/os=linux",
+                "<unknown>",
+                "kube-flannel,np",
+                "f:1,n:2",
+                "app=flannel,tier in (edge,node)"
+            ])
+        );
+        assert_eq!(t["rows"][0]["object"]["apiVersion"], "apps/v1");
+        let fresh = json!({"metadata": {"name": "d"}, "spec": {"selector": {}}, "status": {}});
+        let cells = table(Kind::DaemonSet, &[fresh], 1, None, &V1)["rows"][0]["cells"].clone();
+        let cells = cells.as_array().unwrap();
+        assert_eq!(
+            cells[1..7],
+            [
+                json!(0),
+                json!(0),
+                json!(0),
+                json!(0),
+                json!(0),
+                json!("<none>")
+            ]
+        );
+        assert_eq!(cells[10], "<none>");
+
+        let cm = json!({"metadata": {"name": "kube-flannel-cfg"},
+                        "data": {"cni-conf.json": "{}", "net-conf.json": "{}"}, "binaryData": {"b": ""}});
+        let t = table(Kind::ConfigMap, &[cm], 1, None, &V1);
+        assert_eq!(t["columnDefinitions"][1]["name"], "Data");
+        assert_eq!(
+            t["rows"][0]["cells"],
+            json!(["kube-flannel-cfg", 3, "<unknown>"])
+        );
     }
 }

@@ -186,7 +186,7 @@ async fn feed(
                     last_bookmark = seen;
                     let obj = json!({
                         "kind": spec.kind.name(),
-                        "apiVersion": "v1",
+                        "apiVersion": spec.kind.api_version(),
                         "metadata": { "resourceVersion": seen.to_string() }
                     });
                     if tx.send(Ok(render.line("BOOKMARK", &obj))).await.is_err() {

@@ -309,8 +309,15 @@ fn errors_lists_watches_and_patches() -> Result<(), NetnsError> {
         );
         let (st, _, _) = call(a, "GET", "/api/v1/nodes?labelSelector=%3Db", j, "").await;
         assert_eq!(st, 400);
-        let (st, _, _) = call(a, "GET", "/apis/apps/v1/daemonsets", j, "").await;
-        assert_eq!(st, 404);
+        for unserved in [
+            "/apis/batch/v1/jobs",
+            "/apis/apps/v1/namespaces/default/configmaps",
+            "/api/v1/namespaces/default/daemonsets",
+            "/api/v1/namespaces/default/configmaps/c/status",
+        ] {
+            let (st, _, _) = call(a, "GET", unserved, j, "").await;
+            assert_eq!(st, 404, "{unserved}");
+        }
     })
 }
 
@@ -377,10 +384,16 @@ fn discovery_tables_and_negotiation() -> Result<(), NetnsError> {
         assert_eq!(json_of(&body)["versions"], json!(["v1"]));
         let (_, _, body) = get_accept(a, "/apis", "application/json").await;
         assert_eq!(json_of(&body)["kind"], "APIGroupList");
+        assert_eq!(json_of(&body)["groups"][0]["name"], "apps");
         let (_, _, body) = get_accept(a, "/api/v1", "application/json").await;
         let list = json_of(&body);
         assert_eq!(list["kind"], "APIResourceList");
-        assert_eq!(list["resources"].as_array().unwrap().len(), 6);
+        assert_eq!(list["resources"].as_array().unwrap().len(), 7);
+        let (_, _, body) = get_accept(a, "/apis/apps", "application/json").await;
+        assert_eq!(json_of(&body)["kind"], "APIGroup");
+        let (_, _, body) = get_accept(a, "/apis/apps/v1", "application/json").await;
+        assert_eq!(json_of(&body)["groupVersion"], "apps/v1");
+        assert_eq!(json_of(&body)["resources"][0]["shortNames"], json!(["ds"]));
 
         // Aggregated discovery when asked for first, as kubectl does; the content type says so.
         let agg =
@@ -400,10 +413,15 @@ fn discovery_tables_and_negotiation() -> Result<(), NetnsError> {
                 .as_array()
                 .unwrap()
                 .len(),
-            3
+            4
         );
         let (_, _, body) = get_accept(a, "/apis", agg).await;
-        assert_eq!(json_of(&body)["items"], json!([]));
+        let groups = json_of(&body);
+        assert_eq!(groups["items"][0]["metadata"]["name"], "apps");
+        assert_eq!(
+            groups["items"][0]["versions"][0]["resources"][0]["resource"],
+            "daemonsets"
+        );
         let (st, _, _) =
             get_accept(a, "/api/v1/nodes", "application/vnd.kubernetes.protobuf").await;
         assert_eq!(st, 406);
@@ -600,5 +618,234 @@ fn namespaces_pods_and_selector_watches() -> Result<(), NetnsError> {
             .map(|n| n["metadata"]["name"].as_str().unwrap().to_string())
             .collect();
         assert_eq!(names, INITIAL_NAMESPACES);
+    })
+}
+
+/// The kube-flannel DaemonSet as the manifest has it (no status, no defaults).
+fn daemonset() -> Value {
+    json!({"apiVersion": "apps/v1", "kind": "DaemonSet",
+           "metadata": {"name": "kube-flannel-ds", "labels": {"app": "flannel"}},
+           "spec": {"selector": {"matchLabels": {"app": "flannel"}},
+                    "template": {"metadata": {"labels": {"app": "flannel", "tier": "node"}},
+                                 "spec": {"hostNetwork": true,
+                                          "containers": [{"name": "kube-flannel", "image": "flannel:1"}]}}}})
+}
+
+#[test]
+fn daemonsets_and_configmaps() -> Result<(), NetnsError> {
+    run_in_netns(NetnsTarget::Fresh, || async {
+        loopback_up().await;
+        let emu = Emulator::new(EmuConfig::default());
+        let srv = emu.start("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let a = srv.addr();
+        let j = "application/json";
+        let dss = "/apis/apps/v1/namespaces/kube-flannel/daemonsets";
+        let ds_path = format!("{dss}/kube-flannel-ds");
+
+        // A watch on the group's resource, as a table, from before the create.
+        let watch = tokio::spawn(async move {
+            let table = "application/json;as=Table;v=v1;g=meta.k8s.io";
+            get_accept(
+                a,
+                "/apis/apps/v1/namespaces/kube-flannel/daemonsets?watch=1&timeoutSeconds=5",
+                table,
+            )
+            .await
+        });
+        while emu.watcher_count() == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+
+        let (st, _, body) = call(a, "POST", dss, j, &daemonset().to_string()).await;
+        assert_eq!(st, 201, "{body}");
+        let created = json_of(&body);
+        assert_eq!(created["apiVersion"], "apps/v1");
+        assert_eq!(created["metadata"]["generation"], 1);
+        assert_eq!(
+            created["status"],
+            json!({"currentNumberScheduled": 0, "numberMisscheduled": 0,
+                   "desiredNumberScheduled": 0, "numberReady": 0})
+        );
+        let (st, _, body) = call(a, "POST", dss, j, &daemonset().to_string()).await;
+        assert_eq!(st, 409);
+        assert_eq!(
+            json_of(&body)["details"],
+            json!({"name": "kube-flannel-ds", "group": "apps", "kind": "daemonsets"})
+        );
+        assert_eq!(
+            json_of(&body)["message"],
+            "daemonsets.apps \"kube-flannel-ds\" already exists"
+        );
+
+        // The status subresource: counters from the controller, the spec untouched.
+        let status = json!({"spec": {"minReadySeconds": 9},
+                            "status": {"desiredNumberScheduled": 2, "currentNumberScheduled": 2,
+                                       "updatedNumberScheduled": 2, "numberReady": 1,
+                                       "numberAvailable": 1, "numberUnavailable": 1,
+                                       "observedGeneration": 1}});
+        let (st, _, body) = call(
+            a,
+            "PATCH",
+            &format!("{ds_path}/status"),
+            "application/merge-patch+json",
+            &status.to_string(),
+        )
+        .await;
+        assert_eq!(st, 200, "{body}");
+        let patched = json_of(&body);
+        assert_eq!(patched["status"]["numberReady"], 1);
+        assert!(patched["spec"].get("minReadySeconds").is_none());
+        assert_eq!(patched["metadata"]["generation"], 1);
+        // A status sent to the object itself is dropped; a template change counts.
+        let mut update = patched.clone();
+        update["status"] = json!({"numberReady": 7});
+        update["spec"]["template"]["spec"]["containers"][0]["image"] = json!("flannel:2");
+        let (st, _, body) = call(a, "PUT", &ds_path, j, &update.to_string()).await;
+        assert_eq!(st, 200, "{body}");
+        let updated = json_of(&body);
+        assert_eq!(updated["status"]["numberReady"], 1);
+        assert_eq!(updated["metadata"]["generation"], 2);
+        assert_eq!(
+            updated["metadata"]["annotations"]["deprecated.daemonset.template.generation"],
+            "2"
+        );
+        let (st, _, body) = call(
+            a,
+            "PATCH",
+            &ds_path,
+            "application/merge-patch+json",
+            r#"{"spec":{"selector":{"matchLabels":{"tier":"node"}}}}"#,
+        )
+        .await;
+        assert_eq!(st, 422);
+        assert!(
+            json_of(&body)["message"].as_str().unwrap().starts_with(
+                "DaemonSet.apps \"kube-flannel-ds\" is invalid: spec.selector: Invalid value: "
+            ),
+            "{body}"
+        );
+
+        // The watch saw the create and the two changes, as table rows; columns only first.
+        let (st, _, body) = watch.await.unwrap();
+        assert_eq!(st, 200);
+        let events = lines(&body);
+        let types: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+        assert_eq!(types, ["ADDED", "MODIFIED", "MODIFIED"], "{body}");
+        assert_eq!(
+            events[0]["object"]["columnDefinitions"][1]["name"],
+            "Desired"
+        );
+        assert!(events[1]["object"]["columnDefinitions"].is_null());
+        assert_eq!(
+            events[1]["object"]["rows"][0]["cells"],
+            json!([
+                "kube-flannel-ds",
+                2,
+                2,
+                1,
+                2,
+                1,
+                "<none>",
+                events[1]["object"]["rows"][0]["cells"][7],
+                "kube-flannel",
+                "flannel:1",
+                "app=flannel"
+            ])
+        );
+        assert_eq!(events[2]["object"]["rows"][0]["cells"][9], "flannel:2");
+
+        // Lists: the group's version and list kind, across namespaces too.
+        let (_, _, body) = call(a, "GET", "/apis/apps/v1/daemonsets", j, "").await;
+        let list = json_of(&body);
+        assert_eq!(
+            (list["kind"].clone(), list["apiVersion"].clone()),
+            (json!("DaemonSetList"), json!("apps/v1"))
+        );
+        assert_eq!(list["items"][0]["metadata"]["namespace"], "kube-flannel");
+
+        // ConfigMaps: data, no status subresource, validation.
+        let cms = "/api/v1/namespaces/kube-flannel/configmaps";
+        let cm = json!({"metadata": {"name": "kube-flannel-cfg"},
+                        "data": {"cni-conf.json": "{}", "net-conf.json": "{}"}});
+        let (st, _, body) = call(a, "POST", cms, j, &cm.to_string()).await;
+        assert_eq!(st, 201, "{body}");
+        assert_eq!(json_of(&body)["apiVersion"], "v1");
+        let (st, _, _) = call(
+            a,
+            "PATCH",
+            &format!("{cms}/kube-flannel-cfg/status"),
+            "application/merge-patch+json",
+            "{}",
+        )
+        .await;
+        assert_eq!(st, 404);
+        let bad = json!({"metadata": {"name": "bad"}, "data": {"a b": "x"}});
+        let (st, _, _) = call(a, "POST", cms, j, &bad.to_string()).await;
+        assert_eq!(st, 422);
+        let table = "application/json;as=Table;v=v1;g=meta.k8s.io";
+        let (_, _, body) = get_accept(a, cms, table).await;
+        let cells = json_of(&body)["rows"][0]["cells"].clone();
+        assert_eq!(
+            (&cells[0], &cells[1]),
+            (&json!("kube-flannel-cfg"), &json!(2))
+        );
+
+        // Pods owned by the DaemonSet: generated names; orphaned, then collected with it.
+        let pods = "/api/v1/namespaces/kube-flannel/pods";
+        let owner = json!([{"apiVersion": "apps/v1", "kind": "DaemonSet", "name": "kube-flannel-ds",
+                            "uid": created["metadata"]["uid"], "controller": true,
+                            "blockOwnerDeletion": true}]);
+        let pod = json!({"metadata": {"generateName": "kube-flannel-ds-", "ownerReferences": owner},
+                         "spec": {"containers": [{"name": "c", "image": "i"}]}});
+        let (st, _, body) = call(a, "POST", pods, j, &pod.to_string()).await;
+        assert_eq!(st, 201, "{body}");
+        let name = json_of(&body)["metadata"]["name"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert!(
+            name.starts_with("kube-flannel-ds-") && name.len() == 21,
+            "{name}"
+        );
+        let (st, _, body) = call(a, "POST", pods, j, &pod.to_string()).await;
+        assert_eq!(st, 201);
+        let second = json_of(&body)["metadata"]["name"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let orphan = r#"{"kind":"DeleteOptions","apiVersion":"v1","propagationPolicy":"Orphan"}"#;
+        let (st, _, _) = call(a, "DELETE", &ds_path, j, orphan).await;
+        assert_eq!(st, 200);
+        let (st, _, body) = call(a, "GET", &format!("{pods}/{name}"), j, "").await;
+        assert_eq!(st, 200);
+        assert!(json_of(&body)["metadata"].get("ownerReferences").is_none());
+        let (st, _, _) = call(a, "POST", dss, j, &daemonset().to_string()).await;
+        assert_eq!(st, 201);
+        let (_, _, body) = call(a, "GET", &ds_path, j, "").await;
+        let owner = json!([{"apiVersion": "apps/v1", "kind": "DaemonSet", "name": "kube-flannel-ds",
+                            "uid": json_of(&body)["metadata"]["uid"], "controller": true}]);
+        let adopt = json!({"metadata": {"ownerReferences": owner}});
+        let (st, _, _) = call(
+            a,
+            "PATCH",
+            &format!("{pods}/{second}"),
+            "application/merge-patch+json",
+            &adopt.to_string(),
+        )
+        .await;
+        assert_eq!(st, 200);
+        let (st, _, _) = call(
+            a,
+            "DELETE",
+            &format!("{ds_path}?propagationPolicy=Background"),
+            j,
+            "",
+        )
+        .await;
+        assert_eq!(st, 200);
+        let (st, _, _) = call(a, "GET", &format!("{pods}/{second}"), j, "").await;
+        assert_eq!(st, 404, "the garbage collector took it");
+        let (st, _, _) = call(a, "GET", &format!("{pods}/{name}"), j, "").await;
+        assert_eq!(st, 200, "the orphan stays");
     })
 }

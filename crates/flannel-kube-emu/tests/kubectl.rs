@@ -1,7 +1,8 @@
 //! Real kubectl (v1.34, installed by scripts/setup) against the emulator, as a user would use it
 //! on a kubeadm cluster: discovery, server-side printed tables (`-o wide`), jsonpath, label and
 //! annotate (strategic merge patches), a watch that sees a pod come and go, delete with its
-//! wait, namespaces, and the documented limits (protobuf bodies, OpenAPI validation).
+//! wait, namespaces, `apply` of the kube-flannel DaemonSet and ConfigMap and `get ds,pod,cm -o
+//! wide` of them, and the documented limits (protobuf bodies, OpenAPI validation).
 
 use std::process::Output;
 use std::time::Duration;
@@ -71,6 +72,20 @@ impl Kubectl {
 
     async fn run(&self, args: &[&str]) -> Output {
         self.run_with(args, "").await
+    }
+
+    /// `kubectl apply -f -` of `manifest` (no OpenAPI to validate against); requires success
+    /// and returns stdout.
+    async fn apply(&self, manifest: &str) -> String {
+        let out = self
+            .run_with(&["apply", "-f", "-", "--validate=false"], manifest)
+            .await;
+        assert!(
+            out.status.success(),
+            "kubectl apply: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
     }
 
     /// Runs and requires success; returns stdout.
@@ -207,7 +222,10 @@ fn kubectl_gets_as_from_a_kubeadm_cluster() -> Result<(), NetnsError> {
         assert_eq!(names, INITIAL_NAMESPACES);
         assert!(ns[1..].iter().all(|r| r[1] == "Active"));
         let kinds = k.ok(&["api-resources", "--no-headers", "-o", "name"]).await;
-        assert_eq!(kinds, "namespaces\nnodes\npods\n");
+        assert_eq!(
+            kinds,
+            "configmaps\nnamespaces\nnodes\npods\ndaemonsets.apps\nnetworkpolicies.networking.k8s.io\n"
+        );
         let version = k.ok(&["version"]).await;
         assert!(
             version.contains("Server Version: v1.33.0-flannel-kube-emu"),
@@ -334,5 +352,147 @@ fn kubectl_writes_and_watches() -> Result<(), NetnsError> {
         assert!(String::from_utf8_lossy(&out.stderr).contains("UnsupportedMediaType"));
         let out = k.run(&["delete", "ns", "default"]).await;
         assert!(String::from_utf8_lossy(&out.stderr).contains("this namespace may not be deleted"));
+    })
+}
+
+/// The DaemonSet and ConfigMap of a kube-flannel manifest, as `kubectl apply -f` sends them.
+const FLANNEL_MANIFEST: &str = r#"apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: kube-flannel-cfg
+  namespace: kube-flannel
+data:
+  cni-conf.json: "{}"
+  net-conf.json: '{"Network": "10.244.0.0/16"}'
+---
+apiVersion: apps/v1
+kind: DaemonSet
+metadata:
+  name: kube-flannel-ds
+  namespace: kube-flannel
+  labels:
+    app: flannel
+spec:
+  selector:
+    matchLabels:
+      app: flannel
+  template:
+    metadata:
+      labels:
+        app: flannel
+        tier: node
+    spec:
+      hostNetwork: true
+      nodeSelector:
+        kubernetes.io/os: linux
+      containers:
+      - name: kube-flannel
+        image: ghcr.io/flannel-io/flannel:v0.28.0
+        command: ["/opt/bin/flanneld", "--ip-masq", "--kube-subnet-mgr"]
+"#;
+
+#[test]
+fn kubectl_applies_and_shows_the_daemonset_and_its_configmap() -> Result<(), NetnsError> {
+    run_in_netns(NetnsTarget::Fresh, || async {
+        let (emu, _server, k) = start().await;
+        assert_eq!(
+            k.apply(FLANNEL_MANIFEST).await,
+            "configmap/kube-flannel-cfg created\ndaemonset.apps/kube-flannel-ds created\n"
+        );
+        // The controller's status for the one pod populate() put on n2.
+        let status = json!({"status": {"desiredNumberScheduled": 1, "currentNumberScheduled": 1,
+            "updatedNumberScheduled": 1, "numberReady": 1, "numberAvailable": 1,
+            "observedGeneration": 1}});
+        emu.with_store(|s| {
+            s.patch(
+                Kind::DaemonSet,
+                "kube-flannel",
+                "kube-flannel-ds",
+                &status,
+                PatchType::Merge,
+                Subresource::Status,
+            )
+        })
+        .unwrap();
+
+        let rows = table(
+            &k.ok(&["get", "ds,pod,cm", "-n", "kube-flannel", "-o", "wide"])
+                .await,
+        );
+        // Three tables, one per kind, separated by blank lines.
+        let blocks: Vec<&[Vec<String>]> = rows.split(Vec::is_empty).collect();
+        assert_eq!(blocks.len(), 3, "{rows:?}");
+        assert_eq!(
+            blocks[0][0].join(" "),
+            "NAME DESIRED CURRENT READY UP-TO-DATE AVAILABLE NODE SELECTOR AGE CONTAINERS IMAGES SELECTOR"
+        );
+        let ds = &blocks[0][1];
+        assert_eq!(
+            ds[..6],
+            ["daemonset.apps/kube-flannel-ds", "1", "1", "1", "1", "1"]
+        );
+        assert_eq!(ds[6], "kubernetes.io/os=linux");
+        assert_eq!(
+            ds[8..],
+            [
+                "kube-flannel",
+                "ghcr.io/flannel-io/flannel:v0.28.0",
+                "app=flannel"
+            ]
+        );
+        assert_eq!(
+            blocks[1][1][..4],
+            ["pod/kube-flannel-ds-x", "1/1", "Running", "0"]
+        );
+        assert_eq!(blocks[2][0], ["NAME", "DATA", "AGE"]);
+        assert_eq!(blocks[2][1][..2], ["configmap/kube-flannel-cfg", "2"]);
+
+        let command = k
+            .ok(&[
+                "get",
+                "ds",
+                "kube-flannel-ds",
+                "-n",
+                "kube-flannel",
+                "-o",
+                "jsonpath={.spec.template.spec.containers[0].command}",
+            ])
+            .await;
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&command).unwrap(),
+            json!(["/opt/bin/flanneld", "--ip-masq", "--kube-subnet-mgr"])
+        );
+        let net_conf = k
+            .ok(&[
+                "get",
+                "cm",
+                "kube-flannel-cfg",
+                "-n",
+                "kube-flannel",
+                "-o",
+                r#"jsonpath={.data.net-conf\.json}"#,
+            ])
+            .await;
+        assert_eq!(net_conf, r#"{"Network": "10.244.0.0/16"}"#);
+        // Applying again changes nothing; a changed image is a new template generation.
+        assert_eq!(
+            k.apply(FLANNEL_MANIFEST).await,
+            "configmap/kube-flannel-cfg unchanged\ndaemonset.apps/kube-flannel-ds unchanged\n"
+        );
+        let newer = FLANNEL_MANIFEST.replace("v0.28.0", "v0.28.1");
+        assert!(
+            k.apply(&newer)
+                .await
+                .contains("daemonset.apps/kube-flannel-ds configured")
+        );
+        let ds = emu
+            .get(Kind::DaemonSet, "kube-flannel", "kube-flannel-ds")
+            .unwrap();
+        assert_eq!(ds["metadata"]["generation"], 2);
+        assert_eq!(
+            ds["metadata"]["annotations"]["deprecated.daemonset.template.generation"],
+            "2"
+        );
+        assert_eq!(ds["status"]["numberReady"], 1, "apply keeps the status");
     })
 }

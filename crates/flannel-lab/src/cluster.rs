@@ -481,12 +481,31 @@ impl Cluster {
 
     /// Stops flanneld on node `i` with SIGTERM (as kubelet does) and returns its exit status.
     pub fn stop_flanneld(&mut self, i: usize) -> Result<std::process::ExitStatus> {
-        match self.flanneld[i].take() {
-            Some(mut c) => c.stop(),
-            None => Err(LabError::Invalid(format!(
-                "flanneld on node {i} is not running"
-            ))),
+        let status = match self.flanneld[i].take() {
+            Some(mut c) => c.stop()?,
+            None => {
+                return Err(LabError::Invalid(format!(
+                    "flanneld on node {i} is not running"
+                )));
+            }
+        };
+        self.kubelet_report_stopped(i, status)?;
+        Ok(status)
+    }
+
+    /// Image mode: reports node `i`'s flanneld container ended with `status` (its pod not
+    /// ready, the DaemonSet's status without it), as its kubelet would.
+    fn kubelet_report_stopped(&mut self, i: usize, status: std::process::ExitStatus) -> Result<()> {
+        use std::os::unix::process::ExitStatusExt;
+        if let (Some(ds), Some(kube)) = (&mut self.daemonset, &self.kube) {
+            // A container killed by a signal exits 128 + the signal, as runtimes report it.
+            let code = status
+                .code()
+                .or_else(|| status.signal().map(|s| 128 + s))
+                .unwrap_or(1);
+            ds.report_stopped(i, kube, code)?;
         }
+        Ok(())
     }
 
     /// Kills flanneld on node `i` with SIGKILL.
@@ -494,12 +513,16 @@ impl Cluster {
         if let (Some(ds), Some(_)) = (&self.daemonset, &self.flanneld[i]) {
             ds.kill(i)?;
         }
-        match self.flanneld[i].take() {
-            Some(mut c) => c.kill(),
-            None => Err(LabError::Invalid(format!(
-                "flanneld on node {i} is not running"
-            ))),
-        }
+        let status = match self.flanneld[i].take() {
+            Some(mut c) => c.kill()?,
+            None => {
+                return Err(LabError::Invalid(format!(
+                    "flanneld on node {i} is not running"
+                )));
+            }
+        };
+        self.kubelet_report_stopped(i, status)?;
+        Ok(status)
     }
 
     /// Takes node `i`'s flanneld handle (for tests that wait for it to exit by itself).
@@ -543,6 +566,9 @@ impl Cluster {
             if self.is_ready(i)
                 && let Ok(env) = CniSubnetEnv::load(&path)
             {
+                if let (Some(ds), Some(kube)) = (&mut self.daemonset, &self.kube) {
+                    ds.report_ready(i, kube)?;
+                }
                 return Ok(env);
             }
             if std::time::Instant::now() >= deadline {

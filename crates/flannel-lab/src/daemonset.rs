@@ -4,9 +4,13 @@
 //! ([`crate::ClusterSpec::daemonset`]), the lab does what the DaemonSet controller and the
 //! kubelet would, with the manifest's own containers ([`crate::manifest`]):
 //!
-//! 1. *schedule*: a Pod object `kube-flannel-ds-xxxxx` in the DaemonSet's namespace, bound to the
-//!    node (`spec.nodeName`), with the pod template's labels and spec, host IP = pod IP = the
-//!    node's address (host network); the `fieldRef` environment is resolved from it;
+//! 0. *apply*: the manifest's Namespace, ConfigMap and DaemonSet in the API, as `kubectl apply`
+//!    of the manifest leaves them;
+//! 1. *schedule*: a Pod object `kube-flannel-ds-xxxxx` in the DaemonSet's namespace, owned by
+//!    the DaemonSet and bound to the node (`spec.nodeName`), with the pod template's labels and
+//!    spec, host IP = pod IP = the node's address (host network), `Init:0/N` until flanneld is
+//!    ready, then `Running` (its status and the DaemonSet's follow flanneld's container, see
+//!    [`DaemonSet::report_ready`]); the `fieldRef` environment is resolved from it;
 //! 2. *volumes*: every hostPath under the node's root ([`NodeRoot`]), created as its `type`
 //!    says (`FileOrCreate` an empty file, a directory otherwise), and the ConfigMap's keys as
 //!    files, mounted read-only;
@@ -32,7 +36,8 @@ use std::path::{Path, PathBuf};
 use serde_json::{Value, json};
 
 use crate::cluster::ClusterSpec;
-use crate::daemonset_pod;
+use crate::daemonset_api;
+use crate::daemonset_pod::{self, PodState};
 use crate::error::{LabError, Result};
 use crate::kube::{KubeEmu, node_name};
 use crate::lab::Lab;
@@ -140,6 +145,10 @@ struct NodePod {
     log_dir: PathBuf,
     /// Whether the init containers have run (a container restart does not rerun them).
     initialized: bool,
+    /// How often flanneld's container was started (the restart count is one less).
+    starts: u32,
+    /// What was last reported to the API about the pod.
+    reported: PodState,
     /// The flanneld container, removed on drop.
     main: Option<podman::Container>,
 }
@@ -148,6 +157,8 @@ struct NodePod {
 #[derive(Debug)]
 pub struct DaemonSet {
     spec: DaemonSetSpec,
+    /// The DaemonSet object as the API last stored it.
+    object: Value,
     api_url: String,
     image_id: String,
     pods: Vec<NodePod>,
@@ -163,6 +174,7 @@ impl DaemonSet {
             spec.manifest.container(name).map_err(in_daemonset)?;
         }
         podman::reap_stale()?;
+        let object = daemonset_api::apply(emu, &spec.manifest)?;
         let mut pods = Vec::new();
         for (i, node) in lab.nodes().iter().enumerate() {
             let root = NodeRoot::new(node.dir());
@@ -173,7 +185,8 @@ impl DaemonSet {
                 .join("configmaps")
                 .join(crate::manifest::CONFIGMAP);
             write_files(&config_dir, &spec.manifest.config)?;
-            let pod = daemonset_pod::register(emu, &spec.manifest, &node_name(i), node.ip())?;
+            let pod =
+                daemonset_pod::register(emu, &spec.manifest, &object, &node_name(i), node.ip())?;
             pods.push(NodePod {
                 pod,
                 node: node_name(i),
@@ -183,15 +196,61 @@ impl DaemonSet {
                 config_dir,
                 log_dir: lab.dir().join("logs"),
                 initialized: false,
+                starts: 0,
+                reported: PodState::Initializing,
                 main: None,
             });
         }
-        Ok(DaemonSet {
+        let mut ds = DaemonSet {
             spec,
+            object,
             api_url: emu.url(),
             image_id,
             pods,
-        })
+        };
+        ds.report_status(emu)?;
+        Ok(ds)
+    }
+
+    /// Reports node `i`'s flanneld ready, as its kubelet does once the readiness probe passes:
+    /// the pod `Running` and ready, and the DaemonSet's status counting it. Nothing is sent when
+    /// that was already reported.
+    pub fn report_ready(&mut self, i: usize, emu: &KubeEmu) -> Result<()> {
+        let restarts = self.pods[i].starts.saturating_sub(1);
+        self.report(i, emu, PodState::Running { restarts })
+    }
+
+    /// Reports node `i`'s flanneld container ended with `exit_code` (the pod not ready, the
+    /// container terminated), and the DaemonSet's status without it.
+    pub fn report_stopped(&mut self, i: usize, emu: &KubeEmu, exit_code: i32) -> Result<()> {
+        let restarts = self.pods[i].starts.saturating_sub(1);
+        self.report(
+            i,
+            emu,
+            PodState::Stopped {
+                restarts,
+                exit_code,
+            },
+        )
+    }
+
+    fn report(&mut self, i: usize, emu: &KubeEmu, state: PodState) -> Result<()> {
+        if self.pods[i].reported == state {
+            return Ok(());
+        }
+        let now = crate::kube::now_rfc3339();
+        self.pods[i].pod =
+            daemonset_pod::report(emu, &self.spec.manifest, &self.pods[i].pod, state, &now)?;
+        self.pods[i].reported = state;
+        self.report_status(emu)
+    }
+
+    /// The DaemonSet controller's status from the pods, written to the API.
+    fn report_status(&mut self, emu: &KubeEmu) -> Result<()> {
+        let pods: Vec<&Value> = self.pods.iter().map(|p| &p.pod).collect();
+        let status = daemonset_api::status_of(&self.object, &pods, self.pods.len());
+        self.object = daemonset_api::report_status(emu, &self.object, status)?;
+        Ok(())
     }
 
     /// Runs node `i`'s init containers (the first time) and starts its flanneld container,
@@ -216,6 +275,7 @@ impl DaemonSet {
             }
             self.pods[i].initialized = true;
         }
+        self.pods[i].starts += 1;
         let main = self
             .spec
             .manifest
@@ -332,7 +392,12 @@ impl DaemonSet {
         &self.spec.manifest
     }
 
-    /// Node `i`'s Pod object.
+    /// The DaemonSet object as the API last stored it (uid, generation, status).
+    pub fn object(&self) -> &Value {
+        &self.object
+    }
+
+    /// Node `i`'s Pod object, as the API last stored it.
     pub fn pod(&self, i: usize) -> &Value {
         &self.pods[i].pod
     }

@@ -22,7 +22,7 @@ use serde_json::{Value, json};
 
 use crate::error::{LabError, Result};
 use crate::kube_client::KubeClient;
-use crate::kube_pod::{PodObject, now_rfc3339};
+use crate::kube_pod::PodObject;
 use crate::lab::Lab;
 use crate::process::Child;
 
@@ -367,6 +367,13 @@ pub fn start_cluster(lab: &Lab, bin_dir: &Path, spec: &crate::ClusterSpec) -> Re
         }
     }
     Ok(emu)
+}
+
+/// Now as the API's `Time` (RFC 3339, UTC, whole seconds).
+pub(crate) fn now_rfc3339() -> String {
+    jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
 }
 
 /// What a kubelet on this machine would report in `status.nodeInfo` and `status.capacity`:

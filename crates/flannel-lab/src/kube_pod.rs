@@ -14,6 +14,7 @@ use std::net::IpAddr;
 use serde_json::{Value, json};
 
 use crate::error::Result;
+use crate::kube::now_rfc3339;
 use crate::kube_client::{KubeClient, api_error};
 use crate::probe::{PortProto, SERVED};
 
@@ -245,13 +246,6 @@ impl KubeClient {
             (status, v) => Err(api_error("POST", "/api/v1/namespaces", status, &v)),
         }
     }
-}
-
-/// Now as the API's `Time` (RFC 3339, UTC, whole seconds).
-pub(crate) fn now_rfc3339() -> String {
-    jiff::Timestamp::now()
-        .strftime("%Y-%m-%dT%H:%M:%SZ")
-        .to_string()
 }
 
 #[cfg(test)]

@@ -48,6 +48,7 @@ pub mod cluster;
 pub mod cni;
 mod command;
 pub mod daemonset;
+mod daemonset_api;
 mod daemonset_pod;
 mod error;
 mod etcd;

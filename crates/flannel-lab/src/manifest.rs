@@ -320,6 +320,15 @@ pub struct Manifest {
     pub containers: Vec<Container>,
     /// The ConfigMap `kube-flannel-cfg`'s data: file name to content.
     pub config: BTreeMap<String, String>,
+    /// The DaemonSet document as written, which the lab creates in its API
+    /// (the emulator) with the pod template of [`Manifest::labels`] and
+    /// [`Manifest::pod_spec`].
+    pub daemonset: Value,
+    /// The ConfigMap document as written (created with [`Manifest::config`] as its data).
+    pub config_map: Value,
+    /// The manifest's Namespace document for [`Manifest::namespace`], if it has one (a `helm
+    /// template` rendering has none: the namespace is helm's `--namespace`).
+    pub namespace_object: Option<Value>,
 }
 
 impl Manifest {
@@ -371,12 +380,14 @@ impl Manifest {
                 .cloned()
                 .unwrap_or_else(|| Value::Object(Map::new())),
         )?;
+        let namespace = ds
+            .pointer("/metadata/namespace")
+            .and_then(Value::as_str)
+            .unwrap_or("default")
+            .to_string();
+        let namespace_object = find("Namespace", &namespace).ok().cloned();
         Ok(Manifest {
-            namespace: ds
-                .pointer("/metadata/namespace")
-                .and_then(Value::as_str)
-                .unwrap_or("default")
-                .to_string(),
+            namespace,
             labels: template
                 .pointer("/metadata/labels")
                 .cloned()
@@ -386,6 +397,9 @@ impl Manifest {
             init_containers,
             containers,
             config,
+            daemonset: ds.clone(),
+            config_map: cm.clone(),
+            namespace_object,
         })
     }
 

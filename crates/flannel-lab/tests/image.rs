@@ -198,12 +198,33 @@ fn daemonset_from_the_image_meshes_two_nodes() {
     let status = c.stop_flanneld(0).unwrap();
     assert!(status.success(), "flanneld stopped with {status}");
     assert_eq!(podman::inspect(&names[0]).unwrap(), None);
+    // The kubelet's report: the pod not ready, its container Completed; the DaemonSet 1 ready.
+    let ds = c.daemonset().unwrap();
+    assert_eq!(ds.object()["status"]["numberReady"], 1);
+    assert_eq!(ds.object()["status"]["numberUnavailable"], 1);
+    let stopped = &ds.pod(0)["status"]["containerStatuses"][0];
+    assert_eq!(stopped["ready"], false);
+    assert_eq!(stopped["state"]["terminated"]["reason"], "Completed");
     c.start_flanneld(0).unwrap();
     c.wait_ready(0).unwrap();
     // A crash (SIGKILL of the container), then a new container of the same name.
     c.kill_flanneld(1).unwrap();
+    let killed = &c.daemonset().unwrap().pod(1)["status"]["containerStatuses"][0];
+    assert_eq!(killed["state"]["terminated"]["exitCode"], 137, "{killed}");
     c.start_flanneld(1).unwrap();
     c.wait_ready(1).unwrap();
+    // Both running again, each container restarted once, the DaemonSet whole.
+    let ds = c.daemonset().unwrap();
+    for i in 0..2 {
+        let running = &ds.pod(i)["status"]["containerStatuses"][0];
+        assert_eq!(
+            (&running["ready"], &running["restartCount"]),
+            (&true.into(), &1.into())
+        );
+        assert_eq!(ds.pod(i)["status"]["phase"], "Running");
+    }
+    assert_eq!(ds.object()["status"]["numberReady"], 2);
+    assert_eq!(ds.object()["status"]["numberAvailable"], 2);
     c.wait_mesh().unwrap();
     assert!(c.unreachable().is_empty(), "{:?}", c.unreachable());
     c.del_pod("n1-p1").unwrap();
@@ -329,6 +350,167 @@ fn lab_cli(state: &Path, args: &[&str]) -> Output {
     run_command(cmd, None, Duration::from_secs(300)).unwrap()
 }
 
+/// `flannel-lab kubectl -- ARGS` for the lab in `state`; requires success, returns stdout.
+fn lab_kubectl(state: &Path, args: &[&str]) -> String {
+    let out = lab_cli(state, &[&["kubectl", "--"][..], args].concat());
+    assert!(out.status.success(), "kubectl {args:?}: {out:?}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// kubectl's tables (`get a,b,c` prints one per kind, separated by blank lines), each row a map
+/// from its header to its cell. Columns are split where kubectl's padding is (two spaces or
+/// more), so headers with a space (`NODE SELECTOR`) stay whole.
+fn tables(text: &str) -> Vec<Vec<std::collections::BTreeMap<String, String>>> {
+    let split = |l: &str| -> Vec<String> {
+        l.split("  ")
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .map(str::to_string)
+            .collect()
+    };
+    let mut out = Vec::new();
+    for block in text.split("\n\n") {
+        let mut lines = block.lines().filter(|l| !l.trim().is_empty());
+        let Some(header) = lines.next() else { continue };
+        let header = split(header);
+        let rows = lines
+            .map(|l| {
+                let cells = split(l);
+                assert_eq!(cells.len(), header.len(), "{l:?} under {header:?}");
+                header.iter().cloned().zip(cells).collect()
+            })
+            .collect();
+        out.push(rows);
+    }
+    out
+}
+
+/// `labels.FormatLabels` of a label map: `k=v` sorted, `<none>` for none.
+fn format_labels(labels: &Value) -> String {
+    let mut pairs: Vec<String> = labels
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap()))
+        .collect();
+    pairs.sort();
+    if pairs.is_empty() {
+        "<none>".into()
+    } else {
+        pairs.join(",")
+    }
+}
+
+/// What `kubectl get ds,pod,cm -n kube-flannel -o wide` shows of a 2-node lab running
+/// `manifest`'s DaemonSet, as on a kubeadm cluster with Flannel: the DaemonSet with 2 pods
+/// desired, current, ready, up to date and available, the manifest's node selector,
+/// container, image and selector; one `Running` pod per node, ready, with the node's IP (host
+/// network); the ConfigMap with its 2 files. The pods are the controller's (owned by the
+/// DaemonSet, its labels and revision), and the DaemonSet is the manifest's (its command).
+fn assert_kubectl_shows_the_daemonset(dir: &Path, state: &LabState, manifest: &Manifest) {
+    let text = lab_kubectl(
+        dir,
+        &["get", "ds,pod,cm", "-n", "kube-flannel", "-o", "wide"],
+    );
+    println!("{text}");
+    let t = tables(&text);
+    assert_eq!(t.len(), 3, "{text}");
+    let (ds, pods, cms) = (&t[0], &t[1], &t[2]);
+    assert_eq!(ds.len(), 1, "{text}");
+    let ds = &ds[0];
+    assert_eq!(ds["NAME"], "daemonset.apps/kube-flannel-ds");
+    for col in ["DESIRED", "CURRENT", "READY", "UP-TO-DATE", "AVAILABLE"] {
+        assert_eq!(ds[col], "2", "{col}: {text}");
+    }
+    let template = &manifest.daemonset["spec"]["template"]["spec"];
+    assert_eq!(
+        ds["NODE SELECTOR"],
+        format_labels(&template["nodeSelector"])
+    );
+    assert_eq!(ds["CONTAINERS"], KUBE_FLANNEL);
+    assert_eq!(
+        ds["IMAGES"],
+        manifest.container(KUBE_FLANNEL).unwrap().image
+    );
+    assert_eq!(ds["SELECTOR"], "app=flannel");
+
+    assert_eq!(pods.len(), 2, "{text}");
+    let mut nodes: Vec<&str> = Vec::new();
+    for pod in pods {
+        let name = pod["NAME"].strip_prefix("pod/kube-flannel-ds-").unwrap();
+        assert!(
+            name.len() == 5
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()),
+            "{name}"
+        );
+        assert_eq!((&*pod["READY"], &*pod["STATUS"]), ("1/1", "Running"));
+        let node = state.nodes.iter().find(|n| n.name == pod["NODE"]).unwrap();
+        assert_eq!(pod["IP"], node.ip.to_string(), "host network");
+        nodes.push(&pod["NODE"]);
+    }
+    nodes.sort_unstable();
+    assert_eq!(nodes, ["n1", "n2"]);
+    let cfg = cms
+        .iter()
+        .find(|r| r["NAME"] == "configmap/kube-flannel-cfg")
+        .unwrap_or_else(|| panic!("no ConfigMap: {text}"));
+    assert_eq!(cfg["DATA"], "2");
+
+    // The DaemonSet as the manifest wrote it, its status the controller's.
+    let command = lab_kubectl(
+        dir,
+        &[
+            "get",
+            "ds",
+            "kube-flannel-ds",
+            "-n",
+            "kube-flannel",
+            "-o",
+            "jsonpath={.spec.template.spec.containers[0].command}",
+        ],
+    );
+    let command: Value = serde_json::from_str(&command).unwrap();
+    assert_eq!(command, template["containers"][0]["command"]);
+    assert_eq!(
+        command,
+        serde_json::json!(manifest.container(KUBE_FLANNEL).unwrap().command)
+    );
+    let get_json = |args: &[&str]| -> Value {
+        let args = [args, &["-n", "kube-flannel", "-o", "json"]].concat();
+        serde_json::from_str(&lab_kubectl(dir, &args)).unwrap()
+    };
+    let ds = get_json(&["get", "ds", "kube-flannel-ds"]);
+    assert_eq!(
+        ds["status"]["observedGeneration"],
+        ds["metadata"]["generation"]
+    );
+    assert_eq!(ds["status"]["numberUnavailable"], Value::Null);
+    let uid = &ds["metadata"]["uid"];
+    for pod in get_json(&["get", "pods"])["items"].as_array().unwrap() {
+        let owner = &pod["metadata"]["ownerReferences"][0];
+        assert_eq!(
+            (
+                &owner["apiVersion"],
+                &owner["kind"],
+                &owner["controller"],
+                &owner["uid"]
+            ),
+            (&"apps/v1".into(), &"DaemonSet".into(), &true.into(), uid)
+        );
+        let labels = &pod["metadata"]["labels"];
+        assert_eq!(labels["pod-template-generation"], "1");
+        assert!(labels["controller-revision-hash"].is_string());
+        for (k, v) in manifest.labels.as_object().unwrap() {
+            assert_eq!(&labels[k], v, "template label {k}");
+        }
+        assert_eq!(pod["spec"]["hostNetwork"], true);
+    }
+    let cm = get_json(&["get", "cm", CONFIGMAP]);
+    assert_eq!(cm["data"], serde_json::json!(manifest.config));
+}
+
 /// `down` of a lab left by `up --image` on drop, also when an assertion failed.
 struct Down<'a>(&'a Path);
 
@@ -392,6 +574,7 @@ fn up_with_an_image_and_down_after_its_podman_was_killed() {
     assert!(stdout.contains("12/12 pairs, full"), "{stdout}");
     assert!(stdout.contains("backend host-gw"), "{stdout}");
     let state = LabState::load(state_dir).unwrap().unwrap();
+    assert_kubectl_shows_the_daemonset(state_dir, &state, &Manifest::load(&manifest).unwrap());
     let containers = podman::names_with_prefix(&format!("{}-", state.stem)).unwrap();
     assert_eq!(containers.len(), 2, "{containers:?}");
     assert!(containers.iter().all(|n| n.ends_with("-kube-flannel")));

@@ -302,6 +302,7 @@ fn chart_metadata_is_the_release() {
         values["flannel"]["flannel_cni"]["image"]["tag"],
         chart["appVersion"]
     );
+    assert_eq!(values["netpol"]["image"]["tag"], chart["appVersion"]);
 }
 
 /// values.yaml has upstream's keys, nesting and defaults; only the images are ours.
@@ -341,10 +342,7 @@ fn values_are_upstreams_with_our_image() {
             "netpol": {
                 "enabled": false,
                 "args": ["--hostname-override=$(MY_NODE_NAME)", "--v=2"],
-                "image": {
-                    "repository": "registry.k8s.io/networking/kube-network-policies",
-                    "tag": "v1.0.0"
-                }
+                "image": image
             }
         })
     );
@@ -871,10 +869,37 @@ flannel:
     assert_eq!(cni["plugins"][2]["type"], "bandwidth");
 }
 
-/// netpol.* from an upstream values file is accepted; flannel-rs renders nothing for it yet
-/// (the NetworkPolicy enforcer is wired in by its own change), so the rendering is the default.
+/// The second container of the DaemonSet (upstream's name, env and mounts) and the RBAC rules
+/// the enforcer needs, only with `netpol.enabled`.
+fn netpol_container(r: &Rendering) -> Option<&Value> {
+    r.pod()["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "kube-network-policies")
+}
+
+fn rbac_rule_for(r: &Rendering, resource: &str) -> Option<Value> {
+    find(&r.docs, "ClusterRole")["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|rule| {
+            rule["resources"]
+                .as_array()
+                .unwrap()
+                .contains(&json!(resource))
+                && rule["verbs"].as_array().unwrap().contains(&json!("watch"))
+        })
+        .cloned()
+}
+
+/// `netpol.enabled` adds flannel-netpol from the flannel-rs image as upstream adds its
+/// enforcer: container `kube-network-policies` with the args, `MY_NODE_NAME` from the node
+/// name, privileged, `/lib/modules` read-only, and list/watch RBAC on pods, namespaces and
+/// networkpolicies. Off (the default), none of it renders.
 #[test]
-fn netpol_keys_are_accepted() {
+fn netpol_enabled_renders_the_enforcer() {
     let r = render(
         r#"
 netpol:
@@ -882,12 +907,75 @@ netpol:
   args:
   - "--hostname-override=$(MY_NODE_NAME)"
   - "--v=4"
+"#,
+    );
+    let c = netpol_container(&r).expect("the enforcer container");
+    assert_eq!(c["image"], default_image());
+    assert_eq!(
+        c["command"],
+        json!([
+            "/opt/bin/flannel-netpol",
+            "--hostname-override=$(MY_NODE_NAME)",
+            "--v=4"
+        ])
+    );
+    assert_eq!(
+        c["env"],
+        json!([{"name": "MY_NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}])
+    );
+    assert_eq!(c["securityContext"]["privileged"], true);
+    assert_eq!(
+        c["volumeMounts"],
+        json!([{"name": "lib-modules", "mountPath": "/lib/modules", "readOnly": true}])
+    );
+    assert_eq!(
+        r.volume("lib-modules")["hostPath"]["path"],
+        json!("/lib/modules")
+    );
+    for resource in ["pods", "namespaces", "networkpolicies"] {
+        assert!(rbac_rule_for(&r, resource).is_some(), "watch {resource}");
+    }
+    assert_eq!(
+        rbac_rule_for(&r, "networkpolicies").unwrap()["apiGroups"],
+        json!(["networking.k8s.io"])
+    );
+    // flanneld's container is unchanged and stays first.
+    assert_eq!(r.pod()["containers"][0], *r.container());
+    assert_eq!(r.args(), render("{}\n").args());
+
+    let off = render("netpol:\n  enabled: false\n");
+    assert!(netpol_container(&off).is_none());
+    assert!(rbac_rule_for(&off, "networkpolicies").is_none());
+    assert!(rbac_rule_for(&off, "namespaces").is_none());
+    assert_eq!(off.docs, render("{}\n").docs);
+}
+
+/// A values file written for upstream's chart that pins upstream's kube-network-policies image
+/// gets that image's own command (`/bin/netpol`), so it keeps working unchanged.
+#[test]
+fn netpol_with_upstreams_image_runs_its_command() {
+    let r = render(
+        r#"
+netpol:
+  enabled: true
   image:
-    repository: registry.example/kube-network-policies
+    repository: registry.k8s.io/networking/kube-network-policies
     tag: v1.0.0
 "#,
     );
-    assert_eq!(r.docs, render("{}\n").docs);
+    let c = netpol_container(&r).unwrap();
+    assert_eq!(
+        c["image"],
+        "registry.k8s.io/networking/kube-network-policies:v1.0.0"
+    );
+    assert_eq!(
+        c["command"],
+        json!([
+            "/bin/netpol",
+            "--hostname-override=$(MY_NODE_NAME)",
+            "--v=2"
+        ])
+    );
 }
 
 /// Every key of upstream's values file at once, as a values file written for upstream's chart
