@@ -5,7 +5,7 @@
 //!
 //! Every document is checked before anything is sent, so a file with a kind the lab does not
 //! handle changes nothing. Apply creates an object, or replaces it (`PUT` with the stored
-//! `resourceVersion`) when it exists and differs; objects that already match are `unchanged`.
+//! `resourceVersion`) when it exists; a replacement that changes nothing is `unchanged`.
 
 use serde_json::{Map, Value};
 
@@ -126,20 +126,6 @@ fn metadata(body: &mut Value) -> &mut Map<String, Value> {
     }
 }
 
-/// Whether the stored object already is what `desired` asks for: the same labels,
-/// annotations and spec.
-fn matches(stored: &Value, desired: &Value) -> bool {
-    let empty = Value::Object(Map::new());
-    let norm = |v: Option<&Value>| match v {
-        None | Some(Value::Null) => empty.clone(),
-        Some(v) => v.clone(),
-    };
-    ["labels", "annotations"]
-        .iter()
-        .all(|k| norm(stored["metadata"].get(*k)) == norm(desired["metadata"].get(*k)))
-        && (desired.get("spec").is_none() || norm(stored.get("spec")) == norm(desired.get("spec")))
-}
-
 /// Applies one document: create, replace, or leave alone.
 fn apply_one(client: &KubeClient, doc: &Document) -> Result<&'static str> {
     let (status, stored) = client.request("GET", &doc.item, "application/json", None)?;
@@ -148,15 +134,18 @@ fn apply_one(client: &KubeClient, doc: &Document) -> Result<&'static str> {
             client.expect_ok("POST", &doc.collection, "application/json", Some(&doc.body))?;
             Ok("created")
         }
-        200 if matches(&stored, &doc.body) => Ok("unchanged"),
         200 => {
+            // Replace; the API server's defaults apply again, and a replacement that changes
+            // nothing keeps the resourceVersion: that is `unchanged`.
+            let rv = stored["metadata"]["resourceVersion"].clone();
             let mut body = doc.body.clone();
-            metadata(&mut body).insert(
-                "resourceVersion".into(),
-                stored["metadata"]["resourceVersion"].clone(),
-            );
-            client.expect_ok("PUT", &doc.item, "application/json", Some(&body))?;
-            Ok("configured")
+            metadata(&mut body).insert("resourceVersion".into(), rv.clone());
+            let now = client.expect_ok("PUT", &doc.item, "application/json", Some(&body))?;
+            Ok(if now["metadata"]["resourceVersion"] == rv {
+                "unchanged"
+            } else {
+                "configured"
+            })
         }
         _ => Err(api_error("GET", &doc.item, status, &stored)),
     }
@@ -249,17 +238,5 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("apiVersion"), "{e}");
-    }
-
-    #[test]
-    fn unchanged_means_same_labels_annotations_and_spec() {
-        let stored = json!({"metadata": {"name": "x", "labels": {"a": "1"}, "uid": "u"}, "spec": {"finalizers": ["kubernetes"]}, "status": {}});
-        let same = json!({"metadata": {"name": "x", "labels": {"a": "1"}}});
-        let other = json!({"metadata": {"name": "x", "labels": {"a": "2"}}});
-        assert!(matches(&stored, &same));
-        assert!(!matches(&stored, &other));
-        let spec =
-            json!({"metadata": {"name": "x", "labels": {"a": "1"}}, "spec": {"podSelector": {}}});
-        assert!(!matches(&stored, &spec));
     }
 }

@@ -3,7 +3,7 @@
 //! them), `probe` (TCP and UDP, ports 80 and 81, same node and across nodes; a port nothing
 //! serves fails within the timeout; usage errors exit 2), `netpol-matrix` (a full allow table,
 //! and the library's matrix and comparison), `pod label`, `apply -f`/`delete -f` of Namespaces
-//! (and a refused kind), `exec NS/NAME`, `pod delete` (namespace, Pod object and servers gone)
+//! and NetworkPolicies (and a refused kind), `exec NS/NAME`, `pod delete` (namespace, Pod object and servers gone)
 //! and `down` leaving nothing behind.
 
 use std::path::{Path, PathBuf};
@@ -296,6 +296,48 @@ fn pods_probes_matrix_labels_objects_and_down() {
         get(&state, "/api/v1/namespaces/q").0,
         404,
         "nothing is applied"
+    );
+
+    // apply/delete -f of NetworkPolicies (networking.k8s.io/v1), without and with policyTypes
+    // (the API defaults them; re-applying is still `unchanged`).
+    let np = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: deny-a\n  namespace: x\nspec:\n  podSelector:\n    matchLabels: {pod: a}\n---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: allow-y, namespace: y}\nspec:\n  podSelector: {}\n  policyTypes: [Ingress]\n  ingress:\n  - from:\n    - namespaceSelector:\n        matchLabels: {kubernetes.io/metadata.name: x}\n      podSelector:\n        matchExpressions: [{key: pod, operator: In, values: [a, b]}]\n    ports: [{port: serve-80-tcp}, {protocol: UDP, port: 81, endPort: 90}]\n";
+    let np_path = "/apis/networking.k8s.io/v1/namespaces";
+    let out = lab.expect_in(0, &["apply", "-f", "-"], Some(np.as_bytes()));
+    assert_eq!(
+        out,
+        "networkpolicy.networking.k8s.io/deny-a created\nnetworkpolicy.networking.k8s.io/allow-y created\n"
+    );
+    let (code, p) = get(&state, &format!("{np_path}/x/networkpolicies/deny-a"));
+    assert_eq!(code, 200, "{p}");
+    assert_eq!(p["spec"]["podSelector"]["matchLabels"]["pod"], "a");
+    let (_, p) = get(&state, &format!("{np_path}/y/networkpolicies/allow-y"));
+    assert_eq!(p["spec"]["ingress"][0]["ports"][0]["port"], "serve-80-tcp");
+    assert_eq!(p["spec"]["ingress"][0]["ports"][1]["endPort"], 90);
+    let out = lab.expect_in(0, &["apply", "-f", "-"], Some(np.as_bytes()));
+    assert_eq!(
+        out,
+        "networkpolicy.networking.k8s.io/deny-a unchanged\nnetworkpolicy.networking.k8s.io/allow-y unchanged\n"
+    );
+    let changed = np.replace("{pod: a}", "{pod: b}");
+    let out = lab.expect_in(0, &["apply", "-f", "-"], Some(changed.as_bytes()));
+    assert!(
+        out.starts_with("networkpolicy.networking.k8s.io/deny-a configured\n"),
+        "{out}"
+    );
+    let (_, p) = get(&state, &format!("{np_path}/x/networkpolicies/deny-a"));
+    assert_eq!(p["spec"]["podSelector"]["matchLabels"]["pod"], "b");
+    let out = lab.expect_in(0, &["delete", "-f", "-"], Some(np.as_bytes()));
+    assert_eq!(
+        out,
+        "networkpolicy.networking.k8s.io \"deny-a\" deleted\nnetworkpolicy.networking.k8s.io \"allow-y\" deleted\n"
+    );
+    assert_eq!(
+        get(&state, &format!("{np_path}/x/networkpolicies/deny-a")).0,
+        404
+    );
+    assert_eq!(
+        get(&state, &format!("{np_path}/y/networkpolicies/allow-y")).0,
+        404
     );
 
     // pod delete: servers stopped, CNI DEL, namespace and Pod object gone, record gone.
