@@ -13,7 +13,7 @@ use std::time::Duration;
 use flannel_types::subnet_env::CniSubnetEnv;
 use serde_json::{Value, json};
 
-use crate::cni::{self, CniCall, DEBIAN_CNI_DIR};
+use crate::cni::{self, DEBIAN_CNI_DIR};
 use crate::command::wait_for;
 use crate::daemonset::{self, DaemonSet, DaemonSetSpec};
 use crate::error::{LabError, Result};
@@ -22,6 +22,7 @@ use crate::kube::{self, KubeEmu, KubeEmuOptions};
 use crate::lab::{Lab, Persist};
 use crate::ping::ping;
 use crate::process::Child;
+use crate::runtime::NodeRuntime;
 
 /// The etcd key prefix flanneld uses by default.
 pub const ETCD_PREFIX: &str = "/coreos.com/network";
@@ -656,33 +657,31 @@ impl Cluster {
     ) -> Result<IpAddr> {
         let netns_path = self.lab.add_pod(i, name)?.netns_path();
         let runtime = json!({ "portMappings": port_mappings });
-        let conflist = self.pod_conflist(i)?;
-        let path = self.cni_path(i)?;
-        let call = CniCall {
-            container_id: name,
-            netns: &netns_path,
-            ifname: "eth0",
-            path: &path,
-            node_root: self.daemonset.as_ref().map(|ds| ds.root(i)),
-        };
-        let result = cni::conflist_add(self.lab.node(i).netns(), &conflist, &call, &runtime)?;
-        let ip6 = cni::result_ip(&result, true);
-        let ip = cni::result_ip(&result, false).or(ip6).ok_or_else(|| {
-            LabError::Invalid(format!("CNI result for {name} has no address: {result}"))
-        })?;
+        let wired = self.node_runtime(i)?.add(name, &netns_path, &runtime)?;
         self.pods.insert(
             name.to_string(),
             ClusterPod {
                 name: name.to_string(),
                 node: i,
-                ip,
-                ip6,
-                result,
+                ip: wired.ip,
+                ip6: wired.ip6,
+                result: wired.result,
                 runtime,
             },
         );
         self.kubelet_register_pod(name)?;
-        Ok(ip)
+        Ok(self.pods[name].ip)
+    }
+
+    /// Node `i`'s runtime: its namespace, the conflist pods are created with, `CNI_PATH`
+    /// and root.
+    pub fn node_runtime(&self, i: usize) -> Result<NodeRuntime<'_>> {
+        Ok(NodeRuntime {
+            node: self.lab.node(i).netns(),
+            conflist: self.pod_conflist(i)?,
+            path: self.cni_path(i)?,
+            node_root: self.daemonset.as_ref().map(|ds| ds.root(i)),
+        })
     }
 
     /// The conflist pods of node `i` are created with: the one the DaemonSet's `install-cni`
@@ -703,27 +702,14 @@ impl Cluster {
             .pods
             .remove(name)
             .ok_or_else(|| LabError::Invalid(format!("no pod {name}")))?;
-        let conflist = self.pod_conflist(pod.node)?;
         let netns_path = self
             .lab
             .pod(name)
             .map(|p| p.netns_path())
             .unwrap_or_default();
-        let path = self.cni_path(pod.node)?;
-        let call = CniCall {
-            container_id: name,
-            netns: &netns_path,
-            ifname: "eth0",
-            path: &path,
-            node_root: self.daemonset.as_ref().map(|ds| ds.root(pod.node)),
-        };
-        let r = cni::conflist_del(
-            self.lab.node(pod.node).netns(),
-            &conflist,
-            &call,
-            &pod.runtime,
-            Some(&pod.result),
-        );
+        let r =
+            self.node_runtime(pod.node)?
+                .del(name, &netns_path, &pod.runtime, Some(&pod.result));
         self.lab.remove_pod(name)?;
         if let Some(kube) = &self.kube {
             kube.unregister_pod(name)?;

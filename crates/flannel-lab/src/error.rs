@@ -142,6 +142,23 @@ pub enum LabError {
         source: crate::manifest::ManifestError,
     },
 
+    /// The Kubernetes API emulator answered a request with an error Status: its reason and
+    /// message are kept so commands can print them as kubectl does ("Error from server
+    /// (NotFound): namespaces \"x\" not found").
+    #[error("{method} {path} on the kube emulator: {status} {message}")]
+    Api {
+        /// The HTTP method.
+        method: String,
+        /// The request path.
+        path: String,
+        /// The HTTP status.
+        status: u16,
+        /// The Status object's `reason` (`NotFound`, `AlreadyExists`, ...).
+        reason: String,
+        /// The Status object's `message`.
+        message: String,
+    },
+
     /// A state directory already records a lab (see [`crate::LabState::begin`]); the message
     /// says which and what to run, so it is shown as is.
     #[error("{0}")]

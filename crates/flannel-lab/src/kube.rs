@@ -12,9 +12,8 @@
 //! semantics it reproduces. The lab talks to it over HTTP (a tiny blocking client inside the
 //! underlay namespace), with the real API paths for objects and `/emu/` for test controls.
 
-use std::io::{Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -22,6 +21,8 @@ use ipnet::Ipv4Net;
 use serde_json::{Value, json};
 
 use crate::error::{LabError, Result};
+use crate::kube_client::KubeClient;
+use crate::kube_pod::PodObject;
 use crate::lab::Lab;
 use crate::process::Child;
 
@@ -30,9 +31,6 @@ pub const EMULATOR_BIN: &str = "flannel-kube-emu";
 
 /// How long the emulator may take to write its address file.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Longest an HTTP exchange with the emulator may take.
-const HTTP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The namespace the lab's pods are registered in.
 pub const POD_NAMESPACE: &str = "default";
@@ -97,8 +95,7 @@ pub fn kubeadm_pod_cidr_v6(network: &str, i: usize) -> Result<ipnet::Ipv6Net> {
 #[derive(Debug)]
 pub struct KubeEmu {
     child: Child,
-    addr: SocketAddr,
-    netns_path: PathBuf,
+    client: KubeClient,
 }
 
 impl KubeEmu {
@@ -142,14 +139,19 @@ impl KubeEmu {
         };
         Ok(KubeEmu {
             child,
-            addr,
-            netns_path: ul.netns().path(),
+            client: KubeClient::new(addr, &ul.netns().path()),
         })
     }
 
     /// The API URL nodes use (`http://198.18.0.254:PORT`).
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        self.client.url()
+    }
+
+    /// The HTTP client for this emulator, also usable once the lab is detached (see
+    /// [`KubeClient::from_url`]).
+    pub fn client(&self) -> &KubeClient {
+        &self.client
     }
 
     /// The emulator process.
@@ -180,41 +182,11 @@ impl KubeEmu {
         content_type: &str,
         body: Option<&Value>,
     ) -> Result<(u16, Value)> {
-        let addr = self.addr;
-        let body = body.map(Value::to_string).unwrap_or_default();
-        let req = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAccept: application/json\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        );
-        let what = format!("{method} {path} on the kube emulator");
-        let out = crate::netns::in_netns_thread(&self.netns_path, move || {
-            let mut s = TcpStream::connect_timeout(&addr, HTTP_TIMEOUT)?;
-            s.set_read_timeout(Some(HTTP_TIMEOUT))?;
-            s.set_write_timeout(Some(HTTP_TIMEOUT))?;
-            s.write_all(req.as_bytes())?;
-            let mut out = Vec::new();
-            s.read_to_end(&mut out)?;
-            Ok::<_, std::io::Error>(out)
-        })?
-        .map_err(|e| LabError::io(what.clone(), e))?;
-        parse_response(&out).ok_or_else(|| {
-            LabError::Invalid(format!(
-                "{what}: unreadable response {:?}",
-                String::from_utf8_lossy(&out)
-            ))
-        })
+        self.client.request(method, path, content_type, body)
     }
 
     fn expect_ok(&self, method: &str, path: &str, ct: &str, body: Option<&Value>) -> Result<Value> {
-        let (status, v) = self.request(method, path, ct, body)?;
-        if (200..300).contains(&status) {
-            Ok(v)
-        } else {
-            Err(LabError::Invalid(format!(
-                "{method} {path} on the kube emulator: {status} {}",
-                v.get("message").and_then(Value::as_str).unwrap_or("")
-            )))
-        }
+        self.client.expect_ok(method, path, ct, body)
     }
 
     /// Creates a Node as kubeadm's registration plus the range allocator leave it: pod CIDRs
@@ -284,7 +256,8 @@ impl KubeEmu {
 
     /// Registers a lab pod as the Pod a kubelet would report: created in [`POD_NAMESPACE`]
     /// bound to `node` (the API starts it `Pending`), then its status (`Running`, ready, host
-    /// and pod IPs, the first IP the primary one) written through `pods/<name>/status`.
+    /// and pod IPs, the first IP the primary one) written through `pods/<name>/status` (see
+    /// [`crate::kube_pod`]).
     pub fn register_pod(
         &self,
         name: &str,
@@ -292,69 +265,14 @@ impl KubeEmu {
         host_ip: IpAddr,
         pod_ips: &[IpAddr],
     ) -> Result<Value> {
-        let pod = json!({
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {
-                "name": name,
-                "namespace": POD_NAMESPACE,
-                "labels": { "app.kubernetes.io/managed-by": "flannel-lab" }
-            },
-            "spec": {
-                "nodeName": node,
-                "containers": [{ "name": POD_CONTAINER, "image": "flannel-lab/netns" }],
-                "restartPolicy": "Always"
-            }
-        });
-        let created = self.expect_ok(
-            "POST",
-            &format!("/api/v1/namespaces/{POD_NAMESPACE}/pods"),
-            "application/json",
-            Some(&pod),
-        )?;
-        let now = now_rfc3339();
-        let conditions = [
-            "PodReadyToStartContainers",
-            "Initialized",
-            "Ready",
-            "ContainersReady",
-            "PodScheduled",
-        ]
-        .map(|ty| json!({ "type": ty, "status": "True", "lastTransitionTime": now }));
-        let status = json!({ "status": {
-            "phase": "Running",
-            "hostIP": host_ip.to_string(),
-            "hostIPs": [{ "ip": host_ip.to_string() }],
-            "podIP": pod_ips.first().map(IpAddr::to_string),
-            "podIPs": pod_ips.iter().map(|ip| json!({ "ip": ip.to_string() })).collect::<Vec<_>>(),
-            "startTime": created["metadata"]["creationTimestamp"],
-            "conditions": conditions,
-            "containerStatuses": [{
-                "name": POD_CONTAINER, "image": "flannel-lab/netns", "imageID": "",
-                "containerID": format!("flannel-lab://{name}"),
-                "ready": true, "started": true, "restartCount": 0,
-                "state": { "running": { "startedAt": now } }
-            }]
-        } });
-        self.expect_ok(
-            "PATCH",
-            &format!("/api/v1/namespaces/{POD_NAMESPACE}/pods/{name}/status"),
-            "application/strategic-merge-patch+json",
-            Some(&status),
-        )
+        self.client
+            .register_pod(&PodObject::lab_pod(name, node, host_ip, pod_ips))
     }
 
     /// Removes a lab pod's Pod object (the kubelet's part after the sandbox is gone); one that
     /// is already gone (deleted with kubectl) is fine.
     pub fn unregister_pod(&self, name: &str) -> Result<()> {
-        let path = format!("/api/v1/namespaces/{POD_NAMESPACE}/pods/{name}");
-        match self.request("DELETE", &path, "application/json", None)? {
-            (200..=299 | 404, _) => Ok(()),
-            (status, v) => Err(LabError::Invalid(format!(
-                "DELETE {path} on the kube emulator: {status} {}",
-                v.get("message").and_then(Value::as_str).unwrap_or("")
-            ))),
-        }
+        self.client.unregister_pod(POD_NAMESPACE, name)
     }
 
     /// The Node object named `name`.
@@ -519,39 +437,6 @@ pub fn flanneld_args(node_dir: &Path) -> Vec<String> {
     ]
 }
 
-/// Splits an HTTP/1.1 response into status and JSON body (handles chunked bodies).
-fn parse_response(raw: &[u8]) -> Option<(u16, Value)> {
-    let text = String::from_utf8_lossy(raw);
-    let (head, body) = text.split_once("\r\n\r\n")?;
-    let status: u16 = head.split_whitespace().nth(1)?.parse().ok()?;
-    let chunked = head.lines().any(|l| {
-        l.to_ascii_lowercase().starts_with("transfer-encoding:")
-            && l.to_ascii_lowercase().contains("chunked")
-    });
-    let body = if chunked {
-        let mut out = String::new();
-        let mut rest = body;
-        loop {
-            let (size, tail) = rest.split_once("\r\n")?;
-            let n = usize::from_str_radix(size.trim(), 16).ok()?;
-            if n == 0 {
-                break;
-            }
-            out.push_str(tail.get(..n)?);
-            rest = tail.get(n + 2..)?;
-        }
-        out
-    } else {
-        body.to_string()
-    };
-    let v = if body.trim().is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_str(&body).ok()?
-    };
-    Some((status, v))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -568,13 +453,5 @@ mod tests {
         );
         assert!(kubeadm_pod_cidr("10.244.0.0/24", 1).is_err());
         assert_eq!(node_name(0), "n1");
-    }
-
-    #[test]
-    fn responses() {
-        let r = b"HTTP/1.1 201 Created\r\ncontent-length: 8\r\n\r\n{\"a\":1}\n";
-        assert_eq!(parse_response(r), Some((201, json!({"a":1}))));
-        let r = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\n{\"a\r\n4\r\n\":2}\r\n0\r\n\r\n";
-        assert_eq!(parse_response(r), Some((200, json!({"a":2}))));
     }
 }

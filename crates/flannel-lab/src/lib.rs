@@ -43,6 +43,7 @@
 //! command and every wait is bounded in time. It needs root and says so ([`LabError::NotRoot`]);
 //! a missing tool is reported with its Debian package ([`LabError::MissingBinary`]).
 
+pub mod apply;
 pub mod cluster;
 pub mod cni;
 mod command;
@@ -53,15 +54,22 @@ mod error;
 mod etcd;
 mod host;
 pub mod kube;
+pub mod kube_client;
+pub mod kube_pod;
 pub mod kubectl;
 pub mod lab;
+pub mod lab_pods;
 pub mod manifest;
 mod netns;
+pub mod netpol_matrix;
 pub mod node_root;
 mod ping;
 mod pod;
 pub mod podman;
+pub mod probe;
 mod process;
+pub mod runtime;
+pub mod serve;
 pub mod state;
 pub mod throughput;
 
@@ -79,8 +87,10 @@ pub use netns::{
     DETACHED_PREFIX, NAME_PREFIX, NETNS_DIR, Netns, TEMP_PREFIX, in_fresh_netns, netns_exists,
     netns_with_prefix, reap_stale,
 };
+pub use netpol_matrix::{Comparison, Reachability};
 pub use ping::ping;
 pub use pod::{Pod, PodNetwork};
+pub use probe::{DEFAULT_PROBE_TIMEOUT, PortProto, Proto};
 pub use process::{Child, DEFAULT_STOP_TIMEOUT, LOG_TAIL_LINES, spawn_in};
 pub use state::{LabState, Matrix, Phase};
 

@@ -17,6 +17,7 @@
 //!    stem, removes the directories and the record. Everything it does tolerates "already gone",
 //!    so it can run twice, and after an interrupted `up`.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
@@ -107,6 +108,21 @@ pub struct NodeRecord {
     pub subnet_file: PathBuf,
     /// The installed conflist.
     pub conflist: Option<PathBuf>,
+    /// How the node's runtime wires pods, so `flannel-lab pod add` wires them as `up` did
+    /// (absent in files written before `pod add` existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<RuntimeRecord>,
+}
+
+/// A node's runtime as [`crate::runtime::NodeRuntime`] needs it, recorded by `up`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuntimeRecord {
+    /// The conflist pods are created with (the DaemonSet's `install-cni` one with `--image`).
+    pub conflist: Value,
+    /// `CNI_PATH`.
+    pub cni_path: Vec<PathBuf>,
+    /// The node's own root directory (`--image`), see [`crate::cni::CniCall::node_root`].
+    pub node_root: Option<PathBuf>,
 }
 
 /// A pod of the recorded lab.
@@ -120,6 +136,58 @@ pub struct PodRecord {
     pub netns: String,
     /// The address CNI gave it.
     pub ip: IpAddr,
+    /// Its Kubernetes namespace: `default` for the pods of `up`, any for `pod add`.
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
+    /// Its labels (those of its Pod object; `pod add --label`, `pod label`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Its IPv6 address in a dual-stack lab.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip6: Option<IpAddr>,
+    /// What DEL needs (absent in files written before `pod delete` existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cni: Option<CniRecord>,
+    /// Whether `flannel-lab serve` runs in it (pods of `pod add`): only these are probed by
+    /// `netpol-matrix`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub serves: bool,
+}
+
+/// The namespace of pods recorded without one.
+fn default_namespace() -> String {
+    crate::kube::POD_NAMESPACE.to_string()
+}
+
+/// A pod's CNI sandbox: what the runtime replays on DEL.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CniRecord {
+    /// `CNI_CONTAINERID`.
+    pub container_id: String,
+    /// The runtime config given at ADD.
+    pub runtime: Value,
+    /// The ADD result (DEL's prevResult).
+    pub result: Value,
+}
+
+impl PodRecord {
+    /// How commands name the pod: `NAME` for the pods of `up` (namespace `default`),
+    /// `NS/NAME` for every other.
+    pub fn id(&self) -> String {
+        if self.namespace == crate::kube::POD_NAMESPACE && !self.serves {
+            self.name.clone()
+        } else {
+            format!("{}/{}", self.namespace, self.name)
+        }
+    }
+
+    /// Whether `target` names this pod: `NS/NAME`, or a bare name for a pod in `default`.
+    pub fn is(&self, target: &str) -> bool {
+        match target.split_once('/') {
+            Some((ns, name)) => ns == self.namespace && name == self.name,
+            None => self.namespace == crate::kube::POD_NAMESPACE && target == self.name,
+        }
+    }
 }
 
 /// Everything `status`, `check`, `exec` and `down` need to know about a lab started by `up`.
@@ -378,6 +446,11 @@ impl LabState {
                 dir: node.dir().to_path_buf(),
                 subnet_file: cluster.subnet_file(i),
                 conflist: conflist.is_file().then_some(conflist),
+                runtime: cluster.node_runtime(i).ok().map(|rt| RuntimeRecord {
+                    conflist: rt.conflist,
+                    cni_path: rt.path,
+                    node_root: rt.node_root.map(Path::to_path_buf),
+                }),
             });
         }
         let pods = cluster
@@ -388,6 +461,18 @@ impl LabState {
                     node: lab.try_node(p.node)?.name().to_string(),
                     netns: lab.pod(&p.name)?.netns_name().to_string(),
                     ip: p.ip,
+                    namespace: default_namespace(),
+                    labels: BTreeMap::from([(
+                        crate::kube_pod::MANAGED_BY.0.to_string(),
+                        crate::kube_pod::MANAGED_BY.1.to_string(),
+                    )]),
+                    ip6: p.ip6.filter(|v6| *v6 != p.ip),
+                    cni: Some(CniRecord {
+                        container_id: p.name.clone(),
+                        runtime: p.runtime.clone(),
+                        result: p.result.clone(),
+                    }),
+                    serves: false,
                 })
             })
             .collect();
@@ -528,12 +613,13 @@ impl LabState {
         Ok(report)
     }
 
-    /// The namespace of a node (`n1`), a pod (by name) or the underlay (`underlay`/`ul`).
+    /// The namespace of a node (`n1`), a pod (`NS/NAME`, or by name in `default`) or the
+    /// underlay (`underlay`/`ul`).
     pub fn netns_of(&self, target: &str) -> Option<&str> {
         if let Some(n) = self.nodes.iter().find(|n| n.name == target) {
             return Some(&n.netns);
         }
-        if let Some(p) = self.pods.iter().find(|p| p.name == target) {
+        if let Some(p) = self.pods.iter().find(|p| p.is(target)) {
             return Some(&p.netns);
         }
         if matches!(target, "underlay" | "ul") {
@@ -547,7 +633,7 @@ impl LabState {
         self.nodes
             .iter()
             .map(|n| n.name.clone())
-            .chain(self.pods.iter().map(|p| p.name.clone()))
+            .chain(self.pods.iter().map(PodRecord::id))
             .chain(self.underlay_netns.iter().map(|_| "underlay".to_string()))
             .collect()
     }
@@ -581,7 +667,7 @@ impl LabState {
     /// Pings every pod from every other pod (up to 3 one-second probes per pair, `parallel`
     /// pairs at a time) and returns the matrix.
     pub fn ping_matrix(&self, parallel: usize) -> Matrix {
-        let names: Vec<String> = self.pods.iter().map(|p| p.name.clone()).collect();
+        let names: Vec<String> = self.pods.iter().map(PodRecord::id).collect();
         let mut jobs = Vec::new();
         for (i, a) in self.pods.iter().enumerate() {
             for (j, b) in self.pods.iter().enumerate() {
@@ -699,7 +785,7 @@ fn installed_conflist(node_dir: &Path) -> PathBuf {
     node_dir.join("cni").join("net.d").join(CONFLIST_NAME)
 }
 
-fn process_record(
+pub(crate) fn process_record(
     role: &str,
     program: &str,
     pid: u32,
@@ -737,7 +823,7 @@ fn proc_identity(pid: u32) -> Option<(String, u64)> {
 
 /// Signals a verified process: its whole process group when it leads one (the lab's daemons
 /// do), else just the pid.
-fn signal_process(p: &ProcessRecord, signal: Signal) {
+pub(crate) fn signal_process(p: &ProcessRecord, signal: Signal) {
     let Ok(raw) = i32::try_from(p.pid) else {
         return;
     };
@@ -855,12 +941,18 @@ mod tests {
                 dir: "/tmp/x/flabd-42/n1".into(),
                 subnet_file: "/tmp/x/flabd-42/n1/subnet.env".into(),
                 conflist: None,
+                runtime: None,
             }],
             pods: vec![PodRecord {
                 name: "n1-p1".into(),
                 node: "n1".into(),
                 netns: "flabd-42-n1-n1-p1".into(),
                 ip: "10.244.1.2".parse().unwrap(),
+                namespace: "default".into(),
+                labels: BTreeMap::new(),
+                ip6: None,
+                cni: None,
+                serves: false,
             }],
             processes: vec![],
         };

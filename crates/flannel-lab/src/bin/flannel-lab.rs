@@ -24,6 +24,10 @@
 // for them next to itself, where cargo would take them for binaries of their own.
 #[path = "flannel-lab/bins.rs"]
 mod bins;
+#[path = "flannel-lab/netpol.rs"]
+mod netpol;
+#[path = "flannel-lab/pods.rs"]
+mod pods;
 #[path = "flannel-lab/progress.rs"]
 mod progress;
 #[path = "flannel-lab/render.rs"]
@@ -68,6 +72,8 @@ const PING_PARALLEL: usize = 8;
         sudo flannel-lab up --backend host-gw --throughput\n  \
         sudo flannel-lab exec n1 -- ip route\n  \
         sudo flannel-lab exec n1-p1 -- ip addr show eth0\n  \
+        sudo flannel-lab pod add x/a --node n1 --label pod=a && sudo flannel-lab pod add y/b --node n2\n  \
+        sudo flannel-lab probe x/a y/b 80/TCP && sudo flannel-lab netpol-matrix\n  \
         sudo flannel-lab up --datastore kube && sudo flannel-lab kubectl -- get pods -A -o wide\n  \
         sudo flannel-lab check && sudo flannel-lab down\n\n\
         Exit status: 0 ok; 1 check failed (unreachable pairs) or status found a problem; 2 error; 130 interrupted."
@@ -95,6 +101,23 @@ enum Cmd {
     Kubectl(KubectlArgs),
     /// Remove everything the lab created: processes, namespaces, directories (safe to repeat)
     Down(DownArgs),
+    /// Add, delete or relabel pods with servers on ports 80 and 81, TCP and UDP (the Kubernetes
+    /// e2e NetworkPolicy model) in a running lab
+    Pod(pods::PodArgs),
+    /// Create or update Namespaces and NetworkPolicies from multi-document YAML (a lab started
+    /// with --datastore kube)
+    Apply(netpol::FileArgs),
+    /// Delete the Namespaces and NetworkPolicies named in multi-document YAML
+    Delete(netpol::FileArgs),
+    /// Probe a pod's server from another pod: exit 0 when the TCP connection succeeds or the UDP
+    /// request is answered, 1 when not
+    Probe(netpol::ProbeArgs),
+    /// Probe every pod with servers from every other on ports 80/81 TCP/UDP and print the
+    /// reachability truth tables
+    NetpolMatrix(netpol::MatrixArgs),
+    /// Run a pod's servers (what `pod add` starts inside the pod)
+    #[command(hide = true)]
+    Serve(pods::ServeArgs),
 }
 
 /// `--datastore` values.
@@ -186,7 +209,7 @@ struct CheckArgs {
 
 #[derive(Debug, Args)]
 struct ExecArgs {
-    /// A node (n1), a pod (n1-p1) or `underlay`
+    /// A node (n1), a pod (NS/NAME, or n1-p1 for the pods of `up`) or `underlay`
     target: String,
 
     /// The command and its arguments (after `--`)
@@ -217,6 +240,12 @@ fn main() -> ExitCode {
         Cmd::Exec(args) => exec(&cli.state_dir, args),
         Cmd::Kubectl(args) => kubectl(&cli.state_dir, args),
         Cmd::Down(args) => down(&cli.state_dir, args),
+        Cmd::Pod(args) => pods::pod(&cli.state_dir, args),
+        Cmd::Apply(args) => netpol::objects(&cli.state_dir, args, false),
+        Cmd::Delete(args) => netpol::objects(&cli.state_dir, args, true),
+        Cmd::Probe(args) => netpol::probe(&cli.state_dir, args),
+        Cmd::NetpolMatrix(args) => netpol::matrix(&cli.state_dir, args),
+        Cmd::Serve(args) => pods::serve(args),
     };
     match result {
         Ok(code) => code,

@@ -161,7 +161,7 @@ pub fn nodes(nodes: &[NodeStatus]) -> String {
 pub fn pods(state: &LabState) -> String {
     let mut rows = vec![["POD", "NODE", "IP"].map(String::from).to_vec()];
     for p in &state.pods {
-        rows.push(vec![p.name.clone(), p.node.clone(), p.ip.to_string()]);
+        rows.push(vec![p.id(), p.node.clone(), p.ip.to_string()]);
     }
     table(&rows)
 }
