@@ -91,7 +91,11 @@ fn catalogue_passes_against_the_reference_evaluator() {
         assert_eq!(cluster.pod_labels(&p), Some(model.pod_labels(&p)), "{p}");
     }
     for ns in &model.namespaces {
-        assert_eq!(cluster.namespace_labels(ns), Some(model.namespace_labels(ns)), "{ns}");
+        assert_eq!(
+            cluster.namespace_labels(ns),
+            Some(model.namespace_labels(ns)),
+            "{ns}"
+        );
     }
 }
 
@@ -105,7 +109,10 @@ fn without_sctp_exactly_the_sctp_probing_cases_are_skipped() {
         .map(|o| o.name.as_str())
         .collect();
     assert_eq!(skipped.len(), 3, "{skipped:#?}");
-    assert!(skipped.iter().all(|n| n.contains("using SCTP")), "{skipped:#?}");
+    assert!(
+        skipped.iter().all(|n| n.contains("using SCTP")),
+        "{skipped:#?}"
+    );
     // The two TCP cases with SCTP-only policies still run (and must pass without SCTP).
     let sctp_policy_cases = outcomes
         .iter()
@@ -114,7 +121,10 @@ fn without_sctp_exactly_the_sctp_probing_cases_are_skipped() {
         .count();
     assert_eq!(sctp_policy_cases, 2);
     let s = Summary::of(&outcomes);
-    assert_eq!((s.upstream_run, s.upstream_passed, s.upstream_skipped), (48, 45, 3));
+    assert_eq!(
+        (s.upstream_run, s.upstream_passed, s.upstream_skipped),
+        (48, 45, 3)
+    );
     assert!(s.failed.is_empty(), "{:#?}", s.failed);
 }
 
@@ -124,7 +134,9 @@ fn failed_names(fault: Fault) -> BTreeSet<String> {
     for o in &outcomes {
         if let Verdict::Failed(why) = &o.verdict {
             assert!(
-                why.contains("expected:") && why.contains("observed:") && why.contains("comparison:"),
+                why.contains("expected:")
+                    && why.contains("observed:")
+                    && why.contains("comparison:"),
                 "a mismatch shows the three tables: {why}"
             );
         }
@@ -146,23 +158,44 @@ fn assert_fails(failed: &BTreeSet<String>, needle: &str) {
 #[test]
 fn the_catalogue_catches_evaluators_that_get_a_rule_wrong() {
     let f = failed_names(Fault::IgnoreExcept);
-    assert_fails(&f, "should enforce except clause while egress access to server in CIDR block");
-    assert_fails(&f, "should ensure an IP overlapping both IPBlock.CIDR and IPBlock.Except is allowed");
+    assert_fails(
+        &f,
+        "should enforce except clause while egress access to server in CIDR block",
+    );
+    assert_fails(
+        &f,
+        "should ensure an IP overlapping both IPBlock.CIDR and IPBlock.Except is allowed",
+    );
 
     let f = failed_names(Fault::SelectorsOr);
-    assert_fails(&f, "should enforce policy based on PodSelector and NamespaceSelector");
-    assert_fails(&f, "should enforce policy based on Multiple PodSelectors and NamespaceSelectors");
-    assert!(!f.iter().any(|n| n.ends_with("based on PodSelector or NamespaceSelector")));
+    assert_fails(
+        &f,
+        "should enforce policy based on PodSelector and NamespaceSelector",
+    );
+    assert_fails(
+        &f,
+        "should enforce policy based on Multiple PodSelectors and NamespaceSelectors",
+    );
+    assert!(
+        !f.iter()
+            .any(|n| n.ends_with("based on PodSelector or NamespaceSelector"))
+    );
 
     let f = failed_names(Fault::IgnoreEgress);
     assert_fails(&f, "should support a 'default-deny-all' policy");
     assert_fails(&f, "should deny egress from all pods in a namespace");
     assert_fails(&f, "should allow egress access to server in CIDR block");
-    assert!(!f.iter().any(|n| n.ends_with("should support a 'default-deny-ingress' policy")));
+    assert!(
+        !f.iter()
+            .any(|n| n.ends_with("should support a 'default-deny-ingress' policy"))
+    );
 
     let f = failed_names(Fault::NoNamedPorts);
     assert_fails(&f, "should allow ingress access on one named port");
-    assert_fails(&f, "should allow ingress access from namespace on one named port");
+    assert_fails(
+        &f,
+        "should allow ingress access from namespace on one named port",
+    );
     assert_fails(&f, "should allow egress access on one named port");
     assert_eq!(f.len(), 3, "{f:#?}");
 }
@@ -238,7 +271,11 @@ fn a_wrong_expectation_is_probed_twice_then_fails_with_the_differing_cell() {
                     80,
                     Proto::Tcp,
                     c.reach()
-                        .expect_peer(reachability::Peer::any(), reachability::Peer::ns("y"), false)
+                        .expect_peer(
+                            reachability::Peer::any(),
+                            reachability::Peer::ns("y"),
+                            false,
+                        )
                         .expect("x/a", "y/b", true),
                 ),
             ]
@@ -257,7 +294,11 @@ fn a_wrong_expectation_is_probed_twice_then_fails_with_the_differing_cell() {
                 probe(
                     80,
                     Proto::Tcp,
-                    c.reach().expect_peer(reachability::Peer::any(), reachability::Peer::ns("y"), false),
+                    c.reach().expect_peer(
+                        reachability::Peer::any(),
+                        reachability::Peer::ns("y"),
+                        false,
+                    ),
                 ),
             ]
         },
@@ -268,9 +309,16 @@ fn a_wrong_expectation_is_probed_twice_then_fails_with_the_differing_cell() {
     };
     assert!(why.contains("incorrect:1"), "{why}");
     assert!(why.contains("try 2 of 2"), "{why}");
-    assert!(why.contains("x/a\t-\t.\t.\t.\tX\t"), "comparison row of x/a marks y/b: {why}");
+    assert!(
+        why.contains("x/a\t-\t.\t.\t.\tX\t"),
+        "comparison row of x/a marks y/b: {why}"
+    );
     assert_eq!(outcomes[1].verdict, Verdict::Passed);
-    assert_eq!(cluster.rounds.get(), 3, "wrong case probed twice, right case once");
+    assert_eq!(
+        cluster.rounds.get(),
+        3,
+        "wrong case probed twice, right case once"
+    );
     assert_eq!(inner.policy_count(), 0);
 }
 
@@ -285,8 +333,14 @@ fn catalogue_titles_are_unique_and_upstream_count_is_complete() {
             .count()
     };
     assert_eq!(per_ctx("NetworkPolicy between server and client"), 42);
-    assert_eq!(per_ctx("NetworkPolicy between server and client using UDP"), 3);
-    assert_eq!(per_ctx("NetworkPolicy between server and client using SCTP"), 3);
+    assert_eq!(
+        per_ctx("NetworkPolicy between server and client using UDP"),
+        3
+    );
+    assert_eq!(
+        per_ctx("NetworkPolicy between server and client using SCTP"),
+        3
+    );
     // Every case probes at least once and every expectation covers the 9 x 9 model.
     let cluster = RefCluster::new(Model::standard(), true, Fault::None);
     setup_model(&cluster, &Model::standard()).expect("model");
@@ -314,7 +368,12 @@ fn catalogue_titles_are_unique_and_upstream_count_is_complete() {
         assert!(!probes.is_empty(), "{} never probes", c.full_name());
         for r in probes {
             assert_eq!(r.expected.items().len(), 9);
-            assert!(r.expected.pairs().iter().all(|(f, t)| r.expected.get(f, t).is_some()));
+            assert!(
+                r.expected
+                    .pairs()
+                    .iter()
+                    .all(|(f, t)| r.expected.get(f, t).is_some())
+            );
         }
     }
     assert_eq!(ctx.ip("x/a"), cluster.pod_ips(&pod("x/a")).expect("ip")[0]);

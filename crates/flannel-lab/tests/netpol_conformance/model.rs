@@ -180,12 +180,19 @@ fn model_has_nine_pods_in_table_order_and_four_named_ports() {
     let pods: Vec<String> = m.all_pods().iter().map(ToString::to_string).collect();
     assert_eq!(
         pods,
-        ["x/a", "x/b", "x/c", "y/a", "y/b", "y/c", "z/a", "z/b", "z/c"]
+        [
+            "x/a", "x/b", "x/c", "y/a", "y/b", "y/c", "z/a", "z/b", "z/c"
+        ]
     );
     let names: Vec<String> = m.named_ports().into_iter().map(|p| p.name).collect();
     assert_eq!(
         names,
-        ["serve-80-tcp", "serve-80-udp", "serve-81-tcp", "serve-81-udp"]
+        [
+            "serve-80-tcp",
+            "serve-80-udp",
+            "serve-81-tcp",
+            "serve-81-udp"
+        ]
     );
     assert_eq!(m.namespace_labels("y")[NS_NAME_LABEL], "y");
     assert_eq!(m.namespace_labels("y")["ns"], "y");

@@ -5,7 +5,7 @@
 pub const NOT_PORTED: &[(&str, &str, &str)] = &[
     (
         "network_policy_api.go",
-        "should support creating NetworkPolicy API operations; should support creating NetworkPolicy API with endport field; should support creating NetworkPolicy with Status subresource",
+        "should support creating NetworkPolicy API operations; should support creating NetworkPolicy API with endport field (and, in some releases, a Status-subresource test behind a feature gate)",
         "API-server behaviour (create/get/list/watch/patch/delete, validation of endPort, status), \
          not enforcement: it belongs to the emulator's own tests (crates/flannel-kube-emu)",
     ),

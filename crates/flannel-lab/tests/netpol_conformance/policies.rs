@@ -196,12 +196,21 @@ mod tests {
         assert_eq!(p["spec"]["ingress"], json!([]));
         assert_eq!(p["spec"]["egress"], json!([]));
         let q = Np::new("x", "p", sel_labels(&[("pod", "a")]))
-            .egress(vec![egress_rule(vec![], vec![port_named("serve-80-tcp", None)])])
+            .egress(vec![egress_rule(
+                vec![],
+                vec![port_named("serve-80-tcp", None)],
+            )])
             .json();
         assert_eq!(q["spec"]["policyTypes"], json!(["Egress"]));
         assert!(q["spec"].get("ingress").is_none());
-        assert_eq!(q["spec"]["egress"][0], json!({"ports": [{"port": "serve-80-tcp"}]}));
-        assert_eq!(q["spec"]["podSelector"], json!({"matchLabels": {"pod": "a"}}));
+        assert_eq!(
+            q["spec"]["egress"][0],
+            json!({"ports": [{"port": "serve-80-tcp"}]})
+        );
+        assert_eq!(
+            q["spec"]["podSelector"],
+            json!({"matchLabels": {"pod": "a"}})
+        );
     }
 
     #[test]
@@ -222,6 +231,9 @@ mod tests {
             peer_ip_block("10.0.0.0/8", &["10.1.0.0/16".to_owned()]),
             json!({"ipBlock": {"cidr": "10.0.0.0/8", "except": ["10.1.0.0/16"]}})
         );
-        assert_eq!(port_range(81, 90, Some(Proto::Udp)), json!({"port": 81, "endPort": 90, "protocol": "UDP"}));
+        assert_eq!(
+            port_range(81, 90, Some(Proto::Udp)),
+            json!({"port": 81, "endPort": 90, "protocol": "UDP"})
+        );
     }
 }

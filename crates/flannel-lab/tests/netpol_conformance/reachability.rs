@@ -65,8 +65,7 @@ impl Reachability {
 
     /// Everything `pod` receives.
     pub fn expect_all_ingress(mut self, pod: &str, connected: bool) -> Reachability {
-        self.expected
-            .set_all_to(&super::model::pod(pod), connected);
+        self.expected.set_all_to(&super::model::pod(pod), connected);
         self
     }
 

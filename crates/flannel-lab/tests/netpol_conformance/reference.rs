@@ -68,7 +68,9 @@ impl RefCluster {
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().expect("no test panics while holding the state")
+        self.state
+            .lock()
+            .expect("no test panics while holding the state")
     }
 
     /// Number of policies held (tests check the runner cleans up).
@@ -152,10 +154,16 @@ impl RefCluster {
                     .is_some_and(|e| e.iter().any(inside));
             return inside(&block["cidr"]) && !excepted;
         }
-        let ns_labels = st.namespaces.get(&other.pod.ns).cloned().unwrap_or_default();
+        let ns_labels = st
+            .namespaces
+            .get(&other.pod.ns)
+            .cloned()
+            .unwrap_or_default();
         let ns_sel = peer.get("namespaceSelector");
         let pod_sel = peer.get("podSelector");
-        let ns_ok = ns_sel.map_or(other.pod.ns == policy_ns, |s| selector_matches(s, &ns_labels));
+        let ns_ok = ns_sel.map_or(other.pod.ns == policy_ns, |s| {
+            selector_matches(s, &ns_labels)
+        });
         let pod_ok = pod_sel.is_none_or(|s| selector_matches(s, other.labels));
         if self.fault == Fault::SelectorsOr && ns_sel.is_some() && pod_sel.is_some() {
             return ns_ok || pod_ok;
@@ -217,7 +225,8 @@ impl RefCluster {
                 let ports = rule["ports"].as_array().cloned().unwrap_or_default();
                 let peer_ok =
                     peers.is_empty() || peers.iter().any(|p| self.peer_matches(st, ns, p, other));
-                let port_ok = ports.is_empty() || ports.iter().any(|p| self.port_matches(p, port, proto));
+                let port_ok =
+                    ports.is_empty() || ports.iter().any(|p| self.port_matches(p, port, proto));
                 if peer_ok && port_ok {
                     return true;
                 }
@@ -230,11 +239,21 @@ impl RefCluster {
         let (Some((fl, fip)), Some((tl, tip))) = (st.pods.get(from), st.pods.get(to)) else {
             return false;
         };
-        if !self.model.ports.contains(&port) || !(self.model.protos.contains(&proto) || proto == Proto::Sctp && self.sctp) {
+        if !self.model.ports.contains(&port)
+            || !(self.model.protos.contains(&proto) || proto == Proto::Sctp && self.sctp)
+        {
             return false;
         }
-        let src = End { pod: from, labels: fl, ip: *fip };
-        let dst = End { pod: to, labels: tl, ip: *tip };
+        let src = End {
+            pod: from,
+            labels: fl,
+            ip: *fip,
+        };
+        let dst = End {
+            pod: to,
+            labels: tl,
+            ip: *tip,
+        };
         let egress_ok = self.fault == Fault::IgnoreEgress
             || self.direction_allows(st, "egress", &src, &dst, port, proto);
         egress_ok && self.direction_allows(st, "ingress", &dst, &src, port, proto)
@@ -254,10 +273,9 @@ impl NetpolCluster for RefCluster {
             match obj["kind"].as_str() {
                 Some("Namespace") => {
                     let name = meta(obj, "name")?;
-                    let mut labels: Labels = serde_json::from_value(
-                        obj["metadata"]["labels"].clone(),
-                    )
-                    .unwrap_or_default();
+                    let mut labels: Labels =
+                        serde_json::from_value(obj["metadata"]["labels"].clone())
+                            .unwrap_or_default();
                     labels.insert(NS_NAME_LABEL.to_owned(), name.to_owned());
                     st.namespaces.insert(name.to_owned(), labels);
                 }
@@ -276,7 +294,11 @@ impl NetpolCluster for RefCluster {
     }
 
     fn delete_policy(&self, ns: &str, name: &str) -> anyhow::Result<()> {
-        match self.state().policies.remove(&(ns.to_owned(), name.to_owned())) {
+        match self
+            .state()
+            .policies
+            .remove(&(ns.to_owned(), name.to_owned()))
+        {
             Some(_) => Ok(()),
             None => bail!("networkpolicy {ns}/{name} not found"),
         }
@@ -289,7 +311,10 @@ impl NetpolCluster for RefCluster {
 
     fn label_pod(&self, pod: &PodRef, key: &str, value: Option<&str>) -> anyhow::Result<()> {
         let mut st = self.state();
-        let (labels, _) = st.pods.get_mut(pod).with_context(|| format!("pod {pod} not found"))?;
+        let (labels, _) = st
+            .pods
+            .get_mut(pod)
+            .with_context(|| format!("pod {pod} not found"))?;
         match value {
             Some(v) => labels.insert(key.to_owned(), v.to_owned()),
             None => labels.remove(key),
@@ -299,7 +324,10 @@ impl NetpolCluster for RefCluster {
 
     fn label_namespace(&self, ns: &str, key: &str, value: Option<&str>) -> anyhow::Result<()> {
         let mut st = self.state();
-        let labels = st.namespaces.get_mut(ns).with_context(|| format!("namespace {ns} not found"))?;
+        let labels = st
+            .namespaces
+            .get_mut(ns)
+            .with_context(|| format!("namespace {ns} not found"))?;
         match value {
             Some(v) => labels.insert(key.to_owned(), v.to_owned()),
             None => labels.remove(key),
@@ -321,7 +349,9 @@ impl NetpolCluster for RefCluster {
             Some(ip) => ip,
             None => {
                 st.next_ip += 1;
-                IpAddr::V4(Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 244, 0, 1)) + st.next_ip))
+                IpAddr::V4(Ipv4Addr::from(
+                    u32::from(Ipv4Addr::new(10, 244, 0, 1)) + st.next_ip,
+                ))
             }
         };
         st.pods.insert(pod.clone(), (labels.clone(), ip));
@@ -330,14 +360,20 @@ impl NetpolCluster for RefCluster {
 
     fn delete_pod(&self, pod: &PodRef) -> anyhow::Result<()> {
         let mut st = self.state();
-        let (_, ip) = st.pods.remove(pod).with_context(|| format!("pod {pod} not found"))?;
+        let (_, ip) = st
+            .pods
+            .remove(pod)
+            .with_context(|| format!("pod {pod} not found"))?;
         st.free_ips.insert(ip);
         Ok(())
     }
 
     fn pod_ips(&self, pod: &PodRef) -> anyhow::Result<Vec<IpAddr>> {
         let st = self.state();
-        let (_, ip) = st.pods.get(pod).with_context(|| format!("pod {pod} not found"))?;
+        let (_, ip) = st
+            .pods
+            .get(pod)
+            .with_context(|| format!("pod {pod} not found"))?;
         Ok(vec![*ip])
     }
 
@@ -345,7 +381,13 @@ impl NetpolCluster for RefCluster {
         proto != Proto::Sctp || self.sctp
     }
 
-    fn probe_all(&self, pods: &[PodRef], port: u16, proto: Proto, _timeout: Duration) -> anyhow::Result<TruthTable> {
+    fn probe_all(
+        &self,
+        pods: &[PodRef],
+        port: u16,
+        proto: Proto,
+        _timeout: Duration,
+    ) -> anyhow::Result<TruthTable> {
         let st = self.state();
         let mut table = TruthTable::new(pods.to_vec(), None);
         for from in pods {

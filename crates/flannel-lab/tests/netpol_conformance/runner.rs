@@ -111,9 +111,15 @@ impl<'a> Runner<'a> {
             Err(e) => Verdict::Failed(format!("reading pod IPs: {e:#}")),
             Ok(ctx) => {
                 let steps = (case.build)(&ctx);
-                let needs_sctp = steps
-                    .iter()
-                    .any(|s| matches!(s, Step::Probe { proto: Proto::Sctp, .. }));
+                let needs_sctp = steps.iter().any(|s| {
+                    matches!(
+                        s,
+                        Step::Probe {
+                            proto: Proto::Sctp,
+                            ..
+                        }
+                    )
+                });
                 if needs_sctp && !self.cluster.supports(Proto::Sctp) {
                     Verdict::Skipped(SKIP_SCTP)
                 } else {
@@ -169,7 +175,11 @@ impl<'a> Runner<'a> {
             Step::DeletePolicy { ns, name } => c.delete_policy(ns, name),
             Step::DeleteAllPolicies => c.delete_all_policies(),
             Step::LabelPod { pod, key, value } => {
-                touched.pods.entry(pod.clone()).or_default().insert((*key).to_owned());
+                touched
+                    .pods
+                    .entry(pod.clone())
+                    .or_default()
+                    .insert((*key).to_owned());
                 c.label_pod(pod, key, *value)
             }
             Step::LabelNamespace { ns, key, value } => {
@@ -212,7 +222,10 @@ impl<'a> Runner<'a> {
                 cmp.pretty()
             );
             if self.verbose && attempt == 1 {
-                println!("  {} wrong results on the first try, probing again", cmp.wrong.len());
+                println!(
+                    "  {} wrong results on the first try, probing again",
+                    cmp.wrong.len()
+                );
             }
         }
         Err(last)

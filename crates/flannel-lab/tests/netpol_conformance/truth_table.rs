@@ -208,7 +208,10 @@ mod tests {
         assert_eq!(c.ignored, 9);
         assert_eq!(c.correct, 72 - 2);
         assert_eq!(c.wrong.len(), 2);
-        assert!(c.wrong.contains(&(pod("y/b"), pod("x/a"), false, Some(true))));
+        assert!(
+            c.wrong
+                .contains(&(pod("y/b"), pod("x/a"), false, Some(true)))
+        );
         assert!(c.wrong.contains(&(pod("x/a"), pod("x/b"), true, None)));
         let lines: Vec<String> = c.pretty().lines().map(String::from).collect();
         assert_eq!(lines[1], "x/a\t-\tX\t.\t.\t.\t.\t.\t.\t.");

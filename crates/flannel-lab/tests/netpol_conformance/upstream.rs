@@ -28,14 +28,27 @@ fn ns_is(ns: &str) -> serde_json::Value {
 
 fn default_deny_ingress(c: &Ctx, proto: Proto) -> Vec<Step> {
     vec![
-        apply(Np::new("x", "deny-ingress", sel_all()).ingress(vec![]).json()),
-        probe(80, proto, c.reach().expect_peer(Peer::any(), Peer::ns("x"), false)),
+        apply(
+            Np::new("x", "deny-ingress", sel_all())
+                .ingress(vec![])
+                .json(),
+        ),
+        probe(
+            80,
+            proto,
+            c.reach().expect_peer(Peer::any(), Peer::ns("x"), false),
+        ),
     ]
 }
 
 fn default_deny_all(c: &Ctx) -> Vec<Step> {
     vec![
-        apply(Np::new("x", "deny-all", sel_all()).ingress(vec![]).egress(vec![]).json()),
+        apply(
+            Np::new("x", "deny-all", sel_all())
+                .ingress(vec![])
+                .egress(vec![])
+                .json(),
+        ),
         probe(
             80,
             Tcp,
@@ -49,11 +62,17 @@ fn default_deny_all(c: &Ctx) -> Vec<Step> {
 fn pod_selector_within_namespace(c: &Ctx, sel_b: serde_json::Value) -> Vec<Step> {
     let rule = ingress_rule(vec![peer_pods(sel_b)], vec![]);
     vec![
-        apply(Np::new("x", "x-a-allows-x-b", pod_a()).ingress(vec![rule]).json()),
+        apply(
+            Np::new("x", "x-a-allows-x-b", pod_a())
+                .ingress(vec![rule])
+                .json(),
+        ),
         probe(
             80,
             Tcp,
-            c.reach().expect_all_ingress("x/a", false).expect("x/b", "x/a", true),
+            c.reach()
+                .expect_all_ingress("x/a", false)
+                .expect("x/b", "x/a", true),
         ),
     ]
 }
@@ -62,7 +81,11 @@ fn ingress_for_target(c: &Ctx) -> Vec<Step> {
     let rule = ingress_rule(vec![peer_ns_pods(sel_all(), sel_all())], vec![]);
     vec![
         apply(Np::new("x", "deny-all", sel_all()).ingress(vec![]).json()),
-        apply(Np::new("x", "allow-all-to-a", pod_a()).ingress(vec![rule]).json()),
+        apply(
+            Np::new("x", "allow-all-to-a", pod_a())
+                .ingress(vec![rule])
+                .json(),
+        ),
         probe(
             80,
             Tcp,
@@ -77,7 +100,11 @@ fn ingress_for_target(c: &Ctx) -> Vec<Step> {
 fn ingress_from_all_namespaces(c: &Ctx) -> Vec<Step> {
     let rule = ingress_rule(vec![peer_ns(sel_all())], vec![]);
     vec![
-        apply(Np::new("x", "allow-from-another-ns", pod_a()).ingress(vec![rule]).json()),
+        apply(
+            Np::new("x", "allow-from-another-ns", pod_a())
+                .ingress(vec![rule])
+                .json(),
+        ),
         probe(80, Tcp, c.reach()),
     ]
 }
@@ -117,11 +144,17 @@ fn pod_or_namespace_selector(c: &Ctx) -> Vec<Step> {
         vec![],
     );
     vec![
-        apply(Np::new("x", "allow-ns-y-match-selector", pod_a()).ingress(vec![rule]).json()),
+        apply(
+            Np::new("x", "allow-ns-y-match-selector", pod_a())
+                .ingress(vec![rule])
+                .json(),
+        ),
         probe(
             80,
             Tcp,
-            c.reach().expect("x/a", "x/a", false).expect("x/c", "x/a", false),
+            c.reach()
+                .expect("x/a", "x/a", false)
+                .expect("x/c", "x/a", false),
         ),
     ]
 }
@@ -160,7 +193,11 @@ fn multiple_pod_and_namespace_selectors(c: &Ctx) -> Vec<Step> {
         vec![],
     );
     vec![
-        apply(Np::new("x", "allow-ns-y-z-pod-b-c", pod_a()).ingress(vec![rule]).json()),
+        apply(
+            Np::new("x", "allow-ns-y-z-pod-b-c", pod_a())
+                .ingress(vec![rule])
+                .json(),
+        ),
         probe(
             80,
             Tcp,
@@ -181,7 +218,11 @@ fn any_pod_selectors(c: &Ctx) -> Vec<Step> {
         vec![],
     );
     vec![
-        apply(Np::new("x", "allow-ns-x-pod-b-c", pod_a()).ingress(vec![rule]).json()),
+        apply(
+            Np::new("x", "allow-ns-x-pod-b-c", pod_a())
+                .ingress(vec![rule])
+                .json(),
+        ),
         probe(
             80,
             Tcp,
@@ -204,7 +245,9 @@ fn only_from_y_a(c: &Ctx, proto: Proto) -> Vec<Step> {
         probe(
             80,
             proto,
-            c.reach().expect_all_ingress("x/a", false).expect("y/a", "x/a", true),
+            c.reach()
+                .expect_all_ingress("x/a", false)
+                .expect("y/a", "x/a", true),
         ),
     ]
 }
@@ -245,7 +288,11 @@ fn stacked_policies(c: &Ctx) -> Vec<Step> {
 
 fn allow_all(c: &Ctx) -> Vec<Step> {
     vec![
-        apply(Np::new("x", "allow-all", sel_all()).ingress(vec![serde_json::json!({})]).json()),
+        apply(
+            Np::new("x", "allow-all", sel_all())
+                .ingress(vec![serde_json::json!({})])
+                .json(),
+        ),
         probe(80, Tcp, c.reach()),
         probe(81, Tcp, c.reach()),
     ]
@@ -254,14 +301,25 @@ fn allow_all(c: &Ctx) -> Vec<Step> {
 fn ingress_one_named_port(c: &Ctx) -> Vec<Step> {
     let rule = ingress_rule(vec![], vec![port_named("serve-81-tcp", None)]);
     vec![
-        apply(Np::new("x", "allow-all", sel_all()).ingress(vec![rule]).json()),
+        apply(
+            Np::new("x", "allow-all", sel_all())
+                .ingress(vec![rule])
+                .json(),
+        ),
         probe(81, Tcp, c.reach()),
-        probe(80, Tcp, c.reach().expect_peer(Peer::any(), Peer::ns("x"), false)),
+        probe(
+            80,
+            Tcp,
+            c.reach().expect_peer(Peer::any(), Peer::ns("x"), false),
+        ),
     ]
 }
 
 fn ingress_from_namespace_named_port(c: &Ctx) -> Vec<Step> {
-    let rule = ingress_rule(vec![peer_ns(ns_is("y"))], vec![port_named("serve-80-tcp", Some(Tcp))]);
+    let rule = ingress_rule(
+        vec![peer_ns(ns_is("y"))],
+        vec![port_named("serve-80-tcp", Some(Tcp))],
+    );
     vec![
         apply(
             Np::new("x", "allow-client-a-via-ns-selector-80", pod_a())
@@ -282,9 +340,17 @@ fn ingress_from_namespace_named_port(c: &Ctx) -> Vec<Step> {
 fn egress_one_named_port(c: &Ctx) -> Vec<Step> {
     let rule = egress_rule(vec![], vec![port_named("serve-80-tcp", None)]);
     vec![
-        apply(Np::new("x", "allow-egress", sel_all()).egress(vec![rule]).json()),
+        apply(
+            Np::new("x", "allow-egress", sel_all())
+                .egress(vec![rule])
+                .json(),
+        ),
         probe(80, Tcp, c.reach()),
-        probe(81, Tcp, c.reach().expect_peer(Peer::ns("x"), Peer::any(), false)),
+        probe(
+            81,
+            Tcp,
+            c.reach().expect_peer(Peer::ns("x"), Peer::any(), false),
+        ),
     ]
 }
 
@@ -298,14 +364,22 @@ fn updated_policy(c: &Ctx) -> Vec<Step> {
         apply(allow),
         probe(81, Tcp, c.reach()),
         apply(deny),
-        probe(81, Tcp, c.reach().expect_peer(Peer::any(), Peer::ns("x"), false)),
+        probe(
+            81,
+            Tcp,
+            c.reach().expect_peer(Peer::any(), Peer::ns("x"), false),
+        ),
     ]
 }
 
 fn ingress_from_updated_namespace(c: &Ctx) -> Vec<Step> {
     let rule = ingress_rule(vec![peer_ns(sel_labels(&[("ns2", "updated")]))], vec![]);
     vec![
-        apply(Np::new("x", "allow-client-a-via-ns-selector", pod_a()).ingress(vec![rule]).json()),
+        apply(
+            Np::new("x", "allow-client-a-via-ns-selector", pod_a())
+                .ingress(vec![rule])
+                .json(),
+        ),
         probe(80, Tcp, c.reach().expect_all_ingress("x/a", false)),
         Step::LabelNamespace {
             ns: "y",
@@ -315,9 +389,11 @@ fn ingress_from_updated_namespace(c: &Ctx) -> Vec<Step> {
         probe(
             80,
             Tcp,
-            c.reach()
-                .expect_all_ingress("x/a", false)
-                .expect_peer(Peer::ns("y"), Peer::any(), true),
+            c.reach().expect_all_ingress("x/a", false).expect_peer(
+                Peer::ns("y"),
+                Peer::any(),
+                true,
+            ),
         ),
     ]
 }
@@ -326,7 +402,11 @@ fn ingress_from_updated_pod(c: &Ctx) -> Vec<Step> {
     let sel = sel_labels(&[("pod", "b"), ("pod2", "updated")]);
     let rule = ingress_rule(vec![peer_pods(sel)], vec![]);
     vec![
-        apply(Np::new("x", "allow-client-a-via-pod-selector", pod_a()).ingress(vec![rule]).json()),
+        apply(
+            Np::new("x", "allow-client-a-via-pod-selector", pod_a())
+                .ingress(vec![rule])
+                .json(),
+        ),
         probe(80, Tcp, c.reach().expect_all_ingress("x/a", false)),
         Step::LabelPod {
             pod: super::model::pod("x/b"),
@@ -336,7 +416,9 @@ fn ingress_from_updated_pod(c: &Ctx) -> Vec<Step> {
         probe(
             80,
             Tcp,
-            c.reach().expect_all_ingress("x/a", false).expect("x/b", "x/a", true),
+            c.reach()
+                .expect_all_ingress("x/a", false)
+                .expect("x/b", "x/a", true),
         ),
     ]
 }
@@ -344,7 +426,11 @@ fn ingress_from_updated_pod(c: &Ctx) -> Vec<Step> {
 fn deny_ingress_other_namespaces(c: &Ctx) -> Vec<Step> {
     let rule = ingress_rule(vec![peer_pods(sel_all())], vec![]);
     vec![
-        apply(Np::new("x", "deny-empty-policy", sel_all()).ingress(vec![rule]).json()),
+        apply(
+            Np::new("x", "deny-empty-policy", sel_all())
+                .ingress(vec![rule])
+                .json(),
+        ),
         probe(
             80,
             Tcp,
@@ -358,7 +444,11 @@ fn deny_ingress_other_namespaces(c: &Ctx) -> Vec<Step> {
 fn deny_ingress_updated_pod(c: &Ctx) -> Vec<Step> {
     let sel = sel_labels(&[("target", "isolated")]);
     vec![
-        apply(Np::new("x", "deny-ingress-via-label-selector", sel).ingress(vec![]).json()),
+        apply(
+            Np::new("x", "deny-ingress-via-label-selector", sel)
+                .ingress(vec![])
+                .json(),
+        ),
         probe(80, Tcp, c.reach()),
         Step::LabelPod {
             pod: super::model::pod("x/a"),
@@ -371,21 +461,36 @@ fn deny_ingress_updated_pod(c: &Ctx) -> Vec<Step> {
 
 fn deny_egress_pod_selector(c: &Ctx) -> Vec<Step> {
     vec![
-        apply(Np::new("x", "deny-egress-pod-a", pod_a()).egress(vec![]).json()),
+        apply(
+            Np::new("x", "deny-egress-pod-a", pod_a())
+                .egress(vec![])
+                .json(),
+        ),
         probe(80, Tcp, c.reach().expect_all_egress("x/a", false)),
     ]
 }
 
 fn deny_egress_namespace(c: &Ctx) -> Vec<Step> {
     vec![
-        apply(Np::new("x", "deny-egress-ns-x", sel_all()).egress(vec![]).json()),
-        probe(80, Tcp, c.reach().expect_peer(Peer::ns("x"), Peer::any(), false)),
+        apply(
+            Np::new("x", "deny-egress-ns-x", sel_all())
+                .egress(vec![])
+                .json(),
+        ),
+        probe(
+            80,
+            Tcp,
+            c.reach().expect_peer(Peer::ns("x"), Peer::any(), false),
+        ),
     ]
 }
 
 fn ingress_egress_together(c: &Ctx) -> Vec<Step> {
     let mut policy = Np::new("x", "allow-client-a-via-pod-selector", pod_a())
-        .ingress(vec![ingress_rule(vec![peer_pods(sel_labels(&[("pod", "b")]))], vec![])])
+        .ingress(vec![ingress_rule(
+            vec![peer_pods(sel_labels(&[("pod", "b")]))],
+            vec![],
+        )])
         .egress(vec![egress_rule(vec![], vec![port_num(80, None)])])
         .json();
     policy["spec"]["policyTypes"] = serde_json::json!(["Egress", "Ingress"]);
@@ -394,7 +499,9 @@ fn ingress_egress_together(c: &Ctx) -> Vec<Step> {
         probe(
             80,
             Tcp,
-            c.reach().expect_all_ingress("x/a", false).expect("x/b", "x/a", true),
+            c.reach()
+                .expect_all_ingress("x/a", false)
+                .expect("x/b", "x/a", true),
         ),
         probe(
             81,
@@ -411,16 +518,24 @@ fn client_side_egress_denial(c: &Ctx) -> Vec<Step> {
     let egress = egress_rule(vec![peer_ns_pods(ns_is("y"), pod_a())], vec![]);
     let ingress = ingress_rule(vec![peer_ns_pods(ns_is("x"), pod_a())], vec![]);
     vec![
-        apply(Np::new("x", "allow-to-ns-y-pod-a", pod_a()).egress(vec![egress]).json()),
+        apply(
+            Np::new("x", "allow-to-ns-y-pod-a", pod_a())
+                .egress(vec![egress])
+                .json(),
+        ),
         apply(
             Np::new("y", "allow-from-xa-on-ya-match-selector", pod_a())
                 .ingress(vec![ingress.clone()])
                 .json(),
         ),
         apply(
-            Np::new("y", "allow-from-xa-on-yb-match-selector", sel_labels(&[("pod", "b")]))
-                .ingress(vec![ingress])
-                .json(),
+            Np::new(
+                "y",
+                "allow-from-xa-on-yb-match-selector",
+                sel_labels(&[("pod", "b")]),
+            )
+            .ingress(vec![ingress])
+            .json(),
         ),
         probe(
             80,
@@ -437,11 +552,17 @@ fn client_side_egress_denial(c: &Ctx) -> Vec<Step> {
 fn egress_to_other_namespace_pod(c: &Ctx) -> Vec<Step> {
     let egress = egress_rule(vec![peer_ns_pods(ns_is("y"), pod_a())], vec![]);
     vec![
-        apply(Np::new("x", "allow-to-ns-y-pod-a", pod_a()).egress(vec![egress]).json()),
+        apply(
+            Np::new("x", "allow-to-ns-y-pod-a", pod_a())
+                .egress(vec![egress])
+                .json(),
+        ),
         probe(
             80,
             Tcp,
-            c.reach().expect_all_egress("x/a", false).expect("x/a", "y/a", true),
+            c.reach()
+                .expect_all_egress("x/a", false)
+                .expect("x/a", "y/a", true),
         ),
     ]
 }
@@ -449,18 +570,39 @@ fn egress_to_other_namespace_pod(c: &Ctx) -> Vec<Step> {
 fn ingress_any_port_one_protocol(c: &Ctx) -> Vec<Step> {
     let rule = ingress_rule(vec![], vec![port_proto(Tcp)]);
     vec![
-        apply(Np::new("x", "allow-ingress-by-proto", pod_a()).ingress(vec![rule]).json()),
+        apply(
+            Np::new("x", "allow-ingress-by-proto", pod_a())
+                .ingress(vec![rule])
+                .json(),
+        ),
         probe(80, Tcp, c.reach()),
-        probe(80, Udp, c.reach().expect_peer(Peer::any(), Peer::pod("x", "a"), false)),
+        probe(
+            80,
+            Udp,
+            c.reach()
+                .expect_peer(Peer::any(), Peer::pod("x", "a"), false),
+        ),
     ]
 }
 
 fn ingress_allow_all_precedence(c: &Ctx) -> Vec<Step> {
     let rule = ingress_rule(vec![], vec![port_num(80, None)]);
     vec![
-        apply(Np::new("x", "allow-ingress-port-80", sel_all()).ingress(vec![rule]).json()),
-        probe(81, Tcp, c.reach().expect_peer(Peer::any(), Peer::ns("x"), false)),
-        apply(Np::new("x", "allow-ingress", sel_all()).ingress(vec![serde_json::json!({})]).json()),
+        apply(
+            Np::new("x", "allow-ingress-port-80", sel_all())
+                .ingress(vec![rule])
+                .json(),
+        ),
+        probe(
+            81,
+            Tcp,
+            c.reach().expect_peer(Peer::any(), Peer::ns("x"), false),
+        ),
+        apply(
+            Np::new("x", "allow-ingress", sel_all())
+                .ingress(vec![serde_json::json!({})])
+                .json(),
+        ),
         probe(81, Tcp, c.reach()),
     ]
 }
@@ -468,16 +610,33 @@ fn ingress_allow_all_precedence(c: &Ctx) -> Vec<Step> {
 fn egress_allow_all_precedence(c: &Ctx) -> Vec<Step> {
     let rule = egress_rule(vec![], vec![port_num(80, None)]);
     vec![
-        apply(Np::new("x", "allow-egress-port-80", sel_all()).egress(vec![rule]).json()),
-        probe(81, Tcp, c.reach().expect_peer(Peer::ns("x"), Peer::any(), false)),
-        apply(Np::new("x", "allow-egress", sel_all()).egress(vec![serde_json::json!({})]).json()),
+        apply(
+            Np::new("x", "allow-egress-port-80", sel_all())
+                .egress(vec![rule])
+                .json(),
+        ),
+        probe(
+            81,
+            Tcp,
+            c.reach().expect_peer(Peer::ns("x"), Peer::any(), false),
+        ),
+        apply(
+            Np::new("x", "allow-egress", sel_all())
+                .egress(vec![serde_json::json!({})])
+                .json(),
+        ),
         probe(81, Tcp, c.reach()),
     ]
 }
 
 fn stop_enforcing_after_delete(c: &Ctx) -> Vec<Step> {
     vec![
-        apply(Np::new("x", "deny-all", sel_all()).ingress(vec![]).egress(vec![]).json()),
+        apply(
+            Np::new("x", "deny-all", sel_all())
+                .ingress(vec![])
+                .egress(vec![])
+                .json(),
+        ),
         probe(
             80,
             Tcp,
@@ -501,7 +660,9 @@ fn egress_to_cidr(c: &Ctx) -> Vec<Step> {
         probe(
             80,
             Tcp,
-            c.reach().expect_all_egress("x/a", false).expect("x/a", "y/b", true),
+            c.reach()
+                .expect_all_egress("x/a", false)
+                .expect("x/a", "y/b", true),
         ),
     ]
 }
@@ -535,7 +696,9 @@ fn cidr_and_except_overlap(c: &Ctx) -> Vec<Step> {
         probe(
             80,
             Tcp,
-            c.reach().expect_all_egress("x/a", false).expect("x/a", "x/b", true),
+            c.reach()
+                .expect_all_egress("x/a", false)
+                .expect("x/a", "x/b", true),
         ),
     ]
 }
@@ -548,7 +711,11 @@ fn ingress_egress_independent(c: &Ctx) -> Vec<Step> {
                 .json(),
         ),
         probe(80, Tcp, c.reach()),
-        apply(Np::new("x", "deny-ingress-via-label-selector", pod_a()).ingress(vec![]).json()),
+        apply(
+            Np::new("x", "deny-ingress-via-label-selector", pod_a())
+                .ingress(vec![])
+                .json(),
+        ),
         probe(80, Tcp, c.reach().expect_all_ingress("x/a", false)),
     ]
 }
@@ -556,13 +723,21 @@ fn ingress_egress_independent(c: &Ctx) -> Vec<Step> {
 fn sctp_not_tcp(c: &Ctx) -> Vec<Step> {
     let rule = ingress_rule(vec![], vec![port_num(81, Some(Sctp))]);
     vec![
-        apply(Np::new("x", "deny-ingress", sel_all()).ingress(vec![]).json()),
+        apply(
+            Np::new("x", "deny-ingress", sel_all())
+                .ingress(vec![])
+                .json(),
+        ),
         apply(
             Np::new("x", "allow-only-sctp-ingress-on-port-81", pod_a())
                 .ingress(vec![rule])
                 .json(),
         ),
-        probe(81, Tcp, c.reach().expect_peer(Peer::any(), Peer::ns("x"), false)),
+        probe(
+            81,
+            Tcp,
+            c.reach().expect_peer(Peer::any(), Peer::ns("x"), false),
+        ),
     ]
 }
 
@@ -575,14 +750,26 @@ fn isolated_by_other_protocol(c: &Ctx, name: &str, port: u16, proto: Proto) -> V
 }
 
 fn egress_ns_match_expressions_default_label(c: &Ctx) -> Vec<Step> {
-    let rule = egress_rule(vec![peer_ns(sel_expr(NS_NAME_LABEL, "NotIn", &["y"]))], vec![]);
+    let rule = egress_rule(
+        vec![peer_ns(sel_expr(NS_NAME_LABEL, "NotIn", &["y"]))],
+        vec![],
+    );
     vec![
         apply(
-            Np::new("x", "allow-ns-y-match-selector-for-immutable-ns-label", pod_a())
-                .egress(vec![rule])
-                .json(),
+            Np::new(
+                "x",
+                "allow-ns-y-match-selector-for-immutable-ns-label",
+                pod_a(),
+            )
+            .egress(vec![rule])
+            .json(),
         ),
-        probe(80, Tcp, c.reach().expect_peer(Peer::pod("x", "a"), Peer::ns("y"), false)),
+        probe(
+            80,
+            Tcp,
+            c.reach()
+                .expect_peer(Peer::pod("x", "a"), Peer::ns("y"), false),
+        ),
     ]
 }
 
@@ -597,13 +784,21 @@ const fn tcp(title: &'static str, build: fn(&Ctx) -> Vec<Step>) -> Case {
 /// Every case of upstream's TCP context, in upstream's order.
 pub fn tcp_cases() -> Vec<Case> {
     vec![
-        tcp("should support a 'default-deny-ingress' policy", |c| default_deny_ingress(c, Tcp)),
-        tcp("should support a 'default-deny-all' policy", default_deny_all),
+        tcp("should support a 'default-deny-ingress' policy", |c| {
+            default_deny_ingress(c, Tcp)
+        }),
+        tcp(
+            "should support a 'default-deny-all' policy",
+            default_deny_all,
+        ),
         tcp(
             "should enforce policy to allow traffic from pods within server namespace based on PodSelector",
             |c| pod_selector_within_namespace(c, sel_labels(&[("pod", "b")])),
         ),
-        tcp("should enforce policy to allow ingress traffic for a target", ingress_for_target),
+        tcp(
+            "should enforce policy to allow ingress traffic for a target",
+            ingress_for_target,
+        ),
         tcp(
             "should enforce policy to allow ingress traffic from pods in all namespaces",
             ingress_from_all_namespaces,
@@ -612,42 +807,88 @@ pub fn tcp_cases() -> Vec<Case> {
             "should enforce policy to allow traffic only from a different namespace, based on NamespaceSelector",
             |c| only_from_namespace_y(c, "allow-client-a-via-ns-selector", ns_is("y"), None),
         ),
-        tcp("should enforce policy based on PodSelector with MatchExpressions", |c| {
-            pod_selector_within_namespace(c, sel_expr("pod", "In", &["b"]))
-        }),
-        tcp("should enforce policy based on NamespaceSelector with MatchExpressions", |c| {
-            only_from_namespace_y(
-                c,
-                "allow-ns-y-match-selector",
-                sel_expr(NS_NAME_LABEL, "In", &["y"]),
-                None,
-            )
-        }),
-        tcp("should enforce policy based on PodSelector or NamespaceSelector", pod_or_namespace_selector),
-        tcp("should enforce policy based on PodSelector and NamespaceSelector", pod_and_namespace_selector),
+        tcp(
+            "should enforce policy based on PodSelector with MatchExpressions",
+            |c| pod_selector_within_namespace(c, sel_expr("pod", "In", &["b"])),
+        ),
+        tcp(
+            "should enforce policy based on NamespaceSelector with MatchExpressions",
+            |c| {
+                only_from_namespace_y(
+                    c,
+                    "allow-ns-y-match-selector",
+                    sel_expr(NS_NAME_LABEL, "In", &["y"]),
+                    None,
+                )
+            },
+        ),
+        tcp(
+            "should enforce policy based on PodSelector or NamespaceSelector",
+            pod_or_namespace_selector,
+        ),
+        tcp(
+            "should enforce policy based on PodSelector and NamespaceSelector",
+            pod_and_namespace_selector,
+        ),
         tcp(
             "should enforce policy based on Multiple PodSelectors and NamespaceSelectors",
             multiple_pod_and_namespace_selectors,
         ),
-        tcp("should enforce policy based on any PodSelectors", any_pod_selectors),
+        tcp(
+            "should enforce policy based on any PodSelectors",
+            any_pod_selectors,
+        ),
         tcp(
             "should enforce policy to allow traffic only from a pod in a different namespace based on PodSelector and NamespaceSelector",
             |c| only_from_y_a(c, Tcp),
         ),
         tcp("should enforce policy based on Ports", ports_tcp),
-        tcp("should enforce multiple, stacked policies with overlapping podSelectors", stacked_policies),
+        tcp(
+            "should enforce multiple, stacked policies with overlapping podSelectors",
+            stacked_policies,
+        ),
         tcp("should support allow-all policy", allow_all),
-        tcp("should allow ingress access on one named port", ingress_one_named_port),
-        tcp("should allow ingress access from namespace on one named port", ingress_from_namespace_named_port),
-        tcp("should allow egress access on one named port", egress_one_named_port),
+        tcp(
+            "should allow ingress access on one named port",
+            ingress_one_named_port,
+        ),
+        tcp(
+            "should allow ingress access from namespace on one named port",
+            ingress_from_namespace_named_port,
+        ),
+        tcp(
+            "should allow egress access on one named port",
+            egress_one_named_port,
+        ),
         tcp("should enforce updated policy", updated_policy),
-        tcp("should allow ingress access from updated namespace", ingress_from_updated_namespace),
-        tcp("should allow ingress access from updated pod", ingress_from_updated_pod),
-        tcp("should deny ingress from pods on other namespaces", deny_ingress_other_namespaces),
-        tcp("should deny ingress access to updated pod", deny_ingress_updated_pod),
-        tcp("should deny egress from pods based on PodSelector", deny_egress_pod_selector),
-        tcp("should deny egress from all pods in a namespace", deny_egress_namespace),
-        tcp("should work with Ingress, Egress specified together", ingress_egress_together),
+        tcp(
+            "should allow ingress access from updated namespace",
+            ingress_from_updated_namespace,
+        ),
+        tcp(
+            "should allow ingress access from updated pod",
+            ingress_from_updated_pod,
+        ),
+        tcp(
+            "should deny ingress from pods on other namespaces",
+            deny_ingress_other_namespaces,
+        ),
+        tcp(
+            "should deny ingress access to updated pod",
+            deny_ingress_updated_pod,
+        ),
+        tcp(
+            "should deny egress from pods based on PodSelector",
+            deny_egress_pod_selector,
+        ),
+        tcp(
+            "should deny egress from all pods in a namespace",
+            deny_egress_namespace,
+        ),
+        tcp(
+            "should work with Ingress, Egress specified together",
+            ingress_egress_together,
+        ),
         tcp(
             "should support denying of egress traffic on the client side (even if the server explicitly allows this traffic)",
             client_side_egress_denial,
@@ -668,10 +909,22 @@ pub fn tcp_cases() -> Vec<Case> {
             "should enforce multiple egress policies with egress allow-all policy taking precedence",
             egress_allow_all_precedence,
         ),
-        tcp("should stop enforcing policies after they are deleted", stop_enforcing_after_delete),
-        tcp("should allow egress access to server in CIDR block", egress_to_cidr),
-        tcp("should enforce except clause while egress access to server in CIDR block", egress_cidr_except),
-        tcp("should ensure an IP overlapping both IPBlock.CIDR and IPBlock.Except is allowed", cidr_and_except_overlap),
+        tcp(
+            "should stop enforcing policies after they are deleted",
+            stop_enforcing_after_delete,
+        ),
+        tcp(
+            "should allow egress access to server in CIDR block",
+            egress_to_cidr,
+        ),
+        tcp(
+            "should enforce except clause while egress access to server in CIDR block",
+            egress_cidr_except,
+        ),
+        tcp(
+            "should ensure an IP overlapping both IPBlock.CIDR and IPBlock.Except is allowed",
+            cidr_and_except_overlap,
+        ),
         tcp(
             "should enforce policies to check ingress and egress policies can be controlled independently based on PodSelector",
             ingress_egress_independent,
@@ -684,9 +937,10 @@ pub fn tcp_cases() -> Vec<Case> {
             "should properly isolate pods that are selected by a policy allowing SCTP, even if the plugin doesn't support SCTP",
             |c| isolated_by_other_protocol(c, "allow-only-sctp-ingress-on-port-80", 80, Sctp),
         ),
-        tcp("should not allow access by TCP when a policy specifies only UDP", |c| {
-            isolated_by_other_protocol(c, "allow-only-udp-ingress-on-port-81", 81, Udp)
-        }),
+        tcp(
+            "should not allow access by TCP when a policy specifies only UDP",
+            |c| isolated_by_other_protocol(c, "allow-only-udp-ingress-on-port-81", 81, Udp),
+        ),
         tcp(
             "should enforce policy to allow traffic based on NamespaceSelector with MatchLabels using default ns label",
             |c| {
@@ -710,12 +964,26 @@ fn per_protocol(ctx: &'static str, proto: Proto) -> Vec<Case> {
     let build: [fn(&Ctx) -> Vec<Step>; 3] = match proto {
         Udp => [
             |c| default_deny_ingress(c, Udp),
-            |c| only_from_namespace_y(c, "allow-ingress-on-port-81-ns-x", ns_is("y"), Some((81, Udp))),
+            |c| {
+                only_from_namespace_y(
+                    c,
+                    "allow-ingress-on-port-81-ns-x",
+                    ns_is("y"),
+                    Some((81, Udp)),
+                )
+            },
             |c| only_from_y_a(c, Udp),
         ],
         _ => [
             |c| default_deny_ingress(c, Sctp),
-            |c| only_from_namespace_y(c, "allow-ingress-on-port-81-ns-x", ns_is("y"), Some((81, Sctp))),
+            |c| {
+                only_from_namespace_y(
+                    c,
+                    "allow-ingress-on-port-81-ns-x",
+                    ns_is("y"),
+                    Some((81, Sctp)),
+                )
+            },
             |c| only_from_y_a(c, Sctp),
         ],
     };
