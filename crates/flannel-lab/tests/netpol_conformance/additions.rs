@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 
-use super::case::{Case, Ctx, Origin, Step, apply, probe};
+use super::case::{Case, Ctx, Origin, Step, apply, probe, tcp80};
 use super::model::{NS_NAME_LABEL, Proto, pod};
 use super::policies::{
     Np, egress_rule, host_cidr, ingress_rule, peer_ip_block, peer_ns, peer_ns_pods, peer_pods,
@@ -21,27 +21,19 @@ use Proto::{Tcp, Udp};
 fn ingress_end_port(c: &Ctx) -> Vec<Step> {
     let rule = ingress_rule(vec![], vec![port_range(81, 90, Some(Tcp))]);
     vec![
-        apply(
-            Np::new("x", "allow-81-to-90", sel_labels(&[("pod", "a")]))
-                .ingress(vec![rule])
-                .json(),
-        ),
+        apply(Np::new("x", "allow-81-to-90", sel_labels(&[("pod", "a")])).ingress(vec![rule])),
         probe(81, Tcp, c.reach()),
-        probe(80, Tcp, c.reach().expect_all_ingress("x/a", false)),
+        tcp80(c.reach().expect_all_ingress("x/a", false)),
     ]
 }
 
 fn egress_end_port(c: &Ctx) -> Vec<Step> {
     let rule = egress_rule(vec![], vec![port_range(79, 80, Some(Udp))]);
     vec![
-        apply(
-            Np::new("x", "egress-udp-79-to-80", sel_labels(&[("pod", "a")]))
-                .egress(vec![rule])
-                .json(),
-        ),
+        apply(Np::new("x", "egress-udp-79-to-80", sel_labels(&[("pod", "a")])).egress(vec![rule])),
         probe(80, Udp, c.reach()),
         probe(81, Udp, c.reach().expect_all_egress("x/a", false)),
-        probe(80, Tcp, c.reach().expect_all_egress("x/a", false)),
+        tcp80(c.reach().expect_all_egress("x/a", false)),
     ]
 }
 
@@ -54,22 +46,14 @@ fn namespace_label_removed(c: &Ctx) -> Vec<Step> {
             key: "ns2",
             value: Some("updated"),
         },
-        apply(
-            Np::new("x", "allow-from-ns2", sel_labels(&[("pod", "a")]))
-                .ingress(vec![rule])
-                .json(),
-        ),
-        probe(
-            80,
-            Tcp,
-            denied.clone().expect_peer(Peer::ns("y"), Peer::any(), true),
-        ),
+        apply(Np::new("x", "allow-from-ns2", sel_labels(&[("pod", "a")])).ingress(vec![rule])),
+        tcp80(denied.clone().expect_peer(Peer::ns("y"), Peer::any(), true)),
         Step::LabelNamespace {
             ns: "y",
             key: "ns2",
             value: None,
         },
-        probe(80, Tcp, denied),
+        tcp80(denied),
     ]
 }
 
@@ -84,12 +68,9 @@ fn pod_label_removed(c: &Ctx) -> Vec<Step> {
         apply(
             Np::new("x", "deny-isolated", sel)
                 .ingress(vec![])
-                .egress(vec![])
-                .json(),
+                .egress(vec![]),
         ),
-        probe(
-            80,
-            Tcp,
+        tcp80(
             c.reach()
                 .expect_all_ingress("x/b", false)
                 .expect_all_egress("x/b", false),
@@ -99,7 +80,7 @@ fn pod_label_removed(c: &Ctx) -> Vec<Step> {
             key: "target",
             value: None,
         },
-        probe(80, Tcp, c.reach()),
+        tcp80(c.reach()),
     ]
 }
 
@@ -126,27 +107,19 @@ fn recreated_pod(c: &Ctx) -> Vec<Step> {
         .expect_all_ingress("y/a", false)
         .expect("x/b", "y/a", true);
     vec![
-        apply(
-            Np::new("x", "isolate-b", sel_labels(&[("pod", "b")]))
-                .ingress(vec![])
-                .json(),
-        ),
-        apply(
-            Np::new("y", "a-from-x-b", sel_labels(&[("pod", "a")]))
-                .ingress(vec![peer])
-                .json(),
-        ),
-        probe(80, Tcp, expected.clone()),
+        apply(Np::new("x", "isolate-b", sel_labels(&[("pod", "b")])).ingress(vec![])),
+        apply(Np::new("y", "a-from-x-b", sel_labels(&[("pod", "a")])).ingress(vec![peer])),
+        tcp80(expected.clone()),
         Step::RecreatePod {
             pod: pod("x/b"),
             labels: labels(&[("pod", "b")]),
         },
-        probe(80, Tcp, expected),
+        tcp80(expected),
         Step::RecreatePod {
             pod: pod("x/b"),
             labels: labels(&[("pod", "b-renamed")]),
         },
-        probe(80, Tcp, c.reach().expect_all_ingress("y/a", false)),
+        tcp80(c.reach().expect_all_ingress("y/a", false)),
     ]
 }
 
@@ -157,14 +130,8 @@ fn ingress_ip_block(c: &Ctx) -> Vec<Step> {
         vec![port_num(80, None)],
     );
     vec![
-        apply(
-            Np::new("x", "allow-from-z-c-ip", sel_all())
-                .ingress(vec![rule])
-                .json(),
-        ),
-        probe(
-            80,
-            Tcp,
+        apply(Np::new("x", "allow-from-z-c-ip", sel_all()).ingress(vec![rule])),
+        tcp80(
             c.reach()
                 .expect_peer(Peer::any(), Peer::ns("x"), false)
                 .expect_peer(Peer::pod("z", "c"), Peer::ns("x"), true),
@@ -195,12 +162,9 @@ fn exists_and_does_not_exist(c: &Ctx) -> Vec<Step> {
         },
         apply(
             Np::new("x", "exists-not-exists", sel_labels(&[("pod", "a")]))
-                .ingress(vec![ingress_rule(vec![peer], vec![])])
-                .json(),
+                .ingress(vec![ingress_rule(vec![peer], vec![])]),
         ),
-        probe(
-            80,
-            Tcp,
+        tcp80(
             c.reach()
                 .expect_peer(Peer::ns("y"), Peer::pod("x", "a"), false)
                 .expect("z/c", "x/a", false),
@@ -215,11 +179,7 @@ fn dns_like_egress(c: &Ctx) -> Vec<Step> {
     );
     let same_ns = egress_rule(vec![peer_pods(sel_all())], vec![port_num(81, Some(Tcp))]);
     vec![
-        apply(
-            Np::new("x", "deny-egress-but-dns", sel_all())
-                .egress(vec![dns, same_ns])
-                .json(),
-        ),
+        apply(Np::new("x", "deny-egress-but-dns", sel_all()).egress(vec![dns, same_ns])),
         probe(
             80,
             Udp,
@@ -227,11 +187,7 @@ fn dns_like_egress(c: &Ctx) -> Vec<Step> {
                 .expect_peer(Peer::ns("x"), Peer::any(), false)
                 .expect_peer(Peer::ns("x"), Peer::ns("z"), true),
         ),
-        probe(
-            80,
-            Tcp,
-            c.reach().expect_peer(Peer::ns("x"), Peer::any(), false),
-        ),
+        tcp80(c.reach().expect_peer(Peer::ns("x"), Peer::any(), false)),
         probe(
             81,
             Tcp,
@@ -248,15 +204,9 @@ fn delete_one_of_two(c: &Ctx) -> Vec<Step> {
     let a = sel_labels(&[("pod", "a")]);
     let base = c.reach().expect_all_ingress("x/a", false);
     vec![
-        apply(
-            Np::new("x", "a-from-y", a.clone())
-                .ingress(vec![from_y])
-                .json(),
-        ),
-        apply(Np::new("x", "a-from-z", a).ingress(vec![from_z]).json()),
-        probe(
-            80,
-            Tcp,
+        apply(Np::new("x", "a-from-y", a.clone()).ingress(vec![from_y])),
+        apply(Np::new("x", "a-from-z", a).ingress(vec![from_z])),
+        tcp80(
             base.clone()
                 .expect_peer(Peer::ns("y"), Peer::pod("x", "a"), true)
                 .expect_peer(Peer::ns("z"), Peer::pod("x", "a"), true),
@@ -265,11 +215,7 @@ fn delete_one_of_two(c: &Ctx) -> Vec<Step> {
             ns: "x",
             name: "a-from-y",
         },
-        probe(
-            80,
-            Tcp,
-            base.expect_peer(Peer::ns("z"), Peer::pod("x", "a"), true),
-        ),
+        tcp80(base.expect_peer(Peer::ns("z"), Peer::pod("x", "a"), true)),
     ]
 }
 

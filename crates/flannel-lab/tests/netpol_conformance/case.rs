@@ -112,9 +112,14 @@ impl Case {
     }
 }
 
-/// Shorthand: apply one policy.
-pub fn apply(policy: Value) -> Step {
-    Step::Apply(vec![policy])
+/// Shorthand: apply one policy (a built [`super::policies::Np`] or its JSON).
+pub fn apply(policy: impl Into<Value>) -> Step {
+    Step::Apply(vec![policy.into()])
+}
+
+/// Shorthand: the commonest probe round, TCP port 80.
+pub fn tcp80(expected: Reachability) -> Step {
+    probe(80, Proto::Tcp, expected)
 }
 
 /// Shorthand: one probe round.

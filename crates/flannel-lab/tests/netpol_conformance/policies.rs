@@ -165,6 +165,12 @@ impl Np {
     }
 }
 
+impl From<Np> for Value {
+    fn from(np: Np) -> Value {
+        np.json()
+    }
+}
+
 /// `ip/32` or `ip/128`: the CIDR of exactly one pod.
 pub fn host_cidr(ip: IpAddr) -> String {
     match ip {

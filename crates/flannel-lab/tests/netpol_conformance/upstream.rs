@@ -4,7 +4,7 @@
 //!
 //! Policies are data and follow upstream's shapes; names of policies are upstream's.
 
-use super::case::{Case, Ctx, Origin, Step, apply, probe};
+use super::case::{Case, Ctx, Origin, Step, apply, probe, tcp80};
 use super::model::{NS_NAME_LABEL, Proto};
 use super::policies::{
     Np, egress_rule, host_cidr, ingress_rule, large_cidr, peer_ip_block, peer_ns, peer_ns_pods,
@@ -28,11 +28,7 @@ fn ns_is(ns: &str) -> serde_json::Value {
 
 fn default_deny_ingress(c: &Ctx, proto: Proto) -> Vec<Step> {
     vec![
-        apply(
-            Np::new("x", "deny-ingress", sel_all())
-                .ingress(vec![])
-                .json(),
-        ),
+        apply(Np::new("x", "deny-ingress", sel_all()).ingress(vec![])),
         probe(
             80,
             proto,
@@ -46,12 +42,9 @@ fn default_deny_all(c: &Ctx) -> Vec<Step> {
         apply(
             Np::new("x", "deny-all", sel_all())
                 .ingress(vec![])
-                .egress(vec![])
-                .json(),
+                .egress(vec![]),
         ),
-        probe(
-            80,
-            Tcp,
+        tcp80(
             c.reach()
                 .expect_peer(Peer::any(), Peer::ns("x"), false)
                 .expect_peer(Peer::ns("x"), Peer::any(), false),
@@ -62,14 +55,8 @@ fn default_deny_all(c: &Ctx) -> Vec<Step> {
 fn pod_selector_within_namespace(c: &Ctx, sel_b: serde_json::Value) -> Vec<Step> {
     let rule = ingress_rule(vec![peer_pods(sel_b)], vec![]);
     vec![
-        apply(
-            Np::new("x", "x-a-allows-x-b", pod_a())
-                .ingress(vec![rule])
-                .json(),
-        ),
-        probe(
-            80,
-            Tcp,
+        apply(Np::new("x", "x-a-allows-x-b", pod_a()).ingress(vec![rule])),
+        tcp80(
             c.reach()
                 .expect_all_ingress("x/a", false)
                 .expect("x/b", "x/a", true),
@@ -80,15 +67,9 @@ fn pod_selector_within_namespace(c: &Ctx, sel_b: serde_json::Value) -> Vec<Step>
 fn ingress_for_target(c: &Ctx) -> Vec<Step> {
     let rule = ingress_rule(vec![peer_ns_pods(sel_all(), sel_all())], vec![]);
     vec![
-        apply(Np::new("x", "deny-all", sel_all()).ingress(vec![]).json()),
-        apply(
-            Np::new("x", "allow-all-to-a", pod_a())
-                .ingress(vec![rule])
-                .json(),
-        ),
-        probe(
-            80,
-            Tcp,
+        apply(Np::new("x", "deny-all", sel_all()).ingress(vec![])),
+        apply(Np::new("x", "allow-all-to-a", pod_a()).ingress(vec![rule])),
+        tcp80(
             c.reach()
                 .expect_all_ingress("x/a", true)
                 .expect_all_ingress("x/b", false)
@@ -100,12 +81,8 @@ fn ingress_for_target(c: &Ctx) -> Vec<Step> {
 fn ingress_from_all_namespaces(c: &Ctx) -> Vec<Step> {
     let rule = ingress_rule(vec![peer_ns(sel_all())], vec![]);
     vec![
-        apply(
-            Np::new("x", "allow-from-another-ns", pod_a())
-                .ingress(vec![rule])
-                .json(),
-        ),
-        probe(80, Tcp, c.reach()),
+        apply(Np::new("x", "allow-from-another-ns", pod_a()).ingress(vec![rule])),
+        tcp80(c.reach()),
     ]
 }
 
@@ -124,7 +101,7 @@ fn only_from_namespace_y(
         .unwrap_or_default();
     let rule = ingress_rule(vec![peer_ns(ns_sel)], ports);
     vec![
-        apply(Np::new("x", name, pod_a()).ingress(vec![rule]).json()),
+        apply(Np::new("x", name, pod_a()).ingress(vec![rule])),
         probe(
             port,
             proto,
@@ -144,14 +121,8 @@ fn pod_or_namespace_selector(c: &Ctx) -> Vec<Step> {
         vec![],
     );
     vec![
-        apply(
-            Np::new("x", "allow-ns-y-match-selector", pod_a())
-                .ingress(vec![rule])
-                .json(),
-        ),
-        probe(
-            80,
-            Tcp,
+        apply(Np::new("x", "allow-ns-y-match-selector", pod_a()).ingress(vec![rule])),
+        tcp80(
             c.reach()
                 .expect("x/a", "x/a", false)
                 .expect("x/c", "x/a", false),
@@ -168,14 +139,8 @@ fn pod_and_namespace_selector(c: &Ctx) -> Vec<Step> {
         vec![],
     );
     vec![
-        apply(
-            Np::new("x", "allow-ns-y-podselector-and-nsselector", pod_a())
-                .ingress(vec![rule])
-                .json(),
-        ),
-        probe(
-            80,
-            Tcp,
+        apply(Np::new("x", "allow-ns-y-podselector-and-nsselector", pod_a()).ingress(vec![rule])),
+        tcp80(
             c.reach()
                 .expect_all_ingress("x/a", false)
                 .expect("y/b", "x/a", true)
@@ -193,14 +158,8 @@ fn multiple_pod_and_namespace_selectors(c: &Ctx) -> Vec<Step> {
         vec![],
     );
     vec![
-        apply(
-            Np::new("x", "allow-ns-y-z-pod-b-c", pod_a())
-                .ingress(vec![rule])
-                .json(),
-        ),
-        probe(
-            80,
-            Tcp,
+        apply(Np::new("x", "allow-ns-y-z-pod-b-c", pod_a()).ingress(vec![rule])),
+        tcp80(
             c.reach()
                 .expect_peer(Peer::ns("x"), Peer::pod("x", "a"), false)
                 .expect("y/a", "x/a", false)
@@ -218,14 +177,8 @@ fn any_pod_selectors(c: &Ctx) -> Vec<Step> {
         vec![],
     );
     vec![
-        apply(
-            Np::new("x", "allow-ns-x-pod-b-c", pod_a())
-                .ingress(vec![rule])
-                .json(),
-        ),
-        probe(
-            80,
-            Tcp,
+        apply(Np::new("x", "allow-ns-x-pod-b-c", pod_a()).ingress(vec![rule])),
+        tcp80(
             c.reach()
                 .expect_all_ingress("x/a", false)
                 .expect("x/b", "x/a", true)
@@ -239,8 +192,7 @@ fn only_from_y_a(c: &Ctx, proto: Proto) -> Vec<Step> {
     vec![
         apply(
             Np::new("x", "allow-ns-y-pod-a-via-namespace-pod-selector", pod_a())
-                .ingress(vec![rule])
-                .json(),
+                .ingress(vec![rule]),
         ),
         probe(
             80,
@@ -276,24 +228,16 @@ fn stacked_policies(c: &Ctx) -> Vec<Step> {
     vec![
         apply(policy),
         probe(81, Tcp, allow.clone()),
-        probe(80, Tcp, c.reach().expect_all_ingress("x/a", false)),
-        apply(
-            Np::new("x", "allow-client-a-via-ns-selector-80", pod_a())
-                .ingress(vec![rule80])
-                .json(),
-        ),
-        probe(80, Tcp, allow),
+        tcp80(c.reach().expect_all_ingress("x/a", false)),
+        apply(Np::new("x", "allow-client-a-via-ns-selector-80", pod_a()).ingress(vec![rule80])),
+        tcp80(allow),
     ]
 }
 
 fn allow_all(c: &Ctx) -> Vec<Step> {
     vec![
-        apply(
-            Np::new("x", "allow-all", sel_all())
-                .ingress(vec![serde_json::json!({})])
-                .json(),
-        ),
-        probe(80, Tcp, c.reach()),
+        apply(Np::new("x", "allow-all", sel_all()).ingress(vec![serde_json::json!({})])),
+        tcp80(c.reach()),
         probe(81, Tcp, c.reach()),
     ]
 }
@@ -301,17 +245,9 @@ fn allow_all(c: &Ctx) -> Vec<Step> {
 fn ingress_one_named_port(c: &Ctx) -> Vec<Step> {
     let rule = ingress_rule(vec![], vec![port_named("serve-81-tcp", None)]);
     vec![
-        apply(
-            Np::new("x", "allow-all", sel_all())
-                .ingress(vec![rule])
-                .json(),
-        ),
+        apply(Np::new("x", "allow-all", sel_all()).ingress(vec![rule])),
         probe(81, Tcp, c.reach()),
-        probe(
-            80,
-            Tcp,
-            c.reach().expect_peer(Peer::any(), Peer::ns("x"), false),
-        ),
+        tcp80(c.reach().expect_peer(Peer::any(), Peer::ns("x"), false)),
     ]
 }
 
@@ -321,14 +257,8 @@ fn ingress_from_namespace_named_port(c: &Ctx) -> Vec<Step> {
         vec![port_named("serve-80-tcp", Some(Tcp))],
     );
     vec![
-        apply(
-            Np::new("x", "allow-client-a-via-ns-selector-80", pod_a())
-                .ingress(vec![rule])
-                .json(),
-        ),
-        probe(
-            80,
-            Tcp,
+        apply(Np::new("x", "allow-client-a-via-ns-selector-80", pod_a()).ingress(vec![rule])),
+        tcp80(
             c.reach()
                 .expect_peer(Peer::ns("x"), Peer::pod("x", "a"), false)
                 .expect_peer(Peer::ns("z"), Peer::pod("x", "a"), false),
@@ -340,12 +270,8 @@ fn ingress_from_namespace_named_port(c: &Ctx) -> Vec<Step> {
 fn egress_one_named_port(c: &Ctx) -> Vec<Step> {
     let rule = egress_rule(vec![], vec![port_named("serve-80-tcp", None)]);
     vec![
-        apply(
-            Np::new("x", "allow-egress", sel_all())
-                .egress(vec![rule])
-                .json(),
-        ),
-        probe(80, Tcp, c.reach()),
+        apply(Np::new("x", "allow-egress", sel_all()).egress(vec![rule])),
+        tcp80(c.reach()),
         probe(
             81,
             Tcp,
@@ -375,26 +301,18 @@ fn updated_policy(c: &Ctx) -> Vec<Step> {
 fn ingress_from_updated_namespace(c: &Ctx) -> Vec<Step> {
     let rule = ingress_rule(vec![peer_ns(sel_labels(&[("ns2", "updated")]))], vec![]);
     vec![
-        apply(
-            Np::new("x", "allow-client-a-via-ns-selector", pod_a())
-                .ingress(vec![rule])
-                .json(),
-        ),
-        probe(80, Tcp, c.reach().expect_all_ingress("x/a", false)),
+        apply(Np::new("x", "allow-client-a-via-ns-selector", pod_a()).ingress(vec![rule])),
+        tcp80(c.reach().expect_all_ingress("x/a", false)),
         Step::LabelNamespace {
             ns: "y",
             key: "ns2",
             value: Some("updated"),
         },
-        probe(
-            80,
-            Tcp,
-            c.reach().expect_all_ingress("x/a", false).expect_peer(
-                Peer::ns("y"),
-                Peer::any(),
-                true,
-            ),
-        ),
+        tcp80(c.reach().expect_all_ingress("x/a", false).expect_peer(
+            Peer::ns("y"),
+            Peer::any(),
+            true,
+        )),
     ]
 }
 
@@ -402,20 +320,14 @@ fn ingress_from_updated_pod(c: &Ctx) -> Vec<Step> {
     let sel = sel_labels(&[("pod", "b"), ("pod2", "updated")]);
     let rule = ingress_rule(vec![peer_pods(sel)], vec![]);
     vec![
-        apply(
-            Np::new("x", "allow-client-a-via-pod-selector", pod_a())
-                .ingress(vec![rule])
-                .json(),
-        ),
-        probe(80, Tcp, c.reach().expect_all_ingress("x/a", false)),
+        apply(Np::new("x", "allow-client-a-via-pod-selector", pod_a()).ingress(vec![rule])),
+        tcp80(c.reach().expect_all_ingress("x/a", false)),
         Step::LabelPod {
             pod: super::model::pod("x/b"),
             key: "pod2",
             value: Some("updated"),
         },
-        probe(
-            80,
-            Tcp,
+        tcp80(
             c.reach()
                 .expect_all_ingress("x/a", false)
                 .expect("x/b", "x/a", true),
@@ -426,14 +338,8 @@ fn ingress_from_updated_pod(c: &Ctx) -> Vec<Step> {
 fn deny_ingress_other_namespaces(c: &Ctx) -> Vec<Step> {
     let rule = ingress_rule(vec![peer_pods(sel_all())], vec![]);
     vec![
-        apply(
-            Np::new("x", "deny-empty-policy", sel_all())
-                .ingress(vec![rule])
-                .json(),
-        ),
-        probe(
-            80,
-            Tcp,
+        apply(Np::new("x", "deny-empty-policy", sel_all()).ingress(vec![rule])),
+        tcp80(
             c.reach()
                 .expect_peer(Peer::ns("y"), Peer::ns("x"), false)
                 .expect_peer(Peer::ns("z"), Peer::ns("x"), false),
@@ -444,44 +350,28 @@ fn deny_ingress_other_namespaces(c: &Ctx) -> Vec<Step> {
 fn deny_ingress_updated_pod(c: &Ctx) -> Vec<Step> {
     let sel = sel_labels(&[("target", "isolated")]);
     vec![
-        apply(
-            Np::new("x", "deny-ingress-via-label-selector", sel)
-                .ingress(vec![])
-                .json(),
-        ),
-        probe(80, Tcp, c.reach()),
+        apply(Np::new("x", "deny-ingress-via-label-selector", sel).ingress(vec![])),
+        tcp80(c.reach()),
         Step::LabelPod {
             pod: super::model::pod("x/a"),
             key: "target",
             value: Some("isolated"),
         },
-        probe(80, Tcp, c.reach().expect_all_ingress("x/a", false)),
+        tcp80(c.reach().expect_all_ingress("x/a", false)),
     ]
 }
 
 fn deny_egress_pod_selector(c: &Ctx) -> Vec<Step> {
     vec![
-        apply(
-            Np::new("x", "deny-egress-pod-a", pod_a())
-                .egress(vec![])
-                .json(),
-        ),
-        probe(80, Tcp, c.reach().expect_all_egress("x/a", false)),
+        apply(Np::new("x", "deny-egress-pod-a", pod_a()).egress(vec![])),
+        tcp80(c.reach().expect_all_egress("x/a", false)),
     ]
 }
 
 fn deny_egress_namespace(c: &Ctx) -> Vec<Step> {
     vec![
-        apply(
-            Np::new("x", "deny-egress-ns-x", sel_all())
-                .egress(vec![])
-                .json(),
-        ),
-        probe(
-            80,
-            Tcp,
-            c.reach().expect_peer(Peer::ns("x"), Peer::any(), false),
-        ),
+        apply(Np::new("x", "deny-egress-ns-x", sel_all()).egress(vec![])),
+        tcp80(c.reach().expect_peer(Peer::ns("x"), Peer::any(), false)),
     ]
 }
 
@@ -496,9 +386,7 @@ fn ingress_egress_together(c: &Ctx) -> Vec<Step> {
     policy["spec"]["policyTypes"] = serde_json::json!(["Egress", "Ingress"]);
     vec![
         apply(policy),
-        probe(
-            80,
-            Tcp,
+        tcp80(
             c.reach()
                 .expect_all_ingress("x/a", false)
                 .expect("x/b", "x/a", true),
@@ -518,15 +406,10 @@ fn client_side_egress_denial(c: &Ctx) -> Vec<Step> {
     let egress = egress_rule(vec![peer_ns_pods(ns_is("y"), pod_a())], vec![]);
     let ingress = ingress_rule(vec![peer_ns_pods(ns_is("x"), pod_a())], vec![]);
     vec![
-        apply(
-            Np::new("x", "allow-to-ns-y-pod-a", pod_a())
-                .egress(vec![egress])
-                .json(),
-        ),
+        apply(Np::new("x", "allow-to-ns-y-pod-a", pod_a()).egress(vec![egress])),
         apply(
             Np::new("y", "allow-from-xa-on-ya-match-selector", pod_a())
-                .ingress(vec![ingress.clone()])
-                .json(),
+                .ingress(vec![ingress.clone()]),
         ),
         apply(
             Np::new(
@@ -534,12 +417,9 @@ fn client_side_egress_denial(c: &Ctx) -> Vec<Step> {
                 "allow-from-xa-on-yb-match-selector",
                 sel_labels(&[("pod", "b")]),
             )
-            .ingress(vec![ingress])
-            .json(),
+            .ingress(vec![ingress]),
         ),
-        probe(
-            80,
-            Tcp,
+        tcp80(
             c.reach()
                 .expect_peer(Peer::pod("x", "a"), Peer::any(), false)
                 .expect_peer(Peer::any(), Peer::pod("y", "a"), false)
@@ -552,14 +432,8 @@ fn client_side_egress_denial(c: &Ctx) -> Vec<Step> {
 fn egress_to_other_namespace_pod(c: &Ctx) -> Vec<Step> {
     let egress = egress_rule(vec![peer_ns_pods(ns_is("y"), pod_a())], vec![]);
     vec![
-        apply(
-            Np::new("x", "allow-to-ns-y-pod-a", pod_a())
-                .egress(vec![egress])
-                .json(),
-        ),
-        probe(
-            80,
-            Tcp,
+        apply(Np::new("x", "allow-to-ns-y-pod-a", pod_a()).egress(vec![egress])),
+        tcp80(
             c.reach()
                 .expect_all_egress("x/a", false)
                 .expect("x/a", "y/a", true),
@@ -570,12 +444,8 @@ fn egress_to_other_namespace_pod(c: &Ctx) -> Vec<Step> {
 fn ingress_any_port_one_protocol(c: &Ctx) -> Vec<Step> {
     let rule = ingress_rule(vec![], vec![port_proto(Tcp)]);
     vec![
-        apply(
-            Np::new("x", "allow-ingress-by-proto", pod_a())
-                .ingress(vec![rule])
-                .json(),
-        ),
-        probe(80, Tcp, c.reach()),
+        apply(Np::new("x", "allow-ingress-by-proto", pod_a()).ingress(vec![rule])),
+        tcp80(c.reach()),
         probe(
             80,
             Udp,
@@ -588,21 +458,13 @@ fn ingress_any_port_one_protocol(c: &Ctx) -> Vec<Step> {
 fn ingress_allow_all_precedence(c: &Ctx) -> Vec<Step> {
     let rule = ingress_rule(vec![], vec![port_num(80, None)]);
     vec![
-        apply(
-            Np::new("x", "allow-ingress-port-80", sel_all())
-                .ingress(vec![rule])
-                .json(),
-        ),
+        apply(Np::new("x", "allow-ingress-port-80", sel_all()).ingress(vec![rule])),
         probe(
             81,
             Tcp,
             c.reach().expect_peer(Peer::any(), Peer::ns("x"), false),
         ),
-        apply(
-            Np::new("x", "allow-ingress", sel_all())
-                .ingress(vec![serde_json::json!({})])
-                .json(),
-        ),
+        apply(Np::new("x", "allow-ingress", sel_all()).ingress(vec![serde_json::json!({})])),
         probe(81, Tcp, c.reach()),
     ]
 }
@@ -610,21 +472,13 @@ fn ingress_allow_all_precedence(c: &Ctx) -> Vec<Step> {
 fn egress_allow_all_precedence(c: &Ctx) -> Vec<Step> {
     let rule = egress_rule(vec![], vec![port_num(80, None)]);
     vec![
-        apply(
-            Np::new("x", "allow-egress-port-80", sel_all())
-                .egress(vec![rule])
-                .json(),
-        ),
+        apply(Np::new("x", "allow-egress-port-80", sel_all()).egress(vec![rule])),
         probe(
             81,
             Tcp,
             c.reach().expect_peer(Peer::ns("x"), Peer::any(), false),
         ),
-        apply(
-            Np::new("x", "allow-egress", sel_all())
-                .egress(vec![serde_json::json!({})])
-                .json(),
-        ),
+        apply(Np::new("x", "allow-egress", sel_all()).egress(vec![serde_json::json!({})])),
         probe(81, Tcp, c.reach()),
     ]
 }
@@ -634,32 +488,23 @@ fn stop_enforcing_after_delete(c: &Ctx) -> Vec<Step> {
         apply(
             Np::new("x", "deny-all", sel_all())
                 .ingress(vec![])
-                .egress(vec![])
-                .json(),
+                .egress(vec![]),
         ),
-        probe(
-            80,
-            Tcp,
+        tcp80(
             c.reach()
                 .expect_peer(Peer::ns("x"), Peer::any(), false)
                 .expect_peer(Peer::any(), Peer::ns("x"), false),
         ),
         Step::DeleteAllPolicies,
-        probe(80, Tcp, c.reach()),
+        tcp80(c.reach()),
     ]
 }
 
 fn egress_to_cidr(c: &Ctx) -> Vec<Step> {
     let rule = egress_rule(vec![peer_ip_block(&host_cidr(c.ip("y/b")), &[])], vec![]);
     vec![
-        apply(
-            Np::new("x", "allow-client-a-via-cidr-egress-rule", pod_a())
-                .egress(vec![rule])
-                .json(),
-        ),
-        probe(
-            80,
-            Tcp,
+        apply(Np::new("x", "allow-client-a-via-cidr-egress-rule", pod_a()).egress(vec![rule])),
+        tcp80(
             c.reach()
                 .expect_all_egress("x/a", false)
                 .expect("x/a", "y/b", true),
@@ -678,7 +523,7 @@ fn cidr_except_policy(c: &Ctx) -> serde_json::Value {
 fn egress_cidr_except(c: &Ctx) -> Vec<Step> {
     vec![
         apply(cidr_except_policy(c)),
-        probe(80, Tcp, c.reach().expect("x/a", "x/b", false)),
+        tcp80(c.reach().expect("x/a", "x/b", false)),
     ]
 }
 
@@ -686,16 +531,10 @@ fn cidr_and_except_overlap(c: &Ctx) -> Vec<Step> {
     let rule = egress_rule(vec![peer_ip_block(&host_cidr(c.ip("x/b")), &[])], vec![]);
     vec![
         apply(cidr_except_policy(c)),
-        probe(80, Tcp, c.reach().expect("x/a", "x/b", false)),
+        tcp80(c.reach().expect("x/a", "x/b", false)),
         // Upstream updates the same policy (same name) to allow only x/b's IP.
-        apply(
-            Np::new("x", "allow-client-a-via-cidr-egress-rule", pod_a())
-                .egress(vec![rule])
-                .json(),
-        ),
-        probe(
-            80,
-            Tcp,
+        apply(Np::new("x", "allow-client-a-via-cidr-egress-rule", pod_a()).egress(vec![rule])),
+        tcp80(
             c.reach()
                 .expect_all_egress("x/a", false)
                 .expect("x/a", "x/b", true),
@@ -705,34 +544,18 @@ fn cidr_and_except_overlap(c: &Ctx) -> Vec<Step> {
 
 fn ingress_egress_independent(c: &Ctx) -> Vec<Step> {
     vec![
-        apply(
-            Np::new("x", "allow-egress-for-target", pod_a())
-                .egress(vec![serde_json::json!({})])
-                .json(),
-        ),
-        probe(80, Tcp, c.reach()),
-        apply(
-            Np::new("x", "deny-ingress-via-label-selector", pod_a())
-                .ingress(vec![])
-                .json(),
-        ),
-        probe(80, Tcp, c.reach().expect_all_ingress("x/a", false)),
+        apply(Np::new("x", "allow-egress-for-target", pod_a()).egress(vec![serde_json::json!({})])),
+        tcp80(c.reach()),
+        apply(Np::new("x", "deny-ingress-via-label-selector", pod_a()).ingress(vec![])),
+        tcp80(c.reach().expect_all_ingress("x/a", false)),
     ]
 }
 
 fn sctp_not_tcp(c: &Ctx) -> Vec<Step> {
     let rule = ingress_rule(vec![], vec![port_num(81, Some(Sctp))]);
     vec![
-        apply(
-            Np::new("x", "deny-ingress", sel_all())
-                .ingress(vec![])
-                .json(),
-        ),
-        apply(
-            Np::new("x", "allow-only-sctp-ingress-on-port-81", pod_a())
-                .ingress(vec![rule])
-                .json(),
-        ),
+        apply(Np::new("x", "deny-ingress", sel_all()).ingress(vec![])),
+        apply(Np::new("x", "allow-only-sctp-ingress-on-port-81", pod_a()).ingress(vec![rule])),
         probe(
             81,
             Tcp,
@@ -744,7 +567,7 @@ fn sctp_not_tcp(c: &Ctx) -> Vec<Step> {
 fn isolated_by_other_protocol(c: &Ctx, name: &str, port: u16, proto: Proto) -> Vec<Step> {
     let rule = ingress_rule(vec![], vec![port_num(port, Some(proto))]);
     vec![
-        apply(Np::new("x", name, pod_a()).ingress(vec![rule]).json()),
+        apply(Np::new("x", name, pod_a()).ingress(vec![rule])),
         probe(81, Tcp, c.reach().expect_all_ingress("x/a", false)),
     ]
 }
@@ -761,12 +584,9 @@ fn egress_ns_match_expressions_default_label(c: &Ctx) -> Vec<Step> {
                 "allow-ns-y-match-selector-for-immutable-ns-label",
                 pod_a(),
             )
-            .egress(vec![rule])
-            .json(),
+            .egress(vec![rule]),
         ),
-        probe(
-            80,
-            Tcp,
+        tcp80(
             c.reach()
                 .expect_peer(Peer::pod("x", "a"), Peer::ns("y"), false),
         ),
