@@ -104,8 +104,7 @@ fn recreated_pod(c: &Ctx) -> Vec<Step> {
     let expected = c
         .reach()
         .expect_all_ingress("x/b", false)
-        .expect_all_ingress("y/a", false)
-        .expect("x/b", "y/a", true);
+        .ingress_only_from("y/a", &["x/b"]);
     vec![
         apply(Np::new("x", "isolate-b", sel_labels(&[("pod", "b")])).ingress(vec![])),
         apply(Np::new("y", "a-from-x-b", sel_labels(&[("pod", "a")])).ingress(vec![peer])),

@@ -76,6 +76,23 @@ impl Reachability {
         self
     }
 
+    /// `to` receives only from `froms` (upstream: `ExpectAllIngress(to, false)` then `Expect`s).
+    pub fn ingress_only_from(self, to: &str, froms: &[&str]) -> Reachability {
+        froms
+            .iter()
+            .fold(self.expect_all_ingress(to, false), |r, f| {
+                r.expect(f, to, true)
+            })
+    }
+
+    /// `from` sends only to `tos` (upstream: `ExpectAllEgress(from, false)` then `Expect`s).
+    pub fn egress_only_to(self, from: &str, tos: &[&str]) -> Reachability {
+        tos.iter()
+            .fold(self.expect_all_egress(from, false), |r, t| {
+                r.expect(from, t, true)
+            })
+    }
+
     /// Every pair whose source matches `from` and destination matches `to`.
     pub fn expect_peer(mut self, from: Peer, to: Peer, connected: bool) -> Reachability {
         for (f, t) in self.expected.pairs() {
@@ -140,5 +157,14 @@ mod tests {
         assert_eq!(t.get(&pod("x/b"), &pod("x/a")), Some(true));
         assert_eq!(t.get(&pod("x/a"), &pod("x/c")), Some(true));
         assert_eq!(t.get(&pod("z/b"), &pod("x/b")), Some(false));
+        let only = super::Reachability::new(Model::standard().all_pods(), true)
+            .ingress_only_from("x/a", &["x/b"])
+            .egress_only_to("z/b", &["y/c"]);
+        let manual = super::Reachability::new(Model::standard().all_pods(), true)
+            .expect_all_ingress("x/a", false)
+            .expect("x/b", "x/a", true)
+            .expect_all_egress("z/b", false)
+            .expect("z/b", "y/c", true);
+        assert_eq!(only.expected, manual.expected);
     }
 }
