@@ -37,9 +37,10 @@ use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::time::Duration;
 
-use case::{Case, Origin, Step, apply, probe};
+use case::{Case, Origin, Step, apply, tcp80};
 use cluster::NetpolCluster;
 use model::{Model, PodRef, Proto, pod};
+use reachability::Peer;
 use reference::{Fault, RefCluster};
 use runner::{FILTER_ENV, Outcome, Runner, Summary, Verdict, setup_model};
 use truth_table::TruthTable;
@@ -250,6 +251,18 @@ impl NetpolCluster for CountingProbes<'_> {
     }
 }
 
+/// A deny-all-ingress in y, expected right, or with one wrong cell (x/a reaching y/b).
+fn deny_all_into_y(c: &case::Ctx, wrong_cell: bool) -> Vec<Step> {
+    let mut expected = c.reach().expect_peer(Peer::any(), Peer::ns("y"), false);
+    if wrong_cell {
+        expected = expected.expect("x/a", "y/b", true);
+    }
+    vec![
+        apply(policies::Np::new("y", "deny-all", policies::sel_all()).ingress(vec![])),
+        tcp80(expected),
+    ]
+}
+
 #[test]
 fn a_wrong_expectation_is_probed_twice_then_fails_with_the_differing_cell() {
     let inner = RefCluster::new(Model::standard(), true, Fault::None);
@@ -260,48 +273,12 @@ fn a_wrong_expectation_is_probed_twice_then_fails_with_the_differing_cell() {
     let wrong = Case {
         title: "deliberately wrong: x/a expected to reach y/b through a deny-all on y",
         origin: Origin::Addition,
-        build: |c| {
-            vec![
-                apply(
-                    policies::Np::new("y", "deny-all", policies::sel_all())
-                        .ingress(vec![])
-                        .json(),
-                ),
-                probe(
-                    80,
-                    Proto::Tcp,
-                    c.reach()
-                        .expect_peer(
-                            reachability::Peer::any(),
-                            reachability::Peer::ns("y"),
-                            false,
-                        )
-                        .expect("x/a", "y/b", true),
-                ),
-            ]
-        },
+        build: |c| deny_all_into_y(c, true),
     };
     let right = Case {
         title: "the same without the wrong cell",
         origin: Origin::Addition,
-        build: |c| {
-            vec![
-                Step::Apply(vec![
-                    policies::Np::new("y", "deny-all", policies::sel_all())
-                        .ingress(vec![])
-                        .json(),
-                ]),
-                probe(
-                    80,
-                    Proto::Tcp,
-                    c.reach().expect_peer(
-                        reachability::Peer::any(),
-                        reachability::Peer::ns("y"),
-                        false,
-                    ),
-                ),
-            ]
-        },
+        build: |c| deny_all_into_y(c, false),
     };
     let outcomes = run_on(&cluster, &[wrong, right], None);
     let Verdict::Failed(why) = &outcomes[0].verdict else {

@@ -260,6 +260,14 @@ impl RefCluster {
     }
 }
 
+/// `kubectl label`: `Some` sets, `None` removes.
+fn set_label(labels: &mut Labels, key: &str, value: Option<&str>) {
+    match value {
+        Some(v) => labels.insert(key.to_owned(), v.to_owned()),
+        None => labels.remove(key),
+    };
+}
+
 fn meta<'v>(obj: &'v Value, field: &str) -> anyhow::Result<&'v str> {
     obj["metadata"][field]
         .as_str()
@@ -315,10 +323,7 @@ impl NetpolCluster for RefCluster {
             .pods
             .get_mut(pod)
             .with_context(|| format!("pod {pod} not found"))?;
-        match value {
-            Some(v) => labels.insert(key.to_owned(), v.to_owned()),
-            None => labels.remove(key),
-        };
+        set_label(labels, key, value);
         Ok(())
     }
 
@@ -328,10 +333,7 @@ impl NetpolCluster for RefCluster {
             .namespaces
             .get_mut(ns)
             .with_context(|| format!("namespace {ns} not found"))?;
-        match value {
-            Some(v) => labels.insert(key.to_owned(), v.to_owned()),
-            None => labels.remove(key),
-        };
+        set_label(labels, key, value);
         Ok(())
     }
 

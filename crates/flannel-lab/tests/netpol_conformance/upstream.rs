@@ -451,21 +451,12 @@ fn egress_allow_all_precedence(c: &Ctx) -> Vec<Step> {
     ]
 }
 
+/// The same deny-all as the 'default-deny-all' case (upstream orders the two expectations the
+/// other way round, to the same table), then all policies deleted.
 fn stop_enforcing_after_delete(c: &Ctx) -> Vec<Step> {
-    vec![
-        apply(
-            Np::new("x", "deny-all", sel_all())
-                .ingress(vec![])
-                .egress(vec![]),
-        ),
-        tcp80(
-            c.reach()
-                .expect_peer(Peer::ns("x"), Peer::any(), false)
-                .expect_peer(Peer::any(), Peer::ns("x"), false),
-        ),
-        Step::DeleteAllPolicies,
-        tcp80(c.reach()),
-    ]
+    let mut steps = default_deny_all(c);
+    steps.extend([Step::DeleteAllPolicies, tcp80(c.reach())]);
+    steps
 }
 
 fn egress_to_cidr(c: &Ctx) -> Vec<Step> {
@@ -739,31 +730,27 @@ pub fn tcp_cases() -> Vec<Case> {
     ]
 }
 
+/// "should enforce policy based on Ports" of the UDP and SCTP contexts.
+fn ports_81_from_y(c: &Ctx, proto: Proto) -> Vec<Step> {
+    only_from_namespace_y(
+        c,
+        "allow-ingress-on-port-81-ns-x",
+        ns_is("y"),
+        Some((81, proto)),
+    )
+}
+
 /// The three cases upstream repeats over UDP and over SCTP.
 fn per_protocol(ctx: &'static str, proto: Proto) -> Vec<Case> {
     let build: [fn(&Ctx) -> Vec<Step>; 3] = match proto {
         Udp => [
             |c| default_deny_ingress(c, Udp),
-            |c| {
-                only_from_namespace_y(
-                    c,
-                    "allow-ingress-on-port-81-ns-x",
-                    ns_is("y"),
-                    Some((81, Udp)),
-                )
-            },
+            |c| ports_81_from_y(c, Udp),
             |c| only_from_y_a(c, Udp),
         ],
         _ => [
             |c| default_deny_ingress(c, Sctp),
-            |c| {
-                only_from_namespace_y(
-                    c,
-                    "allow-ingress-on-port-81-ns-x",
-                    ns_is("y"),
-                    Some((81, Sctp)),
-                )
-            },
+            |c| ports_81_from_y(c, Sctp),
             |c| only_from_y_a(c, Sctp),
         ],
     };
