@@ -67,3 +67,30 @@ pub trait NetpolCluster {
         timeout: Duration,
     ) -> anyhow::Result<TruthTable>;
 }
+
+/// Whether this kernel can open SCTP sockets (the sctp module is built in or loadable): what a
+/// lab implementation of [`NetpolCluster::supports`] answers for SCTP. Protocol support is
+/// kernel-wide, so opening (and at once closing) an unbound socket here tells for every pod.
+pub fn kernel_has_sctp() -> bool {
+    use nix::sys::socket::{AddressFamily, SockFlag, SockProtocol, SockType, socket};
+    socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        SockProtocol::Sctp,
+    )
+    .is_ok()
+}
+
+#[test]
+fn sctp_detection_agrees_with_the_kernels_protocol_list() {
+    let has = kernel_has_sctp();
+    // Read after the probe: opening the socket may have loaded the module.
+    let protocols = std::fs::read_to_string("/proc/net/protocols").expect("procfs");
+    let listed = protocols.lines().any(|l| l.starts_with("SCTP "));
+    assert_eq!(
+        has, listed,
+        "socket says {has}, /proc/net/protocols:\n{protocols}"
+    );
+    println!("kernel SCTP support: {has}");
+}
