@@ -1,0 +1,452 @@
+//! From the cluster state to the table this node should hold: pure and deterministic, so the
+//! same state always gives the same [`Ruleset`] (and `nft::plan` an empty transaction).
+//!
+//! Shape (see the crate doc for the whole table): base chains `ingress` (forward, priority
+//! filter), `egress` (forward, filter - 1) and `egress-input` (input, filter - 1) accept
+//! established and related traffic and send packets to or from an *isolated* local pod to
+//! `ingress-policies` / `egress-policies`. Those jump, per policy and family, to the
+//! policy's chain `<pid>-in` / `<pid>-eg` when the pod is one the policy selects
+//! (`ip daddr @<pid>-sel-v4 jump <pid>-in`); an `accept` there ends the verdict of that base
+//! chain. Whatever no policy accepted is dropped, counted on the first selecting policy's
+//! counter (`<pid>-drop-in`), and logged to NFLOG when asked.
+//!
+//! Per rule `i` of a policy: peers go to the interval set `<pid>-in<i>-peers-v4` (pod IPs and
+//! ipBlocks minus excepts, merged), numeric ports and ranges are written into the rule
+//! (`meta l4proto tcp th dport 80-90`), named ports are resolved per destination pod into
+//! `<pid>-in<i>-named-v4` (`address . protocol . port`). Membership changes are therefore
+//! set-element changes; chains change only when a policy does.
+//!
+//! Only pods of this node are selected (ingress is enforced on the destination's node, egress
+//! on the source's); a policy selecting no local pod has no objects here. A named port in an
+//! egress rule matches only pod destinations (an ipBlock destination has no container ports).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use flannel_types::IpFamily;
+
+use crate::cluster::ClusterState;
+use crate::interval::{IpRange, merge, subtract};
+use crate::model::{NamespaceScope, Peer, Peers, PodInfo, Policy, PortMatch, Ports, Proto, Rule};
+use crate::ruleset::{ChainDef, Element, Hook, Ruleset, SetDef, SetKind, policy_id};
+
+/// Knobs of the compiled ruleset.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CompileOptions {
+    /// NFLOG group for denied packets (`--v>=2`); `None` = no logging.
+    pub nflog_group: Option<u16>,
+}
+
+/// The ruleset `node` should hold for `state`, without logging.
+pub fn compile(state: &ClusterState, node: &str) -> Ruleset {
+    compile_with(state, node, &CompileOptions::default())
+}
+
+/// The ruleset `node` should hold for `state`.
+pub fn compile_with(state: &ClusterState, node: &str, options: &CompileOptions) -> Ruleset {
+    let mut b = Builder {
+        state,
+        options,
+        out: Ruleset::default(),
+        jumps: BTreeMap::new(),
+        drops: BTreeMap::new(),
+    };
+    for dir in [Dir::Ingress, Dir::Egress] {
+        for fam in IpFamily::ALL {
+            b.set(&dir.isolated_set(fam), SetKind::Addr(fam));
+        }
+    }
+    for entry in state.policies() {
+        let selected: Vec<&PodInfo> = state
+            .pods()
+            .filter(|p| p.node.as_deref() == Some(node) && selects(&entry.policy, p))
+            .collect();
+        if !selected.is_empty() {
+            b.policy(&entry.policy, &selected);
+        }
+    }
+    b.finish()
+}
+
+/// Whether a policy selects a pod (its namespace, its pod selector).
+fn selects(policy: &Policy, pod: &PodInfo) -> bool {
+    pod.namespace == policy.namespace && policy.pod_selector.matches(&pod.labels)
+}
+
+/// A direction of enforcement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Dir {
+    Ingress,
+    Egress,
+}
+
+impl Dir {
+    /// `in` / `eg`, in object names.
+    fn tag(self) -> &'static str {
+        match self {
+            Dir::Ingress => "in",
+            Dir::Egress => "eg",
+        }
+    }
+
+    /// The address field of the protected (selected) pod.
+    fn own_side(self) -> &'static str {
+        match self {
+            Dir::Ingress => "daddr",
+            Dir::Egress => "saddr",
+        }
+    }
+
+    /// The address field of the peer.
+    fn peer_side(self) -> &'static str {
+        match self {
+            Dir::Ingress => "saddr",
+            Dir::Egress => "daddr",
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Dir::Ingress => "ingress",
+            Dir::Egress => "egress",
+        }
+    }
+
+    fn isolated_set(self, fam: IpFamily) -> String {
+        format!("{}-isolated-{}", self.name(), suffix(fam))
+    }
+
+    fn policies_chain(self) -> String {
+        format!("{}-policies", self.name())
+    }
+}
+
+/// `v4` / `v6`.
+fn suffix(fam: IpFamily) -> &'static str {
+    fam.pick("v4", "v6")
+}
+
+/// `ip` / `ip6`.
+fn ip_kw(fam: IpFamily) -> &'static str {
+    fam.pick("ip", "ip6")
+}
+
+struct Builder<'a> {
+    state: &'a ClusterState,
+    options: &'a CompileOptions,
+    out: Ruleset,
+    /// `jump` rules of `ingress-policies` / `egress-policies`, in policy order.
+    jumps: BTreeMap<Dir, Vec<String>>,
+    /// Counting drop rules after them.
+    drops: BTreeMap<Dir, Vec<String>>,
+}
+
+impl Builder<'_> {
+    /// Declares a set (empty) if not yet declared and returns its elements.
+    fn set(&mut self, name: &str, kind: SetKind) -> &mut BTreeSet<Element> {
+        &mut self
+            .out
+            .sets
+            .entry(name.to_string())
+            .or_insert_with(|| SetDef {
+                kind,
+                elements: BTreeSet::new(),
+            })
+            .elements
+    }
+
+    fn chain(&mut self, name: &str, hook: Option<Hook>, rules: Vec<String>) {
+        self.out
+            .chains
+            .insert(name.to_string(), ChainDef { hook, rules });
+    }
+
+    /// Everything of one policy that selects `selected` (non-empty) local pods.
+    fn policy(&mut self, policy: &Policy, selected: &[&PodInfo]) {
+        let pid = policy_id(&policy.namespace, &policy.name);
+        let mut own: BTreeMap<IpFamily, Vec<IpAddr>> = BTreeMap::new();
+        for pod in selected {
+            for ip in self.state.owned_ips(pod) {
+                own.entry(IpFamily::of(&ip)).or_default().push(ip);
+            }
+        }
+        if own.is_empty() {
+            return;
+        }
+        self.out.policies.insert(pid.clone(), policy.key());
+        for (fam, ips) in &own {
+            let sel = self.set(&format!("{pid}-sel-{}", suffix(*fam)), SetKind::Addr(*fam));
+            sel.extend(ips.iter().map(|ip| Element::Addr(*ip)));
+        }
+        let families: Vec<IpFamily> = own.keys().copied().collect();
+        for (dir, rules) in [
+            (Dir::Ingress, &policy.ingress),
+            (Dir::Egress, &policy.egress),
+        ] {
+            let Some(rules) = rules else { continue };
+            for (fam, ips) in &own {
+                let isolated = self.set(&dir.isolated_set(*fam), SetKind::Addr(*fam));
+                isolated.extend(ips.iter().map(|ip| Element::Addr(*ip)));
+            }
+            self.direction(&pid, dir, rules, &families, policy, selected);
+        }
+    }
+
+    /// The chain, counter and jump/drop rules of one direction of a policy.
+    fn direction(
+        &mut self,
+        pid: &str,
+        dir: Dir,
+        rules: &[Rule],
+        families: &[IpFamily],
+        policy: &Policy,
+        selected: &[&PodInfo],
+    ) {
+        let chain = format!("{pid}-{}", dir.tag());
+        let counter = format!("{pid}-drop-{}", dir.tag());
+        let mut texts = Vec::new();
+        for (i, rule) in rules.iter().enumerate() {
+            let prefix = format!("{pid}-{}{i}", dir.tag());
+            texts.extend(self.rule(&prefix, dir, rule, families, policy, selected));
+        }
+        self.chain(&chain, None, texts);
+        self.out.counters.insert(counter.clone());
+        let log = match self.options.nflog_group {
+            Some(g) => format!(" log group {g}"),
+            None => String::new(),
+        };
+        for fam in families {
+            let sel = format!(
+                "{} {} @{pid}-sel-{}",
+                ip_kw(*fam),
+                dir.own_side(),
+                suffix(*fam)
+            );
+            self.jumps
+                .entry(dir)
+                .or_default()
+                .push(format!("{sel} jump {chain}"));
+            self.drops
+                .entry(dir)
+                .or_default()
+                .push(format!("{sel} counter name \"{counter}\"{log} drop"));
+        }
+    }
+
+    /// The accept rules of one policy rule (none when its peers or ports are all invalid).
+    fn rule(
+        &mut self,
+        prefix: &str,
+        dir: Dir,
+        rule: &Rule,
+        families: &[IpFamily],
+        policy: &Policy,
+        selected: &[&PodInfo],
+    ) -> Vec<String> {
+        let ports: Vec<PortMatch> = match &rule.ports {
+            Ports::Any => Vec::new(),
+            Ports::Only(list) if list.is_empty() => return Vec::new(),
+            Ports::Only(list) => list.clone(),
+        };
+        if matches!(&rule.peers, Peers::Only(list) if list.is_empty()) {
+            return Vec::new();
+        }
+        // Peer matches: one per family, or none at all for "any peer".
+        let mut peer_parts: Vec<(Option<IpFamily>, String)> = Vec::new();
+        match &rule.peers {
+            Peers::Any => peer_parts.push((None, String::new())),
+            Peers::Only(peers) => {
+                for fam in families {
+                    let name = format!("{prefix}-peers-{}", suffix(*fam));
+                    let ranges = self.peer_ranges(peers, policy, *fam);
+                    let set = self.set(&name, SetKind::Interval(*fam));
+                    set.extend(ranges.into_iter().map(Element::Range));
+                    let part = format!("{} {} @{name} ", ip_kw(*fam), dir.peer_side());
+                    peer_parts.push((Some(*fam), part));
+                }
+            }
+        }
+        let named: Vec<(Proto, &str)> = ports
+            .iter()
+            .filter_map(|p| match p {
+                PortMatch::Named { proto, name } => Some((*proto, name.as_str())),
+                _ => None,
+            })
+            .collect();
+        let mut out = Vec::new();
+        for (_, peer) in &peer_parts {
+            if ports.is_empty() {
+                out.push(format!("{peer}accept"));
+            }
+            for port in &ports {
+                match port {
+                    PortMatch::AllOf(proto) => {
+                        out.push(format!("{peer}meta l4proto {proto} accept"))
+                    }
+                    PortMatch::Range { proto, first, last } if first == last => {
+                        out.push(format!(
+                            "{peer}meta l4proto {proto} th dport {first} accept"
+                        ));
+                    }
+                    PortMatch::Range { proto, first, last } => out.push(format!(
+                        "{peer}meta l4proto {proto} th dport {first}-{last} accept"
+                    )),
+                    PortMatch::Named { .. } => {}
+                }
+            }
+        }
+        if !named.is_empty() {
+            for fam in families {
+                let name = format!("{prefix}-named-{}", suffix(*fam));
+                let elements = self.named_elements(dir, rule, policy, selected, &named, *fam);
+                self.set(&name, SetKind::Named(*fam)).extend(elements);
+                let peer = peer_parts
+                    .iter()
+                    .find(|(f, _)| f.is_none() || *f == Some(*fam))
+                    .map_or("", |(_, p)| p.as_str());
+                out.push(format!(
+                    "{} daddr . meta l4proto . th dport @{name} {peer}accept",
+                    ip_kw(*fam)
+                ));
+            }
+        }
+        out
+    }
+
+    /// The addresses of `peers` of one family, merged.
+    fn peer_ranges(&self, peers: &[Peer], policy: &Policy, fam: IpFamily) -> Vec<IpRange> {
+        let mut ranges = Vec::new();
+        for peer in peers {
+            match peer {
+                Peer::Block(b) if IpFamily::of_net(&b.cidr) == fam => {
+                    ranges.extend(subtract(b.cidr, &b.except));
+                }
+                Peer::Block(_) => {}
+                Peer::Pods { .. } => ranges.extend(
+                    self.peer_pods(peer, policy)
+                        .flat_map(|p| self.state.owned_ips(p))
+                        .filter(|ip| IpFamily::of(ip) == fam)
+                        .map(IpRange::single),
+                ),
+            }
+        }
+        merge(ranges)
+    }
+
+    /// The pods a `Peer::Pods` names (nothing for an ipBlock).
+    fn peer_pods<'s>(
+        &'s self,
+        peer: &'s Peer,
+        policy: &'s Policy,
+    ) -> impl Iterator<Item = &'s PodInfo> + 's {
+        self.state.pods().filter(move |pod| match peer {
+            Peer::Block(_) => false,
+            Peer::Pods { namespaces, pods } => {
+                let ns_ok = match namespaces {
+                    NamespaceScope::Own => pod.namespace == policy.namespace,
+                    NamespaceScope::Matching(s) if s.is_everything() => true,
+                    NamespaceScope::Matching(s) => self
+                        .state
+                        .namespace(&pod.namespace)
+                        .is_some_and(|ns| s.matches(&ns.labels)),
+                };
+                ns_ok && pods.matches(&pod.labels)
+            }
+        })
+    }
+
+    /// Named ports resolved on the destination pods: the selected pods for ingress, the peer
+    /// pods (every pod for "any peer") for egress.
+    fn named_elements(
+        &self,
+        dir: Dir,
+        rule: &Rule,
+        policy: &Policy,
+        selected: &[&PodInfo],
+        named: &[(Proto, &str)],
+        fam: IpFamily,
+    ) -> Vec<Element> {
+        let destinations: Vec<&PodInfo> = match (dir, &rule.peers) {
+            (Dir::Ingress, _) => selected.to_vec(),
+            (Dir::Egress, Peers::Any) => self.state.pods().collect(),
+            (Dir::Egress, Peers::Only(peers)) => {
+                let mut seen = BTreeSet::new();
+                peers
+                    .iter()
+                    .flat_map(|p| self.peer_pods(p, policy))
+                    .filter(|p| seen.insert(p.key()))
+                    .collect()
+            }
+        };
+        let mut out = Vec::new();
+        for pod in destinations {
+            for ip in self
+                .state
+                .owned_ips(pod)
+                .filter(|ip| IpFamily::of(ip) == fam)
+            {
+                for port in &pod.ports {
+                    if named
+                        .iter()
+                        .any(|(proto, name)| *proto == port.protocol && *name == port.name)
+                    {
+                        out.push(Element::Named {
+                            addr: ip,
+                            proto: port.protocol,
+                            port: port.port,
+                        });
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Adds the base chains and the policy dispatch chains.
+    fn finish(mut self) -> Ruleset {
+        let established = "ct state established,related accept".to_string();
+        for dir in [Dir::Ingress, Dir::Egress] {
+            let mut rules = self.jumps.remove(&dir).unwrap_or_default();
+            rules.extend(self.drops.remove(&dir).unwrap_or_default());
+            rules.push("drop".into());
+            self.chain(&dir.policies_chain(), None, rules);
+        }
+        let dispatch = |dir: Dir| -> Vec<String> {
+            IpFamily::ALL
+                .iter()
+                .map(|fam| {
+                    format!(
+                        "{} {} @{} jump {}",
+                        ip_kw(*fam),
+                        dir.own_side(),
+                        dir.isolated_set(*fam),
+                        dir.policies_chain()
+                    )
+                })
+                .collect()
+        };
+        let hook = |hook: &str, priority| {
+            Some(Hook {
+                hook: hook.into(),
+                priority,
+            })
+        };
+        let mut ingress = vec![established.clone()];
+        ingress.extend(dispatch(Dir::Ingress));
+        self.chain("ingress", hook("forward", 0), ingress);
+        let mut egress = vec![established.clone()];
+        egress.extend(dispatch(Dir::Egress));
+        self.chain("egress", hook("forward", -1), egress);
+        let mut input = vec![
+            established,
+            "icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert, nd-router-solicit } accept"
+                .to_string(),
+        ];
+        input.extend(dispatch(Dir::Egress));
+        self.chain("egress-input", hook("input", -1), input);
+        self.out
+    }
+}
+
+#[cfg(test)]
+mod tests;

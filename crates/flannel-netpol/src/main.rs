@@ -1,0 +1,2 @@
+//! `flannel-netpol`: see the library.
+fn main() {}
