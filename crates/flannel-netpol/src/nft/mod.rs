@@ -12,6 +12,8 @@ use std::collections::BTreeMap;
 use crate::ruleset::{Hook, Ruleset, SetDef, rule_fingerprint};
 
 pub mod apply;
+#[cfg(test)]
+mod kernel_tests;
 pub mod plan;
 pub mod read;
 
