@@ -44,8 +44,19 @@ pub fn compile(state: &ClusterState, node: &str) -> Ruleset {
 
 /// The ruleset `node` should hold for `state`.
 pub fn compile_with(state: &ClusterState, node: &str, options: &CompileOptions) -> Ruleset {
+    let mut by_namespace: BTreeMap<&str, Vec<Member<'_>>> = BTreeMap::new();
+    for pod in state.pods() {
+        let ips: Vec<IpAddr> = state.owned_ips(pod).collect();
+        if !ips.is_empty() {
+            by_namespace
+                .entry(pod.namespace.as_str())
+                .or_default()
+                .push(Member { pod, ips });
+        }
+    }
     let mut b = Builder {
         state,
+        by_namespace: &by_namespace,
         options,
         out: Ruleset::default(),
         jumps: BTreeMap::new(),
@@ -57,20 +68,27 @@ pub fn compile_with(state: &ClusterState, node: &str, options: &CompileOptions) 
         }
     }
     for entry in state.policies() {
-        let selected: Vec<&PodInfo> = state
-            .pods()
-            .filter(|p| p.node.as_deref() == Some(node) && selects(&entry.policy, p))
+        let policy = &entry.policy;
+        let selected: Vec<&Member<'_>> = by_namespace
+            .get(policy.namespace.as_str())
+            .into_iter()
+            .flatten()
+            .filter(|m| {
+                m.pod.node.as_deref() == Some(node) && policy.pod_selector.matches(&m.pod.labels)
+            })
             .collect();
         if !selected.is_empty() {
-            b.policy(&entry.policy, &selected);
+            b.policy(policy, &selected);
         }
     }
     b.finish()
 }
 
-/// Whether a policy selects a pod (its namespace, its pod selector).
-fn selects(policy: &Policy, pod: &PodInfo) -> bool {
-    pod.namespace == policy.namespace && policy.pod_selector.matches(&pod.labels)
+/// A pod with the IPs it really holds (see `ClusterState::owned_ips`), computed once per
+/// compile.
+struct Member<'a> {
+    pod: &'a PodInfo,
+    ips: Vec<IpAddr>,
 }
 
 /// A direction of enforcement.
@@ -133,6 +151,8 @@ fn ip_kw(fam: IpFamily) -> &'static str {
 
 struct Builder<'a> {
     state: &'a ClusterState,
+    /// Pods with IPs by namespace: selection and peer lookups scan one namespace at a time.
+    by_namespace: &'a BTreeMap<&'a str, Vec<Member<'a>>>,
     options: &'a CompileOptions,
     out: Ruleset,
     /// `jump` rules of `ingress-policies` / `egress-policies`, in policy order.
@@ -141,7 +161,7 @@ struct Builder<'a> {
     drops: BTreeMap<Dir, Vec<String>>,
 }
 
-impl Builder<'_> {
+impl<'a> Builder<'a> {
     /// Declares a set (empty) if not yet declared and returns its elements.
     fn set(&mut self, name: &str, kind: SetKind) -> &mut BTreeSet<Element> {
         &mut self
@@ -162,12 +182,12 @@ impl Builder<'_> {
     }
 
     /// Everything of one policy that selects `selected` (non-empty) local pods.
-    fn policy(&mut self, policy: &Policy, selected: &[&PodInfo]) {
+    fn policy(&mut self, policy: &Policy, selected: &[&Member<'a>]) {
         let pid = policy_id(&policy.namespace, &policy.name);
         let mut own: BTreeMap<IpFamily, Vec<IpAddr>> = BTreeMap::new();
-        for pod in selected {
-            for ip in self.state.owned_ips(pod) {
-                own.entry(IpFamily::of(&ip)).or_default().push(ip);
+        for member in selected {
+            for ip in &member.ips {
+                own.entry(IpFamily::of(ip)).or_default().push(*ip);
             }
         }
         if own.is_empty() {
@@ -200,7 +220,7 @@ impl Builder<'_> {
         rules: &[Rule],
         families: &[IpFamily],
         policy: &Policy,
-        selected: &[&PodInfo],
+        selected: &[&Member<'a>],
     ) {
         let chain = format!("{pid}-{}", dir.tag());
         let counter = format!("{pid}-drop-{}", dir.tag());
@@ -241,7 +261,7 @@ impl Builder<'_> {
         rule: &Rule,
         families: &[IpFamily],
         policy: &Policy,
-        selected: &[&PodInfo],
+        selected: &[&Member<'a>],
     ) -> Vec<String> {
         let ports: Vec<PortMatch> = match &rule.ports {
             Ports::Any => Vec::new(),
@@ -324,7 +344,7 @@ impl Builder<'_> {
                 Peer::Block(_) => {}
                 Peer::Pods { .. } => ranges.extend(
                     self.peer_pods(peer, policy)
-                        .flat_map(|p| self.state.owned_ips(p))
+                        .flat_map(|m| m.ips.iter().copied())
                         .filter(|ip| IpFamily::of(ip) == fam)
                         .map(IpRange::single),
                 ),
@@ -338,21 +358,24 @@ impl Builder<'_> {
         &'s self,
         peer: &'s Peer,
         policy: &'s Policy,
-    ) -> impl Iterator<Item = &'s PodInfo> + 's {
-        self.state.pods().filter(move |pod| match peer {
-            Peer::Block(_) => false,
-            Peer::Pods { namespaces, pods } => {
-                let ns_ok = match namespaces {
-                    NamespaceScope::Own => pod.namespace == policy.namespace,
-                    NamespaceScope::Matching(s) if s.is_everything() => true,
-                    NamespaceScope::Matching(s) => self
-                        .state
-                        .namespace(&pod.namespace)
-                        .is_some_and(|ns| s.matches(&ns.labels)),
-                };
-                ns_ok && pods.matches(&pod.labels)
-            }
-        })
+    ) -> impl Iterator<Item = &'s Member<'a>> + 's {
+        let (namespaces, pods) = match peer {
+            Peer::Block(_) => (None, None),
+            Peer::Pods { namespaces, pods } => (Some(namespaces), Some(pods)),
+        };
+        self.by_namespace
+            .iter()
+            .filter(move |(ns, _)| match namespaces {
+                None => false,
+                Some(NamespaceScope::Own) => **ns == policy.namespace,
+                Some(NamespaceScope::Matching(s)) if s.is_everything() => true,
+                Some(NamespaceScope::Matching(s)) => self
+                    .state
+                    .namespace(ns)
+                    .is_some_and(|info| s.matches(&info.labels)),
+            })
+            .flat_map(|(_, members)| members.iter())
+            .filter(move |m| pods.is_some_and(|p| p.matches(&m.pod.labels)))
     }
 
     /// Named ports resolved on the destination pods: the selected pods for ingress, the peer
@@ -362,30 +385,31 @@ impl Builder<'_> {
         dir: Dir,
         rule: &Rule,
         policy: &Policy,
-        selected: &[&PodInfo],
+        selected: &[&Member<'a>],
         named: &[(Proto, &str)],
         fam: IpFamily,
     ) -> Vec<Element> {
-        let destinations: Vec<&PodInfo> = match (dir, &rule.peers) {
+        let destinations: Vec<&Member<'a>> = match (dir, &rule.peers) {
             (Dir::Ingress, _) => selected.to_vec(),
-            (Dir::Egress, Peers::Any) => self.state.pods().collect(),
+            (Dir::Egress, Peers::Any) => self.by_namespace.values().flatten().collect(),
             (Dir::Egress, Peers::Only(peers)) => {
                 let mut seen = BTreeSet::new();
                 peers
                     .iter()
                     .flat_map(|p| self.peer_pods(p, policy))
-                    .filter(|p| seen.insert(p.key()))
+                    .filter(|m| seen.insert((&m.pod.namespace, &m.pod.name)))
                     .collect()
             }
         };
         let mut out = Vec::new();
-        for pod in destinations {
-            for ip in self
-                .state
-                .owned_ips(pod)
+        for member in destinations {
+            for ip in member
+                .ips
+                .iter()
+                .copied()
                 .filter(|ip| IpFamily::of(ip) == fam)
             {
-                for port in &pod.ports {
+                for port in &member.pod.ports {
                     if named
                         .iter()
                         .any(|(proto, name)| *proto == port.protocol && *name == port.name)
