@@ -34,11 +34,12 @@
 //! Every rule carries a comment with the fingerprint of its text (see [`ruleset`]), so a
 //! restarted enforcer can tell which chains the kernel already holds exactly.
 
+pub mod cli;
 pub mod cluster;
 pub mod compile;
-//pub mod daemon;
+pub mod daemon;
 pub mod interval;
-//pub mod metrics;
+pub mod metrics;
 pub mod model;
 pub mod nft;
 pub mod ruleset;
