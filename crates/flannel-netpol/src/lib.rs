@@ -2,9 +2,9 @@
 //!
 //! The enforcer watches Pods, Namespaces and NetworkPolicies, keeps them stripped in a
 //! [`cluster::ClusterState`], compiles that into the content of one nftables table of its own,
-//! `inet flannel-netpol` ([`compile::compile`] → [`ruleset::Ruleset`]), and brings the kernel
+//! `inet flannel-netpol` ([`compile::compile()`] → [`ruleset::Ruleset`]), and brings the kernel
 //! there with one atomic `nft -f` transaction that changes only what changed
-//! ([`nft::plan`] → [`nft::apply`]). No packet waits for userspace and no update opens a
+//! ([`nft::plan()`] → [`nft::apply()`]). No packet waits for userspace and no update opens a
 //! window without rules.
 //!
 //! The pure part (model, selectors, cluster state, address intervals, compile, plan) is

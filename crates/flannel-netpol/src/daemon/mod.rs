@@ -204,3 +204,116 @@ impl Running {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::PolicyEntry;
+    use crate::model::Policy;
+    use crate::ruleset::policy_id;
+    use crate::testing::{e2e_state, labels};
+    use flannel_netlink::netns::{NetnsTarget, run_in_netns};
+
+    fn policy(name: &str) -> PolicyEntry {
+        let np = serde_json::from_value(serde_json::json!({
+            "metadata": {"namespace": "x", "name": name},
+            "spec": {"podSelector": {}, "ingress": []}
+        }))
+        .unwrap();
+        let (policy, problems) = Policy::from_api(&np);
+        PolicyEntry { policy, problems }
+    }
+
+    async fn table() -> crate::nft::ActualTable {
+        crate::nft::read_table(&flannel_rules::TokioRunner::default())
+            .await
+            .unwrap()
+    }
+
+    /// Waits (bounded) until the kernel table satisfies `ok`.
+    async fn until(what: &str, ok: impl Fn(&crate::nft::ActualTable) -> bool) {
+        for _ in 0..100 {
+            if ok(&table().await) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("timed out waiting for {what}");
+    }
+
+    /// The loop syncs only after all three lists, then follows changes; the kernel keeps the
+    /// rules when the loop stops.
+    #[test]
+    fn the_loop_waits_for_all_lists_then_follows_changes() {
+        run_in_netns(NetnsTarget::Fresh, || async {
+            let (tx, updates) = mpsc::channel(16);
+            let (stop, shutdown) = signal::channel(false);
+            let config = Config {
+                node: "n1".into(),
+                compile: CompileOptions::default(),
+                debounce: Duration::from_millis(5),
+                metrics_addr: "127.0.0.1:0".parse().unwrap(),
+                kube_api_url: String::new(),
+                kubeconfig: String::new(),
+            };
+            let health = Health::for_program("flannel-netpol", None);
+            let running = Running {
+                enforcer: Enforcer::new(
+                    "n1".into(),
+                    CompileOptions::default(),
+                    Arc::new(Metrics::new()),
+                ),
+                config,
+                health: health.clone(),
+                updates,
+            };
+            let task = tokio::spawn(running.run(shutdown));
+            let s = e2e_state();
+            tx.send(Update::Pods(s.pods().cloned().collect()))
+                .await
+                .unwrap();
+            tx.send(Update::Namespaces(s.namespaces().cloned().collect()))
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            assert!(!table().await.exists, "no sync before policies are listed");
+            assert!(!health.is_ready());
+            tx.send(Update::Policies(vec![policy("deny")]))
+                .await
+                .unwrap();
+            let sel = format!("{}-sel-v4", policy_id("x", "deny"));
+            until("the policy's set", |t| {
+                t.sets.get(&sel).is_some_and(|s| s.elements.len() == 2)
+            })
+            .await;
+            assert!(health.is_ready());
+            tx.send(Update::Namespace {
+                name: "w".into(),
+                ns: Some(crate::model::NamespaceInfo {
+                    name: "w".into(),
+                    labels: labels(&[]),
+                }),
+            })
+            .await
+            .unwrap();
+            tx.send(Update::Policy {
+                namespace: "x".into(),
+                name: "deny".into(),
+                entry: None,
+            })
+            .await
+            .unwrap();
+            until("the policy gone", |t| {
+                t.exists && !t.sets.contains_key(&sel)
+            })
+            .await;
+            stop.send(true).unwrap();
+            tokio::time::timeout(Duration::from_secs(5), task)
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(table().await.exists, "rules stay after shutdown");
+        })
+        .expect("fresh netns");
+    }
+}

@@ -1,6 +1,6 @@
-//! The `inet flannel-netpol` table in the kernel: read it ([`read`]), diff it against the
-//! desired ruleset ([`plan`], pure), apply the difference as one `nft -f -` transaction
-//! ([`apply`]).
+//! The `inet flannel-netpol` table in the kernel: read it ([`read_table()`]), diff it against the
+//! desired ruleset ([`plan()`], pure), apply the difference as one `nft -f -` transaction
+//! ([`apply()`]).
 //!
 //! What the kernel holds is an [`ActualTable`]: sets with their elements and named counters
 //! with their values compare directly; chains are known by hook and by the fingerprint
