@@ -33,21 +33,7 @@ fn main() -> ExitCode {
     };
     rt.block_on(async {
         let (tx, rx) = watch::channel(false);
-        tokio::spawn(async move {
-            use tokio::signal::unix::{SignalKind, signal};
-            let (Ok(mut term), Ok(mut int)) = (
-                signal(SignalKind::terminate()),
-                signal(SignalKind::interrupt()),
-            ) else {
-                error!("could not install signal handlers");
-                return;
-            };
-            tokio::select! {
-                _ = term.recv() => info!("received SIGTERM, shutting down"),
-                _ = int.recv() => info!("received SIGINT, shutting down"),
-            }
-            let _ = tx.send(true);
-        });
+        flanneld::signals::spawn_shutdown_on_signal(tx);
         match daemon::start(config, rx.clone()).await {
             Ok(running) => {
                 running.run(rx).await;

@@ -195,40 +195,19 @@ impl Policy {
             spec.egress.is_some(),
             &mut problems,
         );
-        let ingress = ingress_on.then(|| {
-            spec.ingress
-                .iter()
-                .flatten()
-                .enumerate()
-                .filter(|_| selector_valid)
-                .map(|(i, r)| {
-                    parse_rule(
-                        &format!("spec.ingress[{i}]"),
-                        "from",
-                        r.from.as_deref(),
-                        r.ports.as_deref(),
-                        &mut problems,
-                    )
-                })
-                .collect()
+        let ingress = (ingress_on && selector_valid).then(|| {
+            let rules = spec.ingress.iter().flatten();
+            let parts = rules.map(|r| (r.from.as_deref(), r.ports.as_deref()));
+            parse_rules("spec.ingress", "from", parts, &mut problems)
         });
-        let egress = egress_on.then(|| {
-            spec.egress
-                .iter()
-                .flatten()
-                .enumerate()
-                .filter(|_| selector_valid)
-                .map(|(i, r)| {
-                    parse_rule(
-                        &format!("spec.egress[{i}]"),
-                        "to",
-                        r.to.as_deref(),
-                        r.ports.as_deref(),
-                        &mut problems,
-                    )
-                })
-                .collect()
+        let egress = (egress_on && selector_valid).then(|| {
+            let rules = spec.egress.iter().flatten();
+            let parts = rules.map(|r| (r.to.as_deref(), r.ports.as_deref()));
+            parse_rules("spec.egress", "to", parts, &mut problems)
         });
+        // An invalid podSelector still isolates the directions the policy names.
+        let ingress = ingress.or_else(|| ingress_on.then(Vec::new));
+        let egress = egress.or_else(|| egress_on.then(Vec::new));
         let policy = Policy {
             namespace,
             name,
@@ -289,6 +268,32 @@ fn policy_types(
         }
     }
     (ingress, egress)
+}
+
+/// The rules of one section (`spec.ingress` or `spec.egress`).
+fn parse_rules<'a>(
+    section: &str,
+    peers_key: &str,
+    rules: impl Iterator<
+        Item = (
+            Option<&'a [NetworkPolicyPeer]>,
+            Option<&'a [NetworkPolicyPort]>,
+        ),
+    >,
+    problems: &mut Vec<PolicyProblem>,
+) -> Vec<Rule> {
+    rules
+        .enumerate()
+        .map(|(i, (peers, ports))| {
+            parse_rule(
+                &format!("{section}[{i}]"),
+                peers_key,
+                peers,
+                ports,
+                problems,
+            )
+        })
+        .collect()
 }
 
 fn parse_rule(
