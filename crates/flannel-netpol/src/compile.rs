@@ -20,8 +20,9 @@
 //! on the source's); a policy selecting no local pod has no objects here. A named port in an
 //! egress rule matches only pod destinations (an ipBlock destination has no container ports).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
+use std::rc::Rc;
 
 use flannel_types::IpFamily;
 
@@ -61,6 +62,7 @@ pub fn compile_with(state: &ClusterState, node: &str, options: &CompileOptions) 
         out: Ruleset::default(),
         jumps: BTreeMap::new(),
         drops: BTreeMap::new(),
+        peer_cache: HashMap::new(),
     };
     for dir in [Dir::Ingress, Dir::Egress] {
         for fam in IpFamily::ALL {
@@ -159,7 +161,12 @@ struct Builder<'a> {
     jumps: BTreeMap<Dir, Vec<String>>,
     /// Counting drop rules after them.
     drops: BTreeMap<Dir, Vec<String>>,
+    /// Peer addresses by peer list (see `cached_peer_ranges`).
+    peer_cache: HashMap<PeerKey, Rc<Vec<IpRange>>>,
 }
+
+/// A peer list, the namespace it is relative to (if any peer uses it) and a family.
+type PeerKey = (Vec<Peer>, Option<String>, IpFamily);
 
 impl<'a> Builder<'a> {
     /// Declares a set (empty) if not yet declared and returns its elements.
@@ -278,9 +285,9 @@ impl<'a> Builder<'a> {
             Peers::Only(peers) => {
                 for fam in families {
                     let name = format!("{prefix}-peers-{}", suffix(*fam));
-                    let ranges = self.peer_ranges(peers, policy, *fam);
+                    let ranges = self.cached_peer_ranges(peers, policy, *fam);
                     let set = self.set(&name, SetKind::Interval(*fam));
-                    set.extend(ranges.into_iter().map(Element::Range));
+                    set.extend(ranges.iter().copied().map(Element::Range));
                     let part = format!("{} {} @{name} ", ip_kw(*fam), dir.peer_side());
                     peer_parts.push((Some(*fam), part));
                 }
@@ -331,6 +338,36 @@ impl<'a> Builder<'a> {
             }
         }
         out
+    }
+
+    /// [`Self::peer_ranges`], computed once per distinct peer list (and namespace, when a peer
+    /// names the policy's own namespace): many policies share their peers.
+    fn cached_peer_ranges(
+        &mut self,
+        peers: &[Peer],
+        policy: &Policy,
+        fam: IpFamily,
+    ) -> Rc<Vec<IpRange>> {
+        let own_ns = peers.iter().any(|p| {
+            matches!(
+                p,
+                Peer::Pods {
+                    namespaces: NamespaceScope::Own,
+                    ..
+                }
+            )
+        });
+        let key = (
+            peers.to_vec(),
+            own_ns.then(|| policy.namespace.clone()),
+            fam,
+        );
+        if let Some(hit) = self.peer_cache.get(&key) {
+            return hit.clone();
+        }
+        let ranges = Rc::new(self.peer_ranges(peers, policy, fam));
+        self.peer_cache.insert(key, ranges.clone());
+        ranges
     }
 
     /// The addresses of `peers` of one family, merged.

@@ -191,3 +191,38 @@ fn eval(rs: &Ruleset, chain: &str, pkt: &Packet, depth: usize) -> Option<bool> {
     }
     None
 }
+
+/// The benchmark shape of issue 17: 10 namespaces, 1000 pods on n1 and 1000 on n2 (labels
+/// `app=app<i % 50>`), 500 policies each selecting one app in one namespace, allowing two other
+/// apps of a team's namespaces and an ipBlock with except on TCP 80 and a named port, and
+/// egress UDP 53 anywhere.
+pub fn scale_state() -> ClusterState {
+    let mut s = ClusterState::new();
+    for n in 0..10 {
+        s.upsert_namespace(NamespaceInfo {
+            name: format!("ns{n}"),
+            labels: labels(&[("team", &format!("t{}", n % 3))]),
+        });
+    }
+    for i in 0..2000u32 {
+        let node = if i < 1000 { "n1" } else { "n2" };
+        let ip = format!("10.{}.{}.{}", i / 1000, (i % 1000) / 250, i % 250 + 1);
+        let mut p = pod(&format!("ns{}", i % 10), &format!("p{i}"), node, &[&ip]);
+        p.labels.insert("app".into(), format!("app{}", i % 50));
+        s.upsert_pod(p);
+    }
+    for k in 0..500u32 {
+        add_policy(
+            &mut s,
+            serde_json::json!({"metadata": {"namespace": format!("ns{}", k % 10), "name": format!("pol{k}")}, "spec": {
+                "podSelector": {"matchLabels": {"app": format!("app{}", k % 50)}},
+                "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"team": format!("t{}", k % 3)}},
+                                       "podSelector": {"matchExpressions": [{"key": "app", "operator": "In",
+                                           "values": [format!("app{}", (k + 1) % 50), format!("app{}", (k + 2) % 50)]}]}},
+                                      {"ipBlock": {"cidr": "192.168.0.0/16", "except": ["192.168.1.0/24"]}}],
+                             "ports": [{"port": 80}, {"port": "serve-81-tcp"}]}],
+                "egress": [{"to": [{"namespaceSelector": {}}], "ports": [{"port": 53, "protocol": "UDP"}]}]}}),
+        );
+    }
+    s
+}

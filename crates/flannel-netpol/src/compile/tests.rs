@@ -405,36 +405,9 @@ fn label_changes_and_ip_reuse_move_pods_between_sets() {
 #[test]
 #[ignore = "timing figures, run by hand"]
 fn scale_1000_pods_500_policies() {
-    use crate::model::NamespaceInfo;
     use crate::nft::{ActualTable, plan};
     use std::time::Instant;
-    let mut s = ClusterState::new();
-    for n in 0..10 {
-        s.upsert_namespace(NamespaceInfo {
-            name: format!("ns{n}"),
-            labels: crate::testing::labels(&[("team", &format!("t{}", n % 3))]),
-        });
-    }
-    for i in 0..2000u32 {
-        let node = if i < 1000 { "n1" } else { "n2" };
-        let ip = format!("10.{}.{}.{}", i / 1000, (i % 1000) / 250, i % 250 + 1);
-        let mut p = pod(&format!("ns{}", i % 10), &format!("p{i}"), node, &[&ip]);
-        p.labels.insert("app".into(), format!("app{}", i % 50));
-        s.upsert_pod(p);
-    }
-    for k in 0..500u32 {
-        add_policy(
-            &mut s,
-            json!({"metadata": {"namespace": format!("ns{}", k % 10), "name": format!("pol{k}")}, "spec": {
-                "podSelector": {"matchLabels": {"app": format!("app{}", k % 50)}},
-                "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"team": format!("t{}", k % 3)}},
-                                       "podSelector": {"matchExpressions": [{"key": "app", "operator": "In",
-                                           "values": [format!("app{}", (k + 1) % 50), format!("app{}", (k + 2) % 50)]}]}},
-                                      {"ipBlock": {"cidr": "192.168.0.0/16", "except": ["192.168.1.0/24"]}}],
-                             "ports": [{"port": 80}, {"port": "serve-81-tcp"}]}],
-                "egress": [{"to": [{"namespaceSelector": {}}], "ports": [{"port": 53, "protocol": "UDP"}]}]}}),
-        );
-    }
+    let s = crate::testing::scale_state();
     let t = Instant::now();
     let rs = compile(&s, "n1");
     let compile_time = t.elapsed();

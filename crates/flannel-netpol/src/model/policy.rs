@@ -79,7 +79,7 @@ impl PolicyProblem {
 }
 
 /// A validated NetworkPolicy.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Policy {
     /// Namespace (the pods it selects live there).
     pub namespace: String,
@@ -94,7 +94,7 @@ pub struct Policy {
 }
 
 /// One ingress or egress rule: traffic matching any peer AND any port is allowed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Rule {
     /// Sources (ingress) or destinations (egress).
     pub peers: Peers,
@@ -103,7 +103,7 @@ pub struct Rule {
 }
 
 /// The peers of a rule.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Peers {
     /// `from`/`to` absent or empty: everyone.
     Any,
@@ -112,7 +112,7 @@ pub enum Peers {
 }
 
 /// The ports of a rule.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Ports {
     /// `ports` absent or empty: every port and protocol.
     Any,
@@ -121,7 +121,7 @@ pub enum Ports {
 }
 
 /// One peer.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Peer {
     /// Pods chosen by selectors: `pods` in the namespaces of `namespaces` (both given = AND).
     Pods {
@@ -135,7 +135,7 @@ pub enum Peer {
 }
 
 /// Where a pod peer's pods are looked for.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum NamespaceScope {
     /// No `namespaceSelector`: the policy's own namespace.
     Own,
@@ -144,7 +144,7 @@ pub enum NamespaceScope {
 }
 
 /// An `ipBlock`: `cidr` minus every `except`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct IpBlock {
     /// The block (host bits cleared).
     pub cidr: IpNet,
@@ -153,7 +153,7 @@ pub struct IpBlock {
 }
 
 /// One entry of `ports`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum PortMatch {
     /// Every port of the protocol (`port` absent).
     AllOf(Proto),

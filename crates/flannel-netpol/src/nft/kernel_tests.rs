@@ -303,3 +303,48 @@ fn packets_are_allowed_and_dropped_by_policy() {
     );
     drop(listeners);
 }
+
+/// `cargo test -p flannel-netpol --release -- --ignored --nocapture kernel_scale`: full sync
+/// and one label change against the kernel at 1000 local pods x 500 policies.
+#[test]
+#[ignore = "timing figures, run by hand"]
+fn kernel_scale_1000_pods_500_policies() {
+    run_in_netns(NetnsTarget::Fresh, || async {
+        let runner = TokioRunner::new(Duration::from_secs(120));
+        let mut s = crate::testing::scale_state();
+        let t = std::time::Instant::now();
+        let desired = compile(&s, "n1");
+        let tx = plan(&ActualTable::default(), &desired);
+        apply(&runner, &tx).await.expect("first sync");
+        let full = t.elapsed();
+        let t = std::time::Instant::now();
+        let read = read_table(&runner).await.expect("read");
+        let read_time = t.elapsed();
+        assert!(plan(&read, &desired).is_empty());
+        let mut applied = ActualTable::from(&desired);
+        let mut times = Vec::new();
+        for i in 0..20u32 {
+            let mut p = find(&s, &format!("ns0/p{}", i * 10)).clone();
+            p.labels
+                .insert("app".into(), format!("app{}", (i + 7) % 50));
+            s.upsert_pod(p);
+            let t = std::time::Instant::now();
+            let next = compile(&s, "n1");
+            let tx = plan(&applied, &next);
+            let planned = t.elapsed();
+            apply(&runner, &tx).await.expect("change");
+            times.push((t.elapsed(), planned));
+            applied = ActualTable::from(&next);
+        }
+        times.sort();
+        println!(
+            "full sync {full:?} ({} elements, {} bytes), read back {read_time:?}, \
+             label change to applied (compile+plan of it): p50 {:?} max {:?}",
+            desired.element_count(),
+            tx.text().len(),
+            times[times.len() / 2],
+            times[times.len() - 1]
+        );
+    })
+    .expect("fresh netns");
+}
