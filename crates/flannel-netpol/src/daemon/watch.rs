@@ -267,3 +267,64 @@ fn error_kind(e: &watcher::Error) -> String {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(phase: &str) -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"namespace": "x", "name": "a", "labels": {"pod": "a"}},
+            "spec": {"nodeName": "n1", "containers": []},
+            "status": {"phase": phase, "podIP": "10.0.0.5"}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn objects_become_state_changes() {
+        let mut state = ClusterState::new();
+        assert_eq!(
+            Update::apply(Pod::relist(&[pod("Running")]), &mut state),
+            Some("pods")
+        );
+        assert_eq!(state.counts().0, 1);
+        // A pod that finished leaves the state before its deletion arrives.
+        assert_eq!(
+            Pod::update(&pod("Succeeded"), false).apply(&mut state),
+            None
+        );
+        assert_eq!(state.counts().0, 0);
+        Pod::update(&pod("Running"), false).apply(&mut state);
+        Pod::update(&pod("Running"), true).apply(&mut state);
+        assert_eq!(state.counts().0, 0);
+        let np: NetworkPolicy = serde_json::from_value(serde_json::json!({
+            "metadata": {"namespace": "x", "name": "p"},
+            "spec": {"podSelector": {}, "ingress": [{"from": [{"ipBlock": {"cidr": "bad"}}]}]}
+        }))
+        .unwrap();
+        assert_eq!(
+            NetworkPolicy::relist(std::slice::from_ref(&np)).apply(&mut state),
+            Some("networkpolicies")
+        );
+        let entry = state.policies().next().unwrap();
+        assert_eq!(entry.problems.len(), 1);
+        NetworkPolicy::update(&np, true).apply(&mut state);
+        assert_eq!(state.counts().2, 0);
+    }
+
+    #[test]
+    fn error_kinds_separate_statuses() {
+        let status = |code| {
+            watcher::Error::InitialListFailed(kube::Error::Api(Box::new(
+                kube::core::Status::failure("x", "NotFound").with_code(code),
+            )))
+        };
+        assert_eq!(error_kind(&status(404)), "list/404");
+        assert_ne!(error_kind(&status(404)), error_kind(&status(403)));
+        assert_eq!(
+            error_kind(&watcher::Error::NoResourceVersion),
+            "no resourceVersion"
+        );
+    }
+}
