@@ -37,6 +37,7 @@ pub type MetricsFn = Arc<dyn Fn() -> String + Send + Sync>;
 /// Shared state the endpoints report.
 #[derive(Clone)]
 pub struct Health {
+    program: &'static str,
     ready: Arc<AtomicBool>,
     metrics: Option<MetricsFn>,
 }
@@ -52,7 +53,14 @@ impl std::fmt::Debug for Health {
 impl Health {
     /// Not ready, with an optional metrics renderer.
     pub fn new(metrics: Option<MetricsFn>) -> Health {
+        Health::for_program("flanneld", metrics)
+    }
+
+    /// Like [`Health::new`] for another program of the image (flannel-netpol), whose texts
+    /// name it: `<program> is running`, `<program> is ready`.
+    pub fn for_program(program: &'static str, metrics: Option<MetricsFn>) -> Health {
         Health {
+            program,
             ready: Arc::new(AtomicBool::new(false)),
             metrics,
         }
@@ -72,12 +80,14 @@ impl Health {
     pub fn respond(&self, path: &str) -> (StatusCode, &'static str, String) {
         const TEXT: &str = "text/plain; charset=utf-8";
         match path {
-            "/healthz" => (StatusCode::OK, TEXT, "flanneld is running".into()),
-            "/readyz" if self.is_ready() => (StatusCode::OK, TEXT, "flanneld is ready".into()),
+            "/healthz" => (StatusCode::OK, TEXT, format!("{} is running", self.program)),
+            "/readyz" if self.is_ready() => {
+                (StatusCode::OK, TEXT, format!("{} is ready", self.program))
+            }
             "/readyz" => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 TEXT,
-                "flanneld is not ready yet".into(),
+                format!("{} is not ready yet", self.program),
             ),
             "/metrics" => match &self.metrics {
                 Some(render) => (
@@ -193,6 +203,9 @@ mod tests {
         assert_eq!(h.respond("/metrics").0, StatusCode::NOT_FOUND);
         let m = Health::new(Some(Arc::new(|| "# EOF\n".to_string())));
         assert_eq!(m.respond("/metrics").2, "# EOF\n");
+        let np = Health::for_program("flannel-netpol", None);
+        assert_eq!(np.respond("/healthz").2, "flannel-netpol is running");
+        assert_eq!(np.respond("/readyz").2, "flannel-netpol is not ready yet");
     }
 
     /// Runs in a namespace of its own, so the server binds that namespace's loopback.

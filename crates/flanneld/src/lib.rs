@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod notify;
 pub mod peers;
 pub mod reconcile;
+pub mod signals;
 
 #[cfg(test)]
 pub(crate) mod testing;

@@ -14,7 +14,7 @@ use flannel_types::subnet_env::PreviousSubnetEnv;
 use flanneld::cli::{self, CliError, Options};
 use flanneld::daemon::{self, DaemonConfig, DaemonError, Exit};
 use tokio::sync::watch;
-use tracing::{error, info, warn};
+use tracing::{error, info};
 
 fn main() -> ExitCode {
     let opts = match cli::parse() {
@@ -62,28 +62,7 @@ fn main() -> ExitCode {
 /// Installs the signal handlers, builds the subnet manager and runs the daemon.
 async fn run(opts: Options) -> Result<Exit, DaemonError> {
     let (tx, rx) = watch::channel(false);
-    tokio::spawn(async move {
-        use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut term), Ok(mut int)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) else {
-            error!("could not install signal handlers");
-            return;
-        };
-        tokio::select! {
-            _ = term.recv() => info!("received SIGTERM, shutting down"),
-            _ = int.recv() => info!("received SIGINT, shutting down"),
-        }
-        let _ = tx.send(true);
-        // A second signal kills at once, as upstream unregisters its handler.
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-        }
-        warn!("second signal: exiting immediately");
-        std::process::exit(1);
-    });
+    flanneld::signals::spawn_shutdown_on_signal(tx);
 
     if opts.kube_subnet_mgr {
         let kube = KubeOptions {

@@ -1,0 +1,513 @@
+//! From the cluster state to the table this node should hold: pure and deterministic, so the
+//! same state always gives the same [`Ruleset`] (and `nft::plan` an empty transaction).
+//!
+//! Shape (see the crate doc for the whole table): base chains `ingress` (forward, priority
+//! filter), `egress` (forward, filter - 1) and `egress-input` (input, filter - 1) accept
+//! established and related traffic and send packets to or from an *isolated* local pod to
+//! `ingress-policies` / `egress-policies`. Those jump, per policy and family, to the
+//! policy's chain `<pid>-in` / `<pid>-eg` when the pod is one the policy selects
+//! (`ip daddr @<pid>-sel-v4 jump <pid>-in`); an `accept` there ends the verdict of that base
+//! chain. Whatever no policy accepted is dropped, counted on the first selecting policy's
+//! counter (`<pid>-drop-in`), and logged to NFLOG when asked.
+//!
+//! Per rule `i` of a policy: peers go to the interval set `<pid>-in<i>-peers-v4` (pod IPs and
+//! ipBlocks minus excepts, merged), numeric ports and ranges are written into the rule
+//! (`meta l4proto tcp th dport 80-90`), named ports are resolved per destination pod into
+//! `<pid>-in<i>-named-v4` (`address . protocol . port`). Membership changes are therefore
+//! set-element changes; chains change only when a policy does.
+//!
+//! Only pods of this node are selected (ingress is enforced on the destination's node, egress
+//! on the source's); a policy selecting no local pod has no objects here. A named port in an
+//! egress rule matches only pod destinations (an ipBlock destination has no container ports).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
+use std::rc::Rc;
+
+use flannel_types::IpFamily;
+
+use crate::cluster::ClusterState;
+use crate::interval::{IpRange, merge, subtract};
+use crate::model::{NamespaceScope, Peer, Peers, PodInfo, Policy, PortMatch, Ports, Proto, Rule};
+use crate::ruleset::{ChainDef, Element, Hook, Ruleset, SetDef, SetKind, policy_id};
+
+/// Knobs of the compiled ruleset.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CompileOptions {
+    /// NFLOG group for denied packets (`--v>=2`); `None` = no logging.
+    pub nflog_group: Option<u16>,
+}
+
+/// The ruleset `node` should hold for `state`, without logging.
+pub fn compile(state: &ClusterState, node: &str) -> Ruleset {
+    compile_with(state, node, &CompileOptions::default())
+}
+
+/// The ruleset `node` should hold for `state`.
+pub fn compile_with(state: &ClusterState, node: &str, options: &CompileOptions) -> Ruleset {
+    let mut by_namespace: BTreeMap<&str, Vec<Member<'_>>> = BTreeMap::new();
+    for pod in state.pods() {
+        let ips: Vec<IpAddr> = state.owned_ips(pod).collect();
+        if !ips.is_empty() {
+            by_namespace
+                .entry(pod.namespace.as_str())
+                .or_default()
+                .push(Member { pod, ips });
+        }
+    }
+    let mut b = Builder {
+        state,
+        by_namespace: &by_namespace,
+        options,
+        out: Ruleset::default(),
+        jumps: BTreeMap::new(),
+        drops: BTreeMap::new(),
+        peer_cache: HashMap::new(),
+    };
+    for dir in [Dir::Ingress, Dir::Egress] {
+        for fam in IpFamily::ALL {
+            b.set(&dir.isolated_set(fam), SetKind::Addr(fam));
+        }
+    }
+    for entry in state.policies() {
+        let policy = &entry.policy;
+        let selected: Vec<&Member<'_>> = by_namespace
+            .get(policy.namespace.as_str())
+            .into_iter()
+            .flatten()
+            .filter(|m| {
+                m.pod.node.as_deref() == Some(node) && policy.pod_selector.matches(&m.pod.labels)
+            })
+            .collect();
+        if !selected.is_empty() {
+            b.policy(policy, &selected);
+        }
+    }
+    b.finish()
+}
+
+/// A pod with the IPs it really holds (see `ClusterState::owned_ips`), computed once per
+/// compile.
+struct Member<'a> {
+    pod: &'a PodInfo,
+    ips: Vec<IpAddr>,
+}
+
+/// A direction of enforcement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Dir {
+    Ingress,
+    Egress,
+}
+
+impl Dir {
+    /// `in` / `eg`, in object names.
+    fn tag(self) -> &'static str {
+        match self {
+            Dir::Ingress => "in",
+            Dir::Egress => "eg",
+        }
+    }
+
+    /// The address field of the protected (selected) pod.
+    fn own_side(self) -> &'static str {
+        match self {
+            Dir::Ingress => "daddr",
+            Dir::Egress => "saddr",
+        }
+    }
+
+    /// The address field of the peer.
+    fn peer_side(self) -> &'static str {
+        match self {
+            Dir::Ingress => "saddr",
+            Dir::Egress => "daddr",
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Dir::Ingress => "ingress",
+            Dir::Egress => "egress",
+        }
+    }
+
+    fn isolated_set(self, fam: IpFamily) -> String {
+        format!("{}-isolated-{}", self.name(), suffix(fam))
+    }
+
+    fn policies_chain(self) -> String {
+        format!("{}-policies", self.name())
+    }
+}
+
+/// `v4` / `v6`.
+fn suffix(fam: IpFamily) -> &'static str {
+    fam.pick("v4", "v6")
+}
+
+/// `ip` / `ip6`.
+fn ip_kw(fam: IpFamily) -> &'static str {
+    fam.pick("ip", "ip6")
+}
+
+struct Builder<'a> {
+    state: &'a ClusterState,
+    /// Pods with IPs by namespace: selection and peer lookups scan one namespace at a time.
+    by_namespace: &'a BTreeMap<&'a str, Vec<Member<'a>>>,
+    options: &'a CompileOptions,
+    out: Ruleset,
+    /// `jump` rules of `ingress-policies` / `egress-policies`, in policy order.
+    jumps: BTreeMap<Dir, Vec<String>>,
+    /// Counting drop rules after them.
+    drops: BTreeMap<Dir, Vec<String>>,
+    /// Peer addresses by peer list (see `cached_peer_ranges`).
+    peer_cache: HashMap<PeerKey, Rc<Vec<IpRange>>>,
+}
+
+/// A peer list, the namespace it is relative to (if any peer uses it) and a family.
+type PeerKey = (Vec<Peer>, Option<String>, IpFamily);
+
+impl<'a> Builder<'a> {
+    /// Declares a set (empty) if not yet declared and returns its elements.
+    fn set(&mut self, name: &str, kind: SetKind) -> &mut BTreeSet<Element> {
+        &mut self
+            .out
+            .sets
+            .entry(name.to_string())
+            .or_insert_with(|| SetDef {
+                kind,
+                elements: BTreeSet::new(),
+            })
+            .elements
+    }
+
+    fn chain(&mut self, name: &str, hook: Option<Hook>, rules: Vec<String>) {
+        self.out
+            .chains
+            .insert(name.to_string(), ChainDef { hook, rules });
+    }
+
+    /// Everything of one policy that selects `selected` (non-empty) local pods.
+    fn policy(&mut self, policy: &Policy, selected: &[&Member<'a>]) {
+        let pid = policy_id(&policy.namespace, &policy.name);
+        let mut own: BTreeMap<IpFamily, Vec<IpAddr>> = BTreeMap::new();
+        for member in selected {
+            for ip in &member.ips {
+                own.entry(IpFamily::of(ip)).or_default().push(*ip);
+            }
+        }
+        if own.is_empty() {
+            return;
+        }
+        self.out.policies.insert(pid.clone(), policy.key());
+        for (fam, ips) in &own {
+            let sel = self.set(&format!("{pid}-sel-{}", suffix(*fam)), SetKind::Addr(*fam));
+            sel.extend(ips.iter().map(|ip| Element::Addr(*ip)));
+        }
+        let families: Vec<IpFamily> = own.keys().copied().collect();
+        for (dir, rules) in [
+            (Dir::Ingress, &policy.ingress),
+            (Dir::Egress, &policy.egress),
+        ] {
+            let Some(rules) = rules else { continue };
+            for (fam, ips) in &own {
+                let isolated = self.set(&dir.isolated_set(*fam), SetKind::Addr(*fam));
+                isolated.extend(ips.iter().map(|ip| Element::Addr(*ip)));
+            }
+            self.direction(&pid, dir, rules, &families, policy, selected);
+        }
+    }
+
+    /// The chain, counter and jump/drop rules of one direction of a policy.
+    fn direction(
+        &mut self,
+        pid: &str,
+        dir: Dir,
+        rules: &[Rule],
+        families: &[IpFamily],
+        policy: &Policy,
+        selected: &[&Member<'a>],
+    ) {
+        let chain = format!("{pid}-{}", dir.tag());
+        let counter = format!("{pid}-drop-{}", dir.tag());
+        let mut texts = Vec::new();
+        for (i, rule) in rules.iter().enumerate() {
+            let prefix = format!("{pid}-{}{i}", dir.tag());
+            texts.extend(self.rule(&prefix, dir, rule, families, policy, selected));
+        }
+        self.chain(&chain, None, texts);
+        self.out.counters.insert(counter.clone());
+        let log = match self.options.nflog_group {
+            Some(g) => format!(" log group {g}"),
+            None => String::new(),
+        };
+        for fam in families {
+            let sel = format!(
+                "{} {} @{pid}-sel-{}",
+                ip_kw(*fam),
+                dir.own_side(),
+                suffix(*fam)
+            );
+            self.jumps
+                .entry(dir)
+                .or_default()
+                .push(format!("{sel} jump {chain}"));
+            self.drops
+                .entry(dir)
+                .or_default()
+                .push(format!("{sel} counter name \"{counter}\"{log} drop"));
+        }
+    }
+
+    /// The accept rules of one policy rule (none when its peers or ports are all invalid).
+    fn rule(
+        &mut self,
+        prefix: &str,
+        dir: Dir,
+        rule: &Rule,
+        families: &[IpFamily],
+        policy: &Policy,
+        selected: &[&Member<'a>],
+    ) -> Vec<String> {
+        let ports: Vec<PortMatch> = match &rule.ports {
+            Ports::Any => Vec::new(),
+            Ports::Only(list) if list.is_empty() => return Vec::new(),
+            Ports::Only(list) => list.clone(),
+        };
+        if matches!(&rule.peers, Peers::Only(list) if list.is_empty()) {
+            return Vec::new();
+        }
+        // Peer matches: one per family, or none at all for "any peer".
+        let mut peer_parts: Vec<(Option<IpFamily>, String)> = Vec::new();
+        match &rule.peers {
+            Peers::Any => peer_parts.push((None, String::new())),
+            Peers::Only(peers) => {
+                for fam in families {
+                    let name = format!("{prefix}-peers-{}", suffix(*fam));
+                    let ranges = self.cached_peer_ranges(peers, policy, *fam);
+                    let set = self.set(&name, SetKind::Interval(*fam));
+                    set.extend(ranges.iter().copied().map(Element::Range));
+                    let part = format!("{} {} @{name} ", ip_kw(*fam), dir.peer_side());
+                    peer_parts.push((Some(*fam), part));
+                }
+            }
+        }
+        let named: Vec<(Proto, &str)> = ports
+            .iter()
+            .filter_map(|p| match p {
+                PortMatch::Named { proto, name } => Some((*proto, name.as_str())),
+                _ => None,
+            })
+            .collect();
+        let mut out = Vec::new();
+        for (_, peer) in &peer_parts {
+            if ports.is_empty() {
+                out.push(format!("{peer}accept"));
+            }
+            for port in &ports {
+                match port {
+                    PortMatch::AllOf(proto) => {
+                        out.push(format!("{peer}meta l4proto {proto} accept"))
+                    }
+                    PortMatch::Range { proto, first, last } if first == last => {
+                        out.push(format!(
+                            "{peer}meta l4proto {proto} th dport {first} accept"
+                        ));
+                    }
+                    PortMatch::Range { proto, first, last } => out.push(format!(
+                        "{peer}meta l4proto {proto} th dport {first}-{last} accept"
+                    )),
+                    PortMatch::Named { .. } => {}
+                }
+            }
+        }
+        if !named.is_empty() {
+            for fam in families {
+                let name = format!("{prefix}-named-{}", suffix(*fam));
+                let elements = self.named_elements(dir, rule, policy, selected, &named, *fam);
+                self.set(&name, SetKind::Named(*fam)).extend(elements);
+                let peer = peer_parts
+                    .iter()
+                    .find(|(f, _)| f.is_none() || *f == Some(*fam))
+                    .map_or("", |(_, p)| p.as_str());
+                out.push(format!(
+                    "{} daddr . meta l4proto . th dport @{name} {peer}accept",
+                    ip_kw(*fam)
+                ));
+            }
+        }
+        out
+    }
+
+    /// [`Self::peer_ranges`], computed once per distinct peer list (and namespace, when a peer
+    /// names the policy's own namespace): many policies share their peers.
+    fn cached_peer_ranges(
+        &mut self,
+        peers: &[Peer],
+        policy: &Policy,
+        fam: IpFamily,
+    ) -> Rc<Vec<IpRange>> {
+        let own_ns = peers.iter().any(|p| {
+            matches!(
+                p,
+                Peer::Pods {
+                    namespaces: NamespaceScope::Own,
+                    ..
+                }
+            )
+        });
+        let key = (
+            peers.to_vec(),
+            own_ns.then(|| policy.namespace.clone()),
+            fam,
+        );
+        if let Some(hit) = self.peer_cache.get(&key) {
+            return hit.clone();
+        }
+        let ranges = Rc::new(self.peer_ranges(peers, policy, fam));
+        self.peer_cache.insert(key, ranges.clone());
+        ranges
+    }
+
+    /// The addresses of `peers` of one family, merged.
+    fn peer_ranges(&self, peers: &[Peer], policy: &Policy, fam: IpFamily) -> Vec<IpRange> {
+        let mut ranges = Vec::new();
+        for peer in peers {
+            match peer {
+                Peer::Block(b) if IpFamily::of_net(&b.cidr) == fam => {
+                    ranges.extend(subtract(b.cidr, &b.except));
+                }
+                Peer::Block(_) => {}
+                Peer::Pods { .. } => ranges.extend(
+                    self.peer_pods(peer, policy)
+                        .flat_map(|m| m.ips.iter().copied())
+                        .filter(|ip| IpFamily::of(ip) == fam)
+                        .map(IpRange::single),
+                ),
+            }
+        }
+        merge(ranges)
+    }
+
+    /// The pods a `Peer::Pods` names (nothing for an ipBlock).
+    fn peer_pods<'s>(
+        &'s self,
+        peer: &'s Peer,
+        policy: &'s Policy,
+    ) -> impl Iterator<Item = &'s Member<'a>> + 's {
+        let (namespaces, pods) = match peer {
+            Peer::Block(_) => (None, None),
+            Peer::Pods { namespaces, pods } => (Some(namespaces), Some(pods)),
+        };
+        self.by_namespace
+            .iter()
+            .filter(move |(ns, _)| match namespaces {
+                None => false,
+                Some(NamespaceScope::Own) => **ns == policy.namespace,
+                Some(NamespaceScope::Matching(s)) if s.is_everything() => true,
+                Some(NamespaceScope::Matching(s)) => self
+                    .state
+                    .namespace(ns)
+                    .is_some_and(|info| s.matches(&info.labels)),
+            })
+            .flat_map(|(_, members)| members.iter())
+            .filter(move |m| pods.is_some_and(|p| p.matches(&m.pod.labels)))
+    }
+
+    /// Named ports resolved on the destination pods: the selected pods for ingress, the peer
+    /// pods (every pod for "any peer") for egress.
+    fn named_elements(
+        &self,
+        dir: Dir,
+        rule: &Rule,
+        policy: &Policy,
+        selected: &[&Member<'a>],
+        named: &[(Proto, &str)],
+        fam: IpFamily,
+    ) -> Vec<Element> {
+        let destinations: Vec<&Member<'a>> = match (dir, &rule.peers) {
+            (Dir::Ingress, _) => selected.to_vec(),
+            (Dir::Egress, Peers::Any) => self.by_namespace.values().flatten().collect(),
+            (Dir::Egress, Peers::Only(peers)) => {
+                let mut seen = BTreeSet::new();
+                peers
+                    .iter()
+                    .flat_map(|p| self.peer_pods(p, policy))
+                    .filter(|m| seen.insert((&m.pod.namespace, &m.pod.name)))
+                    .collect()
+            }
+        };
+        let mut out = Vec::new();
+        for member in destinations {
+            for ip in member
+                .ips
+                .iter()
+                .copied()
+                .filter(|ip| IpFamily::of(ip) == fam)
+            {
+                for port in &member.pod.ports {
+                    if named
+                        .iter()
+                        .any(|(proto, name)| *proto == port.protocol && *name == port.name)
+                    {
+                        out.push(Element::Named {
+                            addr: ip,
+                            proto: port.protocol,
+                            port: port.port,
+                        });
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Adds the base chains and the policy dispatch chains.
+    fn finish(mut self) -> Ruleset {
+        let established = "ct state established,related accept".to_string();
+        for dir in [Dir::Ingress, Dir::Egress] {
+            let mut rules = self.jumps.remove(&dir).unwrap_or_default();
+            rules.extend(self.drops.remove(&dir).unwrap_or_default());
+            rules.push("drop".into());
+            self.chain(&dir.policies_chain(), None, rules);
+        }
+        let dispatch = |dir: Dir| -> Vec<String> {
+            IpFamily::ALL
+                .iter()
+                .map(|fam| {
+                    format!(
+                        "{} {} @{} jump {}",
+                        ip_kw(*fam),
+                        dir.own_side(),
+                        dir.isolated_set(*fam),
+                        dir.policies_chain()
+                    )
+                })
+                .collect()
+        };
+        let hook = |hook: &str, priority| {
+            Some(Hook {
+                hook: hook.into(),
+                priority,
+            })
+        };
+        let mut ingress = vec![established.clone()];
+        ingress.extend(dispatch(Dir::Ingress));
+        self.chain("ingress", hook("forward", 0), ingress);
+        let mut egress = vec![established.clone()];
+        egress.extend(dispatch(Dir::Egress));
+        self.chain("egress", hook("forward", -1), egress);
+        let mut input = vec![
+            established,
+            "icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert, nd-router-solicit } accept"
+                .to_string(),
+        ];
+        input.extend(dispatch(Dir::Egress));
+        self.chain("egress-input", hook("input", -1), input);
+        self.out
+    }
+}
+
+#[cfg(test)]
+mod tests;

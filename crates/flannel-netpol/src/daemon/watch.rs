@@ -1,0 +1,330 @@
+//! The three watches (Pods, Namespaces, NetworkPolicies), stripped on arrival into
+//! [`Update`]s for the one task that owns the [`ClusterState`].
+//!
+//! kube's `watcher` lists, then watches from the list's resourceVersion, re-lists on `410
+//! Gone`, and (with `default_backoff`) retries failures with a bounded exponential backoff;
+//! a resource the server does not serve (404 on networkpolicies) is simply retried. A (re)list
+//! is buffered until complete and then replaces everything of that resource at once, so a
+//! half-done list never removes rules. Errors are logged at warning level once per kind of
+//! error (and again after a success), counted always.
+
+use std::fmt::Debug;
+use std::pin::pin;
+use std::sync::Arc;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
+use kube::{Api, Resource};
+use serde::de::DeserializeOwned;
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use crate::cluster::{ClusterState, PolicyEntry};
+use crate::metrics::Metrics;
+use crate::model::{NamespaceInfo, PodInfo, Policy};
+
+/// One change for the cluster state.
+#[derive(Debug)]
+pub enum Update {
+    /// A pod was added or changed (`Some`), or deleted or became irrelevant (`None`).
+    Pod {
+        /// Namespace.
+        namespace: String,
+        /// Name.
+        name: String,
+        /// The stripped pod.
+        pod: Option<PodInfo>,
+    },
+    /// A complete (re)list of pods.
+    Pods(Vec<PodInfo>),
+    /// A namespace was added or changed (`Some`), or deleted.
+    Namespace {
+        /// Name.
+        name: String,
+        /// The stripped namespace.
+        ns: Option<NamespaceInfo>,
+    },
+    /// A complete (re)list of namespaces.
+    Namespaces(Vec<NamespaceInfo>),
+    /// A policy was added or changed (`Some`), or deleted.
+    Policy {
+        /// Namespace.
+        namespace: String,
+        /// Name.
+        name: String,
+        /// The validated policy.
+        entry: Option<PolicyEntry>,
+    },
+    /// A complete (re)list of policies.
+    Policies(Vec<PolicyEntry>),
+}
+
+impl Update {
+    /// Applies the change; returns the resource when it was a complete list (the daemon
+    /// syncs only once every resource has been listed).
+    pub fn apply(self, state: &mut ClusterState) -> Option<&'static str> {
+        match self {
+            Update::Pod {
+                namespace,
+                name,
+                pod,
+            } => match pod {
+                Some(p) => state.upsert_pod(p),
+                None => state.remove_pod(&namespace, &name),
+            },
+            Update::Pods(pods) => {
+                state.replace_pods(pods);
+                return Some(Pod::PLURAL);
+            }
+            Update::Namespace { name, ns } => match ns {
+                Some(n) => state.upsert_namespace(n),
+                None => state.remove_namespace(&name),
+            },
+            Update::Namespaces(list) => {
+                state.replace_namespaces(list);
+                return Some(Namespace::PLURAL);
+            }
+            Update::Policy {
+                namespace,
+                name,
+                entry,
+            } => match entry {
+                Some(e) => state.upsert_policy(e.policy, e.problems),
+                None => state.remove_policy(&namespace, &name),
+            },
+            Update::Policies(list) => {
+                state.replace_policies(list);
+                return Some(NetworkPolicy::PLURAL);
+            }
+        }
+        None
+    }
+}
+
+/// A watched resource: how its objects become updates.
+pub trait Watched:
+    Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + 'static
+{
+    /// The resource's plural name, for logs and the `api_errors_total` label.
+    const PLURAL: &'static str;
+    /// The update for an added, changed (`deleted == false`) or deleted object.
+    fn update(obj: &Self, deleted: bool) -> Update;
+    /// The update for a complete list.
+    fn relist(objs: &[Self]) -> Update;
+}
+
+fn names<K: Resource>(obj: &K) -> (String, String) {
+    let meta = obj.meta();
+    (
+        meta.namespace.clone().unwrap_or_default(),
+        meta.name.clone().unwrap_or_default(),
+    )
+}
+
+impl Watched for Pod {
+    const PLURAL: &'static str = "pods";
+    fn update(obj: &Self, deleted: bool) -> Update {
+        let (namespace, name) = names(obj);
+        let pod = if deleted {
+            None
+        } else {
+            PodInfo::from_pod(obj)
+        };
+        Update::Pod {
+            namespace,
+            name,
+            pod,
+        }
+    }
+    fn relist(objs: &[Self]) -> Update {
+        Update::Pods(objs.iter().filter_map(PodInfo::from_pod).collect())
+    }
+}
+
+impl Watched for Namespace {
+    const PLURAL: &'static str = "namespaces";
+    fn update(obj: &Self, deleted: bool) -> Update {
+        let (_, name) = names(obj);
+        let ns = if deleted {
+            None
+        } else {
+            NamespaceInfo::from_namespace(obj)
+        };
+        Update::Namespace { name, ns }
+    }
+    fn relist(objs: &[Self]) -> Update {
+        Update::Namespaces(
+            objs.iter()
+                .filter_map(NamespaceInfo::from_namespace)
+                .collect(),
+        )
+    }
+}
+
+/// Validates a policy and logs its problems (each time the policy changes).
+fn entry_of(np: &NetworkPolicy) -> PolicyEntry {
+    let (policy, problems) = Policy::from_api(np);
+    for p in &problems {
+        warn!(
+            "NetworkPolicy {}: {p} (enforced as far as valid, failing closed)",
+            policy.key()
+        );
+    }
+    PolicyEntry { policy, problems }
+}
+
+impl Watched for NetworkPolicy {
+    const PLURAL: &'static str = "networkpolicies";
+    fn update(obj: &Self, deleted: bool) -> Update {
+        let (namespace, name) = names(obj);
+        let entry = (!deleted).then(|| entry_of(obj));
+        Update::Policy {
+            namespace,
+            name,
+            entry,
+        }
+    }
+    fn relist(objs: &[Self]) -> Update {
+        Update::Policies(objs.iter().map(entry_of).collect())
+    }
+}
+
+/// Watches one resource cluster-wide until the receiver of `tx` is dropped.
+pub async fn run<K: Watched>(api: Api<K>, tx: mpsc::Sender<Update>, metrics: Arc<Metrics>) {
+    let stream = watcher::watcher(api, watcher::Config::default()).default_backoff();
+    let mut stream = pin!(stream);
+    let mut listing: Option<Vec<K>> = None;
+    // The kind of the last error logged, so a retrying failure logs once.
+    let mut last_error: Option<String> = None;
+    loop {
+        let next = tokio::select! {
+            n = stream.next() => n,
+            _ = tx.closed() => return,
+        };
+        let Some(item) = next else {
+            warn!("watch of {} ended", K::PLURAL);
+            return;
+        };
+        let update = match item {
+            Err(e) => {
+                metrics.api_error(K::PLURAL);
+                let kind = error_kind(&e);
+                if last_error.as_deref() != Some(kind.as_str()) {
+                    warn!(
+                        "watching {}: {e}; retrying with backoff, rules kept",
+                        K::PLURAL
+                    );
+                    last_error = Some(kind);
+                } else {
+                    debug!("watching {}: {e}", K::PLURAL);
+                }
+                continue;
+            }
+            Ok(Event::Init) => {
+                listing = Some(Vec::new());
+                continue;
+            }
+            Ok(Event::InitApply(obj)) => {
+                listing.get_or_insert_with(Vec::new).push(obj);
+                continue;
+            }
+            Ok(Event::InitDone) => {
+                let objs = listing.take().unwrap_or_default();
+                if last_error.take().is_some() {
+                    info!("watching {} again", K::PLURAL);
+                }
+                debug!("listed {} {}", objs.len(), K::PLURAL);
+                K::relist(&objs)
+            }
+            Ok(Event::Apply(obj)) => K::update(&obj, false),
+            Ok(Event::Delete(obj)) => K::update(&obj, true),
+        };
+        if tx.send(update).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The kind of a watch error: which step failed and, for API errors, the HTTP status (so a
+/// 404 that keeps repeating logs once, and a change to 403 logs again).
+fn error_kind(e: &watcher::Error) -> String {
+    let (step, source) = match e {
+        watcher::Error::InitialListFailed(s) => ("list", s),
+        watcher::Error::WatchStartFailed(s) => ("watch start", s),
+        watcher::Error::WatchFailed(s) => ("watch", s),
+        watcher::Error::WatchError(status) => return format!("watch error/{}", status.code),
+        watcher::Error::NoResourceVersion => return "no resourceVersion".into(),
+    };
+    match source {
+        kube::Error::Api(status) => format!("{step}/{}", status.code),
+        other => {
+            let debug = format!("{other:?}");
+            let variant = debug.split(['(', ' ', '{']).next().unwrap_or_default();
+            format!("{step}/{variant}")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(phase: &str) -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"namespace": "x", "name": "a", "labels": {"pod": "a"}},
+            "spec": {"nodeName": "n1", "containers": []},
+            "status": {"phase": phase, "podIP": "10.0.0.5"}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn objects_become_state_changes() {
+        let mut state = ClusterState::new();
+        assert_eq!(
+            Update::apply(Pod::relist(&[pod("Running")]), &mut state),
+            Some("pods")
+        );
+        assert_eq!(state.counts().0, 1);
+        // A pod that finished leaves the state before its deletion arrives.
+        assert_eq!(
+            Pod::update(&pod("Succeeded"), false).apply(&mut state),
+            None
+        );
+        assert_eq!(state.counts().0, 0);
+        Pod::update(&pod("Running"), false).apply(&mut state);
+        Pod::update(&pod("Running"), true).apply(&mut state);
+        assert_eq!(state.counts().0, 0);
+        let np: NetworkPolicy = serde_json::from_value(serde_json::json!({
+            "metadata": {"namespace": "x", "name": "p"},
+            "spec": {"podSelector": {}, "ingress": [{"from": [{"ipBlock": {"cidr": "bad"}}]}]}
+        }))
+        .unwrap();
+        assert_eq!(
+            NetworkPolicy::relist(std::slice::from_ref(&np)).apply(&mut state),
+            Some("networkpolicies")
+        );
+        let entry = state.policies().next().unwrap();
+        assert_eq!(entry.problems.len(), 1);
+        NetworkPolicy::update(&np, true).apply(&mut state);
+        assert_eq!(state.counts().2, 0);
+    }
+
+    #[test]
+    fn error_kinds_separate_statuses() {
+        let status = |code| {
+            watcher::Error::InitialListFailed(kube::Error::Api(Box::new(
+                kube::core::Status::failure("x", "NotFound").with_code(code),
+            )))
+        };
+        assert_eq!(error_kind(&status(404)), "list/404");
+        assert_ne!(error_kind(&status(404)), error_kind(&status(403)));
+        assert_eq!(
+            error_kind(&watcher::Error::NoResourceVersion),
+            "no resourceVersion"
+        );
+    }
+}
