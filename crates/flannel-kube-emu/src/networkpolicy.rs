@@ -55,8 +55,11 @@ fn default_spec(obj: &mut Value) {
         spec["podSelector"] = json!({});
     }
     for dir in ["ingress", "egress"] {
-        for rule in spec[dir].as_array_mut().into_iter().flatten() {
-            for port in rule["ports"].as_array_mut().into_iter().flatten() {
+        // `get_mut`, not indexing: indexing would add `null` members the API never shows.
+        let rules = spec.get_mut(dir).and_then(Value::as_array_mut);
+        for rule in rules.into_iter().flatten() {
+            let ports = rule.get_mut("ports").and_then(Value::as_array_mut);
+            for port in ports.into_iter().flatten() {
                 if port.is_object() && port["protocol"].is_null() {
                     port["protocol"] = json!("TCP");
                 }
@@ -298,6 +301,10 @@ mod tests {
         assert_eq!(obj["spec"]["ingress"][0]["ports"][0]["protocol"], "TCP");
         assert_eq!(obj["spec"]["policyTypes"], json!(["Ingress"]));
         assert_eq!(obj["metadata"]["generation"], 1);
+        assert!(
+            obj["spec"].get("egress").is_none(),
+            "no null members: {obj}"
+        );
         let obj = created(json!({ "egress": [{}] })).unwrap();
         assert_eq!(obj["spec"]["policyTypes"], json!(["Ingress", "Egress"]));
         let obj = created(json!({ "policyTypes": ["Egress"] })).unwrap();

@@ -122,6 +122,10 @@ async fn send_change(
     c: &Change,
     tx: &mpsc::Sender<Result<Bytes, std::io::Error>>,
 ) -> bool {
+    // The live feed carries every kind's changes: a watch sees only its own kind's.
+    if c.kind != spec.kind {
+        return true;
+    }
     match c.filtered(|o| spec.wants(o)) {
         Some(event) => tx
             .send(Ok(render.line(event.as_str(), &c.object)))

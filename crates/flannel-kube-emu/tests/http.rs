@@ -849,3 +849,55 @@ fn daemonsets_and_configmaps() -> Result<(), NetnsError> {
         assert_eq!(st, 200, "the orphan stays");
     })
 }
+
+/// A watch streams its own kind only, while other kinds change in the same moments (a
+/// kube-rs client fails to decode any other kind's object, as a pod watch that saw a
+/// Namespace did).
+#[test]
+fn a_watch_sees_only_its_kind() -> Result<(), NetnsError> {
+    run_in_netns(NetnsTarget::Fresh, || async {
+        loopback_up().await;
+        let emu = Emulator::new(EmuConfig::default());
+        let srv = emu.start("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let addr = srv.addr();
+        let rv = json_of(
+            &call(addr, "GET", "/api/v1/pods", "application/json", "")
+                .await
+                .2,
+        )["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let watches: Vec<_> = ["/api/v1/pods", "/apis/networking.k8s.io/v1/networkpolicies"]
+            .into_iter()
+            .map(|path| {
+                let path = format!("{path}?watch=1&timeoutSeconds=2&resourceVersion={rv}");
+                tokio::spawn(async move { request(addr, "GET", &path, "", "").await.2 })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let json = "application/json";
+        for (path, body) in [
+            ("/api/v1/namespaces", r#"{"metadata":{"name":"x"}}"#),
+            (
+                "/api/v1/namespaces/x/pods",
+                r#"{"metadata":{"name":"a"},"spec":{"containers":[{"name":"c","image":"i"}]}}"#,
+            ),
+            (
+                "/apis/networking.k8s.io/v1/namespaces/x/networkpolicies",
+                r#"{"metadata":{"name":"np"},"spec":{"podSelector":{}}}"#,
+            ),
+        ] {
+            assert_eq!(call(addr, "POST", path, json, body).await.0, 201, "{path}");
+        }
+        for (watch, kind) in watches.into_iter().zip(["Pod", "NetworkPolicy"]) {
+            let events = lines(&watch.await.unwrap());
+            let kinds: Vec<&str> = events
+                .iter()
+                .map(|e| e["object"]["kind"].as_str().unwrap())
+                .collect();
+            assert_eq!(kinds, [kind], "{events:?}");
+        }
+        drop(srv);
+    })
+}

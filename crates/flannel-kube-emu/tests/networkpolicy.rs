@@ -1,6 +1,6 @@
 //! NetworkPolicies (`networking.k8s.io/v1`) as the enforcer and users meet them: kube-rs
 //! discovers the group and kind, creates typed policies and reads them back with the API
-//! server's defaults, a watcher sees them change and go, refusals are `422` with field paths;
+//! server's defaults, a watcher sees them change and go (and nothing of other kinds), refusals are `422` with field paths;
 //! real kubectl applies a policy from YAML and prints it as `kubectl get netpol` does.
 
 use std::time::Duration;
@@ -9,6 +9,7 @@ use flannel_kube_emu::{EmuConfig, Emulator};
 use flannel_netlink::Netlink;
 use flannel_netlink::netns::{NetnsError, NetnsTarget, run_in_netns};
 use futures::StreamExt;
+use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::core::GroupVersionKind;
@@ -94,6 +95,14 @@ fn kube_rs_creates_watches_and_is_refused() -> Result<(), NetnsError> {
             .unwrap()
             .unwrap();
         assert_eq!(seen.name_any(), "np");
+
+        // Changes of other kinds while the watch is open stay out of its stream.
+        let namespaces: Api<Namespace> = Api::all(client.clone());
+        let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": "x"}})).unwrap();
+        namespaces
+            .create(&PostParams::default(), &ns)
+            .await
+            .unwrap();
 
         let patch = json!({"spec": {"podSelector": {"matchLabels": {"pod": "c"}}}});
         let patched = api

@@ -20,6 +20,7 @@ use crate::error::{LabError, Result};
 use crate::etcd::{Etcd, EtcdOptions};
 use crate::kube::{self, KubeEmu, KubeEmuOptions};
 use crate::lab::{Lab, Persist};
+use crate::netpol::Enforcers;
 use crate::ping::ping;
 use crate::process::Child;
 use crate::runtime::NodeRuntime;
@@ -92,6 +93,9 @@ pub struct ClusterSpec {
     /// workspace's binary ([`crate::daemonset`]; needs [`Datastore::Kube`]). `None`: flanneld
     /// from [`bin_dir`] with the flags above.
     pub daemonset: Option<DaemonSetSpec>,
+    /// Run the NetworkPolicy enforcer (`flannel-netpol`) on every node once flanneld is ready
+    /// ([`crate::netpol`]; needs [`Datastore::Kube`]).
+    pub netpol: bool,
 }
 
 impl Default for ClusterSpec {
@@ -115,6 +119,7 @@ impl Default for ClusterSpec {
             ready_timeout: Duration::from_secs(30),
             persist: None,
             daemonset: None,
+            netpol: false,
         }
     }
 }
@@ -149,6 +154,8 @@ pub enum StartPhase {
     Datastore,
     /// Starting flanneld on every node and waiting until each is ready.
     Flanneld,
+    /// Starting the NetworkPolicy enforcer on every node and waiting until each has synced.
+    Netpol,
 }
 
 /// The port flanneld's health server listens on inside each node namespace.
@@ -176,6 +183,7 @@ pub struct ClusterPod {
 #[derive(Debug)]
 pub struct Cluster {
     daemonset: Option<DaemonSet>,
+    netpol: Option<Enforcers>,
     flanneld: Vec<Option<Child>>,
     started: Vec<std::time::SystemTime>,
     etcd: Option<Etcd>,
@@ -256,8 +264,14 @@ impl Cluster {
             Datastore::Kube => (None, Some(kube::start_cluster(&lab, &bin_dir, &spec)?)),
         };
         let daemonset = daemonset::for_cluster(&spec, &lab, kube.as_ref())?;
+        if spec.netpol && spec.datastore != Datastore::Kube {
+            return Err(LabError::Invalid(
+                "the NetworkPolicy enforcer needs the Kubernetes API (--datastore kube)".into(),
+            ));
+        }
         let mut c = Cluster {
             daemonset,
+            netpol: None,
             flanneld: (0..spec.nodes).map(|_| None).collect(),
             started: vec![std::time::SystemTime::UNIX_EPOCH; spec.nodes],
             etcd,
@@ -276,7 +290,25 @@ impl Cluster {
         }
         c.wait_mesh()?;
         c.kubelet_nodes_ready()?;
+        if c.spec.netpol {
+            on_phase(StartPhase::Netpol);
+            let enforcers =
+                Enforcers::start(&c.lab, &c.bin_dir, c.spec.nodes, c.spec.ready_timeout)?;
+            c.netpol = Some(enforcers);
+        }
         Ok(c)
+    }
+
+    /// The NetworkPolicy enforcers, when the cluster runs them ([`ClusterSpec::netpol`]).
+    pub fn netpol(&self) -> Option<&Enforcers> {
+        self.netpol.as_ref()
+    }
+
+    /// The NetworkPolicy enforcers, to stop and restart them (restart tests).
+    pub fn netpol_mut(&mut self) -> Option<(&mut Enforcers, &Lab, &Path)> {
+        self.netpol
+            .as_mut()
+            .map(|e| (e, &self.lab, self.bin_dir.as_path()))
     }
 
     /// Kubernetes mode: reports every node Ready, as each kubelet does once the network plugin

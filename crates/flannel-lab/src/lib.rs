@@ -61,6 +61,7 @@ pub mod lab;
 pub mod lab_pods;
 pub mod manifest;
 mod netns;
+pub mod netpol;
 pub mod netpol_matrix;
 pub mod node_root;
 mod ping;

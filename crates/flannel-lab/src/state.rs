@@ -433,6 +433,15 @@ impl LabState {
                     Some(c.log_path()),
                 ));
             }
+            if let Some(c) = cluster.netpol().and_then(|e| e.child(i)) {
+                processes.push(process_record(
+                    &format!("flannel-netpol {}", node.name()),
+                    crate::netpol::NETPOL_BIN,
+                    c.pid(),
+                    c.netns_name(),
+                    Some(c.log_path()),
+                ));
+            }
             let conflist = match cluster.daemonset() {
                 Some(ds) => ds
                     .conflist(i)

@@ -166,6 +166,12 @@ struct UpArgs {
     #[arg(long, value_name = "FILE", requires = "image")]
     manifest: Option<PathBuf>,
 
+    /// Run the NetworkPolicy enforcer (flannel-netpol) on every node: networking.k8s.io/v1
+    /// NetworkPolicies compiled into the nftables table `inet flannel-netpol` (needs
+    /// --datastore kube)
+    #[arg(long)]
+    netpol: bool,
+
     /// Pods per node, named nK-p1, nK-p2, ...
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
     pods_per_node: u16,
@@ -296,7 +302,7 @@ fn up(state_dir: &Path, args: &UpArgs) -> anyhow::Result<ExitCode> {
         args.image.is_some(),
     )?;
     let unicode = render::utf8_locale();
-    let total = 5 + usize::from(args.throughput.throughput);
+    let total = 5 + usize::from(args.throughput.throughput) + usize::from(args.netpol);
     let mut progress = Progress::new(total, args.quiet, unicode);
     // Cluster::start finds the binaries the same way (next to this executable, or
     // FLANNEL_RS_BIN_DIR); this checks (and under `cargo run`, builds) them before anything exists.
@@ -410,6 +416,7 @@ fn build(
         ready_timeout: Duration::from_secs(args.ready_timeout),
         persist: Some(state.persist()?),
         daemonset: daemonset_spec(args)?,
+        netpol: args.netpol,
         ..ClusterSpec::default()
     };
     if let Some(ds) = spec.daemonset.take() {
@@ -430,6 +437,9 @@ fn build(
             ),
             None => format!("flanneld on {nodes} nodes ({backend}), until ready and routed"),
         }),
+        StartPhase::Netpol => {
+            progress.step(format!("flannel-netpol on {nodes} nodes, until synced"));
+        }
     })
     .context("starting the cluster")?;
     if signals.interrupted() {

@@ -85,6 +85,8 @@ pub fn workspace_bins(on_build: impl FnOnce()) -> anyhow::Result<PathBuf> {
                     "flannel-cni",
                     "-p",
                     "flannel-kube-emu",
+                    "-p",
+                    "flannel-netpol",
                 ])
                 .args(["--profile", profile])
                 .env("CARGO_TARGET_DIR", target)

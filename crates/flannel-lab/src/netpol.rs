@@ -1,0 +1,126 @@
+//! The NetworkPolicy enforcer on every node (`flannel-lab up --datastore kube --netpol`):
+//! `flannel-netpol` runs in each node's namespace as the chart's second container would, with
+//! the node's name and kubeconfig, and the lab waits until each has listed pods, namespaces
+//! and policies and written its table (`/readyz` 200), so a policy applied after `up` is
+//! enforced by an enforcer that is already watching.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::cluster::http_get_status;
+use crate::error::{LabError, Result};
+use crate::kube::node_name;
+use crate::lab::Lab;
+use crate::process::Child;
+
+/// The enforcer's binary name, next to flanneld's.
+pub const NETPOL_BIN: &str = "flannel-netpol";
+
+/// The port of the enforcer's `/metrics`, `/healthz` and `/readyz` in each node namespace
+/// (kube-network-policies' metrics port).
+pub const NETPOL_METRICS_PORT: u16 = 9080;
+
+/// The flags the lab gives the enforcer on a node: the chart's `netpol.args` (node name,
+/// `--v=2` so denied packets are logged to NFLOG) plus the node's kubeconfig and its metrics
+/// address.
+pub fn netpol_args(node_name: &str, node_dir: &Path) -> Vec<String> {
+    vec![
+        format!("--hostname-override={node_name}"),
+        "--v=2".to_string(),
+        format!("--kubeconfig={}", node_dir.join("kubeconfig").display()),
+        format!("--metrics-bind-address=0.0.0.0:{NETPOL_METRICS_PORT}"),
+    ]
+}
+
+/// One enforcer per node, started and stopped with the cluster.
+#[derive(Debug, Default)]
+pub struct Enforcers {
+    children: Vec<Option<Child>>,
+}
+
+impl Enforcers {
+    /// Starts the enforcer on every node of `lab` (binaries in `bin_dir`) and waits until each
+    /// is ready, or `timeout` passes.
+    pub fn start(lab: &Lab, bin_dir: &Path, nodes: usize, timeout: Duration) -> Result<Self> {
+        let program = bin_dir.join(NETPOL_BIN);
+        if !program.is_file() {
+            return Err(LabError::Invalid(format!(
+                "{NETPOL_BIN} binary not found in {}: build the workspace first (`cargo build --workspace --bins`), or set FLANNEL_RS_BIN_DIR",
+                bin_dir.display()
+            )));
+        }
+        let mut enforcers = Enforcers::default();
+        for i in 0..nodes {
+            enforcers.children.push(Some(spawn(lab, bin_dir, i)?));
+        }
+        for i in 0..nodes {
+            enforcers.wait_ready(lab, i, timeout)?;
+        }
+        Ok(enforcers)
+    }
+
+    /// Waits until node `i`'s enforcer answers `/readyz` with 200 (it has synced once).
+    fn wait_ready(&mut self, lab: &Lab, i: usize, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(c) = &mut self.children[i] {
+                c.ensure_running()?;
+            }
+            let ready = lab
+                .node(i)
+                .netns()
+                .in_thread(|| http_get_status(NETPOL_METRICS_PORT, "/readyz") == Some(200))
+                .unwrap_or(false);
+            if ready {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                let last = self.children[i].as_ref().map(|c| c.log_tail(20));
+                return Err(LabError::Timeout {
+                    what: format!("{NETPOL_BIN} on {} to become ready", lab.node(i).name()),
+                    timeout,
+                    last,
+                });
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The enforcer process of node `i`, if running.
+    pub fn child(&self, i: usize) -> Option<&Child> {
+        self.children.get(i).and_then(Option::as_ref)
+    }
+
+    /// Stops node `i`'s enforcer with SIGTERM; its rules stay in the kernel, as on a node whose
+    /// enforcer restarts.
+    pub fn stop(&mut self, i: usize) -> Result<std::process::ExitStatus> {
+        match self.children.get_mut(i).and_then(Option::take) {
+            Some(mut c) => c.stop(),
+            None => Err(LabError::Invalid(format!(
+                "{NETPOL_BIN} on node {i} is not running"
+            ))),
+        }
+    }
+
+    /// Starts node `i`'s enforcer again (after [`Enforcers::stop`]) and waits until it is ready.
+    pub fn restart(
+        &mut self,
+        lab: &Lab,
+        bin_dir: &Path,
+        i: usize,
+        timeout: Duration,
+    ) -> Result<()> {
+        self.children[i] = Some(spawn(lab, bin_dir, i)?);
+        self.wait_ready(lab, i, timeout)
+    }
+}
+
+/// Starts node `i`'s enforcer in its namespace.
+fn spawn(lab: &Lab, bin_dir: &Path, i: usize) -> Result<Child> {
+    let node = lab.node(i);
+    let mut cmd = Command::new(bin_dir.join(NETPOL_BIN));
+    cmd.args(netpol_args(&node_name(i), node.dir()));
+    cmd.env("RUST_LOG", "info");
+    lab.spawn_in(node.netns(), cmd)
+}
