@@ -20,7 +20,7 @@ use crate::error::{LabError, Result};
 use crate::etcd::{Etcd, EtcdOptions};
 use crate::kube::{self, KubeEmu, KubeEmuOptions};
 use crate::lab::{Lab, Persist};
-use crate::netpol::Enforcers;
+use crate::netpol::{Enforcers, NETPOL_CONTAINER};
 use crate::ping::ping;
 use crate::process::Child;
 use crate::runtime::NodeRuntime;
@@ -290,13 +290,34 @@ impl Cluster {
         }
         c.wait_mesh()?;
         c.kubelet_nodes_ready()?;
-        if c.spec.netpol {
-            on_phase(StartPhase::Netpol);
-            let enforcers =
-                Enforcers::start(&c.lab, &c.bin_dir, c.spec.nodes, c.spec.ready_timeout)?;
-            c.netpol = Some(enforcers);
-        }
+        c.start_netpol(&mut on_phase)?;
         Ok(c)
+    }
+
+    /// Starts the NetworkPolicy enforcers: with [`ClusterSpec::netpol`], or in image mode when
+    /// the manifest's pod has the enforcer's container (a kubelet runs every container).
+    fn start_netpol(&mut self, on_phase: &mut impl FnMut(StartPhase)) -> Result<()> {
+        let sidecar = self
+            .daemonset
+            .as_ref()
+            .is_some_and(|ds| ds.has_container(NETPOL_CONTAINER));
+        if self.daemonset.is_some() && self.spec.netpol && !sidecar {
+            return Err(LabError::Invalid(format!(
+                "--netpol with --image runs the DaemonSet's {NETPOL_CONTAINER} container: render the chart with it (`helm template flannel chart/kube-flannel -n kube-flannel --set netpol.enabled=true > x.yml`) and pass --manifest x.yml"
+            )));
+        }
+        if self.spec.netpol || sidecar {
+            on_phase(StartPhase::Netpol);
+            let enforcers = Enforcers::start(
+                &self.lab,
+                &self.bin_dir,
+                self.spec.nodes,
+                self.spec.ready_timeout,
+                self.daemonset.as_mut(),
+            )?;
+            self.netpol = Some(enforcers);
+        }
+        Ok(())
     }
 
     /// The NetworkPolicy enforcers, when the cluster runs them ([`ClusterSpec::netpol`]).

@@ -151,6 +151,8 @@ struct NodePod {
     reported: PodState,
     /// The flanneld container, removed on drop.
     main: Option<podman::Container>,
+    /// The pod's other containers (the NetworkPolicy enforcer), removed on drop.
+    sidecars: BTreeMap<String, podman::Container>,
 }
 
 /// The DaemonSet's pods on the lab's nodes: containers are removed when it is dropped.
@@ -199,6 +201,7 @@ impl DaemonSet {
                 starts: 0,
                 reported: PodState::Initializing,
                 main: None,
+                sidecars: BTreeMap::new(),
             });
         }
         let mut ds = DaemonSet {
@@ -300,6 +303,39 @@ impl DaemonSet {
         Ok(child)
     }
 
+    /// Whether the pod template has container `name` besides flanneld's (the chart renders
+    /// `kube-network-policies` with `netpol.enabled`).
+    pub fn has_container(&self, name: &str) -> bool {
+        self.spec.manifest.containers.iter().any(|c| c.name == name)
+    }
+
+    /// Starts node `i`'s container `name` (after [`DaemonSet::start`] ran the init
+    /// containers) as a kubelet runs a pod's further containers, with `--kube-api-url` added as
+    /// for flanneld; the returned process is podman attached to it.
+    pub fn start_container(&mut self, i: usize, lab: &Lab, name: &str) -> Result<Child> {
+        let c = self
+            .spec
+            .manifest
+            .containers
+            .iter()
+            .find(|c| c.name == name)
+            .ok_or_else(|| {
+                LabError::Invalid(format!("the DaemonSet has no container {name:?}"))
+            })?;
+        let api = format!("--kube-api-url={}", self.api_url);
+        let run = self.run_spec(i, c, &[api.as_str()], &BTreeMap::new())?;
+        match self.pods[i].sidecars.remove(name) {
+            Some(old) => old.remove()?,
+            None => podman::remove(std::slice::from_ref(&run.name))?,
+        }
+        let log = self.pods[i].log_dir.join(format!("{}.log", run.name));
+        let child = Child::spawn_host(run.command()?, log, lab.persistence().is_some())?;
+        self.pods[i]
+            .sidecars
+            .insert(name.to_string(), podman::Container::new(run.name));
+        Ok(child)
+    }
+
     /// The container spec for container `c` of node `i`'s pod.
     fn run_spec(
         &self,
@@ -350,11 +386,14 @@ impl DaemonSet {
         }
         let mut cap_add: Vec<String> = RUNTIME_DEFAULT_CAPS.iter().map(|c| c.to_string()).collect();
         cap_add.extend(c.cap_add().iter().cloned());
+        // A kubelet expands `$(VAR)` in command and args from the container's environment
+        // (`--hostname-override=$(MY_NODE_NAME)`).
+        let expand = |a: &String| expand_env_refs(a, &env);
         let (entrypoint, mut args) = match c.command.split_first() {
-            Some((first, rest)) => (Some(first.clone()), rest.to_vec()),
+            Some((first, rest)) => (Some(expand(first)), rest.iter().map(expand).collect()),
             None => (None, Vec::new()),
         };
-        args.extend(c.args.iter().cloned());
+        args.extend(c.args.iter().map(expand));
         args.extend(extra_args.iter().map(|a| a.to_string()));
         Ok(RunSpec {
             name: self.container_name(i, &c.name),
@@ -538,6 +577,33 @@ fn init_failed(container: &str, node: &str, e: LabError) -> LabError {
 }
 
 /// Creates every hostPath of the manifest under the node's root, as its `type` asks.
+/// Kubernetes' `$(VAR)` expansion of a command or argument: a reference to a variable of `env`
+/// becomes its value, `$$` a literal `$`, and anything else (an unknown variable, a lone `$`)
+/// stays as written.
+fn expand_env_refs(text: &str, env: &[(String, String)]) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(pos) = rest.find('$') {
+        out.push_str(&rest[..pos]);
+        let tail = &rest[pos + 1..];
+        if let Some(after) = tail.strip_prefix('$') {
+            out.push('$');
+            rest = after;
+        } else if let Some(inner) = tail.strip_prefix('(')
+            && let Some(end) = inner.find(')')
+            && let Some((_, value)) = env.iter().rev().find(|(k, _)| *k == inner[..end])
+        {
+            out.push_str(value);
+            rest = &inner[end + 1..];
+        } else {
+            out.push('$');
+            rest = tail;
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 fn create_host_paths(m: &Manifest, root: &NodeRoot) -> Result<()> {
     for h in m.volumes.iter().filter_map(|v| v.host_path.as_ref()) {
         let path = root.path(&h.path);
@@ -603,5 +669,22 @@ mod tests {
         assert!(spec.direct_routing && spec.nftables);
         assert_eq!(spec.extra_config["IPv6Network"], "fd42::/56");
         ds.check_network(&spec).unwrap();
+    }
+
+    #[test]
+    fn env_references_expand_as_a_kubelet_expands_them() {
+        let env = vec![
+            ("MY_NODE_NAME".to_string(), "n2".to_string()),
+            ("A".to_string(), "x".to_string()),
+        ];
+        for (text, want) in [
+            ("--hostname-override=$(MY_NODE_NAME)", "--hostname-override=n2"),
+            ("$(A)$(A)-$(MISSING)", "xx-$(MISSING)"),
+            ("$$(A) costs $5", "$(A) costs $5"),
+            ("$(A", "$(A"),
+            ("plain", "plain"),
+        ] {
+            assert_eq!(expand_env_refs(text, &env), want, "{text}");
+        }
     }
 }

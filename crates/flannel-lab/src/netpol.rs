@@ -9,6 +9,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::cluster::http_get_status;
+use crate::daemonset::DaemonSet;
 use crate::error::{LabError, Result};
 use crate::kube::node_name;
 use crate::lab::Lab;
@@ -16,6 +17,10 @@ use crate::process::Child;
 
 /// The enforcer's binary name, next to flanneld's.
 pub const NETPOL_BIN: &str = "flannel-netpol";
+
+/// The enforcer's container in the DaemonSet (upstream's name, rendered with
+/// `netpol.enabled`).
+pub const NETPOL_CONTAINER: &str = "kube-network-policies";
 
 /// The port of the enforcer's `/metrics`, `/healthz` and `/readyz` in each node namespace
 /// (kube-network-policies' metrics port).
@@ -40,11 +45,18 @@ pub struct Enforcers {
 }
 
 impl Enforcers {
-    /// Starts the enforcer on every node of `lab` (binaries in `bin_dir`) and waits until each
-    /// is ready, or `timeout` passes.
-    pub fn start(lab: &Lab, bin_dir: &Path, nodes: usize, timeout: Duration) -> Result<Self> {
+    /// Starts the enforcer on every node of `lab` and waits until each is ready, or `timeout`
+    /// passes: the DaemonSet's [`NETPOL_CONTAINER`] from the image when `daemonset` is given
+    /// (as a kubelet runs the pod's second container), else the binary in `bin_dir`.
+    pub fn start(
+        lab: &Lab,
+        bin_dir: &Path,
+        nodes: usize,
+        timeout: Duration,
+        mut daemonset: Option<&mut DaemonSet>,
+    ) -> Result<Self> {
         let program = bin_dir.join(NETPOL_BIN);
-        if !program.is_file() {
+        if daemonset.is_none() && !program.is_file() {
             return Err(LabError::Invalid(format!(
                 "{NETPOL_BIN} binary not found in {}: build the workspace first (`cargo build --workspace --bins`), or set FLANNEL_RS_BIN_DIR",
                 bin_dir.display()
@@ -52,7 +64,11 @@ impl Enforcers {
         }
         let mut enforcers = Enforcers::default();
         for i in 0..nodes {
-            enforcers.children.push(Some(spawn(lab, bin_dir, i)?));
+            let child = match daemonset.as_deref_mut() {
+                Some(ds) => ds.start_container(i, lab, NETPOL_CONTAINER)?,
+                None => spawn(lab, bin_dir, i)?,
+            };
+            enforcers.children.push(Some(child));
         }
         for i in 0..nodes {
             enforcers.wait_ready(lab, i, timeout)?;
@@ -103,7 +119,8 @@ impl Enforcers {
         }
     }
 
-    /// Starts node `i`'s enforcer again (after [`Enforcers::stop`]) and waits until it is ready.
+    /// Starts node `i`'s enforcer (the binary) again after [`Enforcers::stop`] and waits until
+    /// it is ready.
     pub fn restart(
         &mut self,
         lab: &Lab,

@@ -436,7 +436,10 @@ impl LabState {
             if let Some(c) = cluster.netpol().and_then(|e| e.child(i)) {
                 processes.push(process_record(
                     &format!("flannel-netpol {}", node.name()),
-                    crate::netpol::NETPOL_BIN,
+                    match cluster.daemonset() {
+                        Some(_) => "podman",
+                        None => crate::netpol::NETPOL_BIN,
+                    },
                     c.pid(),
                     c.netns_name(),
                     Some(c.log_path()),

@@ -296,13 +296,26 @@ fn up(state_dir: &Path, args: &UpArgs) -> anyhow::Result<ExitCode> {
             "--image runs the kube-flannel DaemonSet, whose flanneld uses --kube-subnet-mgr: add --datastore kube"
         );
     }
+    if args.netpol && args.datastore != DatastoreArg::Kube {
+        bail!(
+            "--netpol runs flannel-netpol, which watches pods, namespaces and NetworkPolicies in the Kubernetes API: add --datastore kube"
+        );
+    }
+    // In image mode a manifest rendered with netpol.enabled runs the enforcer's container too.
+    let netpol_step = args.netpol
+        || daemonset_spec(args)?.is_some_and(|d| {
+            d.manifest
+                .containers
+                .iter()
+                .any(|c| c.name == flannel_lab::netpol::NETPOL_CONTAINER)
+        });
     bins::check_programs(
         args.nftables,
         args.throughput.throughput,
         args.image.is_some(),
     )?;
     let unicode = render::utf8_locale();
-    let total = 5 + usize::from(args.throughput.throughput) + usize::from(args.netpol);
+    let total = 5 + usize::from(args.throughput.throughput) + usize::from(netpol_step);
     let mut progress = Progress::new(total, args.quiet, unicode);
     // Cluster::start finds the binaries the same way (next to this executable, or
     // FLANNEL_RS_BIN_DIR); this checks (and under `cargo run`, builds) them before anything exists.
