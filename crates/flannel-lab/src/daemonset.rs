@@ -319,9 +319,7 @@ impl DaemonSet {
             .containers
             .iter()
             .find(|c| c.name == name)
-            .ok_or_else(|| {
-                LabError::Invalid(format!("the DaemonSet has no container {name:?}"))
-            })?;
+            .ok_or_else(|| LabError::Invalid(format!("the DaemonSet has no container {name:?}")))?;
         let api = format!("--kube-api-url={}", self.api_url);
         let run = self.run_spec(i, c, &[api.as_str()], &BTreeMap::new())?;
         match self.pods[i].sidecars.remove(name) {
@@ -678,7 +676,10 @@ mod tests {
             ("A".to_string(), "x".to_string()),
         ];
         for (text, want) in [
-            ("--hostname-override=$(MY_NODE_NAME)", "--hostname-override=n2"),
+            (
+                "--hostname-override=$(MY_NODE_NAME)",
+                "--hostname-override=n2",
+            ),
             ("$(A)$(A)-$(MISSING)", "xx-$(MISSING)"),
             ("$$(A) costs $5", "$(A) costs $5"),
             ("$(A", "$(A"),

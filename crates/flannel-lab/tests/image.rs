@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use flannel_lab::daemonset::{DaemonSet, DaemonSetSpec};
 use flannel_lab::manifest::{CONFIGMAP, INSTALL_CNI, INSTALL_CNI_PLUGIN, KUBE_FLANNEL, Manifest};
+use flannel_lab::netpol::NETPOL_CONTAINER;
 use flannel_lab::state::LabState;
 use flannel_lab::{Cluster, ClusterSpec, Datastore, netns_exists, podman, run_command};
 use serde_json::Value;
@@ -611,4 +612,106 @@ fn up_with_an_image_and_down_after_its_podman_was_killed() {
     for n in state.nodes.iter().map(|n| &n.netns) {
         assert!(!netns_exists(n), "{n} left behind");
     }
+}
+
+/// Waits (bounded) until `cond` holds for the cluster, polling.
+fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The chart rendered with `netpol.enabled=true` puts flannel-netpol in the DaemonSet's second
+/// container: the lab runs it from the image like a kubelet (its `$(MY_NODE_NAME)` expanded)
+/// and a deny-all ingress policy then cuts the pods off each other until it is deleted.
+#[test]
+fn the_netpol_container_from_the_image_enforces_policies() {
+    let dir = tempfile::Builder::new()
+        .prefix("flrs-netpol-image-")
+        .tempdir()
+        .unwrap();
+    let mut helm = Command::new("helm");
+    helm.args(["template", "flannel"])
+        .arg(repo().join("chart/kube-flannel"))
+        .args(["-n", "kube-flannel", "--set", "netpol.enabled=true"])
+        .env("HELM_CONFIG_HOME", dir.path().join("helm"))
+        .env("HELM_CACHE_HOME", dir.path().join("helm"))
+        .env("HELM_DATA_HOME", dir.path().join("helm"));
+    let out = run_command(helm, None, Duration::from_secs(60)).unwrap();
+    assert!(out.status.success(), "helm template: {out:?}");
+    let path = dir.path().join("netpol.yml");
+    std::fs::write(&path, &out.stdout).unwrap();
+    let manifest = Manifest::load(&path).unwrap();
+    let ds = DaemonSetSpec {
+        image: image().to_string(),
+        manifest,
+    };
+    let mut c = Cluster::start(spec_with(2, ds)).expect("two nodes with the enforcer");
+    c.add_pod(0, "n1-p1").unwrap();
+    c.add_pod(1, "n2-p1").unwrap();
+    assert!(c.unreachable().is_empty(), "{:?}", c.unreachable());
+
+    let ds = c.daemonset().unwrap();
+    for i in 0..2 {
+        let name = ds.container_name(i, NETPOL_CONTAINER);
+        let (state, image_id) = podman::inspect(&name)
+            .unwrap()
+            .expect("the enforcer's container");
+        assert_eq!(state, "running", "{name}");
+        assert_eq!(image_id, ds.image_id());
+        let mut cmd = podman::command().unwrap();
+        cmd.args([
+            "container",
+            "inspect",
+            "--format",
+            "{{json .Config.Entrypoint}} {{json .Config.Cmd}}",
+            &name,
+        ]);
+        let text = String::from_utf8(
+            run_command(cmd, None, Duration::from_secs(60))
+                .unwrap()
+                .stdout,
+        )
+        .unwrap();
+        for want in [
+            "/opt/bin/flannel-netpol".to_string(),
+            format!("--hostname-override=n{}", i + 1),
+            "--v=2".into(),
+            "--kube-api-url=http://198.18.0.254:".into(),
+        ] {
+            assert!(text.contains(&want), "{want} missing from {name}: {text}");
+        }
+    }
+
+    let client = c.kube().unwrap().client().clone();
+    let deny = serde_json::json!({
+        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": {"name": "deny-ingress"},
+        "spec": {"podSelector": {}, "policyTypes": ["Ingress"]}
+    });
+    let path = "/apis/networking.k8s.io/v1/namespaces/default/networkpolicies";
+    let (status, body) = client
+        .request("POST", path, "application/json", Some(&deny))
+        .unwrap();
+    assert_eq!(status, 201, "{body}");
+    wait_until("the deny policy to cut both directions", || {
+        c.unreachable().len() == 2
+    });
+    let (status, body) = client
+        .request(
+            "DELETE",
+            &format!("{path}/deny-ingress"),
+            "application/json",
+            None,
+        )
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    wait_until("the pods to reach each other again", || {
+        c.unreachable().is_empty()
+    });
 }
