@@ -18,6 +18,7 @@ mod netpol_conformance {
     pub mod case;
     pub mod cluster;
     pub mod lab;
+    pub mod lab_dir;
     pub mod model;
     pub mod not_ported;
     pub mod policies;
