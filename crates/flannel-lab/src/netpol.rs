@@ -134,7 +134,7 @@ impl crate::state::LabState {
 
     /// Stops node `node`'s enforcer (SIGTERM, then SIGKILL) and forgets it: its table stays in
     /// the kernel, as on a node whose enforcer container restarts. Reliability tests use this
-    /// with [`LabState::start_netpol`] on a persistent lab.
+    /// with [`start_netpol`](crate::state::LabState::start_netpol) on a persistent lab.
     pub fn stop_netpol(&mut self, node: &str) -> Result<()> {
         let role = netpol_role(node);
         let Some(p) = self.netpol_process(node).cloned() else {

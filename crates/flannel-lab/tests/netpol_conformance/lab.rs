@@ -1,5 +1,6 @@
 //! [`NetpolCluster`] on a real lab: `flannel-lab up --datastore kube --netpol` with 3 nodes
-//! ([`LabDir`]), driven through the lab's library API (pods, labels, the emulator's HTTP API, the parallel probe matrix).
+//! ([`LabDir`]), driven through the lab's library API (pods, labels, the emulator's HTTP API,
+//! the parallel probe matrix).
 //!
 //! The model's pods are spread round-robin over the nodes (x/a n1, x/b n2, x/c n3, y/a n1,
 //! ...), so a, b and c of every namespace sit on different nodes (cross-node pairs) while x/a,

@@ -33,7 +33,7 @@ pub mod sysctl;
 pub mod watch;
 
 use enforcer::Enforcer;
-use watch::{Received, Update};
+use watch::Received;
 
 /// Longest wait between retries of a failed sync.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -226,6 +226,7 @@ mod tests {
     use crate::ruleset::policy_id;
     use crate::testing::{e2e_state, labels};
     use flannel_netlink::netns::{NetnsTarget, run_in_netns};
+    use watch::Update;
 
     fn policy(name: &str) -> PolicyEntry {
         let np = serde_json::from_value(serde_json::json!({
