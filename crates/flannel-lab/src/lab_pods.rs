@@ -432,7 +432,7 @@ fn program_name(program: &Path) -> String {
 
 /// Stops recorded processes: SIGTERM, then SIGKILL after [`SERVE_STOP_TIMEOUT`]; pids that no
 /// longer are the recorded program are left alone.
-fn stop_processes(procs: &[ProcessRecord]) {
+pub(crate) fn stop_processes(procs: &[ProcessRecord]) {
     let running: Vec<&ProcessRecord> = procs.iter().filter(|p| p.is_running()).collect();
     for p in &running {
         signal_process(p, nix::sys::signal::Signal::SIGTERM);

@@ -141,3 +141,97 @@ fn spawn(lab: &Lab, bin_dir: &Path, i: usize) -> Result<Child> {
     cmd.env("RUST_LOG", "info");
     lab.spawn_in(node.netns(), cmd)
 }
+
+impl crate::state::LabState {
+    /// The recorded enforcer process of node `node` (`n1`, ...), if the lab runs one.
+    pub fn netpol_process(&self, node: &str) -> Option<&crate::state::ProcessRecord> {
+        let role = netpol_role(node);
+        self.processes.iter().find(|p| p.role == role)
+    }
+
+    /// Stops node `node`'s enforcer (SIGTERM, then SIGKILL) and forgets it: its table stays in
+    /// the kernel, as on a node whose enforcer container restarts. Reliability tests use this
+    /// with [`start_netpol`](crate::state::LabState::start_netpol) on a persistent lab.
+    pub fn stop_netpol(&mut self, node: &str) -> Result<()> {
+        let role = netpol_role(node);
+        let Some(p) = self.netpol_process(node).cloned() else {
+            return Err(LabError::Invalid(format!(
+                "no {NETPOL_BIN} recorded on node {node:?}"
+            )));
+        };
+        crate::lab_pods::stop_processes(std::slice::from_ref(&p));
+        self.processes.retain(|p| p.role != role);
+        Ok(())
+    }
+
+    /// Starts node `node`'s enforcer again (binaries from [`crate::bin_dir`]) as a recorded lab
+    /// process, with the flags `up --netpol` gives it, and waits until it is ready (`/readyz`:
+    /// it has listed everything and reconciled the table it found).
+    pub fn start_netpol(&mut self, node: &str, timeout: Duration) -> Result<()> {
+        if self.netpol_process(node).is_some_and(|p| p.is_running()) {
+            return Err(LabError::Invalid(format!(
+                "{NETPOL_BIN} already runs on node {node:?}"
+            )));
+        }
+        let rec = self
+            .nodes
+            .iter()
+            .find(|n| n.name == node)
+            .ok_or_else(|| LabError::Invalid(format!("no node {node:?} in the lab")))?
+            .clone();
+        let mut cmd = Command::new(crate::bin_dir()?.join(NETPOL_BIN));
+        cmd.args(netpol_args(&rec.name, &rec.dir));
+        cmd.env("RUST_LOG", "info");
+        let log = self
+            .lab_dir
+            .join("logs")
+            .join(format!("{NETPOL_BIN}-{node}-restarted.log"));
+        let mut child = Child::spawn_session(&rec.netns, cmd, log)?;
+        let ns = crate::Netns::open(&rec.netns)?;
+        let deadline = Instant::now() + timeout;
+        while ns
+            .in_thread(|| http_get_status(NETPOL_METRICS_PORT, "/readyz"))
+            .ok()
+            .flatten()
+            != Some(200)
+        {
+            child.ensure_running()?;
+            if Instant::now() >= deadline {
+                return Err(LabError::Timeout {
+                    what: format!("{NETPOL_BIN} on {node} to become ready"),
+                    timeout,
+                    last: Some(child.log_tail(20)),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.processes.push(crate::state::process_record(
+            &netpol_role(node),
+            NETPOL_BIN,
+            child.pid(),
+            child.netns_name(),
+            Some(child.log_path()),
+        ));
+        // The state file owns it now (see `LabState::detach`).
+        std::mem::forget(child);
+        Ok(())
+    }
+
+    /// Node `node`'s enforcer's `/metrics` text (`None` when it does not answer).
+    pub fn netpol_metrics(&self, node: &str) -> Result<Option<String>> {
+        let rec = self
+            .nodes
+            .iter()
+            .find(|n| n.name == node)
+            .ok_or_else(|| LabError::Invalid(format!("no node {node:?} in the lab")))?;
+        crate::Netns::open(&rec.netns)?.in_thread(|| {
+            crate::cluster::http_get(NETPOL_METRICS_PORT, "/metrics")
+                .and_then(|(status, body)| (status == 200).then_some(body))
+        })
+    }
+}
+
+/// The recorded role of a node's enforcer (as `up` records it).
+fn netpol_role(node: &str) -> String {
+    format!("{NETPOL_BIN} {node}")
+}

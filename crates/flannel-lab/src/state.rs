@@ -435,7 +435,7 @@ impl LabState {
             }
             if let Some(c) = cluster.netpol().and_then(|e| e.child(i)) {
                 processes.push(process_record(
-                    &format!("flannel-netpol {}", node.name()),
+                    &format!("{} {}", crate::netpol::NETPOL_BIN, node.name()),
                     match cluster.daemonset() {
                         Some(_) => "podman",
                         None => crate::netpol::NETPOL_BIN,

@@ -17,6 +17,8 @@ mod netpol_conformance {
     pub mod additions;
     pub mod case;
     pub mod cluster;
+    pub mod lab;
+    pub mod lab_dir;
     pub mod model;
     pub mod not_ported;
     pub mod policies;
@@ -28,7 +30,7 @@ mod netpol_conformance {
 }
 
 use netpol_conformance::{
-    additions, case, cluster, model, not_ported, policies, reachability, reference, runner,
+    additions, case, cluster, lab, model, not_ported, policies, reachability, reference, runner,
     truth_table, upstream,
 };
 
@@ -356,30 +358,28 @@ fn catalogue_titles_are_unique_and_upstream_count_is_complete() {
     assert_eq!(ctx.ip("x/a"), cluster.pod_ips(&pod("x/a")).expect("ip")[0]);
 }
 
-/// The lab with the enforcer on every node, carrying nothing yet (the runner creates the
-/// model's namespaces and pods through the trait).
-///
-/// To be filled in once flannel-netpol and the lab's `pod`/`apply`/`probe` commands are on main:
-/// bring up `flannel-lab up --datastore kube --netpol` (3 nodes), and implement
-/// [`NetpolCluster`] with the lab's library API (pods spread over the nodes so that same-node and
-/// cross-node pairs are both probed; `settle` may wait for the enforcer's sync).
+/// The lab with the enforcer on every node (3 nodes, `flannel-lab up --datastore kube
+/// --netpol`), carrying nothing yet: the runner creates the model's namespaces and pods through
+/// the trait ([`lab::LabCluster`] spreads them over the nodes).
 fn lab_cluster() -> anyhow::Result<Box<dyn NetpolCluster>> {
-    anyhow::bail!(
-        "the lab does not drive NetworkPolicies yet (flannel-netpol and `flannel-lab pod`/`probe` \
-         are not on main): see issue 17"
-    )
+    Ok(Box::new(lab::LabCluster::up()?))
 }
 
 #[test]
-#[ignore = "needs the flannel-netpol enforcer and lab pod commands (issue 17 integration)"]
 fn conformance_on_the_lab() {
     flannel_lab::require_root("run the NetworkPolicy conformance suite on the lab")
         .expect("the lab needs root");
+    let started = std::time::Instant::now();
     let cluster = lab_cluster().expect("lab cluster");
+    let up = started.elapsed();
     let f = filter();
     let outcomes = run_on(cluster.as_ref(), &catalogue(), f.as_deref());
     let summary = Summary::of(&outcomes);
     println!("{}", summary.line(upstream::all().len()));
+    println!(
+        "lab up in {up:.1?}, cases in {:.1?}",
+        started.elapsed() - up
+    );
     print_not_ported();
     assert!(summary.failed.is_empty(), "failed: {:#?}", summary.failed);
 }

@@ -65,6 +65,8 @@ pub struct Metrics {
     pub invalid_policies: Gauge,
     /// API watch errors by resource.
     pub api_errors: Family<ResourceLabel, Counter>,
+    /// Per resource, the newest resourceVersion the last successful sync covered.
+    pub synced_resource_version: Family<ResourceLabel, Gauge>,
     /// Last counter value seen per label set, to turn kernel totals into increments.
     last_drops: Mutex<BTreeMap<DropLabels, u64>>,
 }
@@ -90,6 +92,7 @@ impl Metrics {
             policy_drops: Family::default(),
             invalid_policies: Gauge::default(),
             api_errors: Family::default(),
+            synced_resource_version: Family::default(),
             last_drops: Mutex::new(BTreeMap::new()),
         };
         registry.register("policies", "NetworkPolicies known", m.policies.clone());
@@ -124,6 +127,11 @@ impl Metrics {
             "Kubernetes API watch errors by resource",
             m.api_errors.clone(),
         );
+        registry.register(
+            "synced_resource_version",
+            "newest metadata.resourceVersion per watched resource that the last successful sync enforces",
+            m.synced_resource_version.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -153,6 +161,19 @@ impl Metrics {
                 resource: resource.into(),
             })
             .inc();
+    }
+
+    /// Publishes, per resource, the newest resourceVersion a successful sync covered: a client
+    /// that wrote an object at version N knows this node enforces it once the gauge is >= N.
+    pub fn synced_versions(&self, versions: &BTreeMap<&'static str, u64>) {
+        for (resource, rv) in versions {
+            let label = ResourceLabel {
+                resource: (*resource).into(),
+            };
+            self.synced_resource_version
+                .get_or_create(&label)
+                .set(i64::try_from(*rv).unwrap_or(i64::MAX));
+        }
     }
 
     /// Gauges after a successful sync.
@@ -254,5 +275,11 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("flannel_netpol_sync_duration_seconds_count 1"));
+        m.synced_versions(&BTreeMap::from([("pods", 41), ("networkpolicies", 7)]));
+        let text = m.render();
+        assert!(
+            text.contains("flannel_netpol_synced_resource_version{resource=\"pods\"} 41"),
+            "{text}"
+        );
     }
 }

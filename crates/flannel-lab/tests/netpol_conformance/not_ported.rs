@@ -18,5 +18,6 @@ pub const NOT_PORTED: &[(&str, &str, &str)] = &[
 ];
 
 /// Cases ported but not runnable on a test bed, and why (decided at run time).
-pub const SKIP_SCTP: &str =
-    "the kernel has no SCTP (no sctp module: socket(AF_INET, SOCK_STREAM, IPPROTO_SCTP) fails)";
+pub const SKIP_SCTP: &str = "no SCTP servers here: the kernel has no SCTP (socket(AF_INET, \
+     SOCK_STREAM, IPPROTO_SCTP) fails), or the cluster's pods serve only TCP and UDP (the lab's \
+     `flannel-lab serve`)";

@@ -41,6 +41,11 @@ impl Enforcer {
         }
     }
 
+    /// The metrics this enforcer reports to.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
     /// Brings the kernel to the ruleset of `state`.
     pub async fn sync(&mut self, state: &ClusterState) -> Result<PlanStats, NftError> {
         let started = Instant::now();

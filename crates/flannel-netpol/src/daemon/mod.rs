@@ -9,6 +9,7 @@
 //! meanwhile. A failed sync is retried with a doubling backoff (100 ms .. 30 s); API outages
 //! only stop updates, the rules stay. `/readyz` turns 200 after the first successful sync.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,7 +33,7 @@ pub mod sysctl;
 pub mod watch;
 
 use enforcer::Enforcer;
-use watch::Update;
+use watch::Received;
 
 /// Longest wait between retries of a failed sync.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -74,8 +75,10 @@ pub enum DaemonError {
 pub struct Running {
     config: Config,
     health: Health,
-    updates: mpsc::Receiver<Update>,
+    updates: mpsc::Receiver<Received>,
     enforcer: Enforcer,
+    /// Per resource, the newest resourceVersion received (published after each good sync).
+    seen: BTreeMap<&'static str, u64>,
 }
 
 /// Start-up steps: sysctls, HTTP server, client, watches.
@@ -121,6 +124,7 @@ pub async fn start(
         health,
         updates,
         enforcer,
+        seen: BTreeMap::new(),
     })
 }
 
@@ -165,11 +169,19 @@ impl Running {
 
     fn on_update(
         &mut self,
-        update: Update,
+        received: Received,
         state: &mut ClusterState,
         listed: &mut Vec<&'static str>,
         schedule: &mut Schedule,
     ) {
+        let Received {
+            update,
+            resource_version,
+        } = received;
+        if let Some(rv) = resource_version {
+            let seen = self.seen.entry(update.resource()).or_default();
+            *seen = (*seen).max(rv);
+        }
         if let Some(resource) = update.apply(state)
             && !listed.contains(&resource)
         {
@@ -189,6 +201,7 @@ impl Running {
     async fn on_due(&mut self, state: &ClusterState, schedule: &mut Schedule) {
         match self.enforcer.sync(state).await {
             Ok(stats) => {
+                self.enforcer.metrics().synced_versions(&self.seen);
                 schedule.due = None;
                 schedule.backoff = Duration::from_millis(100);
                 if !self.health.is_ready() {
@@ -213,6 +226,7 @@ mod tests {
     use crate::ruleset::policy_id;
     use crate::testing::{e2e_state, labels};
     use flannel_netlink::netns::{NetnsTarget, run_in_netns};
+    use watch::Update;
 
     fn policy(name: &str) -> PolicyEntry {
         let np = serde_json::from_value(serde_json::json!({
@@ -257,49 +271,63 @@ mod tests {
                 kubeconfig: String::new(),
             };
             let health = Health::for_program("flannel-netpol", None);
+            let metrics = Arc::new(Metrics::new());
             let running = Running {
-                enforcer: Enforcer::new(
-                    "n1".into(),
-                    CompileOptions::default(),
-                    Arc::new(Metrics::new()),
-                ),
+                enforcer: Enforcer::new("n1".into(), CompileOptions::default(), metrics.clone()),
                 config,
                 health: health.clone(),
                 updates,
+                seen: BTreeMap::new(),
             };
             let task = tokio::spawn(running.run(shutdown));
             let s = e2e_state();
-            tx.send(Update::Pods(s.pods().cloned().collect()))
+            tx.send(Update::Pods(s.pods().cloned().collect()).into())
                 .await
                 .unwrap();
-            tx.send(Update::Namespaces(s.namespaces().cloned().collect()))
+            tx.send(Update::Namespaces(s.namespaces().cloned().collect()).into())
                 .await
                 .unwrap();
             tokio::time::sleep(Duration::from_millis(100)).await;
             assert!(!table().await.exists, "no sync before policies are listed");
             assert!(!health.is_ready());
-            tx.send(Update::Policies(vec![policy("deny")]))
-                .await
-                .unwrap();
+            tx.send(Received {
+                update: Update::Policies(vec![policy("deny")]),
+                resource_version: Some(12),
+            })
+            .await
+            .unwrap();
             let sel = format!("{}-sel-v4", policy_id("x", "deny"));
             until("the policy's set", |t| {
                 t.sets.get(&sel).is_some_and(|s| s.elements.len() == 2)
             })
             .await;
             assert!(health.is_ready());
-            tx.send(Update::Namespace {
-                name: "w".into(),
-                ns: Some(crate::model::NamespaceInfo {
+            let synced = |rv: u64| {
+                let want = format!(
+                    "flannel_netpol_synced_resource_version{{resource=\"networkpolicies\"}} {rv}\n"
+                );
+                metrics.render().contains(&want)
+            };
+            assert!(synced(12), "{}", metrics.render());
+            tx.send(
+                Update::Namespace {
                     name: "w".into(),
-                    labels: labels(&[]),
-                }),
-            })
+                    ns: Some(crate::model::NamespaceInfo {
+                        name: "w".into(),
+                        labels: labels(&[]),
+                    }),
+                }
+                .into(),
+            )
             .await
             .unwrap();
-            tx.send(Update::Policy {
-                namespace: "x".into(),
-                name: "deny".into(),
-                entry: None,
+            tx.send(Received {
+                update: Update::Policy {
+                    namespace: "x".into(),
+                    name: "deny".into(),
+                    entry: None,
+                },
+                resource_version: Some(20),
             })
             .await
             .unwrap();
@@ -307,6 +335,15 @@ mod tests {
                 t.exists && !t.sets.contains_key(&sel)
             })
             .await;
+            // The gauge moves with the sync that removed the policy (bounded wait: the sync
+            // that emptied the set publishes it).
+            for _ in 0..100 {
+                if synced(20) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            assert!(synced(20), "{}", metrics.render());
             stop.send(true).unwrap();
             tokio::time::timeout(Duration::from_secs(5), task)
                 .await

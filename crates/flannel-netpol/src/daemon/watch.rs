@@ -62,7 +62,37 @@ pub enum Update {
     Policies(Vec<PolicyEntry>),
 }
 
+/// An [`Update`] as a watch received it, with the newest `metadata.resourceVersion` among
+/// its objects: the daemon publishes, per resource, the newest one a successful sync covered
+/// (`flannel_netpol_synced_resource_version`), so a client that wrote an object can wait until
+/// every node enforces it.
+#[derive(Debug)]
+pub struct Received {
+    /// The change.
+    pub update: Update,
+    /// The newest resourceVersion of its objects (`None` when none carries a numeric one).
+    pub resource_version: Option<u64>,
+}
+
+impl From<Update> for Received {
+    fn from(update: Update) -> Received {
+        Received {
+            update,
+            resource_version: None,
+        }
+    }
+}
+
 impl Update {
+    /// The resource the change is of (`pods`, `namespaces`, `networkpolicies`).
+    pub fn resource(&self) -> &'static str {
+        match self {
+            Update::Pod { .. } | Update::Pods(_) => Pod::PLURAL,
+            Update::Namespace { .. } | Update::Namespaces(_) => Namespace::PLURAL,
+            Update::Policy { .. } | Update::Policies(_) => NetworkPolicy::PLURAL,
+        }
+    }
+
     /// Applies the change; returns the resource when it was a complete list (the daemon
     /// syncs only once every resource has been listed).
     pub fn apply(self, state: &mut ClusterState) -> Option<&'static str> {
@@ -193,7 +223,7 @@ impl Watched for NetworkPolicy {
 }
 
 /// Watches one resource cluster-wide until the receiver of `tx` is dropped.
-pub async fn run<K: Watched>(api: Api<K>, tx: mpsc::Sender<Update>, metrics: Arc<Metrics>) {
+pub async fn run<K: Watched>(api: Api<K>, tx: mpsc::Sender<Received>, metrics: Arc<Metrics>) {
     let stream = watcher::watcher(api, watcher::Config::default()).default_backoff();
     let mut stream = pin!(stream);
     let mut listing: Option<Vec<K>> = None;
@@ -208,7 +238,7 @@ pub async fn run<K: Watched>(api: Api<K>, tx: mpsc::Sender<Update>, metrics: Arc
             warn!("watch of {} ended", K::PLURAL);
             return;
         };
-        let update = match item {
+        let (update, resource_version) = match item {
             Err(e) => {
                 metrics.api_error(K::PLURAL);
                 let kind = error_kind(&e);
@@ -237,15 +267,25 @@ pub async fn run<K: Watched>(api: Api<K>, tx: mpsc::Sender<Update>, metrics: Arc
                     info!("watching {} again", K::PLURAL);
                 }
                 debug!("listed {} {}", objs.len(), K::PLURAL);
-                K::relist(&objs)
+                (K::relist(&objs), objs.iter().filter_map(version).max())
             }
-            Ok(Event::Apply(obj)) => K::update(&obj, false),
-            Ok(Event::Delete(obj)) => K::update(&obj, true),
+            Ok(Event::Apply(obj)) => (K::update(&obj, false), version(&obj)),
+            Ok(Event::Delete(obj)) => (K::update(&obj, true), version(&obj)),
         };
-        if tx.send(update).await.is_err() {
+        let received = Received {
+            update,
+            resource_version,
+        };
+        if tx.send(received).await.is_err() {
             return;
         }
     }
+}
+
+/// An object's `metadata.resourceVersion` as a number (the API server's are etcd revisions;
+/// clients must treat them as opaque, which is why this is used only for metrics).
+fn version<K: Resource>(obj: &K) -> Option<u64> {
+    obj.meta().resource_version.as_deref()?.parse().ok()
 }
 
 /// The kind of a watch error: which step failed and, for API errors, the HTTP status (so a
