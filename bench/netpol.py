@@ -231,7 +231,7 @@ def main():
             pol["spec"]["podSelector"] = {"matchLabels": {"app": f"app{new}"}}
             t = time.monotonic()
             api("PUT", f"/apis/networking.k8s.io/v1/namespaces/ns{k % NSS}/networkpolicies/pol{k}", pol)
-            target = next(j for j in range(ARGS.pods // 2, ARGS.pods) if j % APPS == new)  # not relabelled
+            target = next(j for j in range(10 * ARGS.changes, ARGS.pods) if j % APPS == new)  # not relabelled
             pol_lat.append(mon.wait(t, f"{pid(f'ns{k % NSS}', f'pol{k}')}-sel-v4", fake_ip(target)))
             time.sleep(0.1)
         mon.stop()
