@@ -19,7 +19,8 @@
 //!   set ingress-isolated-v4 { type ipv4_addr; }   local pods some Ingress policy selects
 //!   set egress-isolated-v4  { type ipv4_addr; }   local pods some Egress policy selects
 //!   set <pid>-sel-v4        { type ipv4_addr; }   local pods the policy selects
-//!   set <pid>-in0-peers-v4  { type ipv4_addr; flags interval; }   sources of ingress rule 0
+//!   set peers-<hash>-v4     { type ipv4_addr; }   peer pods of a peer list (shared)
+//!   set blocks-<hash>-v4    { type ipv4_addr; flags interval; }   ipBlocks (shared)
 //!   set <pid>-in0-named-v4  { type ipv4_addr . inet_proto . inet_service; }
 //!   counter <pid>-drop-in, <pid>-drop-eg
 //!   chain ingress  { forward, priority filter:     established/related accept,
@@ -28,7 +29,8 @@
 //!   chain egress-input { input, priority filter - 1: pod to its own node }
 //!   chain ingress-policies { ip daddr @<pid>-sel-v4 jump <pid>-in ...;
 //!                            ip daddr @<pid>-sel-v4 counter name "<pid>-drop-in" drop ...; drop }
-//!   chain <pid>-in { ip saddr @<pid>-in0-peers-v4 meta l4proto tcp th dport 80 accept ... }
+//!   chain <pid>-in { ip saddr @peers-<hash>-v4 meta l4proto tcp th dport 80 accept,
+//!                    ip saddr @blocks-<hash>-v4 meta l4proto tcp th dport 80 accept ... }
 //! }
 //! ```
 //! Every rule carries a comment with the fingerprint of its text (see [`ruleset`]), so a

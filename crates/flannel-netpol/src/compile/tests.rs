@@ -24,6 +24,25 @@ fn reachable(state: &ClusterState, proto: Proto, port: u16, v6: bool) -> Vec<(St
     out
 }
 
+/// The elements of the set of kind `prefix` (`peers`, `blocks`) of family `v4`/`v6` the
+/// chain `chain` refers to (exactly one such set).
+fn referenced_set(rs: &Ruleset, chain: &str, prefix: &str, fam: &str) -> Vec<String> {
+    let names: BTreeSet<&str> = rs.chains[chain]
+        .rules
+        .iter()
+        .flat_map(|r| r.split(' '))
+        .filter_map(|w| w.strip_prefix('@'))
+        .filter(|n| n.starts_with(&format!("{prefix}-")) && n.ends_with(fam))
+        .collect();
+    assert_eq!(names.len(), 1, "{names:?}");
+    let name = names.first().unwrap();
+    rs.sets[*name]
+        .elements
+        .iter()
+        .map(ToString::to_string)
+        .collect()
+}
+
 /// Pairs that do NOT connect, the short way to state an expectation.
 fn blocked(state: &ClusterState, proto: Proto, port: u16, v6: bool) -> Vec<String> {
     let ok = reachable(state, proto, port, v6);
@@ -176,11 +195,14 @@ fn ip_block_with_except() {
     );
     let rs = compile(&s, "n1");
     let pid = policy_id("x", "p");
-    let peers: Vec<String> = rs.sets[&format!("{pid}-in0-peers-v4")]
-        .elements
-        .iter()
-        .map(ToString::to_string)
-        .collect();
+    let peers = referenced_set(&rs, &format!("{pid}-in"), "blocks", "v4");
+    assert_eq!(
+        rs.sets
+            .values()
+            .filter(|s| matches!(s.kind, SetKind::Interval(_)))
+            .count(),
+        2
+    );
     assert_eq!(
         peers,
         vec!["10.0.0.0/23", "10.0.3.0/31", "10.0.3.3-10.0.255.255"]
@@ -397,7 +419,7 @@ fn label_changes_and_ip_reuse_move_pods_between_sets() {
     s.upsert_pod(pod("x", "newcomer", "n1", &["10.0.1.2"]));
     let rs = compile(&s, "n1");
     let pid = policy_id("x", "p");
-    assert!(rs.sets[&format!("{pid}-in0-peers-v4")].elements.is_empty());
+    assert!(referenced_set(&rs, &format!("{pid}-in"), "peers", "v4").is_empty());
 }
 
 /// `cargo test -p flannel-netpol --release -- --ignored --nocapture scale`: compile and plan
@@ -435,4 +457,31 @@ fn scale_1000_pods_500_policies() {
     );
     assert_eq!(rs.policies.len(), 500);
     assert!(!tx2.is_empty());
+}
+
+#[test]
+fn policies_with_the_same_peers_share_their_sets() {
+    let mut s = e2e_state();
+    for name in ["p", "q"] {
+        add_policy(
+            &mut s,
+            json!({"metadata": meta(name), "spec": {"podSelector": {},
+                "ingress": [{"from": [{"podSelector": {"matchLabels": {"role": "client"}}},
+                                      {"ipBlock": {"cidr": "192.168.0.0/16"}}]}]}}),
+        );
+    }
+    let rs = compile(&s, "n1");
+    let refs = |name: &str, prefix: &str| {
+        let rules = &rs.chains[&format!("{}-in", policy_id("x", name))].rules;
+        let text = rules.join(" ");
+        assert!(text.contains(&format!("@{prefix}-")), "{text}");
+        text.split(' ')
+            .filter(|w| w.starts_with(&format!("@{prefix}-")))
+            .map(str::to_string)
+            .collect::<BTreeSet<_>>()
+    };
+    assert_eq!(refs("p", "peers"), refs("q", "peers"));
+    assert_eq!(refs("p", "blocks"), refs("q", "blocks"));
+    let shared = rs.sets.keys().filter(|n| n.starts_with("peers-")).count();
+    assert_eq!(shared, 2, "one per family");
 }

@@ -37,13 +37,18 @@ fn allow(s: &mut ClusterState, port: u16) {
 
 /// Asserts the text, printing the whole actual text on mismatch for review.
 fn golden(tx: &Transaction, expected: &str) {
-    let expected = expected.replace("PID", &policy_id("x", "allow"));
+    let expected = expected
+        .replace("PEERS", PEERS)
+        .replace("PID", &policy_id("x", "allow"));
     assert!(
         tx.text() == expected,
         "transaction differs, actual:\n{}",
         tx.text()
     );
 }
+
+/// The shared peer set of `allow`'s rule (named after its peer list).
+const PEERS: &str = "peers-cb705ac22a75-v4";
 
 fn applied(rs: &crate::ruleset::Ruleset) -> ActualTable {
     ActualTable::from(rs)
@@ -68,11 +73,7 @@ fn a_pod_joins_a_peer_set() {
     d.labels.insert("role".into(), "client".into());
     s.upsert_pod(d);
     let tx = plan(&applied(&before), &compile(&s, "n1"));
-    golden(
-        &tx,
-        "delete element inet flannel-netpol PID-in0-peers-v4 { 10.0.1.2 }\n\
-         add element inet flannel-netpol PID-in0-peers-v4 { 10.0.1.2/31 }\n",
-    );
+    golden(&tx, "add element inet flannel-netpol PEERS { 10.0.1.3 }\n");
     assert_eq!(tx.stats.elements_added, 1);
     assert_eq!(tx.stats.chains_written, 0);
 }
@@ -159,10 +160,10 @@ add element inet flannel-netpol ingress-isolated-v4 { 10.0.1.1 }
 add set inet flannel-netpol ingress-isolated-v6 { type ipv6_addr; }
 add set inet flannel-netpol PID-in0-named-v4 { type ipv4_addr . inet_proto . inet_service; comment "x/allow"; }
 add element inet flannel-netpol PID-in0-named-v4 { 10.0.1.1 . udp . 81 }
-add set inet flannel-netpol PID-in0-peers-v4 { type ipv4_addr; flags interval; comment "x/allow"; }
-add element inet flannel-netpol PID-in0-peers-v4 { 10.0.1.2 }
 add set inet flannel-netpol PID-sel-v4 { type ipv4_addr; comment "x/allow"; }
 add element inet flannel-netpol PID-sel-v4 { 10.0.1.1 }
+add set inet flannel-netpol PEERS { type ipv4_addr; }
+add element inet flannel-netpol PEERS { 10.0.1.2 }
 add chain inet flannel-netpol egress { type filter hook forward priority filter - 1; policy accept; }
 add chain inet flannel-netpol egress-input { type filter hook input priority filter - 1; policy accept; }
 add chain inet flannel-netpol egress-policies
@@ -183,12 +184,12 @@ add rule inet flannel-netpol ingress ip6 daddr @ingress-isolated-v6 jump ingress
 add rule inet flannel-netpol ingress-policies ip daddr @PID-sel-v4 jump PID-in comment "83cfa8c8156abc69"
 add rule inet flannel-netpol ingress-policies ip daddr @PID-sel-v4 counter name "PID-drop-in" drop comment "379519b00e9e4049"
 add rule inet flannel-netpol ingress-policies drop comment "f1a2a766dcd55bac"
-add rule inet flannel-netpol PID-in ip saddr @PID-in0-peers-v4 meta l4proto tcp th dport 80 accept comment "29e1cc62532eb675"
-add rule inet flannel-netpol PID-in ip daddr . meta l4proto . th dport @PID-in0-named-v4 ip saddr @PID-in0-peers-v4 accept comment "8bd4b6e50d5b8a38"
+add rule inet flannel-netpol PID-in ip saddr @PEERS meta l4proto tcp th dport 80 accept comment "b4a8cdb57b475f18"
+add rule inet flannel-netpol PID-in ip daddr . meta l4proto . th dport @PID-in0-named-v4 ip saddr @PEERS accept comment "112324fa8bbe0037"
 "#;
 const RULE_CHANGED: &str = r#"flush chain inet flannel-netpol PID-in
-add rule inet flannel-netpol PID-in ip saddr @PID-in0-peers-v4 meta l4proto tcp th dport 81 accept comment "62bc1dba08b8e320"
-add rule inet flannel-netpol PID-in ip daddr . meta l4proto . th dport @PID-in0-named-v4 ip saddr @PID-in0-peers-v4 accept comment "8bd4b6e50d5b8a38"
+add rule inet flannel-netpol PID-in ip saddr @PEERS meta l4proto tcp th dport 81 accept comment "ae4a9eeb26bf214d"
+add rule inet flannel-netpol PID-in ip daddr . meta l4proto . th dport @PID-in0-named-v4 ip saddr @PEERS accept comment "112324fa8bbe0037"
 "#;
 const POLICY_DELETED: &str = r#"delete element inet flannel-netpol ingress-isolated-v4 { 10.0.1.1 }
 flush chain inet flannel-netpol ingress-policies
@@ -196,8 +197,8 @@ flush chain inet flannel-netpol PID-in
 add rule inet flannel-netpol ingress-policies drop comment "f1a2a766dcd55bac"
 delete chain inet flannel-netpol PID-in
 delete set inet flannel-netpol PID-in0-named-v4
-delete set inet flannel-netpol PID-in0-peers-v4
 delete set inet flannel-netpol PID-sel-v4
+delete set inet flannel-netpol PEERS
 delete counter inet flannel-netpol PID-drop-in
 "#;
 const RESTART: &str = r#"delete element inet flannel-netpol egress-isolated-v4 { 10.0.1.1, 10.0.1.2, 10.0.1.9 }
