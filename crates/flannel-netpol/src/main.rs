@@ -13,6 +13,7 @@ use tokio::sync::watch;
 use tracing::{error, info};
 
 fn main() -> ExitCode {
+    flanneld::signals::unblock_termination_signals();
     let opts = Options::parse();
     if let Err(e) = flanneld::logging::init(opts.verbosity, "") {
         eprintln!("{e}");

@@ -17,6 +17,7 @@ use tokio::sync::watch;
 use tracing::{error, info};
 
 fn main() -> ExitCode {
+    flanneld::signals::unblock_termination_signals();
     let opts = match cli::parse() {
         Ok(o) => o,
         Err(CliError::Clap(e)) => e.exit(),

@@ -29,6 +29,7 @@ use crate::compile::CompileOptions;
 use crate::metrics::Metrics;
 
 pub mod enforcer;
+pub mod memory;
 pub mod sysctl;
 pub mod watch;
 
@@ -79,6 +80,8 @@ pub struct Running {
     enforcer: Enforcer,
     /// Per resource, the newest resourceVersion received (published after each good sync).
     seen: BTreeMap<&'static str, u64>,
+    /// A (re)list arrived since the last good sync: its memory is handed back after it.
+    relisted: bool,
 }
 
 /// Start-up steps: sysctls, HTTP server, client, watches.
@@ -125,6 +128,7 @@ pub async fn start(
         updates,
         enforcer,
         seen: BTreeMap::new(),
+        relisted: false,
     })
 }
 
@@ -182,7 +186,9 @@ impl Running {
             let seen = self.seen.entry(update.resource()).or_default();
             *seen = (*seen).max(rv);
         }
-        if let Some(resource) = update.apply(state)
+        let relisted = update.apply(state);
+        self.relisted |= relisted.is_some();
+        if let Some(resource) = relisted
             && !listed.contains(&resource)
         {
             listed.push(resource);
@@ -207,6 +213,9 @@ impl Running {
                 if !self.health.is_ready() {
                     info!("first sync done: {stats:?}");
                     self.health.set_ready();
+                }
+                if std::mem::take(&mut self.relisted) {
+                    memory::release_freed_memory();
                 }
             }
             Err(e) => {
@@ -278,6 +287,7 @@ mod tests {
                 health: health.clone(),
                 updates,
                 seen: BTreeMap::new(),
+                relisted: false,
             };
             let task = tokio::spawn(running.run(shutdown));
             let s = e2e_state();

@@ -140,10 +140,15 @@ pub trait Watched:
 {
     /// The resource's plural name, for logs and the `api_errors_total` label.
     const PLURAL: &'static str;
+    /// What the enforcer keeps of an object: a list is stripped object by object as it
+    /// arrives, so a re-list of thousands of pods never holds them whole.
+    type Stripped;
     /// The update for an added, changed (`deleted == false`) or deleted object.
     fn update(obj: &Self, deleted: bool) -> Update;
-    /// The update for a complete list.
-    fn relist(objs: &[Self]) -> Update;
+    /// The kept part of a listed object (`None`: irrelevant, e.g. a pod without an IP).
+    fn strip(obj: &Self) -> Option<Self::Stripped>;
+    /// The update for a complete list, from its stripped objects.
+    fn relist(objs: Vec<Self::Stripped>) -> Update;
 }
 
 fn names<K: Resource>(obj: &K) -> (String, String) {
@@ -169,8 +174,12 @@ impl Watched for Pod {
             pod,
         }
     }
-    fn relist(objs: &[Self]) -> Update {
-        Update::Pods(objs.iter().filter_map(PodInfo::from_pod).collect())
+    type Stripped = PodInfo;
+    fn strip(obj: &Self) -> Option<PodInfo> {
+        PodInfo::from_pod(obj)
+    }
+    fn relist(objs: Vec<PodInfo>) -> Update {
+        Update::Pods(objs)
     }
 }
 
@@ -185,12 +194,12 @@ impl Watched for Namespace {
         };
         Update::Namespace { name, ns }
     }
-    fn relist(objs: &[Self]) -> Update {
-        Update::Namespaces(
-            objs.iter()
-                .filter_map(NamespaceInfo::from_namespace)
-                .collect(),
-        )
+    type Stripped = NamespaceInfo;
+    fn strip(obj: &Self) -> Option<NamespaceInfo> {
+        NamespaceInfo::from_namespace(obj)
+    }
+    fn relist(objs: Vec<NamespaceInfo>) -> Update {
+        Update::Namespaces(objs)
     }
 }
 
@@ -217,8 +226,12 @@ impl Watched for NetworkPolicy {
             entry,
         }
     }
-    fn relist(objs: &[Self]) -> Update {
-        Update::Policies(objs.iter().map(entry_of).collect())
+    type Stripped = PolicyEntry;
+    fn strip(obj: &Self) -> Option<PolicyEntry> {
+        Some(entry_of(obj))
+    }
+    fn relist(objs: Vec<PolicyEntry>) -> Update {
+        Update::Policies(objs)
     }
 }
 
@@ -226,7 +239,8 @@ impl Watched for NetworkPolicy {
 pub async fn run<K: Watched>(api: Api<K>, tx: mpsc::Sender<Received>, metrics: Arc<Metrics>) {
     let stream = watcher::watcher(api, watcher::Config::default()).default_backoff();
     let mut stream = pin!(stream);
-    let mut listing: Option<Vec<K>> = None;
+    // A list in progress: its stripped objects and its newest resourceVersion.
+    let mut listing: Option<(Vec<K::Stripped>, Option<u64>)> = None;
     // The kind of the last error logged, so a retrying failure logs once.
     let mut last_error: Option<String> = None;
     loop {
@@ -254,20 +268,22 @@ pub async fn run<K: Watched>(api: Api<K>, tx: mpsc::Sender<Received>, metrics: A
                 continue;
             }
             Ok(Event::Init) => {
-                listing = Some(Vec::new());
+                listing = Some((Vec::new(), None));
                 continue;
             }
             Ok(Event::InitApply(obj)) => {
-                listing.get_or_insert_with(Vec::new).push(obj);
+                let (objs, newest) = listing.get_or_insert_with(|| (Vec::new(), None));
+                *newest = (*newest).max(version(&obj));
+                objs.extend(K::strip(&obj));
                 continue;
             }
             Ok(Event::InitDone) => {
-                let objs = listing.take().unwrap_or_default();
+                let (objs, newest) = listing.take().unwrap_or_default();
                 if last_error.take().is_some() {
                     info!("watching {} again", K::PLURAL);
                 }
                 debug!("listed {} {}", objs.len(), K::PLURAL);
-                (K::relist(&objs), objs.iter().filter_map(version).max())
+                (K::relist(objs), newest)
             }
             Ok(Event::Apply(obj)) => (K::update(&obj, false), version(&obj)),
             Ok(Event::Delete(obj)) => (K::update(&obj, true), version(&obj)),
@@ -325,7 +341,10 @@ mod tests {
     fn objects_become_state_changes() {
         let mut state = ClusterState::new();
         assert_eq!(
-            Update::apply(Pod::relist(&[pod("Running")]), &mut state),
+            Update::apply(
+                Pod::relist(Pod::strip(&pod("Running")).into_iter().collect()),
+                &mut state
+            ),
             Some("pods")
         );
         assert_eq!(state.counts().0, 1);
@@ -344,7 +363,8 @@ mod tests {
         }))
         .unwrap();
         assert_eq!(
-            NetworkPolicy::relist(std::slice::from_ref(&np)).apply(&mut state),
+            NetworkPolicy::relist(NetworkPolicy::strip(&np).into_iter().collect())
+                .apply(&mut state),
             Some("networkpolicies")
         );
         let entry = state.policies().next().unwrap();
