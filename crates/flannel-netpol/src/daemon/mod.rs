@@ -80,8 +80,6 @@ pub struct Running {
     enforcer: Enforcer,
     /// Per resource, the newest resourceVersion received (published after each good sync).
     seen: BTreeMap<&'static str, u64>,
-    /// A (re)list arrived since the last good sync: its memory is handed back after it.
-    relisted: bool,
 }
 
 /// Start-up steps: sysctls, HTTP server, client, watches.
@@ -128,7 +126,6 @@ pub async fn start(
         updates,
         enforcer,
         seen: BTreeMap::new(),
-        relisted: false,
     })
 }
 
@@ -186,9 +183,7 @@ impl Running {
             let seen = self.seen.entry(update.resource()).or_default();
             *seen = (*seen).max(rv);
         }
-        let relisted = update.apply(state);
-        self.relisted |= relisted.is_some();
-        if let Some(resource) = relisted
+        if let Some(resource) = update.apply(state)
             && !listed.contains(&resource)
         {
             listed.push(resource);
@@ -214,9 +209,9 @@ impl Running {
                     info!("first sync done: {stats:?}");
                     self.health.set_ready();
                 }
-                if std::mem::take(&mut self.relisted) {
-                    memory::release_freed_memory();
-                }
+                // Every sync compiles the whole table afresh and frees the previous one; without
+                // a trim, glibc keeps the pages of the largest sync resident for good.
+                memory::release_freed_memory();
             }
             Err(e) => {
                 warn!("sync failed, retrying in {:?}: {e}", schedule.backoff);
@@ -287,7 +282,6 @@ mod tests {
                 health: health.clone(),
                 updates,
                 seen: BTreeMap::new(),
-                relisted: false,
             };
             let task = tokio::spawn(running.run(shutdown));
             let s = e2e_state();
