@@ -187,7 +187,9 @@ def restart_enforcer():
         if time.monotonic() - t0 > 120:
             raise RuntimeError("no first sync within 120 s")
     first = time.monotonic() - t0
-    threading.Thread(target=lambda: [None for _ in p.stderr], daemon=True).start()
+    # The enforcer's warnings (a failed sync, a watch error) are the bench's business too.
+    threading.Thread(target=lambda: [sys.stderr.write(f"enforcer: {l}") for l in p.stderr
+                                     if " WARN " in l or " ERROR " in l], daemon=True).start()
     return p, first
 
 
@@ -254,6 +256,9 @@ def main():
     finally:
         enforcer.terminate()
         enforcer.wait(10)
+    for what, lat in (("label", lab_lat), ("policy", pol_lat)):
+        slow = sorted(((x, c) for c, x in enumerate(lat) if x), reverse=True)[:3]
+        log(f"slowest {what} changes: " + ", ".join(f"#{c} {x * 1000:.0f} ms" for x, c in slow))
     bad = [x for x in lab_lat + pol_lat if x is None]
     lab_ok, pol_ok = [x for x in lab_lat if x], [x for x in pol_lat if x]
     ms = lambda x: f"{x * 1000:.0f} ms"

@@ -15,7 +15,7 @@ use tracing::{debug, info};
 use crate::cluster::ClusterState;
 use crate::compile::{CompileOptions, compile_with};
 use crate::metrics::Metrics;
-use crate::nft::{ActualTable, NftError, PlanStats, apply, plan, read_table};
+use crate::nft::{ActualTable, NftError, PlanStats, apply, plan, read_counters, read_table};
 use crate::ruleset::Ruleset;
 
 /// The state of enforcement on this node.
@@ -88,7 +88,7 @@ impl Enforcer {
         let Some((_, desired)) = &self.applied else {
             return Ok(());
         };
-        let table = read_table(&self.runner).await?;
+        let table = read_counters(&self.runner).await?;
         self.metrics.observe_drops(&table, desired);
         Ok(())
     }

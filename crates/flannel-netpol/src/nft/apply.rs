@@ -54,8 +54,23 @@ async fn run(
 
 /// Reads the table; a missing table is an [`ActualTable`] with `exists == false`.
 pub async fn read_table(runner: &dyn Runner) -> Result<ActualTable, NftError> {
-    let args = ["-j", "list", "table", "inet", "flannel-netpol"];
-    let out = run(runner, &args, None).await?;
+    list(runner, &["-j", "list", "table", "inet", "flannel-netpol"]).await
+}
+
+/// Reads only the table's named counters (the drop counters' values): `nft list counters`
+/// skips the sets, whose tens of thousands of elements a full listing would print and parse
+/// on every counter refresh.
+pub async fn read_counters(runner: &dyn Runner) -> Result<ActualTable, NftError> {
+    list(
+        runner,
+        &["-j", "list", "counters", "table", "inet", "flannel-netpol"],
+    )
+    .await
+}
+
+/// Runs an `nft -j list ...` of the table and parses it; a missing table is an empty one.
+async fn list(runner: &dyn Runner, args: &[&str]) -> Result<ActualTable, NftError> {
+    let out = run(runner, args, None).await?;
     if !out.success() {
         if out.stderr.contains("No such file or directory") {
             return Ok(ActualTable::default());

@@ -301,6 +301,13 @@ fn packets_are_allowed_and_dropped_by_policy() {
         "{:?}",
         table.counters
     );
+    // The counter refresh reads the counters alone: the same values, no sets.
+    let counters = node
+        .run_ok(["nft", "-j", "list", "counters", "table", "inet", "flannel-netpol"])
+        .expect("counters");
+    let only = parse_table(&counters).unwrap();
+    assert_eq!(only.counters, table.counters);
+    assert!(only.sets.is_empty() && !table.sets.is_empty());
     drop(listeners);
 }
 

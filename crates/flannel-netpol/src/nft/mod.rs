@@ -17,7 +17,7 @@ mod kernel_tests;
 pub mod plan;
 pub mod read;
 
-pub use apply::{NftError, apply, read_table};
+pub use apply::{NftError, apply, read_counters, read_table};
 pub use plan::{PlanStats, Transaction, plan};
 pub use read::{ReadError, parse_table};
 
