@@ -303,7 +303,15 @@ fn packets_are_allowed_and_dropped_by_policy() {
     );
     // The counter refresh reads the counters alone: the same values, no sets.
     let counters = node
-        .run_ok(["nft", "-j", "list", "counters", "table", "inet", "flannel-netpol"])
+        .run_ok([
+            "nft",
+            "-j",
+            "list",
+            "counters",
+            "table",
+            "inet",
+            "flannel-netpol",
+        ])
         .expect("counters");
     let only = parse_table(&counters).unwrap();
     assert_eq!(only.counters, table.counters);
