@@ -137,7 +137,10 @@ pub(crate) fn send(
     body: &Value,
     tolerated: &[u16],
 ) -> Result<Value> {
-    match emu.request(method, path, content_type, Some(body))? {
+    match emu
+        .client()
+        .request(method, path, content_type, Some(body))?
+    {
         (200..=299, v) => Ok(v),
         (code, _) if tolerated.contains(&code) => Ok(Value::Null),
         (code, v) => Err(LabError::Invalid(format!(

@@ -173,22 +173,6 @@ impl KubeEmu {
         )
     }
 
-    /// One HTTP request from inside the underlay namespace; returns the status and the JSON
-    /// body (`Null` when empty).
-    pub fn request(
-        &self,
-        method: &str,
-        path: &str,
-        content_type: &str,
-        body: Option<&Value>,
-    ) -> Result<(u16, Value)> {
-        self.client.request(method, path, content_type, body)
-    }
-
-    fn expect_ok(&self, method: &str, path: &str, ct: &str, body: Option<&Value>) -> Result<Value> {
-        self.client.expect_ok(method, path, ct, body)
-    }
-
     /// Creates a Node as kubeadm's registration plus the range allocator leave it: pod CIDRs
     /// set, its InternalIP, the host's nodeInfo and capacity, the kubelet's labels, no flannel
     /// annotations, not yet Ready (the network plugin is not up).
@@ -233,7 +217,8 @@ impl KubeEmu {
                 }]
             }
         });
-        self.expect_ok("POST", "/api/v1/nodes", "application/json", Some(&node))
+        self.client
+            .expect_ok("POST", "/api/v1/nodes", "application/json", Some(&node))
     }
 
     /// Reports node `name` Ready, as its kubelet does once the network plugin is up: a
@@ -246,7 +231,7 @@ impl KubeEmu {
             "message": "kubelet is posting ready status",
             "lastHeartbeatTime": now, "lastTransitionTime": now
         }] } });
-        self.expect_ok(
+        self.client.expect_ok(
             "PATCH",
             &format!("/api/v1/nodes/{name}/status"),
             "application/strategic-merge-patch+json",
@@ -277,7 +262,7 @@ impl KubeEmu {
 
     /// The Node object named `name`.
     pub fn node(&self, name: &str) -> Result<Value> {
-        self.expect_ok(
+        self.client.expect_ok(
             "GET",
             &format!("/api/v1/nodes/{name}"),
             "application/json",
@@ -287,7 +272,7 @@ impl KubeEmu {
 
     /// Deletes a Node (as `kubectl delete node`).
     pub fn delete_node(&self, name: &str) -> Result<Value> {
-        self.expect_ok(
+        self.client.expect_ok(
             "DELETE",
             &format!("/api/v1/nodes/{name}"),
             "application/json",
@@ -297,7 +282,7 @@ impl KubeEmu {
 
     /// Merge-patches a Node (as `kubectl patch node --type merge`).
     pub fn merge_patch_node(&self, name: &str, patch: &Value) -> Result<Value> {
-        self.expect_ok(
+        self.client.expect_ok(
             "PATCH",
             &format!("/api/v1/nodes/{name}"),
             "application/merge-patch+json",
@@ -308,7 +293,7 @@ impl KubeEmu {
     /// Sets a Node's pod CIDRs through the emulator's test hook (the real API only allows
     /// setting them once; this simulates what re-registration would do).
     pub fn force_pod_cidrs(&self, name: &str, cidrs: &[&str]) -> Result<Value> {
-        self.expect_ok(
+        self.client.expect_ok(
             "PUT",
             &format!("/emu/nodes/{name}/pod-cidrs"),
             "application/json",
@@ -318,17 +303,20 @@ impl KubeEmu {
 
     /// Aborts every open watch connection.
     pub fn drop_watches(&self) -> Result<Value> {
-        self.expect_ok("POST", "/emu/drop-watches", "application/json", None)
+        self.client
+            .expect_ok("POST", "/emu/drop-watches", "application/json", None)
     }
 
     /// Sends `410 Expired` on every open watch and compacts the history.
     pub fn expire_watches(&self) -> Result<Value> {
-        self.expect_ok("POST", "/emu/expire-watches", "application/json", None)
+        self.client
+            .expect_ok("POST", "/emu/expire-watches", "application/json", None)
     }
 
     /// The emulator's state summary (RV, watchers, node names).
     pub fn state(&self) -> Result<Value> {
-        self.expect_ok("GET", "/emu/state", "application/json", None)
+        self.client
+            .expect_ok("GET", "/emu/state", "application/json", None)
     }
 }
 

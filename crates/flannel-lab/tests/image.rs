@@ -133,7 +133,7 @@ fn assert_node_runs_the_image(c: &Cluster, ds: &DaemonSet, manifest: &Manifest, 
     );
     assert_eq!(ds.pod(i)["spec"]["nodeName"], node_name.as_str());
     let pod_name = ds.pod(i)["metadata"]["name"].as_str().unwrap();
-    let stored = c.kube().unwrap().request(
+    let stored = c.kube().unwrap().client().request(
         "GET",
         &format!("/api/v1/namespaces/kube-flannel/pods/{pod_name}"),
         "application/json",
