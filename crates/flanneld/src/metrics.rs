@@ -109,6 +109,8 @@ pub struct Metrics {
     pub lease_events: Family<KindLabel, Counter>,
     /// Time from the first peer event of a batch until the kernel holds the change.
     pub event_to_programmed: Histogram,
+    /// The wireguard backend's devices (`flannel_wireguard_*`).
+    pub wireguard: crate::backend::wireguard::metrics::WgMetrics,
 }
 
 impl Default for Metrics {
@@ -141,6 +143,7 @@ impl Metrics {
             lease_events: Family::default(),
             // 1 ms .. ~59 s
             event_to_programmed: Histogram::new(exponential_buckets(0.001, 3.0, 11)),
+            wireguard: Default::default(),
             registry: Registry::default(),
         };
         registry.register("build_info", "flannel-rs build", m.build_info.clone());
@@ -220,6 +223,8 @@ impl Metrics {
             "time from a peer change to the kernel holding it",
             m.event_to_programmed.clone(),
         );
+        m.wireguard
+            .register(registry.sub_registry_with_prefix("wireguard"));
         Metrics { registry, ..m }
     }
 

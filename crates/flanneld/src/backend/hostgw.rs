@@ -139,7 +139,11 @@ impl DataPlane for HostGwBackend {
         routes.count_into(&mut stats);
         let mut ops = routes.deletes;
         ops.extend(routes.upserts);
-        Plan { ops, stats }
+        Plan {
+            ops,
+            stats,
+            ..Default::default()
+        }
     }
 
     async fn apply(

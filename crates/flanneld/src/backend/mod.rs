@@ -19,11 +19,12 @@
 //!   4. [`DataPlane::plan`]: a **pure** function from desired and actual to the kernel
 //!      operations and their counts ([`Plan`]);
 //!   5. [`DataPlane::apply`]: the plan as one batched netlink request ([`apply_batch`]), plus
-//!      whatever the backend keeps outside the kernel (the udp peer table).
+//!      whatever the backend keeps outside rtnetlink (the udp peer table, the wireguard
+//!      devices' peers).
 //!
 //! Because `desired` and `plan` are pure, each backend's unit tests check them without root
-//! or a kernel; the netns tests check the other three steps. Adding a backend (wireguard is
-//! next) means adding one module with that type and one line in [`new_backend`].
+//! or a kernel; the netns tests check the other three steps. Adding a backend means adding one
+//! module with that type and one line in [`new_backend`].
 //!
 //! Backends see only `flannel-types` leases, never etcd or Kubernetes objects, and only peers
 //! the daemon already validated (see [`crate::peers`]).
@@ -43,6 +44,7 @@ pub mod hostgw;
 pub mod routes;
 pub mod udp;
 pub mod vxlan;
+pub mod wireguard;
 
 /// Why a backend could not be built, started or reconciled.
 #[derive(Debug, thiserror::Error)]
@@ -95,6 +97,15 @@ pub enum BackendError {
     /// Something the backend needs is missing (an address family without an address).
     #[error("{0}")]
     Missing(String),
+    /// A WireGuard device could not be read, configured or started.
+    #[error("{what}: {source}")]
+    Device {
+        /// What we were doing.
+        what: String,
+        /// The device's error.
+        #[source]
+        source: flannel_wireguard::WgError,
+    },
 }
 
 /// Wraps a netlink error with what we were doing.
@@ -151,6 +162,11 @@ pub trait Backend: fmt::Debug {
     /// Converges the kernel to the given peers (our own lease excluded by the caller); every
     /// implementation is [`reconcile`] on its [`DataPlane`].
     async fn reconcile(&mut self, peers: &[&Lease]) -> Result<ReconcileStats, BackendError>;
+
+    /// Copies what the backend's own devices count (handshakes, bytes, drops) into the
+    /// metrics; called after every reconcile pass. Backends whose state the kernel's
+    /// routes and neighbours fully describe have nothing to add.
+    fn collect_metrics(&self, _metrics: &crate::metrics::Metrics) {}
 }
 
 /// The kernel operations one reconcile pass needs, with the counts for logs and metrics.
@@ -160,6 +176,9 @@ pub struct Plan {
     pub ops: Vec<BatchOp>,
     /// Added/removed/unchanged entries and peers; `failed` and `ops` are filled by the apply.
     pub stats: ReconcileStats,
+    /// Changes to devices configured outside rtnetlink (the wireguard devices, over generic
+    /// netlink or the control socket), by the backend's device number.
+    pub devices: Vec<(usize, flannel_wireguard::DeviceUpdate)>,
 }
 
 /// The steps of one reconcile pass (see the module documentation).
@@ -217,7 +236,8 @@ pub fn new_backend(config: &NetConfig, env: BackendEnv) -> Result<Box<dyn Backen
         "vxlan" => Ok(Box::new(vxlan::VxlanBackend::new(config, env)?)),
         "host-gw" => Ok(Box::new(hostgw::HostGwBackend::new(env)?)),
         "udp" => Ok(Box::new(udp::UdpBackend::new(config, env)?)),
-        t @ ("ipip" | "wireguard" | "ipsec" | "alloc" | "extension" | "tencent-vpc") => {
+        "wireguard" => Ok(Box::new(wireguard::WireguardBackend::new(config, env)?)),
+        t @ ("ipip" | "ipsec" | "alloc" | "extension" | "tencent-vpc") => {
             Err(BackendError::Unsupported(t.to_string()))
         }
         other => Err(BackendError::UnknownType(other.to_string())),

@@ -233,6 +233,7 @@ impl<M: SubnetManager> Running<M> {
         drop(desired);
         let took = start.elapsed();
         record_reconcile(&self.up.node.metrics, trigger, &result, took);
+        self.up.backend.collect_metrics(&self.up.node.metrics);
         match result {
             Ok(stats) => {
                 log_stats(&stats, took, trigger);

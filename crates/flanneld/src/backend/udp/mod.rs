@@ -425,6 +425,7 @@ impl DataPlane for UdpBackend {
         Plan {
             ops: routes.deletes,
             stats,
+            ..Default::default()
         }
     }
 

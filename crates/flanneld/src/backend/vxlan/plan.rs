@@ -136,7 +136,11 @@ pub fn plan(desired: &VxlanDesired, actual: &VxlanActual) -> Plan {
     );
     ops.extend(fdb.upsert.iter().map(fdb_entry).map(BatchOp::ReplaceFdb));
     ops.extend(routes.upserts);
-    Plan { ops, stats }
+    Plan {
+        ops,
+        stats,
+        ..Default::default()
+    }
 }
 
 #[cfg(test)]
