@@ -513,7 +513,16 @@ impl Cluster {
             self.flanneld[i] = Some(ds.start(i, &self.lab, extra, env)?);
             return Ok(());
         }
-        let mut cmd = Command::new(self.bin_dir.join("flanneld"));
+        let flanneld = self.bin_dir.join("flanneld");
+        let mut cmd = if self.spec.backend == "wireguard" {
+            // Each node its own key and its own /run/wireguard, as separate hosts have.
+            let dir = self.lab.node(i).dir();
+            let mut c = crate::node_root::wireguard_view(dir, flanneld.as_os_str())?;
+            c.env("WIREGUARD_KEY_FILE", dir.join("wgkey"));
+            c
+        } else {
+            Command::new(flanneld)
+        };
         cmd.args(self.flanneld_args(i));
         cmd.args(extra);
         cmd.envs(env.iter().map(|(k, v)| (*k, *v)));
@@ -522,7 +531,9 @@ impl Cluster {
             cmd.env("NODE_NAME", kube::node_name(i));
         }
         self.started[i] = std::time::SystemTime::now();
-        let child = self.lab.spawn_in(self.lab.node(i).netns(), cmd)?;
+        let child = self
+            .lab
+            .spawn_named(self.lab.node(i).netns(), cmd, "flanneld")?;
         self.flanneld[i] = Some(child);
         Ok(())
     }

@@ -615,6 +615,12 @@ impl Lab {
             .file_name()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_else(|| "process".into());
+        self.spawn_named(ns, cmd, &program)
+    }
+
+    /// [`Lab::spawn_in`] with the log named after `program` rather than the command's
+    /// program (which is a wrapper such as `unshare` for commands run in a mount view).
+    pub fn spawn_named(&self, ns: &Netns, cmd: Command, program: &str) -> Result<Child> {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         let log = self
             .dir

@@ -95,6 +95,43 @@ where
     Ok(cmd)
 }
 
+/// Mounts one node directory over one machine directory in a private mount namespace, then
+/// execs the command (`$1` source, `$2` target, the rest the command).
+const PRIVATE_DIR_SCRIPT: &str = r#"set -e
+src=$1; dst=$2; shift 2
+mkdir -p "$dst"
+exec 3<"$src"
+mount -n --no-canonicalize --bind /proc/self/fd/3 "$dst"
+exec "$@" 3<&-
+"#;
+
+/// Where WireGuard userspace implementations put their control sockets (`wg` looks there).
+pub const WIREGUARD_RUN_DIR: &str = "/run/wireguard";
+
+/// `program args...` seeing the node's own `/run/wireguard` (`<node_dir>/run/wireguard`) in
+/// a private mount namespace, nothing else changed. flanneld's userspace WireGuard device and
+/// `wg show` then meet at the standard socket path `/var/run/wireguard/flannel-wg.sock`
+/// without one node's socket replacing another's: the lab's nodes share one file system.
+pub fn wireguard_view(node_dir: &Path, program: &OsStr) -> Result<Command> {
+    let src = wireguard_dir(node_dir);
+    std::fs::create_dir_all(&src)
+        .map_err(|e| LabError::io(format!("creating {}", src.display()), e))?;
+    require_binary("mount")?;
+    let mut cmd = Command::new(require_binary("unshare")?);
+    cmd.args(["--mount", "--propagation", "slave", "--"])
+        .arg(require_binary("sh")?)
+        .args(["-c", PRIVATE_DIR_SCRIPT, "sh"])
+        .arg(&src)
+        .arg(WIREGUARD_RUN_DIR)
+        .arg(program);
+    Ok(cmd)
+}
+
+/// The node's own `/run/wireguard`.
+pub fn wireguard_dir(node_dir: &Path) -> PathBuf {
+    node_dir.join("run/wireguard")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

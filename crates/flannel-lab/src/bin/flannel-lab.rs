@@ -666,7 +666,16 @@ fn exec(state_dir: &Path, args: &ExecArgs) -> anyhow::Result<ExitCode> {
         );
     };
     let ip = flannel_lab::require_binary("ip")?;
-    let mut cmd = std::process::Command::new(ip);
+    // A node running the wireguard backend has its own /run/wireguard: `wg show flannel-wg`
+    // there talks to that node's device.
+    let wg_node = state
+        .nodes
+        .iter()
+        .find(|n| n.name == args.target && flannel_lab::node_root::wireguard_dir(&n.dir).is_dir());
+    let mut cmd = match wg_node {
+        Some(n) => flannel_lab::node_root::wireguard_view(&n.dir, ip.as_os_str())?,
+        None => std::process::Command::new(ip),
+    };
     cmd.args(["netns", "exec", ns]).args(&args.command);
     if state.datastore == "etcd"
         && let Some(ep) = &state.endpoint
