@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 
+use common::capture::capture_underlay;
 use common::{assert_full_mesh, lease_key, ping_summary, sh};
 use flannel_lab::{Cluster, ClusterSpec, PodCni, run_in, run_ok, wait_for};
 
@@ -236,72 +237,6 @@ fn udp_ttl_is_decremented_by_both_proxies() {
     assert!(out.contains("ttl=60"), "{out}");
 }
 
-/// Reads a pcap file (Ethernet link type) into frames.
-fn pcap_frames(bytes: &[u8]) -> Vec<Vec<u8>> {
-    assert!(bytes.len() >= 24, "pcap too short");
-    let magic = u32::from_le_bytes(bytes[0..4].try_into().unwrap());
-    let le = match magic {
-        0xa1b2c3d4 | 0xa1b23c4d => true,
-        0xd4c3b2a1 | 0x4d3cb2a1 => false,
-        m => panic!("not a pcap file: magic {m:#x}"),
-    };
-    let u32_at = |b: &[u8], i: usize| {
-        let a: [u8; 4] = b[i..i + 4].try_into().unwrap();
-        if le {
-            u32::from_le_bytes(a)
-        } else {
-            u32::from_be_bytes(a)
-        }
-    };
-    assert_eq!(u32_at(bytes, 20), 1, "link type Ethernet");
-    let mut out = Vec::new();
-    let mut off = 24;
-    while off + 16 <= bytes.len() {
-        let caplen = u32_at(bytes, off + 8) as usize;
-        let start = off + 16;
-        if start + caplen > bytes.len() {
-            break;
-        }
-        out.push(bytes[start..start + caplen].to_vec());
-        off = start + caplen;
-    }
-    out
-}
-
-/// A UDP datagram seen on the underlay: outer addresses, ports and payload.
-struct Datagram {
-    src: Ipv4Addr,
-    dst: Ipv4Addr,
-    sport: u16,
-    dport: u16,
-    payload: Vec<u8>,
-}
-
-fn udp_datagrams(frames: &[Vec<u8>]) -> Vec<Datagram> {
-    frames
-        .iter()
-        .filter_map(|f| {
-            if f.len() < 14 + 28 || f[12..14] != [0x08, 0x00] {
-                return None;
-            }
-            let ip = &f[14..];
-            let ihl = usize::from(ip[0] & 0x0f) * 4;
-            if ip[9] != 17 {
-                return None;
-            }
-            let udp = &ip[ihl..];
-            let len = usize::from(u16::from_be_bytes([udp[4], udp[5]]));
-            Some(Datagram {
-                src: Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]),
-                dst: Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]),
-                sport: u16::from_be_bytes([udp[0], udp[1]]),
-                dport: u16::from_be_bytes([udp[2], udp[3]]),
-                payload: udp[8..len.min(udp.len())].to_vec(),
-            })
-        })
-        .collect()
-}
-
 /// One's-complement checksum over `data` plus an initial sum (test-side, independent of the
 /// backend's codec).
 fn ones_sum(data: &[u8], mut acc: u32) -> u16 {
@@ -340,42 +275,6 @@ fn checksums_ok(p: &[u8]) -> bool {
         }
         _ => true,
     }
-}
-
-/// Captures `udp port 8285` on the underlay bridge while `traffic` runs; returns the datagrams.
-fn capture_underlay(c: &Cluster, filter: &str, traffic: impl FnOnce()) -> Vec<Datagram> {
-    let file = c
-        .lab()
-        .dir()
-        .join(format!("wire-{}.pcap", std::process::id()));
-    let mut cmd = std::process::Command::new("tcpdump");
-    cmd.args([
-        "-i",
-        c.lab().underlay().bridge(),
-        "--immediate-mode",
-        "-U",
-        "-s",
-        "0",
-        "-w",
-    ])
-    .arg(&file)
-    .arg(filter);
-    let mut tcpdump = c
-        .lab()
-        .spawn_in(c.lab().underlay().netns(), cmd)
-        .expect("tcpdump");
-    wait_for(
-        "tcpdump to listen",
-        Duration::from_secs(10),
-        Duration::from_millis(50),
-        || Ok::<_, String>(tcpdump.log().contains("listening on").then_some(())),
-    )
-    .unwrap();
-    traffic();
-    std::thread::sleep(Duration::from_millis(300));
-    tcpdump.stop().expect("tcpdump stops");
-    let bytes = std::fs::read(&file).expect("pcap written");
-    udp_datagrams(&pcap_frames(&bytes))
 }
 
 /// On the underlay, each UDP 8285 datagram between the nodes' addresses carries one raw inner
@@ -422,8 +321,8 @@ fn udp_wire_format_is_the_raw_inner_packet() {
             Ipv4Addr::new(p[16], p[17], p[18], p[19]),
         );
         let outer = (d.src, d.dst);
-        let n1 = Ipv4Addr::new(198, 18, 0, 1);
-        let n2 = Ipv4Addr::new(198, 18, 0, 2);
+        let n1 = IpAddr::V4(Ipv4Addr::new(198, 18, 0, 1));
+        let n2 = IpAddr::V4(Ipv4Addr::new(198, 18, 0, 2));
         assert!(
             (inner == (a4, b4) && outer == (n1, n2)) || (inner == (b4, a4) && outer == (n2, n1)),
             "inner {inner:?} outer {outer:?}"

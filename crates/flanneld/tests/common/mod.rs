@@ -11,6 +11,8 @@ use flannel_lab::cluster::{HEALTHZ_PORT, http_get};
 use flannel_lab::{Cluster, ClusterSpec, PodCni, run_ok, wait_for};
 use flannel_types::LeaseAttrs;
 
+pub mod capture;
+
 /// The three kinds of vxlan entries as iproute2 prints them, one set per kind.
 pub type EntrySets = (BTreeSet<String>, BTreeSet<String>, BTreeSet<String>);
 
