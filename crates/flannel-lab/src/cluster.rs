@@ -363,6 +363,9 @@ impl Cluster {
     /// would otherwise race the first reconcile. The udp backend keeps its peer table in
     /// the daemon, not in routes, so it is not waited for here.
     pub fn wait_mesh(&self) -> Result<()> {
+        if self.spec.backend == "wireguard" && self.daemonset.is_none() {
+            return self.wait_wireguard_peers();
+        }
         if !matches!(self.spec.backend.as_str(), "vxlan" | "host-gw") {
             return Ok(());
         }
@@ -408,6 +411,37 @@ impl Cluster {
                     }
                 },
             )?;
+        }
+        Ok(())
+    }
+
+    /// wireguard: waits until every node's userspace device (its control socket in the
+    /// node's own `/run/wireguard`) holds a peer for every other node. The `flannel-wg-v6`
+    /// device of dual-stack separate mode is waited for when it exists.
+    fn wait_wireguard_peers(&self) -> Result<()> {
+        let want = self.spec.nodes - 1;
+        for i in 0..self.spec.nodes {
+            let dir = crate::node_root::wireguard_dir(self.lab.node(i).dir());
+            for dev in ["flannel-wg", "flannel-wg-v6"] {
+                let sock = dir.join(format!("{dev}.sock"));
+                if dev == "flannel-wg-v6" && !sock.exists() {
+                    continue;
+                }
+                wait_for(
+                    &format!("{}'s {dev} to hold {want} peers", self.lab.node(i).name()),
+                    self.spec.ready_timeout,
+                    Duration::from_millis(50),
+                    || -> Result<Option<()>> {
+                        let n = uapi_peer_count(&sock)
+                            .map_err(|e| LabError::io(format!("asking {}", sock.display()), e))?;
+                        if n == want {
+                            Ok(Some(()))
+                        } else {
+                            Err(LabError::Invalid(format!("{n} peers")))
+                        }
+                    },
+                )?;
+            }
         }
         Ok(())
     }
@@ -908,4 +942,27 @@ mod tests {
         assert_eq!(c["EnableNFTables"], json!(true));
         assert_eq!(c["SubnetLen"], json!(26));
     }
+}
+
+/// The number of peers a userspace WireGuard device reports over its control socket
+/// (`get=1`, the protocol `wg` speaks): one `public_key=` line per peer.
+pub fn uapi_peer_count(sock: &Path) -> std::io::Result<usize> {
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(sock)?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    s.write_all(b"get=1\n\n")?;
+    let mut text = Vec::new();
+    let mut buf = [0u8; 4096];
+    // The answer ends with an empty line; bounded by the read timeout and a size cap.
+    while !text.ends_with(b"\n\n") && text.len() < 16 << 20 {
+        let n = s.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        text.extend_from_slice(&buf[..n]);
+    }
+    Ok(String::from_utf8_lossy(&text)
+        .lines()
+        .filter(|l| l.starts_with("public_key="))
+        .count())
 }
