@@ -582,6 +582,44 @@ mod server {
         assert_eq!(names, vec![std::ffi::OsString::from("flrs0.sock")]);
     }
 
+    struct Refusing;
+    impl WgDevice for Refusing {
+        fn name(&self) -> &str {
+            "refusing"
+        }
+        fn get(&self) -> Result<DeviceState, WgError> {
+            Err(WgError::NoDevice("refusing".into()))
+        }
+        fn set(&self, _: &DeviceUpdate) -> Result<(), WgError> {
+            Err(WgError::Kernel {
+                dev: "refusing".into(),
+                op: "set device",
+                errno: nix::errno::Errno::EPERM,
+            })
+        }
+    }
+
+    #[test]
+    fn device_errors_reach_the_client_as_errnos() {
+        let dir = tempfile::tempdir().unwrap();
+        let _server =
+            UapiServer::start(&dir.path().join("refusing.sock"), Arc::new(Refusing)).unwrap();
+        let c = UapiClient::new("refusing", dir.path());
+        let e = c.set(&DeviceUpdate::default()).unwrap_err();
+        assert!(matches!(e, WgError::Refused { errno: 1, .. }), "{e}");
+        let e = c.get().unwrap_err();
+        assert!(
+            matches!(
+                e,
+                WgError::Refused {
+                    errno: libc::ENODEV,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+    }
+
     #[test]
     fn drop_closes_idle_connections() {
         let name = unique("flrswgc");
@@ -599,5 +637,225 @@ mod server {
             t.elapsed()
         );
         assert!(!path.exists());
+    }
+}
+
+/// [`UapiClient`](crate::uapi::UapiClient) against the independent implementation,
+/// wireguard-go, and our request resolution checked against its behaviour.
+mod wireguard_go {
+    use std::path::{Path, PathBuf};
+    use std::process::Command;
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    use super::server::unique;
+    use super::*;
+    use crate::uapi::{SOCKET_DIR, UapiClient, UapiServer, socket_path};
+
+    /// wireguard-go in a fresh namespace; dropping it stops the process and removes the socket.
+    struct WgGo {
+        child: Option<flannel_lab::Child>,
+        _ns: flannel_lab::Netns,
+        _logs: tempfile::TempDir,
+        sock: PathBuf,
+        client: UapiClient,
+    }
+
+    impl Drop for WgGo {
+        fn drop(&mut self) {
+            drop(self.child.take());
+            let _ = std::fs::remove_file(&self.sock);
+        }
+    }
+
+    fn wireguard_go() -> WgGo {
+        let name = unique("flrswgg");
+        let ns = flannel_lab::Netns::new("wgc").unwrap();
+        let logs = tempfile::tempdir().unwrap();
+        let mut cmd = Command::new("wireguard-go");
+        cmd.args(["-f", &name]);
+        let child = flannel_lab::spawn_in(&ns, cmd, logs.path().join("wg.log")).unwrap();
+        let sock = socket_path(Path::new(SOCKET_DIR), &name);
+        let wg = WgGo {
+            child: Some(child),
+            _ns: ns,
+            _logs: logs,
+            sock,
+            client: UapiClient::new(&name, Path::new(SOCKET_DIR)),
+        };
+        let t = Instant::now();
+        while wg.client.get().is_err() {
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "wireguard-go did not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        wg
+    }
+
+    /// A device's configuration in a comparable order (wireguard-go lists peers from a map).
+    fn normal(mut s: DeviceState) -> DeviceState {
+        s.peers.sort_by_key(|p| p.config.public_key);
+        for p in &mut s.peers {
+            p.config.allowed_ips.sort();
+        }
+        s
+    }
+
+    fn upsert(c: &PeerConfig, replace: bool) -> PeerUpdate {
+        PeerUpdate::Upsert {
+            config: c.clone(),
+            replace_allowed_ips: replace,
+        }
+    }
+
+    fn configs(s: &DeviceState) -> Vec<PeerConfig> {
+        normal(s.clone())
+            .peers
+            .into_iter()
+            .map(|p| p.config)
+            .collect()
+    }
+
+    #[test]
+    fn client_configures_wireguard_go() {
+        let wg = wireguard_go();
+        let c = &wg.client;
+        let mut a = peer(1, &["10.1.0.0/24", "fd00:1::/64"]);
+        a.preshared_key = Some(Secret::from_bytes([8; 32]));
+        a.endpoint = Some("192.0.2.10:51820".parse().unwrap());
+        a.persistent_keepalive = 25;
+        let mut b = peer(2, &["10.2.0.0/24"]);
+        b.endpoint = Some("[2001:db8::2]:51821".parse().unwrap());
+        // A clamped private key, as wireguard-go stores keys clamped.
+        let private = Secret::generate();
+        c.set(&DeviceUpdate {
+            private_key: Some(private.clone()),
+            listen_port: Some(40123),
+            fwmark: Some(77),
+            replace_peers: false,
+            peers: vec![upsert(&a, true), upsert(&b, true)],
+        })
+        .unwrap();
+        let got = c.get().unwrap();
+        assert_eq!(got.private_key, Some(private.clone()));
+        assert_eq!(got.public_key(), Some(private.public_key()));
+        assert_eq!((got.listen_port, got.fwmark), (40123, 77));
+        let mut want = vec![a.clone(), b.clone()];
+        want.sort_by_key(|p| p.public_key);
+        for p in &mut want {
+            p.allowed_ips.sort();
+        }
+        assert_eq!(configs(&got), want);
+        assert!(got.peers.iter().all(|p| p.last_handshake.is_none()));
+
+        // Without replace_allowed_ips the allowed IPs are added; with it they are replaced;
+        // a missing preshared key removes it.
+        let mut a2 = peer(1, &["10.3.0.0/24"]);
+        a2.endpoint = a.endpoint;
+        a2.persistent_keepalive = 0;
+        c.set(&DeviceUpdate {
+            peers: vec![upsert(&a2, false)],
+            ..DeviceUpdate::default()
+        })
+        .unwrap();
+        let got = c.get().unwrap();
+        let pa = configs(&got)
+            .into_iter()
+            .find(|p| p.public_key == key(1))
+            .unwrap();
+        assert_eq!(pa.allowed_ips.len(), 3, "{pa:?}");
+        assert_eq!((pa.preshared_key, pa.persistent_keepalive), (None, 0));
+        c.set(&DeviceUpdate {
+            peers: vec![upsert(&a2, true), PeerUpdate::Remove(key(2))],
+            ..DeviceUpdate::default()
+        })
+        .unwrap();
+        assert_eq!(configs(&c.get().unwrap()), vec![a2.clone()]);
+
+        // replace_peers: only the named peers remain.
+        let d = peer(3, &["10.4.0.0/24"]);
+        c.set(&DeviceUpdate {
+            replace_peers: true,
+            peers: vec![upsert(&d, true)],
+            ..DeviceUpdate::default()
+        })
+        .unwrap();
+        assert_eq!(configs(&c.get().unwrap()), vec![d]);
+    }
+
+    /// The same raw `set=1` requests sent to wireguard-go and to our server in front of an
+    /// in-memory device leave both with the same configuration: our resolution of partial
+    /// updates, update_only, replace_peers and replace_allowed_ips follows the reference.
+    #[test]
+    fn server_resolves_requests_as_wireguard_go_does() {
+        let wg = wireguard_go();
+        let name = unique("flrswgm");
+        let mem = Arc::new(MemDevice::new(&name));
+        let path = socket_path(Path::new(SOCKET_DIR), &name);
+        let _server = UapiServer::start(&path, mem.clone()).unwrap();
+        let ours = UapiClient::new(&name, Path::new(SOCKET_DIR));
+        let (k1, k2, k3) = (key(1).to_hex(), key(2).to_hex(), key(3).to_hex());
+        let psk = Secret::from_bytes([5; 32]).to_hex();
+        let zero = "0".repeat(64);
+        let steps = [
+            format!(
+                "private_key={}\nlisten_port=40999\npublic_key={k1}\nendpoint=192.0.2.1:1\nallowed_ip=10.1.0.0/24\npublic_key={k2}\npreshared_key={psk}\npersistent_keepalive_interval=9\nallowed_ip=10.2.0.0/24\n",
+                Secret::from_bytes([4; 32]).to_hex()
+            ),
+            format!(
+                "public_key={k1}\nallowed_ip=10.1.1.0/24\npublic_key={k2}\nendpoint=[2001:db8::5]:7\n"
+            ),
+            format!(
+                "public_key={k3}\nupdate_only=true\nallowed_ip=10.3.0.0/24\npublic_key={k2}\nupdate_only=true\nreplace_allowed_ips=true\nallowed_ip=10.2.2.0/24\n"
+            ),
+            format!(
+                "public_key={k2}\npreshared_key={zero}\npersistent_keepalive_interval=0\npublic_key={k1}\nremove=true\n"
+            ),
+            format!(
+                "replace_peers=true\npublic_key={k3}\nallowed_ip=10.3.0.0/24\npublic_key={k2}\nupdate_only=true\nallowed_ip=10.9.0.0/24\n"
+            ),
+            format!(
+                "public_key={k3}\nallowed_ip=10.3.0.0/24\nallowed_ip=10.3.0.0/24\npublic_key={k3}\npersistent_keepalive_interval=3\n"
+            ),
+        ];
+        for (i, body) in steps.iter().enumerate() {
+            let req = format!("set=1\n{body}\n");
+            for sock in [&wg.sock, &path] {
+                let a = exchange(sock, &req);
+                assert_eq!(a, "errno=0\n", "step {i} on {sock:?}");
+            }
+            let theirs = normal(wg.client.get().unwrap());
+            let mine = normal(ours.get().unwrap());
+            assert_eq!(configs(&mine), configs(&theirs), "step {i}");
+            assert_eq!(mine.listen_port, theirs.listen_port);
+        }
+        // Both refuse the same garbage.
+        for bad in ["listen_port=x\n", "public_key=00\n", "bogus=1\n"] {
+            let req = format!("set=1\n{bad}\n");
+            assert_eq!(exchange(&path, &req), "errno=22\n");
+            assert_ne!(
+                exchange(&wg.sock, &req),
+                "errno=0\n",
+                "wireguard-go accepted {bad:?}"
+            );
+        }
+    }
+
+    fn exchange(sock: &Path, req: &str) -> String {
+        use std::io::{BufRead, BufReader, Write};
+        let mut s = std::os::unix::net::UnixStream::connect(sock).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(req.as_bytes()).unwrap();
+        let mut r = BufReader::new(s);
+        let mut a = String::new();
+        loop {
+            let mut line = String::new();
+            if r.read_line(&mut line).unwrap() == 0 || line == "\n" {
+                return a;
+            }
+            a.push_str(&line);
+        }
     }
 }
