@@ -99,7 +99,16 @@ impl WgDevice for UapiClient {
         Ok(state)
     }
 
+    /// `replace_peers` is sent as explicit removals of the peers not named (one `get`
+    /// first), so the named peers keep their sessions; see [`crate::replace`].
     fn set(&self, update: &DeviceUpdate) -> Result<(), WgError> {
+        let expanded;
+        let update = if update.replace_peers {
+            expanded = crate::replace::explicit_removals(update, &self.get()?);
+            &expanded
+        } else {
+            update
+        };
         let answer = self.exchange(&text::format_set(update))?;
         let value = answer
             .trim_end_matches('\n')

@@ -542,7 +542,14 @@ mod server {
             let mut b = b"set=1\n".to_vec();
             b.extend((0..200).map(|_| (rng.next() % 256) as u8));
             b.extend_from_slice(b"\n\n");
-            let _ = UnixStream::connect(&path).and_then(|mut s| s.write_all(&b));
+            // Wait for the server to finish with each, so they do not pile up past the
+            // connection limit.
+            let _ = UnixStream::connect(&path).and_then(|mut s| {
+                s.set_read_timeout(Some(Duration::from_secs(10)))?;
+                s.write_all(&b)?;
+                s.shutdown(std::net::Shutdown::Write)?;
+                std::io::copy(&mut s, &mut std::io::sink())
+            });
         }
         let a = raw(&path, b"get=1\n\n", 1);
         assert!(a[0].contains("listen_port=4242\n"), "{a:?}");
