@@ -6,9 +6,10 @@
 //! less destruction: only peers not named are removed. Devices that forward to such an
 //! implementation read the device first and send the removals explicitly instead.
 
+use std::borrow::Cow;
 use std::collections::BTreeSet;
 
-use crate::device::{DeviceState, DeviceUpdate, PeerUpdate};
+use crate::device::{DeviceState, DeviceUpdate, PeerUpdate, WgDevice, WgError};
 use crate::key::Key;
 
 /// `update` without `replace_peers`: every current peer it does not upsert is removed
@@ -38,4 +39,16 @@ pub(crate) fn explicit_removals(update: &DeviceUpdate, current: &DeviceState) ->
         peers,
         ..update.clone()
     }
+}
+
+/// `update` as a device that would reset named peers should receive it: unchanged without
+/// `replace_peers`, else with explicit removals computed from one read of `device`.
+pub(crate) fn for_device<'a>(
+    update: &'a DeviceUpdate,
+    device: &dyn WgDevice,
+) -> Result<Cow<'a, DeviceUpdate>, WgError> {
+    if !update.replace_peers {
+        return Ok(Cow::Borrowed(update));
+    }
+    Ok(Cow::Owned(explicit_removals(update, &device.get()?)))
 }

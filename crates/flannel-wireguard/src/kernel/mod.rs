@@ -43,11 +43,7 @@ impl KernelDevice {
     }
 
     fn open(&self) -> Result<Genl<'_>, WgError> {
-        let io = |op, source| WgError::Io {
-            dev: self.name.clone(),
-            op,
-            source,
-        };
+        let io = |op, source| WgError::io(&self.name, op, source);
         let mut sock = Socket::new(NETLINK_GENERIC).map_err(|e| io("open netlink socket", e))?;
         sock.bind_auto().map_err(|e| io("bind netlink socket", e))?;
         sock.connect(&SocketAddr::new(0, 0))
@@ -83,10 +79,8 @@ impl WgDevice for KernelDevice {
             if interrupted {
                 continue;
             }
-            return msg::parse_dump(&messages).map_err(|e| WgError::Protocol {
-                dev: self.name.clone(),
-                reason: format!("get device: {e}"),
-            });
+            return msg::parse_dump(&messages)
+                .map_err(|e| WgError::protocol(&self.name, format!("get device: {e}")));
         }
         Err(WgError::Kernel {
             dev: self.name.clone(),
@@ -96,17 +90,11 @@ impl WgDevice for KernelDevice {
     }
 
     /// `replace_peers` is sent as explicit removals of the peers not named (one dump first),
-    /// so the named peers keep their sessions; see [`crate::replace`].
+    /// so the named peers keep their sessions (the kernel's `REPLACE_PEERS` would reset them).
     fn set(&self, update: &DeviceUpdate) -> Result<(), WgError> {
-        let expanded;
-        let update = if update.replace_peers {
-            expanded = crate::replace::explicit_removals(update, &self.get()?);
-            &expanded
-        } else {
-            update
-        };
+        let update = crate::replace::for_device(update, self)?;
         let mut genl = self.open()?;
-        for m in msg::set_messages(&self.name, update, msg::MESSAGE_LIMIT) {
+        for m in msg::set_messages(&self.name, &update, msg::MESSAGE_LIMIT) {
             genl.exchange(m, NLM_F_REQUEST | NLM_F_ACK, "set device")?;
         }
         Ok(())
@@ -123,18 +111,11 @@ struct Genl<'a> {
 
 impl Genl<'_> {
     fn io(&self, op: &'static str, source: std::io::Error) -> WgError {
-        WgError::Io {
-            dev: self.dev.to_string(),
-            op,
-            source,
-        }
+        WgError::io(self.dev, op, source)
     }
 
     fn protocol(&self, reason: String) -> WgError {
-        WgError::Protocol {
-            dev: self.dev.to_string(),
-            reason,
-        }
+        WgError::protocol(self.dev, reason)
     }
 
     fn kernel(&self, op: &'static str, errno: Errno) -> WgError {

@@ -268,18 +268,7 @@ fn add_dumped_peer(peers: &mut Vec<PeerState>, p: &WireguardPeer) -> Result<(), 
         })
         .ok_or_else(|| DumpError("a peer without a public key".into()))?;
     if peers.last().map(|l| l.config.public_key) != Some(key) {
-        peers.push(PeerState {
-            config: PeerConfig {
-                public_key: key,
-                preshared_key: None,
-                endpoint: None,
-                persistent_keepalive: 0,
-                allowed_ips: Vec::new(),
-            },
-            last_handshake: None,
-            rx_bytes: 0,
-            tx_bytes: 0,
-        });
+        peers.push(PeerState::new(PeerConfig::new(key)));
     }
     let Some(peer) = peers.last_mut() else {
         unreachable!("a peer was pushed above")

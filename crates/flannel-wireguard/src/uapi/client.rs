@@ -31,18 +31,11 @@ impl UapiClient {
     }
 
     fn io(&self, op: &'static str, source: std::io::Error) -> WgError {
-        WgError::Io {
-            dev: self.name.clone(),
-            op,
-            source,
-        }
+        WgError::io(&self.name, op, source)
     }
 
     fn protocol(&self, reason: String) -> WgError {
-        WgError::Protocol {
-            dev: self.name.clone(),
-            reason,
-        }
+        WgError::protocol(&self.name, reason)
     }
 
     /// Sends one request and returns the answer up to (not including) its empty line.
@@ -100,16 +93,10 @@ impl WgDevice for UapiClient {
     }
 
     /// `replace_peers` is sent as explicit removals of the peers not named (one `get`
-    /// first), so the named peers keep their sessions; see [`crate::replace`].
+    /// first), so the named peers keep their sessions (`replace_peers=true` would reset them).
     fn set(&self, update: &DeviceUpdate) -> Result<(), WgError> {
-        let expanded;
-        let update = if update.replace_peers {
-            expanded = crate::replace::explicit_removals(update, &self.get()?);
-            &expanded
-        } else {
-            update
-        };
-        let answer = self.exchange(&text::format_set(update))?;
+        let update = crate::replace::for_device(update, self)?;
+        let answer = self.exchange(&text::format_set(&update))?;
         let value = answer
             .trim_end_matches('\n')
             .strip_prefix("errno=")

@@ -59,7 +59,7 @@ impl UapiServer {
     pub fn start(socket_path: &Path, device: Arc<dyn WgDevice>) -> Result<UapiServer, WgError> {
         let name = device.name().to_string();
         let listener = bind(socket_path, &name)?;
-        let meta = fs::metadata(socket_path).map_err(|e| io(&name, "stat socket", e))?;
+        let meta = fs::metadata(socket_path).map_err(|e| WgError::io(&name, "stat socket", e))?;
         let listener = Arc::new(listener);
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
@@ -68,7 +68,7 @@ impl UapiServer {
             std::thread::Builder::new()
                 .name(format!("uapi-{name}"))
                 .spawn(move || accept_loop(&listener, &stop, &device))
-                .map_err(|e| io(&name, "spawn control socket thread", e))?
+                .map_err(|e| WgError::io(&name, "spawn control socket thread", e))?
         };
         Ok(UapiServer {
             path: socket_path.to_path_buf(),
@@ -102,14 +102,6 @@ impl Drop for UapiServer {
     }
 }
 
-fn io(dev: &str, op: &'static str, source: std::io::Error) -> WgError {
-    WgError::Io {
-        dev: dev.to_string(),
-        op,
-        source,
-    }
-}
-
 static BIND_SEQ: AtomicU64 = AtomicU64::new(0);
 
 /// Binds in a private 0700 directory, sets the mode, then renames into place, so nobody can
@@ -124,19 +116,19 @@ fn bind(path: &Path, dev: &str) -> Result<UnixListener, WgError> {
             .recursive(true)
             .mode(0o755)
             .create(dir)
-            .map_err(|e| io(dev, "create socket directory", e))?;
+            .map_err(|e| WgError::io(dev, "create socket directory", e))?;
         fs::set_permissions(dir, fs::Permissions::from_mode(0o755))
-            .map_err(|e| io(dev, "chmod socket directory", e))?;
+            .map_err(|e| WgError::io(dev, "chmod socket directory", e))?;
     }
     if fs::symlink_metadata(path).is_ok() {
         if UnixStream::connect(path).is_ok() {
-            return Err(io(
+            return Err(WgError::io(
                 dev,
                 "listen on control socket",
                 std::io::Error::from(std::io::ErrorKind::AddrInUse),
             ));
         }
-        fs::remove_file(path).map_err(|e| io(dev, "remove stale control socket", e))?;
+        fs::remove_file(path).map_err(|e| WgError::io(dev, "remove stale control socket", e))?;
     }
     let seq = BIND_SEQ.fetch_add(1, Ordering::Relaxed);
     let tmp = dir.join(format!(".{dev}.{}.{seq}", std::process::id()));
@@ -144,14 +136,14 @@ fn bind(path: &Path, dev: &str) -> Result<UnixListener, WgError> {
     fs::DirBuilder::new()
         .mode(0o700)
         .create(&tmp)
-        .map_err(|e| io(dev, "create private directory", e))?;
+        .map_err(|e| WgError::io(dev, "create private directory", e))?;
     let sock = tmp.join("s");
     let result = UnixListener::bind(&sock)
-        .map_err(|e| io(dev, "bind control socket", e))
+        .map_err(|e| WgError::io(dev, "bind control socket", e))
         .and_then(|l| {
             fs::set_permissions(&sock, fs::Permissions::from_mode(0o600))
-                .map_err(|e| io(dev, "chmod control socket", e))?;
-            fs::rename(&sock, path).map_err(|e| io(dev, "rename control socket", e))?;
+                .map_err(|e| WgError::io(dev, "chmod control socket", e))?;
+            fs::rename(&sock, path).map_err(|e| WgError::io(dev, "rename control socket", e))?;
             Ok(l)
         });
     let _ = fs::remove_dir_all(&tmp);

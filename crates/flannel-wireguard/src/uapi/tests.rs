@@ -46,22 +46,13 @@ impl WgDevice for MemDevice {
         if let Some(m) = u.fwmark {
             s.fwmark = m;
         }
+        // Replacing keeps the named peers: the documented semantics, by explicit removals.
+        let u = crate::replace::explicit_removals(u, &s);
         let mut peers: BTreeMap<Key, PeerState> = s
             .peers
             .drain(..)
             .map(|p| (p.config.public_key, p))
             .collect();
-        if u.replace_peers {
-            let named: Vec<Key> = u
-                .peers
-                .iter()
-                .filter_map(|p| match p {
-                    PeerUpdate::Upsert { config, .. } => Some(config.public_key),
-                    PeerUpdate::Remove(_) => None,
-                })
-                .collect();
-            peers.retain(|k, _| named.contains(k));
-        }
         for p in &u.peers {
             match p {
                 PeerUpdate::Remove(k) => {
@@ -71,15 +62,9 @@ impl WgDevice for MemDevice {
                     config,
                     replace_allowed_ips,
                 } => {
-                    let e = peers.entry(config.public_key).or_insert_with(|| PeerState {
-                        config: PeerConfig {
-                            allowed_ips: Vec::new(),
-                            ..config.clone()
-                        },
-                        last_handshake: None,
-                        rx_bytes: 0,
-                        tx_bytes: 0,
-                    });
+                    let e = peers
+                        .entry(config.public_key)
+                        .or_insert_with(|| PeerState::new(PeerConfig::new(config.public_key)));
                     let old = std::mem::take(&mut e.config.allowed_ips);
                     e.config.preshared_key = config.preshared_key.clone();
                     e.config.endpoint = config.endpoint.or(e.config.endpoint);
@@ -192,18 +177,22 @@ fn set_request_round_trips_through_resolve() {
     assert_eq!(parsed.resolve(&s), update);
 }
 
+fn first_upsert(u: &DeviceUpdate) -> (&PeerConfig, bool) {
+    match &u.peers[0] {
+        PeerUpdate::Upsert {
+            config,
+            replace_allowed_ips,
+        } => (config, *replace_allowed_ips),
+        PeerUpdate::Remove(_) => panic!("{u:?}"),
+    }
+}
+
 #[test]
 fn partial_peer_sections_keep_what_they_do_not_name() {
     let s = sample_state();
     let body = format!("public_key={}\nallowed_ip=10.9.0.0/16\n", key(1).to_hex());
     let u = text::parse_set(&body).unwrap().resolve(&s);
-    let PeerUpdate::Upsert {
-        config,
-        replace_allowed_ips,
-    } = &u.peers[0]
-    else {
-        panic!("{u:?}")
-    };
+    let (config, replace_allowed_ips) = first_upsert(&u);
     assert!(!replace_allowed_ips);
     assert_eq!(
         config.allowed_ips,
@@ -219,13 +208,7 @@ fn partial_peer_sections_keep_what_they_do_not_name() {
         "0".repeat(64)
     );
     let u = text::parse_set(&body).unwrap().resolve(&s);
-    let PeerUpdate::Upsert {
-        config,
-        replace_allowed_ips,
-    } = &u.peers[0]
-    else {
-        panic!("{u:?}")
-    };
+    let (config, replace_allowed_ips) = first_upsert(&u);
     assert!(replace_allowed_ips);
     assert_eq!(config.preshared_key, None);
     assert_eq!(

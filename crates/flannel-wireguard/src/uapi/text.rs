@@ -229,13 +229,7 @@ impl SetRequest {
             }
             let base = existing.cloned();
             let fresh = base.is_none();
-            let base = base.unwrap_or(PeerConfig {
-                public_key: p.public_key,
-                preshared_key: None,
-                endpoint: None,
-                persistent_keepalive: 0,
-                allowed_ips: Vec::new(),
-            });
+            let base = base.unwrap_or_else(|| PeerConfig::new(p.public_key));
             let replace = p.replace_allowed_ips || fresh;
             let mut after = base.clone();
             if let Some(psk) = p.preshared_key {
@@ -289,12 +283,7 @@ pub fn format_get(state: &DeviceState) -> String {
     }
     for p in &state.peers {
         let c = &p.config;
-        let _ = writeln!(s, "public_key={}", c.public_key.to_hex());
-        let psk = c
-            .preshared_key
-            .as_ref()
-            .map_or_else(|| "0".repeat(64), Secret::to_hex);
-        let _ = writeln!(s, "preshared_key={psk}");
+        write_keys(&mut s, c);
         s.push_str("protocol_version=1\n");
         if let Some(ep) = c.endpoint {
             let _ = writeln!(s, "endpoint={ep}");
@@ -317,6 +306,17 @@ pub fn format_get(state: &DeviceState) -> String {
         }
     }
     s
+}
+
+/// A peer's `public_key=` and `preshared_key=` lines (64 zeros for none, as `wg` writes
+/// and expects).
+fn write_keys(s: &mut String, c: &PeerConfig) {
+    let _ = writeln!(s, "public_key={}", c.public_key.to_hex());
+    let psk = c
+        .preshared_key
+        .as_ref()
+        .map_or_else(|| "0".repeat(64), Secret::to_hex);
+    let _ = writeln!(s, "preshared_key={psk}");
 }
 
 /// The final lines of every answer: `errno=N` and the empty line.
@@ -352,12 +352,7 @@ pub fn format_set(update: &DeviceUpdate) -> String {
                 config: c,
                 replace_allowed_ips,
             } => {
-                let _ = writeln!(s, "public_key={}", c.public_key.to_hex());
-                let psk = c
-                    .preshared_key
-                    .as_ref()
-                    .map_or_else(|| "0".repeat(64), Secret::to_hex);
-                let _ = writeln!(s, "preshared_key={psk}");
+                write_keys(&mut s, c);
                 if let Some(ep) = c.endpoint {
                     let _ = writeln!(s, "endpoint={ep}");
                 }
@@ -398,18 +393,9 @@ pub fn parse_get(answer: &str) -> Result<(DeviceState, i32), ParseError> {
         }
         if key == "public_key" {
             finish_handshake(&mut state, &mut handshake);
-            state.peers.push(PeerState {
-                config: PeerConfig {
-                    public_key: public(key, value, n)?,
-                    preshared_key: None,
-                    endpoint: None,
-                    persistent_keepalive: 0,
-                    allowed_ips: Vec::new(),
-                },
-                last_handshake: None,
-                rx_bytes: 0,
-                tx_bytes: 0,
-            });
+            state
+                .peers
+                .push(PeerState::new(PeerConfig::new(public(key, value, n)?)));
             continue;
         }
         match state.peers.last_mut() {
