@@ -1,5 +1,5 @@
 //! Links: queries for interface selection, and the few changes flannel makes to links
-//! (create bridge, set up/down, MTU, MAC, delete).
+//! (create bridge or WireGuard device, set up/down, MTU, MAC, delete).
 
 use futures::TryStreamExt;
 use rtnetlink::packet_core::{NLM_F_CREATE, NLM_F_EXCL};
@@ -7,7 +7,7 @@ use rtnetlink::packet_route::RouteNetlinkMessage;
 use rtnetlink::packet_route::link::{
     InfoData, LinkAttribute, LinkFlags, LinkInfo as NlLinkInfo, LinkMessage,
 };
-use rtnetlink::{LinkBridge, LinkMessageBuilder, LinkUnspec};
+use rtnetlink::{LinkBridge, LinkMessageBuilder, LinkUnspec, LinkWireguard};
 
 use crate::error::{NetlinkError, Result};
 use crate::netlink::{Netlink, collect};
@@ -128,6 +128,22 @@ impl Netlink {
         }
         self.new_link("create bridge", name, b.build()).await?;
         self.require_link("create bridge", name).await
+    }
+
+    /// Creates a kernel WireGuard device (down, no keys: those go over generic netlink).
+    ///
+    /// A kernel without the WireGuard module answers EOPNOTSUPP ("Unknown device type"), which
+    /// [`NetlinkError::is_not_supported`] recognises: the wireguard backend then runs its
+    /// userspace device instead. EEXIST ([`NetlinkError::is_already_exists`]) when the name is
+    /// taken.
+    pub async fn create_wireguard(&self, name: &str, mtu: Option<u32>) -> Result<LinkInfo> {
+        let mut b = LinkMessageBuilder::<LinkWireguard>::new(name);
+        if let Some(m) = mtu {
+            b = b.mtu(m);
+        }
+        self.new_link("create wireguard link", name, b.build())
+            .await?;
+        self.require_link("create wireguard link", name).await
     }
 
     /// Sends an exclusive RTM_NEWLINK (EEXIST when the name is taken).

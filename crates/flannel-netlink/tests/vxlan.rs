@@ -165,3 +165,32 @@ fn vxlan_over_ipv6_and_bridge() {
     })
     .expect(FRESH_NETNS);
 }
+
+/// This machine's kernel has no WireGuard module: creating a `wireguard` link must fail with
+/// the error the wireguard backend takes as "use the userspace device". (On a kernel with the
+/// module the link is created and must be a wireguard link.)
+#[test]
+fn wireguard_link_without_the_module_is_not_supported() {
+    run_in_netns(NetnsTarget::Fresh, || {
+        bounded(async {
+            let nl = flannel_netlink::Netlink::new().unwrap();
+            match nl.create_wireguard("flannel-wg", Some(1420)).await {
+                Err(e) => {
+                    assert!(e.is_not_supported(), "{e}");
+                    assert!(
+                        e.to_string().contains("create wireguard link flannel-wg"),
+                        "{e}"
+                    );
+                    assert!(nl.link_by_name("flannel-wg").await.unwrap().is_none());
+                }
+                Ok(dev) => {
+                    assert_eq!(dev.kind.as_deref(), Some("wireguard"));
+                    assert_eq!(dev.mtu, 1420);
+                    let again = nl.create_wireguard("flannel-wg", None).await.unwrap_err();
+                    assert!(again.is_already_exists(), "{again}");
+                }
+            }
+        })
+    })
+    .expect(FRESH_NETNS);
+}

@@ -61,6 +61,25 @@ pub enum WgError {
     },
 }
 
+impl WgError {
+    /// An I/O failure of device `dev` while doing `op`; shorthand for the implementations.
+    pub fn io(dev: &str, op: &'static str, source: std::io::Error) -> WgError {
+        WgError::Io {
+            dev: dev.to_string(),
+            op,
+            source,
+        }
+    }
+
+    /// A protocol violation by the other side of device `dev`.
+    pub fn protocol(dev: &str, reason: impl Into<String>) -> WgError {
+        WgError::Protocol {
+            dev: dev.to_string(),
+            reason: reason.into(),
+        }
+    }
+}
+
 /// A peer as configured: what the backend wants and what `get` reads back.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerConfig {
@@ -76,6 +95,20 @@ pub struct PeerConfig {
     pub allowed_ips: Vec<IpNet>,
 }
 
+impl PeerConfig {
+    /// A peer known only by its key: no preshared key, endpoint, keepalive or allowed IPs;
+    /// what a device starts a new peer from before applying the named fields.
+    pub fn new(public_key: Key) -> PeerConfig {
+        PeerConfig {
+            public_key,
+            preshared_key: None,
+            endpoint: None,
+            persistent_keepalive: 0,
+            allowed_ips: Vec::new(),
+        }
+    }
+}
+
 /// A peer as the device reports it: its configuration plus what the protocol observed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerState {
@@ -87,6 +120,19 @@ pub struct PeerState {
     pub rx_bytes: u64,
     /// Bytes sent to the peer.
     pub tx_bytes: u64,
+}
+
+impl PeerState {
+    /// A peer that never completed a handshake and exchanged nothing, as a dump shows a peer
+    /// just configured.
+    pub fn new(config: PeerConfig) -> PeerState {
+        PeerState {
+            config,
+            last_handshake: None,
+            rx_bytes: 0,
+            tx_bytes: 0,
+        }
+    }
 }
 
 /// The whole device as read by [`WgDevice::get`].

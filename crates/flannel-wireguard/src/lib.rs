@@ -12,7 +12,10 @@
 //! of public keys and nothing of private ones.
 
 pub mod device;
+pub mod kernel;
 pub mod key;
+mod replace;
+pub mod uapi;
 
 pub use device::{DeviceState, DeviceUpdate, PeerConfig, PeerState, PeerUpdate, WgDevice, WgError};
 pub use key::{Key, KeyError, Secret};
