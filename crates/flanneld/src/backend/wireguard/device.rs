@@ -174,16 +174,16 @@ impl Device {
             (None, _) => {}
         }
         if want_kernel {
-            match nl.create_wireguard(name).await {
+            match nl.create_wireguard(name, Some(mtu)).await {
                 Ok(_) => {
                     info!("{name}: kernel WireGuard device created");
                     self.imp = Some(Imp::Kernel(KernelDevice::new(name)));
                     return Ok(());
                 }
-                Err(e) if e.is_unsupported() && want_user => {
+                Err(e) if e.is_not_supported() && want_user => {
                     info!("{name}: the kernel has no WireGuard ({e}); using the userspace data path");
                 }
-                Err(e) if e.is_unsupported() => {
+                Err(e) if e.is_not_supported() => {
                     return Err(BackendError::Missing(format!(
                         "{name}: the kernel has no WireGuard ({e}) and Backend.Implementation is \"kernel\"; load the wireguard module or set Implementation to \"auto\""
                     )));
@@ -279,5 +279,9 @@ impl Device {
 
 /// The userspace data path's handshake count and drops by reason, for `/metrics`.
 pub fn userspace_counters(m: &userspace::Metrics) -> (u64, Vec<(&'static str, u64)>) {
-    (m.handshakes(), m.drops())
+    let drops = userspace::DropReason::ALL
+        .iter()
+        .map(|r| (r.as_str(), m.drops(*r)))
+        .collect();
+    (userspace::Metrics::get(&m.handshakes_completed), drops)
 }
