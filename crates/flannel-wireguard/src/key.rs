@@ -39,7 +39,9 @@ pub enum KeyError {
         source: std::io::Error,
     },
     /// The key file exists but does not hold a key.
-    #[error("key file {path}: expected one base64 private key (44 characters), found {len} bytes that are not one")]
+    #[error(
+        "key file {path}: expected one base64 private key (44 characters), found {len} bytes that are not one"
+    )]
     FileContent {
         /// The file.
         path: PathBuf,
@@ -207,14 +209,12 @@ impl fmt::Debug for Secret {
 /// `/run/flannel/wgkey` contract: base64, one key for both devices, reused across restarts.
 pub fn load_or_create(path: &Path) -> Result<Secret, KeyError> {
     match fs::read_to_string(path) {
-        Ok(text) => {
-            decode_b64(&text)
-                .map(Secret)
-                .ok_or_else(|| KeyError::FileContent {
-                    path: path.to_path_buf(),
-                    len: text.trim().len(),
-                })
-        }
+        Ok(text) => decode_b64(&text)
+            .map(Secret)
+            .ok_or_else(|| KeyError::FileContent {
+                path: path.to_path_buf(),
+                len: text.trim().len(),
+            }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let key = Secret::generate();
             write_key_file(path, &key)?;
