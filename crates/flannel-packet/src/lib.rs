@@ -6,6 +6,7 @@
 //! * [`codec`]: header validation (IPv4, IPv6), checksums, TTL, ICMP net unreachable;
 //! * [`offload`]: TSO segmentation of super-packets read from the TUN device and GRO-style
 //!   coalescing of received segments for the write back;
+//! * [`shared`]: a value the control plane replaces and data-path threads read lock-free;
 //! * [`tun`]: opening the TUN device multi-queue with offloads, falling back to plainer
 //!   variants, optionally persistent (the WireGuard device survives a restart).
 //!
@@ -13,4 +14,5 @@
 
 pub mod codec;
 pub mod offload;
+pub mod shared;
 pub mod tun;
