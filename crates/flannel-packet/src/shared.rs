@@ -69,6 +69,16 @@ pub struct Reader<T> {
     value: Arc<T>,
 }
 
+impl<T> Clone for Reader<T> {
+    fn clone(&self) -> Reader<T> {
+        Reader {
+            shared: self.shared.clone(),
+            generation: self.generation,
+            value: self.value.clone(),
+        }
+    }
+}
+
 impl<T> Reader<T> {
     /// The current value: one atomic load unless a new one was published.
     #[inline]

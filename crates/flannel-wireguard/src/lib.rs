@@ -14,6 +14,7 @@
 pub mod device;
 pub mod key;
 pub mod uapi;
+pub mod userspace;
 
 pub use device::{DeviceState, DeviceUpdate, PeerConfig, PeerState, PeerUpdate, WgDevice, WgError};
 pub use key::{Key, KeyError, Secret};
