@@ -90,14 +90,17 @@ fn start(ns: &Netns, name: &str, offload: bool, pod4: IpAddr, pod6: IpAddr) -> U
         offload,
         uapi_dir: uapi_dir(),
     };
-    let dev = ns.in_thread(move || Userspace::start(cfg)).unwrap().unwrap();
+    let dev = ns
+        .in_thread(move || Userspace::start(cfg))
+        .unwrap()
+        .unwrap();
     configure_link(ns, name, pod4, pod6);
     dev
 }
 
 fn configure_link(ns: &Netns, name: &str, pod4: IpAddr, pod6: IpAddr) {
     ns.ip_batch(&format!(
-        "link set {name} mtu 1420 up\naddr add {pod4}/32 dev {name}\naddr add {pod6}/128 dev {name} nodad\nroute add 10.244.0.0/16 dev {name}\nroute add fd10:244::/48 dev {name}\n"
+        "link set {name} mtu 1420 up\naddr add {pod4}/32 dev {name}\naddr add {pod6}/128 dev {name} nodad\nroute add 10.244.0.0/16 dev {name}\nroute add fd10:244::/32 dev {name}\n"
     ))
     .unwrap();
 }
@@ -108,7 +111,16 @@ fn underlay() -> (Netns, Netns) {
     let b = Netns::new("wgu-b").unwrap();
     let (va, vb) = (unique("va"), unique("vb"));
     a.ip([
-        "link", "add", &va, "type", "veth", "peer", "name", &vb, "netns", b.name(),
+        "link",
+        "add",
+        &va,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &vb,
+        "netns",
+        b.name(),
     ])
     .unwrap();
     a.ip_batch(&format!(
@@ -158,16 +170,48 @@ fn pair(offload: bool, v6_endpoints: bool) -> (Node, Node) {
 
 fn ping(from: &Node, to: IpAddr) -> bool {
     // The first ping starts the handshake: allow for it.
-    flannel_lab::ping(&from.ns, to, 3, Duration::from_secs(6)).unwrap()
+    let ok = flannel_lab::ping(&from.ns, to, 3, Duration::from_secs(6)).unwrap();
+    if !ok && let Some(dev) = &from.dev {
+        let m = dev.metrics();
+        let drops: Vec<String> = DropReason::ALL
+            .iter()
+            .map(|r| format!("{r}={}", m.drops(*r)))
+            .collect();
+        eprintln!(
+            "ping {to} from {} failed; its counters: handshakes {}/{}, rx {} B, tx {} B, drops {}",
+            from.name,
+            m.handshakes_completed.load(Ordering::Relaxed),
+            m.handshakes_total.load(Ordering::Relaxed),
+            m.rx_bytes.load(Ordering::Relaxed),
+            m.tx_bytes.load(Ordering::Relaxed),
+            drops.join(" ")
+        );
+    }
+    ok
 }
 
 #[test]
 fn two_devices_ping_both_ways_ipv4_and_ipv6_inner() {
     for v6_endpoints in [false, true] {
         let (a, b) = pair(true, v6_endpoints);
-        assert!(ping(&a, b.pod4), "a -> b IPv4 (v6 underlay {v6_endpoints})");
+        if !ping(&a, b.pod4) {
+            ping(&b, a.pod4);
+            panic!("a -> b IPv4 (v6 underlay {v6_endpoints})");
+        }
         assert!(ping(&b, a.pod4), "b -> a IPv4");
-        assert!(ping(&a, b.pod6), "a -> b IPv6");
+        if !ping(&a, b.pod6) {
+            let o =
+                a.ns.run(["ping", "-6", "-c", "2", "-W", "2", &b.pod6.to_string()])
+                    .unwrap();
+            eprintln!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            );
+            eprintln!("{}", a.ns.ip(["-6", "addr"]).unwrap());
+            eprintln!("{}", a.ns.ip(["-6", "route"]).unwrap());
+            panic!("a -> b IPv6");
+        }
         assert!(ping(&b, a.pod6), "b -> a IPv6");
         let st = a.dev().get().unwrap();
         assert_eq!(st.listen_port, 51820);
@@ -231,9 +275,19 @@ fn a_spoofed_inner_source_is_dropped_and_counted() {
     // b sends from an address outside its allowed IPs (10.244.2.0/24).
     b.ns.ip(["addr", "add", "10.244.9.9/32", "dev", &b.name])
         .unwrap();
-    let out = b
-        .ns
-        .run(["ping", "-c", "3", "-i", "0.2", "-W", "1", "-I", "10.244.9.9", &a.pod4.to_string()])
+    let out =
+        b.ns.run([
+            "ping",
+            "-c",
+            "3",
+            "-i",
+            "0.2",
+            "-W",
+            "1",
+            "-I",
+            "10.244.9.9",
+            &a.pod4.to_string(),
+        ])
         .unwrap();
     assert!(!out.status.success(), "spoofed pings must not be answered");
     assert!(a.dev().metrics().drops(DropReason::NotAllowedSource) >= 3);
@@ -244,18 +298,17 @@ fn roaming_peer_keeps_talking() {
     let (a, b) = pair(false, false);
     assert!(ping(&a, b.pod4));
     // b moves: new underlay address and a new port.
-    let vb = b
-        .ns
-        .ip(["-o", "link", "show", "type", "veth"])
-        .unwrap()
-        .split(':')
-        .nth(1)
-        .unwrap()
-        .trim()
-        .split('@')
-        .next()
-        .unwrap()
-        .to_string();
+    let vb =
+        b.ns.ip(["-o", "link", "show", "type", "veth"])
+            .unwrap()
+            .split(':')
+            .nth(1)
+            .unwrap()
+            .trim()
+            .split('@')
+            .next()
+            .unwrap()
+            .to_string();
     b.ns.ip_batch(&format!(
         "addr del 192.0.2.2/24 dev {vb}\naddr add 192.0.2.22/24 dev {vb}\n"
     ))
@@ -283,7 +336,11 @@ fn wg_show_reads_our_control_socket() {
         .args(["show", &a.name, "dump"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8(out.stdout).unwrap();
     let lines: Vec<Vec<&str>> = text.lines().map(|l| l.split('\t').collect()).collect();
     assert_eq!(lines.len(), 2, "{text}");
@@ -373,7 +430,10 @@ fn the_device_persists_and_is_adopted_by_the_next_start() {
         offload: true,
         uapi_dir: uapi_dir(),
     };
-    let dev = ns.in_thread(move || Userspace::start(cfg)).unwrap().unwrap();
+    let dev = ns
+        .in_thread(move || Userspace::start(cfg))
+        .unwrap()
+        .unwrap();
     let a = Node {
         ns,
         name,
@@ -394,7 +454,9 @@ fn the_device_persists_and_is_adopted_by_the_next_start() {
     a.add_peer(&b, 51820, false);
     b.dev()
         .set(&DeviceUpdate {
-            peers: vec![PeerUpdate::Remove(b.dev().get().unwrap().peers[0].config.public_key.clone())],
+            peers: vec![PeerUpdate::Remove(
+                b.dev().get().unwrap().peers[0].config.public_key.clone(),
+            )],
             ..Default::default()
         })
         .unwrap();
@@ -403,6 +465,8 @@ fn the_device_persists_and_is_adopted_by_the_next_start() {
     let name = a.name.clone();
     let ns_dev = a.dev;
     let ns = a.ns;
-    ns.in_thread(move || ns_dev.unwrap().delete()).unwrap().unwrap();
+    ns.in_thread(move || ns_dev.unwrap().delete())
+        .unwrap()
+        .unwrap();
     assert!(ns.ip(["link", "show", "dev", &name]).is_err(), "deleted");
 }

@@ -9,8 +9,8 @@
 //! any other.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use boringtun::noise::Tunn;
@@ -78,7 +78,8 @@ impl Config {
             index,
             Some(id.limiter.clone()),
         );
-        let counter = |c: Option<&AtomicU64>| AtomicU64::new(c.map_or(0, |c| c.load(Ordering::Relaxed)));
+        let counter =
+            |c: Option<&AtomicU64>| AtomicU64::new(c.map_or(0, |c| c.load(Ordering::Relaxed)));
         Some(Arc::new(Peer {
             index,
             key: config.public_key.clone(),
@@ -211,11 +212,7 @@ impl Config {
                 let (mut last_handshake, mut rx_bytes, mut tx_bytes) = (None, 0, 0);
                 if let Some(p) = &e.peer {
                     config.endpoint = p.endpoint();
-                    last_handshake = p
-                        .tunn()
-                        .stats()
-                        .0
-                        .and_then(|age| now.checked_sub(age));
+                    last_handshake = p.tunn().stats().0.and_then(|age| now.checked_sub(age));
                     rx_bytes = p.rx_bytes.load(Ordering::Relaxed);
                     tx_bytes = p.tx_bytes.load(Ordering::Relaxed);
                 }
@@ -308,7 +305,10 @@ mod tests {
         assert!(snap.by_session(b_index << 8 | 3).is_some());
         // Our own key as a peer is refused.
         let snap = c.apply(&DeviceUpdate {
-            peers: vec![peer(&me.public_key(), &["10.9.0.0/16"]), PeerUpdate::Remove(b.clone())],
+            peers: vec![
+                peer(&me.public_key(), &["10.9.0.0/16"]),
+                PeerUpdate::Remove(b.clone()),
+            ],
             ..Default::default()
         });
         assert!(snap.peers.is_empty());

@@ -9,8 +9,7 @@ use std::os::fd::AsRawFd;
 
 use nix::errno::Errno;
 use nix::sys::socket::{
-    AddressFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol, SockType, recv, sendto,
-    socket,
+    AddressFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol, SockType, recv, sendto, socket,
 };
 
 const RTM_DELLINK: u16 = 17;
@@ -35,8 +34,13 @@ pub(crate) fn delete(name: &str) -> io::Result<()> {
     msg[6..8].copy_from_slice(&(NLM_F_REQUEST | NLM_F_ACK).to_ne_bytes());
     msg[8..12].copy_from_slice(&1u32.to_ne_bytes());
     msg[20..24].copy_from_slice(&(index as i32).to_ne_bytes());
-    sendto(fd.as_raw_fd(), &msg, &NetlinkAddr::new(0, 0), MsgFlags::empty())
-        .map_err(io::Error::from)?;
+    sendto(
+        fd.as_raw_fd(),
+        &msg,
+        &NetlinkAddr::new(0, 0),
+        MsgFlags::empty(),
+    )
+    .map_err(io::Error::from)?;
     let mut ack = [0u8; 1024];
     let n = recv(fd.as_raw_fd(), &mut ack, MsgFlags::empty()).map_err(io::Error::from)?;
     if n >= 20 && u16::from_ne_bytes([ack[4], ack[5]]) == NLMSG_ERROR {

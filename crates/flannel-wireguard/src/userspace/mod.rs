@@ -104,6 +104,9 @@ struct Engine {
     sockets: Arc<Shared<Option<Sockets>>>,
     workers: Mutex<Option<Workers>>,
     dead: Arc<AtomicBool>,
+    /// The network namespace the device was started in: sockets are made there whichever
+    /// thread calls `set` (a socket belongs to the namespace of the thread that creates it).
+    netns: std::fs::File,
 }
 
 fn io_error(dev: &str, op: &'static str, source: std::io::Error) -> WgError {
@@ -115,6 +118,18 @@ fn io_error(dev: &str, op: &'static str, source: std::io::Error) -> WgError {
 }
 
 impl Engine {
+    /// Runs `f` on a short-lived thread inside the device's network namespace.
+    fn in_netns<T: Send>(&self, f: impl FnOnce() -> T + Send) -> std::io::Result<T> {
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                nix::sched::setns(&self.netns, nix::sched::CloneFlags::CLONE_NEWNET)?;
+                Ok(f())
+            })
+            .join()
+            .unwrap_or_else(|_| Err(std::io::Error::other("namespace helper thread panicked")))
+        })
+    }
+
     /// Binds new sockets on `port` and starts a new generation of workers on them, after
     /// stopping the old one.
     fn restart_workers(&self, port: u16, fwmark: u32) -> Result<(), WgError> {
@@ -123,15 +138,17 @@ impl Engine {
             old.stop();
         }
         self.sockets.publish(None);
-        let socks = Sockets::bind(self.queues.len(), port, fwmark)
+        let socks = self
+            .in_netns(|| Sockets::bind(self.queues.len(), port, fwmark))
+            .and_then(|r| r)
             .map_err(|e| io_error(&self.name, "binding the UDP port", e))?;
         let gro = self.offload
             && socks
                 .fds
                 .iter()
                 .all(|s| setsockopt(s, sockopt::UdpGroSegment, &true).is_ok());
-        let (wake_r, wake_w) = nix::unistd::pipe()
-            .map_err(|e| io_error(&self.name, "creating a pipe", e.into()))?;
+        let (wake_r, wake_w) =
+            nix::unistd::pipe().map_err(|e| io_error(&self.name, "creating a pipe", e.into()))?;
         let wake_r = Arc::new(wake_r);
         let stop = Arc::new(AtomicBool::new(false));
         let mut workers = Workers {
@@ -166,9 +183,11 @@ impl Engine {
                     .spawn(f)
                     .map_err(|e| io_error(&self.name, "spawning a data-path thread", e))
             };
-            workers.threads
+            workers
+                .threads
                 .push(spawn("tx", Box::new(move || tx::Tx::new(w).run()))?);
-            workers.threads
+            workers
+                .threads
                 .push(spawn("rx", Box::new(move || rx::Rx::new(r).run()))?);
         }
         self.sockets.publish(Some(socks));
@@ -177,7 +196,11 @@ impl Engine {
     }
 
     fn listen_port(&self) -> u16 {
-        self.sockets.snapshot().as_ref().as_ref().map_or(0, |s| s.port)
+        self.sockets
+            .snapshot()
+            .as_ref()
+            .as_ref()
+            .map_or(0, |s| s.port)
     }
 }
 
@@ -271,6 +294,8 @@ impl Userspace {
             sockets: Shared::new(),
             workers: Mutex::new(None),
             dead: Arc::new(AtomicBool::new(false)),
+            netns: std::fs::File::open("/proc/thread-self/ns/net")
+                .map_err(|e| io_error(&cfg.name, "opening the network namespace", e))?,
         });
         engine.restart_workers(0, 0)?;
         let (timer_stop, rx) = std::sync::mpsc::channel();
@@ -308,7 +333,11 @@ impl Userspace {
         if self.engine.dead.load(Ordering::Relaxed) {
             return true;
         }
-        let workers = self.engine.workers.lock().unwrap_or_else(|p| p.into_inner());
+        let workers = self
+            .engine
+            .workers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         workers
             .as_ref()
             .is_some_and(|w| w.threads.iter().any(JoinHandle::is_finished))
@@ -318,7 +347,9 @@ impl Userspace {
     /// Stops the device and deletes the interface (tests, or a switch to the kernel device).
     pub fn delete(mut self) -> Result<(), WgError> {
         self.shutdown();
-        link::delete(&self.engine.name)
+        self.engine
+            .in_netns(|| link::delete(&self.engine.name))
+            .and_then(|r| r)
             .map_err(|e| io_error(&self.engine.name, "deleting the interface", e))
     }
 

@@ -17,8 +17,8 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use nix::errno::Errno;
 use nix::sys::socket::{
     AddressFamily, ControlMessage, MsgFlags, MultiHeaders, SockFlag, SockType, SockaddrIn,
-    SockaddrIn6, SockaddrStorage, bind, getsockname, sendmmsg, sendmsg,
-    setsockopt, socket, sockopt,
+    SockaddrIn6, SockaddrStorage, bind, getsockname, sendmmsg, sendmsg, setsockopt, socket,
+    sockopt,
 };
 use tracing::warn;
 
@@ -55,8 +55,7 @@ fn open_one(port: u16, dual: bool, fwmark: u32) -> io::Result<(OwnedFd, u16)> {
         .map_err(|e| err("creating the UDP socket", e))?;
     setsockopt(&fd, sockopt::ReusePort, &true).map_err(|e| err("setting SO_REUSEPORT", e))?;
     if dual {
-        setsockopt(&fd, sockopt::Ipv6V6Only, &false)
-            .map_err(|e| err("clearing IPV6_V6ONLY", e))?;
+        setsockopt(&fd, sockopt::Ipv6V6Only, &false).map_err(|e| err("clearing IPV6_V6ONLY", e))?;
     }
     if fwmark != 0 {
         setsockopt(&fd, sockopt::Mark, &fwmark).map_err(|e| err("setting SO_MARK", e))?;
@@ -128,7 +127,10 @@ pub(crate) fn wire_addr(to: SocketAddr, dual: bool) -> Option<SockaddrStorage> {
 /// A received source address, v4-mapped addresses as plain IPv4.
 pub(crate) fn canonical(a: &SockaddrStorage) -> Option<SocketAddr> {
     if let Some(v4) = a.as_sockaddr_in() {
-        return Some(SocketAddr::from(SocketAddr::new(IpAddr::V4(v4.ip()), v4.port())));
+        return Some(SocketAddr::from(SocketAddr::new(
+            IpAddr::V4(v4.ip()),
+            v4.port(),
+        )));
     }
     let v6 = a.as_sockaddr_in6()?;
     let ip = v6.ip();
@@ -216,7 +218,11 @@ impl OutBatch {
         let mut end = first.end;
         while i + n < self.items.len() && n < MAX_GSO_SEGMENTS {
             let (r, t) = &self.items[i + n];
-            if r.start != end || t != to || r.len() > size || end - first.start + r.len() > MAX_UDP_PAYLOAD {
+            if r.start != end
+                || t != to
+                || r.len() > size
+                || end - first.start + r.len() > MAX_UDP_PAYLOAD
+            {
                 break;
             }
             n += 1;
@@ -263,8 +269,10 @@ impl OutBatch {
                 .iter()
                 .map(|&k| [IoSlice::new(&self.buf[self.items[k].0.clone()])])
                 .collect();
-            let addrs: Vec<Option<SockaddrStorage>> =
-                which[start..].iter().map(|&k| Some(self.items[k].1)).collect();
+            let addrs: Vec<Option<SockaddrStorage>> = which[start..]
+                .iter()
+                .map(|&k| Some(self.items[k].1))
+                .collect();
             let r = sendmmsg(
                 fd.as_raw_fd(),
                 &mut self.mmsg,

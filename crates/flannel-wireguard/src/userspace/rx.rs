@@ -223,7 +223,12 @@ impl Rx {
                     peer.roam(from);
                 }
                 let n = p.len();
-                Self::reply_to(&mut self.replies, &peer, &self.plain[start..start + n], self.w.dual);
+                Self::reply_to(
+                    &mut self.replies,
+                    &peer,
+                    &self.plain[start..start + n],
+                    self.w.dual,
+                );
                 // Packets queued while there was no session go out now.
                 drain_queue(&mut tunn, &peer, &mut self.replies, self.w.dual);
             }

@@ -111,7 +111,9 @@ impl Tx {
             m.dropped(DropReason::NoPeer, 1);
             return;
         };
-        let Some(to) = peer.endpoint().and_then(|e| wire_addr(e, self.w.dual).map(|a| (e, a)))
+        let Some(to) = peer
+            .endpoint()
+            .and_then(|e| wire_addr(e, self.w.dual).map(|a| (e, a)))
         else {
             m.dropped(DropReason::NoEndpoint, 1);
             return;
@@ -121,7 +123,10 @@ impl Tx {
             Ok(p) => p,
             Err(e) => {
                 m.dropped(DropReason::Malformed, 1);
-                debug!("{}: dropping a packet from the TUN device: {e}", self.w.name);
+                debug!(
+                    "{}: dropping a packet from the TUN device: {e}",
+                    self.w.name
+                );
                 return;
             }
         };
@@ -187,4 +192,3 @@ fn seal(
         TunnResult::WriteToTunnelV4(..) | TunnResult::WriteToTunnelV6(..) => {}
     }
 }
-

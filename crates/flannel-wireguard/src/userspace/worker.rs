@@ -66,7 +66,10 @@ impl Worker {
             return false;
         }
         if !*logged {
-            warn!("{}: {what} failed: {e} (further errors are counted only)", self.name);
+            warn!(
+                "{}: {what} failed: {e} (further errors are counted only)",
+                self.name
+            );
             *logged = true;
         }
         true
