@@ -355,6 +355,15 @@ fn wg_show_reads_our_control_socket() {
     assert!(peer[6].parse::<u64>().unwrap() > 0, "tx bytes");
 }
 
+/// Removes a file when dropped.
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 /// Interop with Debian's wireguard-go, configured with `wg set`, in both directions.
 #[test]
 fn interop_with_wireguard_go() {
@@ -365,8 +374,11 @@ fn interop_with_wireguard_go() {
     let log = std::env::temp_dir().join(format!("{go_name}.log"));
     let mut cmd = nb.command("wireguard-go").unwrap();
     cmd.args(["-f", &go_name]);
-    let _go = flannel_lab::spawn_in(&nb, cmd, &log).unwrap();
     let sock = uapi_dir().join(format!("{go_name}.sock"));
+    // Declared before the process guard, so dropped after it: a killed wireguard-go leaves
+    // its socket behind.
+    let _sock_guard = RemoveOnDrop(sock.clone());
+    let _go = flannel_lab::spawn_in(&nb, cmd, &log).unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while !sock.exists() && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
@@ -455,7 +467,7 @@ fn the_device_persists_and_is_adopted_by_the_next_start() {
     b.dev()
         .set(&DeviceUpdate {
             peers: vec![PeerUpdate::Remove(
-                b.dev().get().unwrap().peers[0].config.public_key.clone(),
+                b.dev().get().unwrap().peers[0].config.public_key,
             )],
             ..Default::default()
         })

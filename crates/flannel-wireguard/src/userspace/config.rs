@@ -82,7 +82,7 @@ impl Config {
             |c: Option<&AtomicU64>| AtomicU64::new(c.map_or(0, |c| c.load(Ordering::Relaxed)));
         Some(Arc::new(Peer {
             index,
-            key: config.public_key.clone(),
+            key: config.public_key,
             tunn: Mutex::new(tunn),
             endpoint: Mutex::new(keep.and_then(Peer::endpoint).or(config.endpoint)),
             rx_bytes: counter(keep.map(|p| &p.rx_bytes)),
@@ -114,7 +114,7 @@ impl Config {
     }
 
     fn upsert(&mut self, config: &PeerConfig, replace_allowed_ips: bool) {
-        if self.private_key.as_ref().map(Secret::public_key) == Some(config.public_key.clone()) {
+        if self.private_key.as_ref().map(Secret::public_key) == Some(config.public_key) {
             return;
         }
         // Exclusive allowed IPs: take the networks from whoever has them.
@@ -172,7 +172,7 @@ impl Config {
                 .peers
                 .iter()
                 .filter_map(|p| match p {
-                    PeerUpdate::Upsert { config, .. } => Some(config.public_key.clone()),
+                    PeerUpdate::Upsert { config, .. } => Some(config.public_key),
                     PeerUpdate::Remove(_) => None,
                 })
                 .collect();
@@ -252,7 +252,7 @@ mod tests {
     fn peer(key: &Key, nets: &[&str]) -> PeerUpdate {
         PeerUpdate::Upsert {
             config: PeerConfig {
-                public_key: key.clone(),
+                public_key: *key,
                 preshared_key: None,
                 endpoint: None,
                 persistent_keepalive: 0,
@@ -307,7 +307,7 @@ mod tests {
         let snap = c.apply(&DeviceUpdate {
             peers: vec![
                 peer(&me.public_key(), &["10.9.0.0/16"]),
-                PeerUpdate::Remove(b.clone()),
+                PeerUpdate::Remove(b),
             ],
             ..Default::default()
         });

@@ -127,10 +127,7 @@ pub(crate) fn wire_addr(to: SocketAddr, dual: bool) -> Option<SockaddrStorage> {
 /// A received source address, v4-mapped addresses as plain IPv4.
 pub(crate) fn canonical(a: &SockaddrStorage) -> Option<SocketAddr> {
     if let Some(v4) = a.as_sockaddr_in() {
-        return Some(SocketAddr::from(SocketAddr::new(
-            IpAddr::V4(v4.ip()),
-            v4.port(),
-        )));
+        return Some(SocketAddr::new(IpAddr::V4(v4.ip()), v4.port()));
     }
     let v6 = a.as_sockaddr_in6()?;
     let ip = v6.ip();
