@@ -16,6 +16,7 @@ pub mod kernel;
 pub mod key;
 mod replace;
 pub mod uapi;
+pub mod userspace;
 
 pub use device::{DeviceState, DeviceUpdate, PeerConfig, PeerState, PeerUpdate, WgDevice, WgError};
 pub use key::{Key, KeyError, Secret};

@@ -158,61 +158,17 @@ fn io_err(what: &str, e: impl Into<io::Error>) -> io::Error {
     io::Error::new(e.kind(), format!("{what}: {e}"))
 }
 
-/// Opens the TUN device: multi-queue with offloads if possible, else plainer variants.
+/// Opens the TUN device (not persistent): multi-queue with offloads if possible, else
+/// plainer variants.
 fn open_tun(cfg: &DataPathConfig) -> io::Result<(Vec<SyncDevice>, bool)> {
-    let mtu = u16::try_from(cfg.mtu).unwrap_or(u16::MAX);
-    let attempts: &[(bool, bool)] = if cfg.offload {
-        &[(true, true), (false, true), (true, false), (false, false)]
-    } else {
-        &[(true, false), (false, false)]
-    };
-    let mut last = None;
-    for &(multi, offload) in attempts {
-        if multi && cfg.queues < 2 {
-            continue;
-        }
-        let built = tun_rs::DeviceBuilder::new()
-            .name(cfg.name.clone())
-            .mtu(mtu)
-            .with(|b| {
-                b.multi_queue(multi);
-                b.offload(offload);
-            })
-            .build_sync();
-        match built {
-            Ok(dev) => {
-                let offload = offload && dev.tcp_gso();
-                let mut devs = vec![dev];
-                if multi {
-                    for _ in 1..cfg.queues {
-                        match devs[0].try_clone() {
-                            Ok(q) => devs.push(q),
-                            Err(e) => {
-                                warn!("{}: could not open another TUN queue: {e}", cfg.name);
-                                break;
-                            }
-                        }
-                    }
-                }
-                for d in &devs {
-                    d.set_nonblocking(true)
-                        .map_err(|e| io_err("setting the TUN queue non-blocking", e))?;
-                }
-                return Ok((devs, offload));
-            }
-            Err(e) => {
-                debug!(
-                    "{}: TUN open (multi-queue {multi}, offload {offload}) failed: {e}",
-                    cfg.name
-                );
-                last = Some(e);
-            }
-        }
-    }
-    Err(io_err(
-        &format!("failed to open TUN device {}", cfg.name),
-        last.unwrap_or_else(|| io::Error::other("no attempt made")),
-    ))
+    let tun = flannel_packet::tun::open(&flannel_packet::tun::TunSpec {
+        name: cfg.name.clone(),
+        queues: cfg.queues,
+        offload: cfg.offload,
+        persist: false,
+        mtu: Some(u16::try_from(cfg.mtu).unwrap_or(u16::MAX)),
+    })?;
+    Ok((tun.queues, tun.offload))
 }
 
 /// One UDP socket of the reuseport group.

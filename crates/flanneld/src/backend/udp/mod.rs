@@ -19,10 +19,12 @@
 //! The device is not persistent: it disappears when flanneld exits (as upstream), and comes
 //! back when flanneld starts. Reconcile also recreates it if someone deletes it meanwhile.
 
-pub mod codec;
 mod io;
-pub mod offload;
 pub mod table;
+
+/// The packet code, shared with the userspace WireGuard device (crate `flannel-packet`),
+/// under its old paths.
+pub use flannel_packet::{codec, offload};
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};

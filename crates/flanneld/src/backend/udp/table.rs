@@ -9,8 +9,6 @@
 //! the data path never takes a lock in the steady state.
 
 use std::net::Ipv4Addr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 
 use ipnet::Ipv4Net;
 
@@ -98,71 +96,16 @@ impl PeerTable {
 }
 
 /// The current table, shared between the control plane and the data-path threads.
-#[derive(Debug, Default)]
-pub struct SharedTable {
-    generation: AtomicU64,
-    current: Mutex<Arc<PeerTable>>,
-}
+pub type SharedTable = flannel_packet::shared::Shared<PeerTable>;
 
-impl SharedTable {
-    /// An empty shared table.
-    pub fn new() -> Arc<SharedTable> {
-        Arc::new(SharedTable::default())
-    }
-
-    /// Publishes a new table; readers switch to it at their next [`TableReader::get`].
-    pub fn publish(&self, table: PeerTable) {
-        let table = Arc::new(table);
-        let mut cur = self.current.lock().unwrap_or_else(|p| p.into_inner());
-        *cur = table;
-        // Bumped under the lock, so a reader that sees the new generation finds the new table.
-        self.generation.fetch_add(1, Ordering::Release);
-    }
-
-    /// The table as last published.
-    pub fn snapshot(&self) -> Arc<PeerTable> {
-        self.current
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-
-    /// A reader for one data-path thread.
-    pub fn reader(self: &Arc<Self>) -> TableReader {
-        let generation = self.generation.load(Ordering::Acquire);
-        TableReader {
-            table: self.snapshot(),
-            generation,
-            shared: self.clone(),
-        }
-    }
-}
-
-/// A data-path thread's handle on the shared table: a private `Arc` refreshed only when the
-/// generation counter moved.
-#[derive(Debug)]
-pub struct TableReader {
-    shared: Arc<SharedTable>,
-    generation: u64,
-    table: Arc<PeerTable>,
-}
-
-impl TableReader {
-    /// The current table (one atomic load when nothing changed).
-    #[inline]
-    pub fn get(&mut self) -> &PeerTable {
-        let g = self.shared.generation.load(Ordering::Acquire);
-        if g != self.generation {
-            self.table = self.shared.snapshot();
-            self.generation = g;
-        }
-        &self.table
-    }
-}
+/// One data-path thread's view of the [`SharedTable`].
+pub type TableReader = flannel_packet::shared::Reader<PeerTable>;
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::Ordering;
 
     fn net(s: &str) -> Ipv4Net {
         s.parse().unwrap()

@@ -29,7 +29,7 @@ use std::path::PathBuf;
 
 use async_trait::async_trait;
 use flannel_types::{IpFamily, Lease, LeaseAttrs, NetConfig};
-use flannel_wireguard::{DeviceState, Secret, WgDevice};
+use flannel_wireguard::{DeviceState, Secret};
 use ipnet::IpNet;
 use tracing::{debug, info, warn};
 

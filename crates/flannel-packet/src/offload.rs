@@ -20,9 +20,9 @@
 
 use std::ops::Range;
 
-use super::codec::{
-    self, IPV4_HEADER_LEN, PROTO_TCP, PROTO_UDP, fold, ipv4_checksum_ok, pseudo_header_sum,
-    set_ipv4_checksum, sum,
+use crate::codec::{
+    self, IPV4_HEADER_LEN, IPV6_HEADER_LEN, PROTO_TCP, PROTO_UDP, fold, ipv4_checksum_ok,
+    pseudo_header_sum, pseudo_header_sum_v6, set_ipv4_checksum, sum,
 };
 
 /// Size of `struct virtio_net_hdr` (the TUN default `TUNSETVNETHDRSZ`).
@@ -103,7 +103,7 @@ impl VnetHdr {
 /// Why a packet from the TUN device could not be prepared for the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OffloadError {
-    /// A GSO type other than TCPv4 and UDPv4 (IPv6 never reaches the IPv4-only proxy).
+    /// A GSO type other than TCP (of the packet's family) and UDP.
     UnsupportedGso(u8),
     /// The virtio header's offsets do not fit the packet.
     BadOffsets,
@@ -156,65 +156,89 @@ impl TxPlan {
     }
 }
 
-/// Completes a partial checksum in place (`F_NEEDS_CSUM` without GSO).
-fn complete_checksum(pkt: &mut [u8], start: usize, offset: usize) -> Result<(), OffloadError> {
+/// Completes a partial checksum in place (`F_NEEDS_CSUM` without GSO); `proto` is the
+/// transport protocol (UDP's computed 0 goes out as all ones).
+fn complete_checksum(
+    pkt: &mut [u8],
+    start: usize,
+    offset: usize,
+    proto: u8,
+) -> Result<(), OffloadError> {
     let at = start.checked_add(offset).ok_or(OffloadError::BadOffsets)?;
     if at + 2 > pkt.len() || start >= pkt.len() {
         return Err(OffloadError::BadOffsets);
     }
     let mut c = !fold(sum(&pkt[start..], 0));
     // UDP sends 0 as "no checksum": a computed 0 goes out as all ones.
-    if offset == 6 && pkt[9] == PROTO_UDP && c == 0 {
+    if offset == 6 && proto == PROTO_UDP && c == 0 {
         c = 0xffff;
     }
     pkt[at..at + 2].copy_from_slice(&c.to_be_bytes());
     Ok(())
 }
 
+/// The network-layer facts [`prepare_tx`] needs: header length, packet length, transport
+/// protocol, and whether it is IPv6 (fixed header only: the kernel's TSO6 hands over packets
+/// whose transport header follows the fixed header, `csum_start` = 40).
+fn network_header(pkt: &[u8]) -> Result<(usize, usize, u8, bool), OffloadError> {
+    match pkt.first().map(|b| b >> 4) {
+        Some(4) if pkt.len() >= IPV4_HEADER_LEN => {
+            let ihl = usize::from(pkt[0] & 0x0f) * 4;
+            let total = usize::from(u16::from_be_bytes([pkt[2], pkt[3]]));
+            Ok((ihl, total, pkt[9], false))
+        }
+        Some(6) if pkt.len() >= IPV6_HEADER_LEN => {
+            let total = IPV6_HEADER_LEN + usize::from(u16::from_be_bytes([pkt[4], pkt[5]]));
+            Ok((IPV6_HEADER_LEN, total, pkt[6], true))
+        }
+        _ => Err(OffloadError::BadOffsets),
+    }
+}
+
 /// Prepares one packet read from the TUN device (after its `virtio_net_hdr`, whose decoded
 /// form is `hdr`) for the wire.
 ///
-/// `pkt` must be a validated IPv4 packet whose TTL the caller already handled. A partial
-/// checksum is completed in place; a GSO super-packet gets its per-segment headers written to
-/// `headers` (cleared first), with IPv4 total length, ID (+1 per segment), header checksum,
-/// TCP sequence number (+mss per segment), FIN/PSH only on the last segment, CWR only on the
-/// first, and a full TCP or UDP checksum per segment.
+/// `pkt` must be a validated IPv4 or IPv6 packet whose TTL the caller already handled. A
+/// partial checksum is completed in place; a GSO super-packet gets its per-segment headers
+/// written to `headers` (cleared first), with the IPv4 total length, ID (+1 per segment) and
+/// header checksum (IPv6: the payload length), TCP sequence number (+mss per segment), FIN/PSH
+/// only on the last segment, CWR only on the first, and a full TCP or UDP checksum per
+/// segment.
 pub fn prepare_tx(
     hdr: &VnetHdr,
     pkt: &mut [u8],
     headers: &mut Vec<u8>,
 ) -> Result<TxPlan, OffloadError> {
     let gso = hdr.gso_type & !GSO_ECN;
+    let (ihl, total, proto, v6) = network_header(pkt)?;
     if gso == GSO_NONE {
         if hdr.flags & F_NEEDS_CSUM != 0 {
-            complete_checksum(pkt, hdr.csum_start.into(), hdr.csum_offset.into())?;
+            complete_checksum(pkt, hdr.csum_start.into(), hdr.csum_offset.into(), proto)?;
         }
         return Ok(TxPlan::Single);
     }
-    let ihl = usize::from(pkt[0] & 0x0f) * 4;
-    let total = usize::from(u16::from_be_bytes([pkt[2], pkt[3]]));
     let pkt = pkt.get_mut(..total).ok_or(OffloadError::BadOffsets)?;
     if usize::from(hdr.csum_start) != ihl {
         return Err(OffloadError::BadOffsets);
     }
-    let (proto, l4_len) = match gso {
-        GSO_TCPV4 => {
-            if pkt[9] != PROTO_TCP || hdr.csum_offset != 16 || pkt.len() < ihl + 20 {
+    let l4_len = match (gso, v6) {
+        (GSO_TCPV4, false) | (GSO_TCPV6, true) => {
+            if proto != PROTO_TCP || hdr.csum_offset != 16 || pkt.len() < ihl + 20 {
                 return Err(OffloadError::BadTransportHeader);
             }
             let doff = usize::from(pkt[ihl + 12] >> 4) * 4;
             if !(20..=60).contains(&doff) {
                 return Err(OffloadError::BadTransportHeader);
             }
-            (PROTO_TCP, doff)
+            doff
         }
-        GSO_UDP_L4 => {
-            if pkt[9] != PROTO_UDP || hdr.csum_offset != 6 {
+        (GSO_UDP_L4, _) => {
+            if proto != PROTO_UDP || hdr.csum_offset != 6 {
                 return Err(OffloadError::BadTransportHeader);
             }
-            (PROTO_UDP, 8)
+            8
         }
-        other => return Err(OffloadError::UnsupportedGso(other)),
+        (other, _) => return Err(OffloadError::UnsupportedGso(other)),
     };
     let hdr_len = ihl + l4_len;
     if hdr_len > pkt.len() {
@@ -224,34 +248,71 @@ pub fn prepare_tx(
     let payload_len = pkt.len() - hdr_len;
     if mss == 0 || payload_len <= mss {
         // Nothing to cut: finish the checksum and send it whole.
-        complete_checksum(pkt, ihl, usize::from(hdr.csum_offset))?;
+        complete_checksum(pkt, ihl, usize::from(hdr.csum_offset), proto)?;
         return Ok(TxPlan::Single);
     }
     let count = payload_len.div_ceil(mss);
     if count > 4 * MAX_SEGMENTS {
         return Err(OffloadError::TooManySegments);
     }
-    let src: [u8; 4] = pkt[12..16].try_into().expect("4 bytes");
-    let dst: [u8; 4] = pkt[16..20].try_into().expect("4 bytes");
-    let id0 = u16::from_be_bytes([pkt[4], pkt[5]]);
-    let seq0 = u32::from_be_bytes([pkt[ihl + 4], pkt[ihl + 5], pkt[ihl + 6], pkt[ihl + 7]]);
-    let flags0 = if proto == PROTO_TCP { pkt[ihl + 13] } else { 0 };
     let (template, payload) = pkt.split_at(hdr_len);
     headers.clear();
     headers.resize(count * hdr_len, 0);
+    let seg = Segmenter {
+        template,
+        ihl,
+        l4_len,
+        proto,
+        v6,
+        mss,
+    };
     for (i, h) in headers.chunks_exact_mut(hdr_len).enumerate() {
         let chunk = &payload[i * mss..((i + 1) * mss).min(payload_len)];
-        h.copy_from_slice(template);
-        let ip_total = (hdr_len + chunk.len()) as u16;
-        h[2..4].copy_from_slice(&ip_total.to_be_bytes());
-        h[4..6].copy_from_slice(&id0.wrapping_add(i as u16).to_be_bytes());
-        set_ipv4_checksum(&mut h[..ihl]);
-        let l4 = &mut h[ihl..];
+        seg.write_header(h, i, count, chunk);
+    }
+    Ok(TxPlan::Segmented {
+        hdr_len,
+        mss,
+        count,
+    })
+}
+
+/// What writing one segment's header needs from the super-packet.
+struct Segmenter<'a> {
+    template: &'a [u8],
+    ihl: usize,
+    l4_len: usize,
+    proto: u8,
+    v6: bool,
+    mss: usize,
+}
+
+impl Segmenter<'_> {
+    /// Writes segment `i` of `count`'s header (carrying `chunk`) into `h`.
+    fn write_header(&self, h: &mut [u8], i: usize, count: usize, chunk: &[u8]) {
+        let (ihl, l4_len, proto) = (self.ihl, self.l4_len, self.proto);
+        h.copy_from_slice(self.template);
         let l4_total = l4_len + chunk.len();
+        let pseudo = if self.v6 {
+            h[4..6].copy_from_slice(&(l4_total as u16).to_be_bytes());
+            let src: [u8; 16] = h[8..24].try_into().expect("16 bytes");
+            let dst: [u8; 16] = h[24..40].try_into().expect("16 bytes");
+            pseudo_header_sum_v6(src, dst, proto, l4_total)
+        } else {
+            let id0 = u16::from_be_bytes([h[4], h[5]]);
+            h[2..4].copy_from_slice(&((ihl + l4_total) as u16).to_be_bytes());
+            h[4..6].copy_from_slice(&id0.wrapping_add(i as u16).to_be_bytes());
+            set_ipv4_checksum(&mut h[..ihl]);
+            let src: [u8; 4] = h[12..16].try_into().expect("4 bytes");
+            let dst: [u8; 4] = h[16..20].try_into().expect("4 bytes");
+            pseudo_header_sum(src, dst, proto, l4_total)
+        };
+        let l4 = &mut h[ihl..];
         if proto == PROTO_TCP {
-            let seq = seq0.wrapping_add((i * mss) as u32);
+            let seq0 = u32::from_be_bytes([l4[4], l4[5], l4[6], l4[7]]);
+            let seq = seq0.wrapping_add((i * self.mss) as u32);
             l4[4..8].copy_from_slice(&seq.to_be_bytes());
-            let mut flags = flags0;
+            let mut flags = l4[13];
             if i + 1 < count {
                 flags &= !(TCP_FIN | TCP_PSH);
             }
@@ -266,8 +327,7 @@ pub fn prepare_tx(
             l4[6] = 0;
             l4[7] = 0;
         }
-        let acc = pseudo_header_sum(src, dst, proto, l4_total);
-        let acc = sum(chunk, sum(l4, acc));
+        let acc = sum(chunk, sum(l4, pseudo));
         let mut c = !fold(acc);
         if proto == PROTO_UDP && c == 0 {
             c = 0xffff;
@@ -275,11 +335,6 @@ pub fn prepare_tx(
         let at = if proto == PROTO_TCP { 16 } else { 6 };
         l4[at..at + 2].copy_from_slice(&c.to_be_bytes());
     }
-    Ok(TxPlan::Segmented {
-        hdr_len,
-        mss,
-        count,
-    })
 }
 
 /// The facts about a TCP segment that decide whether it can join a coalesced group.
@@ -520,7 +575,7 @@ pub use codec::Ipv4Packet;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::udp::codec::checksum;
+    use crate::codec::checksum;
 
     const SRC: [u8; 4] = [10, 244, 1, 5];
     const DST: [u8; 4] = [10, 244, 2, 7];
@@ -640,6 +695,61 @@ mod tests {
         }
         assert_eq!(joined, data);
         assert_eq!(segs[3].len(), 52 + 5000 - 3 * 1420);
+    }
+
+    #[test]
+    fn tcp_over_ipv6_is_cut_with_v6_headers_and_checksums() {
+        let src: [u8; 16] = [0xfd, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 5];
+        let dst: [u8; 16] = [0xfd, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7];
+        let data = payload(5000);
+        let total = 40 + 20 + data.len();
+        let mut pkt = vec![0u8; total];
+        pkt[0] = 0x60;
+        pkt[4..6].copy_from_slice(&((20 + data.len()) as u16).to_be_bytes());
+        pkt[6] = PROTO_TCP;
+        pkt[7] = 64;
+        pkt[8..24].copy_from_slice(&src);
+        pkt[24..40].copy_from_slice(&dst);
+        pkt[40 + 4..40 + 8].copy_from_slice(&1000u32.to_be_bytes());
+        pkt[40 + 12] = 5 << 4;
+        pkt[40 + 13] = TCP_ACK | TCP_PSH;
+        pkt[60..].copy_from_slice(&data);
+        let partial = fold(pseudo_header_sum_v6(src, dst, PROTO_TCP, total - 40));
+        pkt[56..58].copy_from_slice(&partial.to_be_bytes());
+        let h = VnetHdr {
+            flags: F_NEEDS_CSUM,
+            gso_type: GSO_TCPV6,
+            hdr_len: 60,
+            gso_size: 1400,
+            csum_start: 40,
+            csum_offset: 16,
+        };
+        let mut headers = Vec::new();
+        let plan = prepare_tx(&h, &mut pkt, &mut headers).unwrap();
+        let segs = wire(plan, &pkt, &headers);
+        assert_eq!(segs.len(), 4);
+        let mut joined = Vec::new();
+        for (i, s) in segs.iter().enumerate() {
+            let p = codec::IpPacket::parse(s).unwrap();
+            assert_eq!(p.total_len, s.len(), "payload length of segment {i}");
+            let seq = u32::from_be_bytes(s[44..48].try_into().unwrap());
+            assert_eq!(seq, 1000 + (i * 1400) as u32);
+            assert_eq!(s[53] & TCP_PSH != 0, i == 3, "PSH only on the last");
+            let ok = fold(sum(
+                &s[40..],
+                pseudo_header_sum_v6(src, dst, PROTO_TCP, s.len() - 40),
+            )) == 0xffff;
+            assert!(ok, "TCP checksum of segment {i}");
+            joined.extend_from_slice(&s[60..]);
+        }
+        assert_eq!(joined, data);
+        // TCPv4 GSO on an IPv6 packet is refused.
+        let mut h4 = h;
+        h4.gso_type = GSO_TCPV4;
+        assert_eq!(
+            prepare_tx(&h4, &mut pkt, &mut headers),
+            Err(OffloadError::UnsupportedGso(GSO_TCPV4))
+        );
     }
 
     #[test]

@@ -12,8 +12,11 @@
 //!   the TUN address, the offending IP header plus 8 bytes quoted.
 //!
 //! Checksums are the Internet checksum (RFC 1071), summed 64 bits at a time.
+//!
+//! The userspace WireGuard data path carries IPv6 too: [`IpPacket::parse`] validates either
+//! family and [`pseudo_header_sum_v6`] is the IPv6 pseudo-header.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// Bytes of an IPv4 header without options.
 pub const IPV4_HEADER_LEN: usize = 20;
@@ -81,6 +84,67 @@ pub fn pseudo_header_sum(src: [u8; 4], dst: [u8; 4], proto: u8, len: usize) -> u
         + len as u64
 }
 
+/// The sum of the IPv6 TCP/UDP pseudo-header (RFC 8200 8.1: addresses, upper-layer length,
+/// next header).
+pub fn pseudo_header_sum_v6(src: [u8; 16], dst: [u8; 16], proto: u8, len: usize) -> u64 {
+    let words = |a: [u8; 16]| -> u64 {
+        a.chunks_exact(2)
+            .map(|w| u64::from(u16::from_be_bytes([w[0], w[1]])))
+            .sum()
+    };
+    words(src) + words(dst) + u64::from(proto) + len as u64
+}
+
+/// Bytes of the fixed IPv6 header.
+pub const IPV6_HEADER_LEN: usize = 40;
+
+/// The fields of a validated IPv4 or IPv6 header that routing a packet needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpPacket {
+    /// The packet's length from its header (IPv4 total length; IPv6 40 + payload length),
+    /// possibly shorter than the buffer.
+    pub total_len: usize,
+    /// Source address.
+    pub src: IpAddr,
+    /// Destination address.
+    pub dst: IpAddr,
+}
+
+impl IpPacket {
+    /// Validates an IPv4 header as [`Ipv4Packet::parse`] does, or an IPv6 fixed header (a
+    /// payload length inside the buffer; 0, the jumbogram marker, is refused).
+    pub fn parse(buf: &[u8]) -> Result<IpPacket, Malformed> {
+        match buf.first().map(|b| b >> 4) {
+            Some(4) => Ipv4Packet::parse(buf).map(|p| IpPacket {
+                total_len: p.total_len,
+                src: p.src.into(),
+                dst: p.dst.into(),
+            }),
+            Some(6) => {
+                if buf.len() < IPV6_HEADER_LEN {
+                    return Err(Malformed::TooShort);
+                }
+                let payload = usize::from(u16::from_be_bytes([buf[4], buf[5]]));
+                let total_len = IPV6_HEADER_LEN + payload;
+                if payload == 0 || total_len > buf.len() {
+                    return Err(Malformed::BadTotalLength);
+                }
+                let addr = |at: usize| -> Ipv6Addr {
+                    let b: [u8; 16] = buf[at..at + 16].try_into().expect("16 bytes");
+                    Ipv6Addr::from(b)
+                };
+                Ok(IpPacket {
+                    total_len,
+                    src: addr(8).into(),
+                    dst: addr(24).into(),
+                })
+            }
+            Some(_) => Err(Malformed::NotIpv4),
+            None => Err(Malformed::TooShort),
+        }
+    }
+}
+
 /// Patches a checksum for one 16-bit word changing from `old` to `new` (RFC 1624 eqn. 3:
 /// `HC' = ~(~HC + ~m + m')`), which never produces the -0 that eqn. 2 can.
 pub fn incremental_update(check: u16, old: u16, new: u16) -> u16 {
@@ -93,7 +157,8 @@ pub fn incremental_update(check: u16, old: u16, new: u16) -> u16 {
 pub enum Malformed {
     /// Shorter than an IPv4 header.
     TooShort,
-    /// The version nibble is not 4 (IPv6 reaches the TUN device too, e.g. router solicitations).
+    /// The version nibble is not 4 (IPv6 reaches the TUN device too, e.g. router solicitations);
+    /// for [`IpPacket::parse`], neither 4 nor 6.
     NotIpv4,
     /// The header length is below 20 bytes or beyond the buffer.
     BadHeaderLength,
@@ -487,6 +552,44 @@ mod tests {
         assert_eq!(
             net_unreachable(&echo_request(84), tun_ip, &mut [0u8; 30]),
             None
+        );
+    }
+
+    #[test]
+    fn ip_packet_parses_both_families() {
+        let v4 = header(64, 6, 1, [10, 0, 0, 1], [10, 0, 0, 2], 40);
+        let p = IpPacket::parse(&v4).unwrap();
+        assert_eq!(p.total_len, 40);
+        assert_eq!(p.dst, "10.0.0.2".parse::<IpAddr>().unwrap());
+        let mut v6 = vec![0u8; 60];
+        v6[0] = 0x60;
+        v6[4..6].copy_from_slice(&20u16.to_be_bytes());
+        v6[6] = PROTO_TCP;
+        v6[8..24].copy_from_slice(&"fd00::1".parse::<Ipv6Addr>().unwrap().octets());
+        v6[24..40].copy_from_slice(&"fd00::2".parse::<Ipv6Addr>().unwrap().octets());
+        let p = IpPacket::parse(&v6).unwrap();
+        assert_eq!(p.total_len, 60);
+        assert_eq!(p.src, "fd00::1".parse::<IpAddr>().unwrap());
+        assert_eq!(p.dst, "fd00::2".parse::<IpAddr>().unwrap());
+        assert_eq!(IpPacket::parse(&v6[..59]), Err(Malformed::BadTotalLength));
+        assert_eq!(IpPacket::parse(&v6[..39]), Err(Malformed::TooShort));
+        v6[0] = 0x50;
+        assert_eq!(IpPacket::parse(&v6), Err(Malformed::NotIpv4));
+        assert_eq!(IpPacket::parse(&[]), Err(Malformed::TooShort));
+    }
+
+    #[test]
+    fn pseudo_header_v6_matches_a_built_pseudo_header() {
+        let src = "fd00:1::5".parse::<Ipv6Addr>().unwrap().octets();
+        let dst = "fd00:2::7".parse::<Ipv6Addr>().unwrap().octets();
+        let mut ph = Vec::new();
+        ph.extend_from_slice(&src);
+        ph.extend_from_slice(&dst);
+        ph.extend_from_slice(&1480u32.to_be_bytes());
+        ph.extend_from_slice(&[0, 0, 0, PROTO_TCP]);
+        assert_eq!(
+            fold(pseudo_header_sum_v6(src, dst, PROTO_TCP, 1480)),
+            fold(sum(&ph, 0))
         );
     }
 
