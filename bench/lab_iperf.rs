@@ -143,7 +143,12 @@ pub fn iperf_client(ns: &Netns, server: &str, seconds: u64) -> Result<(f64, u64)
 }
 
 /// One overlay case: a fresh 2-node cluster, iperf3 pod to pod across nodes.
-pub fn overlay_case(name: &str, backend: Value, o: &Options, underlay: bool) -> Result<Vec<Sample>> {
+pub fn overlay_case(
+    name: &str,
+    backend: Value,
+    o: &Options,
+    underlay: bool,
+) -> Result<Vec<Sample>> {
     let t = backend["Type"].as_str().unwrap_or("vxlan").to_string();
     let spec = ClusterSpec {
         nodes: 2,
@@ -221,7 +226,6 @@ pub fn median(mut v: Vec<f64>) -> f64 {
         (v[n / 2 - 1] + v[n / 2]) / 2.0
     }
 }
-
 
 /// Runs every case `o.rounds` times, interleaved, printing each transfer on stderr.
 pub fn run_rounds(

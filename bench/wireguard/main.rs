@@ -87,7 +87,13 @@ fn wireguard_go_case(o: &Options) -> Result<Vec<Sample>> {
     c.add_pod(0, "client")?;
     let server_ip = c.add_pod(1, "server")?.to_string();
     let subnets: Vec<String> = (0..2)
-        .map(|i| Ok(c.subnet_env(i)?.subnet.ok_or_else(|| anyhow!("no subnet"))?.trunc().to_string()))
+        .map(|i| {
+            Ok(c.subnet_env(i)?
+                .subnet
+                .ok_or_else(|| anyhow!("no subnet"))?
+                .trunc()
+                .to_string())
+        })
         .collect::<Result<_>>()?;
     for i in 0..2 {
         c.stop_flanneld(i)?;
@@ -114,7 +120,24 @@ fn wireguard_go_case(o: &Options) -> Result<Vec<Sample>> {
         let j = 1 - i;
         let endpoint = format!("{}:51820", c.lab().node(j).ip());
         let key = keyfile.display().to_string();
-        ok(ns, &["wg", "set", &name, "listen-port", "51820", "private-key", &key, "peer", &keys[j].1, "endpoint", &endpoint, "allowed-ips", &subnets[j]])?;
+        ok(
+            ns,
+            &[
+                "wg",
+                "set",
+                &name,
+                "listen-port",
+                "51820",
+                "private-key",
+                &key,
+                "peer",
+                &keys[j].1,
+                "endpoint",
+                &endpoint,
+                "allowed-ips",
+                &subnets[j],
+            ],
+        )?;
         ok(ns, &["ip", "link", "set", &name, "mtu", "1420", "up"])?;
         ok(ns, &["ip", "route", "replace", &subnets[j], "dev", &name])?;
     }
@@ -123,7 +146,10 @@ fn wireguard_go_case(o: &Options) -> Result<Vec<Sample>> {
     let client_pod = c.lab().pod("client").expect("pod").netns();
     // The first handshake: a few pings until one gets through.
     let deadline = Instant::now() + Duration::from_secs(20);
-    while !run_in(client_pod, ["ping", "-c", "1", "-W", "1", &server_ip])?.status.success() {
+    while !run_in(client_pod, ["ping", "-c", "1", "-W", "1", &server_ip])?
+        .status
+        .success()
+    {
         if Instant::now() > deadline {
             bail!("no traffic through wireguard-go");
         }

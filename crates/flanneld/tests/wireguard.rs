@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 mod common;
 
 use common::capture::{capture_frames, ip_packets};
-use common::{lease_key, pinger, ping_summary, sh};
+use common::{lease_key, ping_summary, pinger, sh};
 use flannel_lab::{Cluster, ClusterSpec, Datastore, PodCni, run_in, wait_for};
 use serde_json::json;
 
@@ -134,7 +134,10 @@ fn wireguard_etcd_mesh_is_encrypted_on_the_wire() {
     let mut c = Cluster::start(spec(Datastore::Etcd, false)).expect("cluster");
     for i in 0..3 {
         assert_eq!(c.subnet_env(i).unwrap().mtu, 1420, "1500 - 80");
-        let mode = std::fs::metadata(key_file(&c, i)).unwrap().permissions().mode();
+        let mode = std::fs::metadata(key_file(&c, i))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o400, "key file mode");
     }
     let keys: BTreeSet<String> = (0..3).map(|i| public_key(&c, i)).collect();
@@ -144,10 +147,20 @@ fn wireguard_etcd_mesh_is_encrypted_on_the_wire() {
     let link = sh(&c, 0, &["ip", "-d", "link", "show", "flannel-wg"]);
     assert!(link.contains("mtu 1420"), "{link}");
     let sn = c.subnet_env(0).unwrap().subnet.unwrap().trunc();
-    let addr = sh(&c, 0, &["ip", "-4", "-o", "addr", "show", "dev", "flannel-wg"]);
-    assert!(addr.contains(&format!("inet {}/32", sn.network())), "{addr}");
+    let addr = sh(
+        &c,
+        0,
+        &["ip", "-4", "-o", "addr", "show", "dev", "flannel-wg"],
+    );
+    assert!(
+        addr.contains(&format!("inet {}/32", sn.network())),
+        "{addr}"
+    );
     let routes = sh(&c, 0, &["ip", "route", "show", "10.244.0.0/16"]);
-    assert!(routes.contains("10.244.0.0/16 dev flannel-wg scope link"), "{routes}");
+    assert!(
+        routes.contains("10.244.0.0/16 dev flannel-wg") && routes.contains("scope link"),
+        "{routes}"
+    );
 
     // The lease: upstream's shape with our public key and port.
     let value = c
@@ -165,12 +178,21 @@ fn wireguard_etcd_mesh_is_encrypted_on_the_wire() {
     // `wg show flannel-wg` on each node shows that node's device and its two peers.
     for i in 0..3 {
         let show = wg(&c, i, &["show", "flannel-wg"]);
-        assert!(show.contains(&format!("public key: {}", public_key(&c, i))), "{show}");
+        assert!(
+            show.contains(&format!("public key: {}", public_key(&c, i))),
+            "{show}"
+        );
         assert!(show.contains("listening port: 51820"), "{show}");
         wait_peers(&c, i, "flannel-wg", &keys_except(&c, i));
         for (_, endpoint, allowed) in wg_peers(&c, i, "flannel-wg") {
-            assert!(endpoint.starts_with("198.18.0.") && endpoint.ends_with(":51820"), "{endpoint}");
-            assert!(allowed.starts_with("10.244.") && allowed.ends_with("/24"), "{allowed}");
+            assert!(
+                endpoint.starts_with("198.18.0.") && endpoint.ends_with(":51820"),
+                "{endpoint}"
+            );
+            assert!(
+                allowed.starts_with("10.244.") && allowed.ends_with("/24"),
+                "{allowed}"
+            );
         }
     }
 
@@ -179,24 +201,44 @@ fn wireguard_etcd_mesh_is_encrypted_on_the_wire() {
     let packets = ip_packets(&frames);
     let between_nodes: Vec<_> = packets
         .iter()
-        .filter(|p| p.src.to_string().starts_with("198.18.0.") && p.dst.to_string().starts_with("198.18.0."))
+        .filter(|p| {
+            p.src.to_string().starts_with("198.18.0.") && p.dst.to_string().starts_with("198.18.0.")
+        })
         .collect();
-    assert!(between_nodes.len() >= 12, "pod pings crossed the underlay: {}", between_nodes.len());
+    assert!(
+        between_nodes.len() >= 12,
+        "pod pings crossed the underlay: {}",
+        between_nodes.len()
+    );
     for p in &between_nodes {
         assert_eq!(p.proto, 17, "only UDP between nodes: {p:?}");
-        let (sport, dport) = (u16::from_be_bytes([p.l4[0], p.l4[1]]), u16::from_be_bytes([p.l4[2], p.l4[3]]));
+        let (sport, dport) = (
+            u16::from_be_bytes([p.l4[0], p.l4[1]]),
+            u16::from_be_bytes([p.l4[2], p.l4[3]]),
+        );
         assert_eq!((sport, dport), (51820, 51820), "{p:?}");
         // WireGuard message types 1..4, then three reserved zero bytes.
-        assert!((1..=4).contains(&p.l4[8]) && p.l4[9..12] == [0, 0, 0], "not WireGuard: {p:?}");
+        assert!(
+            (1..=4).contains(&p.l4[8]) && p.l4[9..12] == [0, 0, 0],
+            "not WireGuard: {p:?}"
+        );
     }
     // No pod address anywhere in the clear on the underlay.
     assert!(
-        packets.iter().all(|p| !p.src.to_string().starts_with("10.244.") && !p.dst.to_string().starts_with("10.244.")),
+        packets
+            .iter()
+            .all(|p| !p.src.to_string().starts_with("10.244.")
+                && !p.dst.to_string().starts_with("10.244.")),
         "a pod packet crossed the underlay unencrypted"
     );
     // Data messages are padded to 16 bytes: UDP payload = 16 header + 16n + 16 tag.
     for p in between_nodes.iter().filter(|p| p.l4[8] == 4) {
-        assert_eq!((p.l4.len() - 8) % 16, 0, "data message not padded: {} bytes", p.l4.len() - 8);
+        assert_eq!(
+            (p.l4.len() - 8) % 16,
+            0,
+            "data message not padded: {} bytes",
+            p.l4.len() - 8
+        );
     }
 }
 
@@ -215,11 +257,17 @@ fn wireguard_kube_dual_stack_separate_devices() {
         wait_peers(&c, i, "flannel-wg-v6", &keys_except(&c, i));
     }
     for (_, endpoint, _) in wg_peers(&c, 0, "flannel-wg-v6") {
-        assert!(endpoint.starts_with("[fd00:198::") && endpoint.ends_with("]:51821"), "{endpoint}");
+        assert!(
+            endpoint.starts_with("[fd00:198::") && endpoint.ends_with("]:51821"),
+            "{endpoint}"
+        );
     }
     let node = c.kube().expect("kube mode").node("n1").unwrap();
     let ann = &node["metadata"]["annotations"];
-    assert_eq!(ann["flannel.alpha.coreos.com/backend-type"], "wireguard", "{ann}");
+    assert_eq!(
+        ann["flannel.alpha.coreos.com/backend-type"], "wireguard",
+        "{ann}"
+    );
     assert_eq!(
         ann["flannel.alpha.coreos.com/backend-v6-data"],
         format!(r#"{{"PublicKey":"{}","Port":51821}}"#, public_key(&c, 0)),
@@ -237,13 +285,26 @@ fn wireguard_auto_mode_one_device_for_both_families() {
     let mut s = spec(Datastore::Etcd, true);
     s.extra_config["Backend"] = json!({"Type": "wireguard", "Mode": "auto"});
     let mut c = Cluster::start(s).expect("cluster");
-    assert!(run_in(c.lab().node(0).netns(), ["ip", "link", "show", "flannel-wg-v6"]).map(|o| !o.status.success()).unwrap());
+    assert!(
+        run_in(
+            c.lab().node(0).netns(),
+            ["ip", "link", "show", "flannel-wg-v6"]
+        )
+        .map(|o| !o.status.success())
+        .unwrap()
+    );
     for i in 0..3 {
         wait_peers(&c, i, "flannel-wg", &keys_except(&c, i));
     }
     for (_, endpoint, allowed) in wg_peers(&c, 0, "flannel-wg") {
-        assert!(endpoint.starts_with("198.18.0.") && endpoint.ends_with(":51820"), "{endpoint}");
-        assert!(allowed.contains("10.244.") && allowed.contains("fd00:10:244:"), "{allowed}");
+        assert!(
+            endpoint.starts_with("198.18.0.") && endpoint.ends_with(":51820"),
+            "{endpoint}"
+        );
+        assert!(
+            allowed.contains("10.244.") && allowed.contains("fd00:10:244:"),
+            "{allowed}"
+        );
     }
     add_pods(&mut c);
     full(c.ping_matrix(), "IPv4");
@@ -251,7 +312,9 @@ fn wireguard_auto_mode_one_device_for_both_families() {
 }
 
 fn ifindex(c: &Cluster, i: usize, dev: &str) -> String {
-    sh(c, i, &["cat", &format!("/sys/class/net/{dev}/ifindex")]).trim().to_string()
+    sh(c, i, &["cat", &format!("/sys/class/net/{dev}/ifindex")])
+        .trim()
+        .to_string()
 }
 
 /// Reconcile, not recreate: a restart adopts the device (same ifindex, same peers, traffic
@@ -279,16 +342,26 @@ fn wireguard_reconciles_instead_of_recreating() {
         "userspace restart: {lost} of {sent} pings lost at 100 pps (gap ~{} ms); flanneld back in {restart:?}",
         lost * 10
     );
-    assert!(got > 0 && lost * 10 < 5000, "traffic resumed within 5 s of the restart: {lost} lost");
-    assert_eq!(ifindex(&c, 0, "flannel-wg"), before, "the device was adopted, not recreated");
+    assert!(
+        got > 0 && lost * 10 < 5000,
+        "traffic resumed within 5 s of the restart: {lost} lost"
+    );
+    assert_eq!(
+        ifindex(&c, 0, "flannel-wg"),
+        before,
+        "the device was adopted, not recreated"
+    );
     wait_peers(&c, 0, "flannel-wg", &keys_except(&c, 0));
 
     // Delete n2's device: it comes back with both peers and traffic flows again.
     sh(&c, 1, &["ip", "link", "delete", "flannel-wg"]);
     wait_peers(&c, 1, "flannel-wg", &keys_except(&c, 1));
-    wait_for("p0 -> p1 after the device came back", Duration::from_secs(20), Duration::from_millis(200), || {
-        Ok::<_, String>(c.unreachable().is_empty().then_some(()))
-    })
+    wait_for(
+        "p0 -> p1 after the device came back",
+        Duration::from_secs(20),
+        Duration::from_millis(200),
+        || Ok::<_, String>(c.unreachable().is_empty().then_some(())),
+    )
     .unwrap();
 
     // n3 gets a new key: everyone replaces its old entry (upstream keeps both).
@@ -337,11 +410,21 @@ fn wireguard_interoperates_with_wireguard_go() {
     let _sock = SocketGuard(PathBuf::from(format!("/var/run/wireguard/{name}.sock")));
     let mut cmd = Command::new("wireguard-go");
     cmd.args(["-f", &name]);
-    let _wgo = c.lab().spawn_in(c.lab().node(2).netns(), cmd).expect("wireguard-go");
-    wait_for("wireguard-go's device", Duration::from_secs(10), Duration::from_millis(50), || {
-        let ok = run_in(c.lab().node(2).netns(), ["ip", "link", "show", &name]).map(|o| o.status.success()).unwrap_or(false);
-        Ok::<_, String>(ok.then_some(()))
-    })
+    let _wgo = c
+        .lab()
+        .spawn_in(c.lab().node(2).netns(), cmd)
+        .expect("wireguard-go");
+    wait_for(
+        "wireguard-go's device",
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        || {
+            let ok = run_in(c.lab().node(2).netns(), ["ip", "link", "show", &name])
+                .map(|o| o.status.success())
+                .unwrap_or(false);
+            Ok::<_, String>(ok.then_some(()))
+        },
+    )
     .unwrap();
     let keyfile = c.lab().dir().join("wgo.key");
     let genkey = Command::new("wg").arg("genkey").output().unwrap();
@@ -353,14 +436,31 @@ fn wireguard_interoperates_with_wireguard_go() {
         .spawn()
         .unwrap();
     use std::io::Write;
-    pubkey.stdin.take().unwrap().write_all(&genkey.stdout).unwrap();
-    let wgo_pub = String::from_utf8(pubkey.wait_with_output().unwrap().stdout).unwrap().trim().to_string();
+    pubkey
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(&genkey.stdout)
+        .unwrap();
+    let wgo_pub = String::from_utf8(pubkey.wait_with_output().unwrap().stdout)
+        .unwrap()
+        .trim()
+        .to_string();
 
     // Peers from the flannel-rs nodes' leases, read as any upstream node would.
-    let mut set = vec!["set".to_string(), name.clone(), "listen-port".into(), "51820".into(), "private-key".into(), keyfile.display().to_string()];
+    let mut set = vec![
+        "set".to_string(),
+        name.clone(),
+        "listen-port".into(),
+        "51820".into(),
+        "private-key".into(),
+        keyfile.display().to_string(),
+    ];
     for i in 0..2 {
         let v: serde_json::Value = serde_json::from_str(
-            &c.etcd().etcdctl(["get", "--print-value-only", &lease_key(&c, i)]).unwrap(),
+            &c.etcd()
+                .etcdctl(["get", "--print-value-only", &lease_key(&c, i)])
+                .unwrap(),
         )
         .unwrap();
         let data = &v["BackendData"];
@@ -375,7 +475,11 @@ fn wireguard_interoperates_with_wireguard_go() {
         ]);
     }
     let out = Command::new("wg").args(&set).output().unwrap();
-    assert!(out.status.success(), "wg set: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "wg set: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let sn3 = c.subnet_env(2).unwrap().subnet.unwrap().trunc();
     let own = sn3.network().to_string();
     for args in [
@@ -392,9 +496,18 @@ fn wireguard_interoperates_with_wireguard_go() {
     );
     c.etcd().etcdctl(["put", &key3, &lease]).unwrap();
     for i in 0..2 {
-        wait_peers(&c, i, "flannel-wg", &[public_key(&c, 1 - i), wgo_pub.clone()].into());
+        wait_peers(
+            &c,
+            i,
+            "flannel-wg",
+            &[public_key(&c, 1 - i), wgo_pub.clone()].into(),
+        );
     }
-    let endpoint = wg_peers(&c, 0, "flannel-wg").into_iter().find(|p| p.0 == wgo_pub).unwrap().1;
+    let endpoint = wg_peers(&c, 0, "flannel-wg")
+        .into_iter()
+        .find(|p| p.0 == wgo_pub)
+        .unwrap()
+        .1;
     assert_eq!(endpoint, "198.18.0.3:51820");
 
     // Both ways, pods on flannel-rs nodes and the wireguard-go node (first handshake can
@@ -405,10 +518,17 @@ fn wireguard_interoperates_with_wireguard_go() {
             args.extend(["-I", f]);
         }
         args.push(to);
-        wait_for(&format!("ping {to}"), Duration::from_secs(20), Duration::from_millis(200), || {
-            let ok = run_in(ns, &args).map(|o| o.status.success()).unwrap_or(false);
-            Ok::<_, String>(ok.then_some(()))
-        })
+        wait_for(
+            &format!("ping {to}"),
+            Duration::from_secs(20),
+            Duration::from_millis(200),
+            || {
+                let ok = run_in(ns, &args)
+                    .map(|o| o.status.success())
+                    .unwrap_or(false);
+                Ok::<_, String>(ok.then_some(()))
+            },
+        )
     };
     let pod_a = c.lab().pod("a").unwrap().netns();
     reach(pod_a, None, &own).expect("pod on n1 -> wireguard-go node");
@@ -416,8 +536,17 @@ fn wireguard_interoperates_with_wireguard_go() {
     reach(n3, Some(&own), &a.to_string()).expect("wireguard-go node -> pod on n1");
     reach(n3, Some(&own), &b.to_string()).expect("wireguard-go node -> pod on n2");
     // And flannel-rs to flannel-rs still works next to it.
-    assert!(c.unreachable().iter().all(|(x, y)| !(x == "a" && y == "b")), "a -> b");
-    let show = Command::new("wg").args(["show", &name, "latest-handshakes"]).output().unwrap();
+    assert!(
+        c.unreachable().iter().all(|(x, y)| !(x == "a" && y == "b")),
+        "a -> b"
+    );
+    let show = Command::new("wg")
+        .args(["show", &name, "latest-handshakes"])
+        .output()
+        .unwrap();
     let hs = String::from_utf8_lossy(&show.stdout);
-    assert!(hs.lines().filter(|l| !l.ends_with("\t0")).count() >= 1, "wireguard-go handshook: {hs}");
+    assert!(
+        hs.lines().filter(|l| !l.ends_with("\t0")).count() >= 1,
+        "wireguard-go handshook: {hs}"
+    );
 }

@@ -200,14 +200,32 @@ mod tests {
     #[test]
     fn bad_values_name_the_key() {
         for (b, want) in [
-            (r#"{"Type":"wireguard","Mode":"both"}"#, "No valid Mode configured"),
-            (r#"{"Type":"wireguard","Mode":"Auto"}"#, "No valid Mode configured"),
-            (r#"{"Type":"wireguard","ListenPort":0}"#, "Backend.ListenPort 0"),
-            (r#"{"Type":"wireguard","ListenPortV6":70000}"#, "Backend.ListenPortV6 70000"),
+            (
+                r#"{"Type":"wireguard","Mode":"both"}"#,
+                "No valid Mode configured",
+            ),
+            (
+                r#"{"Type":"wireguard","Mode":"Auto"}"#,
+                "No valid Mode configured",
+            ),
+            (
+                r#"{"Type":"wireguard","ListenPort":0}"#,
+                "Backend.ListenPort 0",
+            ),
+            (
+                r#"{"Type":"wireguard","ListenPortV6":70000}"#,
+                "Backend.ListenPortV6 70000",
+            ),
             (r#"{"Type":"wireguard","PSK":"short"}"#, "Backend.PSK"),
-            (r#"{"Type":"wireguard","PersistentKeepaliveInterval":-1}"#, "PersistentKeepaliveInterval -1"),
+            (
+                r#"{"Type":"wireguard","PersistentKeepaliveInterval":-1}"#,
+                "PersistentKeepaliveInterval -1",
+            ),
             (r#"{"Type":"wireguard","MTU":500}"#, "Backend.MTU 500"),
-            (r#"{"Type":"wireguard","Implementation":"fast"}"#, "Backend.Implementation"),
+            (
+                r#"{"Type":"wireguard","Implementation":"fast"}"#,
+                "Backend.Implementation",
+            ),
         ] {
             let e = cfg(b).unwrap_err().to_string();
             assert!(e.contains(want), "{b}: {e}");

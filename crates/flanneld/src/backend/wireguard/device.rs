@@ -10,9 +10,9 @@ use std::sync::Arc;
 
 use flannel_netlink::{LinkInfo, Route, RouteFilter, RouteKind};
 use flannel_types::Lease;
+use flannel_wireguard::WgDevice;
 use flannel_wireguard::kernel::KernelDevice;
 use flannel_wireguard::userspace::{self, Userspace};
-use flannel_wireguard::WgDevice;
 use ipnet::IpNet;
 use tracing::{info, warn};
 
@@ -157,7 +157,9 @@ impl Device {
         let want_user = cfg.implementation != Implementation::Kernel;
         match (existing, kind.as_deref()) {
             (Some(_), Some("wireguard")) if want_kernel => {
-                info!("{name}: adopting the kernel WireGuard device (its peers and sessions are kept)");
+                info!(
+                    "{name}: adopting the kernel WireGuard device (its peers and sessions are kept)"
+                );
                 self.imp = Some(Imp::Kernel(KernelDevice::new(name)));
                 return Ok(());
             }
@@ -166,7 +168,10 @@ impl Device {
                 return self.start_userspace(cfg, mtu);
             }
             (Some(l), k) => {
-                info!("{name}: deleting the existing {} device", k.unwrap_or("unknown"));
+                info!(
+                    "{name}: deleting the existing {} device",
+                    k.unwrap_or("unknown")
+                );
                 nl.delete_link(l.index)
                     .await
                     .map_err(nl_err(format!("deleting {name}")))?;
@@ -181,7 +186,9 @@ impl Device {
                     return Ok(());
                 }
                 Err(e) if e.is_not_supported() && want_user => {
-                    info!("{name}: the kernel has no WireGuard ({e}); using the userspace data path");
+                    info!(
+                        "{name}: the kernel has no WireGuard ({e}); using the userspace data path"
+                    );
                 }
                 Err(e) if e.is_not_supported() => {
                     return Err(BackendError::Missing(format!(
@@ -218,7 +225,12 @@ impl Device {
 
     /// `<subnet IP>/32` (`/128`) per family the device carries; other addresses inside the
     /// cluster networks removed.
-    async fn ensure_addresses(&self, env: &BackendEnv, index: u32, own: &Lease) -> Result<(), BackendError> {
+    async fn ensure_addresses(
+        &self,
+        env: &BackendEnv,
+        index: u32,
+        own: &Lease,
+    ) -> Result<(), BackendError> {
         let name = self.spec.name;
         let want: Vec<IpNet> = self
             .spec
@@ -263,7 +275,10 @@ impl Device {
                 .await
                 .map_err(nl_err("dumping routes"))?;
             let ok = routes.iter().any(|r| {
-                r.dst == net && r.oif == Some(index) && r.gateway.is_none() && r.kind == RouteKind::Unicast
+                r.dst == net
+                    && r.oif == Some(index)
+                    && r.gateway.is_none()
+                    && r.kind == RouteKind::Unicast
             });
             if !ok {
                 env.nl
@@ -275,7 +290,6 @@ impl Device {
         Ok(())
     }
 }
-
 
 /// The userspace data path's handshake count and drops by reason, for `/metrics`.
 pub fn userspace_counters(m: &userspace::Metrics) -> (u64, Vec<(&'static str, u64)>) {

@@ -74,7 +74,11 @@ fn raise(c: &Counter, total: u64) {
 impl WgMetrics {
     /// Registers every family under `flannel_wireguard_`.
     pub fn register(&self, r: &mut Registry) {
-        r.register("peers", "peers configured on the device", self.peers.clone());
+        r.register(
+            "peers",
+            "peers configured on the device",
+            self.peers.clone(),
+        );
         r.register(
             "peers_by_handshake_age",
             "peers by the age of their last handshake (never, fresh: under 180 s, stale)",
@@ -90,7 +94,11 @@ impl WgMetrics {
             "completed handshakes (userspace data path)",
             self.handshakes.clone(),
         );
-        r.register("rx_bytes", "bytes received from peers", self.rx_bytes.clone());
+        r.register(
+            "rx_bytes",
+            "bytes received from peers",
+            self.rx_bytes.clone(),
+        );
         r.register("tx_bytes", "bytes sent to peers", self.tx_bytes.clone());
         r.register(
             "dropped_packets",
@@ -194,18 +202,41 @@ mod tests {
         m.record_device("flannel-wg", &st, now);
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &r).unwrap();
-        assert!(out.contains(r#"peers_by_handshake_age{device="flannel-wg",age="stale"} 1"#), "{out}");
-        assert!(out.contains(r#"peers_by_handshake_age{device="flannel-wg",age="never"} 1"#), "{out}");
-        assert!(out.contains(r#"rx_bytes_total{device="flannel-wg"} 60"#), "{out}");
-        assert!(out.contains(r#"oldest_handshake_age_seconds{device="flannel-wg"} 400"#), "{out}");
+        assert!(
+            out.contains(r#"peers_by_handshake_age{device="flannel-wg",age="stale"} 1"#),
+            "{out}"
+        );
+        assert!(
+            out.contains(r#"peers_by_handshake_age{device="flannel-wg",age="never"} 1"#),
+            "{out}"
+        );
+        assert!(
+            out.contains(r#"rx_bytes_total{device="flannel-wg"} 60"#),
+            "{out}"
+        );
+        assert!(
+            out.contains(r#"oldest_handshake_age_seconds{device="flannel-wg"} 400"#),
+            "{out}"
+        );
         // A restarted data path reports smaller totals: the counter does not go back.
         m.record_device("flannel-wg", &DeviceState::default(), now);
         m.record_userspace("flannel-wg", 3, &[("not_allowed_source", 2)]);
         m.record_userspace("flannel-wg", 1, &[("not_allowed_source", 1)]);
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &r).unwrap();
-        assert!(out.contains(r#"rx_bytes_total{device="flannel-wg"} 60"#), "{out}");
-        assert!(out.contains(r#"handshakes_total{device="flannel-wg"} 3"#), "{out}");
-        assert!(out.contains(r#"dropped_packets_total{device="flannel-wg",reason="not_allowed_source"} 2"#), "{out}");
+        assert!(
+            out.contains(r#"rx_bytes_total{device="flannel-wg"} 60"#),
+            "{out}"
+        );
+        assert!(
+            out.contains(r#"handshakes_total{device="flannel-wg"} 3"#),
+            "{out}"
+        );
+        assert!(
+            out.contains(
+                r#"dropped_packets_total{device="flannel-wg",reason="not_allowed_source"} 2"#
+            ),
+            "{out}"
+        );
     }
 }

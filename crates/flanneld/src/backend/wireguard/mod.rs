@@ -37,7 +37,9 @@ use self::config::{Mode, WgConfig};
 use self::device::Device;
 use self::peers::{DevSpec, PeerContext, Programmed, WgDesired};
 use super::routes::{self, OwnedRoutes, RouteSpace};
-use super::{Backend, BackendEnv, BackendError, DataPlane, Plan, WarnOnce, apply_batch, own_subnets};
+use super::{
+    Backend, BackendEnv, BackendError, DataPlane, Plan, WarnOnce, apply_batch, own_subnets,
+};
 use crate::reconcile::ReconcileStats;
 
 /// Bytes WireGuard adds in the worst case: outer IPv6 (40) + UDP (8) + type, index, nonce
@@ -127,7 +129,10 @@ impl WireguardBackend {
 
     /// The device MTU: `MTU` (default the underlay's) - 80.
     fn dev_mtu(&self) -> u32 {
-        self.cfg.mtu.unwrap_or(self.env.ext.mtu).saturating_sub(OVERHEAD)
+        self.cfg
+            .mtu
+            .unwrap_or(self.env.ext.mtu)
+            .saturating_sub(OVERHEAD)
     }
 
     fn context(&self) -> PeerContext {
@@ -206,7 +211,11 @@ impl Backend for WireguardBackend {
         self.ensure_devices().await?;
         let public = self.key.public_key();
         let mut attrs = LeaseAttrs {
-            public_ip: self.env.ext.ext_addr.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED),
+            public_ip: self
+                .env
+                .ext
+                .ext_addr
+                .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED),
             public_ipv6: self.env.ext.ext_v6_addr,
             backend_type: "wireguard".into(),
             backend_data: None,
@@ -239,7 +248,10 @@ impl Backend for WireguardBackend {
     }
 
     fn devices(&self) -> Vec<String> {
-        self.devices.iter().map(|d| d.spec.name.to_string()).collect()
+        self.devices
+            .iter()
+            .map(|d| d.spec.name.to_string())
+            .collect()
     }
 
     async fn reconcile(&mut self, peers: &[&Lease]) -> Result<ReconcileStats, BackendError> {
@@ -257,7 +269,8 @@ impl Backend for WireguardBackend {
             }
             if let Some(u) = d.userspace_metrics() {
                 let (handshakes, drops) = device::userspace_counters(&u);
-                m.wireguard.record_userspace(d.spec.name, handshakes, &drops);
+                m.wireguard
+                    .record_userspace(d.spec.name, handshakes, &drops);
             }
         }
     }
@@ -332,7 +345,11 @@ impl DataPlane for WireguardBackend {
         }
     }
 
-    async fn apply(&mut self, desired: WgDesired, mut plan: Plan) -> Result<ReconcileStats, BackendError> {
+    async fn apply(
+        &mut self,
+        desired: WgDesired,
+        mut plan: Plan,
+    ) -> Result<ReconcileStats, BackendError> {
         for why in &desired.skipped {
             if self.warned.first(why) {
                 warn!("{why}");
@@ -353,12 +370,19 @@ impl DataPlane for WireguardBackend {
                 }
                 Err(e) => {
                     failed += 1;
-                    warn!("{}: applying {} peer change(s) failed: {e}", d.spec.name, up.peers.len());
+                    warn!(
+                        "{}: applying {} peer change(s) failed: {e}",
+                        d.spec.name,
+                        up.peers.len()
+                    );
                 }
             }
         }
         if !plan.ops.is_empty() {
-            info!("removing {} per-peer route(s) inside the cluster network left by another backend", plan.ops.len());
+            info!(
+                "removing {} per-peer route(s) inside the cluster network left by another backend",
+                plan.ops.len()
+            );
         }
         let mut stats = apply_batch(&self.env.nl, plan, "wireguard").await;
         stats.failed += failed;
@@ -368,5 +392,6 @@ impl DataPlane for WireguardBackend {
 
 /// True when `ip` is one a device of ours may carry (inside a cluster network).
 pub(crate) fn in_networks(ip: IpAddr, env: &BackendEnv) -> bool {
-    env.networks().any(|(_, n): (IpFamily, IpNet)| n.contains(&ip))
+    env.networks()
+        .any(|(_, n): (IpFamily, IpNet)| n.contains(&ip))
 }

@@ -79,8 +79,7 @@ pub fn parse_lease_data(data: Option<&RawJson>, what: &str) -> Result<(Key, Opti
     let port = match obj.int("Port").map_err(|e| format!("{what}: {e}"))? {
         None | Some(0) => None,
         Some(p) => Some(
-            u16::try_from(p)
-                .map_err(|_| format!("{what}.Port {p} is out of range 0..65535"))?,
+            u16::try_from(p).map_err(|_| format!("{what}.Port {p} is out of range 0..65535"))?,
         ),
     };
     Ok((key, port))
@@ -98,7 +97,11 @@ fn private_v6(ip: Ipv6Addr) -> bool {
 
 /// Upstream's auto mode: IPv4 when the peer's IPv4 is public and we have IPv4; IPv6 when
 /// the peer's IPv6 and ours are both public; otherwise IPv4.
-pub fn auto_family(peer_v4: Option<Ipv4Addr>, peer_v6: Option<Ipv6Addr>, ctx: &PeerContext) -> IpFamily {
+pub fn auto_family(
+    peer_v4: Option<Ipv4Addr>,
+    peer_v6: Option<Ipv6Addr>,
+    ctx: &PeerContext,
+) -> IpFamily {
     match (peer_v4, peer_v6) {
         (Some(_), None) | (None, None) => IpFamily::V4,
         (None, Some(_)) => IpFamily::V6,
@@ -120,7 +123,11 @@ fn public_v4(l: &Lease) -> Option<Ipv4Addr> {
 
 /// One device's peer for one lease, or why there is none.
 fn peer_for(l: &Lease, spec: &DevSpec, ctx: &PeerContext) -> Result<Option<PeerConfig>, String> {
-    let allowed: Vec<IpNet> = spec.families.iter().filter_map(|f| l.subnet_of(*f)).collect();
+    let allowed: Vec<IpNet> = spec
+        .families
+        .iter()
+        .filter_map(|f| l.subnet_of(*f))
+        .collect();
     if allowed.is_empty() {
         return Ok(None);
     }
@@ -207,11 +214,10 @@ pub fn desired(peers: &[&Lease], ctx: &PeerContext) -> WgDesired {
                         dev.insert(p.public_key, p);
                     }
                 }
-                Err(why) => out.skipped.push(format!(
-                    "ignoring peer {} on {}: {why}",
-                    l.key(),
-                    spec.name
-                )),
+                Err(why) => {
+                    out.skipped
+                        .push(format!("ignoring peer {} on {}: {why}", l.key(), spec.name))
+                }
             }
         }
     }
@@ -316,15 +322,27 @@ mod tests {
     fn ctx(mode: Mode, dual: bool) -> PeerContext {
         let devices = match (mode, dual) {
             (Mode::Separate, true) => vec![
-                DevSpec { name: "flannel-wg", port: 51820, families: vec![IpFamily::V4] },
-                DevSpec { name: "flannel-wg-v6", port: 51821, families: vec![IpFamily::V6] },
+                DevSpec {
+                    name: "flannel-wg",
+                    port: 51820,
+                    families: vec![IpFamily::V4],
+                },
+                DevSpec {
+                    name: "flannel-wg-v6",
+                    port: 51821,
+                    families: vec![IpFamily::V6],
+                },
             ],
             (_, true) => vec![DevSpec {
                 name: "flannel-wg",
                 port: 51820,
                 families: vec![IpFamily::V4, IpFamily::V6],
             }],
-            (_, false) => vec![DevSpec { name: "flannel-wg", port: 51820, families: vec![IpFamily::V4] }],
+            (_, false) => vec![DevSpec {
+                name: "flannel-wg",
+                port: 51820,
+                families: vec![IpFamily::V4],
+            }],
         };
         PeerContext {
             mode,
@@ -344,7 +362,10 @@ mod tests {
             lease_data(&k, 51820).as_str(),
             format!(r#"{{"PublicKey":"{k}","Port":51820}}"#)
         );
-        assert_eq!(parse_lease_data(Some(&lease_data(&k, 7)), "BackendData"), Ok((k, Some(7))));
+        assert_eq!(
+            parse_lease_data(Some(&lease_data(&k, 7)), "BackendData"),
+            Ok((k, Some(7)))
+        );
     }
 
     #[test]
@@ -352,17 +373,33 @@ mod tests {
         let p = |s: &str| parse_lease_data(Some(&RawJson::parse(s).unwrap()), "BackendData");
         assert!(p("null").unwrap_err().contains("null"));
         assert!(p("{}").unwrap_err().contains("no PublicKey"));
-        assert!(p(r#"{"PublicKey":"abc"}"#).unwrap_err().contains("BackendData.PublicKey"));
+        assert!(
+            p(r#"{"PublicKey":"abc"}"#)
+                .unwrap_err()
+                .contains("BackendData.PublicKey")
+        );
         let k = key(1);
-        assert!(p(&format!(r#"{{"PublicKey":"{k}","Port":70000}}"#)).unwrap_err().contains("Port 70000"));
+        assert!(
+            p(&format!(r#"{{"PublicKey":"{k}","Port":70000}}"#))
+                .unwrap_err()
+                .contains("Port 70000")
+        );
         assert!(p(&format!(r#"{{"PublicKey":"{k}","Port":"x"}}"#)).is_err());
-        assert!(parse_lease_data(None, "BackendData").unwrap_err().contains("missing"));
+        assert!(
+            parse_lease_data(None, "BackendData")
+                .unwrap_err()
+                .contains("missing")
+        );
     }
 
     #[test]
     fn separate_mode_gives_one_peer_per_family_and_device() {
         let l = wg(
-            with_v6(lease("10.244.2.0/24", "198.18.0.2", ""), "fd00:10:0:2::/64", Some("fd00::2")),
+            with_v6(
+                lease("10.244.2.0/24", "198.18.0.2", ""),
+                "fd00:10:0:2::/64",
+                Some("fd00::2"),
+            ),
             key(2),
             Some(51820),
             true,
@@ -374,25 +411,44 @@ mod tests {
         assert!(d.skipped.is_empty(), "{:?}", d.skipped);
         let p4 = &d.devices[0][&key(2)];
         assert_eq!(p4.endpoint, Some("198.18.0.2:51820".parse().unwrap()));
-        assert_eq!(p4.allowed_ips, vec!["10.244.2.0/24".parse::<IpNet>().unwrap()]);
+        assert_eq!(
+            p4.allowed_ips,
+            vec!["10.244.2.0/24".parse::<IpNet>().unwrap()]
+        );
         let p6 = &d.devices[1][&key(2)];
         assert_eq!(p6.endpoint, Some("[fd00::2]:51821".parse().unwrap()));
-        assert_eq!(p6.allowed_ips, vec!["fd00:10:0:2::/64".parse::<IpNet>().unwrap()]);
+        assert_eq!(
+            p6.allowed_ips,
+            vec!["fd00:10:0:2::/64".parse::<IpNet>().unwrap()]
+        );
     }
 
     #[test]
     fn a_lease_without_port_is_reached_on_our_port() {
-        let l = wg(lease("10.244.2.0/24", "198.18.0.2", ""), key(2), None, false);
+        let l = wg(
+            lease("10.244.2.0/24", "198.18.0.2", ""),
+            key(2),
+            None,
+            false,
+        );
         let mut c = ctx(Mode::Separate, false);
         c.devices[0].port = 6000;
         let d = desired(&[&l], &c);
-        assert_eq!(d.devices[0][&key(2)].endpoint, Some("198.18.0.2:6000".parse().unwrap()));
+        assert_eq!(
+            d.devices[0][&key(2)].endpoint,
+            Some("198.18.0.2:6000".parse().unwrap())
+        );
     }
 
     #[test]
     fn single_device_modes_carry_both_subnets_and_pick_the_endpoint() {
         let mk = |v4: &str, v6: &str| {
-            wg(with_v6(lease("10.244.2.0/24", v4, ""), "fd00:10:0:2::/64", Some(v6)), key(2), Some(51820), true)
+            wg(
+                with_v6(lease("10.244.2.0/24", v4, ""), "fd00:10:0:2::/64", Some(v6)),
+                key(2),
+                Some(51820),
+                true,
+            )
         };
         let ep = |mode, l: &Lease, c: &mut PeerContext| {
             c.mode = mode;
@@ -401,15 +457,30 @@ mod tests {
         let mut c = ctx(Mode::Auto, true);
         let private = mk("10.0.0.2", "2001:db8::2");
         let public = mk("198.18.0.2", "2001:db8::2");
-        assert_eq!(ep(Mode::Ipv4, &private, &mut c), "10.0.0.2:51820".parse().unwrap());
-        assert_eq!(ep(Mode::Ipv6, &private, &mut c), "[2001:db8::2]:51820".parse().unwrap());
+        assert_eq!(
+            ep(Mode::Ipv4, &private, &mut c),
+            "10.0.0.2:51820".parse().unwrap()
+        );
+        assert_eq!(
+            ep(Mode::Ipv6, &private, &mut c),
+            "[2001:db8::2]:51820".parse().unwrap()
+        );
         // auto: a private IPv4 and global IPv6 on both sides -> IPv6
-        assert_eq!(ep(Mode::Auto, &private, &mut c), "[2001:db8::2]:51820".parse().unwrap());
+        assert_eq!(
+            ep(Mode::Auto, &private, &mut c),
+            "[2001:db8::2]:51820".parse().unwrap()
+        );
         // auto: a public IPv4 -> IPv4
-        assert_eq!(ep(Mode::Auto, &public, &mut c), "198.18.0.2:51820".parse().unwrap());
+        assert_eq!(
+            ep(Mode::Auto, &public, &mut c),
+            "198.18.0.2:51820".parse().unwrap()
+        );
         // auto: our own IPv6 is a ULA -> IPv4
         c.ext_v6 = Some("fd00::1".parse().unwrap());
-        assert_eq!(ep(Mode::Auto, &private, &mut c), "10.0.0.2:51820".parse().unwrap());
+        assert_eq!(
+            ep(Mode::Auto, &private, &mut c),
+            "10.0.0.2:51820".parse().unwrap()
+        );
         let d = desired(&[&public], &c);
         assert_eq!(d.devices[0][&key(2)].allowed_ips.len(), 2);
     }
@@ -417,13 +488,45 @@ mod tests {
     #[test]
     fn unusable_leases_are_skipped_with_a_reason() {
         let other = lease("10.244.3.0/24", "198.18.0.3", "vxlan");
-        let mut broken = wg(lease("10.244.4.0/24", "198.18.0.4", ""), key(4), Some(1), false);
+        let mut broken = wg(
+            lease("10.244.4.0/24", "198.18.0.4", ""),
+            key(4),
+            Some(1),
+            false,
+        );
         broken.attrs.backend_data = Some(RawJson::parse(r#"{"PublicKey":"nope"}"#).unwrap());
-        let ours = wg(lease("10.244.5.0/24", "198.18.0.5", ""), key(0), Some(1), false);
-        let dup1 = wg(lease("10.244.6.0/24", "198.18.0.6", ""), key(6), Some(1), false);
-        let dup2 = wg(lease("10.244.7.0/24", "198.18.0.7", ""), key(6), Some(1), false);
-        let no_v6 = wg(with_v6(lease("10.244.8.0/24", "198.18.0.8", ""), "fd00:10:0:8::/64", None), key(8), Some(1), true);
-        let d = desired(&[&other, &broken, &ours, &dup2, &dup1, &no_v6], &ctx(Mode::Separate, true));
+        let ours = wg(
+            lease("10.244.5.0/24", "198.18.0.5", ""),
+            key(0),
+            Some(1),
+            false,
+        );
+        let dup1 = wg(
+            lease("10.244.6.0/24", "198.18.0.6", ""),
+            key(6),
+            Some(1),
+            false,
+        );
+        let dup2 = wg(
+            lease("10.244.7.0/24", "198.18.0.7", ""),
+            key(6),
+            Some(1),
+            false,
+        );
+        let no_v6 = wg(
+            with_v6(
+                lease("10.244.8.0/24", "198.18.0.8", ""),
+                "fd00:10:0:8::/64",
+                None,
+            ),
+            key(8),
+            Some(1),
+            true,
+        );
+        let d = desired(
+            &[&other, &broken, &ours, &dup2, &dup1, &no_v6],
+            &ctx(Mode::Separate, true),
+        );
         let text = d.skipped.join("\n");
         assert!(text.contains("\"vxlan\""), "{text}");
         assert!(text.contains("BackendData.PublicKey"), "{text}");
@@ -431,7 +534,10 @@ mod tests {
         assert!(text.contains("already used"), "{text}");
         assert!(text.contains("no PublicIPv6"), "{text}");
         // the first of the duplicates in subnet order wins
-        assert_eq!(d.devices[0][&key(6)].allowed_ips[0].to_string(), "10.244.6.0/24");
+        assert_eq!(
+            d.devices[0][&key(6)].allowed_ips[0].to_string(),
+            "10.244.6.0/24"
+        );
         assert_eq!(d.devices[0].len(), 2); // key 6 and key 8 (v4 side)
     }
 
@@ -442,7 +548,12 @@ mod tests {
             fwmark: 0,
             peers: peers
                 .iter()
-                .map(|c| PeerState { config: c.clone(), last_handshake: None, rx_bytes: 0, tx_bytes: 0 })
+                .map(|c| PeerState {
+                    config: c.clone(),
+                    last_handshake: None,
+                    rx_bytes: 0,
+                    tx_bytes: 0,
+                })
                 .collect(),
         }
     }
@@ -463,7 +574,10 @@ mod tests {
         let same = peer(key(1), "198.18.0.1:51820", &["10.244.1.0/24"]);
         let moved = peer(key(2), "198.18.0.2:51820", &["10.244.2.0/24"]);
         let new = peer(key(3), "198.18.0.3:51820", &["10.244.3.0/24"]);
-        let desired: DevicePeers = [&same, &moved, &new].iter().map(|p| (p.public_key, (*p).clone())).collect();
+        let desired: DevicePeers = [&same, &moved, &new]
+            .iter()
+            .map(|p| (p.public_key, (*p).clone()))
+            .collect();
         let old_moved = peer(key(2), "198.18.0.22:51820", &["10.244.2.0/24"]);
         // key 4: a node that changed its key (upstream keeps the old entry forever)
         let stale = peer(key(4), "198.18.0.3:51820", &["10.244.3.0/24"]);
@@ -471,9 +585,18 @@ mod tests {
         let (up, stats) = plan(&desired, &actual, &me, 51820, &Programmed::new());
         assert_eq!(stats.counts(), (2, 1, 1, 3));
         assert!(up.private_key.is_none() && up.listen_port.is_none());
-        assert_eq!(up.peers[0], PeerUpdate::Remove(key(4)));
-        assert!(matches!(&up.peers[1], PeerUpdate::Upsert { config, .. } if config.public_key == key(2) && config.endpoint == moved.endpoint));
-        assert!(matches!(&up.peers[2], PeerUpdate::Upsert { config, replace_allowed_ips: true } if *config == new));
+        assert_eq!(up.peers[0], PeerUpdate::Remove(key(4)), "removals first");
+        let upsert = |k: Key| {
+            up.peers.iter().find_map(|u| match u {
+                PeerUpdate::Upsert { config, replace_allowed_ips } if config.public_key == k => {
+                    Some((config.clone(), *replace_allowed_ips))
+                }
+                _ => None,
+            })
+        };
+        assert_eq!(upsert(key(2)).unwrap().0.endpoint, moved.endpoint);
+        assert_eq!(upsert(key(3)), Some((new.clone(), true)));
+        assert_eq!(upsert(key(1)), None);
         // Converged: nothing to send.
         let actual = state(&me, 51820, &[same, moved, new]);
         let (up, stats) = plan(&desired, &actual, &me, 51820, &Programmed::new());
@@ -484,7 +607,13 @@ mod tests {
     #[test]
     fn plan_sets_key_and_port_of_a_fresh_device() {
         let me = Secret::from_bytes([9; 32]);
-        let (up, _) = plan(&DevicePeers::new(), &DeviceState::default(), &me, 51820, &Programmed::new());
+        let (up, _) = plan(
+            &DevicePeers::new(),
+            &DeviceState::default(),
+            &me,
+            51820,
+            &Programmed::new(),
+        );
         assert_eq!(up.private_key.as_ref(), Some(&me));
         assert_eq!(up.listen_port, Some(51820));
     }
