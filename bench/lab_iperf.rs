@@ -227,11 +227,14 @@ pub fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
+/// A case the caller measures itself (by name); `None` for the ordinary overlay cases.
+pub type CustomCase<'a> = dyn FnMut(&str, &Options) -> Option<Result<Vec<Sample>>> + 'a;
+
 /// Runs every case `o.rounds` times, interleaved, printing each transfer on stderr.
 pub fn run_rounds(
     cases: &[(&str, Value, bool)],
     o: &Options,
-    custom: &mut dyn FnMut(&str, &Options) -> Option<Result<Vec<Sample>>>,
+    custom: &mut CustomCase<'_>,
 ) -> Result<Vec<Sample>> {
     println!(
         "iperf3, 1 TCP stream, {} s per transfer, pod to pod across nodes; {} CPUs shared by everything; {} round(s), cases interleaved",
@@ -266,7 +269,7 @@ pub fn run_rounds(
 pub fn print_table(all: &[Sample], o: &Options) -> Vec<(String, f64)> {
     // Medians per case, in first-seen order.
     let mut names: Vec<String> = Vec::new();
-    for s in &all {
+    for s in all {
         if !names.contains(&s.case) {
             names.push(s.case.clone());
         }

@@ -175,13 +175,16 @@ fn wireguard_go(secs: u64) -> Result<f64> {
     g
 }
 
+/// One measurement: Gbit/s.
+type Case = Box<dyn Fn() -> Result<f64>>;
+
 fn main() -> ExitCode {
     let mut secs = 5;
     let args: Vec<String> = std::env::args().collect();
     if let Some(i) = args.iter().position(|a| a == "--seconds") {
         secs = args.get(i + 1).and_then(|s| s.parse().ok()).unwrap_or(5);
     }
-    let cases: [(&str, Box<dyn Fn() -> Result<f64>>); 4] = [
+    let cases: [(&str, Case); 4] = [
         ("ours", Box::new(move || ours(secs, true))),
         ("ours, offload off", Box::new(move || ours(secs, false))),
         ("vxlan", Box::new(move || vxlan(secs))),

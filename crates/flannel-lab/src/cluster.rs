@@ -919,6 +919,29 @@ fn failed_pairs(matrix: Vec<(String, String, bool)>) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The number of peers a userspace WireGuard device reports over its control socket
+/// (`get=1`, the protocol `wg` speaks): one `public_key=` line per peer.
+pub fn uapi_peer_count(sock: &Path) -> std::io::Result<usize> {
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(sock)?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    s.write_all(b"get=1\n\n")?;
+    let mut text = Vec::new();
+    let mut buf = [0u8; 4096];
+    // The answer ends with an empty line; bounded by the read timeout and a size cap.
+    while !text.ends_with(b"\n\n") && text.len() < 16 << 20 {
+        let n = s.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        text.extend_from_slice(&buf[..n]);
+    }
+    Ok(String::from_utf8_lossy(&text)
+        .lines()
+        .filter(|l| l.starts_with("public_key="))
+        .count())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -942,27 +965,4 @@ mod tests {
         assert_eq!(c["EnableNFTables"], json!(true));
         assert_eq!(c["SubnetLen"], json!(26));
     }
-}
-
-/// The number of peers a userspace WireGuard device reports over its control socket
-/// (`get=1`, the protocol `wg` speaks): one `public_key=` line per peer.
-pub fn uapi_peer_count(sock: &Path) -> std::io::Result<usize> {
-    use std::io::{Read, Write};
-    let mut s = std::os::unix::net::UnixStream::connect(sock)?;
-    s.set_read_timeout(Some(Duration::from_secs(2)))?;
-    s.write_all(b"get=1\n\n")?;
-    let mut text = Vec::new();
-    let mut buf = [0u8; 4096];
-    // The answer ends with an empty line; bounded by the read timeout and a size cap.
-    while !text.ends_with(b"\n\n") && text.len() < 16 << 20 {
-        let n = s.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        text.extend_from_slice(&buf[..n]);
-    }
-    Ok(String::from_utf8_lossy(&text)
-        .lines()
-        .filter(|l| l.starts_with("public_key="))
-        .count())
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::capture::capture_underlay;
+use common::capture::{Datagram, capture_underlay};
 use common::{assert_full_mesh, lease_key, ping_summary, sh};
 use flannel_lab::{Cluster, ClusterSpec, PodCni, run_in, run_ok, wait_for};
 

@@ -588,9 +588,10 @@ mod tests {
         assert_eq!(up.peers[0], PeerUpdate::Remove(key(4)), "removals first");
         let upsert = |k: Key| {
             up.peers.iter().find_map(|u| match u {
-                PeerUpdate::Upsert { config, replace_allowed_ips } if config.public_key == k => {
-                    Some((config.clone(), *replace_allowed_ips))
-                }
+                PeerUpdate::Upsert {
+                    config,
+                    replace_allowed_ips,
+                } if config.public_key == k => Some((config.clone(), *replace_allowed_ips)),
                 _ => None,
             })
         };
