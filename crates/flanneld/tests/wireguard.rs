@@ -231,6 +231,39 @@ fn wireguard_etcd_mesh_is_encrypted_on_the_wire() {
                 && !p.dst.to_string().starts_with("10.244.")),
         "a pod packet crossed the underlay unencrypted"
     );
+    // /metrics: peers, fresh handshakes, bytes, and the drop counters by reason.
+    let text = wait_for(
+        "the wireguard metrics after the pings",
+        Duration::from_secs(20),
+        Duration::from_millis(200),
+        || {
+            let (_, body) = c
+                .lab()
+                .node(0)
+                .netns()
+                .in_thread(|| {
+                    flannel_lab::cluster::http_get(flannel_lab::cluster::HEALTHZ_PORT, "/metrics")
+                })
+                .unwrap()
+                .ok_or("no answer")?;
+            if body.contains(
+                r#"flannel_wireguard_peers_by_handshake_age{device="flannel-wg",age="fresh"} 2"#,
+            ) {
+                Ok(Some(body))
+            } else {
+                Err(body)
+            }
+        },
+    )
+    .unwrap();
+    for want in [
+        r#"flannel_wireguard_peers{device="flannel-wg"} 2"#,
+        r#"flannel_wireguard_dropped_packets_total{device="flannel-wg",reason="not_allowed_source"} 0"#,
+        "flannel_wireguard_handshakes_total{device=\"flannel-wg\"}",
+        "flannel_wireguard_rx_bytes_total{device=\"flannel-wg\"}",
+    ] {
+        assert!(text.contains(want), "{want} missing in\n{text}");
+    }
     // Data messages are padded to 16 bytes: UDP payload = 16 header + 16n + 16 tag.
     for p in between_nodes.iter().filter(|p| p.l4[8] == 4) {
         assert_eq!(
