@@ -386,6 +386,37 @@ fn wireguard_reconciles_instead_of_recreating() {
     );
     wait_peers(&c, 0, "flannel-wg", &keys_except(&c, 0));
 
+    // An endpoint that roamed to another port (upstream #1770) is set back from the lease.
+    let k2 = public_key(&c, 1);
+    wg(
+        &c,
+        0,
+        &[
+            "set",
+            "flannel-wg",
+            "peer",
+            &k2,
+            "endpoint",
+            "198.18.0.2:21771",
+        ],
+    );
+    wait_for(
+        "n1's endpoint for n2 back on the lease's port",
+        Duration::from_secs(20),
+        Duration::from_millis(200),
+        || {
+            let ep = wg_peers(&c, 0, "flannel-wg")
+                .into_iter()
+                .find(|p| p.0 == k2)
+                .map(|p| p.1);
+            match ep.as_deref() {
+                Some("198.18.0.2:51820") => Ok(Some(())),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .unwrap();
+
     // Delete n2's device: it comes back with both peers and traffic flows again.
     sh(&c, 1, &["ip", "link", "delete", "flannel-wg"]);
     wait_peers(&c, 1, "flannel-wg", &keys_except(&c, 1));

@@ -35,7 +35,7 @@ use tracing::{debug, info, warn};
 
 use self::config::{Mode, WgConfig};
 use self::device::Device;
-use self::peers::{DevSpec, PeerContext, Programmed, WgDesired};
+use self::peers::{DevSpec, PeerContext, WgDesired};
 use super::routes::{self, OwnedRoutes, RouteSpace};
 use super::{
     Backend, BackendEnv, BackendError, DataPlane, Plan, WarnOnce, apply_batch, own_subnets,
@@ -67,7 +67,6 @@ pub struct WireguardBackend {
     cfg: WgConfig,
     key: Secret,
     devices: Vec<Device>,
-    programmed: Vec<Programmed>,
     own: Option<Lease>,
     warned: WarnOnce,
 }
@@ -81,13 +80,11 @@ pub struct WgView {
     pub space: RouteSpace,
 }
 
-/// What the devices hold, plus the endpoints we last programmed.
+/// What the devices hold.
 #[derive(Debug)]
 pub struct WgActual {
     /// Per device, in order.
     pub devices: Vec<DeviceState>,
-    /// Per device: the endpoints last set from leases (see [`peers::plan`]).
-    pub programmed: Vec<Programmed>,
     /// Our key and the devices' ports, which the plan enforces.
     pub key: Secret,
     /// Per device.
@@ -117,7 +114,6 @@ impl WireguardBackend {
         );
         let devices = specs.into_iter().map(Device::new).collect::<Vec<_>>();
         Ok(WireguardBackend {
-            programmed: vec![Programmed::new(); devices.len()],
             env,
             cfg,
             key,
@@ -150,11 +146,8 @@ impl WireguardBackend {
     async fn ensure_devices(&mut self) -> Result<(), BackendError> {
         let mtu = self.dev_mtu();
         let own = self.own.clone();
-        for (i, d) in self.devices.iter_mut().enumerate() {
-            if d.ensure(&self.env, &self.cfg, mtu, own.as_ref()).await? {
-                // A new device has no peers: the endpoints we remember are not in it.
-                self.programmed[i].clear();
-            }
+        for d in &mut self.devices {
+            d.ensure(&self.env, &self.cfg, mtu, own.as_ref()).await?;
         }
         Ok(())
     }
@@ -311,7 +304,6 @@ impl DataPlane for WireguardBackend {
         }
         Ok(WgActual {
             devices,
-            programmed: self.programmed.clone(),
             key: self.key.clone(),
             ports: self.devices.iter().map(|d| d.spec.port).collect(),
             routes: OwnedRoutes::load(&self.env.nl, &view.space).await?,
@@ -324,13 +316,7 @@ impl DataPlane for WireguardBackend {
         let mut stats = ReconcileStats::default();
         let mut updates = Vec::new();
         for (i, want) in desired.devices.iter().enumerate() {
-            let (up, s) = peers::plan(
-                want,
-                &actual.devices[i],
-                &actual.key,
-                actual.ports[i],
-                &actual.programmed[i],
-            );
+            let (up, s) = peers::plan(want, &actual.devices[i], &actual.key, actual.ports[i]);
             stats += s;
             if !up.is_empty() {
                 updates.push((i, up));
@@ -361,21 +347,13 @@ impl DataPlane for WireguardBackend {
             let d = &self.devices[i];
             let Some(w) = d.wg() else { continue };
             debug!("{}: {} peer change(s)", d.spec.name, up.peers.len());
-            match w.set(&up) {
-                Ok(()) => {
-                    self.programmed[i] = desired.devices[i]
-                        .iter()
-                        .filter_map(|(k, p)| p.endpoint.map(|e| (*k, e)))
-                        .collect();
-                }
-                Err(e) => {
-                    failed += 1;
-                    warn!(
-                        "{}: applying {} peer change(s) failed: {e}",
-                        d.spec.name,
-                        up.peers.len()
-                    );
-                }
+            if let Err(e) = w.set(&up) {
+                failed += 1;
+                warn!(
+                    "{}: applying {} peer change(s) failed: {e}",
+                    d.spec.name,
+                    up.peers.len()
+                );
             }
         }
         if !plan.ops.is_empty() {

@@ -224,11 +224,6 @@ pub fn desired(peers: &[&Lease], ctx: &PeerContext) -> WgDesired {
     out
 }
 
-/// The endpoints we last programmed, by key: a device whose endpoint differs from the lease
-/// only because the peer roamed (NAT rebinding) keeps the roamed one until the lease itself
-/// changes.
-pub type Programmed = BTreeMap<Key, SocketAddr>;
-
 /// The update that turns `actual` into `desired` for one device, with its counts: only what
 /// differs is sent, so handshakes and counters of unchanged peers survive.
 pub fn plan(
@@ -236,7 +231,6 @@ pub fn plan(
     actual: &DeviceState,
     key: &Secret,
     port: u16,
-    programmed: &Programmed,
 ) -> (DeviceUpdate, ReconcileStats) {
     let mut up = DeviceUpdate::default();
     let mut stats = ReconcileStats {
@@ -268,10 +262,13 @@ pub fn plan(
             stats.added += 1;
             continue;
         };
+        // The lease is authoritative: an endpoint that roamed away from it is set back. In a
+        // cluster every node is reached on its PublicIP and port; a device that roamed to
+        // another port (upstream #1770: both sides stuck on random ports until flanneld is
+        // restarted) heals on the next pass.
         let endpoint_stale = match (cur.endpoint, want.endpoint) {
             (_, None) => false,
-            (None, Some(_)) => true,
-            (Some(c), Some(w)) => c != w && programmed.get(k) != Some(&w),
+            (c, Some(w)) => c != Some(w),
         };
         let same_ips = cur.allowed_ips.iter().collect::<BTreeSet<_>>()
             == want.allowed_ips.iter().collect::<BTreeSet<_>>();
@@ -283,12 +280,8 @@ pub fn plan(
             stats.unchanged += 1;
             continue;
         }
-        let mut config = want.clone();
-        if !endpoint_stale {
-            config.endpoint = None; // leave the (possibly roamed) endpoint alone
-        }
         up.peers.push(PeerUpdate::Upsert {
-            config,
+            config: want.clone(),
             replace_allowed_ips: true,
         });
         stats.added += 1;
@@ -582,7 +575,7 @@ mod tests {
         // key 4: a node that changed its key (upstream keeps the old entry forever)
         let stale = peer(key(4), "198.18.0.3:51820", &["10.244.3.0/24"]);
         let actual = state(&me, 51820, &[same.clone(), old_moved, stale]);
-        let (up, stats) = plan(&desired, &actual, &me, 51820, &Programmed::new());
+        let (up, stats) = plan(&desired, &actual, &me, 51820);
         assert_eq!(stats.counts(), (2, 1, 1, 3));
         assert!(up.private_key.is_none() && up.listen_port.is_none());
         assert_eq!(up.peers[0], PeerUpdate::Remove(key(4)), "removals first");
@@ -600,7 +593,7 @@ mod tests {
         assert_eq!(upsert(key(1)), None);
         // Converged: nothing to send.
         let actual = state(&me, 51820, &[same, moved, new]);
-        let (up, stats) = plan(&desired, &actual, &me, 51820, &Programmed::new());
+        let (up, stats) = plan(&desired, &actual, &me, 51820);
         assert!(up.is_empty(), "{up:?}");
         assert_eq!(stats.counts(), (0, 0, 3, 3));
     }
@@ -608,29 +601,21 @@ mod tests {
     #[test]
     fn plan_sets_key_and_port_of_a_fresh_device() {
         let me = Secret::from_bytes([9; 32]);
-        let (up, _) = plan(
-            &DevicePeers::new(),
-            &DeviceState::default(),
-            &me,
-            51820,
-            &Programmed::new(),
-        );
+        let (up, _) = plan(&DevicePeers::new(), &DeviceState::default(), &me, 51820);
         assert_eq!(up.private_key.as_ref(), Some(&me));
         assert_eq!(up.listen_port, Some(51820));
     }
 
     #[test]
-    fn a_roamed_endpoint_is_kept_until_the_lease_changes() {
+    fn a_roamed_endpoint_is_set_back_to_the_leases() {
         let me = Secret::from_bytes([9; 32]);
         let want = peer(key(1), "198.18.0.1:51820", &["10.244.1.0/24"]);
         let desired: DevicePeers = [(key(1), want.clone())].into();
-        let roamed = peer(key(1), "203.0.113.7:40000", &["10.244.1.0/24"]);
-        let actual = state(&me, 51820, &[roamed]);
-        let programmed: Programmed = [(key(1), want.endpoint.unwrap())].into();
-        let (up, _) = plan(&desired, &actual, &me, 51820, &programmed);
-        assert!(up.is_empty(), "{up:?}");
-        // After a restart nothing is known to be programmed: the lease's endpoint is set.
-        let (up, _) = plan(&desired, &actual, &me, 51820, &Programmed::new());
-        assert_eq!(up.peers.len(), 1);
+        let roamed = peer(key(1), "198.18.0.1:21771", &["10.244.1.0/24"]);
+        let (up, stats) = plan(&desired, &state(&me, 51820, &[roamed]), &me, 51820);
+        assert_eq!(stats.counts(), (1, 0, 0, 1));
+        assert!(
+            matches!(&up.peers[..], [PeerUpdate::Upsert { config, .. }] if config.endpoint == want.endpoint)
+        );
     }
 }
