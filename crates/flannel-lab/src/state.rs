@@ -679,12 +679,30 @@ impl LabState {
     /// Pings every pod from every other pod (up to 3 one-second probes per pair, `parallel`
     /// pairs at a time) and returns the matrix.
     pub fn ping_matrix(&self, parallel: usize) -> Matrix {
-        let names: Vec<String> = self.pods.iter().map(PodRecord::id).collect();
+        self.ping_matrix_by(parallel, |p| Some(p.ip))
+    }
+
+    /// [`LabState::ping_matrix`] over the pods' IPv6 addresses (a dual-stack lab); `None`
+    /// when no pod has one.
+    pub fn ping_matrix_v6(&self, parallel: usize) -> Option<Matrix> {
+        self.pods
+            .iter()
+            .any(|p| p.ip6.is_some())
+            .then(|| self.ping_matrix_by(parallel, |p| p.ip6))
+    }
+
+    fn ping_matrix_by(
+        &self,
+        parallel: usize,
+        addr: impl Fn(&PodRecord) -> Option<IpAddr>,
+    ) -> Matrix {
+        let pods: Vec<&PodRecord> = self.pods.iter().filter(|p| addr(p).is_some()).collect();
+        let names: Vec<String> = pods.iter().map(|p| p.id()).collect();
         let mut jobs = Vec::new();
-        for (i, a) in self.pods.iter().enumerate() {
-            for (j, b) in self.pods.iter().enumerate() {
-                if i != j {
-                    jobs.push((i, j, a.netns.clone(), b.ip));
+        for (i, a) in pods.iter().enumerate() {
+            for (j, b) in pods.iter().enumerate() {
+                if let (true, Some(ip)) = (i != j, addr(b)) {
+                    jobs.push((i, j, a.netns.clone(), ip));
                 }
             }
         }

@@ -349,6 +349,60 @@ fn vxlan_nftables_up_check_status_exec_down() {
     up_check_down("nft", &["--nftables"], "dev flannel.1");
 }
 
+/// The interface for the wireguard backend: `up --backend wireguard --dual-stack
+/// --check` in Kubernetes mode gives full IPv4 and IPv6 matrices, and `exec nK -- wg show`
+/// shows node K's own devices (its key, its peers), not another node's.
+#[test]
+fn wireguard_dual_stack_up_check_exec_wg_show_down() {
+    let lab = LabDir::new("wg");
+    let up = lab.ok(
+        &[
+            "up",
+            "--nodes",
+            "3",
+            "--backend",
+            "wireguard",
+            "--datastore",
+            "kube",
+            "--dual-stack",
+            "--check",
+        ],
+        UP_TIMEOUT,
+    );
+    assert_eq!(
+        up.matches("30/30 pairs, full").count(),
+        2,
+        "IPv4 and IPv6:\n{up}"
+    );
+    assert!(up.contains("IPv6:"), "{up}");
+    let mut keys = std::collections::BTreeSet::new();
+    for n in ["n1", "n2", "n3"] {
+        let show = lab.ok(
+            &["exec", n, "--", "wg", "show", "flannel-wg"],
+            SHORT_TIMEOUT,
+        );
+        assert!(show.contains("listening port: 51820"), "{n}:\n{show}");
+        assert_eq!(show.matches("\npeer: ").count(), 2, "{n}:\n{show}");
+        let key = show
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("public key: "))
+            .expect("public key line")
+            .to_string();
+        keys.insert(key);
+        let v6 = lab.ok(
+            &["exec", n, "--", "wg", "show", "flannel-wg-v6", "endpoints"],
+            SHORT_TIMEOUT,
+        );
+        assert_eq!(v6.matches("]:51821").count(), 2, "{n}:\n{v6}");
+    }
+    assert_eq!(keys.len(), 3, "every node shows its own device");
+    let check = lab.ok(&["check"], UP_TIMEOUT);
+    assert_eq!(check.matches("30/30 pairs, full").count(), 2, "{check}");
+    let state = lab.state();
+    lab.ok(&["down"], SHORT_TIMEOUT);
+    assert_gone(&state, lab.path());
+}
+
 /// Waits (bounded) until `up` has created at least `n` namespaces of its lab.
 fn wait_for_namespaces(lab: &LabDir, n: usize) -> LabState {
     let deadline = Instant::now() + Duration::from_secs(60);

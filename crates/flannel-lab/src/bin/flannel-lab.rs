@@ -58,6 +58,8 @@ const DEFAULT_BACKEND: &str = "vxlan";
 
 /// `--network` unless given (also the manifest's, and kubeadm's usual `--pod-network-cidr`).
 const DEFAULT_NETWORK: &str = "10.244.0.0/16";
+/// `IPv6Network` of `up --dual-stack`.
+const DUAL_STACK_NETWORK6: &str = "fd00:10:244::/56";
 
 /// How many pings run at once for the matrix (each is its own process; the machine has 2 CPUs).
 const PING_PARALLEL: usize = 8;
@@ -179,6 +181,12 @@ struct UpArgs {
     /// Network in the network config
     #[arg(long, default_value = DEFAULT_NETWORK, value_name = "CIDR")]
     network: String,
+
+    /// Dual stack: IPv6 on the underlay (fd00:198::K/64), `EnableIPv6` with `IPv6Network`
+    /// fd00:10:244::/56 in the network config, pods with both families, and an IPv6 ping
+    /// matrix next to the IPv4 one
+    #[arg(long, conflicts_with = "image")]
+    dual_stack: bool,
 
     /// Exit with status 1 unless every pod reaches every other pod (the lab stays up either way)
     #[arg(long)]
@@ -354,7 +362,17 @@ fn up(state_dir: &Path, args: &UpArgs) -> anyhow::Result<ExitCode> {
     let pairs = state.pods.len() * state.pods.len().saturating_sub(1);
     progress.step(format!("ping matrix ({pairs} pod pairs)"));
     let matrix = state.ping_matrix(PING_PARALLEL);
-    progress.done(&format!("{}/{}", matrix.reachable(), matrix.pairs()));
+    let matrix6 = state.ping_matrix_v6(PING_PARALLEL);
+    progress.done(&match &matrix6 {
+        Some(m6) => format!(
+            "IPv4 {}/{}, IPv6 {}/{}",
+            matrix.reachable(),
+            matrix.pairs(),
+            m6.reachable(),
+            m6.pairs()
+        ),
+        None => format!("{}/{}", matrix.reachable(), matrix.pairs()),
+    });
     let through = if args.throughput.throughput {
         progress.step(format!("iperf3: 3 paths x {} s", args.throughput.duration));
         let t = measure(&state, args.throughput.duration);
@@ -373,6 +391,10 @@ fn up(state_dir: &Path, args: &UpArgs) -> anyhow::Result<ExitCode> {
     report += &render::pods(&state);
     report += "\n";
     report += &render::matrix(&matrix, Marks::new(unicode));
+    if let Some(m6) = &matrix6 {
+        report += "\nIPv6:\n";
+        report += &render::matrix(m6, Marks::new(unicode));
+    }
     if let Some(t) = &through {
         report += "\n";
         report += &render::throughput(t, args.throughput.duration);
@@ -393,7 +415,7 @@ fn up(state_dir: &Path, args: &UpArgs) -> anyhow::Result<ExitCode> {
             .map_or("10.244.0.1".to_string(), |p| p.ip.to_string())
     );
     out(&report);
-    if args.check && !matrix.is_full() {
+    if args.check && !(matrix.is_full() && matrix6.as_ref().is_none_or(|m| m.is_full())) {
         return Ok(ExitCode::from(1));
     }
     Ok(ExitCode::SUCCESS)
@@ -432,6 +454,11 @@ fn build(
         netpol: args.netpol,
         ..ClusterSpec::default()
     };
+    if args.dual_stack {
+        spec.ipv6 = true;
+        spec.extra_config =
+            serde_json::json!({ "EnableIPv6": true, "IPv6Network": DUAL_STACK_NETWORK6 });
+    }
     if let Some(ds) = spec.daemonset.take() {
         // flanneld reads the ConfigMap's net-conf.json; the lab follows it.
         ds.adopt_network(&mut spec)?;
@@ -639,7 +666,12 @@ fn check(state_dir: &Path, args: &CheckArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let matrix = state.ping_matrix(PING_PARALLEL);
+    let matrix6 = state.ping_matrix_v6(PING_PARALLEL);
     let mut text = render::matrix(&matrix, Marks::new(render::utf8_locale()));
+    if let Some(m6) = &matrix6 {
+        text += "\nIPv6:\n";
+        text += &render::matrix(m6, Marks::new(render::utf8_locale()));
+    }
     if args.throughput.throughput {
         text += "\n";
         text += &render::throughput(
@@ -648,11 +680,13 @@ fn check(state_dir: &Path, args: &CheckArgs) -> anyhow::Result<ExitCode> {
         );
     }
     out(&text);
-    Ok(if matrix.is_full() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    Ok(
+        if matrix.is_full() && matrix6.as_ref().is_none_or(|m| m.is_full()) {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        },
+    )
 }
 
 fn exec(state_dir: &Path, args: &ExecArgs) -> anyhow::Result<ExitCode> {
