@@ -18,6 +18,7 @@ use std::process::{Command, Output};
 use flannel_types::{IpStack, NetConfig};
 use flanneld::backend::udp::UdpConfig;
 use flanneld::backend::vxlan::VxlanConfig;
+use flanneld::backend::wireguard::config::{Mode, WgConfig};
 use flanneld::cli::Options;
 use kube_yaml::{
     KUBE_VERSIONS, assert_valid, find, flanneld_args, parse_flanneld_args, pod_spec, repo,
@@ -90,7 +91,8 @@ fn assert_ok(out: &Output, what: &str) -> String {
 enum BackendConfig {
     Vxlan(VxlanConfig),
     Udp(UdpConfig),
-    /// host-gw has no settings; wireguard has no parser in flanneld yet.
+    Wireguard(WgConfig),
+    /// host-gw has no settings.
     NoParser,
 }
 
@@ -200,7 +202,10 @@ fn render(values: &str) -> Rendering {
         "udp" => BackendConfig::Udp(
             UdpConfig::from_net_config(&net).expect("the udp backend takes its settings"),
         ),
-        "host-gw" | "wireguard" => BackendConfig::NoParser,
+        "wireguard" => BackendConfig::Wireguard(
+            WgConfig::from_net_config(&net).expect("the wireguard backend takes its settings"),
+        ),
+        "host-gw" => BackendConfig::NoParser,
         other => panic!("rendered backend type {other:?}"),
     };
 
@@ -623,6 +628,19 @@ flannel:
     assert_eq!(
         backend.uint("PersistentKeepaliveInterval").unwrap(),
         Some(25)
+    );
+    // flanneld's own parser takes every key as Go does.
+    let BackendConfig::Wireguard(wg) = &r.backend else {
+        panic!("wireguard parsed: {:?}", r.backend)
+    };
+    assert_eq!((wg.listen_port, wg.listen_port_v6), (51820, 51821));
+    assert_eq!(
+        (wg.keepalive, wg.mode, wg.mtu),
+        (25, Mode::Separate, Some(1420))
+    );
+    assert_eq!(
+        wg.psk.as_ref().unwrap().to_base64(),
+        "c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0MTI="
     );
     // A values file that quoted Mode itself (upstream leaves it unquoted) renders the same.
     let r = render("flannel:\n  backend: wireguard\n  tunnelMode: '\"auto\"'\n");
