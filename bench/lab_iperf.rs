@@ -142,13 +142,9 @@ pub fn iperf_client(ns: &Netns, server: &str, seconds: u64) -> Result<(f64, u64)
     Ok((bps / 1e9, retr))
 }
 
-/// One overlay case: a fresh 2-node cluster, iperf3 pod to pod across nodes.
-pub fn overlay_case(
-    name: &str,
-    backend: Value,
-    o: &Options,
-    underlay: bool,
-) -> Result<Vec<Sample>> {
+/// A fresh 2-node cluster with `backend` and pods `client` (node 1) and `server` (node 2);
+/// returns it with the server pod's address.
+pub fn two_node_cluster(backend: &Value) -> Result<(Cluster, String)> {
     let t = backend["Type"].as_str().unwrap_or("vxlan").to_string();
     let spec = ClusterSpec {
         nodes: 2,
@@ -161,6 +157,45 @@ pub fn overlay_case(
     let mut c = Cluster::start(spec).context("starting the cluster")?;
     c.add_pod(0, "client")?;
     let server_ip = c.add_pod(1, "server")?.to_string();
+    Ok((c, server_ip))
+}
+
+/// One iperf3 transfer from the `client` pod to the `server` pod, with the CPU of the
+/// processes `pids` (the data path: both flanneld, or both wireguard-go) and of the machine.
+pub fn pod_to_pod(
+    c: &Cluster,
+    server_ip: &str,
+    pids: &[u32],
+    case: &str,
+    o: &Options,
+) -> Result<Sample> {
+    let server_pod = c.lab().pod("server").expect("pod").netns();
+    let _server = iperf_server(c, server_pod)?;
+    let client_pod = c.lab().pod("client").expect("pod").netns();
+    let cpu0: f64 = pids.iter().map(|p| process_cpu(*p)).sum::<Result<f64>>()?;
+    let m0 = machine_cpu()?;
+    let start = Instant::now();
+    let (gbits, retransmits) = iperf_client(client_pod, server_ip, o.seconds)?;
+    let wall = start.elapsed().as_secs_f64();
+    let cpu1: f64 = pids.iter().map(|p| process_cpu(*p)).sum::<Result<f64>>()?;
+    let m1 = machine_cpu()?;
+    Ok(Sample {
+        case: case.to_string(),
+        gbits,
+        retransmits,
+        flanneld_cpu: Some((cpu1 - cpu0) / wall),
+        machine_cpu: (m1.0 - m0.0) / (m1.1 - m0.1) * cores(),
+    })
+}
+
+/// One overlay case: a fresh 2-node cluster, iperf3 pod to pod across nodes.
+pub fn overlay_case(
+    name: &str,
+    backend: Value,
+    o: &Options,
+    underlay: bool,
+) -> Result<Vec<Sample>> {
+    let (c, server_ip) = two_node_cluster(&backend)?;
     let pids: Vec<u32> = (0..2)
         .map(|i| {
             c.flanneld(i)
@@ -168,28 +203,7 @@ pub fn overlay_case(
                 .ok_or_else(|| anyhow!("no flanneld"))
         })
         .collect::<Result<_>>()?;
-
-    let mut samples = Vec::new();
-    {
-        let server_pod = c.lab().pod("server").expect("pod").netns();
-        let _server = iperf_server(&c, server_pod)?;
-        // Warm-up: ARP, TCP slow start, thread wake-ups.
-        let client_pod = c.lab().pod("client").expect("pod").netns();
-        let cpu0: f64 = pids.iter().map(|p| process_cpu(*p)).sum::<Result<f64>>()?;
-        let m0 = machine_cpu()?;
-        let start = Instant::now();
-        let (gbits, retransmits) = iperf_client(client_pod, &server_ip, o.seconds)?;
-        let wall = start.elapsed().as_secs_f64();
-        let cpu1: f64 = pids.iter().map(|p| process_cpu(*p)).sum::<Result<f64>>()?;
-        let m1 = machine_cpu()?;
-        samples.push(Sample {
-            case: name.to_string(),
-            gbits,
-            retransmits,
-            flanneld_cpu: Some((cpu1 - cpu0) / wall),
-            machine_cpu: (m1.0 - m0.0) / (m1.1 - m0.1) * cores(),
-        });
-    }
+    let mut samples = vec![pod_to_pod(&c, &server_ip, &pids, name, o)?];
     if underlay {
         let server_node = c.lab().node(1).netns();
         let _server = iperf_server(&c, server_node)?;

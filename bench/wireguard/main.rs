@@ -24,16 +24,15 @@ use std::io::Write;
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, anyhow, bail};
-use flannel_lab::{Child, Cluster, ClusterSpec, PodCni, run_in};
+use anyhow::{Result, anyhow, bail};
+use flannel_lab::{Child, run_in};
 use serde_json::{Value, json};
 
 #[path = "../lab_iperf.rs"]
 mod lab_iperf;
 
 use lab_iperf::{
-    Options, Sample, cores, iperf_client, iperf_server, machine_cpu, parse_args, print_table,
-    process_cpu, run_rounds,
+    Options, Sample, parse_args, pod_to_pod, print_table, run_rounds, two_node_cluster,
 };
 
 /// The wireguard-go case's name in the table.
@@ -76,16 +75,7 @@ fn ok(ns: &flannel_lab::Netns, args: &[&str]) -> Result<()> {
 
 /// Pod to pod through wireguard-go on both nodes.
 fn wireguard_go_case(o: &Options) -> Result<Vec<Sample>> {
-    let spec = ClusterSpec {
-        nodes: 2,
-        backend: "vxlan".into(),
-        pod_cni: PodCni::Bridge,
-        healthz: false,
-        ..Default::default()
-    };
-    let mut c = Cluster::start(spec).context("starting the cluster")?;
-    c.add_pod(0, "client")?;
-    let server_ip = c.add_pod(1, "server")?.to_string();
+    let (mut c, server_ip) = two_node_cluster(&json!({"Type": "vxlan"}))?;
     let subnets: Vec<String> = (0..2)
         .map(|i| {
             Ok(c.subnet_env(i)?
@@ -141,10 +131,8 @@ fn wireguard_go_case(o: &Options) -> Result<Vec<Sample>> {
         ok(ns, &["ip", "link", "set", &name, "mtu", "1420", "up"])?;
         ok(ns, &["ip", "route", "replace", &subnets[j], "dev", &name])?;
     }
-    let server_pod = c.lab().pod("server").expect("pod").netns();
-    let _server = iperf_server(&c, server_pod)?;
-    let client_pod = c.lab().pod("client").expect("pod").netns();
     // The first handshake: a few pings until one gets through.
+    let client_pod = c.lab().pod("client").expect("pod").netns();
     let deadline = Instant::now() + Duration::from_secs(20);
     while !run_in(client_pod, ["ping", "-c", "1", "-W", "1", &server_ip])?
         .status
@@ -155,22 +143,10 @@ fn wireguard_go_case(o: &Options) -> Result<Vec<Sample>> {
         }
     }
     let pids: Vec<u32> = procs.iter().map(Child::pid).collect();
-    let cpu0: f64 = pids.iter().map(|p| process_cpu(*p)).sum::<Result<f64>>()?;
-    let m0 = machine_cpu()?;
-    let start = Instant::now();
-    let (gbits, retransmits) = iperf_client(client_pod, &server_ip, o.seconds)?;
-    let wall = start.elapsed().as_secs_f64();
-    let cpu1: f64 = pids.iter().map(|p| process_cpu(*p)).sum::<Result<f64>>()?;
-    let m1 = machine_cpu()?;
+    let sample = pod_to_pod(&c, &server_ip, &pids, WG_GO, o)?;
     drop(procs);
     drop(sockets);
-    Ok(vec![Sample {
-        case: WG_GO.into(),
-        gbits,
-        retransmits,
-        flanneld_cpu: Some((cpu1 - cpu0) / wall),
-        machine_cpu: (m1.0 - m0.0) / (m1.1 - m0.1) * cores(),
-    }])
+    Ok(vec![sample])
 }
 
 fn run() -> Result<()> {

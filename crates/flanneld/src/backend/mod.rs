@@ -297,6 +297,28 @@ impl WarnOnce {
     }
 }
 
+/// The flannel-rs keys of the userspace data paths (udp, wireguard): `Queues` (worker count,
+/// 1..64, default the CPU count up to 4) and `Offload` (TSO/GSO/GRO batching, default true).
+/// Go flanneld ignores both.
+pub(crate) fn userspace_keys(
+    obj: &flannel_types::GoObject,
+) -> Result<(Option<usize>, bool), BackendError> {
+    let bad = BackendError::ConfigJson;
+    let queues = match obj.int("Queues").map_err(bad)? {
+        None => None,
+        Some(v) => Some(
+            usize::try_from(v)
+                .ok()
+                .filter(|q| (1..=64).contains(q))
+                .ok_or_else(|| {
+                    BackendError::Config(format!("Backend.Queues {v} is out of range 1..64"))
+                })?,
+        ),
+    };
+    let offload = obj.bool("Offload").map_err(bad)?.unwrap_or(true);
+    Ok((queues, offload))
+}
+
 /// Our own subnets, the part of the cluster network no backend touches (the `cni0` route
 /// and the optional blackhole route live there).
 pub(crate) fn own_subnets(own: Option<&Lease>) -> Vec<IpNet> {

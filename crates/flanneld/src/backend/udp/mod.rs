@@ -87,16 +87,7 @@ impl UdpConfig {
                 BackendError::Config(format!("Backend.Port {v} is out of range 1..65535"))
             })?;
         }
-        if let Some(v) = obj.int("Queues").map_err(bad)? {
-            let q = usize::try_from(v)
-                .ok()
-                .filter(|q| (1..=64).contains(q))
-                .ok_or_else(|| {
-                    BackendError::Config(format!("Backend.Queues {v} is out of range 1..64"))
-                })?;
-            c.queues = Some(q);
-        }
-        c.offload = obj.bool("Offload").map_err(bad)?.unwrap_or(true);
+        (c.queues, c.offload) = super::userspace_keys(&obj)?;
         Ok(c)
     }
 }

@@ -152,16 +152,7 @@ impl WgConfig {
                 }
             };
         }
-        if let Some(v) = obj.int("Queues").map_err(bad)? {
-            let q = usize::try_from(v)
-                .ok()
-                .filter(|q| (1..=64).contains(q))
-                .ok_or_else(|| {
-                    BackendError::Config(format!("Backend.Queues {v} is out of range 1..64"))
-                })?;
-            c.queues = Some(q);
-        }
-        c.offload = obj.bool("Offload").map_err(bad)?.unwrap_or(true);
+        (c.queues, c.offload) = crate::backend::userspace_keys(&obj)?;
         Ok(c)
     }
 }
