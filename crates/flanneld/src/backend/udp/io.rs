@@ -31,7 +31,6 @@ use std::thread::JoinHandle;
 
 use ipnet::Ipv4Net;
 use nix::errno::Errno;
-use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::socket::{
     AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, MultiHeaders, SockFlag, SockType,
     SockaddrIn, bind, recvmsg, sendmmsg, sendmsg, setsockopt, socket, sockopt,
@@ -318,47 +317,13 @@ struct Shared {
 impl Shared {
     /// Waits until `fd` is readable or shutdown is requested; false on shutdown.
     fn wait_readable(&self, fd: std::os::fd::BorrowedFd<'_>) -> bool {
-        loop {
-            if self.stop.load(Ordering::Relaxed) {
-                return false;
-            }
-            let mut fds = [
-                PollFd::new(fd, PollFlags::POLLIN),
-                PollFd::new(self.wake.as_fd(), PollFlags::POLLIN),
-            ];
-            match poll(&mut fds, PollTimeout::NONE) {
-                Ok(_) => {
-                    if fds[1].any().unwrap_or(false) {
-                        return false;
-                    }
-                    return true;
-                }
-                Err(Errno::EINTR) => continue,
-                Err(e) => {
-                    warn!("{}: poll failed: {e}", self.name);
-                    std::thread::sleep(std::time::Duration::from_millis(10));
-                    return true;
-                }
-            }
-        }
+        flannel_packet::worker::wait_readable(fd, self.wake.as_fd(), &self.stop, &self.name)
     }
 
     /// Handles a failed TUN read/write; returns false when the device is gone for good.
     fn tun_error(&self, what: &str, e: &io::Error, logged: &mut bool) -> bool {
         Counters::add(&self.counters.errors, 1);
-        if e.raw_os_error() == Some(Errno::EBADFD as i32) {
-            warn!("{}: TUN device gone ({what}: {e})", self.name);
-            self.dead.store(true, Ordering::Relaxed);
-            return false;
-        }
-        if !*logged {
-            warn!(
-                "{}: {what} failed: {e} (further errors are counted only)",
-                self.name
-            );
-            *logged = true;
-        }
-        true
+        flannel_packet::worker::tun_error(&self.name, what, e, &self.dead, logged)
     }
 }
 
