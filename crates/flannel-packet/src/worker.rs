@@ -1,17 +1,20 @@
 //! What every data-path worker thread does the same way, whichever data path it serves (the
 //! udp backend, the userspace WireGuard device): sleeping until its descriptor is readable
-//! without missing a shutdown, and telling a transient TUN failure from a vanished device.
+//! without missing a shutdown, telling a transient TUN failure from a vanished device, and
+//! sending a batch of datagrams with `sendmmsg`.
 //!
 //! Threads read their descriptors non-blocking; only when nothing is ready do they `poll`,
 //! together with a stop pipe whose write end the owner writes to (or closes) at shutdown, so a
 //! sleeping thread always wakes to stop.
 
-use std::io;
-use std::os::fd::BorrowedFd;
+use std::io::{self, IoSlice};
+use std::ops::Range;
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrLike, sendmmsg};
 use tracing::warn;
 
 /// Waits until `fd` is readable or shutdown is requested (`stop` set, or `wake` readable);
@@ -66,6 +69,46 @@ pub fn tun_error(
     true
 }
 
+/// Sends every datagram `data[i]` to `to[i]` with as few `sendmmsg` calls as the kernel
+/// allows. Runs of datagrams the kernel took are reported to `sent` (index ranges); one it
+/// refuses is reported to `failed` and skipped, so one bad destination never holds up the
+/// rest. Stops early only when the kernel takes nothing without an error. `mmsg` must have
+/// room for `data.len()` messages.
+pub fn send_datagrams<S: SockaddrLike + Copy>(
+    fd: BorrowedFd<'_>,
+    mmsg: &mut MultiHeaders<S>,
+    data: &[&[u8]],
+    to: &[Option<S>],
+    mut sent: impl FnMut(Range<usize>),
+    mut failed: impl FnMut(usize, Errno),
+) {
+    let mut start = 0;
+    while start < data.len() {
+        let iovs: Vec<[IoSlice<'_>; 1]> = data[start..].iter().map(|d| [IoSlice::new(d)]).collect();
+        let r = sendmmsg(
+            fd.as_raw_fd(),
+            mmsg,
+            &iovs,
+            &to[start..],
+            [],
+            MsgFlags::empty(),
+        )
+        .map(|res| res.count());
+        match r {
+            Ok(0) => break,
+            Ok(n) => {
+                sent(start..start + n);
+                start += n;
+            }
+            Err(Errno::EINTR) => {}
+            Err(e) => {
+                failed(start, e);
+                start += 1;
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -83,6 +126,46 @@ mod tests {
         stop.store(true, Ordering::Relaxed);
         let (idle_r, _idle_w) = nix::unistd::pipe().unwrap();
         assert!(!wait_readable(idle_r.as_fd(), idle_r.as_fd(), &stop, "t"));
+    }
+
+    #[test]
+    fn a_refused_datagram_is_skipped_and_the_rest_are_sent() {
+        use nix::sys::socket::{
+            AddressFamily, SockFlag, SockType, SockaddrIn, bind, getsockname, recv, socket,
+        };
+        let udp = || {
+            socket(
+                AddressFamily::Inet,
+                SockType::Datagram,
+                SockFlag::empty(),
+                None,
+            )
+            .unwrap()
+        };
+        let (tx, rx) = (udp(), udp());
+        bind(rx.as_raw_fd(), &SockaddrIn::new(127, 0, 0, 1, 0)).unwrap();
+        let dst: SockaddrIn = getsockname(rx.as_raw_fd()).unwrap();
+        // Port 0 is no destination: the kernel refuses that one message.
+        let bad = SockaddrIn::new(127, 0, 0, 1, 0);
+        let data: [&[u8]; 4] = [b"one", b"two", b"three", b"four"];
+        let to = [Some(dst), Some(bad), Some(dst), Some(dst)];
+        let mut mmsg = MultiHeaders::<SockaddrIn>::preallocate(data.len(), None);
+        let (mut ok, mut refused) = (Vec::new(), Vec::new());
+        send_datagrams(
+            tx.as_fd(),
+            &mut mmsg,
+            &data,
+            &to,
+            |r| ok.extend(r),
+            |i, _| refused.push(i),
+        );
+        assert_eq!(ok, [0, 2, 3]);
+        assert_eq!(refused, [1]);
+        let mut buf = [0u8; 16];
+        for want in [&b"one"[..], b"three", b"four"] {
+            let n = recv(rx.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT).unwrap();
+            assert_eq!(&buf[..n], want);
+        }
     }
 
     #[test]

@@ -464,41 +464,26 @@ impl Tx {
         if n == 0 {
             return;
         }
-        let mut start = 0;
         let mut errors = 0u64;
-        while start < n {
-            let iovs: Vec<[IoSlice<'_>; 1]> = (start..n)
-                .map(|i| {
-                    let r = pending[i].as_ref().map(|p| p.range.clone()).unwrap_or(0..0);
-                    [IoSlice::new(&slots[i][r])]
-                })
-                .collect();
-            let addrs: Vec<Option<SockaddrIn>> = (start..n)
-                .map(|i| pending[i].as_ref().map(|p| p.to))
-                .collect();
-            let r = sendmmsg(
-                self.s.sock.as_raw_fd(),
-                mmsg,
-                &iovs,
-                &addrs,
-                [],
-                MsgFlags::empty(),
-            )
-            .map(|res| res.count());
-            match r {
-                Ok(0) => break,
-                Ok(sent) => {
-                    Counters::add(&self.s.counters.tx_datagrams, sent as u64);
-                    start += sent;
-                }
-                Err(Errno::EINTR) => {}
-                Err(e) => {
-                    errors += 1;
-                    debug!("{}: sendmmsg failed: {e}", self.s.name);
-                    start += 1;
-                }
-            }
-        }
+        let data: Vec<&[u8]> = (0..n)
+            .map(|i| {
+                let r = pending[i].as_ref().map(|p| p.range.clone()).unwrap_or(0..0);
+                &slots[i][r]
+            })
+            .collect();
+        let to: Vec<Option<SockaddrIn>> =
+            (0..n).map(|i| pending[i].as_ref().map(|p| p.to)).collect();
+        flannel_packet::worker::send_datagrams(
+            self.s.sock.as_fd(),
+            mmsg,
+            &data,
+            &to,
+            |r| Counters::add(&self.s.counters.tx_datagrams, r.len() as u64),
+            |_, e| {
+                errors += 1;
+                debug!("{}: sendmmsg failed: {e}", self.s.name);
+            },
+        );
         Counters::add(&self.s.counters.errors, errors);
         for p in pending.iter_mut().take(n) {
             *p = None;
