@@ -8,11 +8,13 @@
 //!   coalescing of received segments for the write back;
 //! * [`shared`]: a value the control plane replaces and data-path threads read lock-free;
 //! * [`tun`]: opening the TUN device multi-queue with offloads, falling back to plainer
-//!   variants, optionally persistent (the WireGuard device survives a restart).
+//!   variants, optionally persistent (the WireGuard device survives a restart);
+//! * [`worker`]: a worker thread's sleep (poll with a stop pipe) and its TUN error handling.
 //!
-//! Everything here is safe code: the TUN ioctls go through `tun-rs`.
+//! Everything here is safe code: the TUN ioctls go through `tun-rs`, the rest through `nix`.
 
 pub mod codec;
 pub mod offload;
 pub mod shared;
 pub mod tun;
+pub mod worker;

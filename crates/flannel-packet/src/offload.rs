@@ -391,6 +391,9 @@ impl Group {
 pub struct Coalescer {
     open: Option<Open>,
     groups: Vec<Group>,
+    /// Packets come out of an authenticated decryption: their TCP checksum is not verified
+    /// again (see [`Coalescer::authenticated`]).
+    authenticated: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -407,8 +410,8 @@ struct Open {
 
 /// Returns the segment facts when `p` (a whole packet: IPv4 header without options, TCP) may
 /// be merged at all: ACK set, no SYN/FIN/RST/URG/CWR, a payload, a first fragment without
-/// MF, and valid IP and TCP checksums.
-fn mergeable(p: &[u8]) -> Option<TcpSeg> {
+/// MF, and valid IP and TCP checksums (the TCP checksum only when `verify_tcp`).
+fn mergeable(p: &[u8], verify_tcp: bool) -> Option<TcpSeg> {
     if p.len() < IPV4_HEADER_LEN + 20 || p[0] != 0x45 || p[9] != PROTO_TCP {
         return None;
     }
@@ -434,7 +437,7 @@ fn mergeable(p: &[u8]) -> Option<TcpSeg> {
     }
     let src: [u8; 4] = p[12..16].try_into().ok()?;
     let dst: [u8; 4] = p[16..20].try_into().ok()?;
-    if fold(sum(t, pseudo_header_sum(src, dst, PROTO_TCP, t.len()))) != 0xffff {
+    if verify_tcp && fold(sum(t, pseudo_header_sum(src, dst, PROTO_TCP, t.len()))) != 0xffff {
         return None;
     }
     Some(TcpSeg {
@@ -466,10 +469,22 @@ impl Coalescer {
         Coalescer::default()
     }
 
+    /// A coalescer for packets that an AEAD tag has just authenticated (WireGuard): a merged
+    /// group's checksum is left to the kernel as partial, so a segment's TCP checksum is not
+    /// verified before merging. The bytes are exactly what the peer sealed, and the kernel's
+    /// own WireGuard marks decrypted packets `CHECKSUM_UNNECESSARY` for the same reason; this
+    /// saves a pass over every received byte. The IPv4 header checksum is still checked.
+    pub fn authenticated() -> Coalescer {
+        Coalescer {
+            authenticated: true,
+            ..Coalescer::default()
+        }
+    }
+
     /// Feeds the packet with id `id` (one more than the previous id while a group is open):
     /// a validated IPv4 packet whose length is its total length.
     pub fn push(&mut self, id: usize, p: &[u8]) {
-        let Some(seg) = mergeable(p) else {
+        let Some(seg) = mergeable(p, !self.authenticated) else {
             self.finish();
             self.groups.push(Group::single(id));
             return;
@@ -975,6 +990,39 @@ mod tests {
         let s = !fold(sum(&merged[20..], 0));
         merged[36..38].copy_from_slice(&s.to_be_bytes());
         assert!(tcp_ok(&merged));
+    }
+
+    #[test]
+    fn an_authenticated_coalescer_merges_without_verifying_tcp_checksums() {
+        let data = payload(4260);
+        let mut s = segments_of(&data, 7, TCP_ACK, 1420);
+        // A wrong TCP checksum (the bytes themselves are what the peer sealed): the plain
+        // coalescer keeps the segment apart, the authenticated one merges all three.
+        s[1][36] ^= 0x5a;
+        let (buf, ranges) = gro_buffer(&s);
+        let counts = |c: &mut Coalescer| {
+            plan(c, &buf, &ranges)
+                .iter()
+                .map(|g| g.count)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(counts(&mut Coalescer::new()), [1, 1, 1]);
+        let mut c = Coalescer::authenticated();
+        assert_eq!(counts(&mut c), [3]);
+        s[1][36] ^= 0x5a;
+        let (buf, ranges) = gro_buffer(&s);
+        let g = plan(&mut c, &buf, &ranges)[0];
+        assert_eq!(&written(&buf, &ranges, &g)[52..], &data[..]);
+        // A bad IPv4 header checksum still keeps a packet apart.
+        s[1][10] ^= 0x5a;
+        let (buf, ranges) = gro_buffer(&s);
+        assert_eq!(
+            plan(&mut c, &buf, &ranges)
+                .iter()
+                .map(|g| g.count)
+                .collect::<Vec<_>>(),
+            [1, 1, 1]
+        );
     }
 
     #[test]

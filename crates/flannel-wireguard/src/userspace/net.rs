@@ -12,13 +12,12 @@
 use std::io::{self, IoSlice};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr, SocketAddrV6};
 use std::ops::Range;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
 use nix::errno::Errno;
 use nix::sys::socket::{
     AddressFamily, ControlMessage, MsgFlags, MultiHeaders, SockFlag, SockType, SockaddrIn,
-    SockaddrIn6, SockaddrStorage, bind, getsockname, sendmmsg, sendmsg, setsockopt, socket,
-    sockopt,
+    SockaddrIn6, SockaddrStorage, bind, getsockname, sendmsg, setsockopt, socket, sockopt,
 };
 use tracing::warn;
 
@@ -260,50 +259,37 @@ impl OutBatch {
     }
 
     fn send_singles(&mut self, fd: &OwnedFd, which: &mut Vec<usize>, metrics: &Metrics) {
-        let mut start = 0;
-        while start < which.len() {
-            let iovs: Vec<[IoSlice<'_>; 1]> = which[start..]
-                .iter()
-                .map(|&k| [IoSlice::new(&self.buf[self.items[k].0.clone()])])
-                .collect();
-            let addrs: Vec<Option<SockaddrStorage>> = which[start..]
-                .iter()
-                .map(|&k| Some(self.items[k].1))
-                .collect();
-            let r = sendmmsg(
-                fd.as_raw_fd(),
-                &mut self.mmsg,
-                &iovs,
-                &addrs,
-                [],
-                MsgFlags::empty(),
-            )
-            .map(|res| res.count());
-            match r {
-                Ok(0) => break,
-                Ok(sent) => {
-                    let bytes: usize = which[start..start + sent]
-                        .iter()
-                        .map(|&k| self.items[k].0.len())
-                        .sum();
-                    Metrics::add(&metrics.tx_bytes, bytes as u64);
-                    start += sent;
-                }
-                Err(Errno::EINTR) => {}
-                Err(e) => {
-                    self.failed(e, 1, metrics);
-                    start += 1;
-                }
-            }
-        }
+        let data: Vec<&[u8]> = which
+            .iter()
+            .map(|&k| &self.buf[self.items[k].0.clone()])
+            .collect();
+        let to: Vec<Option<SockaddrStorage>> =
+            which.iter().map(|&k| Some(self.items[k].1)).collect();
+        let logged = &mut self.logged;
+        flannel_packet::worker::send_datagrams(
+            fd.as_fd(),
+            &mut self.mmsg,
+            &data,
+            &to,
+            |r| {
+                let bytes: usize = data[r].iter().map(|d| d.len()).sum();
+                Metrics::add(&metrics.tx_bytes, bytes as u64);
+            },
+            |_, e| send_failed(logged, e, 1, metrics),
+        );
         which.clear();
     }
 
     fn failed(&mut self, e: Errno, n: usize, metrics: &Metrics) {
-        metrics.dropped(DropReason::Io, n as u64);
-        if !self.logged {
-            warn!("UDP send failed: {e} (further errors are counted only)");
-            self.logged = true;
-        }
+        send_failed(&mut self.logged, e, n, metrics);
+    }
+}
+
+/// Counts `n` datagrams lost to a failed send; logs the first failure only.
+fn send_failed(logged: &mut bool, e: Errno, n: usize, metrics: &Metrics) {
+    metrics.dropped(DropReason::Io, n as u64);
+    if !*logged {
+        warn!("UDP send failed: {e} (further errors are counted only)");
+        *logged = true;
     }
 }

@@ -57,9 +57,14 @@ pub(crate) fn reason(e: &WireGuardError) -> DropReason {
 pub(crate) struct Rx {
     w: Worker,
     inbuf: Vec<u8>,
-    plain: Vec<u8>,
-    /// Decrypted packets of this receive: byte ranges in `plain`.
-    pkts: Vec<Range<usize>>,
+    /// Two buffers for decrypted packets: a coalesced group still open at the end of one
+    /// receive may continue into the next, which therefore decrypts into the other buffer.
+    plain: [Vec<u8>; 2],
+    /// The buffer this receive decrypts into.
+    cur: usize,
+    /// Accepted packets by id: (buffer, byte range).
+    pkts: Vec<(usize, Range<usize>)>,
+    /// Bytes of `plain[cur]` in use.
     plain_len: usize,
     coalescer: Coalescer,
     replies: OutBatch,
@@ -71,10 +76,11 @@ impl Rx {
         Rx {
             w,
             inbuf: vec![0u8; RX_BUF],
-            plain: vec![0u8; RX_BUF + 256],
+            plain: [vec![0u8; RX_BUF + 256], vec![0u8; RX_BUF + 256]],
+            cur: 0,
             pkts: Vec::with_capacity(2 * MAX_SEGMENTS),
             plain_len: 0,
-            coalescer: Coalescer::new(),
+            coalescer: Coalescer::authenticated(),
             replies: OutBatch::new(256 * 1024, 256),
             logged: false,
         }
@@ -106,6 +112,10 @@ impl Rx {
             let (n, seg, from, truncated) = match received {
                 Ok(r) => r,
                 Err(Errno::EAGAIN) => {
+                    // Nothing more right now: whatever is held goes out before sleeping.
+                    if !self.write_tun(true) {
+                        return;
+                    }
                     if !self.w.wait_readable(self.w.sock.as_fd()) {
                         return;
                     }
@@ -135,7 +145,7 @@ impl Rx {
                 self.datagram(&snap, off..end, from);
                 off = end;
             }
-            if !self.write_tun() {
+            if !self.write_tun(false) {
                 return;
             }
             self.replies.flush(&self.w.sock, &self.w.metrics);
@@ -144,14 +154,13 @@ impl Rx {
 
     /// Handles one datagram `inbuf[r]` from `from`.
     fn datagram(&mut self, snap: &Snapshot, r: Range<usize>, from: SocketAddr) {
-        let m = self.w.metrics.clone();
         let d = &self.inbuf[r];
         if d.len() < 4 || d[1..4] != [0, 0, 0] {
-            m.dropped(DropReason::Malformed, 1);
+            self.w.metrics.dropped(DropReason::Malformed, 1);
             return;
         }
         let Some(id) = snap.identity.as_ref() else {
-            m.dropped(DropReason::NoPeer, 1);
+            self.w.metrics.dropped(DropReason::NoPeer, 1);
             return;
         };
         let peer = match d[0] {
@@ -161,6 +170,7 @@ impl Rx {
                 snap.by_session(idx)
             }
             HANDSHAKE_INIT => {
+                let m = &self.w.metrics;
                 let mut cookie = [0u8; 64];
                 match id.limiter.verify_packet(Some(from.ip()), d, &mut cookie) {
                     Ok(Packet::HandshakeInit(h)) => {
@@ -189,27 +199,29 @@ impl Rx {
                 }
             }
             _ => {
-                m.dropped(DropReason::Malformed, 1);
+                self.w.metrics.dropped(DropReason::Malformed, 1);
                 return;
             }
         };
-        let Some(peer) = peer.cloned() else {
-            m.dropped(DropReason::NoPeer, 1);
+        let Some(peer) = peer else {
+            self.w.metrics.dropped(DropReason::NoPeer, 1);
             return;
         };
         Metrics::add(&peer.rx_bytes, d.len() as u64);
         let kind = d[0];
         let mut tunn = peer.tunn();
         let start = self.plain_len;
-        let res = tunn.decapsulate(Some(from.ip()), d, &mut self.plain[start..]);
+        let res = tunn.decapsulate(Some(from.ip()), d, &mut self.plain[self.cur][start..]);
         match res {
             TunnResult::WriteToTunnelV4(p, src) => {
                 let (len, src) = (p.len(), std::net::IpAddr::V4(src));
-                self.accept(snap, &peer, start, len, src, from);
+                drop(tunn);
+                self.accept(snap, peer, start, len, src, from);
             }
             TunnResult::WriteToTunnelV6(p, src) => {
                 let (len, src) = (p.len(), std::net::IpAddr::V6(src));
-                self.accept(snap, &peer, start, len, src, from);
+                drop(tunn);
+                self.accept(snap, peer, start, len, src, from);
             }
             TunnResult::Done => {
                 if kind == DATA {
@@ -219,22 +231,22 @@ impl Rx {
             }
             TunnResult::WriteToNetwork(p) => {
                 if kind != COOKIE_REPLY {
-                    Metrics::add(&m.handshakes_completed, 1);
+                    Metrics::add(&self.w.metrics.handshakes_completed, 1);
                     peer.roam(from);
                 }
                 let n = p.len();
                 Self::reply_to(
                     &mut self.replies,
-                    &peer,
-                    &self.plain[start..start + n],
+                    peer,
+                    &self.plain[self.cur][start..start + n],
                     self.w.dual,
                 );
                 // Packets queued while there was no session go out now.
-                drain_queue(&mut tunn, &peer, &mut self.replies, self.w.dual);
+                drain_queue(&mut tunn, peer, &mut self.replies, self.w.dual);
             }
             TunnResult::Err(e) => {
                 debug!("{}: message from {from} refused: {e:?}", self.w.name);
-                m.dropped(reason(&e), 1);
+                self.w.metrics.dropped(reason(&e), 1);
             }
         }
     }
@@ -255,9 +267,10 @@ impl Rx {
             return;
         }
         let id = self.pkts.len();
-        self.pkts.push(start..start + len);
+        self.pkts.push((self.cur, start..start + len));
         if self.w.offload {
-            self.coalescer.push(id, &self.plain[start..start + len]);
+            self.coalescer
+                .push(id, &self.plain[self.cur][start..start + len]);
         }
         self.plain_len = start + len;
     }
@@ -275,46 +288,66 @@ impl Rx {
     }
 
     /// Writes this receive's packets to the TUN queue (coalesced groups with offloads, one
-    /// write each otherwise); false when the device is gone.
-    fn write_tun(&mut self) -> bool {
-        let m = self.w.metrics.clone();
-        Metrics::add(&m.rx_packets, self.pkts.len() as u64);
+    /// write each otherwise); false when the device is gone. With offloads a group still open
+    /// stays for the next receive unless `all` (nothing more to receive right now) or it
+    /// began in the other buffer (which the next receive overwrites).
+    fn write_tun(&mut self, all: bool) -> bool {
         let mut ok = true;
         if !self.w.offload {
-            for r in &self.pkts {
-                if let Err(e) = self.w.dev.send(&self.plain[r.clone()])
+            Metrics::add(&self.w.metrics.rx_packets, self.pkts.len() as u64);
+            for (b, r) in &self.pkts {
+                if let Err(e) = self.w.dev.send(&self.plain[*b][r.clone()])
                     && !self.w.tun_error("TUN write", &e, &mut self.logged)
                 {
                     ok = false;
                     break;
                 }
             }
-        } else {
-            self.coalescer.finish();
-            for g in self.coalescer.groups().iter() {
-                let vnet = g.vnet.encode();
-                let mut iov = [IoSlice::new(&[]); MAX_SEGMENTS + 2];
-                iov[0] = IoSlice::new(&vnet);
-                let used = if g.hdr_len == 0 {
-                    iov[1] = IoSlice::new(&self.plain[self.pkts[g.first].clone()]);
-                    2
-                } else {
-                    iov[1] = IoSlice::new(&g.hdr[..g.hdr_len]);
-                    for (k, r) in self.pkts[g.first..g.first + g.count].iter().enumerate() {
-                        iov[k + 2] = IoSlice::new(&self.plain[r.start + g.hdr_len..r.end]);
-                    }
-                    g.count + 2
-                };
-                if let Err(e) = self.w.dev.send_vectored(&iov[..used])
-                    && !self.w.tun_error("TUN write", &e, &mut self.logged)
-                {
-                    ok = false;
-                    break;
-                }
-            }
-            self.coalescer.groups().clear();
+            self.pkts.clear();
+            self.plain_len = 0;
+            return ok;
         }
-        self.pkts.clear();
+        let cur = self.cur;
+        if all
+            || self
+                .coalescer
+                .open_first()
+                .is_some_and(|first| self.pkts[first].0 != cur)
+        {
+            self.coalescer.finish();
+        }
+        let mut written = 0;
+        for g in self.coalescer.groups().iter() {
+            let vnet = g.vnet.encode();
+            let mut iov = [IoSlice::new(&[]); MAX_SEGMENTS + 2];
+            iov[0] = IoSlice::new(&vnet);
+            let used = if g.hdr_len == 0 {
+                let (b, r) = &self.pkts[g.first];
+                iov[1] = IoSlice::new(&self.plain[*b][r.clone()]);
+                2
+            } else {
+                iov[1] = IoSlice::new(&g.hdr[..g.hdr_len]);
+                for (k, (b, r)) in self.pkts[g.first..g.first + g.count].iter().enumerate() {
+                    iov[k + 2] = IoSlice::new(&self.plain[*b][r.start + g.hdr_len..r.end]);
+                }
+                g.count + 2
+            };
+            written += g.count;
+            if let Err(e) = self.w.dev.send_vectored(&iov[..used])
+                && !self.w.tun_error("TUN write", &e, &mut self.logged)
+            {
+                ok = false;
+                break;
+            }
+        }
+        self.coalescer.groups().clear();
+        Metrics::add(&self.w.metrics.rx_packets, written as u64);
+        let keep = self.coalescer.open_first().unwrap_or(self.pkts.len());
+        self.pkts.drain(..keep);
+        self.coalescer.rebase(keep);
+        if !self.pkts.is_empty() {
+            self.cur ^= 1;
+        }
         self.plain_len = 0;
         ok
     }

@@ -21,8 +21,13 @@ use super::worker::Worker;
 /// Room for one read from the TUN device: the virtio header and a 64 KiB super-packet, plus
 /// padding.
 pub(crate) const TUN_BUF: usize = VNET_HDR_LEN + 65536 + 16;
-/// The send batch: several super-packets' worth of datagrams.
-const OUT_BUF: usize = 512 * 1024;
+/// The batch goes out once it holds this many bytes: about one super-packet. A TSO
+/// super-packet's segments leave in `UDP_SEGMENT` sends of their own whatever the batch size,
+/// so a larger batch saves no system call; it would only let the ciphertext fall out of the
+/// CPU cache before the kernel copies it (small packets still share one `sendmmsg`).
+const FLUSH_AT: usize = 60 * 1024;
+/// The send batch: room for one more super-packet beyond [`FLUSH_AT`].
+const OUT_BUF: usize = FLUSH_AT + PER_READ;
 /// Most datagrams per batch.
 const OUT_ITEMS: usize = 512;
 /// What one super-packet may need in the batch: 64 KiB plus per-segment overhead.
@@ -44,7 +49,6 @@ pub(crate) fn padded(len: usize, mtu: usize) -> usize {
 pub(crate) struct Tx {
     w: Worker,
     buf: Vec<u8>,
-    scratch: Vec<u8>,
     headers: Vec<u8>,
     out: OutBatch,
 }
@@ -54,7 +58,6 @@ impl Tx {
         Tx {
             w,
             buf: vec![0u8; TUN_BUF],
-            scratch: vec![0u8; 65536 + 64],
             headers: Vec::with_capacity(256 * 80),
             out: OutBatch::new(OUT_BUF, OUT_ITEMS),
         }
@@ -88,7 +91,7 @@ impl Tx {
                 continue;
             }
             self.packet(hdr, n);
-            if self.out.full(PER_READ) {
+            if self.out.len >= FLUSH_AT || self.out.full(PER_READ) {
                 self.out.flush(&self.w.sock, &self.w.metrics);
             }
         }
@@ -138,20 +141,37 @@ impl Tx {
                 let src = &self.buf[hdr..hdr + len];
                 seal(&mut tunn, peer, src, &mut self.out, to, m);
             }
-            TxPlan::Segmented { hdr_len, .. } => {
+            TxPlan::Segmented {
+                hdr_len,
+                mss,
+                count,
+            } => {
                 let payload_len = ip.total_len - hdr_len;
-                let TxPlan::Segmented { count, .. } = plan else {
-                    return;
-                };
                 let mut tunn = peer.tunn();
+                let pkt = &mut self.buf[hdr..];
                 for i in 0..count {
                     let (h, p) = plan.segment(i, payload_len);
-                    let seg_len = h.len() + p.len();
+                    // Segment i's header goes right in front of its payload, over the tail of
+                    // segment i-1's payload (already sealed), so the plaintext is contiguous
+                    // without a copy.
+                    let start = i * mss;
+                    pkt[start..start + hdr_len].copy_from_slice(&self.headers[h]);
+                    let seg_len = hdr_len + p.len();
                     let len = padded(seg_len, self.w.mtu);
-                    self.scratch[..h.len()].copy_from_slice(&self.headers[h.clone()]);
-                    self.scratch[h.len()..seg_len].copy_from_slice(&self.buf[hdr..end][p]);
-                    self.scratch[seg_len..len].fill(0);
-                    seal(&mut tunn, peer, &self.scratch[..len], &mut self.out, to, m);
+                    let pad = start + seg_len..start + len;
+                    // Padding runs into the next segment's first bytes: keep them.
+                    let mut keep = [0u8; 16];
+                    keep[..pad.len()].copy_from_slice(&pkt[pad.clone()]);
+                    pkt[pad.clone()].fill(0);
+                    seal(
+                        &mut tunn,
+                        peer,
+                        &pkt[start..start + len],
+                        &mut self.out,
+                        to,
+                        m,
+                    );
+                    pkt[pad.clone()].copy_from_slice(&keep[..pad.len()]);
                 }
             }
         }

@@ -8,12 +8,10 @@
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 
 use flannel_packet::shared::Reader;
-use nix::errno::Errno;
-use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-use tracing::warn;
+use flannel_packet::worker;
 use tun_rs::SyncDevice;
 
 use super::metrics::{DropReason, Metrics};
@@ -37,42 +35,13 @@ pub(crate) struct Worker {
 impl Worker {
     /// Waits until `fd` is readable or shutdown is requested; false on shutdown.
     pub fn wait_readable(&self, fd: BorrowedFd<'_>) -> bool {
-        loop {
-            if self.stop.load(Ordering::Relaxed) {
-                return false;
-            }
-            let mut fds = [
-                PollFd::new(fd, PollFlags::POLLIN),
-                PollFd::new(self.wake.as_fd(), PollFlags::POLLIN),
-            ];
-            match poll(&mut fds, PollTimeout::NONE) {
-                Ok(_) => return !fds[1].any().unwrap_or(false),
-                Err(Errno::EINTR) => continue,
-                Err(e) => {
-                    warn!("{}: poll failed: {e}", self.name);
-                    std::thread::sleep(std::time::Duration::from_millis(10));
-                    return true;
-                }
-            }
-        }
+        worker::wait_readable(fd, self.wake.as_fd(), &self.stop, &self.name)
     }
 
     /// Handles a failed TUN read/write; returns false when the device is gone for good.
     pub fn tun_error(&self, what: &str, e: &io::Error, logged: &mut bool) -> bool {
         self.metrics.dropped(DropReason::Io, 1);
-        if e.raw_os_error() == Some(Errno::EBADFD as i32) {
-            warn!("{}: TUN device gone ({what}: {e})", self.name);
-            self.dead.store(true, Ordering::Relaxed);
-            return false;
-        }
-        if !*logged {
-            warn!(
-                "{}: {what} failed: {e} (further errors are counted only)",
-                self.name
-            );
-            *logged = true;
-        }
-        true
+        worker::tun_error(&self.name, what, e, &self.dead, logged)
     }
 
     /// A second handle for the other thread of the worker.

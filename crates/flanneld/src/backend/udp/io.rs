@@ -31,7 +31,6 @@ use std::thread::JoinHandle;
 
 use ipnet::Ipv4Net;
 use nix::errno::Errno;
-use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::socket::{
     AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, MultiHeaders, SockFlag, SockType,
     SockaddrIn, bind, recvmsg, sendmmsg, sendmsg, setsockopt, socket, sockopt,
@@ -318,47 +317,13 @@ struct Shared {
 impl Shared {
     /// Waits until `fd` is readable or shutdown is requested; false on shutdown.
     fn wait_readable(&self, fd: std::os::fd::BorrowedFd<'_>) -> bool {
-        loop {
-            if self.stop.load(Ordering::Relaxed) {
-                return false;
-            }
-            let mut fds = [
-                PollFd::new(fd, PollFlags::POLLIN),
-                PollFd::new(self.wake.as_fd(), PollFlags::POLLIN),
-            ];
-            match poll(&mut fds, PollTimeout::NONE) {
-                Ok(_) => {
-                    if fds[1].any().unwrap_or(false) {
-                        return false;
-                    }
-                    return true;
-                }
-                Err(Errno::EINTR) => continue,
-                Err(e) => {
-                    warn!("{}: poll failed: {e}", self.name);
-                    std::thread::sleep(std::time::Duration::from_millis(10));
-                    return true;
-                }
-            }
-        }
+        flannel_packet::worker::wait_readable(fd, self.wake.as_fd(), &self.stop, &self.name)
     }
 
     /// Handles a failed TUN read/write; returns false when the device is gone for good.
     fn tun_error(&self, what: &str, e: &io::Error, logged: &mut bool) -> bool {
         Counters::add(&self.counters.errors, 1);
-        if e.raw_os_error() == Some(Errno::EBADFD as i32) {
-            warn!("{}: TUN device gone ({what}: {e})", self.name);
-            self.dead.store(true, Ordering::Relaxed);
-            return false;
-        }
-        if !*logged {
-            warn!(
-                "{}: {what} failed: {e} (further errors are counted only)",
-                self.name
-            );
-            *logged = true;
-        }
-        true
+        flannel_packet::worker::tun_error(&self.name, what, e, &self.dead, logged)
     }
 }
 
@@ -499,41 +464,26 @@ impl Tx {
         if n == 0 {
             return;
         }
-        let mut start = 0;
         let mut errors = 0u64;
-        while start < n {
-            let iovs: Vec<[IoSlice<'_>; 1]> = (start..n)
-                .map(|i| {
-                    let r = pending[i].as_ref().map(|p| p.range.clone()).unwrap_or(0..0);
-                    [IoSlice::new(&slots[i][r])]
-                })
-                .collect();
-            let addrs: Vec<Option<SockaddrIn>> = (start..n)
-                .map(|i| pending[i].as_ref().map(|p| p.to))
-                .collect();
-            let r = sendmmsg(
-                self.s.sock.as_raw_fd(),
-                mmsg,
-                &iovs,
-                &addrs,
-                [],
-                MsgFlags::empty(),
-            )
-            .map(|res| res.count());
-            match r {
-                Ok(0) => break,
-                Ok(sent) => {
-                    Counters::add(&self.s.counters.tx_datagrams, sent as u64);
-                    start += sent;
-                }
-                Err(Errno::EINTR) => {}
-                Err(e) => {
-                    errors += 1;
-                    debug!("{}: sendmmsg failed: {e}", self.s.name);
-                    start += 1;
-                }
-            }
-        }
+        let data: Vec<&[u8]> = (0..n)
+            .map(|i| {
+                let r = pending[i].as_ref().map(|p| p.range.clone()).unwrap_or(0..0);
+                &slots[i][r]
+            })
+            .collect();
+        let to: Vec<Option<SockaddrIn>> =
+            (0..n).map(|i| pending[i].as_ref().map(|p| p.to)).collect();
+        flannel_packet::worker::send_datagrams(
+            self.s.sock.as_fd(),
+            mmsg,
+            &data,
+            &to,
+            |r| Counters::add(&self.s.counters.tx_datagrams, r.len() as u64),
+            |_, e| {
+                errors += 1;
+                debug!("{}: sendmmsg failed: {e}", self.s.name);
+            },
+        );
         Counters::add(&self.s.counters.errors, errors);
         for p in pending.iter_mut().take(n) {
             *p = None;
