@@ -115,6 +115,7 @@ fn acquire_writes_upstream_annotations_once_and_completes() -> Result<(), NetnsE
 
         let attrs = vxlan_attrs("198.18.0.1", "aa:bb:cc:00:00:01");
         let lease = m.acquire_lease(&config(), &attrs).await.unwrap();
+        assert_eq!(m.own_node_patches(), 1);
         assert_eq!(lease.subnet.unwrap().to_string(), "10.244.0.0/24");
         assert_eq!(lease.ipv6_subnet, None);
         assert_eq!(lease.expiration, None);
@@ -133,6 +134,7 @@ fn acquire_writes_upstream_annotations_once_and_completes() -> Result<(), NetnsE
         let rv = e.emu.resource_version();
         m.acquire_lease(&config(), &attrs).await.unwrap();
         assert_eq!(e.emu.resource_version(), rv);
+        assert_eq!(m.own_node_patches(), 1, "an unchanged node is not patched");
 
         // The stored attributes give the VtepMAC back after a restart.
         let stored = m.stored_attrs(None).await.unwrap().unwrap();
@@ -140,6 +142,8 @@ fn acquire_writes_upstream_annotations_once_and_completes() -> Result<(), NetnsE
 
         // NetworkUnavailable=False is merged by type next to the kubelet's Ready condition.
         m.complete_lease(&lease).await.unwrap();
+        assert_eq!(m.own_node_patches(), 2);
+        assert!(flannel_subnet::kube::own_node_patches() >= 2);
         let conds = e.emu.node("n1").unwrap()["status"]["conditions"].clone();
         let by_type: BTreeMap<String, Value> = conds
             .as_array()
@@ -743,5 +747,78 @@ fn dual_stack_peers_and_v4_only_changes() -> Result<(), NetnsError> {
                 .as_str()
                 .contains(&mac(222))
         );
+    })
+}
+
+#[test]
+fn paginated_list_of_1200_nodes_is_one_snapshot() -> Result<(), NetnsError> {
+    run_in_netns(NetnsTarget::Fresh, || async {
+        const NODES: u32 = 1200;
+        let e = env(EmuConfig::default()).await;
+        for i in 1..=NODES {
+            e.emu
+                .add_node(
+                    &format!("n{i}"),
+                    &[&format!("10.244.{}.{}/28", i / 16, (i % 16) * 16)],
+                    flannel_annotations(&format!("198.18.{}.{}", i / 256, i % 256), &mac(i)),
+                )
+                .unwrap();
+        }
+        let m = e.manager().await;
+        let own = m
+            .acquire_lease(&config(), &vxlan_attrs("198.18.0.1", &mac(1)))
+            .await
+            .unwrap();
+        assert_eq!(
+            m.own_node_patches(),
+            0,
+            "n1 already carries our annotations"
+        );
+        let before = e.emu.stats();
+        let mut peers = Peers {
+            rx: m.watch_leases(&own),
+            set: LeaseSet::new(Some(own.clone())),
+        };
+        let first = tokio::time::timeout(Duration::from_secs(60), peers.rx.recv())
+            .await
+            .expect("the list completes")
+            .expect("the watch runs");
+        let WatchEvent::Leases(LeaseEvent::Snapshot(listed)) = first else {
+            panic!("the first event is the snapshot: {first:?}")
+        };
+        assert_eq!(listed.len(), NODES as usize, "every node, own included");
+        // 1200 nodes in pages of 500: three list requests.
+        assert_eq!(e.emu.stats().lists - before.lists, 3);
+        let mut want = truth(&e.emu, "n1");
+        assert_eq!(want.len(), NODES as usize - 1);
+        want.insert(own.key(), own.clone());
+        let got: BTreeMap<SubnetKey, Lease> = listed.iter().map(|l| (l.key(), l.clone())).collect();
+        assert_eq!(got, want);
+        peers.set.apply(LeaseEvent::Snapshot(listed));
+        assert_eq!(peers.set.len(), NODES as usize - 1);
+        // Heartbeats of every node (status only) cause no event.
+        watch_open(&e.emu).await;
+        for i in (2..=NODES).step_by(7) {
+            e.emu
+                .patch_node(
+                    &format!("n{i}"),
+                    &json!({"status":{"conditions":[{"type":"Ready","status":"True","lastHeartbeatTime": format!("2026-01-01T00:00:{:02}Z", i % 60)}]}}),
+                    PatchType::Strategic,
+                    Subresource::Status,
+                )
+                .unwrap();
+        }
+        let changes = peers.quiet(Duration::from_secs(2)).await;
+        assert!(changes.is_empty(), "heartbeats caused {changes:?}");
+        // A real change after them still arrives.
+        e.emu
+            .patch_node(
+                "n9",
+                &json!({"metadata":{"annotations":{keys().backend_data: format!(r#"{{"VNI":1,"VtepMAC":"{}"}}"#, mac(9999))}}}),
+                PatchType::Strategic,
+                Subresource::Status,
+            )
+            .unwrap();
+        peers.converge_to(&e.emu, "after heartbeats").await;
     })
 }

@@ -17,12 +17,16 @@
 //!   restarts; [`SubnetManager::public_ip_overrides`]: the `node-public-ip(v6)` annotations.
 //! * [`SubnetManager::complete_lease`]: the `NetworkUnavailable=False` condition (reason
 //!   `FlannelIsUp`) unless `--set-node-network-unavailable=false`.
-//! * [`SubnetManager::watch_leases`]: all nodes, see [`watch`].
+//! * [`SubnetManager::watch_leases`]: all nodes, decoded compactly ([`peer::PeerNode`]), see
+//!   [`watch`].
+//! * [`own_node_patches`] / [`KubeManager::own_node_patches`]: how often our Node was written.
 //!
 //! Leases never expire and are never renewed here (upstream's `RenewLease` is unimplemented).
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use flannel_types::{
     AnnotationError, AnnotationKeys, ConfigError, IpFamily, Lease, LeaseAttrs, NetConfig,
@@ -39,9 +43,20 @@ use crate::{DatastoreCause, SubnetError, SubnetManager, WatchEvent};
 
 pub mod client;
 pub mod node;
+pub mod peer;
 pub mod watch;
 
 use node::NodeView;
+
+/// Patches of our own Node by every manager of this process (see [`own_node_patches`]).
+static OWN_NODE_PATCHES: AtomicU64 = AtomicU64::new(0);
+
+/// How many times this process has patched its own Node (annotations and the
+/// NetworkUnavailable condition). Our Node is patched only when a value changes, so this stays
+/// at one or two per start; benchmarks read it to show that flanneld adds no write load.
+pub fn own_node_patches() -> u64 {
+    OWN_NODE_PATCHES.load(Ordering::Relaxed)
+}
 
 /// Upstream's default depth of the lease event queue (`EVENT_QUEUE_DEPTH`).
 pub const DEFAULT_EVENT_QUEUE_DEPTH: usize = 5000;
@@ -143,6 +158,8 @@ pub struct KubeManager {
     config: NetConfig,
     set_node_network_unavailable: bool,
     queue_depth: usize,
+    /// Patches of our Node by this manager and its clones.
+    patches: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for KubeManager {
@@ -214,6 +231,7 @@ impl KubeManager {
             config,
             set_node_network_unavailable: opts.set_node_network_unavailable,
             queue_depth,
+            patches: Arc::default(),
         })
     }
 
@@ -225,6 +243,33 @@ impl KubeManager {
     /// The annotation keys in use.
     pub fn keys(&self) -> &AnnotationKeys {
         &self.keys
+    }
+
+    /// How many times this manager (and its clones) patched our Node; see
+    /// [`own_node_patches`] for the whole process.
+    pub fn own_node_patches(&self) -> u64 {
+        self.patches.load(Ordering::Relaxed)
+    }
+
+    /// Sends a strategic-merge patch of our Node's status subresource (the only write RBAC
+    /// grants) and counts it.
+    async fn patch_own_node(
+        &self,
+        what: String,
+        patch: serde_json::Value,
+    ) -> Result<(), SubnetError> {
+        request(
+            &what,
+            self.nodes.patch_status(
+                &self.node_name,
+                &PatchParams::default(),
+                &Patch::Strategic(patch),
+            ),
+        )
+        .await?;
+        self.patches.fetch_add(1, Ordering::Relaxed);
+        OWN_NODE_PATCHES.fetch_add(1, Ordering::Relaxed);
+        Ok(())
     }
 
     async fn own_node(&self) -> Result<Node, SubnetError> {
@@ -285,15 +330,8 @@ impl SubnetManager for KubeManager {
                 "patching node {} annotations: {}",
                 self.node_name, patch["metadata"]["annotations"]
             );
-            request(
-                &format!("failed to patch node {:?}", self.node_name),
-                self.nodes.patch_status(
-                    &self.node_name,
-                    &PatchParams::default(),
-                    &Patch::Strategic(patch),
-                ),
-            )
-            .await?;
+            self.patch_own_node(format!("failed to patch node {:?}", self.node_name), patch)
+                .await?;
         }
         Ok(Lease {
             subnet,
@@ -321,16 +359,12 @@ impl SubnetManager for KubeManager {
             last_heartbeat_time: Some(now),
         };
         let patch = json!({ "status": { "conditions": [condition] } });
-        request(
-            &format!(
+        self.patch_own_node(
+            format!(
                 "setting NetworkUnavailable=False on node {:?}",
                 self.node_name
             ),
-            self.nodes.patch_status(
-                &self.node_name,
-                &PatchParams::default(),
-                &Patch::Strategic(patch),
-            ),
+            patch,
         )
         .await?;
         info!("set NetworkUnavailable=False on node {}", self.node_name);
@@ -344,7 +378,8 @@ impl SubnetManager for KubeManager {
             self.config.enable_ipv4,
             self.config.enable_ipv6,
         );
-        tokio::spawn(watch::run(self.nodes.clone(), leases, tx));
+        let peers: Api<peer::PeerNode> = Api::all(self.nodes.clone().into_client());
+        tokio::spawn(watch::run(peers, leases, tx));
         rx
     }
 }

@@ -13,7 +13,10 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use k8s_openapi::api::core::v1::Node;
 use tracing::info;
 
-/// The parts of a Node the subnet manager reads, borrowed so tests can build them by hand.
+use super::peer::PeerNode;
+
+/// The parts of a Node the subnet manager reads, borrowed from a full `Node` (our own, read
+/// with GET) or a [`PeerNode`] (the watch), or built by hand in tests.
 #[derive(Debug, Clone, Copy)]
 pub struct NodeView<'a> {
     /// `metadata.name`.
@@ -42,6 +45,20 @@ impl<'a> NodeView<'a> {
                 .unwrap_or(&NO_ANNOTATIONS),
             pod_cidr: spec.and_then(|s| s.pod_cidr.as_deref()).unwrap_or(""),
             pod_cidrs: spec.and_then(|s| s.pod_cidrs.as_deref()).unwrap_or(&[]),
+        }
+    }
+
+    /// Borrows the fields of a [`PeerNode`] (what the node watch decodes).
+    pub fn of_peer(node: &'a PeerNode) -> NodeView<'a> {
+        NodeView {
+            name: node.name(),
+            annotations: node
+                .metadata
+                .annotations
+                .as_ref()
+                .unwrap_or(&NO_ANNOTATIONS),
+            pod_cidr: &node.pod_cidr,
+            pod_cidrs: &node.pod_cidrs,
         }
     }
 

@@ -1,20 +1,25 @@
-//! The node watch: kube's `watcher` (list, then watch from the list's resourceVersion,
-//! re-list on `410 Gone`, bookmarks, bounded exponential backoff on errors) turned into lease
-//! events.
+//! The node watch: kube's `watcher` (paginated list, then watch from the list's resourceVersion
+//! with bookmarks, re-list on `410 Gone`, bounded exponential backoff on errors) turned into
+//! lease events.
+//!
+//! Nodes are decoded as [`PeerNode`]s (name, podCIDRs, flannel annotations; the rest of the
+//! object is skipped while parsing) and each one becomes a lease as soon as it arrives: a
+//! (re)list is read in pages of [`LIST_PAGE_SIZE`] and never held as nodes, only as the leases
+//! it yields.
 //!
 //! Every (re)list ends in a [`LeaseEvent::Snapshot`] of all flannel-managed nodes; after that,
 //! each node change becomes `Added` / `Removed` by comparing the node's lease with the one last
-//! reported for that node name. Comparing whole leases (subnets and attributes) catches what
-//! upstream's update handler misses: a podCIDR change, and a change on the IPv4 side of a
-//! dual-stack node. A podCIDR change is reported as `Removed(old)` then `Added(new)`, since the
-//! subnet is the lease's identity.
+//! reported for that node name. A change flannel does not read (a status heartbeat, conditions,
+//! images, labels) yields the same lease and so no event. Comparing whole leases (subnets and
+//! attributes) catches what upstream's update handler misses: a podCIDR change, and a change on
+//! the IPv4 side of a dual-stack node. A podCIDR change is reported as `Removed(old)` then
+//! `Added(new)`, since the subnet is the lease's identity.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::pin::pin;
 
 use flannel_types::{AnnotationKeys, Lease, LeaseEvent};
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Node;
 use kube::Api;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
@@ -22,7 +27,18 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use super::node::{NodeView, node_to_lease};
+use super::peer::PeerNode;
 use crate::WatchEvent;
+
+/// Nodes per list page (`limit`; client-go's pager default). A page's JSON text is the
+/// largest transient buffer of a (re)list: about 500 x 10 KB for real Nodes.
+pub const LIST_PAGE_SIZE: u32 = 500;
+
+/// The watcher's configuration: paginated list, bookmarks so a resumed watch starts from a
+/// recent resourceVersion instead of re-listing.
+pub fn watcher_config() -> watcher::Config {
+    watcher::Config::default().page_size(LIST_PAGE_SIZE)
+}
 
 /// Turns Node objects into peer leases and remembers what was reported, per node name.
 #[derive(Debug)]
@@ -33,6 +49,9 @@ pub struct NodeLeases {
     known: BTreeMap<String, Lease>,
     /// Nodes skipped for a problem, with the problem last logged (logged once per change).
     warned: BTreeMap<String, String>,
+    /// While a (re)list is in progress: the nodes listed so far that have a logged problem,
+    /// so problems of nodes that are gone are forgotten when the list completes.
+    listing: Option<BTreeSet<String>>,
 }
 
 impl NodeLeases {
@@ -44,6 +63,7 @@ impl NodeLeases {
             enable_ipv6,
             known: BTreeMap::new(),
             warned: BTreeMap::new(),
+            listing: None,
         }
     }
 
@@ -69,47 +89,72 @@ impl NodeLeases {
         }
     }
 
-    /// The snapshot after a complete (re)list: replaces everything known.
-    pub fn snapshot<'a>(&mut self, nodes: impl IntoIterator<Item = NodeView<'a>>) -> LeaseEvent {
-        let mut next = BTreeMap::new();
-        let mut seen = std::collections::BTreeSet::new();
-        for n in nodes {
-            seen.insert(n.name.to_string());
-            if let Some(l) = self.lease_of(&n) {
-                next.insert(n.name.to_string(), l);
-            }
+    /// A (re)list starts: what was known is dropped (the daemon keeps what it programmed, and
+    /// the snapshot at the end is diffed against that), so a re-list never holds two copies.
+    pub fn list_started(&mut self) {
+        self.known.clear();
+        self.listing = Some(BTreeSet::new());
+    }
+
+    /// One node of the list in progress: its lease is kept, the node itself is not.
+    pub fn listed(&mut self, node: &NodeView<'_>) {
+        let lease = self.lease_of(node);
+        let listing = self.listing.get_or_insert_with(BTreeSet::new);
+        if self.warned.contains_key(node.name) {
+            listing.insert(node.name.to_string());
         }
+        match lease {
+            Some(l) => self.known.insert(node.name.to_string(), l),
+            None => self.known.remove(node.name),
+        };
+    }
+
+    /// The list is complete: the snapshot of every lease listed.
+    pub fn list_done(&mut self) -> LeaseEvent {
+        let still_warned = self.listing.take().unwrap_or_default();
         // Forget problems of nodes that no longer exist.
-        self.warned.retain(|name, _| seen.contains(name));
-        self.known = next;
+        self.warned.retain(|name, _| still_warned.contains(name));
         LeaseEvent::Snapshot(self.known.values().cloned().collect())
     }
 
-    /// The events for a node that was added or modified.
+    /// The snapshot of a complete list given at once (tests; the watch feeds nodes one by one).
+    pub fn snapshot<'a>(&mut self, nodes: impl IntoIterator<Item = NodeView<'a>>) -> LeaseEvent {
+        self.list_started();
+        for n in nodes {
+            self.listed(&n);
+        }
+        self.list_done()
+    }
+
+    /// The events for a node that was added or modified; none when nothing flannel reads
+    /// changed (the known lease is neither cloned nor replaced then).
     pub fn applied(&mut self, node: &NodeView<'_>) -> Vec<LeaseEvent> {
         let new = self.lease_of(node);
-        let old = self.known.get(node.name).cloned();
-        match (old, new) {
-            (None, None) => Vec::new(),
-            (None, Some(l)) => {
-                self.known.insert(node.name.to_string(), l.clone());
-                vec![LeaseEvent::Added(l)]
-            }
-            // Unmanaged now, or no longer usable: it must leave the peer set, exactly as a
-            // re-list would drop it.
-            (Some(o), None) => {
-                self.known.remove(node.name);
-                vec![LeaseEvent::Removed(o)]
-            }
-            (Some(o), Some(l)) if o == l => Vec::new(),
-            (Some(o), Some(l)) => {
-                self.known.insert(node.name.to_string(), l.clone());
+        let Some(old) = self.known.get_mut(node.name) else {
+            return match new {
+                None => Vec::new(),
+                Some(l) => {
+                    self.known.insert(node.name.to_string(), l.clone());
+                    vec![LeaseEvent::Added(l)]
+                }
+            };
+        };
+        match new {
+            Some(l) if *old == l => Vec::new(),
+            Some(l) => {
+                let o = std::mem::replace(old, l.clone());
                 if o.key() != l.key() {
                     vec![LeaseEvent::Removed(o), LeaseEvent::Added(l)]
                 } else {
                     vec![LeaseEvent::Added(l)]
                 }
             }
+            // Unmanaged now, or no longer usable: it must leave the peer set, exactly as a
+            // re-list would drop it.
+            None => match self.known.remove(node.name) {
+                Some(o) => vec![LeaseEvent::Removed(o)],
+                None => Vec::new(),
+            },
         }
     }
 
@@ -129,13 +174,12 @@ impl NodeLeases {
 }
 
 /// Runs the watch until `tx`'s receiver is dropped.
-pub async fn run(api: Api<Node>, mut leases: NodeLeases, tx: mpsc::Sender<WatchEvent>) {
+pub async fn run(api: Api<PeerNode>, mut leases: NodeLeases, tx: mpsc::Sender<WatchEvent>) {
     info!("Starting kube subnet manager");
-    let stream = watcher::watcher(api, watcher::Config::default()).default_backoff();
+    let stream = watcher::watcher(api, watcher_config()).default_backoff();
     let mut stream = pin!(stream);
-    // Nodes of a (re)list in progress, buffered until InitDone so a half-done list never
-    // removes peers.
-    let mut listing: Option<Vec<Node>> = None;
+    // Nodes seen by the (re)list in progress, for the log line at its end.
+    let mut listed = 0usize;
     loop {
         let next = tokio::select! {
             n = stream.next() => n,
@@ -153,27 +197,27 @@ pub async fn run(api: Api<Node>, mut leases: NodeLeases, tx: mpsc::Sender<WatchE
             }
             Ok(Event::Init) => {
                 debug!("listing nodes");
-                listing = Some(Vec::new());
+                leases.list_started();
+                listed = 0;
                 continue;
             }
             Ok(Event::InitApply(node)) => {
-                listing.get_or_insert_with(Vec::new).push(node);
+                leases.listed(&NodeView::of_peer(&node));
+                listed += 1;
                 continue;
             }
             Ok(Event::InitDone) => {
-                let nodes = listing.take().unwrap_or_default();
-                let snap = leases.snapshot(nodes.iter().map(NodeView::of));
+                let snap = leases.list_done();
                 if let LeaseEvent::Snapshot(l) = &snap {
                     info!(
-                        "node list complete: {} nodes, {} flannel leases",
-                        nodes.len(),
+                        "node list complete: {listed} nodes, {} flannel leases",
                         l.len()
                     );
                 }
                 vec![snap]
             }
-            Ok(Event::Apply(node)) => leases.applied(&NodeView::of(&node)),
-            Ok(Event::Delete(node)) => leases.deleted(node.metadata.name.as_deref().unwrap_or("")),
+            Ok(Event::Apply(node)) => leases.applied(&NodeView::of_peer(&node)),
+            Ok(Event::Delete(node)) => leases.deleted(node.name()),
         };
         for ev in events {
             if tx.send(WatchEvent::Leases(ev)).await.is_err() {
@@ -320,5 +364,85 @@ mod tests {
             panic!()
         };
         assert!(l.is_empty() && t.known().is_empty());
+    }
+
+    /// A status heartbeat (and any other change flannel does not read) yields no event, and
+    /// leaves the known lease as it was.
+    #[test]
+    fn heartbeats_and_foreign_changes_yield_nothing() {
+        use crate::kube::peer::tests::full_node;
+        let decode =
+            |v: &serde_json::Value| -> PeerNode { serde_json::from_value(v.clone()).unwrap() };
+        let mut t = NodeLeases::new(AnnotationKeys::default(), true, false);
+        let mut v = full_node("w1");
+        let LeaseEvent::Snapshot(l) = t.snapshot([NodeView::of_peer(&decode(&v))]) else {
+            panic!()
+        };
+        assert_eq!(l.len(), 1);
+        let before = t.known().clone();
+        for round in 0..5 {
+            v["metadata"]["resourceVersion"] = format!("{}", 200 + round).into();
+            v["status"]["conditions"][0]["lastHeartbeatTime"] =
+                format!("2026-01-01T00:0{round}:00Z").into();
+            v["status"]["images"][0]["sizeBytes"] = round.into();
+            v["metadata"]["labels"]["example.com/label-1"] = format!("v{round}").into();
+            v["metadata"]["annotations"]["node.alpha.kubernetes.io/ttl"] =
+                format!("{round}").into();
+            v["metadata"]["managedFields"][0]["time"] =
+                format!("2026-01-02T00:0{round}:00Z").into();
+            v["status"]["addresses"][0]["address"] = format!("198.18.9.{round}").into();
+            let ev = t.applied(&NodeView::of_peer(&decode(&v)));
+            assert!(ev.is_empty(), "round {round}: {ev:?}");
+        }
+        assert_eq!(t.known(), &before);
+        // A flannel annotation change is still seen through the same decoder.
+        v["metadata"]["annotations"]["flannel.alpha.coreos.com/backend-data"] =
+            r#"{"VNI":1,"VtepMAC":"aa:bb:cc:dd:ee:99"}"#.into();
+        let ev = t.applied(&NodeView::of_peer(&decode(&v)));
+        assert!(matches!(&ev[..], [LeaseEvent::Added(_)]), "{ev:?}");
+        // So is a podCIDR change.
+        v["spec"]["podCIDRs"] = serde_json::json!(["10.244.7.0/24"]);
+        v["spec"]["podCIDR"] = "10.244.7.0/24".into();
+        let ev = t.applied(&NodeView::of_peer(&decode(&v)));
+        assert!(
+            matches!(&ev[..], [LeaseEvent::Removed(_), LeaseEvent::Added(_)]),
+            "{ev:?}"
+        );
+    }
+
+    /// A re-list that fails part-way and starts over ends in one snapshot of the second list
+    /// only; problems of nodes that are gone are forgotten.
+    #[test]
+    fn relist_restarts_from_scratch() {
+        let mut t = NodeLeases::new(AnnotationKeys::default(), true, false);
+        let a = node(
+            "a",
+            &["10.0.1.0/24"],
+            "aa:00:00:00:00:01",
+            "aa:00:00:00:00:11",
+        );
+        let b = node(
+            "b",
+            &["10.0.2.0/24"],
+            "aa:00:00:00:00:02",
+            "aa:00:00:00:00:12",
+        );
+        let mut bad = node("bad", &["10.0.3.0/24"], "x", "y");
+        bad.ann
+            .insert(AnnotationKeys::default().backend_data, "{".into());
+        t.snapshot([a.view(), b.view(), bad.view()]);
+        assert_eq!(t.known().len(), 2);
+        assert!(t.warned.contains_key("bad"));
+        t.list_started();
+        t.listed(&a.view());
+        // The list fails; the watcher starts over.
+        t.list_started();
+        t.listed(&b.view());
+        let LeaseEvent::Snapshot(l) = t.list_done() else {
+            panic!()
+        };
+        assert_eq!(l.len(), 1);
+        assert_eq!(t.known().keys().collect::<Vec<_>>(), ["b"]);
+        assert!(t.warned.is_empty());
     }
 }
