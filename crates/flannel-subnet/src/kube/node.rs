@@ -87,9 +87,11 @@ pub fn pod_subnets(node: &NodeView<'_>) -> Result<(Option<Ipv4Net>, Option<Ipv6N
     if node.pod_cidr.is_empty() {
         return Err(format!("node {:?} pod cidr not assigned", node.name));
     }
-    let texts: Vec<&str> = match node.pod_cidrs.len() {
-        0 => vec![node.pod_cidr],
-        1 | 2 => node.pod_cidrs.iter().map(String::as_str).collect(),
+    // Without allocating: the watch calls this for every node update.
+    let texts: [Option<&str>; 2] = match node.pod_cidrs {
+        [] => [Some(node.pod_cidr), None],
+        [a] => [Some(a), None],
+        [a, b] => [Some(a), Some(b)],
         _ => {
             return Err(format!(
                 "node {:?} pod cidrs should be IPv4/IPv6 only or dualstack",
@@ -98,7 +100,7 @@ pub fn pod_subnets(node: &NodeView<'_>) -> Result<(Option<Ipv4Net>, Option<Ipv6N
         }
     };
     let (mut v4, mut v6) = (None, None);
-    for t in texts {
+    for t in texts.into_iter().flatten() {
         match parse_cidr(t)? {
             IpNet::V4(n) => v4 = Some(n),
             IpNet::V6(n) => v6 = Some(n),
@@ -238,6 +240,48 @@ pub fn node_to_lease(
         lease.ipv6_subnet = Some(subnet);
     }
     Ok(lease)
+}
+
+/// Whether `node` still yields exactly `known` (what [`node_to_lease`] would return for it),
+/// decided without allocating: the watch's fast path for the updates that make up nearly all
+/// Node traffic (status heartbeats, conditions, images), which change nothing flannel reads.
+///
+/// `true` guarantees `node_to_lease(node, ..) == Ok(known)`; `false` only means "build the
+/// lease and compare" (e.g. backend data that is valid but not in compact form).
+pub fn lease_unchanged(
+    node: &NodeView<'_>,
+    keys: &AnnotationKeys,
+    enable_ipv4: bool,
+    enable_ipv6: bool,
+    known: &Lease,
+) -> bool {
+    if !node.is_managed(keys) || node.annotation(&keys.backend_type) != known.attrs.backend_type {
+        return false;
+    }
+    let Ok((v4, v6)) = pod_subnets(node) else {
+        return false;
+    };
+    // Stored backend data is compact JSON, which parses back to itself.
+    let same_json = |key: &str, have: Option<&RawJson>| match (node.annotation(key), have) {
+        ("", None) => true,
+        (text, Some(have)) => have.as_str() == text,
+        _ => false,
+    };
+    let (k4, k6) = (keys.family(IpFamily::V4), keys.family(IpFamily::V6));
+    let v4_same = || {
+        v4.is_some()
+            && v4 == known.subnet
+            && goip::parse_ip4(node.annotation(k4.public_ip)) == Some(known.attrs.public_ip)
+            && same_json(k4.backend_data, known.attrs.backend_data.as_ref())
+    };
+    let v6_same = || {
+        v6.is_some()
+            && v6 == known.ipv6_subnet
+            && goip::parse_ip6(node.annotation(k6.public_ip))
+                .is_some_and(|ip| known.attrs.public_ipv6 == Some(ip))
+            && same_json(k6.backend_data, known.attrs.backend_v6_data.as_ref())
+    };
+    (!enable_ipv4 || v4_same()) && (!enable_ipv6 || v6_same())
 }
 
 /// What our Node's annotations remember from an earlier run, leniently: a field that does not
@@ -681,5 +725,103 @@ mod tests {
         // A garbled backend-data annotation does not fail start-up.
         let n = managed(&[]).ann(&k.backend_data, r#"{"VNI":1,"VtepMAC":"#);
         assert_eq!(stored_attrs(&n.view(), &k).unwrap().backend_data, None);
+    }
+
+    /// The fast path agrees with `node_to_lease`: when it says unchanged, the lease is equal;
+    /// for compact annotations it recognises every unchanged node; any change flannel reads
+    /// makes it fall back.
+    #[test]
+    fn lease_unchanged_agrees_with_node_to_lease() {
+        let k = keys();
+        let dual = managed(&["10.244.1.0/24", "fd00:1::/64"])
+            .ann(&k.public_ipv6, "2001:db8::2")
+            .ann(
+                &k.backend_v6_data,
+                r#"{"VNI":1,"VtepMAC":"aa:bb:cc:dd:ee:12"}"#,
+            );
+        let host_gw = managed(&["10.244.1.0/24"])
+            .ann(&k.backend_type, "host-gw")
+            .ann(&k.backend_data, "null");
+        let no_data = managed(&["10.244.1.0/24"]).ann(&k.backend_data, "");
+        let bases = [
+            (managed(&["10.244.1.0/24"]), true, false),
+            (dual, true, true),
+            (
+                managed(&["10.244.1.0/24", "fd00:1::/64"])
+                    .ann(&k.public_ipv6, "2001:db8::2")
+                    .ann(&k.backend_v6_data, r#"{"VNI":1}"#),
+                false,
+                true,
+            ),
+            (host_gw, true, false),
+            (no_data, true, false),
+        ];
+        for (base, v4, v6) in &bases {
+            let l = node_to_lease(&base.view(), &k, *v4, *v6).unwrap();
+            assert!(
+                lease_unchanged(&base.view(), &k, *v4, *v6, &l),
+                "{:?}",
+                base.ann
+            );
+            let variants = [
+                base_with(
+                    base,
+                    &k.backend_data,
+                    r#"{"VNI":1,"VtepMAC":"aa:bb:cc:dd:ee:99"}"#,
+                ),
+                base_with(base, &k.backend_v6_data, r#"{"VNI":2}"#),
+                base_with(base, &k.public_ip, "198.18.0.99"),
+                base_with(base, &k.public_ipv6, "2001:db8::99"),
+                base_with(base, &k.backend_type, "wireguard"),
+                base_with(base, &k.kube_subnet_manager, "false"),
+                // Same value, not compact: the fast path may not decide, the slow path does.
+                base_with(
+                    base,
+                    &k.backend_data,
+                    r#"{ "VNI": 1, "VtepMAC": "aa:bb:cc:dd:ee:02" }"#,
+                ),
+                N {
+                    cidrs: vec!["10.244.9.0/24".into()],
+                    cidr: "10.244.9.0/24".into(),
+                    ..clone_n(base)
+                },
+                N {
+                    cidrs: vec![],
+                    ..clone_n(base)
+                },
+                N {
+                    cidrs: vec![],
+                    cidr: String::new(),
+                    ..clone_n(base)
+                },
+            ];
+            for n in &variants {
+                let fast = lease_unchanged(&n.view(), &k, *v4, *v6, &l);
+                let slow = node_to_lease(&n.view(), &k, *v4, *v6).ok();
+                if fast {
+                    assert_eq!(slow.as_ref(), Some(&l), "{:?}", n.ann);
+                }
+            }
+            // The real changes among them are never called unchanged.
+            for n in &variants[..6] {
+                let slow = node_to_lease(&n.view(), &k, *v4, *v6).ok();
+                if slow.as_ref() != Some(&l) {
+                    assert!(!lease_unchanged(&n.view(), &k, *v4, *v6, &l), "{:?}", n.ann);
+                }
+            }
+        }
+    }
+
+    fn clone_n(n: &N) -> N {
+        N {
+            name: n.name.clone(),
+            ann: n.ann.clone(),
+            cidr: n.cidr.clone(),
+            cidrs: n.cidrs.clone(),
+        }
+    }
+
+    fn base_with(n: &N, key: &str, value: &str) -> N {
+        clone_n(n).ann(key, value)
     }
 }

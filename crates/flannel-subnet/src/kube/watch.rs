@@ -26,7 +26,7 @@ use kube::runtime::watcher::{self, Event};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use super::node::{NodeView, node_to_lease};
+use super::node::{NodeView, lease_unchanged, node_to_lease};
 use super::peer::PeerNode;
 use crate::WatchEvent;
 
@@ -129,6 +129,11 @@ impl NodeLeases {
     /// The events for a node that was added or modified; none when nothing flannel reads
     /// changed (the known lease is neither cloned nor replaced then).
     pub fn applied(&mut self, node: &NodeView<'_>) -> Vec<LeaseEvent> {
+        if let Some(old) = self.known.get(node.name)
+            && lease_unchanged(node, &self.keys, self.enable_ipv4, self.enable_ipv6, old)
+        {
+            return Vec::new();
+        }
         let new = self.lease_of(node);
         let Some(old) = self.known.get_mut(node.name) else {
             return match new {
@@ -391,7 +396,16 @@ mod tests {
             v["metadata"]["managedFields"][0]["time"] =
                 format!("2026-01-02T00:0{round}:00Z").into();
             v["status"]["addresses"][0]["address"] = format!("198.18.9.{round}").into();
-            let ev = t.applied(&NodeView::of_peer(&decode(&v)));
+            let n = decode(&v);
+            // Decided by the allocation-free fast path.
+            assert!(lease_unchanged(
+                &NodeView::of_peer(&n),
+                &t.keys,
+                true,
+                false,
+                &t.known()["w1"]
+            ));
+            let ev = t.applied(&NodeView::of_peer(&n));
             assert!(ev.is_empty(), "round {round}: {ev:?}");
         }
         assert_eq!(t.known(), &before);
