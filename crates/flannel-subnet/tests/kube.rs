@@ -74,6 +74,16 @@ impl Env {
     async fn manager(&self) -> KubeManager {
         KubeManager::connect(self.opts()).await.unwrap()
     }
+
+    /// A manager for `n1` that has acquired its vxlan lease (public IP 198.18.0.1).
+    async fn manager_with_lease(&self) -> (KubeManager, Lease) {
+        let m = self.manager().await;
+        let own = m
+            .acquire_lease(&config(), &vxlan_attrs("198.18.0.1", &mac(1)))
+            .await
+            .unwrap();
+        (m, own)
+    }
 }
 
 fn keys() -> AnnotationKeys {
@@ -525,11 +535,7 @@ fn watch_survives_drops_and_410_without_losing_or_duplicating_peers() -> Result<
             .add_node("nocidr", &[], flannel_annotations("198.18.0.60", &mac(60)))
             .unwrap();
 
-        let m = e.manager().await;
-        let own = m
-            .acquire_lease(&config(), &vxlan_attrs("198.18.0.1", &mac(1)))
-            .await
-            .unwrap();
+        let (m, own) = e.manager_with_lease().await;
         let mut peers = Peers {
             rx: m.watch_leases(&own),
             set: LeaseSet::new(Some(own.clone())),
@@ -764,11 +770,7 @@ fn paginated_list_of_1200_nodes_is_one_snapshot() -> Result<(), NetnsError> {
                 )
                 .unwrap();
         }
-        let m = e.manager().await;
-        let own = m
-            .acquire_lease(&config(), &vxlan_attrs("198.18.0.1", &mac(1)))
-            .await
-            .unwrap();
+        let (m, own) = e.manager_with_lease().await;
         assert_eq!(
             m.own_node_patches(),
             0,

@@ -281,15 +281,20 @@ mod tests {
         }
     }
 
-    #[test]
-    fn snapshot_then_diffs_per_node_name() {
-        let mut t = NodeLeases::new(AnnotationKeys::default(), true, false);
-        let a = node(
+    /// Node `a`, managed, with one IPv4 podCIDR.
+    fn node_a() -> N {
+        node(
             "a",
             &["10.0.1.0/24"],
             "aa:00:00:00:00:01",
             "aa:00:00:00:00:11",
-        );
+        )
+    }
+
+    #[test]
+    fn snapshot_then_diffs_per_node_name() {
+        let mut t = NodeLeases::new(AnnotationKeys::default(), true, false);
+        let a = node_a();
         let LeaseEvent::Snapshot(l) = t.snapshot([a.view()]) else {
             panic!()
         };
@@ -432,12 +437,7 @@ mod tests {
     #[test]
     fn relist_restarts_from_scratch() {
         let mut t = NodeLeases::new(AnnotationKeys::default(), true, false);
-        let a = node(
-            "a",
-            &["10.0.1.0/24"],
-            "aa:00:00:00:00:01",
-            "aa:00:00:00:00:11",
-        );
+        let a = node_a();
         let b = node(
             "b",
             &["10.0.2.0/24"],
