@@ -13,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde_json::json;
 use tokio::task::JoinHandle;
 
-use crate::generate::{ANNOTATION_PREFIX, conditions, vtep_mac};
+use crate::generate::{ANNOTATION_PREFIX, CONDITION_TYPES, vtep_mac};
 use crate::store::{PatchType, Subresource, rfc3339_now};
 use crate::{ApiError, Emulator};
 
@@ -130,17 +130,20 @@ impl Emulator {
             return Ok(());
         }
         let now = rfc3339_now();
+        // Conditions merge by `type`: the patch names each with its new heartbeat time and
+        // leaves the rest of the condition as it is.
+        let conditions: Vec<_> = CONDITION_TYPES
+            .iter()
+            .map(|t| json!({ "type": t, "lastHeartbeatTime": now }))
+            .collect();
+        let patch = json!({ "status": { "conditions": conditions } });
         let mut store = self.store();
         for name in names {
-            let Ok(node) = store.get_node(name) else {
-                continue;
-            };
-            let since = node["status"]["conditions"][0]["lastTransitionTime"]
-                .as_str()
-                .unwrap_or(&now)
-                .to_string();
-            let patch = json!({ "status": { "conditions": conditions(&now, &since) } });
-            store.patch_node(name, &patch, PatchType::Strategic, Subresource::Status)?;
+            match store.patch_node(name, &patch, PatchType::Strategic, Subresource::Status) {
+                Ok(_) => {}
+                Err(e) if e.code == 404 => {}
+                Err(e) => return Err(e),
+            }
         }
         Ok(())
     }
