@@ -43,6 +43,9 @@ pub struct RequestCount {
     pub frames: u64,
 }
 
+/// One metric family: name, help text, and which count it shows.
+type Family = (&'static str, &'static str, fn(&RequestCount) -> u64);
+
 /// All counters.
 #[derive(Debug, Default)]
 pub(crate) struct Metrics {
@@ -83,7 +86,7 @@ impl Metrics {
     pub fn render(&self) -> String {
         let snap = self.snapshot();
         let mut out = String::new();
-        let families: [(&str, &str, fn(&RequestCount) -> u64); 3] = [
+        let families: [Family; 3] = [
             (
                 "flannel_kube_emu_requests_total",
                 "Requests received, by verb, resource and subresource.",
