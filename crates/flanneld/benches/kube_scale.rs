@@ -401,6 +401,10 @@ struct Figures {
     converged: Duration,
     after_list: Option<Duration>,
     rss_converged: (u64, u64),
+    /// API requests (lists: pages), bytes from start until 2 s after converging.
+    start_requests: f64,
+    start_lists: f64,
+    start_bytes: f64,
     rss_after_churn: (u64, u64),
     window: Duration,
     requests: f64,
@@ -472,6 +476,10 @@ fn run(opts: &Options) -> Result<()> {
     std::thread::sleep(Duration::from_secs(2));
     let (rss, hwm, _) = proc_stats(pid)?;
     f.rss_converged = (rss, hwm);
+    let e = http(&ul_ns, emu, "GET", "/metrics", "")?.1;
+    f.start_requests = metric_sum(&e, "flannel_kube_emu_requests_total", "");
+    f.start_lists = metric_sum(&e, "flannel_kube_emu_requests_total", "verb=\"list\"");
+    f.start_bytes = metric_sum(&e, "flannel_kube_emu_response_bytes_total", "");
 
     heartbeat_window(opts, &mut f, &ul_ns, &node_ns, emu, node.ip(), pid)?;
     annotation_changes(opts, &mut f, &ul_ns, emu, &monitor)?;
@@ -624,6 +632,12 @@ fn report(opts: &Options, f: &Figures) {
             "| all peers programmed, after the list completed | (no \"node list complete\" log line) | < 1 s |"
         ),
     }
+    println!(
+        "| start-up API traffic (until 2 s after converging) | {:.0} requests ({:.0} list pages), {:.1} MiB | |",
+        f.start_requests,
+        f.start_lists,
+        f.start_bytes / 1024.0 / 1024.0
+    );
     println!(
         "| RSS / peak (VmHWM), converged | {} / {} | peak < 24 MiB: {} |",
         mib(f.rss_converged.0),
