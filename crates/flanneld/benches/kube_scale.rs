@@ -652,7 +652,7 @@ fn report(opts: &Options, f: &Figures) {
         goal(f.rss_after_churn.0 < 18 * 1024)
     );
     println!(
-        "| API requests per node per hour | {:.1} | |",
+        "| API requests per node per hour (new requests only when the watch restarts) | {:.1} | |",
         f.requests * per_hour
     );
     println!(
