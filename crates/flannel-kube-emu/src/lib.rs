@@ -104,7 +104,18 @@
 //! server restart would), `POST /emu/expire-watches` (send `ERROR 410` on every open watch and
 //! compact, so resuming fails too), `POST /emu/compact`, `PUT /emu/history` (body: a number),
 //! `PUT /emu/nodes/<n>/pod-cidrs` (body: a JSON list; bypasses validation, see
-//! [`Store::force_pod_cidrs`]) and `GET /emu/state`.
+//! [`Store::force_pod_cidrs`]), `POST /emu/churn/annotations` (body `{"count": K}`: K
+//! generated nodes get a new VtepMAC at once; the answer names them, their new MACs and
+//! resourceVersions, and `unixNanos`, the wall-clock time just before the first commit) and
+//! `GET /emu/state`.
+//!
+//! # Scale tests
+//! [`Emulator::generate_nodes`] (`--generate-nodes N --generate-network CIDR`) creates N nodes
+//! as a kube-flannel cluster shows them, each about 10 KiB of JSON (see [`generate`]);
+//! [`Emulator::start_churn`] (`--heartbeat-interval`, `--annotation-churn`,
+//! `--annotation-churn-interval`) makes them change as kubelets and flanneld agents would (see
+//! [`churn`]). `GET /metrics` serves request counters per verb, resource and subresource, with
+//! response bytes and watch events, in Prometheus text (see [`Emulator::request_counts`]).
 
 #![deny(missing_docs)]
 
@@ -117,9 +128,12 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+pub mod churn;
 pub mod configmap;
 pub mod daemonset;
 pub mod discovery;
+pub mod generate;
+mod metrics;
 pub mod networkpolicy;
 pub mod patch;
 pub mod selector;
@@ -130,6 +144,9 @@ pub mod strategy;
 pub mod table;
 mod watch_stream;
 
+pub use churn::{AnnotationChange, AnnotationChurn, Churn, ChurnOptions};
+pub use generate::GenerateOptions;
+pub use metrics::{RequestCount, RequestLabels};
 pub use selector::Selector;
 pub use status::ApiError;
 pub use store::{Kind, ListQuery, PatchType, Propagation, Store, StoreConfig, Subresource};
@@ -165,6 +182,11 @@ pub(crate) struct Inner {
     pub config: EmuConfig,
     pub watchers: AtomicUsize,
     pub stats: StatCounters,
+    pub metrics: metrics::Metrics,
+    /// The names of the nodes [`Emulator::generate_nodes`] made, in order (churn's targets).
+    pub generated: Mutex<Arc<Vec<String>>>,
+    /// Annotation changes made so far (picks the next node and its new VtepMAC).
+    pub churn_seq: AtomicU64,
 }
 
 #[derive(Default)]
@@ -240,6 +262,9 @@ impl Emulator {
                 config,
                 watchers: AtomicUsize::new(0),
                 stats: StatCounters::default(),
+                metrics: metrics::Metrics::default(),
+                generated: Mutex::new(Arc::new(Vec::new())),
+                churn_seq: AtomicU64::new(0),
             }),
         }
     }
@@ -390,6 +415,52 @@ impl Emulator {
     /// How many watch streams are open.
     pub fn watcher_count(&self) -> usize {
         self.inner.watchers.load(Ordering::SeqCst)
+    }
+
+    /// Creates `opts.nodes` generated nodes (see [`generate`]) and makes them the targets of
+    /// churn. Fails if the network has too few /24s or a name is taken.
+    pub fn generate_nodes(&self, opts: &GenerateOptions) -> Result<(), ApiError> {
+        if opts.nodes > opts.capacity() {
+            return Err(ApiError::bad_request(format!(
+                "{} holds {} /24s besides the first, not {}",
+                opts.network,
+                opts.capacity(),
+                opts.nodes
+            )));
+        }
+        let mut names = Vec::with_capacity(opts.nodes);
+        let mut store = self.store();
+        for i in 0..opts.nodes {
+            store.create_node(generate::node(i, opts.network))?;
+            names.push(generate::node_name(i));
+        }
+        drop(store);
+        let mut generated = self
+            .inner
+            .generated
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut all = generated.as_ref().clone();
+        all.extend(names);
+        *generated = Arc::new(all);
+        Ok(())
+    }
+
+    /// The names of the generated nodes.
+    pub fn generated_names(&self) -> Arc<Vec<String>> {
+        Arc::clone(
+            &self
+                .inner
+                .generated
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        )
+    }
+
+    /// Request counters per verb, resource and subresource since start (what `GET /metrics`
+    /// serves).
+    pub fn request_counts(&self) -> std::collections::BTreeMap<RequestLabels, RequestCount> {
+        self.inner.metrics.snapshot()
     }
 
     /// Request counters since start.

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use flannel_kube_emu::{EmuConfig, Emulator};
+use flannel_kube_emu::{ChurnOptions, EmuConfig, Emulator, GenerateOptions};
 
 /// Command-line options.
 #[derive(Debug, Parser)]
@@ -31,6 +31,24 @@ struct Args {
     /// caller that asked for port 0 learns the port.
     #[arg(long)]
     address_file: Option<PathBuf>,
+    /// Generate this many Nodes at start, as a kube-flannel cluster shows them (upstream's
+    /// vxlan annotations, a /24 of --generate-network each, a kubelet's full status).
+    #[arg(long, default_value_t = 0)]
+    generate_nodes: usize,
+    /// The pod network the generated nodes' /24s come from (its first /24 is left free for
+    /// the node under test).
+    #[arg(long, default_value = "10.128.0.0/9")]
+    generate_network: ipnet::Ipv4Net,
+    /// Every generated node gets a status heartbeat (new lastHeartbeatTime) once per this many
+    /// seconds, spread evenly over the interval; 0: none.
+    #[arg(long, default_value_t = 0)]
+    heartbeat_interval: u64,
+    /// How many generated nodes get a new VtepMAC per --annotation-churn-interval.
+    #[arg(long, default_value_t = 0)]
+    annotation_churn: usize,
+    /// The annotation churn's period in seconds (fractions allowed); 0: none.
+    #[arg(long, default_value_t = 0.0)]
+    annotation_churn_interval: f64,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -52,6 +70,26 @@ fn main() -> anyhow::Result<()> {
             history: args.history,
             bookmark_interval: Duration::from_millis(args.bookmark_interval_ms.max(10)),
         });
+        if args.generate_nodes > 0 {
+            emu.generate_nodes(&GenerateOptions {
+                nodes: args.generate_nodes,
+                network: args.generate_network,
+            })
+            .context("generating nodes")?;
+            tracing::info!(
+                "generated {} nodes in {}",
+                args.generate_nodes,
+                args.generate_network
+            );
+        }
+        let churn = emu.start_churn(ChurnOptions {
+            heartbeat_interval: (args.heartbeat_interval > 0)
+                .then(|| Duration::from_secs(args.heartbeat_interval)),
+            annotation_churn: args.annotation_churn,
+            annotation_interval: Duration::try_from_secs_f64(args.annotation_churn_interval)
+                .ok()
+                .filter(|d| !d.is_zero()),
+        });
         let server = emu
             .start(args.listen)
             .await
@@ -72,6 +110,7 @@ fn main() -> anyhow::Result<()> {
             _ = int.recv() => {}
         }
         tracing::info!("flannel-kube-emu exiting");
+        drop(churn);
         drop(server);
         Ok(())
     })

@@ -2,6 +2,7 @@
 //! controls (watch streams are in `watch_stream`).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -17,6 +18,7 @@ use tokio::sync::watch;
 use tracing::{debug, warn};
 
 use crate::discovery::{self, AGGREGATED_CONTENT_TYPE, Media, negotiate};
+use crate::metrics::{Counter, RequestLabels};
 use crate::selector::Selector;
 use crate::store::{Kind, ListQuery, PatchType, Propagation, Subresource, WatchFrom};
 use crate::table::{IncludeObject, TableOptions, table};
@@ -175,13 +177,69 @@ async fn handle(emu: Emulator, req: Request<Incoming>) -> Response<Body> {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     debug!("{method} {}", req.uri());
-    match route(&emu, req).await {
+    let counter = request_labels(&req).map(|l| emu.inner.metrics.counter(l));
+    let response = match route(&emu, req).await {
         Ok(r) => r,
         Err(e) => {
             debug!("{method} {path}: {e}");
             error_response(&e)
         }
+    };
+    match counter {
+        Some(c) => counted(c, response),
+        None => response,
     }
+}
+
+/// The metrics labels of a request; `None` for `/metrics` and the `/emu/` controls.
+fn request_labels(req: &Request<Incoming>) -> Option<RequestLabels> {
+    let segs: Vec<&str> = req.uri().path().trim_matches('/').split('/').collect();
+    if matches!(segs.first(), Some(&("emu" | "metrics"))) {
+        return None;
+    }
+    let method = req.method().as_str().to_ascii_lowercase();
+    let Some(t) = Target::parse(&segs) else {
+        return Some(RequestLabels {
+            verb: method,
+            resource: String::new(),
+            subresource: String::new(),
+        });
+    };
+    let verb = match (req.method(), t.name.is_some()) {
+        (&Method::GET, false) if truthy(&query(req), "watch") => "watch".to_string(),
+        (&Method::GET, false) => "list".to_string(),
+        (&Method::GET, true) => "get".to_string(),
+        (&Method::POST, _) => "create".to_string(),
+        (&Method::PUT, _) => "update".to_string(),
+        (&Method::PATCH, _) => "patch".to_string(),
+        (&Method::DELETE, _) => "delete".to_string(),
+        _ => method,
+    };
+    Some(RequestLabels {
+        verb,
+        resource: t.kind.resource().to_string(),
+        subresource: match t.sub {
+            Subresource::Status => "status".to_string(),
+            Subresource::Main => String::new(),
+        },
+    })
+}
+
+/// Counts the request and every body frame sent (a watch's events as they go out).
+fn counted(counter: Arc<Counter>, response: Response<Body>) -> Response<Body> {
+    counter.requests.fetch_add(1, Ordering::Relaxed);
+    response.map(|body| {
+        body.map_frame(move |frame| {
+            if let Some(data) = frame.data_ref() {
+                counter
+                    .bytes
+                    .fetch_add(data.len() as u64, Ordering::Relaxed);
+                counter.frames.fetch_add(1, Ordering::Relaxed);
+            }
+            frame
+        })
+        .boxed_unsync()
+    })
 }
 
 /// The emulator's `/version`: a 1.33 server, named so nobody mistakes it for a real one.
@@ -203,6 +261,11 @@ async fn route(emu: &Emulator, req: Request<Incoming>) -> Result<Response<Body>,
             Ok(full(StatusCode::OK, "text/plain", "ok"))
         }
         (["version"], &Method::GET) => Ok(json_response(StatusCode::OK, &version())),
+        (["metrics"], &Method::GET) => Ok(full(
+            StatusCode::OK,
+            "text/plain; version=0.0.4",
+            emu.inner.metrics.render(),
+        )),
         ([root @ ("api" | "apis")], &Method::GET) => {
             let host = header(&req, hyper::header::HOST).unwrap_or_default();
             Ok(match (negotiate(accept, false, true)?, *root) {
@@ -548,7 +611,27 @@ async fn control(
                 .map_err(|e| ApiError::bad_request(format!("expected a list of CIDRs: {e}")))?;
             ok(emu.store().force_pod_cidrs(&name, &cidrs)?)
         }
-        (["emu", _] | ["emu", "nodes", _, "pod-cidrs"], _) => Err(ApiError::method_not_allowed()),
+        (["emu", "churn", "annotations"], Method::POST) => {
+            let (_, body) = read_json(req).await?;
+            let k = body["count"]
+                .as_u64()
+                .ok_or_else(|| ApiError::bad_request("expected {\"count\": K}"))?;
+            let churn = emu.churn_annotations(usize::try_from(k).unwrap_or(usize::MAX))?;
+            let changes: Vec<Value> = churn
+                .changes
+                .iter()
+                .map(|c| {
+                    json!({
+                        "name": c.name, "vtepMAC": c.vtep_mac,
+                        "resourceVersion": c.resource_version,
+                    })
+                })
+                .collect();
+            ok(json!({ "unixNanos": churn.unix_nanos.to_string(), "changes": changes }))
+        }
+        (["emu", _] | ["emu", "nodes", _, "pod-cidrs"] | ["emu", "churn", "annotations"], _) => {
+            Err(ApiError::method_not_allowed())
+        }
         _ => Err(ApiError::no_route()),
     }
 }

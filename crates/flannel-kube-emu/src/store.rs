@@ -306,7 +306,9 @@ pub struct Store {
     history_limit: usize,
     /// A watch may resume from any RV >= this; older ones are compacted away.
     compacted: u64,
-    snapshots: VecDeque<(u64, Kind, u64, Vec<Value>)>,
+    /// List snapshots for `continue` tokens: (id, kind, RV, items), shared by every page so a
+    /// page of a 5000-node list does not copy the other 4500 items.
+    snapshots: VecDeque<(u64, Kind, u64, Arc<Vec<Value>>)>,
     next_snapshot: u64,
     events: broadcast::Sender<Arc<Change>>,
     /// Seeds the random suffixes of generated names (randomly keyed per process).
@@ -544,7 +546,7 @@ impl Store {
                     .iter()
                     .find(|(i, k, _, _)| *i == id && *k == kind)
                     .ok_or_else(ApiError::continue_expired)?;
-                (id, *rv, items.clone(), offset)
+                (id, *rv, Arc::clone(items), offset)
             }
             None => {
                 match q.resource_version {
@@ -560,7 +562,7 @@ impl Store {
                     .filter(|o| q.selector.matches(kind, o))
                     .cloned()
                     .collect();
-                (0, self.rv, items, 0)
+                (0, self.rv, Arc::new(items), 0)
             }
         };
         let end = match q.limit {

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use flannel_kube_emu::strategy::INITIAL_NAMESPACES;
-use flannel_kube_emu::{EmuConfig, Emulator};
+use flannel_kube_emu::{ChurnOptions, EmuConfig, Emulator, GenerateOptions};
 use flannel_netlink::Netlink;
 use flannel_netlink::netns::{NetnsError, NetnsTarget, run_in_netns};
 use serde_json::{Value, json};
@@ -900,4 +900,218 @@ fn a_watch_sees_only_its_kind() -> Result<(), NetnsError> {
         }
         drop(srv);
     })
+}
+
+/// The list RV of a list body.
+fn list_rv(list: &Value) -> u64 {
+    list["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// 5000 generated nodes page through `limit`/`continue` while heartbeats change them: every
+/// page is served from the first page's snapshot (all 5000 names once, no item newer than the
+/// list's RV), and a token whose snapshot was compacted is `410 Expired`.
+#[test]
+fn five_thousand_generated_nodes_page_under_churn() -> Result<(), NetnsError> {
+    run_in_netns(NetnsTarget::Fresh, || async {
+        loopback_up().await;
+        let emu = Emulator::new(EmuConfig {
+            history: 20_000,
+            ..EmuConfig::default()
+        });
+        emu.generate_nodes(&GenerateOptions {
+            nodes: 5000,
+            network: "10.128.0.0/9".parse().unwrap(),
+        })
+        .unwrap();
+        let srv = emu.start("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let a = srv.addr();
+        let names = emu.generated_names();
+        let mut path = "/api/v1/nodes?limit=500".to_string();
+        let mut seen = std::collections::BTreeSet::new();
+        let mut first_rv = None;
+        for page in 0.. {
+            assert!(page < 20, "more pages than 5000 / 500");
+            let (st, _, body) = call(a, "GET", &path, "application/json", "").await;
+            assert_eq!(st, 200, "{body}");
+            let list = json_of(&body);
+            let rv = *first_rv.get_or_insert(list_rv(&list));
+            assert_eq!(list_rv(&list), rv, "every page carries the first page's RV");
+            for item in list["items"].as_array().unwrap() {
+                let item_rv: u64 = item["metadata"]["resourceVersion"]
+                    .as_str()
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                assert!(item_rv <= rv, "item newer than the list");
+                assert!(seen.insert(item["metadata"]["name"].as_str().unwrap().to_string()));
+            }
+            // A heartbeat wave over every node between pages.
+            let all: Vec<&str> = names.iter().map(String::as_str).collect();
+            emu.heartbeat(&all[page * 500..(page + 1) * 500]).unwrap();
+            match list["metadata"]["continue"].as_str() {
+                Some(c) => path = format!("/api/v1/nodes?limit=500&continue={c}"),
+                None => break,
+            }
+        }
+        assert_eq!(seen.len(), 5000);
+        assert!(
+            emu.resource_version() > first_rv.unwrap(),
+            "heartbeats bumped the RV"
+        );
+
+        let (_, _, body) = call(a, "GET", "/api/v1/nodes?limit=2", "application/json", "").await;
+        let token = json_of(&body)["metadata"]["continue"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        emu.compact();
+        let (st, _, body) = call(
+            a,
+            "GET",
+            &format!("/api/v1/nodes?limit=2&continue={token}"),
+            "application/json",
+            "",
+        )
+        .await;
+        assert_eq!(
+            (st, json_of(&body)["reason"].clone()),
+            (410, json!("Expired"))
+        );
+        drop(srv);
+    })
+}
+
+/// Heartbeats reach a watch as MODIFIED events that change only the conditions' heartbeat
+/// times; an annotation churn through `/emu/churn/annotations` reaches it with the new MACs;
+/// `/metrics` counts the list, the watch with its events and bytes, and the patches it saw.
+#[test]
+fn churn_reaches_watches_and_metrics_count_it() -> Result<(), NetnsError> {
+    run_in_netns(NetnsTarget::Fresh, || async {
+        loopback_up().await;
+        let emu = Emulator::new(EmuConfig::default());
+        emu.generate_nodes(&GenerateOptions {
+            nodes: 3,
+            network: "10.128.0.0/16".parse().unwrap(),
+        })
+        .unwrap();
+        let srv = emu.start("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let addr = srv.addr();
+        let (_, _, body) = call(addr, "GET", "/api/v1/nodes", "application/json", "").await;
+        let before = json_of(&body);
+        let rv = list_rv(&before);
+        let path = format!("/api/v1/nodes?watch=1&timeoutSeconds=4&resourceVersion={rv}");
+        let watch = tokio::spawn(async move { request(addr, "GET", &path, "", "").await.2 });
+        let churn = emu.start_churn(ChurnOptions {
+            heartbeat_interval: Some(Duration::from_secs(1)),
+            ..ChurnOptions::default()
+        });
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        let (st, _, body) = call(
+            addr,
+            "POST",
+            "/emu/churn/annotations",
+            "application/json",
+            r#"{"count":2}"#,
+        )
+        .await;
+        assert_eq!(st, 200, "{body}");
+        let answer = json_of(&body);
+        let changed = answer["changes"].as_array().unwrap();
+        assert_eq!(changed.len(), 2);
+        assert!(
+            answer["unixNanos"]
+                .as_str()
+                .unwrap()
+                .parse::<u128>()
+                .unwrap()
+                > 0
+        );
+        let events = lines(&watch.await.unwrap());
+        drop(churn);
+        assert!(events.iter().all(|e| e["type"] == "MODIFIED"), "{events:?}");
+        let data_key = "flannel.alpha.coreos.com/backend-data";
+        let mut heartbeats = std::collections::BTreeMap::<String, usize>::new();
+        let mut annotated = Vec::new();
+        for e in &events {
+            let name = e["object"]["metadata"]["name"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            let old = before["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|n| n["metadata"]["name"] == name.as_str())
+                .unwrap();
+            if e["object"]["metadata"]["annotations"][data_key]
+                != old["metadata"]["annotations"][data_key]
+            {
+                annotated.push((
+                    name,
+                    e["object"]["metadata"]["annotations"][data_key].clone(),
+                ));
+            } else {
+                assert_ne!(
+                    e["object"]["status"]["conditions"],
+                    old["status"]["conditions"]
+                );
+                assert_eq!(e["object"]["spec"], old["spec"]);
+                *heartbeats.entry(name).or_default() += 1;
+            }
+        }
+        assert_eq!(heartbeats.len(), 3, "every node heartbeats: {heartbeats:?}");
+        for c in changed {
+            let mac = c["vtepMAC"].as_str().unwrap();
+            assert!(
+                annotated
+                    .iter()
+                    .any(|(n, d)| n == c["name"].as_str().unwrap()
+                        && *d == json!(format!(r#"{{"VNI":1,"VtepMAC":"{mac}"}}"#))),
+                "{c} not seen in {annotated:?}"
+            );
+        }
+
+        let (st, head, text) = call(addr, "GET", "/metrics", "", "").await;
+        assert_eq!(st, 200);
+        assert!(head.to_ascii_lowercase().contains("text/plain"), "{head}");
+        let value = |family: &str, verb: &str| -> u64 {
+            let prefix =
+                format!("{family}{{verb=\"{verb}\",resource=\"nodes\",subresource=\"\"}} ");
+            text.lines()
+                .find_map(|l| l.strip_prefix(prefix.as_str()))
+                .unwrap_or_else(|| panic!("no {prefix} in {text}"))
+                .parse()
+                .unwrap()
+        };
+        assert_eq!(value("flannel_kube_emu_requests_total", "list"), 1);
+        assert_eq!(value("flannel_kube_emu_requests_total", "watch"), 1);
+        assert_eq!(
+            value("flannel_kube_emu_response_frames_total", "watch"),
+            events.len() as u64
+        );
+        let watch_bytes: usize = events.iter().map(|e| e.to_string().len() + 1).sum();
+        assert_eq!(
+            value("flannel_kube_emu_response_bytes_total", "watch"),
+            watch_bytes as u64
+        );
+        assert_eq!(
+            value("flannel_kube_emu_response_bytes_total", "list"),
+            body_len_of_list(&before)
+        );
+        let counts = emu.request_counts();
+        assert!(
+            counts.keys().all(|l| l.verb != "post"),
+            "/emu/ is not counted: {counts:?}"
+        );
+        drop(srv);
+    })
+}
+
+/// The byte length of a list body as the emulator serialised it.
+fn body_len_of_list(list: &Value) -> u64 {
+    list.to_string().len() as u64
 }
