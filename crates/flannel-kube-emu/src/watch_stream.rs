@@ -72,9 +72,14 @@ impl Renderer {
     }
 }
 
+/// One watch event line. The fields are written in the API server's order (`type` first, as
+/// Go encodes `metav1.WatchEvent`), not serde_json's sorted map order: clients rely on it, e.g.
+/// kube-rs decodes the object straight into its type only when it already knows the event type,
+/// and buffers the whole object first otherwise.
 fn event_line(kind: &str, object: &Value) -> Bytes {
-    let mut line = json!({ "type": kind, "object": object }).to_string();
-    line.push('\n');
+    let mut line = format!("{{\"type\":{},\"object\":", Value::from(kind));
+    line.push_str(&object.to_string());
+    line.push_str("}\n");
     Bytes::from(line)
 }
 
@@ -226,5 +231,26 @@ async fn feed(
             _ = &mut deadline => return,
             _ = tx.closed() => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `type` comes before `object`, as the API server writes it, and the line is valid JSON.
+    #[test]
+    fn event_line_has_the_api_servers_field_order() {
+        let line = event_line(
+            "MODIFIED",
+            &json!({"kind": "Node", "metadata": {"name": "a\"b"}}),
+        );
+        let text = std::str::from_utf8(&line).unwrap();
+        assert_eq!(
+            text,
+            "{\"type\":\"MODIFIED\",\"object\":{\"kind\":\"Node\",\"metadata\":{\"name\":\"a\\\"b\"}}}\n"
+        );
+        let v: Value = serde_json::from_str(text).unwrap();
+        assert_eq!(v["object"]["metadata"]["name"], "a\"b");
     }
 }

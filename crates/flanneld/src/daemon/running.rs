@@ -11,8 +11,9 @@ use tokio::time::{Instant as TokioInstant, Interval, interval_at, sleep_until};
 use tracing::{debug, error, info, warn};
 
 use super::blackhole::ensure_blackhole;
+use super::coalesce::Coalescer;
 use super::start::Up;
-use super::{COALESCE, DaemonError, Exit, RENEW_RETRY, REPAIR_INTERVAL, sleep_or_shutdown};
+use super::{DaemonError, Exit, RENEW_RETRY, REPAIR_INTERVAL, sleep_or_shutdown};
 use crate::backend::BackendError;
 use crate::metrics::{LeaseLabels, Metrics, OpLabels, ReconcileLabels};
 use crate::reconcile::{ReconcileStats, Trigger};
@@ -34,6 +35,8 @@ struct Schedule {
     reconcile_at: Option<TokioInstant>,
     /// When the oldest peer change not yet in the kernel arrived.
     pending_since: Option<Instant>,
+    /// When a reconcile for peer changes may run.
+    coalescer: Coalescer,
     repair: Interval,
     resync: Interval,
     renew_at: Option<TokioInstant>,
@@ -47,6 +50,8 @@ pub struct Running<M: SubnetManager> {
     links: LinkEvents,
     schedule: Schedule,
     shutdown: watch::Receiver<bool>,
+    /// Whether the start-up code was handed back (after the first complete pass).
+    startup_released: bool,
 }
 
 impl<M: SubnetManager> Running<M> {
@@ -58,6 +63,7 @@ impl<M: SubnetManager> Running<M> {
         let schedule = Schedule {
             reconcile_at: None,
             pending_since: None,
+            coalescer: Coalescer::default(),
             repair: interval_at(now + REPAIR_INTERVAL, REPAIR_INTERVAL),
             resync: interval_at(now + resync, resync),
             renew_at: renew_in.map(|d| now + d),
@@ -69,6 +75,7 @@ impl<M: SubnetManager> Running<M> {
             links,
             schedule,
             shutdown,
+            startup_released: false,
         }
     }
 
@@ -137,7 +144,7 @@ impl<M: SubnetManager> Running<M> {
                     s.pending_since = Some(Instant::now());
                 }
                 if (changed || first) && self.up.peers.synced && s.reconcile_at.is_none() {
-                    s.reconcile_at = Some(TokioInstant::now() + COALESCE);
+                    s.reconcile_at = Some(s.coalescer.due(TokioInstant::now()));
                 }
                 None
             }
@@ -232,6 +239,7 @@ impl<M: SubnetManager> Running<M> {
         let result = self.up.backend.reconcile(&desired).await;
         drop(desired);
         let took = start.elapsed();
+        self.schedule.coalescer.passed(TokioInstant::now());
         record_reconcile(&self.up.node.metrics, trigger, &result, took);
         self.up.backend.collect_metrics(&self.up.node.metrics);
         match result {
@@ -241,6 +249,11 @@ impl<M: SubnetManager> Running<M> {
                     >= crate::memory::TRIM_AFTER_ENTRIES
                 {
                     crate::memory::release_free_memory();
+                }
+                if stats.failed == 0 && !self.startup_released {
+                    self.startup_released = true;
+                    let bytes = crate::memory::release_startup_code();
+                    debug!("start-up done: {} KiB of code paged out", bytes / 1024);
                 }
                 if stats.failed == 0
                     && let Some(t) = self.schedule.pending_since.take()
