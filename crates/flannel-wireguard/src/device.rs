@@ -195,6 +195,15 @@ impl DeviceUpdate {
             && !self.replace_peers
             && self.peers.is_empty()
     }
+
+    /// The keys of the peers this update adds or changes: with `replace_peers`, the peers a
+    /// device keeps (every other one is removed).
+    pub fn upserted_keys(&self) -> impl Iterator<Item = Key> + '_ {
+        self.peers.iter().filter_map(|p| match p {
+            PeerUpdate::Upsert { config, .. } => Some(config.public_key),
+            PeerUpdate::Remove(_) => None,
+        })
+    }
 }
 
 /// A WireGuard device: the kernel's, ours, or another userspace implementation's.

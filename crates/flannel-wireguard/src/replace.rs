@@ -18,14 +18,7 @@ pub(crate) fn explicit_removals(update: &DeviceUpdate, current: &DeviceState) ->
     if !update.replace_peers {
         return update.clone();
     }
-    let named: BTreeSet<Key> = update
-        .peers
-        .iter()
-        .filter_map(|p| match p {
-            PeerUpdate::Upsert { config, .. } => Some(config.public_key),
-            PeerUpdate::Remove(_) => None,
-        })
-        .collect();
+    let named: BTreeSet<Key> = update.upserted_keys().collect();
     let mut peers: Vec<PeerUpdate> = current
         .peers
         .iter()

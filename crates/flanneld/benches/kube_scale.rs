@@ -185,8 +185,17 @@ fn metric_sum(text: &str, family: &str, filter: &str) -> f64 {
         .sum()
 }
 
-/// VmRSS, VmHWM (KiB) and CPU time of `pid`.
-fn proc_stats(pid: u32) -> Result<(u64, u64, Duration)> {
+/// Resident memory of a process (KiB): total, peak, and the anonymous part (heap, stacks;
+/// the rest is mapped files, mostly flanneld's own code).
+#[derive(Debug, Default, Clone, Copy)]
+struct Rss {
+    now: u64,
+    peak: u64,
+    anon: u64,
+}
+
+/// VmRSS, VmHWM, RssAnon (KiB) and CPU time of `pid`.
+fn proc_stats(pid: u32) -> Result<(Rss, Duration)> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let field = |name: &str| -> u64 {
         status
@@ -203,7 +212,12 @@ fn proc_stats(pid: u32) -> Result<(u64, u64, Duration)> {
     let ticks = |i: usize| -> u64 { rest.get(i).and_then(|v| v.parse().ok()).unwrap_or(0) };
     // utime and stime in USER_HZ (100) ticks.
     let cpu = Duration::from_millis((ticks(11) + ticks(12)) * 10);
-    Ok((field("VmRSS:"), field("VmHWM:"), cpu))
+    let rss = Rss {
+        now: field("VmRSS:"),
+        peak: field("VmHWM:"),
+        anon: field("RssAnon:"),
+    };
+    Ok((rss, cpu))
 }
 
 fn mib(kib: u64) -> String {
@@ -400,12 +414,12 @@ fn start_flanneld(lab: &Lab, bin: &Path, name: &str, ip: Ipv4Addr) -> Result<Chi
 struct Figures {
     converged: Duration,
     after_list: Option<Duration>,
-    rss_converged: (u64, u64),
+    rss_converged: Rss,
     /// API requests (lists: pages), bytes from start until 2 s after converging.
     start_requests: f64,
     start_lists: f64,
     start_bytes: f64,
-    rss_after_churn: (u64, u64),
+    rss_after_churn: Rss,
     window: Duration,
     requests: f64,
     bytes: f64,
@@ -474,8 +488,7 @@ fn run(opts: &Options) -> Result<()> {
         ms(f.converged)
     );
     std::thread::sleep(Duration::from_secs(2));
-    let (rss, hwm, _) = proc_stats(pid)?;
-    f.rss_converged = (rss, hwm);
+    f.rss_converged = proc_stats(pid)?.0;
     let e = http(&ul_ns, emu, "GET", "/metrics", "")?.1;
     f.start_requests = metric_sum(&e, "flannel_kube_emu_requests_total", "");
     f.start_lists = metric_sum(&e, "flannel_kube_emu_requests_total", "verb=\"list\"");
@@ -510,15 +523,15 @@ fn heartbeat_window(
         ))
     };
     let (e0, f0) = scrape()?;
-    let (_, _, cpu0) = proc_stats(pid)?;
+    let (_, cpu0) = proc_stats(pid)?;
     let t0 = Instant::now();
     println!("heartbeat window: {} s ...", opts.window);
     std::thread::sleep(Duration::from_secs(opts.window));
     let (e1, f1) = scrape()?;
-    let (rss, hwm, cpu1) = proc_stats(pid)?;
+    let (rss, cpu1) = proc_stats(pid)?;
     f.window = t0.elapsed();
     f.cpu = cpu1.saturating_sub(cpu0);
-    f.rss_after_churn = (rss, hwm);
+    f.rss_after_churn = rss;
     let d = |a: &str, b: &str, fam: &str, filter: &str| {
         metric_sum(b, fam, filter) - metric_sum(a, fam, filter)
     };
@@ -640,17 +653,19 @@ fn report(opts: &Options, f: &Figures) {
         f.start_bytes / 1024.0 / 1024.0
     );
     println!(
-        "| RSS / peak (VmHWM), converged | {} / {} | peak < 24 MiB: {} |",
-        mib(f.rss_converged.0),
-        mib(f.rss_converged.1),
-        goal(f.rss_converged.1 < 24 * 1024)
+        "| RSS (anonymous) / peak (VmHWM), converged | {} ({}) / {} | peak < 24 MiB: {} |",
+        mib(f.rss_converged.now),
+        mib(f.rss_converged.anon),
+        mib(f.rss_converged.peak),
+        goal(f.rss_converged.peak < 24 * 1024)
     );
     println!(
-        "| RSS / peak after {:.0} s of heartbeats | {} / {} | steady < 18 MiB: {} |",
+        "| RSS (anonymous) / peak after {:.0} s of heartbeats | {} ({}) / {} | steady < 18 MiB: {} |",
         secs,
-        mib(f.rss_after_churn.0),
-        mib(f.rss_after_churn.1),
-        goal(f.rss_after_churn.0 < 18 * 1024)
+        mib(f.rss_after_churn.now),
+        mib(f.rss_after_churn.anon),
+        mib(f.rss_after_churn.peak),
+        goal(f.rss_after_churn.now < 18 * 1024)
     );
     println!(
         "| API requests per node per hour (new requests only when the watch restarts) | {:.1} | |",

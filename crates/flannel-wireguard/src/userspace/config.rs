@@ -168,14 +168,7 @@ impl Config {
             self.fwmark = m;
         }
         if update.replace_peers {
-            let named: Vec<_> = update
-                .peers
-                .iter()
-                .filter_map(|p| match p {
-                    PeerUpdate::Upsert { config, .. } => Some(config.public_key),
-                    PeerUpdate::Remove(_) => None,
-                })
-                .collect();
+            let named: Vec<_> = update.upserted_keys().collect();
             self.peers.retain(|e| named.contains(&e.config.public_key));
         }
         for p in &update.peers {

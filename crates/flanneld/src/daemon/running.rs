@@ -11,9 +11,9 @@ use tokio::time::{Instant as TokioInstant, Interval, interval_at, sleep_until};
 use tracing::{debug, error, info, warn};
 
 use super::blackhole::ensure_blackhole;
-use super::coalesce::Coalescer;
+use super::pacing::{Coalescer, REPAIR_INTERVAL, next_repair};
 use super::start::Up;
-use super::{DaemonError, Exit, RENEW_RETRY, REPAIR_INTERVAL, sleep_or_shutdown};
+use super::{DaemonError, Exit, RENEW_RETRY, sleep_or_shutdown};
 use crate::backend::BackendError;
 use crate::metrics::{LeaseLabels, Metrics, OpLabels, ReconcileLabels};
 use crate::reconcile::{ReconcileStats, Trigger};
@@ -37,7 +37,8 @@ struct Schedule {
     pending_since: Option<Instant>,
     /// When a reconcile for peer changes may run.
     coalescer: Coalescer,
-    repair: Interval,
+    /// When the next repair pass is due ([`next_repair`]).
+    repair_at: TokioInstant,
     resync: Interval,
     renew_at: Option<TokioInstant>,
 }
@@ -64,7 +65,7 @@ impl<M: SubnetManager> Running<M> {
             reconcile_at: None,
             pending_since: None,
             coalescer: Coalescer::default(),
-            repair: interval_at(now + REPAIR_INTERVAL, REPAIR_INTERVAL),
+            repair_at: now + REPAIR_INTERVAL,
             resync: interval_at(now + resync, resync),
             renew_at: renew_in.map(|d| now + d),
         };
@@ -92,7 +93,11 @@ impl<M: SubnetManager> Running<M> {
                     None => None,
                 },
                 Wake::PeersSettled => Some(Trigger::PeersChanged),
-                Wake::RepairTick => Some(Trigger::Repair),
+                Wake::RepairTick => {
+                    // Also before the first snapshot, when no pass runs to move it on.
+                    self.schedule.repair_at = TokioInstant::now() + REPAIR_INTERVAL;
+                    Some(Trigger::Repair)
+                }
                 Wake::Link(ev) => self.on_link_event(ev)?,
                 Wake::RuleResync => {
                     self.on_rule_resync().await;
@@ -123,7 +128,7 @@ impl<M: SubnetManager> Running<M> {
             _ = self.shutdown.changed() => Wake::Shutdown,
             ev = self.leases.recv() => Wake::Lease(ev),
             _ = at(s.reconcile_at) => Wake::PeersSettled,
-            _ = s.repair.tick() => Wake::RepairTick,
+            _ = sleep_until(s.repair_at) => Wake::RepairTick,
             ev = self.links.next() => Wake::Link(ev),
             _ = s.resync.tick() => Wake::RuleResync,
             _ = at(s.renew_at) => Wake::Renew,
@@ -239,7 +244,9 @@ impl<M: SubnetManager> Running<M> {
         let result = self.up.backend.reconcile(&desired).await;
         drop(desired);
         let took = start.elapsed();
-        self.schedule.coalescer.passed(TokioInstant::now());
+        let end = TokioInstant::now();
+        self.schedule.coalescer.passed(end);
+        self.schedule.repair_at = next_repair(end, took);
         record_reconcile(&self.up.node.metrics, trigger, &result, took);
         self.up.backend.collect_metrics(&self.up.node.metrics);
         match result {

@@ -95,14 +95,13 @@ impl Device {
     }
 
     /// Makes the device exist and run, with `mtu`, up, our addresses and the cluster route.
-    /// Returns true when it was (re)created or adopted in this call.
     pub async fn ensure(
         &mut self,
         env: &BackendEnv,
         cfg: &WgConfig,
         mtu: u32,
         own: Option<&Lease>,
-    ) -> Result<bool, BackendError> {
+    ) -> Result<(), BackendError> {
         let name = self.spec.name;
         let nl = &env.nl;
         let mut link = nl
@@ -139,7 +138,7 @@ impl Device {
             self.ensure_addresses(env, link.index, own).await?;
             self.ensure_routes(env, link.index).await?;
         }
-        Ok(fresh)
+        Ok(())
     }
 
     /// Adopts what is there or creates the device, kernel first unless told otherwise.
