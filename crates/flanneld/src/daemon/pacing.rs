@@ -26,12 +26,12 @@ pub const REPAIR_COST_SHARE: u32 = 500;
 /// The longest time between repair passes, however expensive they are.
 pub const REPAIR_INTERVAL_MAX: Duration = Duration::from_secs(60);
 
-/// When the next repair pass is due after a pass that ended at `now` and took `took`:
-/// [`REPAIR_INTERVAL`] later, or later still when passes are expensive (26 s at 5000 peers,
-/// never more than [`REPAIR_INTERVAL_MAX`]). Deleted devices and peer changes do not wait for
-/// it: they start a pass at once.
-pub fn next_repair(now: Instant, took: Duration) -> Instant {
-    now + took
+/// When the next repair pass is due after a pass that ended at `now`, when a pass that finds
+/// everything in place takes `cost`: [`REPAIR_INTERVAL`] later, or later still when such passes
+/// are expensive (26 s at 5000 peers, never more than [`REPAIR_INTERVAL_MAX`]). Deleted devices
+/// and peer changes do not wait for it: they start a pass at once.
+pub fn next_repair(now: Instant, cost: Duration) -> Instant {
+    now + cost
         .saturating_mul(REPAIR_COST_SHARE)
         .clamp(REPAIR_INTERVAL, REPAIR_INTERVAL_MAX)
 }

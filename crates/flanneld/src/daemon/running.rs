@@ -39,6 +39,9 @@ struct Schedule {
     coalescer: Coalescer,
     /// When the next repair pass is due ([`next_repair`]).
     repair_at: TokioInstant,
+    /// How long the last pass that changed nothing took: what a repair pass costs (a pass
+    /// that programs thousands of entries is no measure of it).
+    repair_cost: Duration,
     resync: Interval,
     renew_at: Option<TokioInstant>,
 }
@@ -66,6 +69,7 @@ impl<M: SubnetManager> Running<M> {
             pending_since: None,
             coalescer: Coalescer::default(),
             repair_at: now + REPAIR_INTERVAL,
+            repair_cost: Duration::ZERO,
             resync: interval_at(now + resync, resync),
             renew_at: renew_in.map(|d| now + d),
         };
@@ -245,8 +249,14 @@ impl<M: SubnetManager> Running<M> {
         drop(desired);
         let took = start.elapsed();
         let end = TokioInstant::now();
-        self.schedule.coalescer.passed(end);
-        self.schedule.repair_at = next_repair(end, took);
+        let s = &mut self.schedule;
+        s.coalescer.passed(end);
+        if let Ok(stats) = &result
+            && stats.added + stats.removed + stats.failed == 0
+        {
+            s.repair_cost = took;
+        }
+        s.repair_at = next_repair(end, s.repair_cost);
         record_reconcile(&self.up.node.metrics, trigger, &result, took);
         self.up.backend.collect_metrics(&self.up.node.metrics);
         match result {
