@@ -194,6 +194,19 @@ struct Rss {
     anon: u64,
 }
 
+impl std::fmt::Display for Rss {
+    /// `now (anonymous) / peak`, as the report's rows show it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} ({}) / {}",
+            mib(self.now),
+            mib(self.anon),
+            mib(self.peak)
+        )
+    }
+}
+
 /// VmRSS, VmHWM, RssAnon (KiB) and CPU time of `pid`.
 fn proc_stats(pid: u32) -> Result<(Rss, Duration)> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
@@ -653,18 +666,13 @@ fn report(opts: &Options, f: &Figures) {
         f.start_bytes / 1024.0 / 1024.0
     );
     println!(
-        "| RSS (anonymous) / peak (VmHWM), converged | {} ({}) / {} | peak < 24 MiB: {} |",
-        mib(f.rss_converged.now),
-        mib(f.rss_converged.anon),
-        mib(f.rss_converged.peak),
+        "| RSS (anonymous) / peak (VmHWM), converged | {} | peak < 24 MiB: {} |",
+        f.rss_converged,
         goal(f.rss_converged.peak < 24 * 1024)
     );
     println!(
-        "| RSS (anonymous) / peak after {:.0} s of heartbeats | {} ({}) / {} | steady < 18 MiB: {} |",
-        secs,
-        mib(f.rss_after_churn.now),
-        mib(f.rss_after_churn.anon),
-        mib(f.rss_after_churn.peak),
+        "| RSS (anonymous) / peak after {secs:.0} s of heartbeats | {} | steady < 18 MiB: {} |",
+        f.rss_after_churn,
         goal(f.rss_after_churn.now < 18 * 1024)
     );
     println!(
