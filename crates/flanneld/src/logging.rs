@@ -22,7 +22,6 @@ const NOISY: &[&str] = &[
     "rustls",
     "netlink_proto",
     "kube_client",
-    "kube_runtime",
 ];
 
 /// The tracing level a klog verbosity maps to.

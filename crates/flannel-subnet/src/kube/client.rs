@@ -12,8 +12,8 @@ use tracing::warn;
 use super::KubeError;
 use crate::DatastoreCause;
 
-/// How long one API request may take before it counts as failed. Watches are not affected:
-/// kube's watcher has its own idle timeout.
+/// How long one API request may take before it counts as failed. The node watch is not
+/// affected: it has its own deadline (`watch::WATCH_TIMEOUT_SECS` and a margin).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Builds the client configuration:

@@ -42,6 +42,8 @@ use tracing::info;
 use crate::{DatastoreCause, SubnetError, SubnetManager, WatchEvent};
 
 pub mod client;
+pub mod event;
+pub mod lines;
 pub mod node;
 pub mod peer;
 pub mod watch;
@@ -378,8 +380,7 @@ impl SubnetManager for KubeManager {
             self.config.enable_ipv4,
             self.config.enable_ipv6,
         );
-        let peers: Api<peer::PeerNode> = Api::all(self.nodes.clone().into_client());
-        tokio::spawn(watch::run(peers, leases, tx));
+        tokio::spawn(watch::run(self.nodes.clone().into_client(), leases, tx));
         rx
     }
 }

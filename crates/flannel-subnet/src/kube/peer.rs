@@ -3,7 +3,7 @@
 //!
 //! A real Node is 5-20 KB of JSON (status.images, conditions, managedFields, labels, the
 //! kubelet's annotations); flannel reads a few hundred bytes of it: the name, the podCIDR(s) and
-//! its own annotations. `PeerNode` is what kube's watcher decodes list pages and watch events
+//! its own annotations. `PeerNode` is what the node watch decodes list pages and watch events
 //! into: serde skips everything else while parsing (`IgnoredAny`, no allocation), and the
 //! annotation map keeps only keys that name a flannel annotation. The object is turned into a
 //! lease right away and dropped (see [`super::watch`]).
@@ -45,10 +45,10 @@ pub fn is_flannel_annotation(key: &str) -> bool {
 
 /// A Node as the peer watch sees it: name, resourceVersion, flannel annotations, podCIDR(s).
 ///
-/// It implements `kube::Resource` as `v1/Node` (cluster-scoped, plural `nodes`) so `Api` and the
-/// watcher list and watch `/api/v1/nodes` with it; `metadata` is a minimal `ObjectMeta` (only
-/// `name`, `resourceVersion` and `annotations` are ever set) because `Resource::meta` needs one
-/// and the watcher reads the resourceVersion from it.
+/// It implements `kube::Resource` as `v1/Node` (cluster-scoped, plural `nodes`) so the watch's
+/// requests take the collection's path from kube (`Resource::url_path`); `metadata` is a minimal
+/// `ObjectMeta` (only `name`, `resourceVersion` and `annotations` are ever set) because
+/// `Resource::meta` needs one.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct PeerNode {
     /// `metadata.name`, `metadata.resourceVersion`, and the flannel `metadata.annotations`.

@@ -1,11 +1,12 @@
-//! The node watch: kube's `watcher` (paginated list, then watch from the list's resourceVersion
-//! with bookmarks, re-list on `410 Gone`, bounded exponential backoff on errors) turned into
-//! lease events.
+//! The node watch: a paginated list, then watches from the list's resourceVersion with
+//! bookmarks, a re-list on `410 Gone`, bounded exponential backoff on errors (kube's and
+//! client-go's watcher protocol), turned into lease events.
 //!
 //! Nodes are decoded as [`PeerNode`]s (name, podCIDRs, flannel annotations; the rest of the
 //! object is skipped while parsing) and each one becomes a lease as soon as it arrives: a
 //! (re)list is read in pages of [`LIST_PAGE_SIZE`] and never held as nodes, only as the leases
-//! it yields.
+//! it yields. Watch events are framed and decoded straight from the response's body chunks
+//! ([`super::lines`]).
 //!
 //! Every (re)list ends in a [`LeaseEvent::Snapshot`] of all flannel-managed nodes; after that,
 //! each node change becomes `Added` / `Removed` by comparing the node's lease with the one last
@@ -14,18 +15,25 @@
 //! attributes) catches what upstream's update handler misses: a podCIDR change, and a change on
 //! the IPv4 side of a dual-stack node. A podCIDR change is reported as `Removed(old)` then
 //! `Added(new)`, since the subnet is the lease's identity.
+//!
+//! kube's `watcher` ran this protocol before; it is run here directly because its stream costs
+//! per event (a line copy and UTF-8 pass, an idle-timeout timer set and cancelled, a backoff
+//! rebuilt) were a third of flanneld's CPU while 5000 nodes sent status updates.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::pin::pin;
+use std::time::Duration;
 
 use flannel_types::{AnnotationKeys, Lease, LeaseEvent};
-use futures::StreamExt;
-use kube::Api;
-use kube::runtime::WatchStreamExt;
-use kube::runtime::watcher::{self, Event};
+use futures::{AsyncBufRead, AsyncBufReadExt};
+use kube::api::{ListParams, WatchParams};
+use kube::core::{ObjectList, Request, WatchEvent as KubeWatchEvent};
+use kube::{Client, Resource};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
+use super::event;
+use super::lines::{LineTooLong, Lines};
 use super::node::{NodeView, lease_unchanged, node_to_lease};
 use super::peer::PeerNode;
 use crate::WatchEvent;
@@ -36,12 +44,6 @@ use crate::WatchEvent;
 /// 50 requests per full list instead of 10 is nothing for the API server, and lists happen
 /// only at start and after `410 Gone`.
 pub const LIST_PAGE_SIZE: u32 = 100;
-
-/// The watcher's configuration: paginated list, bookmarks so a resumed watch starts from a
-/// recent resourceVersion instead of re-listing.
-pub fn watcher_config() -> watcher::Config {
-    watcher::Config::default().page_size(LIST_PAGE_SIZE)
-}
 
 /// Turns Node objects into peer leases and remembers what was reported, per node name.
 #[derive(Debug)]
@@ -181,29 +183,161 @@ impl NodeLeases {
     }
 }
 
-/// Runs the watch until `tx`'s receiver is dropped.
-pub async fn run(api: Api<PeerNode>, leases: NodeLeases, tx: mpsc::Sender<WatchEvent>) {
+/// `timeoutSeconds` of each watch request, as kube's and client-go's watchers use; the server
+/// ends the request then and the watch resumes from the last resourceVersion seen.
+pub const WATCH_TIMEOUT_SECS: u32 = 290;
+
+/// How long after `timeoutSeconds` a watch request is given up as dead (a server that stopped
+/// sending without closing: no bookmark, no end), as kube's watcher does.
+const WATCH_DEADLINE_MARGIN: Duration = Duration::from_secs(10);
+
+/// The longest watch event gathered across body chunks (a Node is 5-20 KB; the API server
+/// refuses objects over 1.5 MB).
+pub const MAX_EVENT_BYTES: usize = 16 * 1024 * 1024;
+
+/// Retry delays after a failed list or watch: doubling from the first to the last, as kube's
+/// default watcher backoff (800 ms to 30 s).
+const BACKOFF_FIRST: Duration = Duration::from_millis(800);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// Why a list or watch request failed; logged, then retried with backoff.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeWatchError {
+    /// A request could not be built (a bad parameter; a bug rather than a server problem).
+    #[error("building the {what} request: {source}")]
+    Request {
+        /// `list` or `watch`.
+        what: &'static str,
+        /// Why kube refused to build it.
+        #[source]
+        source: kube::core::request::Error,
+    },
+    /// The API server refused a list page or it could not be read.
+    #[error("listing nodes: {0}")]
+    List(#[source] kube::Error),
+    /// The API server refused the watch request.
+    #[error("watching nodes from resourceVersion {rv}: {source}")]
+    Watch {
+        /// The resourceVersion the watch was to start from.
+        rv: String,
+        /// The refusal (a `Status` from the server, or a connection error).
+        #[source]
+        source: kube::Error,
+    },
+    /// The watch response broke off.
+    #[error("reading the node watch: {0}")]
+    Read(#[source] std::io::Error),
+    /// An event line that is not a watch event (the line's start is quoted).
+    #[error("node watch event {start:?}... is not a watch event: {source}")]
+    Decode {
+        /// The first 80 bytes of the line.
+        start: String,
+        /// What did not parse.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// An event line that is not UTF-8 (JSON text always is).
+    #[error("node watch event {start:?}... is not UTF-8: {source}")]
+    Utf8 {
+        /// The first 80 bytes of the line, invalid ones replaced.
+        start: String,
+        /// Where the text stopped being UTF-8.
+        #[source]
+        source: std::str::Utf8Error,
+    },
+    /// The server reported an error in the stream (other than `410 Gone`).
+    #[error("node watch error from the API server: {0}")]
+    Status(String),
+    /// An event without end.
+    #[error(transparent)]
+    TooLong(#[from] LineTooLong),
+    /// The watch ended right after it started, without an event.
+    #[error("the node watch from resourceVersion {0} ended at once without an event")]
+    EndedAtOnce(String),
+}
+
+/// How one watch request ended.
+#[derive(Debug)]
+enum WatchEnd {
+    /// Resume from this resourceVersion.
+    Resume(String),
+    /// The resourceVersion is too old (`410 Gone`): list again.
+    Expired,
+}
+
+/// What stops the loop: the receiver of the events is gone.
+struct Closed;
+
+/// Exponential retry delay, reset by success.
+#[derive(Debug, Default)]
+struct Backoff {
+    next: Option<Duration>,
+}
+
+impl Backoff {
+    /// The delay before the next retry.
+    fn delay(&mut self) -> Duration {
+        let d = self.next.unwrap_or(BACKOFF_FIRST);
+        self.next = Some(d.saturating_mul(2).min(BACKOFF_MAX));
+        d
+    }
+
+    fn reset(&mut self) {
+        self.next = None;
+    }
+}
+
+/// Runs the watch until `tx`'s receiver is dropped: a paginated list, then watches from the
+/// list's resourceVersion (bookmarks keep it recent), resumed after each `timeoutSeconds`; a
+/// `410 Gone` leads to a re-list, any other failure to a retry with backoff.
+///
+/// This is kube's watcher protocol, run here over [`kube::Client`] (same connection, TLS,
+/// credentials) so that events are framed and decoded straight from the body's chunks: see
+/// [`super::lines`].
+pub async fn run(client: Client, leases: NodeLeases, tx: mpsc::Sender<WatchEvent>) {
     info!("Starting kube subnet manager");
-    let stream = watcher::watcher(api, watcher_config()).default_backoff();
     let mut w = Watch {
+        client,
         leases,
         tx,
         listed: 0,
     };
-    let mut stream = pin!(stream);
+    let mut rv: Option<String> = None;
+    let mut backoff = Backoff::default();
     loop {
-        let next = tokio::select! {
-            n = stream.next() => n,
-            _ = w.tx.closed() => return,
+        let step = match rv.take() {
+            None => w.list().await.map(|r| r.map(WatchEnd::Resume)),
+            Some(from) => w.watch(from).await,
         };
-        if !w.handle(next).await {
-            return;
+        match step {
+            Ok(Ok(WatchEnd::Resume(next))) => {
+                backoff.reset();
+                rv = Some(next);
+            }
+            Ok(Ok(WatchEnd::Expired)) => {
+                info!("node watch: resourceVersion too old (410 Gone), listing again");
+                backoff.reset();
+            }
+            Ok(Err((e, resume))) => {
+                warn!("watching nodes: {e}; retrying with backoff");
+                rv = resume;
+                let delay = backoff.delay();
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = w.tx.closed() => return,
+                }
+            }
+            Err(Closed) => return,
         }
     }
 }
 
-/// The watch loop's state: the leases and where they go.
+/// A failure and where to resume after it (`None`: list again).
+type Failed = (NodeWatchError, Option<String>);
+
+/// The watch loop's state: the client, the leases and where they go.
 struct Watch {
+    client: Client,
     leases: NodeLeases,
     tx: mpsc::Sender<WatchEvent>,
     /// Nodes seen by the (re)list in progress, for the log line at its end.
@@ -211,50 +345,227 @@ struct Watch {
 }
 
 impl Watch {
-    /// Handles one item of the watcher's stream; false when the watch must end.
-    async fn handle(&mut self, next: Option<Result<Event<PeerNode>, watcher::Error>>) -> bool {
-        let Some(item) = next else {
-            // The backoff wrapper never ends the stream; be safe anyway.
-            warn!("node watch ended");
-            return false;
-        };
-        let events = match item {
-            Err(e) => {
-                warn!("watching nodes: {e}; retrying with backoff");
-                return true;
-            }
-            Ok(Event::Init) => {
-                debug!("listing nodes");
-                self.leases.list_started();
-                self.listed = 0;
-                return true;
-            }
-            Ok(Event::InitApply(node)) => {
-                self.leases.listed(&NodeView::of_peer(&node));
+    /// Lists all nodes page by page into the leases, sends the snapshot, and returns the
+    /// list's resourceVersion.
+    async fn list(&mut self) -> Result<Result<String, Failed>, Closed> {
+        debug!("listing nodes");
+        self.leases.list_started();
+        self.listed = 0;
+        let mut cont: Option<String> = None;
+        let rv = loop {
+            let mut lp = ListParams::default().limit(LIST_PAGE_SIZE);
+            lp.continue_token = cont.take();
+            let req = match Request::new(PeerNode::url_path(&(), None)).list(&lp) {
+                Ok(r) => r,
+                Err(source) => return Ok(Err((request_error("list", source), None))),
+            };
+            let page: ObjectList<PeerNode> = tokio::select! {
+                r = self.client.request(req) => match r {
+                    Ok(p) => p,
+                    Err(e) => return Ok(Err((NodeWatchError::List(e), None))),
+                },
+                () = self.tx.closed() => return Err(Closed),
+            };
+            for node in &page.items {
+                self.leases.listed(&NodeView::of_peer(node));
                 self.listed += 1;
-                return true;
             }
-            Ok(Event::InitDone) => {
-                let snap = self.leases.list_done();
-                if let LeaseEvent::Snapshot(l) = &snap {
-                    info!(
-                        "node list complete: {} nodes, {} flannel leases",
-                        self.listed,
-                        l.len()
-                    );
-                }
-                vec![snap]
+            match page.metadata.continue_ {
+                Some(c) if !c.is_empty() => cont = Some(c),
+                _ => break page.metadata.resource_version.unwrap_or_default(),
             }
-            Ok(Event::Apply(node)) => self.leases.applied(&NodeView::of_peer(&node)),
-            Ok(Event::Delete(node)) => self.leases.deleted(node.name()),
         };
-        for ev in events {
-            if self.tx.send(WatchEvent::Leases(ev)).await.is_err() {
-                return false;
+        let snap = self.leases.list_done();
+        if let LeaseEvent::Snapshot(l) = &snap {
+            info!(
+                "node list complete: {} nodes, {} flannel leases",
+                self.listed,
+                l.len()
+            );
+        }
+        self.send(vec![snap]).await?;
+        Ok(Ok(rv))
+    }
+
+    /// One watch request from `rv`, read to its end.
+    async fn watch(&mut self, rv: String) -> Result<Result<WatchEnd, Failed>, Closed> {
+        let wp = WatchParams::default().timeout(WATCH_TIMEOUT_SECS);
+        let mut req = match Request::new(PeerNode::url_path(&(), None)).watch(&wp, &rv) {
+            Ok(r) => r,
+            Err(source) => return Ok(Err((request_error("watch", source), Some(rv)))),
+        };
+        // Events are read as they come; a compressed stream would have to be inflated first.
+        req.headers_mut().insert(
+            http::header::ACCEPT_ENCODING,
+            http::HeaderValue::from_static("identity"),
+        );
+        let body = tokio::select! {
+            r = self.client.request_stream(req) => r,
+            () = self.tx.closed() => return Err(Closed),
+        };
+        let body = match body {
+            Ok(b) => b,
+            Err(kube::Error::Api(s)) if s.code == 410 => return Ok(Ok(WatchEnd::Expired)),
+            Err(source) => {
+                return Ok(Err((
+                    NodeWatchError::Watch {
+                        rv: rv.clone(),
+                        source,
+                    },
+                    Some(rv),
+                )));
+            }
+        };
+        let mut body = pin!(body);
+        let deadline = tokio::time::sleep(
+            Duration::from_secs(u64::from(WATCH_TIMEOUT_SECS)) + WATCH_DEADLINE_MARGIN,
+        );
+        let mut deadline = pin!(deadline);
+        let mut stream = EventStream::new(rv);
+        loop {
+            let chunk = tokio::select! {
+                r = body.fill_buf() => r,
+                () = &mut deadline => break,
+                () = self.tx.closed() => return Err(Closed),
+            };
+            let chunk = match chunk {
+                Ok(c) => c,
+                Err(e) => return Ok(Err(stream.failed(NodeWatchError::Read(e)))),
+            };
+            if chunk.is_empty() {
+                break;
+            }
+            let n = chunk.len();
+            let mut events = Vec::new();
+            let fed = stream.feed(chunk, &mut self.leases, &mut events);
+            body.as_mut().consume(n);
+            self.send(events).await?;
+            match fed {
+                Ok(None) => {}
+                Ok(Some(end)) => return Ok(Ok(end)),
+                Err(e) => return Ok(Err(stream.failed(e))),
             }
         }
-        true
+        Ok(stream.ended())
     }
+
+    /// Sends lease events to the daemon.
+    async fn send(&self, events: Vec<LeaseEvent>) -> Result<(), Closed> {
+        for ev in events {
+            self.tx
+                .send(WatchEvent::Leases(ev))
+                .await
+                .map_err(|_| Closed)?;
+        }
+        Ok(())
+    }
+}
+
+fn request_error(what: &'static str, source: kube::core::request::Error) -> NodeWatchError {
+    NodeWatchError::Request { what, source }
+}
+
+/// The decoding side of one watch request: framing, the resourceVersion to resume from, and
+/// whether any event arrived.
+struct EventStream {
+    lines: Lines,
+    /// Reused by the event decoder ([`event::decode`]).
+    scratch: Vec<u8>,
+    rv: String,
+    events: u64,
+}
+
+impl EventStream {
+    fn new(rv: String) -> EventStream {
+        EventStream {
+            lines: Lines::new(MAX_EVENT_BYTES),
+            scratch: Vec::new(),
+            rv,
+            events: 0,
+        }
+    }
+
+    /// Decodes the events a chunk completes into lease events; `Some` when the stream says
+    /// the watch must end (`410 Gone`).
+    fn feed(
+        &mut self,
+        chunk: &[u8],
+        leases: &mut NodeLeases,
+        out: &mut Vec<LeaseEvent>,
+    ) -> Result<Option<WatchEnd>, NodeWatchError> {
+        let mut end = None;
+        let rv = &mut self.rv;
+        let scratch = &mut self.scratch;
+        let events = &mut self.events;
+        self.lines.feed(chunk, |line| {
+            if end.is_some() {
+                return Ok(());
+            }
+            *events += 1;
+            end = apply_line(line, scratch, rv, leases, out)?;
+            Ok::<(), NodeWatchError>(())
+        })?;
+        Ok(end)
+    }
+
+    /// The failure, with where to resume: from the last resourceVersion seen.
+    fn failed(&self, e: NodeWatchError) -> Failed {
+        (e, Some(self.rv.clone()))
+    }
+
+    /// The body ended (the server's `timeoutSeconds`, or our deadline): resume, unless the
+    /// request ended without a single event or bookmark, which is retried with backoff so a
+    /// server that closes every watch at once is not asked again in a tight loop.
+    fn ended(self) -> Result<WatchEnd, Failed> {
+        if self.events == 0 {
+            let e = NodeWatchError::EndedAtOnce(self.rv.clone());
+            return Err((e, Some(self.rv)));
+        }
+        if self.lines.pending() > 0 {
+            debug!(
+                "node watch ended inside an event ({} bytes dropped); resuming from {}",
+                self.lines.pending(),
+                self.rv
+            );
+        }
+        Ok(WatchEnd::Resume(self.rv))
+    }
+}
+
+/// Applies one event line: node changes to `leases` (lease events into `out`), bookmarks and
+/// objects move `rv`; `Some(Expired)` for a `410 Gone` error event.
+fn apply_line(
+    line: &[u8],
+    scratch: &mut Vec<u8>,
+    rv: &mut String,
+    leases: &mut NodeLeases,
+    out: &mut Vec<LeaseEvent>,
+) -> Result<Option<WatchEnd>, NodeWatchError> {
+    let ev = event::decode(line, scratch)?;
+    let mut moved = |node: &PeerNode| {
+        if let Some(v) = &node.metadata.resource_version {
+            v.clone_into(rv);
+        }
+    };
+    match ev {
+        KubeWatchEvent::Added(node) | KubeWatchEvent::Modified(node) => {
+            moved(&node);
+            out.extend(leases.applied(&NodeView::of_peer(&node)));
+        }
+        KubeWatchEvent::Deleted(node) => {
+            moved(&node);
+            out.extend(leases.deleted(node.name()));
+        }
+        KubeWatchEvent::Bookmark(b) => b.metadata.resource_version.clone_into(rv),
+        KubeWatchEvent::Error(s) if s.code == 410 => return Ok(Some(WatchEnd::Expired)),
+        KubeWatchEvent::Error(s) => {
+            return Err(NodeWatchError::Status(format!(
+                "{} ({}, code {})",
+                s.message, s.reason, s.code
+            )));
+        }
+    }
+    Ok(None)
 }
 
 #[cfg(test)]
@@ -483,5 +794,157 @@ mod tests {
         assert_eq!(l.len(), 1);
         assert_eq!(t.known().keys().collect::<Vec<_>>(), ["b"]);
         assert!(t.warned.is_empty());
+    }
+
+    /// A watch event line for node `name` with VtepMAC `mac` at resourceVersion `rv`.
+    fn event(kind: &str, name: &str, mac: &str, rv: u32) -> String {
+        serde_json::json!({
+            "type": kind,
+            "object": {
+                "kind": "Node",
+                "apiVersion": "v1",
+                "metadata": {
+                    "name": name,
+                    "resourceVersion": rv.to_string(),
+                    "annotations": {
+                        "flannel.alpha.coreos.com/kube-subnet-manager": "true",
+                        "flannel.alpha.coreos.com/backend-type": "vxlan",
+                        "flannel.alpha.coreos.com/backend-data":
+                            format!(r#"{{"VNI":1,"VtepMAC":"{mac}"}}"#),
+                        "flannel.alpha.coreos.com/public-ip": "198.18.0.2",
+                        "node.alpha.kubernetes.io/ttl": "0"
+                    }
+                },
+                "spec": { "podCIDR": "10.0.1.0/24", "podCIDRs": ["10.0.1.0/24"] },
+                "status": { "conditions": [{ "type": "Ready", "status": "True" }] }
+            }
+        })
+        .to_string()
+    }
+
+    #[test]
+    fn event_lines_move_the_resource_version_and_the_leases() {
+        let mut t = NodeLeases::new(AnnotationKeys::default(), true, false);
+        t.snapshot([]);
+        let (mut rv, mut out) = (String::from("1"), Vec::new());
+        let added = event("ADDED", "a", "aa:00:00:00:00:01", 7);
+        assert!(matches!(
+            apply_line(added.as_bytes(), &mut Vec::new(), &mut rv, &mut t, &mut out),
+            Ok(None)
+        ));
+        assert_eq!(rv, "7");
+        assert!(
+            matches!(&out[..], [LeaseEvent::Added(l)] if l.subnet.unwrap().to_string() == "10.0.1.0/24")
+        );
+        // A heartbeat: same lease, no event, but the resourceVersion moves.
+        out.clear();
+        let beat = event("MODIFIED", "a", "aa:00:00:00:00:01", 9);
+        apply_line(beat.as_bytes(), &mut Vec::new(), &mut rv, &mut t, &mut out).unwrap();
+        assert_eq!((rv.as_str(), out.len()), ("9", 0));
+        let bookmark = r#"{"type":"BOOKMARK","object":{"kind":"Node","apiVersion":"v1","metadata":{"resourceVersion":"12"}}}"#;
+        apply_line(
+            bookmark.as_bytes(),
+            &mut Vec::new(),
+            &mut rv,
+            &mut t,
+            &mut out,
+        )
+        .unwrap();
+        assert_eq!((rv.as_str(), out.len()), ("12", 0));
+        let deleted = event("DELETED", "a", "aa:00:00:00:00:01", 13);
+        apply_line(
+            deleted.as_bytes(),
+            &mut Vec::new(),
+            &mut rv,
+            &mut t,
+            &mut out,
+        )
+        .unwrap();
+        assert!(matches!(&out[..], [LeaseEvent::Removed(_)]));
+        assert_eq!(rv, "13");
+    }
+
+    #[test]
+    fn error_events_end_or_fail_the_watch_and_garbage_is_named() {
+        let mut t = NodeLeases::new(AnnotationKeys::default(), true, false);
+        let (mut rv, mut out) = (String::from("5"), Vec::new());
+        let gone = r#"{"type":"ERROR","object":{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"too old resource version: 5 (80)","reason":"Expired","code":410}}"#;
+        assert!(matches!(
+            apply_line(gone.as_bytes(), &mut Vec::new(), &mut rv, &mut t, &mut out),
+            Ok(Some(WatchEnd::Expired))
+        ));
+        let other = r#"{"type":"ERROR","object":{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"etcd unavailable","reason":"InternalError","code":500}}"#;
+        let e =
+            apply_line(other.as_bytes(), &mut Vec::new(), &mut rv, &mut t, &mut out).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "node watch error from the API server: etcd unavailable (InternalError, code 500)"
+        );
+        let e = apply_line(
+            b"<html>proxy error</html>",
+            &mut Vec::new(),
+            &mut rv,
+            &mut t,
+            &mut out,
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().starts_with(
+                r#"node watch event "<html>proxy error</html>"... is not a watch event: "#
+            ),
+            "{e}"
+        );
+        let e = apply_line(
+            b"{\"type\":\"ADDED\xff",
+            &mut Vec::new(),
+            &mut rv,
+            &mut t,
+            &mut out,
+        )
+        .unwrap_err();
+        assert!(matches!(e, NodeWatchError::Utf8 { .. }), "{e}");
+        assert_eq!(rv, "5", "failures do not move the resourceVersion");
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn a_stream_split_anywhere_gives_the_same_leases_and_ends_where_it_stopped() {
+        let text = [
+            event("ADDED", "a", "aa:00:00:00:00:01", 2),
+            event("MODIFIED", "a", "aa:00:00:00:00:01", 3),
+            event("MODIFIED", "a", "aa:00:00:00:00:02", 4),
+        ]
+        .join("\n")
+            + "\n";
+        let bytes = text.as_bytes();
+        for cut in (0..bytes.len()).step_by(97) {
+            let mut t = NodeLeases::new(AnnotationKeys::default(), true, false);
+            t.snapshot([]);
+            let mut s = EventStream::new("1".into());
+            let mut out = Vec::new();
+            for part in [&bytes[..cut], &bytes[cut..]] {
+                assert!(s.feed(part, &mut t, &mut out).unwrap().is_none());
+            }
+            // Added, then the VtepMAC change; the heartbeat in between gives nothing.
+            assert_eq!(out.len(), 2, "cut at {cut}");
+            assert!(matches!(s.ended(), Ok(WatchEnd::Resume(rv)) if rv == "4"));
+        }
+        // A request that ends without any event is a failure (retried with backoff), resumed
+        // from where it started.
+        let s = EventStream::new("8".into());
+        let Err((e, resume)) = s.ended() else {
+            panic!("an empty watch must not count as progress")
+        };
+        assert!(matches!(e, NodeWatchError::EndedAtOnce(_)));
+        assert_eq!(resume.as_deref(), Some("8"));
+    }
+
+    #[test]
+    fn backoff_doubles_to_its_cap_and_resets() {
+        let mut b = Backoff::default();
+        let got: Vec<u64> = (0..8).map(|_| b.delay().as_millis() as u64).collect();
+        assert_eq!(got, [800, 1600, 3200, 6400, 12800, 25600, 30000, 30000]);
+        b.reset();
+        assert_eq!(b.delay(), BACKOFF_FIRST);
     }
 }

@@ -1,5 +1,5 @@
-//! When reconcile passes run: after peer changes ([`Coalescer`]) and for repair
-//! ([`next_repair`]).
+//! When reconcile passes run: after peer changes and for repair, both held by one [`Pacing`]
+//! (pure, so the whole rule is tested without a daemon).
 //!
 //! After peer changes: soon after a change that finds the daemon idle, at most once per
 //! [`COALESCE`] while changes keep coming.
@@ -43,16 +43,32 @@ pub const COALESCE: Duration = Duration::from_millis(50);
 /// How long a change that finds the daemon idle waits for the rest of its burst.
 pub const SETTLE: Duration = Duration::from_millis(5);
 
-/// The reconcile schedule for peer changes; pure, so the rule is tested without a daemon.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct Coalescer {
+/// The reconcile schedule: when a pass for peer changes may run ([`Pacing::change_due`]) and
+/// when the next repair pass is due ([`Pacing::repair_at`]), both moved on by every pass.
+#[derive(Debug, Clone, Copy)]
+pub struct Pacing {
     /// When the last reconcile (of any trigger: each one is a full pass) ended.
     last_pass: Option<Instant>,
+    /// When the next repair pass is due ([`next_repair`]).
+    repair_at: Instant,
+    /// How long the last pass that changed nothing took: what a repair pass costs (a pass
+    /// that programs thousands of entries is no measure of it).
+    repair_cost: Duration,
 }
 
-impl Coalescer {
+impl Pacing {
+    /// The schedule of a daemon that starts at `now`: the first repair [`REPAIR_INTERVAL`]
+    /// later.
+    pub fn new(now: Instant) -> Pacing {
+        Pacing {
+            last_pass: None,
+            repair_at: now + REPAIR_INTERVAL,
+            repair_cost: Duration::ZERO,
+        }
+    }
+
     /// When to run the reconcile for a change arriving at `now` with none scheduled yet.
-    pub fn due(&self, now: Instant) -> Instant {
+    pub fn change_due(&self, now: Instant) -> Instant {
         let soon = now + SETTLE;
         match self.last_pass {
             Some(end) => soon.max(end + COALESCE),
@@ -60,9 +76,27 @@ impl Coalescer {
         }
     }
 
-    /// A reconcile pass ended at `at`.
-    pub fn passed(&mut self, at: Instant) {
-        self.last_pass = Some(at);
+    /// When the next repair pass is due.
+    pub fn repair_at(&self) -> Instant {
+        self.repair_at
+    }
+
+    /// A repair is starting at `now`: the next one is due [`REPAIR_INTERVAL`] later unless the
+    /// pass says otherwise (it also moves the schedule on before the first snapshot, when no
+    /// pass runs).
+    pub fn repair_started(&mut self, now: Instant) {
+        self.repair_at = now + REPAIR_INTERVAL;
+    }
+
+    /// A reconcile pass ended at `end` after `took`; `changed_nothing` when it succeeded
+    /// without adding, removing or failing anything, which makes it the measure of what a
+    /// repair costs.
+    pub fn passed(&mut self, end: Instant, took: Duration, changed_nothing: bool) {
+        self.last_pass = Some(end);
+        if changed_nothing {
+            self.repair_cost = took;
+        }
+        self.repair_at = next_repair(end, self.repair_cost);
     }
 }
 
@@ -73,19 +107,19 @@ mod tests {
     #[test]
     fn idle_changes_settle_briefly_bursts_are_spaced() {
         let t0 = Instant::now();
-        let mut c = Coalescer::default();
+        let mut c = Pacing::new(t0);
         // Nothing ran yet: only the settle delay.
-        assert_eq!(c.due(t0), t0 + SETTLE);
+        assert_eq!(c.change_due(t0), t0 + SETTLE);
         // A pass just ended: the next one waits for the window after it.
-        c.passed(t0);
-        assert_eq!(c.due(t0 + Duration::from_millis(1)), t0 + COALESCE);
+        c.passed(t0, Duration::from_millis(3), true);
+        assert_eq!(c.change_due(t0 + Duration::from_millis(1)), t0 + COALESCE);
         assert_eq!(
-            c.due(t0 + Duration::from_millis(48)),
+            c.change_due(t0 + Duration::from_millis(48)),
             t0 + Duration::from_millis(53)
         );
         // Long after the last pass: idle again.
         let later = t0 + Duration::from_secs(1);
-        assert_eq!(c.due(later), later + SETTLE);
+        assert_eq!(c.change_due(later), later + SETTLE);
     }
 
     #[test]
@@ -106,5 +140,31 @@ mod tests {
             next_repair(t0, Duration::from_secs(u64::MAX / 1000)),
             t0 + REPAIR_INTERVAL_MAX
         );
+    }
+
+    #[test]
+    fn the_repair_interval_follows_passes_that_changed_nothing() {
+        let t0 = Instant::now();
+        let mut p = Pacing::new(t0);
+        assert_eq!(p.repair_at(), t0 + REPAIR_INTERVAL);
+        // A slow pass that programmed 15000 entries (start-up) says nothing about repairs.
+        p.passed(t0, Duration::from_millis(400), false);
+        assert_eq!(p.repair_at(), t0 + REPAIR_INTERVAL);
+        // A 40 ms pass that found everything in place: repairs every 20 s.
+        let t1 = t0 + Duration::from_secs(10);
+        p.passed(t1, Duration::from_millis(40), true);
+        assert_eq!(p.repair_at(), t1 + Duration::from_secs(20));
+        // The cost is kept across passes that change things (and failed ones).
+        let t2 = t1 + Duration::from_secs(1);
+        p.passed(t2, Duration::from_millis(900), false);
+        assert_eq!(p.repair_at(), t2 + Duration::from_secs(20));
+        // A repair that starts moves the schedule on by the shortest interval until its pass
+        // ends.
+        let t3 = t2 + Duration::from_secs(20);
+        p.repair_started(t3);
+        assert_eq!(p.repair_at(), t3 + REPAIR_INTERVAL);
+        // Cheaper again: back to the shortest interval.
+        p.passed(t3, Duration::from_millis(5), true);
+        assert_eq!(p.repair_at(), t3 + REPAIR_INTERVAL);
     }
 }

@@ -11,7 +11,7 @@ use tokio::time::{Instant as TokioInstant, Interval, interval_at, sleep_until};
 use tracing::{debug, error, info, warn};
 
 use super::blackhole::ensure_blackhole;
-use super::pacing::{Coalescer, REPAIR_INTERVAL, next_repair};
+use super::pacing::Pacing;
 use super::start::Up;
 use super::{DaemonError, Exit, RENEW_RETRY, sleep_or_shutdown};
 use crate::backend::BackendError;
@@ -35,13 +35,8 @@ struct Schedule {
     reconcile_at: Option<TokioInstant>,
     /// When the oldest peer change not yet in the kernel arrived.
     pending_since: Option<Instant>,
-    /// When a reconcile for peer changes may run.
-    coalescer: Coalescer,
-    /// When the next repair pass is due ([`next_repair`]).
-    repair_at: TokioInstant,
-    /// How long the last pass that changed nothing took: what a repair pass costs (a pass
-    /// that programs thousands of entries is no measure of it).
-    repair_cost: Duration,
+    /// When a reconcile for peer changes may run, and when the next repair is due.
+    pacing: Pacing,
     resync: Interval,
     renew_at: Option<TokioInstant>,
 }
@@ -67,9 +62,7 @@ impl<M: SubnetManager> Running<M> {
         let schedule = Schedule {
             reconcile_at: None,
             pending_since: None,
-            coalescer: Coalescer::default(),
-            repair_at: now + REPAIR_INTERVAL,
-            repair_cost: Duration::ZERO,
+            pacing: Pacing::new(now),
             resync: interval_at(now + resync, resync),
             renew_at: renew_in.map(|d| now + d),
         };
@@ -99,7 +92,7 @@ impl<M: SubnetManager> Running<M> {
                 Wake::PeersSettled => Some(Trigger::PeersChanged),
                 Wake::RepairTick => {
                     // Also before the first snapshot, when no pass runs to move it on.
-                    self.schedule.repair_at = TokioInstant::now() + REPAIR_INTERVAL;
+                    self.schedule.pacing.repair_started(TokioInstant::now());
                     Some(Trigger::Repair)
                 }
                 Wake::Link(ev) => self.on_link_event(ev)?,
@@ -132,7 +125,7 @@ impl<M: SubnetManager> Running<M> {
             _ = self.shutdown.changed() => Wake::Shutdown,
             ev = self.leases.recv() => Wake::Lease(ev),
             _ = at(s.reconcile_at) => Wake::PeersSettled,
-            _ = sleep_until(s.repair_at) => Wake::RepairTick,
+            _ = sleep_until(s.pacing.repair_at()) => Wake::RepairTick,
             ev = self.links.next() => Wake::Link(ev),
             _ = s.resync.tick() => Wake::RuleResync,
             _ = at(s.renew_at) => Wake::Renew,
@@ -153,7 +146,7 @@ impl<M: SubnetManager> Running<M> {
                     s.pending_since = Some(Instant::now());
                 }
                 if (changed || first) && self.up.peers.synced && s.reconcile_at.is_none() {
-                    s.reconcile_at = Some(s.coalescer.due(TokioInstant::now()));
+                    s.reconcile_at = Some(s.pacing.change_due(TokioInstant::now()));
                 }
                 None
             }
@@ -249,14 +242,10 @@ impl<M: SubnetManager> Running<M> {
         drop(desired);
         let took = start.elapsed();
         let end = TokioInstant::now();
-        let s = &mut self.schedule;
-        s.coalescer.passed(end);
-        if let Ok(stats) = &result
-            && stats.added + stats.removed + stats.failed == 0
-        {
-            s.repair_cost = took;
-        }
-        s.repair_at = next_repair(end, s.repair_cost);
+        let changed_nothing = result
+            .as_ref()
+            .is_ok_and(|s| s.added + s.removed + s.failed == 0);
+        self.schedule.pacing.passed(end, took, changed_nothing);
         record_reconcile(&self.up.node.metrics, trigger, &result, took);
         self.up.backend.collect_metrics(&self.up.node.metrics);
         match result {
