@@ -71,8 +71,9 @@ const WRITES_IN_FLIGHT: usize = 8;
 const LEASE_TTL_SECS: i64 = 24 * 3600;
 /// Bound on every single step that waits (etcd writes, convergence, log lines).
 const STEP_TIMEOUT: Duration = Duration::from_secs(180);
-/// How long a repair tick may take to show up in the log (flanneld's interval is 10 s).
-const REPAIR_TIMEOUT: Duration = Duration::from_secs(40);
+/// How long a repair tick may take to show up in the log (flanneld's interval is 10 s after a
+/// pass that changed things, at most 60 s).
+const REPAIR_TIMEOUT: Duration = Duration::from_secs(70);
 /// How long one `ip -batch` / `bridge -batch` command may run.
 const BATCH_TIMEOUT: Duration = Duration::from_secs(120);
 /// Route protocol flannel-rs stamps on its routes (`proto 70`), used by the baseline too.

@@ -11,7 +11,7 @@
 //! * deletion of a backend device (link events): reconcile at once (it recreates the device
 //!   and replays every entry);
 //! * the repair tick: the same reconcile, which fixes anything changed by hand; due 10 s after
-//!   the last pass, later when passes are expensive (at most 0.2 % of a core, [`pacing`]);
+//!   the last pass, later when passes are expensive (at most 0.1 % of a core, [`pacing`]);
 //! * the rule resync tick: rules checked and repaired, blackhole route re-added;
 //! * lease renewal (etcd mode);
 //! * SIGTERM/SIGINT: exit 0 leaving device, routes and lease in place, so a restart does not
