@@ -17,6 +17,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::cluster::ClusterState;
+use crate::flows::metrics::FlowMetrics;
 use crate::nft::ActualTable;
 use crate::ruleset::Ruleset;
 
@@ -67,6 +68,8 @@ pub struct Metrics {
     pub api_errors: Family<ResourceLabel, Counter>,
     /// Per resource, the newest resourceVersion the last successful sync covered.
     pub synced_resource_version: Family<ResourceLabel, Gauge>,
+    /// Flow records, drops by policy and lost events (see [`crate::flows::metrics`]).
+    pub flows: FlowMetrics,
     /// Last counter value seen per label set, to turn kernel totals into increments.
     last_drops: Mutex<BTreeMap<DropLabels, u64>>,
 }
@@ -93,6 +96,7 @@ impl Metrics {
             invalid_policies: Gauge::default(),
             api_errors: Family::default(),
             synced_resource_version: Family::default(),
+            flows: FlowMetrics::default(),
             last_drops: Mutex::new(BTreeMap::new()),
         };
         registry.register("policies", "NetworkPolicies known", m.policies.clone());
@@ -132,6 +136,7 @@ impl Metrics {
             "newest metadata.resourceVersion per watched resource that the last successful sync enforces",
             m.synced_resource_version.clone(),
         );
+        m.flows.register(&mut registry);
         Metrics { registry, ..m }
     }
 
@@ -275,6 +280,10 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("flannel_netpol_sync_duration_seconds_count 1"));
+        assert!(
+            text.contains("flannel_netpol_flow_events_lost_total{source=\"nflog\"} 0"),
+            "{text}"
+        );
         m.synced_versions(&BTreeMap::from([("pods", 41), ("networkpolicies", 7)]));
         let text = m.render();
         assert!(
