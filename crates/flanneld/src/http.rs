@@ -8,6 +8,10 @@
 //!
 //! The server is plain hyper with bounds a probe endpoint needs: a header read timeout and a
 //! cap on concurrent connections, so a slow or flooding client cannot exhaust the daemon.
+//!
+//! A program can serve more paths on the same port ([`Health::with_routes`]): flannel-netpol
+//! serves its flow records (`/flows`) there, including a streamed `follow` response, which
+//! is the one kind of connection allowed to outlive the 30 s connection cap.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -15,10 +19,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use http_body_util::Full;
-use hyper::body::{Bytes, Incoming};
+use futures::{Stream, StreamExt};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
 use hyper::service::service_fn;
-use hyper::{Request, Response, StatusCode};
+use hyper::{Request, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
@@ -31,8 +37,51 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 /// A whole connection (keep-alive included) is closed after this time.
 const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
 
+pub use hyper::StatusCode;
+pub use hyper::body::Bytes;
+
 /// Produces the `/metrics` body; the daemon plugs its registry in here.
 pub type MetricsFn = Arc<dyn Fn() -> String + Send + Sync>;
+
+/// A response body: whole ([`full_body`]) or streamed ([`stream_body`]).
+pub type Body = UnsyncBoxBody<Bytes, Infallible>;
+
+/// A whole body.
+pub fn full_body(text: impl Into<Bytes>) -> Body {
+    Full::new(text.into()).boxed_unsync()
+}
+
+/// A body sent chunk by chunk as `chunks` yields them (chunked transfer encoding); it ends
+/// when the stream ends or the client goes.
+pub fn stream_body(chunks: impl Stream<Item = Bytes> + Send + 'static) -> Body {
+    StreamBody::new(chunks.map(|b| Ok::<_, Infallible>(Frame::data(b)))).boxed_unsync()
+}
+
+/// The answer of an extra route (see [`Health::with_routes`]).
+pub struct Routed {
+    /// Status code.
+    pub status: StatusCode,
+    /// `content-type` header.
+    pub content_type: &'static str,
+    /// The body.
+    pub body: Body,
+    /// Whether the response is a long-lived stream, exempt from the connection time cap.
+    pub streaming: bool,
+}
+
+impl std::fmt::Debug for Routed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Routed")
+            .field("status", &self.status)
+            .field("content_type", &self.content_type)
+            .field("streaming", &self.streaming)
+            .finish()
+    }
+}
+
+/// Serves paths beyond the probes: gets the path and the raw query string (without `?`),
+/// returns `None` for a path it does not serve.
+pub type RouteFn = Arc<dyn Fn(&str, Option<&str>) -> Option<Routed> + Send + Sync>;
 
 /// Shared state the endpoints report.
 #[derive(Clone)]
@@ -40,6 +89,7 @@ pub struct Health {
     program: &'static str,
     ready: Arc<AtomicBool>,
     metrics: Option<MetricsFn>,
+    routes: Option<RouteFn>,
 }
 
 impl std::fmt::Debug for Health {
@@ -63,6 +113,27 @@ impl Health {
             program,
             ready: Arc::new(AtomicBool::new(false)),
             metrics,
+            routes: None,
+        }
+    }
+
+    /// Adds paths served by `routes`, asked before the built-in 404.
+    pub fn with_routes(mut self, routes: RouteFn) -> Health {
+        self.routes = Some(routes);
+        self
+    }
+
+    /// The response for a request: an extra route's, else [`Health::respond`]'s.
+    pub fn route(&self, path: &str, query: Option<&str>) -> Routed {
+        if let Some(routed) = self.routes.as_ref().and_then(|r| r(path, query)) {
+            return routed;
+        }
+        let (status, content_type, body) = self.respond(path);
+        Routed {
+            status,
+            content_type,
+            body: full_body(body),
+            streaming: false,
         }
     }
 
@@ -139,14 +210,19 @@ pub async fn serve(
             let health = health.clone();
             tasks.spawn(async move {
                 let _permit = permit;
+                let streaming = Arc::new(AtomicBool::new(false));
+                let flag = streaming.clone();
                 let svc = service_fn(move |req: Request<Incoming>| {
-                    let (status, ctype, body) = health.respond(req.uri().path());
+                    let routed = health.route(req.uri().path(), req.uri().query());
+                    if routed.streaming {
+                        flag.store(true, Ordering::SeqCst);
+                    }
                     async move {
                         Ok::<_, Infallible>(
                             Response::builder()
-                                .status(status)
-                                .header("content-type", ctype)
-                                .body(Full::new(Bytes::from(body)))
+                                .status(routed.status)
+                                .header("content-type", routed.content_type)
+                                .body(routed.body)
                                 .expect("static response parts are valid"),
                         )
                     }
@@ -155,7 +231,16 @@ pub async fn serve(
                     .timer(TokioTimer::new())
                     .header_read_timeout(HEADER_TIMEOUT)
                     .serve_connection(TokioIo::new(stream), svc);
-                let _ = tokio::time::timeout(CONNECTION_TIMEOUT, conn).await;
+                tokio::pin!(conn);
+                // A streamed response lives as long as its client; every other connection is
+                // cut after CONNECTION_TIMEOUT.
+                if tokio::time::timeout(CONNECTION_TIMEOUT, conn.as_mut())
+                    .await
+                    .is_err()
+                    && streaming.load(Ordering::SeqCst)
+                {
+                    let _ = conn.await;
+                }
             });
             // Reap finished connection tasks so the set does not grow.
             while tasks.try_join_next().is_some() {}
@@ -219,6 +304,71 @@ mod tests {
                 .block_on(serves_over_tcp_and_shuts_down_body())
         })
         .expect("test namespace");
+    }
+
+    /// Extra routes come before the 404 and may stream; the probes stay as they are.
+    #[test]
+    fn extra_routes_serve_whole_and_streamed_bodies() {
+        flannel_lab::in_fresh_netns("healthz-routes", || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("tokio runtime")
+                .block_on(extra_routes_body())
+        })
+        .expect("test namespace");
+    }
+
+    async fn extra_routes_body() {
+        let routes: RouteFn = Arc::new(|path, query| {
+            let chunks = vec![Bytes::from("one\n"), Bytes::from("two\n")];
+            match path {
+                "/stream" => Some(Routed {
+                    status: StatusCode::OK,
+                    content_type: "application/x-ndjson",
+                    body: stream_body(futures::stream::iter(chunks)),
+                    streaming: true,
+                }),
+                "/echo" => Some(Routed {
+                    status: StatusCode::BAD_REQUEST,
+                    content_type: "text/plain",
+                    body: full_body(format!("query {query:?}")),
+                    streaming: false,
+                }),
+                _ => None,
+            }
+        });
+        let h = Health::new(None).with_routes(routes);
+        assert_eq!(h.route("/healthz", None).status, StatusCode::OK);
+        assert_eq!(h.route("/nope", None).status, StatusCode::NOT_FOUND);
+        let (tx, rx) = watch::channel(false);
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let task = serve(addr, h, rx).await.unwrap();
+        let r = get(
+            addr,
+            "GET /stream HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+        assert!(r.contains("transfer-encoding: chunked"), "{r}");
+        assert!(r.contains("one\n") && r.contains("two\n"), "{r}");
+        let r = get(
+            addr,
+            "GET /echo?a=b HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert!(r.starts_with("HTTP/1.1 400"), "{r}");
+        assert!(r.ends_with("query Some(\"a=b\")"), "{r}");
+        tx.send(true).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("server stops")
+            .unwrap();
     }
 
     async fn serves_over_tcp_and_shuts_down_body() {
