@@ -8,8 +8,10 @@
 //! collector wait. Nothing here sits on the packet path: with nobody watching, the cost is
 //! the kernel's event delivery and one append per event.
 
+pub mod client;
 pub mod enrich;
 pub mod filter;
+pub mod http;
 pub mod metrics;
 pub mod record;
 pub mod ring;
