@@ -98,3 +98,130 @@ pub fn respond(ring: &Arc<FlowRing>, query: &str, now: Timestamp) -> Routed {
         streaming: true,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::flows::client::{FlowLine, fetch};
+    use crate::flows::record::tests::tcp_facts;
+    use crate::flows::record::{FlowRecord, Verdict};
+    use flanneld::http::{Health, serve};
+    use std::net::SocketAddr;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::sync::{mpsc, watch};
+
+    fn rec(src: &str, dst: &str, secs: i64, verdict: Verdict) -> FlowRecord {
+        let mut f = tcp_facts(src, dst, secs);
+        f.verdict = verdict;
+        let mut r = FlowRecord::from_facts(f);
+        let name = |ip: &str| ip.rsplit('.').next().unwrap().to_string();
+        r.src_namespace = Some("x".into());
+        r.src_pod = Some(name(src));
+        r.dst_namespace = Some("x".into());
+        r.dst_pod = Some(name(dst));
+        r.node = "n1".into();
+        r
+    }
+
+    async fn raw_get(addr: SocketAddr, path: &str) -> String {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut out = String::new();
+        tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut out))
+            .await
+            .expect("response in time")
+            .unwrap();
+        out
+    }
+
+    /// A real server and client in a namespace of their own: queries, a bad parameter, and a
+    /// follow stream that sees the snapshot, then only new matching records.
+    #[test]
+    fn flows_are_served_filtered_and_followed() {
+        flannel_lab::in_fresh_netns("flows-http", || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("tokio runtime")
+                .block_on(served_body())
+        })
+        .expect("test namespace");
+    }
+
+    async fn served_body() {
+        let ring = Arc::new(FlowRing::new(100));
+        ring.push(rec("10.0.0.1", "10.0.0.2", 1, Verdict::Forwarded));
+        ring.push(rec("10.0.0.3", "10.0.0.2", 2, Verdict::Dropped));
+        let health = Health::for_program("flannel-netpol", None).with_routes(route(ring.clone()));
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let (stop, shutdown) = watch::channel(false);
+        let server = serve(addr, health, shutdown).await.unwrap();
+
+        let drops = FlowFilter::parse_query("verdict=DROPPED").unwrap();
+        let mut got = Vec::new();
+        fetch("n1", addr, &drops, |l| {
+            got.push(l);
+            true
+        })
+        .await
+        .unwrap();
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert!(matches!(&got[0], FlowLine::Record(r) if r.src_pod.as_deref() == Some("3")));
+
+        let r = raw_get(addr, "/flows?port=http").await;
+        assert!(r.starts_with("HTTP/1.1 400"), "{r}");
+        assert!(r.contains("parameter port: expected a port number"), "{r}");
+        let r = raw_get(addr, "/healthz").await;
+        assert!(r.ends_with("flannel-netpol is running"), "{r}");
+
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let follow = FlowFilter::parse_query("from_pod=x/1&follow=1").unwrap();
+        let client = tokio::spawn(async move {
+            fetch("n1", addr, &follow, move |l| {
+                let more = matches!(&l, FlowLine::Record(r) if r.time.as_second() < 3);
+                tx.send(l).unwrap();
+                more
+            })
+            .await
+        });
+        let mut next = async || {
+            tokio::time::timeout(Duration::from_secs(5), rx.recv())
+                .await
+                .expect("a line in time")
+                .expect("the client runs")
+        };
+        let first = next().await;
+        assert!(matches!(&first, FlowLine::Record(r) if r.time.as_second() == 1));
+        // Wait (bounded) until the follower is attached before pushing.
+        for _ in 0..100 {
+            if ring.followers() == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(ring.followers(), 1);
+        ring.push(rec("10.0.0.9", "10.0.0.2", 3, Verdict::Forwarded));
+        ring.push(rec("10.0.0.1", "10.0.0.2", 4, Verdict::Forwarded));
+        let second = next().await;
+        assert!(
+            matches!(&second, FlowLine::Record(r) if r.time.as_second() == 4),
+            "only the matching new record: {second:?}"
+        );
+        tokio::time::timeout(Duration::from_secs(5), client)
+            .await
+            .expect("client ends")
+            .unwrap()
+            .unwrap();
+        stop.send(true).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), server)
+            .await
+            .expect("server stops")
+            .unwrap();
+    }
+}
