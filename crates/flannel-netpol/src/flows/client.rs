@@ -149,19 +149,15 @@ pub async fn fetch(
         while let Some(end) = pending.iter().position(|b| *b == b'\n') {
             let line: Vec<u8> = pending.drain(..=end).collect();
             let line = String::from_utf8_lossy(&line);
-            match parse_line(&line) {
-                None => {}
-                Some(Ok(l)) => {
-                    if !on_line(l) {
-                        return Ok(());
-                    }
-                }
-                Some(Err(source)) => {
-                    return Err(ClientError::Decode {
-                        node: node_s(),
-                        source,
-                    });
-                }
+            let Some(parsed) = parse_line(&line) else {
+                continue;
+            };
+            let parsed = parsed.map_err(|source| ClientError::Decode {
+                node: node_s(),
+                source,
+            })?;
+            if !on_line(parsed) {
+                return Ok(());
             }
         }
     }
