@@ -69,7 +69,7 @@ pub struct Metrics {
     /// Per resource, the newest resourceVersion the last successful sync covered.
     pub synced_resource_version: Family<ResourceLabel, Gauge>,
     /// Flow records, drops by policy and lost events (see [`crate::flows::metrics`]).
-    pub flows: FlowMetrics,
+    pub flows: std::sync::Arc<FlowMetrics>,
     /// Last counter value seen per label set, to turn kernel totals into increments.
     last_drops: Mutex<BTreeMap<DropLabels, u64>>,
 }
@@ -96,7 +96,7 @@ impl Metrics {
             invalid_policies: Gauge::default(),
             api_errors: Family::default(),
             synced_resource_version: Family::default(),
-            flows: FlowMetrics::default(),
+            flows: std::sync::Arc::default(),
             last_drops: Mutex::new(BTreeMap::new()),
         };
         registry.register("policies", "NetworkPolicies known", m.policies.clone());

@@ -9,6 +9,7 @@
 //! the kernel's event delivery and one append per event.
 
 pub mod client;
+pub mod collector;
 pub mod enrich;
 pub mod filter;
 pub mod http;
