@@ -23,9 +23,17 @@ pub struct Options {
     /// Log verbosity (klog compatible); 2 and above also log denied packets to NFLOG.
     #[arg(long = "v", default_value_t = 0)]
     pub verbosity: u32,
-    /// NFLOG group of denied packets (with --v >= 2).
+    /// NFLOG group of denied packets (with --flows, or --v >= 2).
     #[arg(long = "nflog-group", default_value_t = 100)]
     pub nflog_group: u16,
+    /// Keep flow records (conntrack events, denied packets via NFLOG) and serve them on
+    /// /flows; keeps denied packets logged to NFLOG whatever --v says. --flows=false gives the
+    /// rules of --v alone.
+    #[arg(long = "flows", default_value_t = true, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub flows: bool,
+    /// Flow records kept in memory (the newest), with --flows.
+    #[arg(long = "flow-buffer", default_value_t = 8192)]
+    pub flow_buffer: usize,
     /// kubeconfig file (default: $KUBECONFIG, else the in-cluster service account).
     #[arg(long = "kubeconfig", default_value = "")]
     pub kubeconfig: String,
@@ -51,8 +59,10 @@ impl Options {
         Config {
             node,
             compile: CompileOptions {
-                nflog_group: (self.verbosity >= 2).then_some(self.nflog_group),
+                nflog_group: (self.flows || self.verbosity >= 2).then_some(self.nflog_group),
             },
+            flows: self.flows,
+            flow_buffer: self.flow_buffer,
             debounce: Duration::from_millis(self.sync_debounce_ms),
             metrics_addr: self.metrics_bind_address,
             kube_api_url: self.kube_api_url.clone(),
@@ -97,7 +107,19 @@ mod tests {
             "env-node"
         );
         assert_eq!(o.config(Some(String::new()), || "host".into()).node, "host");
-        assert_eq!(o.config(None, || "host".into()).compile.nflog_group, None);
+        // Flow records keep denied packets logged by default; --flows=false restores the
+        // rules of --v alone (no NFLOG below --v 2).
+        assert_eq!(
+            o.config(None, || "host".into()).compile.nflog_group,
+            Some(100)
+        );
+        let off = Options::try_parse_from(["flannel-netpol", "--v", "1", "--flows=false"]).unwrap();
+        let c = off.config(None, || "host".into());
+        assert_eq!((c.compile.nflog_group, c.flows), (None, false));
+        let on =
+            Options::try_parse_from(["flannel-netpol", "--flows", "--flow-buffer=64"]).unwrap();
+        let c = on.config(None, || "host".into());
+        assert_eq!((c.flows, c.flow_buffer), (true, 64));
         assert!(
             Options::try_parse_from(["flannel-netpol", "--metrics-bind-address", "x"]).is_err()
         );

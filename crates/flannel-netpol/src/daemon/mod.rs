@@ -26,6 +26,9 @@ use tracing::{info, warn};
 
 use crate::cluster::ClusterState;
 use crate::compile::CompileOptions;
+use crate::flows::collector::{Collector, Intake};
+use crate::flows::enrich::{PodDirectory, SharedDirectory};
+use crate::flows::ring::FlowRing;
 use crate::metrics::Metrics;
 
 pub mod enforcer;
@@ -56,6 +59,10 @@ pub struct Config {
     pub kube_api_url: String,
     /// `--kubeconfig` ("" = `KUBECONFIG`, then in-cluster).
     pub kubeconfig: String,
+    /// `--flows`: keep flow records and serve `/flows`.
+    pub flows: bool,
+    /// `--flow-buffer`: flow records kept.
+    pub flow_buffer: usize,
 }
 
 /// Why the enforcer could not start.
@@ -80,6 +87,10 @@ pub struct Running {
     enforcer: Enforcer,
     /// Per resource, the newest resourceVersion received (published after each good sync).
     seen: BTreeMap<&'static str, u64>,
+    /// With `--flows`: the pod names flow records get, republished before each sync.
+    directory: Option<SharedDirectory>,
+    /// With `--flows`: where kernel sources hand their events to the collector.
+    intake: Option<Intake>,
 }
 
 /// Start-up steps: sysctls, HTTP server, client, watches.
@@ -90,7 +101,21 @@ pub async fn start(
     sysctl::enable_bridge_netfilter(std::path::Path::new("/"));
     let metrics = Arc::new(Metrics::new());
     let render = metrics.clone();
-    let health = Health::for_program("flannel-netpol", Some(Arc::new(move || render.render())));
+    let mut health = Health::for_program("flannel-netpol", Some(Arc::new(move || render.render())));
+    let (mut directory, mut intake) = (None, None);
+    if config.flows {
+        let shared = SharedDirectory::new();
+        let ring = Arc::new(FlowRing::new(config.flow_buffer));
+        let (collector, input) = Collector::new(
+            config.node.clone(),
+            ring.clone(),
+            shared.clone(),
+            metrics.flows.clone(),
+        );
+        tokio::spawn(collector.run());
+        health = health.with_routes(crate::flows::http::route(ring));
+        (directory, intake) = (Some(shared), Some(input));
+    }
     http::serve(config.metrics_addr, health.clone(), shutdown).await?;
     let kubeconfig = if config.kubeconfig.is_empty() {
         std::env::var("KUBECONFIG").unwrap_or_default()
@@ -126,6 +151,8 @@ pub async fn start(
         updates,
         enforcer,
         seen: BTreeMap::new(),
+        directory,
+        intake,
     })
 }
 
@@ -137,6 +164,11 @@ struct Schedule {
 }
 
 impl Running {
+    /// With `--flows`, the intake kernel sources feed (clone one per source).
+    pub fn flow_intake(&self) -> Option<Intake> {
+        self.intake.clone()
+    }
+
     /// Runs until `shutdown` turns true; the table stays in the kernel.
     pub async fn run(mut self, mut shutdown: signal::Receiver<bool>) {
         let mut state = ClusterState::new();
@@ -200,6 +232,9 @@ impl Running {
     }
 
     async fn on_due(&mut self, state: &ClusterState, schedule: &mut Schedule) {
+        if let Some(directory) = &self.directory {
+            directory.publish(PodDirectory::from_state(state));
+        }
         match self.enforcer.sync(state).await {
             Ok(stats) => {
                 self.enforcer.metrics().synced_versions(&self.seen);
@@ -273,15 +308,20 @@ mod tests {
                 metrics_addr: "127.0.0.1:0".parse().unwrap(),
                 kube_api_url: String::new(),
                 kubeconfig: String::new(),
+                flows: true,
+                flow_buffer: 16,
             };
             let health = Health::for_program("flannel-netpol", None);
             let metrics = Arc::new(Metrics::new());
+            let directory = SharedDirectory::new();
             let running = Running {
                 enforcer: Enforcer::new("n1".into(), CompileOptions::default(), metrics.clone()),
                 config,
                 health: health.clone(),
                 updates,
                 seen: BTreeMap::new(),
+                directory: Some(directory.clone()),
+                intake: None,
             };
             let task = tokio::spawn(running.run(shutdown));
             let s = e2e_state();
@@ -306,6 +346,8 @@ mod tests {
             })
             .await;
             assert!(health.is_ready());
+            // The sync published the pods' names for flow records.
+            assert!(!directory.get().is_empty());
             let synced = |rv: u64| {
                 let want = format!(
                     "flannel_netpol_synced_resource_version{{resource=\"networkpolicies\"}} {rv}\n"
