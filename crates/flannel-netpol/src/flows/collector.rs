@@ -4,7 +4,7 @@
 //! on: when the collector falls behind, [`Intake::offer`] drops the event and counts it
 //! (`flow_events_lost_total{source="intake"}`), so a burst of new flows costs records, never
 //! socket reads or the packet path. The collector names each record from the latest
-//! [`PodDirectory`] and keeps conntrack flows only when one side is a pod (the node's own
+//! [`crate::flows::enrich::PodDirectory`] and keeps conntrack flows only when one side is a pod (the node's own
 //! connections are not pod traffic); drops always have a pod side, since only pod addresses
 //! are isolated.
 
