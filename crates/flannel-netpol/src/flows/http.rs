@@ -135,6 +135,26 @@ mod tests {
         out
     }
 
+    #[test]
+    fn followers_are_capped_and_bad_queries_refused() {
+        let ring = Arc::new(FlowRing::new(4));
+        let now = Timestamp::from_second(10).unwrap();
+        let held: Vec<_> = (0..MAX_FOLLOWERS)
+            .map(|_| ring.snapshot_and_follow(&FlowFilter::default(), now))
+            .collect();
+        assert_eq!(
+            respond(&ring, "follow=1", now).status,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(respond(&ring, "", now).status, StatusCode::OK);
+        drop(held);
+        let r = respond(&ring, "follow=1", now);
+        assert_eq!((r.status, r.streaming), (StatusCode::OK, true));
+        let r = respond(&ring, "verdict=maybe", now);
+        assert_eq!((r.status, r.streaming), (StatusCode::BAD_REQUEST, false));
+        assert_eq!(lost_line(3), "{\"lost\":3}\n");
+    }
+
     /// A real server and client in a namespace of their own: queries, a bad parameter, and a
     /// follow stream that sees the snapshot, then only new matching records.
     #[test]
