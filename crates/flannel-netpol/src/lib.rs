@@ -40,6 +40,7 @@ pub mod cli;
 pub mod cluster;
 pub mod compile;
 pub mod daemon;
+pub mod flowsrc;
 pub mod interval;
 pub mod metrics;
 pub mod model;
