@@ -8,6 +8,7 @@
 //! from the kernel; the socket parts are tested in network namespaces of their own.
 
 pub mod conntrack;
+pub mod nflog;
 mod nfnl;
 
 /// A received netlink datagram that does not decode as the kernel documents it.
