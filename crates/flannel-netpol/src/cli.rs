@@ -52,6 +52,7 @@ impl Options {
             node,
             compile: CompileOptions {
                 nflog_group: (self.verbosity >= 2).then_some(self.nflog_group),
+                identify_drops: false,
             },
             debounce: Duration::from_millis(self.sync_debounce_ms),
             metrics_addr: self.metrics_bind_address,
