@@ -76,6 +76,34 @@ pub fn drop_prefix(namespace: &str, name: &str) -> String {
     }
 }
 
+/// Why a packet to (`ingress`) or from (egress) the local `pod` was dropped, for a flow
+/// record: the policies isolating the pod in that direction, every one of which did not
+/// allow the packet. One policy is named alone (`namespace/name`, the usual case and what
+/// the kernel's prefix says too); several are listed in compile order, the first three and
+/// `+N more`, so a record stays one short line. `None` when no policy isolates the pod now
+/// (one was deleted since the drop): the caller then keeps the kernel's prefix.
+pub fn drop_reason(state: &ClusterState, pod: &PodInfo, ingress: bool) -> Option<String> {
+    let names: Vec<String> = state
+        .policies()
+        .map(|e| &e.policy)
+        .filter(|p| {
+            p.namespace == pod.namespace
+                && (if ingress {
+                    p.ingress.is_some()
+                } else {
+                    p.egress.is_some()
+                })
+                && p.pod_selector.matches(&pod.labels)
+        })
+        .map(Policy::key)
+        .collect();
+    match names.len() {
+        0 => None,
+        1..=3 => Some(names.join(", ")),
+        n => Some(format!("{} +{} more", names[..3].join(", "), n - 3)),
+    }
+}
+
 /// The log prefix of drops no single policy is responsible for (see [`drop_prefix`]).
 pub const DEFAULT_DENY: &str = "default deny";
 

@@ -530,3 +530,34 @@ fn policies_with_the_same_peers_share_their_sets() {
     let shared = rs.sets.keys().filter(|n| n.starts_with("peers-")).count();
     assert_eq!(shared, 2, "one per family");
 }
+
+#[test]
+fn drop_reasons_name_the_isolating_policies_of_the_direction() {
+    let mut s = e2e_state();
+    let a = find(&s, "x/a").clone();
+    assert_eq!(drop_reason(&s, &a, true), None, "not isolated");
+    add_policy(
+        &mut s,
+        json!({"metadata": meta("deny-in"), "spec": {"podSelector": {}, "policyTypes": ["Ingress"]}}),
+    );
+    assert_eq!(drop_reason(&s, &a, true).as_deref(), Some("x/deny-in"));
+    assert_eq!(drop_reason(&s, &a, false), None, "egress is not isolated");
+    // A pod of another namespace is not selected by x's policies.
+    assert_eq!(drop_reason(&s, find(&s, "y/a"), true), None);
+    for name in ["web", "db", "zz-last"] {
+        add_policy(
+            &mut s,
+            json!({"metadata": meta(name), "spec": {"podSelector": {"matchLabels": {"pod": "a"}},
+                "ingress": [{"ports": [{"port": 80}]}]}}),
+        );
+    }
+    assert_eq!(
+        drop_reason(&s, &a, true).as_deref(),
+        Some("x/db, x/deny-in, x/web +1 more")
+    );
+    // x/b is selected only by the policy with the empty selector.
+    assert_eq!(
+        drop_reason(&s, find(&s, "x/b"), true).as_deref(),
+        Some("x/deny-in")
+    );
+}
