@@ -111,3 +111,45 @@ fn a_tcp_exchange_yields_new_then_destroy_with_counters() {
     })
     .expect("namespace");
 }
+
+#[test]
+fn a_reader_that_falls_behind_counts_overruns_and_reads_on() {
+    flannel_lab::in_fresh_netns("flowsrc-ct-lost", || {
+        enable_conntrack();
+        // The smallest buffer the kernel grants holds a handful of events.
+        let mut source = CtSource::open(1, Duration::from_millis(200)).expect("open");
+        let udp = std::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("udp");
+        // 500 flows (one datagram to each of 500 ports) while nobody reads.
+        for port in 20000..20500u16 {
+            udp.send_to(b"x", (Ipv4Addr::LOCALHOST, port))
+                .expect("send");
+        }
+        let mut events = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            let before = (events.len(), source.overruns());
+            source.recv(&mut events).expect("recv");
+            if (events.len(), source.overruns()) == before {
+                break;
+            }
+        }
+        assert!(source.overruns() >= 1, "{} events", events.len());
+        assert!(events.len() < 500, "some events were lost");
+        // Reading goes on after the overrun: a new flow is seen.
+        udp.send_to(b"x", (Ipv4Addr::LOCALHOST, 21000))
+            .expect("send");
+        let mut after = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline
+            && !after.iter().any(|e: &CtEvent| e.orig.dport == Some(21000))
+        {
+            source.recv(&mut after).expect("recv");
+        }
+        assert!(
+            after
+                .iter()
+                .any(|e| e.orig.dport == Some(21000) && e.kind == CtKind::New)
+        );
+    })
+    .expect("namespace");
+}
