@@ -8,8 +8,9 @@
 //! cargo bench -p flannel-netpol --bench flowsrc -- [--rate 10000] [--seconds 5]
 //! ```
 //!
-//! Each flow is one UDP datagram from one socket to a new port on the namespace's loopback
-//! (a NEW event each; ports cycle through 50 000, fewer than the conntrack table holds).
+//! Each flow is one UDP datagram to a new address pair on the namespace's loopback (a NEW
+//! event each): two sockets times 50 000 destination ports, so at most [`MAX_FLOWS`] flows
+//! per run (rate times seconds), which the namespace's conntrack table holds with room.
 
 use std::net::{Ipv4Addr, UdpSocket};
 use std::sync::Arc;
@@ -17,6 +18,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use flannel_netpol::flowsrc::conntrack::{CtEvent, CtKind, CtSource};
+
+/// Distinct flows one run opens (entries stay in the table for UDP's 30 s timeout).
+const MAX_FLOWS: u64 = 100_000;
 
 /// CPU time of the calling thread, in nanoseconds.
 fn thread_cpu_ns() -> u64 {
@@ -49,6 +53,10 @@ fn run(cmd: &[&str]) {
 fn main() {
     let rate = arg("--rate", 10_000);
     let seconds = arg("--seconds", 5);
+    assert!(
+        rate * seconds <= MAX_FLOWS,
+        "rate x seconds must be at most {MAX_FLOWS} distinct flows"
+    );
     flannel_lab::in_fresh_netns("bench-flowsrc", move || {
         run(&[
             "nft",
@@ -75,7 +83,9 @@ fn main() {
             })
         };
         std::thread::sleep(Duration::from_millis(200));
-        let udp = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("udp");
+        let sockets: Vec<UdpSocket> = (0..2)
+            .map(|_| UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("udp"))
+            .collect();
         let total = rate * seconds;
         let begin = Instant::now();
         for i in 0..total {
@@ -85,6 +95,7 @@ fn main() {
                 std::thread::sleep(wait);
             }
             let port = 10_000 + (i % 50_000) as u16;
+            let udp = &sockets[(i / 50_000) as usize % sockets.len()];
             let _ = udp.send_to(b"x", (Ipv4Addr::LOCALHOST, port));
         }
         let sent_in = begin.elapsed();
