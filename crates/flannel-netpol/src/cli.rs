@@ -60,6 +60,7 @@ impl Options {
             node,
             compile: CompileOptions {
                 nflog_group: (self.flows || self.verbosity >= 2).then_some(self.nflog_group),
+                identify_drops: self.flows,
             },
             flows: self.flows,
             flow_buffer: self.flow_buffer,

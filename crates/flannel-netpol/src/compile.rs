@@ -39,7 +39,76 @@ use crate::ruleset::{ChainDef, Element, Hook, Ruleset, SetDef, SetKind, fnv1a64,
 pub struct CompileOptions {
     /// NFLOG group for denied packets (`--v>=2`); `None` = no logging.
     pub nflog_group: Option<u16>,
+    /// With `nflog_group`, give each logged drop its identity as the log prefix (for flow
+    /// records, see [`drop_prefix`]), and log the `*-policies` chains' final drop too, as
+    /// `default deny`. Off: the drop rules are exactly those of `--v>=2` (`log group G`).
+    pub identify_drops: bool,
 }
+
+/// The log prefix of the drops that no allow rule of a policy's direction accepted: the
+/// identity a flow record names as the reason of the drop.
+///
+/// A packet to (ingress) or from (egress) a pod is dropped when the pod is isolated in that
+/// direction by one or more policies and none of them allows it; it is counted and logged by
+/// the drop rule of the first of those policies in compile order (namespace, then name), and
+/// that is the policy the prefix names, `namespace/name`. When it is the only policy
+/// isolating the pod in that direction, which is the common case, that is the whole story;
+/// when others also select the pod, they too did not allow the packet: the prefix still
+/// names the first one, because a prefix that depended on which pods several policies share
+/// would change the chains on pod churn (chains change only when a policy does), and a
+/// reader that needs them all lists the policies selecting the pod from the cluster state.
+///
+/// Names that do not fit the kernel's 127-byte prefix, or hold a character that is not a
+/// Kubernetes name character, are written as the policy's object id (`p` + 12 hex digits,
+/// as in the table's object names and [`Ruleset::policies`]) so the rule is always valid.
+/// The chains' final `drop`, for a pod isolated without a policy of its own (not reached
+/// while the table is consistent), is [`DEFAULT_DENY`].
+pub fn drop_prefix(namespace: &str, name: &str) -> String {
+    let identity = format!("{namespace}/{name}");
+    let valid = identity.len() <= MAX_PREFIX
+        && identity
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-./".contains(&b));
+    if valid {
+        identity
+    } else {
+        policy_id(namespace, name)
+    }
+}
+
+/// Why a packet to (`ingress`) or from (egress) the local `pod` was dropped, for a flow
+/// record: the policies isolating the pod in that direction, every one of which did not
+/// allow the packet. One policy is named alone (`namespace/name`, the usual case and what
+/// the kernel's prefix says too); several are listed in compile order, the first three and
+/// `+N more`, so a record stays one short line. `None` when no policy isolates the pod now
+/// (one was deleted since the drop): the caller then keeps the kernel's prefix.
+pub fn drop_reason(state: &ClusterState, pod: &PodInfo, ingress: bool) -> Option<String> {
+    let names: Vec<String> = state
+        .policies()
+        .map(|e| &e.policy)
+        .filter(|p| {
+            p.namespace == pod.namespace
+                && (if ingress {
+                    p.ingress.is_some()
+                } else {
+                    p.egress.is_some()
+                })
+                && p.pod_selector.matches(&pod.labels)
+        })
+        .map(Policy::key)
+        .collect();
+    match names.len() {
+        0 => None,
+        1..=3 => Some(names.join(", ")),
+        n => Some(format!("{} +{} more", names[..3].join(", "), n - 3)),
+    }
+}
+
+/// The log prefix of drops no single policy is responsible for (see [`drop_prefix`]).
+pub const DEFAULT_DENY: &str = "default deny";
+
+/// `NF_LOG_PREFIXLEN` less its terminating NUL: nft refuses longer prefixes.
+const MAX_PREFIX: usize = 127;
 
 /// The ruleset `node` should hold for `state`, without logging.
 pub fn compile(state: &ClusterState, node: &str) -> Ruleset {
@@ -241,6 +310,10 @@ impl<'a> Builder<'a> {
         self.chain(&chain, None, texts);
         self.out.counters.insert(counter.clone());
         let log = match self.options.nflog_group {
+            Some(g) if self.options.identify_drops => format!(
+                " log prefix \"{}\" group {g}",
+                drop_prefix(&policy.namespace, &policy.name)
+            ),
             Some(g) => format!(" log group {g}"),
             None => String::new(),
         };
@@ -489,7 +562,12 @@ impl<'a> Builder<'a> {
         for dir in [Dir::Ingress, Dir::Egress] {
             let mut rules = self.jumps.remove(&dir).unwrap_or_default();
             rules.extend(self.drops.remove(&dir).unwrap_or_default());
-            rules.push("drop".into());
+            rules.push(match self.options.nflog_group {
+                Some(g) if self.options.identify_drops => {
+                    format!("log prefix \"{DEFAULT_DENY}\" group {g} drop")
+                }
+                _ => "drop".into(),
+            });
             self.chain(&dir.policies_chain(), None, rules);
         }
         let dispatch = |dir: Dir| -> Vec<String> {

@@ -41,6 +41,7 @@ pub mod cluster;
 pub mod compile;
 pub mod daemon;
 pub mod flows;
+pub mod flowsrc;
 pub mod interval;
 pub mod metrics;
 pub mod model;

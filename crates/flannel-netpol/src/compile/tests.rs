@@ -397,9 +397,54 @@ fn only_local_pods_are_selected_and_compile_is_deterministic() {
         "n2",
         &CompileOptions {
             nflog_group: Some(100),
+            ..CompileOptions::default()
         },
     );
     assert!(logged.chains["ingress-policies"].rules[2].ends_with("log group 100 drop"));
+    assert_eq!(logged.chains["ingress-policies"].rules[4], "drop");
+    let identified = compile_with(
+        &s,
+        "n2",
+        &CompileOptions {
+            nflog_group: Some(100),
+            identify_drops: true,
+        },
+    );
+    let identity = &identified.policies[&pid];
+    assert_eq!(
+        identified.chains["ingress-policies"].rules,
+        vec![
+            format!("ip daddr @{pid}-sel-v4 jump {pid}-in"),
+            format!("ip6 daddr @{pid}-sel-v6 jump {pid}-in"),
+            format!(
+                "ip daddr @{pid}-sel-v4 counter name \"{pid}-drop-in\" log prefix \"{identity}\" group 100 drop"
+            ),
+            format!(
+                "ip6 daddr @{pid}-sel-v6 counter name \"{pid}-drop-in\" log prefix \"{identity}\" group 100 drop"
+            ),
+            "log prefix \"default deny\" group 100 drop".to_string(),
+        ]
+    );
+    // Identified drops without a group are not logged at all.
+    let unlogged = compile_with(
+        &s,
+        "n2",
+        &CompileOptions {
+            nflog_group: None,
+            identify_drops: true,
+        },
+    );
+    assert_eq!(unlogged, compile(&s, "n2"));
+}
+
+#[test]
+fn drop_prefixes_are_names_or_ids_that_nft_accepts() {
+    assert_eq!(drop_prefix("team-a", "deny.all"), "team-a/deny.all");
+    let long = "x".repeat(200);
+    assert_eq!(drop_prefix("team-a", &long), policy_id("team-a", &long));
+    assert_eq!(drop_prefix("team-a", "a\"b"), policy_id("team-a", "a\"b"));
+    let fits = "y".repeat(127 - "team-a/".len());
+    assert_eq!(drop_prefix("team-a", &fits).len(), 127);
 }
 
 #[test]
@@ -484,4 +529,35 @@ fn policies_with_the_same_peers_share_their_sets() {
     assert_eq!(refs("p", "blocks"), refs("q", "blocks"));
     let shared = rs.sets.keys().filter(|n| n.starts_with("peers-")).count();
     assert_eq!(shared, 2, "one per family");
+}
+
+#[test]
+fn drop_reasons_name_the_isolating_policies_of_the_direction() {
+    let mut s = e2e_state();
+    let a = find(&s, "x/a").clone();
+    assert_eq!(drop_reason(&s, &a, true), None, "not isolated");
+    add_policy(
+        &mut s,
+        json!({"metadata": meta("deny-in"), "spec": {"podSelector": {}, "policyTypes": ["Ingress"]}}),
+    );
+    assert_eq!(drop_reason(&s, &a, true).as_deref(), Some("x/deny-in"));
+    assert_eq!(drop_reason(&s, &a, false), None, "egress is not isolated");
+    // A pod of another namespace is not selected by x's policies.
+    assert_eq!(drop_reason(&s, find(&s, "y/a"), true), None);
+    for name in ["web", "db", "zz-last"] {
+        add_policy(
+            &mut s,
+            json!({"metadata": meta(name), "spec": {"podSelector": {"matchLabels": {"pod": "a"}},
+                "ingress": [{"ports": [{"port": 80}]}]}}),
+        );
+    }
+    assert_eq!(
+        drop_reason(&s, &a, true).as_deref(),
+        Some("x/db, x/deny-in, x/web +1 more")
+    );
+    // x/b is selected only by the policy with the empty selector.
+    assert_eq!(
+        drop_reason(&s, find(&s, "x/b"), true).as_deref(),
+        Some("x/deny-in")
+    );
 }

@@ -16,7 +16,7 @@ use serde_json::json;
 
 use super::*;
 use crate::cluster::ClusterState;
-use crate::compile::compile;
+use crate::compile::{CompileOptions, compile, compile_with};
 use crate::interval::IpRange;
 use crate::model::NamespaceInfo;
 use crate::ruleset::{Element, Ruleset, SetDef, SetKind, policy_id, rule_fingerprint};
@@ -126,6 +126,42 @@ fn incremental_changes_round_trip_through_the_kernel() {
         let tx = sync(&runner, &compile(&s, "n1")).await;
         assert!(tx.stats.sets_removed > 0 && tx.stats.chains_removed == 1, "{}", tx.text());
         assert!(!tx.text().contains("flush table") && !tx.text().contains("delete table"));
+    })
+    .expect("fresh netns");
+}
+
+#[test]
+fn identified_drop_logging_is_accepted_and_switched_off_again() {
+    run_in_netns(NetnsTarget::Fresh, || async {
+        let runner = TokioRunner::new(Duration::from_secs(30));
+        let s = with_policies();
+        let options = CompileOptions {
+            nflog_group: Some(100),
+            identify_drops: true,
+        };
+        sync(&runner, &compile_with(&s, "n1", &options)).await;
+        let out = std::process::Command::new("nft")
+            .args([
+                "list",
+                "chain",
+                "inet",
+                "flannel-netpol",
+                "ingress-policies",
+            ])
+            .output()
+            .expect("nft runs");
+        let listed = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            listed.contains("log prefix \"x/web\" group 100 drop"),
+            "{listed}"
+        );
+        assert!(
+            listed.contains("log prefix \"default deny\" group 100 drop"),
+            "{listed}"
+        );
+        // Back to the rules without identities: only the dispatch chains change.
+        let tx = sync(&runner, &compile(&s, "n1")).await;
+        assert_eq!(tx.stats.chains_written, 2, "{}", tx.text());
     })
     .expect("fresh netns");
 }

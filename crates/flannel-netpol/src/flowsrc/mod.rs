@@ -1,0 +1,81 @@
+//! The kernel's own sources of flow records, read by the policy enforcer without touching the
+//! packet path: conntrack events ([`conntrack`]) for flows the kernel forwarded, and NFLOG
+//! records of the policy drop rules for packets it dropped.
+//!
+//! Both are netlink multicast readers: the kernel queues events to the socket and never waits
+//! for it, so a slow reader loses events (counted from `ENOBUFS`) instead of slowing traffic.
+//! The decoders are pure functions over the received bytes, unit-tested on frames captured
+//! from the kernel; the socket parts are tested in network namespaces of their own.
+
+pub mod conntrack;
+pub mod nflog;
+mod nfnl;
+
+/// A received netlink datagram that does not decode as the kernel documents it.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    /// A netlink message header inconsistent with the datagram.
+    #[error("bad netlink framing at byte {offset}: {what}")]
+    Framing {
+        /// Offset of the message in the datagram.
+        offset: usize,
+        /// What is wrong.
+        what: String,
+    },
+    /// An attribute header inconsistent with its container.
+    #[error("bad attribute in {what}")]
+    Attribute {
+        /// The container (message or nested attribute) being read.
+        what: String,
+        /// netlink-packet-core's reason.
+        #[source]
+        source: netlink_packet_core::DecodeError,
+    },
+    /// A fixed-size attribute of the wrong size.
+    #[error("{what} has {got} bytes, expected {expected}")]
+    Length {
+        /// The attribute.
+        what: String,
+        /// Its size in the kernel's headers.
+        expected: usize,
+        /// The size received.
+        got: usize,
+    },
+}
+
+/// A netlink socket operation of a source that failed.
+#[derive(Debug, thiserror::Error)]
+#[error("{what}")]
+pub struct SocketError {
+    /// The operation (`subscribe to conntrack NEW events`, ...).
+    pub what: String,
+    /// The kernel's answer.
+    #[source]
+    pub source: std::io::Error,
+}
+
+/// Sets `SO_RCVTIMEO` on `fd`, so a blocking `recv` returns (with `EAGAIN`) after `timeout`:
+/// a reader thread can then notice it should stop. netlink-sys has no setter for it.
+#[allow(unsafe_code)]
+fn set_recv_timeout(fd: std::os::fd::RawFd, timeout: std::time::Duration) -> std::io::Result<()> {
+    let tv = libc::timeval {
+        tv_sec: libc::time_t::try_from(timeout.as_secs()).unwrap_or(libc::time_t::MAX),
+        tv_usec: libc::suseconds_t::from(timeout.subsec_micros() as i32),
+    };
+    // SAFETY: fd is an open socket owned by the caller; tv outlives the call and its size is
+    // passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            std::ptr::from_ref(&tv).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
