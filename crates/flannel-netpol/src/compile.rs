@@ -45,8 +45,10 @@ pub struct CompileOptions {
     pub identify_drops: bool,
 }
 
-/// The log prefix of the drops that no allow rule of a policy's direction accepted: the
-/// identity a flow record names as the reason of the drop.
+/// The policy identity in the log prefix of the drops that no allow rule of a policy's
+/// direction accepted: what a flow record names as the reason of the drop. The prefix is the
+/// identity, a space and the direction ([`drop_prefix`]), because the NFLOG record carries no
+/// chain and a drop between two pods of one node could be either pod's.
 ///
 /// A packet to (ingress) or from (egress) a pod is dropped when the pod is isolated in that
 /// direction by one or more policies and none of them allows it; it is counted and logged by
@@ -58,14 +60,14 @@ pub struct CompileOptions {
 /// would change the chains on pod churn (chains change only when a policy does), and a
 /// reader that needs them all lists the policies selecting the pod from the cluster state.
 ///
-/// Names that do not fit the kernel's 127-byte prefix, or hold a character that is not a
+/// Names that do not fit the kernel's 127-byte prefix (with the direction), or hold a character that is not a
 /// Kubernetes name character, are written as the policy's object id (`p` + 12 hex digits,
 /// as in the table's object names and [`Ruleset::policies`]) so the rule is always valid.
 /// The chains' final `drop`, for a pod isolated without a policy of its own (not reached
 /// while the table is consistent), is [`DEFAULT_DENY`].
-pub fn drop_prefix(namespace: &str, name: &str) -> String {
+pub fn drop_identity(namespace: &str, name: &str) -> String {
     let identity = format!("{namespace}/{name}");
-    let valid = identity.len() <= MAX_PREFIX
+    let valid = identity.len() + 1 + INGRESS.len() <= MAX_PREFIX
         && identity
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-./".contains(&b));
@@ -104,8 +106,18 @@ pub fn drop_reason(state: &ClusterState, pod: &PodInfo, ingress: bool) -> Option
     }
 }
 
-/// The log prefix of drops no single policy is responsible for (see [`drop_prefix`]).
+/// The identity of drops no single policy is responsible for (see [`drop_identity`]).
 pub const DEFAULT_DENY: &str = "default deny";
+
+/// The direction word of an ingress drop's prefix.
+pub const INGRESS: &str = "ingress";
+/// The direction word of an egress drop's prefix.
+pub const EGRESS: &str = "egress";
+
+/// The whole log prefix of a drop: `identity` and the direction, e.g. `team-a/web ingress`.
+pub fn drop_prefix(identity: &str, ingress: bool) -> String {
+    format!("{identity} {}", if ingress { INGRESS } else { EGRESS })
+}
 
 /// `NF_LOG_PREFIXLEN` less its terminating NUL: nft refuses longer prefixes.
 const MAX_PREFIX: usize = 127;
@@ -312,7 +324,10 @@ impl<'a> Builder<'a> {
         let log = match self.options.nflog_group {
             Some(g) if self.options.identify_drops => format!(
                 " log prefix \"{}\" group {g}",
-                drop_prefix(&policy.namespace, &policy.name)
+                drop_prefix(
+                    &drop_identity(&policy.namespace, &policy.name),
+                    dir == Dir::Ingress
+                )
             ),
             Some(g) => format!(" log group {g}"),
             None => String::new(),
@@ -563,9 +578,10 @@ impl<'a> Builder<'a> {
             let mut rules = self.jumps.remove(&dir).unwrap_or_default();
             rules.extend(self.drops.remove(&dir).unwrap_or_default());
             rules.push(match self.options.nflog_group {
-                Some(g) if self.options.identify_drops => {
-                    format!("log prefix \"{DEFAULT_DENY}\" group {g} drop")
-                }
+                Some(g) if self.options.identify_drops => format!(
+                    "log prefix \"{}\" group {g} drop",
+                    drop_prefix(DEFAULT_DENY, dir == Dir::Ingress)
+                ),
                 _ => "drop".into(),
             });
             self.chain(&dir.policies_chain(), None, rules);

@@ -417,12 +417,12 @@ fn only_local_pods_are_selected_and_compile_is_deterministic() {
             format!("ip daddr @{pid}-sel-v4 jump {pid}-in"),
             format!("ip6 daddr @{pid}-sel-v6 jump {pid}-in"),
             format!(
-                "ip daddr @{pid}-sel-v4 counter name \"{pid}-drop-in\" log prefix \"{identity}\" group 100 drop"
+                "ip daddr @{pid}-sel-v4 counter name \"{pid}-drop-in\" log prefix \"{identity} ingress\" group 100 drop"
             ),
             format!(
-                "ip6 daddr @{pid}-sel-v6 counter name \"{pid}-drop-in\" log prefix \"{identity}\" group 100 drop"
+                "ip6 daddr @{pid}-sel-v6 counter name \"{pid}-drop-in\" log prefix \"{identity} ingress\" group 100 drop"
             ),
-            "log prefix \"default deny\" group 100 drop".to_string(),
+            "log prefix \"default deny ingress\" group 100 drop".to_string(),
         ]
     );
     // Identified drops without a group are not logged at all.
@@ -439,12 +439,21 @@ fn only_local_pods_are_selected_and_compile_is_deterministic() {
 
 #[test]
 fn drop_prefixes_are_names_or_ids_that_nft_accepts() {
-    assert_eq!(drop_prefix("team-a", "deny.all"), "team-a/deny.all");
+    assert_eq!(drop_identity("team-a", "deny.all"), "team-a/deny.all");
     let long = "x".repeat(200);
-    assert_eq!(drop_prefix("team-a", &long), policy_id("team-a", &long));
-    assert_eq!(drop_prefix("team-a", "a\"b"), policy_id("team-a", "a\"b"));
-    let fits = "y".repeat(127 - "team-a/".len());
-    assert_eq!(drop_prefix("team-a", &fits).len(), 127);
+    assert_eq!(drop_identity("team-a", &long), policy_id("team-a", &long));
+    assert_eq!(drop_identity("team-a", "a\"b"), policy_id("team-a", "a\"b"));
+    // The longest name that fits with the longer direction word.
+    let fits = "y".repeat(127 - "team-a/".len() - " ingress".len());
+    let prefix = drop_prefix(&drop_identity("team-a", &fits), true);
+    assert_eq!(prefix.len(), 127);
+    assert!(prefix.starts_with("team-a/y"));
+    let one_more = format!("{fits}y");
+    assert_eq!(
+        drop_identity("team-a", &one_more),
+        policy_id("team-a", &one_more)
+    );
+    assert_eq!(drop_prefix(DEFAULT_DENY, false), "default deny egress");
 }
 
 #[test]

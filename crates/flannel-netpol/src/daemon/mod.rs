@@ -29,6 +29,7 @@ use crate::compile::CompileOptions;
 use crate::flows::collector::{Collector, Intake};
 use crate::flows::enrich::{PodDirectory, SharedDirectory};
 use crate::flows::ring::FlowRing;
+use crate::flows::sources::Readers;
 use crate::metrics::Metrics;
 
 pub mod enforcer;
@@ -91,6 +92,8 @@ pub struct Running {
     directory: Option<SharedDirectory>,
     /// With `--flows`: where kernel sources hand their events to the collector.
     intake: Option<Intake>,
+    /// With `--flows`: the conntrack and NFLOG reader threads (stopped when dropped).
+    _readers: Readers,
 }
 
 /// Start-up steps: sysctls, HTTP server, client, watches.
@@ -102,7 +105,7 @@ pub async fn start(
     let metrics = Arc::new(Metrics::new());
     let render = metrics.clone();
     let mut health = Health::for_program("flannel-netpol", Some(Arc::new(move || render.render())));
-    let (mut directory, mut intake) = (None, None);
+    let (mut directory, mut intake, mut readers) = (None, None, Readers::default());
     if config.flows {
         let shared = SharedDirectory::new();
         let ring = Arc::new(FlowRing::new(config.flow_buffer));
@@ -114,6 +117,8 @@ pub async fn start(
         );
         tokio::spawn(collector.run());
         health = health.with_routes(crate::flows::http::route(ring));
+        sysctl::enable_conntrack_accounting(std::path::Path::new("/"));
+        readers = Readers::start(&input, config.compile.nflog_group).0;
         (directory, intake) = (Some(shared), Some(input));
     }
     http::serve(config.metrics_addr, health.clone(), shutdown).await?;
@@ -153,6 +158,7 @@ pub async fn start(
         seen: BTreeMap::new(),
         directory,
         intake,
+        _readers: readers,
     })
 }
 
@@ -322,6 +328,7 @@ mod tests {
                 seen: BTreeMap::new(),
                 directory: Some(directory.clone()),
                 intake: None,
+                _readers: Readers::default(),
             };
             let task = tokio::spawn(running.run(shutdown));
             let s = e2e_state();

@@ -13,6 +13,7 @@ use std::sync::{Arc, RwLock};
 
 use crate::cluster::ClusterState;
 use crate::flows::record::{Direction, FlowRecord};
+use crate::ruleset::policy_id;
 
 /// The names of one pod address.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,6 +30,9 @@ pub struct PodName {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PodDirectory {
     by_ip: HashMap<IpAddr, PodName>,
+    /// Policy object id → `namespace/name`, for drop rules whose prefix had to be the id
+    /// (names too long or odd for a log prefix, see `compile::drop_identity`).
+    policy_names: HashMap<String, String>,
 }
 
 impl PodDirectory {
@@ -47,7 +51,17 @@ impl PodDirectory {
                 );
             }
         }
-        PodDirectory { by_ip }
+        let policy_names = state
+            .policies()
+            .map(|e| {
+                let (ns, name) = (&e.policy.namespace, &e.policy.name);
+                (policy_id(ns, name), format!("{ns}/{name}"))
+            })
+            .collect();
+        PodDirectory {
+            by_ip,
+            policy_names,
+        }
     }
 
     /// The pod holding `ip`.
@@ -69,8 +83,17 @@ impl PodDirectory {
     /// not: towards a pod of `local_node` is ingress, else from one is egress (traffic between
     /// two local pods is reported as the destination's ingress, the side policies isolate
     /// first). A record with neither side local keeps no direction.
+    /// A drop's policy given as an object id is replaced by the policy's name while the
+    /// policy exists.
     pub fn enrich(&self, record: &mut FlowRecord, local_node: &str) {
         record.node = local_node.to_string();
+        if let Some(name) = record
+            .policy
+            .as_ref()
+            .and_then(|p| self.policy_names.get(p))
+        {
+            record.policy = Some(name.clone());
+        }
         let local = |n: Option<&PodName>| n.is_some_and(|n| n.node.as_deref() == Some(local_node));
         let src = self.lookup(record.src_ip);
         let dst = self.lookup(record.dst_ip);
@@ -184,6 +207,28 @@ mod tests {
         let mut r = FlowRecord::from_facts(f);
         d.enrich(&mut r, "n1");
         assert_eq!(r.direction, Some(Direction::Egress));
+    }
+
+    #[test]
+    fn a_policy_id_prefix_is_named_while_the_policy_exists() {
+        let mut s = ClusterState::new();
+        let long = "l".repeat(130);
+        crate::testing::add_policy(
+            &mut s,
+            serde_json::json!({
+                "metadata": {"namespace": "x", "name": long},
+                "spec": {"podSelector": {}, "policyTypes": ["Ingress"]}
+            }),
+        );
+        let d = PodDirectory::from_state(&s);
+        let mut f = tcp_facts("10.244.1.2", "10.244.1.9", 0);
+        f.policy = Some(policy_id("x", &long));
+        let mut r = FlowRecord::from_facts(f.clone());
+        d.enrich(&mut r, "n1");
+        assert_eq!(r.policy, Some(format!("x/{long}")));
+        let mut r = FlowRecord::from_facts(f);
+        PodDirectory::default().enrich(&mut r, "n1");
+        assert_eq!(r.policy, Some(policy_id("x", &long)), "kept when unknown");
     }
 
     #[test]

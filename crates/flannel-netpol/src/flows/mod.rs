@@ -16,3 +16,4 @@ pub mod http;
 pub mod metrics;
 pub mod record;
 pub mod ring;
+pub mod sources;

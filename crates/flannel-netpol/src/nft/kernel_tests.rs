@@ -152,11 +152,11 @@ fn identified_drop_logging_is_accepted_and_switched_off_again() {
             .expect("nft runs");
         let listed = String::from_utf8_lossy(&out.stdout);
         assert!(
-            listed.contains("log prefix \"x/web\" group 100 drop"),
+            listed.contains("log prefix \"x/web ingress\" group 100 drop"),
             "{listed}"
         );
         assert!(
-            listed.contains("log prefix \"default deny\" group 100 drop"),
+            listed.contains("log prefix \"default deny ingress\" group 100 drop"),
             "{listed}"
         );
         // Back to the rules without identities: only the dispatch chains change.
