@@ -28,8 +28,10 @@ use crate::cluster::ClusterState;
 use crate::compile::CompileOptions;
 use crate::flows::collector::{Collector, Intake};
 use crate::flows::enrich::{PodDirectory, SharedDirectory};
+use crate::flows::live::LiveTable;
 use crate::flows::ring::FlowRing;
 use crate::flows::sources::Readers;
+use crate::flowsrc::ctdump;
 use crate::metrics::Metrics;
 
 pub mod enforcer;
@@ -42,6 +44,8 @@ use watch::Received;
 
 /// Longest wait between retries of a failed sync.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Longest read of the conntrack table for one `/flows` answer.
+const LIVE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often the drop counters are read into the metrics.
 const COUNTER_INTERVAL: Duration = Duration::from_secs(15);
 
@@ -116,7 +120,18 @@ pub async fn start(
             metrics.flows.clone(),
         );
         tokio::spawn(collector.run());
-        health = health.with_routes(crate::flows::http::route(ring));
+        let live: LiveTable = Arc::new(|| {
+            ctdump::dump(LIVE_TIMEOUT).map_err(|e| {
+                let mut text = e.to_string();
+                let mut source = std::error::Error::source(&e);
+                while let Some(s) = source {
+                    text = format!("{text}: {s}");
+                    source = s.source();
+                }
+                text
+            })
+        });
+        health = health.with_routes(crate::flows::http::route(ring, Some(live)));
         sysctl::enable_conntrack_accounting(std::path::Path::new("/"));
         readers = Readers::start(&input, config.compile.nflog_group).0;
         (directory, intake) = (Some(shared), Some(input));

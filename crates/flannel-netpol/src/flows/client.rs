@@ -235,6 +235,10 @@ pub fn table_row(r: &FlowRecord) -> [String; 8] {
                 "ended {}B/{}p -> {}B/{}p <-",
                 f.bytes, f.packets, b.bytes, b.packets
             ),
+            (false, Some(f), Some(b)) => format!(
+                "open {}B/{}p -> {}B/{}p <-",
+                f.bytes, f.packets, b.bytes, b.packets
+            ),
             (true, _, _) => "ended".into(),
             _ => "new".into(),
         },
@@ -365,6 +369,17 @@ mod tests {
             lines[2],
             "1970-01-01 00:00:01.000  n2    10.244.1.2:40000  10.244.2.3:80  TCP SYN  DROPPED    -       y/deny"
         );
+        let mut open = rec(2, "n1");
+        assert_eq!(table_row(&open)[7], "new");
+        open.forward = Some(Counters {
+            packets: 1,
+            bytes: 10,
+        });
+        open.reply = Some(Counters {
+            packets: 2,
+            bytes: 20,
+        });
+        assert_eq!(table_row(&open)[7], "open 10B/1p -> 20B/2p <-");
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! `GET /flows` on the enforcer's health/metrics port: the ring's records as JSON lines.
 //!
 //! Query parameters are [`FlowFilter`]'s; a bad one is answered 400 with a text naming it.
-//! Without `follow` the answer is the matching records held now, oldest first. With
+//! Without `follow` the answer is the matching records held now, oldest first, the flows
+//! among them still open with their counters so far (one conntrack table read, off the
+//! enforcer's task; see [`crate::flows::live`]). With
 //! `follow=1` it is that, then every new matching record as it is stored, chunked, until the
 //! client goes. A follower that falls behind gets a line `{"lost":N}` in place of the N
 //! records it missed (the collector never waits for it), and an empty line every
@@ -15,7 +17,11 @@ use std::time::Duration;
 use flanneld::http::{Bytes, RouteFn, Routed, StatusCode, full_body, stream_body};
 use jiff::Timestamp;
 
+use tracing::warn;
+
 use crate::flows::filter::FlowFilter;
+use crate::flows::live::{LiveTable, attach, wants_counters};
+use crate::flows::record::FlowRecord;
 use crate::flows::ring::{FlowRing, Follow};
 
 /// Followers served at once.
@@ -40,31 +46,28 @@ fn text(status: StatusCode, body: String) -> Routed {
     }
 }
 
-/// The route to plug into [`flanneld::http::Health::with_routes`].
-pub fn route(ring: Arc<FlowRing>) -> RouteFn {
+/// The route to plug into [`flanneld::http::Health::with_routes`]; `live` reads the
+/// conntrack table for the counters of open flows (`None`: answers carry none).
+pub fn route(ring: Arc<FlowRing>, live: Option<LiveTable>) -> RouteFn {
     Arc::new(move |path, query| {
-        (path == "/flows").then(|| respond(&ring, query.unwrap_or(""), Timestamp::now()))
+        (path == "/flows")
+            .then(|| respond(&ring, query.unwrap_or(""), Timestamp::now(), live.as_ref()))
     })
 }
 
 /// The answer to `GET /flows?<query>` at `now`.
-pub fn respond(ring: &Arc<FlowRing>, query: &str, now: Timestamp) -> Routed {
+pub fn respond(
+    ring: &Arc<FlowRing>,
+    query: &str,
+    now: Timestamp,
+    live: Option<&LiveTable>,
+) -> Routed {
     let filter = match FlowFilter::parse_query(query) {
         Ok(f) => f,
         Err(e) => return text(StatusCode::BAD_REQUEST, format!("{e}\n")),
     };
     if !filter.follow {
-        let body: String = ring
-            .snapshot(&filter, now)
-            .iter()
-            .map(|r| r.to_json_line())
-            .collect();
-        return Routed {
-            status: StatusCode::OK,
-            content_type: NDJSON,
-            body: full_body(body),
-            streaming: false,
-        };
+        return held(ring.snapshot(&filter, now), live);
     }
     if ring.followers() >= MAX_FOLLOWERS {
         return text(
@@ -96,6 +99,39 @@ pub fn respond(ring: &Arc<FlowRing>, query: &str, now: Timestamp) -> Routed {
         content_type: NDJSON,
         body: stream_body(chunks),
         streaming: true,
+    }
+}
+
+/// The records held, those of open flows with counters when `live` can read the table. The
+/// read blocks (a netlink dump), so it runs on the blocking pool and the body is produced
+/// when it is done.
+fn held(records: Vec<Arc<FlowRecord>>, live: Option<&LiveTable>) -> Routed {
+    let lines = |records: &[FlowRecord]| -> String {
+        records.iter().map(FlowRecord::to_json_line).collect()
+    };
+    let body = match live {
+        Some(live) if records.iter().any(|r| wants_counters(r)) => {
+            let live = live.clone();
+            let mut records: Vec<FlowRecord> = records.iter().map(|r| (**r).clone()).collect();
+            let answer = async move {
+                match tokio::task::spawn_blocking(move || live()).await {
+                    Ok(Ok(table)) => {
+                        attach(&mut records, &table);
+                    }
+                    Ok(Err(e)) => warn!("flows: no counters for open flows: {e}"),
+                    Err(e) => warn!("flows: no counters for open flows: {e}"),
+                }
+                Bytes::from(lines(&records))
+            };
+            stream_body(futures::stream::once(answer))
+        }
+        _ => full_body(records.iter().map(|r| r.to_json_line()).collect::<String>()),
+    };
+    Routed {
+        status: StatusCode::OK,
+        content_type: NDJSON,
+        body,
+        streaming: false,
     }
 }
 
@@ -143,14 +179,14 @@ mod tests {
             .map(|_| ring.snapshot_and_follow(&FlowFilter::default(), now))
             .collect();
         assert_eq!(
-            respond(&ring, "follow=1", now).status,
+            respond(&ring, "follow=1", now, None).status,
             StatusCode::SERVICE_UNAVAILABLE
         );
-        assert_eq!(respond(&ring, "", now).status, StatusCode::OK);
+        assert_eq!(respond(&ring, "", now, None).status, StatusCode::OK);
         drop(held);
-        let r = respond(&ring, "follow=1", now);
+        let r = respond(&ring, "follow=1", now, None);
         assert_eq!((r.status, r.streaming), (StatusCode::OK, true));
-        let r = respond(&ring, "verdict=maybe", now);
+        let r = respond(&ring, "verdict=maybe", now, None);
         assert_eq!((r.status, r.streaming), (StatusCode::BAD_REQUEST, false));
         assert_eq!(lost_line(3), "{\"lost\":3}\n");
     }
@@ -169,11 +205,88 @@ mod tests {
         .expect("test namespace");
     }
 
+    /// Open flows get counters from the table read at query time; a failed read still answers.
+    #[test]
+    fn open_flows_are_answered_with_counters_so_far() {
+        flannel_lab::in_fresh_netns("flows-live", || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("tokio runtime")
+                .block_on(live_body())
+        })
+        .expect("test namespace");
+    }
+
+    async fn live_body() {
+        use crate::flowsrc::conntrack::{CtCounters, CtEvent, CtKind, CtTuple};
+        let ring = Arc::new(FlowRing::new(10));
+        let mut open = rec("10.0.0.1", "10.0.0.2", 1, Verdict::Forwarded);
+        open.conntrack_id = Some(77);
+        ring.push(open.clone());
+        let entry = CtEvent {
+            kind: CtKind::New,
+            id: Some(77),
+            proto: 6,
+            orig: CtTuple {
+                src: Some(open.src_ip),
+                dst: Some(open.dst_ip),
+                sport: open.src_port,
+                dport: open.dst_port,
+                icmp: None,
+            },
+            reply: CtTuple::default(),
+            tcp_state: Some(3),
+            status: None,
+            orig_counters: Some(CtCounters {
+                packets: 3,
+                bytes: 180,
+            }),
+            reply_counters: Some(CtCounters {
+                packets: 2,
+                bytes: 120,
+            }),
+        };
+        let good: LiveTable = Arc::new(move || Ok(vec![entry.clone()]));
+        let bad: LiveTable = Arc::new(|| Err("no table".into()));
+        for (live, bytes) in [(good, Some(180)), (bad, None)] {
+            let health = Health::for_program("flannel-netpol", None)
+                .with_routes(route(ring.clone(), Some(live)));
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+            let (stop, shutdown) = watch::channel(false);
+            let server = serve(addr, health, shutdown).await.unwrap();
+            let mut got = Vec::new();
+            fetch("n1", addr, &FlowFilter::default(), |l| {
+                got.push(l);
+                true
+            })
+            .await
+            .unwrap();
+            let [FlowLine::Record(r)] = &got[..] else {
+                panic!("{got:?}")
+            };
+            assert_eq!(r.forward.map(|c| c.bytes), bytes);
+            assert_eq!(r.reply.map(|c| c.packets), bytes.map(|_| 2));
+            assert!(!r.ended);
+            stop.send(true).unwrap();
+            let _ = server.await;
+        }
+        // The ring keeps the start record as it was.
+        let held = ring.snapshot(&FlowFilter::default(), Timestamp::now());
+        assert_eq!(held[0].forward, None);
+    }
+
     async fn served_body() {
         let ring = Arc::new(FlowRing::new(100));
         ring.push(rec("10.0.0.1", "10.0.0.2", 1, Verdict::Forwarded));
         ring.push(rec("10.0.0.3", "10.0.0.2", 2, Verdict::Dropped));
-        let health = Health::for_program("flannel-netpol", None).with_routes(route(ring.clone()));
+        let health =
+            Health::for_program("flannel-netpol", None).with_routes(route(ring.clone(), None));
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()

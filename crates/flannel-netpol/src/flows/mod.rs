@@ -13,6 +13,7 @@ pub mod collector;
 pub mod enrich;
 pub mod filter;
 pub mod http;
+pub mod live;
 pub mod metrics;
 pub mod record;
 pub mod ring;

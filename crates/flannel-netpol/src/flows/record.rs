@@ -170,6 +170,9 @@ pub struct KernelFacts {
     /// The direction when the source knows it (the drop rule's chain); else enrichment
     /// derives it from which side is a local pod.
     pub direction: Option<Direction>,
+    /// Conntrack's id of the flow (`CTA_ID`): pairs a flow's start and end records and finds
+    /// an open flow in the table for its counters so far.
+    pub conntrack_id: Option<u32>,
 }
 
 /// One flow record. See the module doc for the JSON form.
@@ -225,15 +228,19 @@ pub struct FlowRecord {
     /// counters are not known yet.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub ended: bool,
-    /// Source → destination counters (ended flows).
+    /// Source → destination counters: an ended flow's totals; in a query's answer, an open
+    /// flow's counts so far (see `crate::flows::live`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub forward: Option<Counters>,
-    /// Destination → source counters (ended flows).
+    /// Destination → source counters (as `forward`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reply: Option<Counters>,
     /// For drops: the policy (`namespace/name`, a short list) or `default deny`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<String>,
+    /// Conntrack's id of a forwarded flow: the same in its start and end records (per node).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conntrack_id: Option<u32>,
 }
 
 fn ser_time<S: Serializer>(t: &Timestamp, s: S) -> Result<S::Ok, S::Error> {
@@ -297,6 +304,7 @@ impl FlowRecord {
                 .policy
                 .map(|p| p.trim().to_string())
                 .filter(|p| !p.is_empty()),
+            conntrack_id: facts.conntrack_id,
         }
     }
 
@@ -344,6 +352,7 @@ pub(crate) mod tests {
             ended: false,
             policy: None,
             direction: None,
+            conntrack_id: None,
         }
     }
 

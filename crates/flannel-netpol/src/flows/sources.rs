@@ -56,6 +56,7 @@ pub fn ct_facts(event: &CtEvent, time: Timestamp) -> Option<KernelFacts> {
         ended: event.kind == CtKind::Destroy,
         policy: None,
         direction: None,
+        conntrack_id: event.id,
     })
 }
 
@@ -80,6 +81,7 @@ pub fn drop_facts(event: &DropEvent, time: Timestamp) -> KernelFacts {
         ended: false,
         policy: Some(policy.to_string()),
         direction,
+        conntrack_id: None,
     }
 }
 

@@ -8,6 +8,7 @@
 //! from the kernel; the socket parts are tested in network namespaces of their own.
 
 pub mod conntrack;
+pub mod ctdump;
 pub mod nflog;
 mod nfnl;
 

@@ -66,6 +66,31 @@ pub fn messages(buf: &[u8]) -> Result<Vec<NfMessage<'_>>, DecodeError> {
     Ok(out)
 }
 
+/// How a dump's datagram ends it: `Some(0)` for `NLMSG_DONE`, `Some(errno)` (positive) for an
+/// `NLMSG_ERROR` that is not an ack, `None` when the dump goes on.
+pub fn dump_end(buf: &[u8]) -> Option<i32> {
+    let mut pos = 0;
+    while buf.len() - pos >= NLMSG_HDR {
+        let at = &buf[pos..];
+        let len = u32::from_ne_bytes([at[0], at[1], at[2], at[3]]) as usize;
+        if len < NLMSG_HDR || len > at.len() {
+            return None;
+        }
+        match u16::from_ne_bytes([at[4], at[5]]) {
+            3 => return Some(0),
+            2 if len >= NLMSG_HDR + 4 => {
+                let code = i32::from_ne_bytes([at[16], at[17], at[18], at[19]]);
+                if code != 0 {
+                    return Some(-code);
+                }
+            }
+            _ => {}
+        }
+        pos += len.next_multiple_of(4).min(at.len());
+    }
+    None
+}
+
 /// The attributes of `buf` as `(type without flag bits, value)`; `what` names the enclosing
 /// attribute in errors.
 pub fn attrs<'a>(buf: &'a [u8], what: &str) -> Result<Vec<(u16, &'a [u8])>, DecodeError> {
@@ -136,6 +161,23 @@ mod tests {
         );
         assert_eq!((m[1].subsys, m[1].msg, m[1].family), (4, 2, 10));
         assert!(m[1].attrs.is_empty());
+    }
+
+    #[test]
+    fn a_dump_ends_with_done_or_an_error() {
+        let mut buf = frame(0x0100, 0x2, 2, &[]);
+        assert_eq!(dump_end(&buf), None);
+        buf.extend(20u32.to_ne_bytes());
+        buf.extend(3u16.to_ne_bytes());
+        buf.extend([0u8; 14]);
+        assert_eq!(dump_end(&buf), Some(0));
+        let mut err = Vec::new();
+        err.extend(36u32.to_ne_bytes());
+        err.extend(2u16.to_ne_bytes());
+        err.extend([0u8; 10]);
+        err.extend((-1i32).to_ne_bytes());
+        err.extend([0u8; 16]);
+        assert_eq!(dump_end(&err), Some(1), "EPERM");
     }
 
     #[test]

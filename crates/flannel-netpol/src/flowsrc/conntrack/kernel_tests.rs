@@ -153,3 +153,28 @@ fn a_reader_that_falls_behind_counts_overruns_and_reads_on() {
     })
     .expect("namespace");
 }
+
+#[test]
+fn a_table_dump_gives_the_counters_of_open_flows() {
+    flannel_lab::in_fresh_netns("flowsrc-dump", || {
+        enable_conntrack();
+        let port = exchange();
+        // The flow is in TIME_WAIT now, still in the table with its totals.
+        let table = crate::flowsrc::ctdump::dump(Duration::from_secs(5)).expect("dump");
+        let e = table
+            .iter()
+            .find(|e| e.orig.dport == Some(port))
+            .unwrap_or_else(|| panic!("port {port} in {table:#?}"));
+        assert_eq!(e.kind, CtKind::New, "dump entries decode as NEW");
+        assert!(e.id.is_some());
+        assert_eq!(e.tcp_state, Some(7), "TIME_WAIT");
+        let orig = e.orig_counters.expect("orig counters");
+        let reply = e.reply_counters.expect("reply counters");
+        assert!(orig.bytes >= REQUEST as u64 && reply.bytes >= RESPONSE as u64);
+        // An empty namespace: a complete, empty dump of no error.
+        run(Command::new("conntrack").arg("-F"));
+        let table = crate::flowsrc::ctdump::dump(Duration::from_secs(5)).expect("dump");
+        assert!(table.is_empty(), "{table:#?}");
+    })
+    .expect("namespace");
+}
