@@ -31,6 +31,12 @@ const NFULA_IFINDEX_OUTDEV: u16 = 5;
 // enum nfulnl_attr_config and its values
 const NFULA_CFG_CMD: u16 = 1;
 const NFULA_CFG_MODE: u16 = 2;
+/// `NFULA_CFG_TIMEOUT`: how long the kernel holds logged packets to batch them, in 1/100 s.
+const NFULA_CFG_TIMEOUT: u16 = 4;
+/// 10 ms instead of the kernel's 1 s: a record's time is when it is read, so a long hold
+/// would give the drops of one second one time. Under a flood the kernel still batches (its
+/// queue threshold, 100 packets, flushes first).
+pub const FLUSH_TIMEOUT_CS: u32 = 1;
 const NFULNL_CFG_CMD_BIND: u8 = 1;
 const NFULNL_COPY_PACKET: u8 = 2;
 
@@ -175,6 +181,10 @@ fn bind_request(group: u16) -> Vec<u8> {
     attrs.extend(NFULA_CFG_MODE.to_ne_bytes());
     attrs.extend(COPY_RANGE.to_be_bytes());
     attrs.extend([NFULNL_COPY_PACKET, 0, 0, 0]);
+    // NFULA_CFG_TIMEOUT { __be32 }.
+    attrs.extend(8u16.to_ne_bytes());
+    attrs.extend(NFULA_CFG_TIMEOUT.to_ne_bytes());
+    attrs.extend(FLUSH_TIMEOUT_CS.to_be_bytes());
     let len = u32::try_from(16 + 4 + attrs.len()).unwrap_or(u32::MAX);
     let mut m = Vec::new();
     m.extend(len.to_ne_bytes());
@@ -388,6 +398,7 @@ mod tests {
         assert_eq!(a[0], (NFULA_CFG_CMD, &[NFULNL_CFG_CMD_BIND][..]));
         assert_eq!(a[1].0, NFULA_CFG_MODE);
         assert_eq!(&a[1].1[..5], &[0, 0, 0, 128, NFULNL_COPY_PACKET]);
+        assert_eq!(a[2], (NFULA_CFG_TIMEOUT, &1u32.to_be_bytes()[..]));
         assert_eq!(ack_error(&[0; 8]), None);
     }
 }
