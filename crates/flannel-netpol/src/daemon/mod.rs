@@ -26,26 +26,21 @@ use tracing::{info, warn};
 
 use crate::cluster::ClusterState;
 use crate::compile::CompileOptions;
-use crate::flows::collector::{Collector, Intake};
-use crate::flows::enrich::{PodDirectory, SharedDirectory};
-use crate::flows::live::LiveTable;
-use crate::flows::ring::FlowRing;
-use crate::flows::sources::Readers;
-use crate::flowsrc::ctdump;
+use crate::flows::enrich::PodDirectory;
 use crate::metrics::Metrics;
 
 pub mod enforcer;
+pub mod flows;
 pub mod memory;
 pub mod sysctl;
 pub mod watch;
 
 use enforcer::Enforcer;
+use flows::Flows;
 use watch::Received;
 
 /// Longest wait between retries of a failed sync.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
-/// Longest read of the conntrack table for one `/flows` answer.
-const LIVE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often the drop counters are read into the metrics.
 const COUNTER_INTERVAL: Duration = Duration::from_secs(15);
 
@@ -92,12 +87,8 @@ pub struct Running {
     enforcer: Enforcer,
     /// Per resource, the newest resourceVersion received (published after each good sync).
     seen: BTreeMap<&'static str, u64>,
-    /// With `--flows`: the pod names flow records get, republished before each sync.
-    directory: Option<SharedDirectory>,
-    /// With `--flows`: where kernel sources hand their events to the collector.
-    intake: Option<Intake>,
-    /// With `--flows`: the conntrack and NFLOG reader threads (stopped when dropped).
-    _readers: Readers,
+    /// With `--flows`: the collector, whose pod names are republished before each sync.
+    flows: Option<Flows>,
 }
 
 /// Start-up steps: sysctls, HTTP server, client, watches.
@@ -109,32 +100,16 @@ pub async fn start(
     let metrics = Arc::new(Metrics::new());
     let render = metrics.clone();
     let mut health = Health::for_program("flannel-netpol", Some(Arc::new(move || render.render())));
-    let (mut directory, mut intake, mut readers) = (None, None, Readers::default());
-    if config.flows {
-        let shared = SharedDirectory::new();
-        let ring = Arc::new(FlowRing::new(config.flow_buffer));
-        let (collector, input) = Collector::new(
-            config.node.clone(),
-            ring.clone(),
-            shared.clone(),
+    let flows = config.flows.then(|| {
+        Flows::start(
+            &config.node,
+            config.flow_buffer,
+            config.compile.nflog_group,
             metrics.flows.clone(),
-        );
-        tokio::spawn(collector.run());
-        let live: LiveTable = Arc::new(|| {
-            ctdump::dump(LIVE_TIMEOUT).map_err(|e| {
-                let mut text = e.to_string();
-                let mut source = std::error::Error::source(&e);
-                while let Some(s) = source {
-                    text = format!("{text}: {s}");
-                    source = s.source();
-                }
-                text
-            })
-        });
-        health = health.with_routes(crate::flows::http::route(ring, Some(live)));
-        sysctl::enable_conntrack_accounting(std::path::Path::new("/"));
-        readers = Readers::start(&input, config.compile.nflog_group).0;
-        (directory, intake) = (Some(shared), Some(input));
+        )
+    });
+    if let Some(flows) = &flows {
+        health = health.with_routes(flows.route.clone());
     }
     http::serve(config.metrics_addr, health.clone(), shutdown).await?;
     let kubeconfig = if config.kubeconfig.is_empty() {
@@ -171,9 +146,7 @@ pub async fn start(
         updates,
         enforcer,
         seen: BTreeMap::new(),
-        directory,
-        intake,
-        _readers: readers,
+        flows,
     })
 }
 
@@ -185,11 +158,6 @@ struct Schedule {
 }
 
 impl Running {
-    /// With `--flows`, the intake kernel sources feed (clone one per source).
-    pub fn flow_intake(&self) -> Option<Intake> {
-        self.intake.clone()
-    }
-
     /// Runs until `shutdown` turns true; the table stays in the kernel.
     pub async fn run(mut self, mut shutdown: signal::Receiver<bool>) {
         let mut state = ClusterState::new();
@@ -253,8 +221,8 @@ impl Running {
     }
 
     async fn on_due(&mut self, state: &ClusterState, schedule: &mut Schedule) {
-        if let Some(directory) = &self.directory {
-            directory.publish(PodDirectory::from_state(state));
+        if let Some(flows) = &self.flows {
+            flows.directory.publish(PodDirectory::from_state(state));
         }
         match self.enforcer.sync(state).await {
             Ok(stats) => {
@@ -334,16 +302,15 @@ mod tests {
             };
             let health = Health::for_program("flannel-netpol", None);
             let metrics = Arc::new(Metrics::new());
-            let directory = SharedDirectory::new();
+            let flows = Flows::start("n1", 16, None, metrics.flows.clone());
+            let directory = flows.directory.clone();
             let running = Running {
                 enforcer: Enforcer::new("n1".into(), CompileOptions::default(), metrics.clone()),
                 config,
                 health: health.clone(),
                 updates,
                 seen: BTreeMap::new(),
-                directory: Some(directory.clone()),
-                intake: None,
-                _readers: Readers::default(),
+                flows: Some(flows),
             };
             let task = tokio::spawn(running.run(shutdown));
             let s = e2e_state();

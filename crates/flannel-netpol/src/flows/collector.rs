@@ -1,102 +1,64 @@
-//! The collector task: kernel facts in, named and counted records into the ring.
+//! The collector: kernel facts in, named and counted records into the ring.
 //!
-//! Kernel sources hand [`KernelFacts`] to an [`Intake`], a bounded channel they never wait
-//! on: when the collector falls behind, [`Intake::offer`] drops the event and counts it
-//! (`flow_events_lost_total{source="intake"}`), so a burst of new flows costs records, never
-//! socket reads or the packet path. The collector names each record from the latest
-//! [`crate::flows::enrich::PodDirectory`] and keeps conntrack flows only when one side is a pod (the node's own
-//! connections are not pod traffic); drops always have a pod side, since only pod addresses
-//! are isolated.
+//! The kernel readers ([`crate::flows::sources`]) call [`Collector::ingest`] on their own
+//! threads, one event at a time: naming is a hash lookup in the latest
+//! [`crate::flows::enrich::PodDirectory`] and storing is a short lock on the ring, so there
+//! is no queue between reader and collector and no thread to wake per event (a channel and
+//! a collector task cost as much again as the reading, measured in `benches/flows.rs`). A
+//! reader that cannot keep up leaves events in the kernel's socket buffer, and when that is
+//! full the kernel drops them and the reader counts the overrun: the packet path never waits.
+//! Conntrack flows are kept only when one side is a pod (the node's own connections are not
+//! pod traffic); drops always have a pod side, since only pod addresses are isolated.
 
 use std::sync::Arc;
-
-use tokio::sync::mpsc;
 
 use crate::flows::enrich::SharedDirectory;
 use crate::flows::metrics::{FlowMetrics, LossSource};
 use crate::flows::record::{FlowRecord, KernelFacts, Verdict};
 use crate::flows::ring::FlowRing;
 
-/// Events the intake holds before it drops.
-pub const INTAKE_DEPTH: usize = 4096;
-
-/// Where kernel sources put their events; cheap to clone, one per source.
-#[derive(Debug, Clone)]
-pub struct Intake {
-    tx: mpsc::Sender<KernelFacts>,
-    metrics: Arc<FlowMetrics>,
-}
-
-impl Intake {
-    /// Hands an event to the collector without waiting; false (and counted as lost) when the
-    /// collector is behind or gone.
-    pub fn offer(&self, facts: KernelFacts) -> bool {
-        match self.tx.try_send(facts) {
-            Ok(()) => true,
-            Err(_) => {
-                self.metrics.lost(LossSource::Intake, 1);
-                false
-            }
-        }
-    }
-
-    /// Counts events a source lost before they reached the intake (socket overruns).
-    pub fn lost(&self, source: LossSource, n: u64) {
-        self.metrics.lost(source, n);
-    }
-}
-
-/// The collector's state; [`Collector::run`] is its task.
+/// Names, counts and stores records; shared by the reader threads as `Arc<Collector>`.
 #[derive(Debug)]
 pub struct Collector {
     node: String,
-    rx: mpsc::Receiver<KernelFacts>,
     ring: Arc<FlowRing>,
     directory: SharedDirectory,
     metrics: Arc<FlowMetrics>,
 }
 
 impl Collector {
-    /// A collector for `node` storing into `ring`, and the intake that feeds it.
+    /// A collector for `node` storing into `ring`.
     pub fn new(
         node: String,
         ring: Arc<FlowRing>,
         directory: SharedDirectory,
         metrics: Arc<FlowMetrics>,
-    ) -> (Collector, Intake) {
-        let (tx, rx) = mpsc::channel(INTAKE_DEPTH);
-        let intake = Intake {
-            tx,
-            metrics: metrics.clone(),
-        };
-        let collector = Collector {
+    ) -> Collector {
+        Collector {
             node,
-            rx,
             ring,
             directory,
             metrics,
-        };
-        (collector, intake)
+        }
     }
 
-    /// Names, filters, counts and stores one event; returns the record if it was kept.
-    pub fn ingest(&self, facts: KernelFacts) -> Option<FlowRecord> {
+    /// Names, filters, counts and stores one event; returns whether it was kept.
+    pub fn ingest(&self, facts: KernelFacts) -> bool {
         let mut record = FlowRecord::from_facts(facts);
         let directory = self.directory.get();
         if record.verdict == Verdict::Forwarded && !directory.is_pod_flow(&record) {
-            return None;
+            return false;
         }
         directory.enrich(&mut record, &self.node);
         self.metrics.record(&record);
-        self.ring.push(record.clone());
-        Some(record)
+        self.ring.push(record);
+        true
     }
 
-    /// Runs until every intake is dropped.
-    pub async fn run(mut self) {
-        while let Some(facts) = self.rx.recv().await {
-            self.ingest(facts);
-        }
+    /// Counts events a source lost before they reached the collector (socket overruns,
+    /// undecodable datagrams).
+    pub fn lost(&self, source: LossSource, n: u64) {
+        self.metrics.lost(source, n);
     }
 }
 
@@ -109,7 +71,7 @@ mod tests {
     use crate::flows::record::tests::tcp_facts;
     use crate::model::PodInfo;
 
-    fn setup() -> (Collector, Intake, Arc<FlowRing>, Arc<FlowMetrics>) {
+    fn setup() -> (Collector, Arc<FlowRing>, Arc<FlowMetrics>) {
         let mut s = ClusterState::new();
         s.upsert_pod(PodInfo {
             namespace: "x".into(),
@@ -123,49 +85,39 @@ mod tests {
         directory.publish(PodDirectory::from_state(&s));
         let ring = Arc::new(FlowRing::new(10));
         let metrics = Arc::new(FlowMetrics::default());
-        let (c, i) = Collector::new("n1".into(), ring.clone(), directory, metrics.clone());
-        (c, i, ring, metrics)
+        let c = Collector::new("n1".into(), ring.clone(), directory, metrics.clone());
+        (c, ring, metrics)
     }
 
     #[test]
     fn pod_flows_are_named_and_stored_host_flows_skipped() {
-        let (c, _i, ring, _) = setup();
-        let r = c.ingest(tcp_facts("10.244.1.2", "192.168.0.9", 1)).unwrap();
-        assert_eq!(r.src_pod_ref(), Some(("x", "a")));
-        assert_eq!(r.node, "n1");
-        assert!(
-            c.ingest(tcp_facts("192.168.0.1", "192.168.0.9", 2))
-                .is_none()
-        );
+        let (c, ring, _) = setup();
+        assert!(c.ingest(tcp_facts("10.244.1.2", "192.168.0.9", 1)));
+        assert!(!c.ingest(tcp_facts("192.168.0.1", "192.168.0.9", 2)));
         let mut drop = tcp_facts("192.168.0.1", "192.168.0.9", 3);
         drop.verdict = Verdict::Dropped;
-        assert!(
-            c.ingest(drop).is_some(),
-            "drops are kept whatever the sides"
-        );
+        assert!(c.ingest(drop), "drops are kept whatever the sides");
         let now = jiff::Timestamp::from_second(3).unwrap();
-        assert_eq!(ring.snapshot(&FlowFilter::default(), now).len(), 2);
+        let held = ring.snapshot(&FlowFilter::default(), now);
+        assert_eq!(held.len(), 2);
+        assert_eq!(held[0].src_pod_ref(), Some(("x", "a")));
+        assert_eq!(held[0].node, "n1");
     }
 
-    #[tokio::test]
-    async fn a_full_intake_drops_and_counts_instead_of_waiting() {
-        let (c, i, ring, metrics) = setup();
-        let mut accepted = 0;
-        for s in 0..INTAKE_DEPTH as i64 + 3 {
-            if i.offer(tcp_facts("10.244.1.2", "10.0.0.9", s)) {
-                accepted += 1;
-            }
+    #[test]
+    fn the_ring_keeps_the_newest_and_losses_are_counted() {
+        let (c, ring, metrics) = setup();
+        for s in 0..13 {
+            assert!(c.ingest(tcp_facts("10.244.1.2", "10.0.0.9", s)));
         }
-        assert_eq!(accepted, INTAKE_DEPTH);
+        assert_eq!(ring.len(), 10, "the ring keeps its newest 10");
+        c.lost(LossSource::Conntrack, 3);
         let lost = metrics
             .lost
             .get_or_create(&crate::flows::metrics::SourceLabel {
-                source: "intake".into(),
+                source: "conntrack".into(),
             })
             .get();
         assert_eq!(lost, 3);
-        drop(i);
-        c.run().await;
-        assert_eq!(ring.len(), 10, "the ring keeps its newest 10");
     }
 }

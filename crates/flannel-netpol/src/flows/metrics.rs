@@ -43,16 +43,14 @@ pub struct SourceLabel {
     pub source: String,
 }
 
-/// Where events were lost: the kernel sockets overran (ENOBUFS), or the collector's intake
-/// channel was full and a record was dropped rather than wait.
+/// Where events were lost: the kernel found a reader's socket buffer full (ENOBUFS, one count
+/// per overrun, each one or more events) or a datagram did not decode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LossSource {
     /// Conntrack events (socket overrun).
     Conntrack,
     /// NFLOG packets (socket overrun or the kernel's own drop count).
     Nflog,
-    /// Records a source produced that the bounded intake channel had no room for.
-    Intake,
 }
 
 impl LossSource {
@@ -60,7 +58,6 @@ impl LossSource {
         let source = match self {
             LossSource::Conntrack => "conntrack",
             LossSource::Nflog => "nflog",
-            LossSource::Intake => "intake",
         };
         SourceLabel {
             source: source.into(),
@@ -95,11 +92,11 @@ impl FlowMetrics {
         );
         registry.register(
             "flow_events_lost",
-            "flow events lost (socket overrun or full intake) by source",
+            "flow events lost (socket overruns, undecodable datagrams) by source",
             self.lost.clone(),
         );
         // Losses show as 0 before the first one, so a rate() has a series to start from.
-        for s in [LossSource::Conntrack, LossSource::Nflog, LossSource::Intake] {
+        for s in [LossSource::Conntrack, LossSource::Nflog] {
             let _ = self.lost.get_or_create(&s.label());
         }
     }
@@ -186,7 +183,7 @@ mod tests {
             "flannel_netpol_flow_events_lost_total{source=\"conntrack\"} 3"
         ));
         assert!(has(
-            "flannel_netpol_flow_events_lost_total{source=\"intake\"} 0"
+            "flannel_netpol_flow_events_lost_total{source=\"nflog\"} 0"
         ));
     }
 }

@@ -1,13 +1,12 @@
 //! The kernel readers that feed the collector: one thread per netlink source, mapping the
-//! decoders' events ([`CtEvent`], [`DropEvent`]) to [`KernelFacts`] and offering them to the
-//! [`Intake`].
+//! decoders' events ([`CtEvent`], [`DropEvent`]) to [`KernelFacts`] and handing them to
+//! [`Collector::ingest`] on the same thread.
 //!
 //! Threads, not tasks: a netlink multicast socket is a blocking reader that should drain as
 //! fast as the kernel fills it, and the enforcer's one async task must not share its time
 //! with 10 000 events a second. Each thread blocks in `recv` with a short timeout so it sees
-//! the stop flag; it never waits on the collector ([`Intake::offer`] drops and counts), so a
-//! slow collector costs records, not socket overruns, and nothing here ever touches the
-//! packet path: the kernel queues events and drops them itself when a socket is full.
+//! the stop flag. Nothing here touches the packet path: the kernel queues events and drops
+//! them itself when a socket is full, and the reader counts that as an overrun.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,7 +17,7 @@ use jiff::Timestamp;
 use tracing::{info, warn};
 
 use crate::compile::{EGRESS, INGRESS};
-use crate::flows::collector::Intake;
+use crate::flows::collector::Collector;
 use crate::flows::metrics::LossSource;
 use crate::flows::record::{Counters, Direction, KernelFacts, Verdict};
 use crate::flowsrc::SocketError;
@@ -107,12 +106,15 @@ impl Readers {
     /// Opens the conntrack source, and the NFLOG source when `nflog_group` is given, and starts
     /// a thread for each that opened. A source that cannot open is logged and left out (the
     /// other still reports); the error list says which.
-    pub fn start(intake: &Intake, nflog_group: Option<u16>) -> (Readers, Vec<SocketError>) {
+    pub fn start(
+        collector: &Arc<Collector>,
+        nflog_group: Option<u16>,
+    ) -> (Readers, Vec<SocketError>) {
         let mut readers = Readers::default();
         let mut errors = Vec::new();
         match CtSource::open(RECV_BUFFER, POLL) {
             Ok(source) => {
-                let pump = Pump::new(intake, &readers.stop, LossSource::Conntrack);
+                let pump = Pump::new(collector, &readers.stop, LossSource::Conntrack);
                 readers.spawn("flows-conntrack", move || pump.conntrack(source));
             }
             Err(e) => errors.push(e),
@@ -120,7 +122,7 @@ impl Readers {
         if let Some(group) = nflog_group {
             match NflogSource::open(group, RECV_BUFFER, POLL) {
                 Ok(source) => {
-                    let pump = Pump::new(intake, &readers.stop, LossSource::Nflog);
+                    let pump = Pump::new(collector, &readers.stop, LossSource::Nflog);
                     readers.spawn("flows-nflog", move || pump.nflog(source));
                 }
                 Err(e) => errors.push(e),
@@ -164,7 +166,7 @@ impl Drop for Readers {
 
 /// One reader thread's loop state: where events go, when to stop, what losses to report.
 struct Pump {
-    intake: Intake,
+    collector: Arc<Collector>,
     stop: Arc<AtomicBool>,
     loss: LossSource,
     reported_overruns: u64,
@@ -172,9 +174,9 @@ struct Pump {
 }
 
 impl Pump {
-    fn new(intake: &Intake, stop: &Arc<AtomicBool>, loss: LossSource) -> Pump {
+    fn new(collector: &Arc<Collector>, stop: &Arc<AtomicBool>, loss: LossSource) -> Pump {
         Pump {
-            intake: intake.clone(),
+            collector: collector.clone(),
             stop: stop.clone(),
             loss,
             reported_overruns: 0,
@@ -189,7 +191,7 @@ impl Pump {
             let now = Timestamp::now();
             for e in events.drain(..) {
                 if let Some(facts) = ct_facts(&e, now) {
-                    self.intake.offer(facts);
+                    self.collector.ingest(facts);
                 }
             }
             self.after(received, source.overruns());
@@ -202,7 +204,7 @@ impl Pump {
             let received = source.recv(&mut events);
             let now = Timestamp::now();
             for e in events.drain(..) {
-                self.intake.offer(drop_facts(&e, now));
+                self.collector.ingest(drop_facts(&e, now));
             }
             self.after(received, source.overruns());
         }
@@ -213,12 +215,12 @@ impl Pump {
     /// a timeout pauses the loop briefly, so it cannot spin either.
     fn after(&mut self, received: Result<(), RecvError>, overruns: u64) {
         if overruns > self.reported_overruns {
-            self.intake
+            self.collector
                 .lost(self.loss, overruns - self.reported_overruns);
             self.reported_overruns = overruns;
         }
         if let Err(e) = received {
-            self.intake.lost(self.loss, 1);
+            self.collector.lost(self.loss, 1);
             if !self.warned {
                 warn!("flow records ({:?}): {e}; counted as lost", self.loss);
                 self.warned = true;
