@@ -7,12 +7,17 @@
 //! answers queries ([`filter::FlowFilter`]) and feeds `follow` clients without ever making the
 //! collector wait. Nothing here sits on the packet path: with nobody watching, the cost is
 //! the kernel's event delivery and one append per event.
+//!
+//! `flannel-observe` ([`cli`], [`observe`], over [`client`]) asks every node's `/flows` with
+//! the same filters and merges the answers.
 
+pub mod cli;
 pub mod client;
 pub mod collector;
 pub mod enrich;
 pub mod filter;
 pub mod http;
 pub mod metrics;
+pub mod observe;
 pub mod record;
 pub mod ring;
