@@ -247,7 +247,10 @@ mod tests {
         assert_eq!(filter(&["--from-pod", "x/a"]).from_pod, pod("x/a"));
         assert_eq!(filter(&["--to-pod=y/b"]).to_pod, pod("y/b"));
         assert_eq!(filter(&["--pod", "x/a"]).pod, pod("x/a"));
-        assert_eq!(filter(&["--namespace", "x"]).namespace.as_deref(), Some("x"));
+        assert_eq!(
+            filter(&["--namespace", "x"]).namespace.as_deref(),
+            Some("x")
+        );
         assert_eq!(
             filter(&["--verdict", "dropped"]).verdict,
             Some(Verdict::Dropped)
@@ -326,14 +329,15 @@ mod tests {
             ]
         );
         assert_eq!(
-            (a.metrics_port, a.kubeconfig.as_str(), a.kube_api_url.as_str()),
+            (
+                a.metrics_port,
+                a.kubeconfig.as_str(),
+                a.kube_api_url.as_str()
+            ),
             (9999, "/k", "http://x:1")
         );
         // A resolvable host name.
-        assert_eq!(
-            parse_node("n4=localhost:9080").unwrap().addr.port(),
-            9080
-        );
+        assert_eq!(parse_node("n4=localhost:9080").unwrap().addr.port(), 9080);
     }
 
     #[test]
@@ -348,7 +352,11 @@ mod tests {
             (&["--to-pod", "a/"], "--to-pod", "NAMESPACE/NAME"),
             (&["--pod", "a/b/c"], "--pod", "NAMESPACE/NAME"),
             (&["--namespace", "a/b"], "--namespace", "namespace name"),
-            (&["--verdict", "ALLOWED"], "--verdict", "FORWARDED or DROPPED"),
+            (
+                &["--verdict", "ALLOWED"],
+                "--verdict",
+                "FORWARDED or DROPPED",
+            ),
             (&["--protocol", "gre"], "--protocol", "TCP, UDP"),
             (&["--port", "http"], "--port", "1..65535"),
             (&["--port", "0"], "--port", "1..65535"),

@@ -33,7 +33,9 @@ pub enum ObserveError {
     #[error("listing nodes in the Kubernetes API: {0}")]
     List(#[source] kube::Error),
     /// The API listed no node with an InternalIP address.
-    #[error("the Kubernetes API lists no node with an InternalIP address{0}; name them with --node NAME=HOST:PORT")]
+    #[error(
+        "the Kubernetes API lists no node with an InternalIP address{0}; name them with --node NAME=HOST:PORT"
+    )]
     NoNodes(String),
 }
 
@@ -273,7 +275,10 @@ mod tests {
             ],
         );
         let e = node_endpoint(&n, 9080).unwrap();
-        assert_eq!((e.name.as_str(), e.addr.to_string().as_str()), ("n1", "198.18.0.1:9080"));
+        assert_eq!(
+            (e.name.as_str(), e.addr.to_string().as_str()),
+            ("n1", "198.18.0.1:9080")
+        );
         let v6 = node("n2", &[("InternalIP", "fd00::2")]);
         assert_eq!(
             node_endpoint(&v6, 1).unwrap().addr.to_string(),
@@ -321,7 +326,11 @@ mod tests {
                 let code = follow(&nodes, &f, OutputFormat::Table, &mut out, &mut err, rx).await;
                 assert_eq!(code, 1);
                 assert!(String::from_utf8(out).unwrap().starts_with("TIME"));
-                assert!(String::from_utf8(err).unwrap().contains("connecting to gone"));
+                assert!(
+                    String::from_utf8(err)
+                        .unwrap()
+                        .contains("connecting to gone")
+                );
             }
         }
     }
