@@ -10,7 +10,8 @@
 //!   is ignored until the daemon feeds the kernel flow sources into its ring
 //!   (`Running::flow_intake` has no caller yet, so nodes hold no records).
 //!
-//! Also: a state directory without a lab is refused.
+//! Also: `Cluster::observe` on an in-process cluster, and a state directory without a lab
+//! refused.
 
 /// The shared lab harness of the conformance suite.
 #[path = "netpol_conformance/lab_dir.rs"]
@@ -22,9 +23,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use flannel_lab::kubectl::kubeconfig_path;
 use flannel_lab::lab_pods::PodAdd;
+use flannel_lab::observe::observe_program;
 use flannel_lab::state::LabState;
-use flannel_lab::{PortProto, Proto};
+use flannel_lab::{Cluster, ClusterSpec, Datastore, PortProto, Proto, run_command};
 use lab_dir::{LabDir, NP_PATH, SETTLE_TIMEOUT, bin_dir, rv_of, wait_synced};
 use serde_json::{Value, json};
 
@@ -188,6 +191,24 @@ fn observe_reaches_every_node_and_names_a_missing_one() {
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(follow.terminate(), Some(0));
 
+    // Without --node, flannel-observe lists the nodes in the Kubernetes API (InternalIP).
+    let discover = || {
+        let program = observe_program(&bin_dir()).unwrap();
+        let kubeconfig = kubeconfig_path(&state.lab_dir).display().to_string();
+        let argv = ["--kubeconfig".to_string(), kubeconfig];
+        let underlay = state.underlay_netns.as_deref().unwrap();
+        let cmd = flannel_lab::observe::command(underlay, &program, &argv).unwrap();
+        let out = run_command(cmd, None, OBSERVE_TIMEOUT).unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = discover();
+    assert_eq!((code, err.as_str()), (Some(0), ""), "{out}");
+    assert!(out.starts_with("TIME"), "{out}");
+
     // n2's enforcer gone: named on stderr, n1 still asked (exit 0) ...
     LabState::modify(lab.path(), |s| s.stop_netpol("n2")).expect("stop n2's enforcer");
     let (code, out, err) = observe_cli(&lab, &[]);
@@ -195,6 +216,13 @@ fn observe_reaches_every_node_and_names_a_missing_one() {
     assert!(out.starts_with("TIME"), "{out}");
     assert!(err.contains("connecting to n2"), "{err}");
     assert!(!err.contains("n1"), "{err}");
+    // (the API's node n2, at its InternalIP)
+    let (code, _, err) = discover();
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        err.contains("connecting to n2") && !err.contains("n1"),
+        "{err}"
+    );
     // ... and with n1's gone too, nothing answered: exit 1.
     LabState::modify(lab.path(), |s| s.stop_netpol("n1")).expect("stop n1's enforcer");
     let (code, _, err) = observe_cli(&lab, &[]);
@@ -277,6 +305,35 @@ fn observe_shows_drops_and_forwards_of_every_node() {
     let line = seen.expect("a drop printed by --follow");
     assert!(is(&records(&line)[0], "x/a", "x/b", "DROPPED"), "{line}");
     assert_eq!(follow.terminate(), Some(0));
+}
+
+/// `Cluster::observe`, the library call for tests that build a cluster in-process: both
+/// enforcers answer; a bad flag is an error carrying flannel-observe's message.
+#[test]
+fn observe_on_a_cluster() {
+    flannel_lab::require_root("run the observe cluster test").expect("root");
+    let cluster = Cluster::start(ClusterSpec {
+        nodes: 2,
+        datastore: Datastore::Kube,
+        netpol: true,
+        ..ClusterSpec::default()
+    })
+    .expect("cluster with enforcers");
+    let out = cluster
+        .observe(&["-o", "json", "--since", "1h"], OBSERVE_TIMEOUT)
+        .expect("every node answered");
+    assert!(
+        records(&out)
+            .iter()
+            .all(|r| r["node"] == "n1" || r["node"] == "n2")
+    );
+    let table = cluster.observe(&[] as &[&str], OBSERVE_TIMEOUT).unwrap();
+    assert!(table.starts_with("TIME"), "{table}");
+    let e = cluster
+        .observe(&["--port", "http"], OBSERVE_TIMEOUT)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("--port") && e.contains("1..65535"), "{e}");
 }
 
 /// A lab without the enforcer keeps no flow records: `observe` says how to start one.
