@@ -420,10 +420,12 @@ fn up(state_dir: &Path, args: &UpArgs) -> anyhow::Result<ExitCode> {
     // scripts/lab names itself here, so the hints are commands that work as printed.
     let program = std::env::var("FLANNEL_LAB_COMMAND").unwrap_or_else(|_| "flannel-lab".into());
     let me = format!("{program}{}", state_dir_flag_short(state_dir));
-    let kubectl_hint = if state.datastore == "kube" {
-        format!("\n  {me} kubectl -- get pods -A -o wide")
-    } else {
-        String::new()
+    let kubectl_hint = match (state.datastore == "kube", state.has_netpol()) {
+        (true, true) => format!(
+            "\n  {me} kubectl -- get pods -A -o wide\n  {me} observe --verdict DROPPED --since 5m"
+        ),
+        (true, false) => format!("\n  {me} kubectl -- get pods -A -o wide"),
+        _ => String::new(),
     };
     report += &format!(
         "\nThe lab keeps running. Next:\n  {me} status\n  {me} exec n1 -- ip route\n  {me} exec n1-p1 -- ping -c1 {}{kubectl_hint}\n  {me} check\n  {me} down\n",
