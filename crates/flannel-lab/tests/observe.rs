@@ -186,9 +186,13 @@ fn observe_reaches_every_node_and_names_a_missing_one() {
         err.contains("--verdict") && err.contains("FORWARDED or DROPPED"),
         "{err}"
     );
-    // --follow runs until SIGTERM, then exits 0.
-    let follow = Follow::start(&lab, &["-o", "json"]);
-    std::thread::sleep(Duration::from_secs(1));
+    // --follow runs until SIGTERM, then exits 0 (its header is out: the handler is in place).
+    let follow = Follow::start(&lab, &[]);
+    let header = follow
+        .lines
+        .recv_timeout(OBSERVE_TIMEOUT)
+        .expect("a header");
+    assert!(header.starts_with("TIME"), "{header}");
     assert_eq!(follow.terminate(), Some(0));
 
     // Without --node, flannel-observe lists the nodes in the Kubernetes API (InternalIP).

@@ -1,7 +1,8 @@
 //! `flannel-observe` (the built binary) against real `/flows` servers in a namespace of its
 //! own: two "nodes" on loopback ports with known records, plus one that is not there.
 //! Table and JSON output merged by time, every filter flag, an unreachable node reported but
-//! not fatal (and fatal when it is the only one), a bad flag refused with exit 2, and
+//! not fatal (and fatal when it is the only one), a bad flag refused with exit 2, a query
+//! to a node that never answers cut short by SIGINT (130), and
 //! `--follow` printing a record pushed after it connected, then ending on SIGTERM or when its
 //! node's server shuts down. Every wait is bounded.
 
@@ -16,7 +17,7 @@ use flannel_netpol::flows::record::{FlowRecord, KernelFacts, Verdict};
 use flannel_netpol::flows::ring::FlowRing;
 use flanneld::http::{Health, serve};
 use jiff::{SignedDuration, Timestamp};
-use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
 use tokio::sync::watch;
 
@@ -257,6 +258,36 @@ async fn body() {
         err.contains("--since") && err.contains("expected a duration"),
         "{err}"
     );
+
+    // A node that accepts but never answers: Ctrl-C stops the query at once (130). Its
+    // request has arrived, so the signal handler (installed before) is in place.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_node = format!("silent={}", silent.local_addr().unwrap());
+    let mut child = Command::new(EXE)
+        .args(["--node", &silent_node])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let (mut conn, _) = tokio::time::timeout(WAIT, silent.accept())
+        .await
+        .expect("flannel-observe connects")
+        .unwrap();
+    let mut request = [0u8; 64];
+    let n = tokio::time::timeout(WAIT, conn.read(&mut request))
+        .await
+        .expect("a request")
+        .unwrap();
+    assert!(request[..n].starts_with(b"GET /flows"));
+    let pid = child.id().unwrap().to_string();
+    let int = std::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap();
+    assert!(int.success());
+    assert_eq!(wait_exit(&mut child).await, 130);
+    drop(conn);
 
     // --follow, JSON: what n1 holds for x/e (nothing), then a record pushed after it
     // connected; SIGTERM ends it with status 0.

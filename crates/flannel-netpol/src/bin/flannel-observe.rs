@@ -3,14 +3,13 @@
 //! A thin shell: flags ([`flannel_netpol::flows::cli`]), a single-threaded runtime (a handful
 //! of connections, nothing to spread over cores), signals; [`flannel_netpol::flows::observe`]
 //! does the work. Exit 0 ok (also on SIGINT/SIGTERM during `--follow`), 1 when no node
-//! answered, 2 on bad flags.
+//! answered, 2 on bad flags, 130 when a query is interrupted.
 
 use std::process::ExitCode;
 
 use clap::Parser;
 use flannel_netpol::flows::cli::ObserveArgs;
 use flannel_netpol::flows::observe;
-use tokio::sync::watch;
 
 fn main() -> ExitCode {
     flanneld::signals::unblock_termination_signals();
@@ -26,9 +25,13 @@ fn main() -> ExitCode {
         }
     };
     let code = rt.block_on(async {
-        let (tx, rx) = watch::channel(false);
-        flanneld::signals::spawn_shutdown_on_signal(tx);
-        observe::run(&args, rx).await
+        match observe::shutdown_on_signal() {
+            Ok(shutdown) => observe::run(&args, shutdown).await,
+            Err(e) => {
+                eprintln!("flannel-observe: installing the signal handlers: {e}");
+                1
+            }
+        }
     });
     ExitCode::from(code)
 }

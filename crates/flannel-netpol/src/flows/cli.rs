@@ -50,7 +50,8 @@ pub struct NodeEndpoint {
         flannel-observe --verdict DROPPED --since 5m\n  \
         flannel-observe --to-pod web/frontend --port 80 -o json | jq .\n  \
         flannel-observe --node n1=198.18.0.1:9080 --node 198.18.0.2:9080 --follow\n\n\
-        Exit status: 0 ok; 1 no node answered; 2 bad flags."
+        Exit status: 0 ok (also when --follow ends on Ctrl-C); 1 no node answered; 2 bad flags;\n\
+        130 interrupted."
 )]
 pub struct ObserveArgs {
     /// Only flows from this pod

@@ -99,7 +99,8 @@ pub async fn discover_nodes(
 }
 
 /// Runs `flannel-observe` as flagged, printing to stdout and stderr; `shutdown` turning true
-/// (SIGINT/SIGTERM) ends a `--follow`. Returns the exit status.
+/// (SIGINT/SIGTERM) ends a `--follow` (status 0) or cuts a query short ([`INTERRUPTED`]).
+/// Returns the exit status.
 pub async fn run(args: &ObserveArgs, shutdown: watch::Receiver<bool>) -> u8 {
     let nodes = if args.nodes.is_empty() {
         match discover_nodes(&args.kube_api_url, &args.kubeconfig, args.metrics_port).await {
@@ -120,11 +121,43 @@ pub async fn run(args: &ObserveArgs, shutdown: watch::Receiver<bool>) -> u8 {
     let filter = args.filter();
     let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
     if filter.follow {
-        follow(&nodes, &filter, args.output, &mut out, &mut err, shutdown).await
-    } else {
-        query(&nodes, &filter, args.output, &mut out, &mut err).await
+        return follow(&nodes, &filter, args.output, &mut out, &mut err, shutdown).await;
+    }
+    let mut interrupted = shutdown.clone();
+    tokio::select! {
+        code = query(&nodes, &filter, args.output, &mut out, &mut err) => code,
+        // Ctrl-C while a slow node is still being asked: stop at once, as a shell expects.
+        _ = interrupted.changed() => INTERRUPTED,
     }
 }
+
+/// Installs the SIGINT and SIGTERM handlers now (inside a runtime) and returns what turns
+/// true on the first; a second exits at once with [`INTERRUPTED`]. Installed before anything
+/// is asked or printed, so a signal is never the default (killing) one once output started:
+/// a `--follow` whose header is out ends with status 0.
+pub fn shutdown_on_signal() -> std::io::Result<watch::Receiver<bool>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        let _ = tx.send(true);
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        std::process::exit(i32::from(INTERRUPTED));
+    });
+    Ok(rx)
+}
+
+/// Exit status of a query (not `--follow`) cut short by SIGINT/SIGTERM, as a shell reports
+/// a command killed by SIGINT.
+pub const INTERRUPTED: u8 = 130;
 
 /// Prints what every node holds now, merged by time. Exit status 1 when every node failed.
 pub async fn query(
