@@ -213,6 +213,9 @@ pub async fn follow(
     err: &mut impl Write,
     mut shutdown: watch::Receiver<bool>,
 ) -> u8 {
+    // Unbounded, yet it cannot grow without end: on the current-thread runtime a slow stdout
+    // blocks the one thread, so no node's socket is read meanwhile; TCP pushes back and the
+    // node, which never waits for a follower, sends a loss notice instead.
     let (tx, mut rx) = mpsc::unbounded_channel::<(usize, Event)>();
     for (i, node) in nodes.iter().enumerate() {
         let (tx, node, filter) = (tx.clone(), node.clone(), filter.clone());
