@@ -64,6 +64,7 @@ mod netns;
 pub mod netpol;
 pub mod netpol_matrix;
 pub mod node_root;
+pub mod observe;
 mod ping;
 mod pod;
 pub mod podman;

@@ -229,6 +229,12 @@ pub struct LabState {
     pub pods: Vec<PodRecord>,
     /// etcd (or the emulator) and flanneld per node.
     pub processes: Vec<ProcessRecord>,
+    /// Whether `up` started the NetworkPolicy enforcer on every node (`--netpol`, or an image
+    /// whose manifest runs it): `observe` needs one serving `/flows` on each node, and a
+    /// stopped enforcer (reliability tests) must not make the lab look as if it had none.
+    /// Absent in state files written before it existed (then read from the processes).
+    #[serde(default)]
+    pub netpol: bool,
 }
 
 /// What [`LabState::teardown`] did.
@@ -308,6 +314,7 @@ impl LabState {
             nodes: Vec::new(),
             pods: Vec::new(),
             processes: Vec::new(),
+            netpol: false,
         };
         let path = Self::file(&state_dir);
         let file = std::fs::OpenOptions::new()
@@ -493,6 +500,7 @@ impl LabState {
         self.nodes = nodes;
         self.pods = pods;
         self.processes = processes;
+        self.netpol = cluster.netpol().is_some();
         self.phase = Phase::Running;
         self.save()?;
         // Ownership of every namespace, process and directory now lies with the state file:
@@ -985,6 +993,7 @@ mod tests {
                 serves: false,
             }],
             processes: vec![],
+            netpol: false,
         };
         let back: LabState = serde_json::from_str(&s.to_json().unwrap()).unwrap();
         assert_eq!(back, s);

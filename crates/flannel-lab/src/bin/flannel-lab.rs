@@ -16,9 +16,12 @@
 //! With `--datastore kube`, `kubectl -- ARGS` runs the real kubectl against the lab's API
 //! emulator (nodes with their podCIDRs, the lab's pods with their IPs, namespaces).
 //!
+//! With `--netpol`, `observe [FLAGS]` runs flannel-observe in the underlay namespace against
+//! every node's enforcer: the flow records of all nodes, filtered and merged.
+//!
 //! Exit status: 0 success; 1 `check` (or `up --check`) found unreachable pairs, or `status`
-//! found no lab or a stopped process; 2 an error; 130 interrupted. `exec` and `kubectl` exit
-//! with the status of the command they run.
+//! found no lab or a stopped process; 2 an error; 130 interrupted. `exec`, `kubectl` and
+//! `observe` exit with the status of the command they run.
 
 // The modules live in a directory named after the binary; a crate root in src/bin/ would look
 // for them next to itself, where cargo would take them for binaries of their own.
@@ -77,6 +80,7 @@ const PING_PARALLEL: usize = 8;
         sudo flannel-lab pod add x/a --node n1 --label pod=a && sudo flannel-lab pod add y/b --node n2\n  \
         sudo flannel-lab probe x/a y/b 80/TCP && sudo flannel-lab netpol-matrix\n  \
         sudo flannel-lab up --datastore kube && sudo flannel-lab kubectl -- get pods -A -o wide\n  \
+        sudo flannel-lab up --datastore kube --netpol && sudo flannel-lab observe --verdict DROPPED --follow\n  \
         sudo flannel-lab check && sudo flannel-lab down\n\n\
         Exit status: 0 ok; 1 check failed (unreachable pairs) or status found a problem; 2 error; 130 interrupted."
 )]
@@ -117,6 +121,10 @@ enum Cmd {
     /// Probe every pod with servers from every other on ports 80/81 TCP/UDP and print the
     /// reachability truth tables
     NetpolMatrix(netpol::MatrixArgs),
+    /// Show flow records of every node's enforcer, merged (a lab started with --netpol): runs
+    /// flannel-observe with every node's /flows and your flags, e.g. `observe --verdict DROPPED
+    /// --since 5m`, `observe --to-pod x/a --follow`, `observe -o json`
+    Observe(ObserveArgs),
     /// Run a pod's servers (what `pod add` starts inside the pod)
     #[command(hide = true)]
     Serve(pods::ServeArgs),
@@ -239,6 +247,15 @@ struct KubectlArgs {
 }
 
 #[derive(Debug, Args)]
+struct ObserveArgs {
+    /// flannel-observe's flags, passed verbatim: --from-pod NS/NAME, --to-pod NS/NAME, --pod
+    /// NS/NAME, --namespace NS, --verdict FORWARDED|DROPPED, --protocol P, --port N, --since
+    /// DURATION, --follow, -o table|json (`observe -- --help` lists them)
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    args: Vec<String>,
+}
+
+#[derive(Debug, Args)]
 struct DownArgs {
     /// Also when the `up` that is building the lab is still running
     #[arg(long)]
@@ -253,6 +270,7 @@ fn main() -> ExitCode {
         Cmd::Check(args) => check(&cli.state_dir, args),
         Cmd::Exec(args) => exec(&cli.state_dir, args),
         Cmd::Kubectl(args) => kubectl(&cli.state_dir, args),
+        Cmd::Observe(args) => observe(&cli.state_dir, args),
         Cmd::Down(args) => down(&cli.state_dir, args),
         Cmd::Pod(args) => pods::pod(&cli.state_dir, args),
         Cmd::Apply(args) => netpol::objects(&cli.state_dir, args, false),
@@ -402,10 +420,12 @@ fn up(state_dir: &Path, args: &UpArgs) -> anyhow::Result<ExitCode> {
     // scripts/lab names itself here, so the hints are commands that work as printed.
     let program = std::env::var("FLANNEL_LAB_COMMAND").unwrap_or_else(|_| "flannel-lab".into());
     let me = format!("{program}{}", state_dir_flag_short(state_dir));
-    let kubectl_hint = if state.datastore == "kube" {
-        format!("\n  {me} kubectl -- get pods -A -o wide")
-    } else {
-        String::new()
+    let kubectl_hint = match (state.datastore == "kube", state.has_netpol()) {
+        (true, true) => format!(
+            "\n  {me} kubectl -- get pods -A -o wide\n  {me} observe --verdict DROPPED --since 5m"
+        ),
+        (true, false) => format!("\n  {me} kubectl -- get pods -A -o wide"),
+        _ => String::new(),
     };
     report += &format!(
         "\nThe lab keeps running. Next:\n  {me} status\n  {me} exec n1 -- ip route\n  {me} exec n1-p1 -- ping -c1 {}{kubectl_hint}\n  {me} check\n  {me} down\n",
@@ -761,6 +781,17 @@ fn kubectl(state_dir: &Path, args: &KubectlArgs) -> anyhow::Result<ExitCode> {
     use std::os::unix::process::CommandExt;
     let err = cmd.exec();
     Err(anyhow::Error::new(err).context(format!("running kubectl in {netns}")))
+}
+
+fn observe(state_dir: &Path, args: &ObserveArgs) -> anyhow::Result<ExitCode> {
+    bins::require_root("observe")?;
+    let state = load(state_dir)?;
+    let mut cmd = state.observe_command(&args.args)?;
+    // Become flannel-observe (exec(2)), as `kubectl` does: its output, exit status and
+    // Ctrl-C of `--follow` are the user's.
+    use std::os::unix::process::CommandExt;
+    let err = cmd.exec();
+    Err(anyhow::Error::new(err).context("running flannel-observe in the underlay namespace"))
 }
 
 fn down(state_dir: &Path, args: &DownArgs) -> anyhow::Result<ExitCode> {

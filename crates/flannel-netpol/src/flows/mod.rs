@@ -7,7 +7,11 @@
 //! answers queries ([`filter::FlowFilter`]) and feeds `follow` clients without ever making the
 //! collector wait. Nothing here sits on the packet path: with nobody watching, the cost is
 //! the kernel's event delivery and one append per event.
+//!
+//! `flannel-observe` ([`cli`], [`observe`], over [`client`]) asks every node's `/flows` with
+//! the same filters and merges the answers.
 
+pub mod cli;
 pub mod client;
 pub mod collector;
 pub mod enrich;
@@ -15,6 +19,7 @@ pub mod filter;
 pub mod http;
 pub mod live;
 pub mod metrics;
+pub mod observe;
 pub mod record;
 pub mod ring;
 pub mod sources;

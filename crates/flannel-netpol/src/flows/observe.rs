@@ -1,0 +1,373 @@
+//! What `flannel-observe` does once its flags are parsed: find the nodes, ask them, print.
+//!
+//! In the library so the binary stays a shell (flags, runtime, signals) and the printing can
+//! be driven against any writer. One node that cannot be reached never hides the others:
+//! its error goes to stderr naming it, the rest is printed, and the exit status is 1 only
+//! when no node answered at all.
+
+use std::io::Write;
+use std::net::{IpAddr, SocketAddr};
+
+use flannel_subnet::kube::KubeError;
+use flannel_subnet::kube::client::client_config;
+use k8s_openapi::api::core::v1::Node;
+use kube::api::ListParams;
+use kube::{Api, Client};
+use tokio::sync::{mpsc, watch};
+
+use crate::flows::cli::{NodeEndpoint, ObserveArgs, OutputFormat, follow_header, follow_row};
+use crate::flows::client::{ClientError, FlowLine, fetch, query_all, render_table};
+use crate::flows::filter::FlowFilter;
+use crate::flows::record::FlowRecord;
+
+/// Why the nodes could not be listed from the Kubernetes API.
+#[derive(Debug, thiserror::Error)]
+pub enum ObserveError {
+    /// The client configuration (kubeconfig, in-cluster) could not be built.
+    #[error(transparent)]
+    Kube(#[from] KubeError),
+    /// The client could not be created from it.
+    #[error("creating the Kubernetes client: {0}")]
+    Client(#[source] kube::Error),
+    /// Listing Nodes failed.
+    #[error("listing nodes in the Kubernetes API: {0}")]
+    List(#[source] kube::Error),
+    /// The API listed no node with an InternalIP address.
+    #[error(
+        "the Kubernetes API lists no node with an InternalIP address{0}; name them with --node NAME=HOST:PORT"
+    )]
+    NoNodes(String),
+}
+
+/// Node `node`'s `/flows` endpoint: its first InternalIP (IPv4 preferred, as the enforcer's
+/// default bind address is IPv4) and `port`; `None` without one.
+pub fn node_endpoint(node: &Node, port: u16) -> Option<NodeEndpoint> {
+    let name = node.metadata.name.clone()?;
+    let ips: Vec<IpAddr> = node
+        .status
+        .as_ref()?
+        .addresses
+        .as_ref()?
+        .iter()
+        .filter(|a| a.type_ == "InternalIP")
+        .filter_map(|a| a.address.parse().ok())
+        .collect();
+    let ip = ips
+        .iter()
+        .find(|ip| ip.is_ipv4())
+        .or_else(|| ips.first())
+        .copied()?;
+    Some(NodeEndpoint {
+        name,
+        addr: SocketAddr::new(ip, port),
+    })
+}
+
+/// Every node the API lists, with its `/flows` endpoint on `port`; nodes without an
+/// InternalIP are named in the second list (skipped, not fatal).
+pub async fn discover_nodes(
+    kube_api_url: &str,
+    kubeconfig: &str,
+    port: u16,
+) -> Result<(Vec<NodeEndpoint>, Vec<String>), ObserveError> {
+    let kubeconfig = if kubeconfig.is_empty() {
+        std::env::var("KUBECONFIG").unwrap_or_default()
+    } else {
+        kubeconfig.to_string()
+    };
+    let config = client_config(kube_api_url, &kubeconfig).await?;
+    let client = Client::try_from(config).map_err(ObserveError::Client)?;
+    let list = Api::<Node>::all(client)
+        .list(&ListParams::default())
+        .await
+        .map_err(ObserveError::List)?;
+    let (mut found, mut skipped) = (Vec::new(), Vec::new());
+    for node in &list.items {
+        match node_endpoint(node, port) {
+            Some(e) => found.push(e),
+            None => skipped.push(node.metadata.name.clone().unwrap_or_default()),
+        }
+    }
+    if found.is_empty() {
+        let why = match skipped.len() {
+            0 => String::new(),
+            n => format!(" ({n} without one: {})", skipped.join(", ")),
+        };
+        return Err(ObserveError::NoNodes(why));
+    }
+    Ok((found, skipped))
+}
+
+/// Runs `flannel-observe` as flagged, printing to stdout and stderr; `shutdown` turning true
+/// (SIGINT/SIGTERM) ends a `--follow` (status 0) or cuts a query short ([`INTERRUPTED`]).
+/// Returns the exit status.
+pub async fn run(args: &ObserveArgs, shutdown: watch::Receiver<bool>) -> u8 {
+    let nodes = if args.nodes.is_empty() {
+        match discover_nodes(&args.kube_api_url, &args.kubeconfig, args.metrics_port).await {
+            Ok((nodes, skipped)) => {
+                for name in skipped {
+                    eprintln!("flannel-observe: node {name} has no InternalIP address; skipped");
+                }
+                nodes
+            }
+            Err(e) => {
+                eprintln!("flannel-observe: {e}");
+                return 1;
+            }
+        }
+    } else {
+        args.nodes.clone()
+    };
+    let filter = args.filter();
+    let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
+    if filter.follow {
+        return follow(&nodes, &filter, args.output, &mut out, &mut err, shutdown).await;
+    }
+    let mut interrupted = shutdown.clone();
+    tokio::select! {
+        code = query(&nodes, &filter, args.output, &mut out, &mut err) => code,
+        // Ctrl-C while a slow node is still being asked: stop at once, as a shell expects.
+        _ = interrupted.changed() => INTERRUPTED,
+    }
+}
+
+/// Installs the SIGINT and SIGTERM handlers now (inside a runtime) and returns what turns
+/// true on the first; a second exits at once with [`INTERRUPTED`]. Installed before anything
+/// is asked or printed, so a signal is never the default (killing) one once output started:
+/// a `--follow` whose header is out ends with status 0.
+pub fn shutdown_on_signal() -> std::io::Result<watch::Receiver<bool>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        let _ = tx.send(true);
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        std::process::exit(i32::from(INTERRUPTED));
+    });
+    Ok(rx)
+}
+
+/// Exit status of a query (not `--follow`) cut short by SIGINT/SIGTERM, as a shell reports
+/// a command killed by SIGINT.
+pub const INTERRUPTED: u8 = 130;
+
+/// Prints what every node holds now, merged by time. Exit status 1 when every node failed.
+pub async fn query(
+    nodes: &[NodeEndpoint],
+    filter: &FlowFilter,
+    output: OutputFormat,
+    out: &mut impl Write,
+    err: &mut impl Write,
+) -> u8 {
+    let pairs: Vec<(String, SocketAddr)> = nodes.iter().map(|n| (n.name.clone(), n.addr)).collect();
+    let (records, errors, lost) = query_all(&pairs, filter).await;
+    for e in &errors {
+        let _ = writeln!(err, "flannel-observe: {e}");
+    }
+    if lost > 0 {
+        let _ = writeln!(
+            err,
+            "flannel-observe: {lost} records were skipped by the nodes (not shown)"
+        );
+    }
+    let text = match output {
+        OutputFormat::Table => render_table(&records),
+        OutputFormat::Json => records.iter().map(FlowRecord::to_json_line).collect(),
+    };
+    // A closed pipe (`| head`) is not an error of ours.
+    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
+    u8::from(!nodes.is_empty() && errors.len() == nodes.len())
+}
+
+/// What a node's follow task reports.
+enum Event {
+    Line(FlowLine),
+    Done(Result<(), ClientError>),
+}
+
+/// Whether `e` means the node was never followed (nothing reached), rather than a stream that
+/// broke after it had started (a node that went away).
+fn never_followed(e: &ClientError) -> bool {
+    matches!(
+        e,
+        ClientError::Connect { .. } | ClientError::Timeout { .. } | ClientError::Status { .. }
+    )
+}
+
+/// Follows every node at once and prints each record as it arrives, one flushed line each
+/// (a table header first), until `shutdown` turns true, stdout closes, or every node's
+/// stream has ended. Exit status 1 when no node could be followed at all.
+pub async fn follow(
+    nodes: &[NodeEndpoint],
+    filter: &FlowFilter,
+    output: OutputFormat,
+    out: &mut impl Write,
+    err: &mut impl Write,
+    mut shutdown: watch::Receiver<bool>,
+) -> u8 {
+    // Unbounded, yet it cannot grow without end: on the current-thread runtime a slow stdout
+    // blocks the one thread, so no node's socket is read meanwhile; TCP pushes back and the
+    // node, which never waits for a follower, sends a loss notice instead.
+    let (tx, mut rx) = mpsc::unbounded_channel::<(usize, Event)>();
+    for (i, node) in nodes.iter().enumerate() {
+        let (tx, node, filter) = (tx.clone(), node.clone(), filter.clone());
+        tokio::spawn(async move {
+            let lines = tx.clone();
+            let r = fetch(&node.name, node.addr, &filter, move |l| {
+                lines.send((i, Event::Line(l))).is_ok()
+            })
+            .await;
+            let _ = tx.send((i, Event::Done(r)));
+        });
+    }
+    drop(tx);
+    let mut print = |line: String| -> bool {
+        out.write_all(line.as_bytes())
+            .and_then(|()| out.flush())
+            .is_ok()
+    };
+    if output == OutputFormat::Table && !print(follow_header() + "\n") {
+        return 0;
+    }
+    let mut unreachable = 0;
+    loop {
+        let (i, event) = tokio::select! {
+            ev = rx.recv() => match ev {
+                Some(ev) => ev,
+                None => break,
+            },
+            _ = shutdown.changed() => return 0,
+        };
+        let name = &nodes[i].name;
+        let line = match event {
+            Event::Line(FlowLine::Record(r)) => match output {
+                OutputFormat::Table => follow_row(&r) + "\n",
+                OutputFormat::Json => r.to_json_line(),
+            },
+            Event::Line(FlowLine::Lost(n)) => {
+                let _ = writeln!(
+                    err,
+                    "flannel-observe: {name} skipped {n} records for this client (it fell behind)"
+                );
+                continue;
+            }
+            Event::Done(Ok(())) => {
+                let _ = writeln!(err, "flannel-observe: {name} ended the stream");
+                continue;
+            }
+            Event::Done(Err(e)) => {
+                unreachable += usize::from(never_followed(&e));
+                let _ = writeln!(err, "flannel-observe: {e}");
+                continue;
+            }
+        };
+        if !print(line) {
+            return 0;
+        }
+    }
+    u8::from(!nodes.is_empty() && unreachable == nodes.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{NodeAddress, NodeStatus};
+
+    fn node(name: &str, addrs: &[(&str, &str)]) -> Node {
+        let mut n = Node::default();
+        n.metadata.name = Some(name.into());
+        n.status = Some(NodeStatus {
+            addresses: Some(
+                addrs
+                    .iter()
+                    .map(|(t, a)| NodeAddress {
+                        type_: (*t).into(),
+                        address: (*a).into(),
+                    })
+                    .collect(),
+            ),
+            ..NodeStatus::default()
+        });
+        n
+    }
+
+    #[test]
+    fn nodes_are_asked_on_their_internal_ip() {
+        let n = node(
+            "n1",
+            &[
+                ("Hostname", "n1"),
+                ("InternalIP", "fd00::1"),
+                ("ExternalIP", "203.0.113.1"),
+                ("InternalIP", "198.18.0.1"),
+            ],
+        );
+        let e = node_endpoint(&n, 9080).unwrap();
+        assert_eq!(
+            (e.name.as_str(), e.addr.to_string().as_str()),
+            ("n1", "198.18.0.1:9080")
+        );
+        let v6 = node("n2", &[("InternalIP", "fd00::2")]);
+        assert_eq!(
+            node_endpoint(&v6, 1).unwrap().addr.to_string(),
+            "[fd00::2]:1"
+        );
+        assert!(node_endpoint(&node("n3", &[("ExternalIP", "203.0.113.1")]), 1).is_none());
+        assert!(node_endpoint(&Node::default(), 1).is_none());
+    }
+
+    /// In a namespace of its own, as every networked test.
+    #[test]
+    fn no_reachable_node_is_status_1_and_named() {
+        flannel_lab::in_fresh_netns("observe-gone", || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(unreachable_body());
+        })
+        .expect("test namespace");
+    }
+
+    async fn unreachable_body() {
+        {
+            {
+                // A port nothing listens on (bound, then released).
+                let port = std::net::TcpListener::bind("127.0.0.1:0")
+                    .unwrap()
+                    .local_addr()
+                    .unwrap()
+                    .port();
+                let nodes = vec![NodeEndpoint {
+                    name: "gone".into(),
+                    addr: SocketAddr::from(([127, 0, 0, 1], port)),
+                }];
+                let (mut out, mut err) = (Vec::new(), Vec::new());
+                let f = FlowFilter::default();
+                let code = query(&nodes, &f, OutputFormat::Json, &mut out, &mut err).await;
+                assert_eq!(code, 1);
+                assert!(out.is_empty());
+                let err = String::from_utf8(err).unwrap();
+                assert!(err.contains("connecting to gone"), "{err}");
+                let (_keep, rx) = watch::channel(false);
+                let (mut out, mut err) = (Vec::new(), Vec::new());
+                let code = follow(&nodes, &f, OutputFormat::Table, &mut out, &mut err, rx).await;
+                assert_eq!(code, 1);
+                assert!(String::from_utf8(out).unwrap().starts_with("TIME"));
+                assert!(
+                    String::from_utf8(err)
+                        .unwrap()
+                        .contains("connecting to gone")
+                );
+            }
+        }
+    }
+}
