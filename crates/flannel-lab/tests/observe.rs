@@ -4,11 +4,14 @@
 //!   user's flags verbatim, and the library's `LabState::observe`) exits 0 with nothing on
 //!   stderr; with n2's enforcer stopped it names n2 on stderr and still exits 0; a bad flag is
 //!   flannel-observe's exit 2; `--follow` runs until SIGTERM (exit 0);
-//! * with x/a on n1, x/b on n2 and a policy denying all ingress to x/b, a probe x/a -> x/b
-//!   shows as a DROPPED record of n2 named after the policy, x/b -> x/a as FORWARDED, as a
-//!   table and as JSON, and `--follow` prints a drop that happens after it started. This one
-//!   is ignored until the daemon feeds the kernel flow sources into its ring
-//!   (`Running::flow_intake` has no caller yet, so nodes hold no records).
+//! * issue 20's "done when": with x/a on n1, x/b and y/c on n2 and a policy denying all
+//!   ingress to x/b, a denied probe is a DROPPED record on the enforcing node naming both
+//!   pods, their nodes, the direction, the TCP flags and the policy (also a UDP one between
+//!   pods of one node, and in the default table); an allowed TCP exchange is FORWARDED on
+//!   both nodes with byte and packet counts while conntrack holds the flow, and an ended
+//!   record with its totals once the entry goes; filters that cannot match return nothing
+//!   and bad ones exit 2 naming the flag; `--follow` streams a flow that starts after it
+//!   attached; the metrics count drops by policy.
 //!
 //! Also: `Cluster::observe` on an in-process cluster, and a state directory without a lab
 //! refused.
@@ -32,62 +35,18 @@ use lab_dir::{LabDir, NP_PATH, SETTLE_TIMEOUT, bin_dir, rv_of, wait_synced};
 use serde_json::{Value, json};
 
 const TCP80: PortProto = PortProto::new(80, Proto::Tcp);
+const UDP81: PortProto = PortProto::new(81, Proto::Udp);
 const PROBE: Duration = Duration::from_millis(500);
 const OBSERVE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a record may take to show after the packet (kernel event, collector, ring).
 const RECORD_WAIT: Duration = Duration::from_secs(30);
 
-fn deny_ingress_to_b() -> String {
-    json!({
-        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
-        "metadata": {"name": "deny-b", "namespace": "x"},
-        "spec": {"podSelector": {"matchLabels": {"pod": "b"}}, "policyTypes": ["Ingress"],
-                 "ingress": []},
-    })
-    .to_string()
-}
-
 /// The records of JSON output.
 fn records(json: &str) -> Vec<Value> {
     json.lines()
+        .filter(|l| !l.trim().is_empty())
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
         .collect()
-}
-
-fn is(r: &Value, src: &str, dst: &str, verdict: &str) -> bool {
-    let pod = |side: &str| {
-        format!(
-            "{}/{}",
-            r[format!("{side}Namespace")].as_str().unwrap_or("?"),
-            r[format!("{side}Pod")].as_str().unwrap_or("?")
-        )
-    };
-    pod("src") == src && pod("dst") == dst && r["verdict"] == verdict
-}
-
-/// Probes `from` -> `to` on 80/TCP and polls `observe ARGS -o json` until a record
-/// `from -> to` with `verdict` shows (bounded); returns it.
-fn probe_until_observed(
-    state: &LabState,
-    from: &str,
-    to: &str,
-    verdict: &str,
-    args: &[&str],
-) -> Value {
-    let deadline = Instant::now() + RECORD_WAIT;
-    let args: Vec<&str> = args.iter().copied().chain(["-o", "json"]).collect();
-    loop {
-        let _ = state.probe(from, to, TCP80, PROBE).expect("probe ran");
-        let out = state.observe(&args, OBSERVE_TIMEOUT).expect("observe");
-        if let Some(r) = records(&out).into_iter().find(|r| is(r, from, to, verdict)) {
-            return r;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no {verdict} record {from} -> {to} within {RECORD_WAIT:?} in observe {args:?}:\n{out}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 /// A running `flannel-lab observe --follow ARGS` and its stdout lines.
@@ -234,81 +193,244 @@ fn observe_reaches_every_node_and_names_a_missing_one() {
     assert!(err.contains("n1") && err.contains("n2"), "{err}");
 }
 
+fn deny_ingress_to_b() -> Value {
+    json!({
+        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": {"name": "guard-b", "namespace": "x"},
+        "spec": {"podSelector": {"matchLabels": {"pod": "b"}}, "policyTypes": ["Ingress"]},
+    })
+}
+
+/// The records `observe -o json ARGS` prints.
+fn json_records(lab: &LabDir, args: &[&str]) -> Vec<Value> {
+    let mut all = args.to_vec();
+    all.extend(["-o", "json"]);
+    let (code, out, err) = observe_cli(lab, &all);
+    assert_eq!(code, Some(0), "observe {all:?}: {out}{err}");
+    records(&out)
+}
+
+/// Asks until a record satisfies `want` (bounded by [`RECORD_WAIT`]); returns all records
+/// of the last answer.
+fn wait_for(lab: &LabDir, args: &[&str], want: impl Fn(&Value) -> bool) -> Vec<Value> {
+    let deadline = Instant::now() + RECORD_WAIT;
+    loop {
+        let got = json_records(lab, args);
+        if got.iter().any(&want) {
+            return got;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no wanted record for observe {args:?} within {RECORD_WAIT:?}; got {got:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Field `k` of `r` as text ("" when absent).
+fn s<'a>(r: &'a Value, k: &str) -> &'a str {
+    r[k].as_str().unwrap_or("")
+}
+
 #[test]
-#[ignore = "nodes hold no flow records until the daemon feeds the kernel sources into its ring (Running::flow_intake has no caller yet)"]
-fn observe_shows_drops_and_forwards_of_every_node() {
+fn observe_shows_drops_by_policy_forwarded_counts_and_follow() {
     flannel_lab::require_root("run the observe lab test").expect("root");
     let lab = LabDir::up("observe-rec", 2).expect("lab up");
     let serve = std::path::PathBuf::from(env!("CARGO_BIN_EXE_flannel-lab"));
-    for (name, node) in [("a", "n1"), ("b", "n2")] {
+    for (ns, name, node) in [("x", "a", "n1"), ("x", "b", "n2"), ("y", "c", "n2")] {
         let add = PodAdd {
-            namespace: "x".into(),
+            namespace: ns.into(),
             name: name.into(),
             node: node.into(),
             labels: BTreeMap::from([("pod".to_string(), name.to_string())]),
         };
-        LabState::modify(lab.path(), |s| s.add_pod(&add, &serve)).expect("pod add");
+        LabState::modify(lab.path(), |st| st.add_pod(&add, &serve)).expect("pod add");
     }
     let client = lab.client().unwrap();
-    let applied = flannel_lab::apply::apply(&client, &deny_ingress_to_b()).unwrap();
-    assert!(applied.iter().all(|o| o.result.is_ok()), "{applied:?}");
-    let state = lab.state().unwrap();
+    let out = flannel_lab::apply::apply(&client, &deny_ingress_to_b().to_string()).unwrap();
+    assert!(out.iter().all(|o| o.result.is_ok()), "{out:?}");
     let obj = client
         .expect_ok(
             "GET",
-            &format!("{NP_PATH}/x/networkpolicies/deny-b"),
+            &format!("{NP_PATH}/x/networkpolicies/guard-b"),
             "application/json",
             None,
         )
         .unwrap();
     let want = BTreeMap::from([("networkpolicies", rv_of(&obj).unwrap())]);
+    let state = lab.state().unwrap();
     wait_synced(&state, &want, SETTLE_TIMEOUT).expect("enforcers synced");
 
-    // The library call: a drop on n2 (ingress to x/b), named after the policy.
-    let drop = probe_until_observed(&state, "x/a", "x/b", "DROPPED", &["--verdict", "DROPPED"]);
-    assert_eq!(drop["node"], "n2", "{drop}");
+    // A denied probe across nodes: DROPPED on the server's node, naming pods and policy.
+    assert!(!state.probe("x/a", "x/b", TCP80, PROBE).unwrap());
+    let drops = wait_for(
+        &lab,
+        &["--verdict", "DROPPED", "--to-pod", "x/b", "--port", "80"],
+        |r| s(r, "protocol") == "TCP",
+    );
+    let d = drops.iter().find(|r| s(r, "protocol") == "TCP").unwrap();
+    for (k, v) in [
+        ("verdict", "DROPPED"),
+        ("node", "n2"),
+        ("direction", "ingress"),
+        ("srcNamespace", "x"),
+        ("srcPod", "a"),
+        ("srcNode", "n1"),
+        ("dstNamespace", "x"),
+        ("dstPod", "b"),
+        ("dstNode", "n2"),
+        ("policy", "x/guard-b"),
+    ] {
+        assert_eq!(s(d, k), v, "{k} of {d:#}");
+    }
+    assert_eq!(d["dstPort"], 80, "{d:#}");
+    assert!(s(d, "tcpFlags").contains("SYN"), "{d:#}");
+    assert!(d["forward"]["packets"].as_u64() >= Some(1), "{d:#}");
+    // A denied UDP probe between pods of one node.
+    assert!(!state.probe("y/c", "x/b", UDP81, PROBE).unwrap());
+    let udp = wait_for(
+        &lab,
+        &[
+            "--verdict",
+            "dropped",
+            "--from-pod",
+            "y/c",
+            "--protocol",
+            "udp",
+        ],
+        |r| r["dstPort"] == 81,
+    );
     assert!(
-        drop["policy"].as_str().unwrap_or("").contains("deny-b"),
-        "{drop}"
+        udp.iter()
+            .all(|r| s(r, "policy") == "x/guard-b" && s(r, "dstPod") == "b"),
+        "{udp:#?}"
     );
-    // A forwarded flow the other way, seen by the filters that select it.
-    let fwd = probe_until_observed(
-        &state,
-        "x/b",
-        "x/a",
-        "FORWARDED",
-        &["--from-pod", "x/b", "--port", "80", "--protocol", "TCP"],
-    );
-    assert!(fwd["node"] == "n1" || fwd["node"] == "n2", "{fwd}");
-
-    // The CLI: a table by default, both verdicts, named.
-    let (code, table, err) = observe_cli(&lab, &["--namespace", "x", "--since", "10m"]);
-    assert_eq!(code, Some(0), "{table}{err}");
+    // The default output is a table with the same facts.
+    let (code, table, err) = observe_cli(&lab, &["--pod", "x/b", "--verdict", "DROPPED"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(table.starts_with("TIME"), "{table}");
     assert!(
         table
             .lines()
-            .any(|l| l.contains("x/a:") && l.contains("DROPPED") && l.contains("deny-b")),
+            .any(|l| l.contains("x/a:") && l.contains("x/b:80") && l.contains("x/guard-b")),
         "{table}"
     );
-    assert!(table.lines().any(|l| l.contains("FORWARDED")), "{table}");
-    let (_, out, _) = observe_cli(&lab, &["--verdict", "DROPPED", "-o", "json"]);
-    let drops = records(&out);
-    assert!(!drops.is_empty() && drops.iter().all(|r| r["verdict"] == "DROPPED"));
 
-    // --follow: a drop after it started is printed.
-    let follow = Follow::start(&lab, &["-o", "json", "--verdict", "DROPPED"]);
-    let started = Instant::now();
-    // Drain what it held when it started, then make a new drop (probing until one arrives).
-    std::thread::sleep(Duration::from_secs(1));
-    while follow.lines.try_recv().is_ok() {}
-    let mut seen = None;
-    while seen.is_none() && started.elapsed() < RECORD_WAIT {
-        let _ = state.probe("x/a", "x/b", TCP80, PROBE).unwrap();
-        seen = follow.lines.recv_timeout(Duration::from_secs(2)).ok();
+    // An allowed TCP exchange: FORWARDED on both nodes, with counts while conntrack holds it.
+    assert!(state.probe("x/a", "y/c", TCP80, PROBE).unwrap());
+    let path = [
+        "--from-pod",
+        "x/a",
+        "--to-pod",
+        "y/c",
+        "--protocol",
+        "TCP",
+        "--port",
+        "80",
+    ];
+    let counted = |r: &Value| {
+        s(r, "verdict") == "FORWARDED"
+            && r["forward"]["bytes"].as_u64() > Some(0)
+            && r["reply"]["bytes"].as_u64() > Some(0)
+    };
+    let fwd = wait_for(&lab, &path, |r| counted(r) && s(r, "node") == "n1");
+    let fwd = wait_for(&lab, &path, |r| counted(r) && s(r, "node") == "n2")
+        .len()
+        .max(fwd.len());
+    assert!(fwd >= 2, "one record per node");
+    let per_node = json_records(&lab, &path);
+    let n1 = per_node.iter().find(|r| s(r, "node") == "n1").unwrap();
+    let n2 = per_node.iter().find(|r| s(r, "node") == "n2").unwrap();
+    assert_eq!(
+        (s(n1, "direction"), s(n2, "direction")),
+        ("egress", "ingress")
+    );
+    for r in [n1, n2] {
+        assert_eq!((s(r, "srcPod"), s(r, "dstPod")), ("a", "c"), "{r:#}");
+        // A connection's handshake alone is 3 packets of at least 40 bytes.
+        assert!(r["forward"]["bytes"].as_u64() >= Some(120), "{r:#}");
     }
-    let line = seen.expect("a drop printed by --follow");
-    assert!(is(&records(&line)[0], "x/a", "x/b", "DROPPED"), "{line}");
+    // The flow's end (forced: conntrack keeps a closed TCP flow for TIME_WAIT, 120 s) is a
+    // record of its own with the totals.
+    let c_ip = state.find_pod("y/c").unwrap().ip.to_string();
+    let del = lab
+        .cli(&[
+            "exec",
+            "n2",
+            "--",
+            "conntrack",
+            "-D",
+            "-p",
+            "tcp",
+            "-d",
+            &c_ip,
+            "--dport",
+            "80",
+        ])
+        .unwrap();
+    assert!(del.status.success(), "{del:?}");
+    let ended = wait_for(&lab, &path, |r| r["ended"] == true && s(r, "node") == "n2");
+    let e = ended.iter().find(|r| r["ended"] == true).unwrap();
+    assert!(e["forward"]["bytes"].as_u64() >= Some(120), "{e:#}");
+    assert!(e["conntrackId"].is_u64(), "{e:#}");
+
+    // Filters that match nothing, and bad ones.
+    assert!(json_records(&lab, &["--namespace", "nope"]).is_empty());
+    assert!(json_records(&lab, &["--from-pod", "x/b", "--verdict", "DROPPED"]).is_empty());
+    for bad in [
+        &["--verdict", "MAYBE"][..],
+        &["--from-pod", "x"],
+        &["--since", "soon"],
+        &["--port", "http"],
+    ] {
+        let (code, _, err) = observe_cli(&lab, bad);
+        assert_eq!(code, Some(2), "{bad:?}: {err}");
+        assert!(err.contains(bad[0]), "{bad:?}: {err}");
+    }
+
+    // --follow: a flow that starts after the client attached is streamed.
+    let follow = Follow::start(&lab, &["-o", "json", "--from-pod", "y/c"]);
+    let deadline = Instant::now() + RECORD_WAIT;
+    let streamed = loop {
+        assert!(
+            Instant::now() < deadline,
+            "--follow streamed no flow of y/c within {RECORD_WAIT:?}"
+        );
+        assert!(state.probe("y/c", "x/a", TCP80, PROBE).unwrap());
+        if let Ok(line) = follow.lines.recv_timeout(Duration::from_secs(1)) {
+            if line.trim().is_empty() {
+                continue;
+            }
+            break serde_json::from_str::<Value>(&line).expect("a record");
+        }
+    };
+    assert_eq!(
+        (s(&streamed, "srcPod"), s(&streamed, "dstPod")),
+        ("c", "a"),
+        "{streamed:#}"
+    );
     assert_eq!(follow.terminate(), Some(0));
+
+    // The flow metrics of the enforcing node.
+    let m = state.netpol_metrics("n2").unwrap().expect("metrics");
+    let value = |series: &str| -> u64 {
+        m.lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    assert!(
+        value("flannel_netpol_flow_drops_total{policy=\"x/guard-b\"}") >= 2,
+        "{m}"
+    );
+    assert!(
+        value("flannel_netpol_flows_total{verdict=\"DROPPED\",protocol=\"TCP\"}") >= 1,
+        "{m}"
+    );
+    assert_eq!(
+        value("flannel_netpol_flow_events_lost_total{source=\"conntrack\"}"),
+        0,
+        "{m}"
+    );
 }
 
 /// `Cluster::observe`, the library call for tests that build a cluster in-process: both

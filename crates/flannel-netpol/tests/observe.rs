@@ -50,6 +50,7 @@ fn rec(
         ended: false,
         policy: (verdict == Verdict::Dropped).then(|| "x/deny".to_string()),
         direction: None,
+        conntrack_id: None,
     });
     r.node = node.into();
     (r.src_namespace, r.src_pod) = (Some(src_ns.into()), Some(src.into()));
@@ -61,7 +62,7 @@ fn rec(
 async fn server(
     ring: Arc<FlowRing>,
 ) -> (SocketAddr, watch::Sender<bool>, tokio::task::JoinHandle<()>) {
-    let health = Health::for_program("flannel-netpol", None).with_routes(route(ring));
+    let health = Health::for_program("flannel-netpol", None).with_routes(route(ring, None));
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
