@@ -628,7 +628,8 @@ fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
 
 /// The chart rendered with `netpol.enabled=true` puts flannel-netpol in the DaemonSet's second
 /// container: the lab runs it from the image like a kubelet (its `$(MY_NODE_NAME)` expanded)
-/// and a deny-all ingress policy then cuts the pods off each other until it is deleted.
+/// and a deny-all ingress policy then cuts the pods off each other until it is deleted; the
+/// image's `flannel-observe` shows the policy's drops.
 #[test]
 fn the_netpol_container_from_the_image_enforces_policies() {
     let dir = tempfile::Builder::new()
@@ -701,6 +702,17 @@ fn the_netpol_container_from_the_image_enforces_policies() {
     assert_eq!(status, 201, "{body}");
     wait_until("the deny policy to cut both directions", || {
         c.unreachable().len() == 2
+    });
+    // The image's flow CLI, run in n1's enforcer container, shows the policy's drops there.
+    let enforcer = c.daemonset().unwrap().container_name(0, NETPOL_CONTAINER);
+    wait_until("a DROPPED record naming the policy", || {
+        let mut cmd = podman::command().unwrap();
+        cmd.args(["exec", &enforcer, "/opt/bin/flannel-observe"])
+            .args(["--node", "n1=127.0.0.1:9080", "--verdict", "DROPPED", "-o", "json"]);
+        let out = run_command(cmd, None, Duration::from_secs(60)).unwrap();
+        assert!(out.status.success(), "flannel-observe in the image: {out:?}");
+        let _ = c.unreachable();
+        String::from_utf8_lossy(&out.stdout).contains("\"policy\":\"default/deny-ingress\"")
     });
     let (status, body) = client
         .request(
