@@ -708,9 +708,19 @@ fn the_netpol_container_from_the_image_enforces_policies() {
     wait_until("a DROPPED record naming the policy", || {
         let mut cmd = podman::command().unwrap();
         cmd.args(["exec", &enforcer, "/opt/bin/flannel-observe"])
-            .args(["--node", "n1=127.0.0.1:9080", "--verdict", "DROPPED", "-o", "json"]);
+            .args([
+                "--node",
+                "n1=127.0.0.1:9080",
+                "--verdict",
+                "DROPPED",
+                "-o",
+                "json",
+            ]);
         let out = run_command(cmd, None, Duration::from_secs(60)).unwrap();
-        assert!(out.status.success(), "flannel-observe in the image: {out:?}");
+        assert!(
+            out.status.success(),
+            "flannel-observe in the image: {out:?}"
+        );
         let _ = c.unreachable();
         String::from_utf8_lossy(&out.stdout).contains("\"policy\":\"default/deny-ingress\"")
     });

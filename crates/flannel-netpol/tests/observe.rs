@@ -326,9 +326,9 @@ async fn body() {
     assert!(kill.success());
     assert_eq!(wait_exit(&mut child).await, 0);
 
-    // --follow, table: a header, n2's record, a pushed one, aligned; ends when n2's server
-    // shuts down.
-    let (mut child, mut lines) = spawn_follow(&["--node", &format!("n2={a2}")]);
+    // --follow --since, table: a header, n2's held record, a pushed one, aligned; ends when
+    // n2's server shuts down.
+    let (mut child, mut lines) = spawn_follow(&["--node", &format!("n2={a2}"), "--since", "1h"]);
     assert_eq!(next_line(&mut lines).await, follow_header());
     let held = next_line(&mut lines).await;
     assert!(held.contains("y/c:40000") && held.contains("UDP"), "{held}");

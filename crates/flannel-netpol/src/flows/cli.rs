@@ -78,8 +78,8 @@ pub struct ObserveArgs {
     /// Only records at most this old: 30s, 5m, 1h30m, 250ms
     #[arg(long = "since", value_name = "DURATION", value_parser = parse_since)]
     pub since: Option<Duration>,
-    /// Keep asking: print the records held now, then every new one as it arrives, until
-    /// Ctrl-C (or every node's stream ends)
+    /// Stream: print every new record as it arrives (with --since, the recent ones first),
+    /// until Ctrl-C or every node's stream ends
     #[arg(long = "follow", short = 'f')]
     pub follow: bool,
     /// Output: a readable table, or one JSON record per line
@@ -191,10 +191,10 @@ pub fn parse_node(s: &str) -> Result<NodeEndpoint, String> {
 
 /// Column widths of the follow table (all but the last, SUMMARY): records arrive one by one,
 /// so the widths cannot be measured first as [`crate::flows::client::render_table`] does;
-/// these fit a timestamp, typical node names, `namespace/pod:port` and the longest protocol
-/// with TCP flags. A longer cell is printed whole and shifts the rest of its row: cutting it
+/// these fit a timestamp, short node names, `namespace/pod:port` of usual length and a
+/// protocol with one TCP flag. A longer cell is printed whole and shifts the rest of its row: cutting it
 /// would hide the name the user is looking for.
-pub const FOLLOW_WIDTHS: [usize; 7] = [23, 12, 32, 32, 11, 9, 7];
+pub const FOLLOW_WIDTHS: [usize; 7] = [23, 6, 24, 24, 8, 9, 7];
 
 /// One line of the follow table (no newline), columns padded to [`FOLLOW_WIDTHS`].
 fn follow_line(cells: &[&str; 8]) -> String {
@@ -388,12 +388,12 @@ mod tests {
         let header = follow_header();
         assert_eq!(
             header,
-            "TIME                     NODE          SOURCE                            DESTINATION                       PROTO        VERDICT    DIR      SUMMARY"
+            "TIME                     NODE    SOURCE                    DESTINATION               PROTO     VERDICT    DIR      SUMMARY"
         );
         let row = follow_row(&a);
         assert_eq!(
             row,
-            "1970-01-01 00:00:00.000  n1            x/a:40000                         10.244.2.3:80                     TCP          FORWARDED  egress   new"
+            "1970-01-01 00:00:00.000  n1      x/a:40000                 10.244.2.3:80             TCP       FORWARDED  egress   new"
         );
         // Every column starts where its header does.
         for title in TABLE_HEADER {

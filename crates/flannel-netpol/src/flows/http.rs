@@ -3,9 +3,9 @@
 //! Query parameters are [`FlowFilter`]'s; a bad one is answered 400 with a text naming it.
 //! Without `follow` the answer is the matching records held now, oldest first, the flows
 //! among them still open with their counters so far (one conntrack table read, off the
-//! enforcer's task; see [`crate::flows::live`]). With
-//! `follow=1` it is that, then every new matching record as it is stored, chunked, until the
-//! client goes. A follower that falls behind gets a line `{"lost":N}` in place of the N
+//! enforcer's task; see [`crate::flows::live`]). With `follow=1` it is every new matching
+//! record as it is stored, chunked, until the client goes (with `since`, the window's held
+//! records first, as one would scroll back). A follower that falls behind gets a line `{"lost":N}` in place of the N
 //! records it missed (the collector never waits for it), and an empty line every
 //! [`HEARTBEAT`] while nothing matches, which is how a vanished client is noticed: the write
 //! fails and the stream is dropped. At most [`MAX_FOLLOWERS`] followers at once (503 beyond),
@@ -75,8 +75,13 @@ pub fn respond(
             format!("too many followers (at most {MAX_FOLLOWERS}); try again later\n"),
         );
     }
+    // A follow starts now; with `since` the window's held records come first.
     let (snapshot, follower) = ring.snapshot_and_follow(&filter, now);
-    let first: String = snapshot.iter().map(|r| r.to_json_line()).collect();
+    let first: String = if filter.since.is_some() {
+        snapshot.iter().map(|r| r.to_json_line()).collect()
+    } else {
+        String::new()
+    };
     let rest = futures::stream::unfold(follower, move |mut follower| {
         let filter = filter.clone();
         async move {
@@ -191,8 +196,8 @@ mod tests {
         assert_eq!(lost_line(3), "{\"lost\":3}\n");
     }
 
-    /// A real server and client in a namespace of their own: queries, a bad parameter, and a
-    /// follow stream that sees the snapshot, then only new matching records.
+    /// A real server and client in a namespace of their own: queries, a bad parameter, and
+    /// follow streams that see only new matching records, after the held ones with `since`.
     #[test]
     fn flows_are_served_filtered_and_followed() {
         flannel_lab::in_fresh_netns("flows-http", || {
@@ -313,44 +318,55 @@ mod tests {
         let r = raw_get(addr, "/healthz").await;
         assert!(r.ends_with("flannel-netpol is running"), "{r}");
 
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        let follow = FlowFilter::parse_query("from_pod=x/1&follow=1").unwrap();
-        let client = tokio::spawn(async move {
-            fetch("n1", addr, &follow, move |l| {
-                let more = matches!(&l, FlowLine::Record(r) if r.time.as_second() < 3);
-                tx.send(l).unwrap();
-                more
-            })
-            .await
-        });
-        let mut next = async || {
+        // Two followers: one scrolling back (`since` covers the test's 1970 records), one
+        // from now on.
+        let follower = |query: &str| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let follow = FlowFilter::parse_query(query).unwrap();
+            let client = tokio::spawn(async move {
+                fetch("n1", addr, &follow, move |l| {
+                    let more = matches!(&l, FlowLine::Record(r) if r.time.as_second() < 3);
+                    tx.send(l).unwrap();
+                    more
+                })
+                .await
+            });
+            (rx, client)
+        };
+        let (mut back, back_client) = follower("from_pod=x/1&follow=1&since=1000000h");
+        let (mut now_on, now_client) = follower("from_pod=x/1&follow=1");
+        let next = async |rx: &mut mpsc::UnboundedReceiver<FlowLine>| {
             tokio::time::timeout(Duration::from_secs(5), rx.recv())
                 .await
                 .expect("a line in time")
                 .expect("the client runs")
         };
-        let first = next().await;
+        let first = next(&mut back).await;
         assert!(matches!(&first, FlowLine::Record(r) if r.time.as_second() == 1));
-        // Wait (bounded) until the follower is attached before pushing.
+        // Wait (bounded) until both followers are attached before pushing.
         for _ in 0..100 {
-            if ring.followers() == 1 {
+            if ring.followers() == 2 {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        assert_eq!(ring.followers(), 1);
+        assert_eq!(ring.followers(), 2);
         ring.push(rec("10.0.0.9", "10.0.0.2", 3, Verdict::Forwarded));
         ring.push(rec("10.0.0.1", "10.0.0.2", 4, Verdict::Forwarded));
-        let second = next().await;
-        assert!(
-            matches!(&second, FlowLine::Record(r) if r.time.as_second() == 4),
-            "only the matching new record: {second:?}"
-        );
-        tokio::time::timeout(Duration::from_secs(5), client)
-            .await
-            .expect("client ends")
-            .unwrap()
-            .unwrap();
+        for rx in [&mut back, &mut now_on] {
+            let line = next(rx).await;
+            assert!(
+                matches!(&line, FlowLine::Record(r) if r.time.as_second() == 4),
+                "only the matching new record: {line:?}"
+            );
+        }
+        for client in [back_client, now_client] {
+            tokio::time::timeout(Duration::from_secs(5), client)
+                .await
+                .expect("client ends")
+                .unwrap()
+                .unwrap();
+        }
         stop.send(true).unwrap();
         tokio::time::timeout(Duration::from_secs(5), server)
             .await
