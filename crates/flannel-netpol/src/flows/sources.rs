@@ -32,6 +32,53 @@ pub const RECV_BUFFER: usize = 4 << 20;
 /// How long a reader blocks before it looks at the stop flag.
 const POLL: Duration = Duration::from_millis(250);
 
+/// How long a reader sleeps after a burst, letting events queue (see `Pump::run`). The
+/// socket buffer ([`RECV_BUFFER`]) holds about two seconds of events at 10 000 a second.
+pub const BATCH_PAUSE: Duration = Duration::from_millis(10);
+
+/// Datagrams drained per wake-up at most, so the stop flag is seen under any load.
+const MAX_DRAIN: usize = 100_000;
+
+/// A kernel event socket as the reader loop uses it.
+trait Source {
+    type Event;
+    /// Appends the next datagram's events; `wait` blocks up to the socket's timeout. Whether
+    /// a datagram (or an overrun) was there.
+    fn receive(&mut self, out: &mut Vec<Self::Event>, wait: bool) -> Result<bool, RecvError>;
+    /// Overruns counted so far.
+    fn overruns(&self) -> u64;
+}
+
+impl Source for CtSource {
+    type Event = CtEvent;
+    fn receive(&mut self, out: &mut Vec<CtEvent>, wait: bool) -> Result<bool, RecvError> {
+        if wait {
+            let before = out.len();
+            self.recv(out).map(|()| out.len() > before)
+        } else {
+            self.try_recv(out)
+        }
+    }
+    fn overruns(&self) -> u64 {
+        CtSource::overruns(self)
+    }
+}
+
+impl Source for NflogSource {
+    type Event = DropEvent;
+    fn receive(&mut self, out: &mut Vec<DropEvent>, wait: bool) -> Result<bool, RecvError> {
+        if wait {
+            let before = out.len();
+            self.recv(out).map(|()| out.len() > before)
+        } else {
+            self.try_recv(out)
+        }
+    }
+    fn overruns(&self) -> u64 {
+        NflogSource::overruns(self)
+    }
+}
+
 /// A flow that conntrack reported, as facts; `None` when the kernel sent no addresses.
 pub fn ct_facts(event: &CtEvent, time: Timestamp) -> Option<KernelFacts> {
     let (src_ip, dst_ip) = (event.orig.src?, event.orig.dst?);
@@ -115,7 +162,7 @@ impl Readers {
         match CtSource::open(RECV_BUFFER, POLL) {
             Ok(source) => {
                 let pump = Pump::new(collector, &readers.stop, LossSource::Conntrack);
-                readers.spawn("flows-conntrack", move || pump.conntrack(source));
+                readers.spawn("flows-conntrack", move || pump.run(source, ct_facts));
             }
             Err(e) => errors.push(e),
         }
@@ -123,7 +170,9 @@ impl Readers {
             match NflogSource::open(group, RECV_BUFFER, POLL) {
                 Ok(source) => {
                     let pump = Pump::new(collector, &readers.stop, LossSource::Nflog);
-                    readers.spawn("flows-nflog", move || pump.nflog(source));
+                    readers.spawn("flows-nflog", move || {
+                        pump.run(source, |e, t| Some(drop_facts(e, t)));
+                    });
                 }
                 Err(e) => errors.push(e),
             }
@@ -184,29 +233,43 @@ impl Pump {
         }
     }
 
-    fn conntrack(mut self, mut source: CtSource) {
+    /// Reads until stopped: a blocking receive (bounded by the socket's timeout) wakes the
+    /// thread for the first event, everything queued since is drained without waiting, and
+    /// then the thread sleeps [`BATCH_PAUSE`] so the next events queue up in the socket
+    /// meanwhile. Under load the thread wakes about 100 times a second instead of once per
+    /// event, which was a third of the reader's CPU; a record is at most that much later.
+    fn run<S: Source>(
+        mut self,
+        mut source: S,
+        facts: fn(&S::Event, Timestamp) -> Option<KernelFacts>,
+    ) {
         let mut events = Vec::new();
         while !self.stop.load(Ordering::Relaxed) {
-            let received = source.recv(&mut events);
-            let now = Timestamp::now();
-            for e in events.drain(..) {
-                if let Some(facts) = ct_facts(&e, now) {
-                    self.collector.ingest(facts);
+            let mut received = source.receive(&mut events, true);
+            let active = !events.is_empty();
+            let mut drained = 0;
+            while received.is_ok() && drained < MAX_DRAIN {
+                self.ingest(&mut events, facts);
+                match source.receive(&mut events, false) {
+                    Ok(true) => drained += 1,
+                    Ok(false) => break,
+                    Err(e) => received = Err(e),
                 }
             }
-            self.after(received, source.overruns());
+            self.ingest(&mut events, facts);
+            self.after(received.map(|_| ()), source.overruns());
+            if active {
+                std::thread::sleep(BATCH_PAUSE);
+            }
         }
     }
 
-    fn nflog(mut self, mut source: NflogSource) {
-        let mut events = Vec::new();
-        while !self.stop.load(Ordering::Relaxed) {
-            let received = source.recv(&mut events);
-            let now = Timestamp::now();
-            for e in events.drain(..) {
-                self.collector.ingest(drop_facts(&e, now));
+    fn ingest<E>(&self, events: &mut Vec<E>, facts: fn(&E, Timestamp) -> Option<KernelFacts>) {
+        let now = Timestamp::now();
+        for e in events.drain(..) {
+            if let Some(f) = facts(&e, now) {
+                self.collector.ingest(f);
             }
-            self.after(received, source.overruns());
         }
     }
 
@@ -330,5 +393,106 @@ mod tests {
                 bytes: 60
             })
         );
+    }
+
+    /// The reader threads in a namespace of their own: a TCP exchange between two "pod"
+    /// addresses and a UDP packet dropped by a logging rule both end up as named records,
+    /// and dropping the readers stops their threads promptly.
+    #[test]
+    fn readers_feed_the_collector_from_the_kernel_and_stop() {
+        use crate::cluster::ClusterState;
+        use crate::flows::enrich::{PodDirectory, SharedDirectory};
+        use crate::flows::filter::FlowFilter;
+        use crate::flows::metrics::FlowMetrics;
+        use crate::flows::ring::FlowRing;
+        use crate::model::PodInfo;
+        use std::io::{Read, Write};
+        use std::net::{Ipv4Addr, TcpListener, TcpStream, UdpSocket};
+        use std::process::Command;
+        use std::time::Instant;
+
+        flannel_lab::in_fresh_netns("flows-readers", || {
+            let (a, b) = (Ipv4Addr::new(10, 244, 0, 1), Ipv4Addr::new(10, 244, 0, 2));
+            let rules = [
+                "link set lo up".to_string(),
+                format!("addr add {a}/32 dev lo"),
+                format!("addr add {b}/32 dev lo"),
+            ];
+            for r in rules {
+                let out = Command::new("ip").args(r.split(' ')).output().expect("ip");
+                assert!(out.status.success(), "ip {r}: {out:?}");
+            }
+            let nft = "add table inet t; add chain inet t out { type filter hook output priority 0; }; add rule inet t out ct state new counter; add rule inet t out udp dport 9 log prefix \"x/deny ingress\" group 7 drop";
+            let out = Command::new("nft").arg(nft).output().expect("nft");
+            assert!(out.status.success(), "{out:?}");
+            let mut state = ClusterState::new();
+            for (name, ip) in [("a", a), ("b", b)] {
+                state.upsert_pod(PodInfo {
+                    namespace: "x".into(),
+                    name: name.into(),
+                    labels: Default::default(),
+                    ips: vec![ip.into()],
+                    node: Some("n1".into()),
+                    ports: vec![],
+                });
+            }
+            let directory = SharedDirectory::new();
+            directory.publish(PodDirectory::from_state(&state));
+            let ring = Arc::new(FlowRing::new(100));
+            let collector = Arc::new(Collector::new(
+                "n1".into(),
+                ring.clone(),
+                directory,
+                Arc::new(FlowMetrics::default()),
+            ));
+            let (readers, errors) = Readers::start(&collector, Some(7));
+            assert!(errors.is_empty(), "{errors:?}");
+            assert_eq!(readers.len(), 2);
+
+            let listener = TcpListener::bind((b, 0)).expect("listen");
+            let port = listener.local_addr().unwrap().port();
+            let server = std::thread::spawn(move || {
+                let (mut s, _) = listener.accept().expect("accept");
+                let mut got = [0u8; 100];
+                s.read_exact(&mut got).expect("read");
+                s.write_all(&[1u8; 300]).expect("write");
+            });
+            let mut c = std::net::TcpStream::connect((b, port)).expect("connect");
+            // The kernel picks the source address of a local connection (b itself here).
+            let src = c.local_addr().unwrap().ip();
+            let src_pod = if src == std::net::IpAddr::from(a) { "a" } else { "b" };
+            c.write_all(&[0u8; 100]).expect("write");
+            let mut back = [0u8; 300];
+            c.read_exact(&mut back).expect("read");
+            server.join().unwrap();
+            drop::<TcpStream>(c);
+            let udp = UdpSocket::bind((a, 0)).expect("udp");
+            let _ = udp.send_to(b"x", (b, 9));
+
+            let deadline = Instant::now() + Duration::from_secs(5);
+            let held = loop {
+                let held = ring.snapshot(&FlowFilter::default(), Timestamp::now());
+                let tcp = held.iter().any(|r| r.dst_port == Some(port));
+                let drop = held.iter().any(|r| r.verdict == Verdict::Dropped);
+                if tcp && drop {
+                    break held;
+                }
+                assert!(Instant::now() < deadline, "{held:#?}");
+                std::thread::sleep(Duration::from_millis(20));
+            };
+            let tcp = held.iter().find(|r| r.dst_port == Some(port)).unwrap();
+            assert_eq!(tcp.src_ip, src);
+            assert_eq!(tcp.src_pod_ref(), Some(("x", src_pod)));
+            assert_eq!(tcp.dst_pod_ref(), Some(("x", "b")));
+            assert!(tcp.conntrack_id.is_some());
+            let d = held.iter().find(|r| r.verdict == Verdict::Dropped).unwrap();
+            assert_eq!(d.policy.as_deref(), Some("x/deny"));
+            assert_eq!(d.direction, Some(Direction::Ingress));
+            assert_eq!(d.dst_port, Some(9));
+            let stopping = Instant::now();
+            drop(readers);
+            assert!(stopping.elapsed() < Duration::from_secs(2), "{:?}", stopping.elapsed());
+        })
+        .expect("namespace");
     }
 }

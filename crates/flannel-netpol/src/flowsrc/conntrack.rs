@@ -18,7 +18,7 @@ use std::time::Duration;
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_NETFILTER};
 
 use super::nfnl::{attrs, be, messages};
-use super::{DecodeError, SocketError, set_recv_timeout};
+use super::{DecodeError, EventSocket, SocketError, set_recv_timeout};
 
 /// `NFNL_SUBSYS_CTNETLINK`.
 const SUBSYS_CTNETLINK: u8 = 1;
@@ -256,9 +256,7 @@ fn counters(buf: &[u8], what: &str) -> Result<CtCounters, DecodeError> {
 
 /// A subscription to conntrack NEW and DESTROY events of the current network namespace.
 pub struct CtSource {
-    socket: Socket,
-    buf: Vec<u8>,
-    overruns: u64,
+    events: EventSocket,
 }
 
 impl CtSource {
@@ -290,9 +288,7 @@ impl CtSource {
             .add_membership(GROUP_DESTROY)
             .map_err(err("subscribe to conntrack DESTROY events"))?;
         Ok(CtSource {
-            socket,
-            buf: vec![0; 1 << 16],
-            overruns: 0,
+            events: EventSocket::new(socket, "receive conntrack events"),
         })
     }
 
@@ -310,31 +306,26 @@ impl CtSource {
     /// The next datagram as received (`None` after a timeout or an overrun, which is
     /// counted): [`CtSource::recv`] without the decoding, for captures.
     pub fn recv_datagram(&mut self) -> Result<Option<&[u8]>, SocketError> {
-        match self.socket.recv(&mut &mut self.buf[..], 0) {
-            Ok(n) => Ok(Some(&self.buf[..n])),
-            Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
-                self.overruns += 1;
-                Ok(None)
+        self.events.recv_datagram(true)
+    }
+
+    /// Like `recv`, without waiting: whether a datagram was queued (events appended, or an
+    /// overrun counted). A reader drains with this after a blocking receive woke it.
+    pub fn try_recv(&mut self, out: &mut Vec<CtEvent>) -> Result<bool, RecvError> {
+        let before = self.events.overruns;
+        match self.events.recv_datagram(false)? {
+            Some(datagram) => {
+                out.extend(decode(datagram)?);
+                Ok(true)
             }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
-                ) =>
-            {
-                Ok(None)
-            }
-            Err(source) => Err(SocketError {
-                what: "receive conntrack events".into(),
-                source,
-            }),
+            None => Ok(self.events.overruns > before),
         }
     }
 
     /// How many times the kernel found the socket's buffer full and dropped events
     /// (each time one or more).
     pub fn overruns(&self) -> u64 {
-        self.overruns
+        self.events.overruns
     }
 }
 

@@ -55,6 +55,52 @@ pub struct SocketError {
     pub source: std::io::Error,
 }
 
+/// A subscribed netlink socket and its receive buffer: what both sources read from, blocking
+/// (until the timeout of `SO_RCVTIMEO`) or, to drain what has queued up, not at all.
+struct EventSocket {
+    socket: netlink_sys::Socket,
+    buf: Vec<u8>,
+    overruns: u64,
+    /// What a receive error says it was doing (`receive conntrack events`).
+    what: &'static str,
+}
+
+impl EventSocket {
+    fn new(socket: netlink_sys::Socket, what: &'static str) -> EventSocket {
+        EventSocket {
+            socket,
+            buf: vec![0; 1 << 16],
+            overruns: 0,
+            what,
+        }
+    }
+
+    /// The next datagram; `None` after the timeout (or at once when not `wait`ing and
+    /// nothing is queued) or after an overrun (`ENOBUFS`, counted).
+    fn recv_datagram(&mut self, wait: bool) -> Result<Option<&[u8]>, SocketError> {
+        let flags = if wait { 0 } else { libc::MSG_DONTWAIT };
+        match self.socket.recv(&mut &mut self.buf[..], flags) {
+            Ok(n) => Ok(Some(&self.buf[..n])),
+            Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
+                self.overruns += 1;
+                Ok(None)
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+                ) =>
+            {
+                Ok(None)
+            }
+            Err(source) => Err(SocketError {
+                what: self.what.into(),
+                source,
+            }),
+        }
+    }
+}
+
 /// Sets `SO_RCVTIMEO` on `fd`, so a blocking `recv` returns (with `EAGAIN`) after `timeout`:
 /// a reader thread can then notice it should stop. netlink-sys has no setter for it.
 #[allow(unsafe_code)]

@@ -17,7 +17,7 @@ use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_NETFILTER};
 
 use super::conntrack::RecvError;
 use super::nfnl::{attrs, be, messages};
-use super::{DecodeError, SocketError, set_recv_timeout};
+use super::{DecodeError, EventSocket, SocketError, set_recv_timeout};
 
 /// `NFNL_SUBSYS_ULOG`, and its `NFULNL_MSG_PACKET` / `NFULNL_MSG_CONFIG`.
 const SUBSYS_ULOG: u8 = 4;
@@ -208,9 +208,7 @@ fn ack_error(datagram: &[u8]) -> Option<i32> {
 
 /// A listener bound to one NFLOG group of the current network namespace.
 pub struct NflogSource {
-    socket: Socket,
-    buf: Vec<u8>,
-    overruns: u64,
+    events: EventSocket,
 }
 
 impl NflogSource {
@@ -232,18 +230,15 @@ impl NflogSource {
         socket
             .send_to(&bind_request(group), &SocketAddr::new(0, 0), 0)
             .map_err(err(what.clone()))?;
-        let mut source = NflogSource {
-            socket,
-            buf: vec![0; 1 << 16],
-            overruns: 0,
-        };
         // The ack comes before any packet of the group: wait for it (bounded by the timeout).
-        let n = source
-            .socket
-            .recv(&mut &mut source.buf[..], 0)
+        let mut buf = [0u8; 1024];
+        let n = socket
+            .recv(&mut &mut buf[..], 0)
             .map_err(err(what.clone()))?;
-        match ack_error(&source.buf[..n]) {
-            Some(0) => Ok(source),
+        match ack_error(&buf[..n]) {
+            Some(0) => Ok(NflogSource {
+                events: EventSocket::new(socket, "receive NFLOG records"),
+            }),
             Some(code) => Err(SocketError {
                 what,
                 source: std::io::Error::from_raw_os_error(-code),
@@ -266,30 +261,25 @@ impl NflogSource {
 
     /// The next datagram as received (`None` after a timeout or a counted overrun).
     pub fn recv_datagram(&mut self) -> Result<Option<&[u8]>, SocketError> {
-        match self.socket.recv(&mut &mut self.buf[..], 0) {
-            Ok(n) => Ok(Some(&self.buf[..n])),
-            Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
-                self.overruns += 1;
-                Ok(None)
+        self.events.recv_datagram(true)
+    }
+
+    /// Like `recv`, without waiting: whether a datagram was queued (events appended, or an
+    /// overrun counted). A reader drains with this after a blocking receive woke it.
+    pub fn try_recv(&mut self, out: &mut Vec<DropEvent>) -> Result<bool, RecvError> {
+        let before = self.events.overruns;
+        match self.events.recv_datagram(false)? {
+            Some(datagram) => {
+                out.extend(decode(datagram)?);
+                Ok(true)
             }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
-                ) =>
-            {
-                Ok(None)
-            }
-            Err(source) => Err(SocketError {
-                what: "receive NFLOG records".into(),
-                source,
-            }),
+            None => Ok(self.events.overruns > before),
         }
     }
 
     /// How many times the kernel found the socket's buffer full and dropped records.
     pub fn overruns(&self) -> u64 {
-        self.overruns
+        self.events.overruns
     }
 }
 
