@@ -50,6 +50,21 @@ fn directory(pods: u32) -> PodDirectory {
     PodDirectory::from_state(&state)
 }
 
+/// This process's resident set, KiB.
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .expect("VmRSS")
+}
+
 /// CPU of the reader thread (which also names, counts and stores) now.
 fn cpu() -> u64 {
     named_thread_cpu_ns("flows-conntrack").expect("reader thread")
@@ -82,6 +97,7 @@ fn main() {
         let (readers, errors) = Readers::start(&collector, None);
         assert!(errors.is_empty(), "{errors:?}");
         std::thread::sleep(Duration::from_millis(200));
+        let rss_before = rss_kib();
         let before = cpu();
         let total = rate * seconds;
         let sent_in = send_flows((SRC, 0).into(), DST.into(), rate, total);
@@ -89,7 +105,14 @@ fn main() {
         let settle = Instant::now();
         std::thread::sleep(Duration::from_millis(500));
         let after = cpu();
+        let rss_after = rss_kib();
         drop(readers);
+        println!(
+            "  RSS {:.1} -> {:.1} MiB with the ring full ({:.0} bytes per record)",
+            rss_before as f64 / 1024.0,
+            rss_after as f64 / 1024.0,
+            (rss_after.saturating_sub(rss_before) * 1024) as f64 / RING as f64
+        );
         report(
             rate,
             total,
