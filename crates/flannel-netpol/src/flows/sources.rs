@@ -52,12 +52,7 @@ trait Source {
 impl Source for CtSource {
     type Event = CtEvent;
     fn receive(&mut self, out: &mut Vec<CtEvent>, wait: bool) -> Result<bool, RecvError> {
-        if wait {
-            let before = out.len();
-            self.recv(out).map(|()| out.len() > before)
-        } else {
-            self.try_recv(out)
-        }
+        CtSource::receive(self, out, wait)
     }
     fn overruns(&self) -> u64 {
         CtSource::overruns(self)
@@ -67,12 +62,7 @@ impl Source for CtSource {
 impl Source for NflogSource {
     type Event = DropEvent;
     fn receive(&mut self, out: &mut Vec<DropEvent>, wait: bool) -> Result<bool, RecvError> {
-        if wait {
-            let before = out.len();
-            self.recv(out).map(|()| out.len() > before)
-        } else {
-            self.try_recv(out)
-        }
+        NflogSource::receive(self, out, wait)
     }
     fn overruns(&self) -> u64 {
         NflogSource::overruns(self)

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_NETFILTER};
 
+pub use super::RecvError;
 use super::nfnl::{attrs, be, messages};
 use super::{DecodeError, EventSocket, SocketError, set_recv_timeout};
 
@@ -297,10 +298,13 @@ impl CtSource {
     /// (`ENOBUFS`) is counted and returns with nothing appended. A datagram that does not
     /// decode is an error the caller counts and goes on from.
     pub fn recv(&mut self, out: &mut Vec<CtEvent>) -> Result<(), RecvError> {
-        if let Some(datagram) = self.recv_datagram()? {
-            out.extend(decode(datagram)?);
-        }
-        Ok(())
+        self.receive(out, true).map(|_| ())
+    }
+
+    /// [`CtSource::recv`], waiting or not: whether a datagram was there (events appended,
+    /// or an overrun counted). A reader drains without waiting after a receive woke it.
+    pub fn receive(&mut self, out: &mut Vec<CtEvent>, wait: bool) -> Result<bool, RecvError> {
+        self.events.receive(out, wait, decode)
     }
 
     /// The next datagram as received (`None` after a timeout or an overrun, which is
@@ -309,35 +313,11 @@ impl CtSource {
         self.events.recv_datagram(true)
     }
 
-    /// Like `recv`, without waiting: whether a datagram was queued (events appended, or an
-    /// overrun counted). A reader drains with this after a blocking receive woke it.
-    pub fn try_recv(&mut self, out: &mut Vec<CtEvent>) -> Result<bool, RecvError> {
-        let before = self.events.overruns;
-        match self.events.recv_datagram(false)? {
-            Some(datagram) => {
-                out.extend(decode(datagram)?);
-                Ok(true)
-            }
-            None => Ok(self.events.overruns > before),
-        }
-    }
-
     /// How many times the kernel found the socket's buffer full and dropped events
     /// (each time one or more).
     pub fn overruns(&self) -> u64 {
         self.events.overruns
     }
-}
-
-/// Why [`CtSource::recv`] or the NFLOG reader's receive failed.
-#[derive(Debug, thiserror::Error)]
-pub enum RecvError {
-    /// The socket failed.
-    #[error(transparent)]
-    Socket(#[from] SocketError),
-    /// The datagram did not decode.
-    #[error("undecodable event datagram")]
-    Decode(#[from] DecodeError),
 }
 
 #[cfg(test)]

@@ -55,6 +55,17 @@ pub struct SocketError {
     pub source: std::io::Error,
 }
 
+/// Why a source's receive failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RecvError {
+    /// The socket failed.
+    #[error(transparent)]
+    Socket(#[from] SocketError),
+    /// The datagram did not decode.
+    #[error("undecodable event datagram")]
+    Decode(#[from] DecodeError),
+}
+
 /// A subscribed netlink socket and its receive buffer: what both sources read from, blocking
 /// (until the timeout of `SO_RCVTIMEO`) or, to drain what has queued up, not at all.
 struct EventSocket {
@@ -72,6 +83,24 @@ impl EventSocket {
             buf: vec![0; 1 << 16],
             overruns: 0,
             what,
+        }
+    }
+
+    /// Appends the decoded events of the next datagram to `out`; whether one was there (or an
+    /// overrun was counted).
+    fn receive<E>(
+        &mut self,
+        out: &mut Vec<E>,
+        wait: bool,
+        decode: fn(&[u8]) -> Result<Vec<E>, DecodeError>,
+    ) -> Result<bool, RecvError> {
+        let before = self.overruns;
+        match self.recv_datagram(wait)? {
+            Some(datagram) => {
+                out.extend(decode(datagram)?);
+                Ok(true)
+            }
+            None => Ok(self.overruns > before),
         }
     }
 

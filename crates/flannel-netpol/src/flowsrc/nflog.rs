@@ -15,9 +15,8 @@ use std::time::Duration;
 
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_NETFILTER};
 
-use super::conntrack::RecvError;
 use super::nfnl::{attrs, be, messages};
-use super::{DecodeError, EventSocket, SocketError, set_recv_timeout};
+use super::{DecodeError, EventSocket, RecvError, SocketError, set_recv_timeout};
 
 /// `NFNL_SUBSYS_ULOG`, and its `NFULNL_MSG_PACKET` / `NFULNL_MSG_CONFIG`.
 const SUBSYS_ULOG: u8 = 4;
@@ -253,28 +252,17 @@ impl NflogSource {
     /// Appends the drop records of the next datagram to `out`; returns with nothing appended
     /// after the timeout or an overrun (counted).
     pub fn recv(&mut self, out: &mut Vec<DropEvent>) -> Result<(), RecvError> {
-        if let Some(datagram) = self.recv_datagram()? {
-            out.extend(decode(datagram)?);
-        }
-        Ok(())
+        self.receive(out, true).map(|_| ())
+    }
+
+    /// [`NflogSource::recv`], waiting or not: whether a datagram (or an overrun) was there.
+    pub fn receive(&mut self, out: &mut Vec<DropEvent>, wait: bool) -> Result<bool, RecvError> {
+        self.events.receive(out, wait, decode)
     }
 
     /// The next datagram as received (`None` after a timeout or a counted overrun).
     pub fn recv_datagram(&mut self) -> Result<Option<&[u8]>, SocketError> {
         self.events.recv_datagram(true)
-    }
-
-    /// Like `recv`, without waiting: whether a datagram was queued (events appended, or an
-    /// overrun counted). A reader drains with this after a blocking receive woke it.
-    pub fn try_recv(&mut self, out: &mut Vec<DropEvent>) -> Result<bool, RecvError> {
-        let before = self.events.overruns;
-        match self.events.recv_datagram(false)? {
-            Some(datagram) => {
-                out.extend(decode(datagram)?);
-                Ok(true)
-            }
-            None => Ok(self.events.overruns > before),
-        }
     }
 
     /// How many times the kernel found the socket's buffer full and dropped records.
