@@ -132,7 +132,7 @@ pub fn split_prefix(prefix: &str) -> (&str, Option<Direction>) {
     }
 }
 
-/// The running reader threads; dropping this stops and joins them (within [`POLL`]).
+/// The running reader threads; dropping this stops and joins them (within a quarter second).
 #[derive(Debug, Default)]
 pub struct Readers {
     stop: Arc<AtomicBool>,
