@@ -238,6 +238,7 @@ fn containerfile_ships_what_the_manifest_runs() {
         ("target/dist/flanneld", "/opt/bin/flanneld"),
         ("target/dist/install-conf", "/opt/bin/install-conf"),
         ("target/dist/flannel-netpol", "/opt/bin/flannel-netpol"),
+        ("target/dist/flannel-observe", "/opt/bin/flannel-observe"),
         ("target/dist/flannel", "/flannel"),
     ] {
         assert!(
@@ -249,7 +250,7 @@ fn containerfile_ships_what_the_manifest_runs() {
     // target/dist is what scripts/build-release fills, the plugin from the static musl build.
     let build = std::fs::read_to_string(repo().join("scripts/build-release")).unwrap();
     for want in [
-        "cp \"$target/release/flanneld\" \"$target/release/install-conf\" \"$target/release/flannel-netpol\" \"$target/dist/\"",
+        "cp \"$target/release/flanneld\" \"$target/release/install-conf\" \"$target/release/flannel-netpol\" \"$target/release/flannel-observe\" \"$target/dist/\"",
         "cp \"$target/$musl/release/flannel\" \"$target/dist/flannel\"",
         "-unknown-linux-musl",
     ] {
