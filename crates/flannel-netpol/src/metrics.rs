@@ -70,6 +70,8 @@ pub struct Metrics {
     pub synced_resource_version: Family<ResourceLabel, Gauge>,
     /// Flow records, drops by policy and lost events (see [`crate::flows::metrics`]).
     pub flows: std::sync::Arc<FlowMetrics>,
+    /// Connections of the enforcer's port closed to make room, or refused.
+    pub http_shed: Counter,
     /// Last counter value seen per label set, to turn kernel totals into increments.
     last_drops: Mutex<BTreeMap<DropLabels, u64>>,
 }
@@ -97,6 +99,7 @@ impl Metrics {
             api_errors: Family::default(),
             synced_resource_version: Family::default(),
             flows: std::sync::Arc::default(),
+            http_shed: Counter::default(),
             last_drops: Mutex::new(BTreeMap::new()),
         };
         registry.register("policies", "NetworkPolicies known", m.policies.clone());
@@ -135,6 +138,11 @@ impl Metrics {
             "synced_resource_version",
             "newest metadata.resourceVersion per watched resource that the last successful sync enforces",
             m.synced_resource_version.clone(),
+        );
+        registry.register(
+            "http_shed_connections",
+            "connections of the metrics port closed to make room (slowest first) or refused",
+            m.http_shed.clone(),
         );
         m.flows.register(&mut registry);
         Metrics { registry, ..m }

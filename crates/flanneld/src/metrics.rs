@@ -105,6 +105,8 @@ pub struct Metrics {
     pub datastore_errors: Family<KindLabel, Counter>,
     /// Full re-lists of peers after the first (watch broken, compaction, 410 Gone).
     pub watch_resyncs: Counter,
+    /// Health-port connections closed to make room for others, or refused (`http::admission`).
+    pub http_shed: Counter,
     /// Peer events received, by kind (added, removed).
     pub lease_events: Family<KindLabel, Counter>,
     /// Time from the first peer event of a batch until the kernel holds the change.
@@ -140,6 +142,7 @@ impl Metrics {
             lease_renewals: Family::default(),
             datastore_errors: Family::default(),
             watch_resyncs: Counter::default(),
+            http_shed: Counter::default(),
             lease_events: Family::default(),
             // 1 ms .. ~59 s
             event_to_programmed: Histogram::new(exponential_buckets(0.001, 3.0, 11)),
@@ -212,6 +215,11 @@ impl Metrics {
             "watch_resyncs",
             "full re-lists of the peer leases after the first",
             m.watch_resyncs.clone(),
+        );
+        registry.register(
+            "http_shed_connections",
+            "health-port connections closed to make room (slowest first) or refused",
+            m.http_shed.clone(),
         );
         registry.register(
             "lease_events",

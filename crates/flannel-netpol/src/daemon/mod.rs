@@ -99,7 +99,8 @@ pub async fn start(
     sysctl::enable_bridge_netfilter(std::path::Path::new("/"));
     let metrics = Arc::new(Metrics::new());
     let render = metrics.clone();
-    let mut health = Health::for_program("flannel-netpol", Some(Arc::new(move || render.render())));
+    let mut health = Health::for_program("flannel-netpol", Some(Arc::new(move || render.render())))
+        .with_shed_counter(metrics.http_shed.clone());
     let flows = config.flows.then(|| {
         Flows::start(
             &config.node,

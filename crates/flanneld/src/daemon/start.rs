@@ -127,7 +127,8 @@ async fn serve_health(
 ) -> Result<Node, DaemonError> {
     let metrics = Arc::new(Metrics::new());
     let render = metrics.clone();
-    let health = Health::new(Some(Arc::new(move || render.render())));
+    let health = Health::new(Some(Arc::new(move || render.render())))
+        .with_shed_counter(metrics.http_shed.clone());
     let http = match config.healthz {
         Some(addr) => Some(
             http::serve(addr, health.clone(), shutdown.clone())
