@@ -15,11 +15,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::AsRawFd;
 use std::time::Duration;
 
-use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_NETFILTER};
-
 pub use super::RecvError;
 use super::nfnl::{attrs, be, messages};
-use super::{DecodeError, EventSocket, SocketError, set_recv_timeout};
+use super::{DecodeError, EventSocket, SocketError, failed, netfilter_socket, set_recv_timeout};
 
 /// `NFNL_SUBSYS_CTNETLINK`.
 const SUBSYS_CTNETLINK: u8 = 1;
@@ -265,15 +263,8 @@ impl CtSource {
     /// at `net.core.rmem_max`): the burst of events that can wait for the reader.
     /// `timeout` bounds each [`CtSource::recv`], so a reader thread can check whether to stop.
     pub fn open(recv_buffer: usize, timeout: Duration) -> Result<Self, SocketError> {
-        let err = |what: &str| {
-            let what = what.to_string();
-            move |source| SocketError { what, source }
-        };
-        let mut socket =
-            Socket::new(NETLINK_NETFILTER).map_err(err("open a NETLINK_NETFILTER socket"))?;
-        socket
-            .bind(&SocketAddr::new(0, 0))
-            .map_err(err("bind the conntrack event socket"))?;
+        let err = failed;
+        let socket = netfilter_socket("conntrack event")?;
         socket
             .set_rx_buf_sz(recv_buffer)
             .map_err(err("size the conntrack event socket's buffer"))?;

@@ -8,11 +8,11 @@
 
 use std::time::{Duration, Instant};
 
-use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_NETFILTER};
+use netlink_sys::SocketAddr;
 
 use super::conntrack::{CtEvent, RecvError, decode};
 use super::nfnl::dump_end;
-use super::{SocketError, set_recv_timeout};
+use super::{SocketError, failed, netfilter_socket, set_recv_timeout};
 
 /// `(NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_GET`.
 const CT_GET: u16 = 1 << 8 | 1;
@@ -36,15 +36,8 @@ fn request() -> Vec<u8> {
 /// past it: a partial table would report open flows as unknown).
 pub fn dump(timeout: Duration) -> Result<Vec<CtEvent>, RecvError> {
     let deadline = Instant::now() + timeout;
-    let err = |what: &str| {
-        let what = what.to_string();
-        move |source| SocketError { what, source }
-    };
-    let mut socket =
-        Socket::new(NETLINK_NETFILTER).map_err(err("open a NETLINK_NETFILTER socket"))?;
-    socket
-        .bind(&SocketAddr::new(0, 0))
-        .map_err(err("bind the conntrack dump socket"))?;
+    let err = failed;
+    let socket = netfilter_socket("conntrack dump")?;
     socket
         .send_to(&request(), &SocketAddr::new(0, 0), 0)
         .map_err(err("ask for the conntrack table"))?;

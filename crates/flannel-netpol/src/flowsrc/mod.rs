@@ -130,6 +130,26 @@ impl EventSocket {
     }
 }
 
+/// The `map_err` of a socket step: the error says which `what` failed.
+fn failed(what: &str) -> impl FnOnce(std::io::Error) -> SocketError + '_ {
+    move |source| SocketError {
+        what: what.to_string(),
+        source,
+    }
+}
+
+/// A bound `NETLINK_NETFILTER` socket, the start of every source and of the table dump;
+/// `purpose` names it in errors (`conntrack event`, `NFLOG`, ...).
+fn netfilter_socket(purpose: &str) -> Result<netlink_sys::Socket, SocketError> {
+    use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_NETFILTER};
+    let mut socket =
+        Socket::new(NETLINK_NETFILTER).map_err(failed("open a NETLINK_NETFILTER socket"))?;
+    socket
+        .bind(&SocketAddr::new(0, 0))
+        .map_err(failed(&format!("bind the {purpose} socket")))?;
+    Ok(socket)
+}
+
 /// Sets `SO_RCVTIMEO` on `fd`, so a blocking `recv` returns (with `EAGAIN`) after `timeout`:
 /// a reader thread can then notice it should stop. netlink-sys has no setter for it.
 #[allow(unsafe_code)]

@@ -13,10 +13,10 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::AsRawFd;
 use std::time::Duration;
 
-use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_NETFILTER};
+use netlink_sys::SocketAddr;
 
 use super::nfnl::{attrs, be, messages};
-use super::{DecodeError, EventSocket, RecvError, SocketError, set_recv_timeout};
+use super::{DecodeError, EventSocket, RecvError, SocketError, netfilter_socket, set_recv_timeout};
 
 /// `NFNL_SUBSYS_ULOG`, and its `NFULNL_MSG_PACKET` / `NFULNL_MSG_CONFIG`.
 const SUBSYS_ULOG: u8 = 4;
@@ -215,11 +215,7 @@ impl NflogSource {
     /// `recv_buffer` and `timeout` as for `CtSource::open`.
     pub fn open(group: u16, recv_buffer: usize, timeout: Duration) -> Result<Self, SocketError> {
         let err = |what: String| move |source| SocketError { what, source };
-        let mut socket = Socket::new(NETLINK_NETFILTER)
-            .map_err(err("open a NETLINK_NETFILTER socket".into()))?;
-        socket
-            .bind(&SocketAddr::new(0, 0))
-            .map_err(err("bind the NFLOG socket".into()))?;
+        let socket = netfilter_socket("NFLOG")?;
         socket
             .set_rx_buf_sz(recv_buffer)
             .map_err(err("size the NFLOG socket's buffer".into()))?;
