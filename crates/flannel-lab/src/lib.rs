@@ -54,6 +54,7 @@ mod error;
 mod etcd;
 mod host;
 pub mod kube;
+pub mod kube_auth;
 pub mod kube_client;
 pub mod kube_pod;
 pub mod kubectl;
