@@ -7,9 +7,11 @@
 //! * **legacy** (`APIVersions`, `APIGroupList`, `APIResourceList`), for clients that accept
 //!   only `application/json` (kube-rs): `/api` lists `v1`, `/api/v1` its resources.
 //!
-//! The core group (`/api/v1`: configmaps, namespaces, nodes, pods), the `apps` group
-//! (`/apis/apps/v1`: daemonsets) and the `networking.k8s.io` group
-//! (`/apis/networking.k8s.io/v1`: networkpolicies) exist, each in version `v1` only.
+//! The core group (`/api/v1`: configmaps, namespaces, nodes, pods, serviceaccounts), the
+//! `apps` group (`/apis/apps/v1`: daemonsets), the `networking.k8s.io` group
+//! (`/apis/networking.k8s.io/v1`: networkpolicies) and the `rbac.authorization.k8s.io` group
+//! (clusterrolebindings, clusterroles, rolebindings, roles) exist, each in version `v1` only;
+//! the core group also has serviceaccounts with their `token` subresource (TokenRequest).
 
 use serde_json::{Value, json};
 
@@ -82,7 +84,7 @@ const VERBS: [&str; 7] = [
 const STATUS_VERBS: [&str; 3] = ["get", "patch", "update"];
 
 /// The API groups served besides the core one (`/apis`).
-pub const GROUPS: [&str; 2] = ["apps", "networking.k8s.io"];
+pub const GROUPS: [&str; 3] = ["apps", "networking.k8s.io", "rbac.authorization.k8s.io"];
 
 /// The kinds of `group` (`""` for the core group), in discovery order.
 fn kinds_of(group: &str) -> impl Iterator<Item = Kind> + '_ {
@@ -146,6 +148,17 @@ pub fn api_resource_list(group: &str) -> Value {
                 "verbs": STATUS_VERBS,
             }));
         }
+        if kind == Kind::ServiceAccount {
+            resources.push(json!({
+                "name": "serviceaccounts/token",
+                "singularName": "",
+                "namespaced": true,
+                "group": "authentication.k8s.io",
+                "version": "v1",
+                "kind": "TokenRequest",
+                "verbs": ["create"],
+            }));
+        }
     }
     if group.is_empty() {
         json!({ "kind": "APIResourceList", "groupVersion": "v1", "resources": resources })
@@ -177,6 +190,15 @@ fn aggregated_group(group: &str) -> Value {
                     "subresource": "status",
                     "responseKind": response_kind(kind),
                     "verbs": STATUS_VERBS,
+                }]);
+            }
+            if kind == Kind::ServiceAccount {
+                r["subresources"] = json!([{
+                    "subresource": "token",
+                    "responseKind": {
+                        "group": "authentication.k8s.io", "version": "v1", "kind": "TokenRequest"
+                    },
+                    "verbs": ["create"],
                 }]);
             }
             if !kind.categories().is_empty() {
@@ -263,7 +285,9 @@ mod tests {
                 "nodes",
                 "nodes/status",
                 "pods",
-                "pods/status"
+                "pods/status",
+                "serviceaccounts",
+                "serviceaccounts/token"
             ]
         );
         let apps = api_resource_list("apps");

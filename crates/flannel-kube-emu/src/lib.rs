@@ -128,28 +128,35 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+pub mod auth;
 pub mod churn;
 pub mod configmap;
 pub mod daemonset;
 pub mod discovery;
+mod gate;
 pub mod generate;
 mod metrics;
 pub mod networkpolicy;
 pub mod patch;
+pub mod rbac;
 pub mod selector;
 mod server;
 pub mod status;
 pub mod store;
 pub mod strategy;
 pub mod table;
+pub mod tls;
+mod token_request;
 mod watch_stream;
 
+pub use auth::{StaticToken, UserInfo};
 pub use churn::{AnnotationChange, AnnotationChurn, Churn, ChurnOptions};
 pub use generate::GenerateOptions;
 pub use metrics::{RequestCount, RequestLabels};
 pub use selector::Selector;
 pub use status::ApiError;
 pub use store::{Kind, ListQuery, PatchType, Propagation, Store, StoreConfig, Subresource};
+pub use tls::{TlsError, TlsIdentity};
 
 /// Emulator settings.
 #[derive(Debug, Clone, Copy)]
@@ -169,6 +176,53 @@ impl Default for EmuConfig {
     }
 }
 
+/// How requests are authorized (`--authorization-mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AuthorizationMode {
+    /// `AlwaysAllow` (the default): every request that authenticated may do anything.
+    #[default]
+    AlwaysAllow,
+    /// `RBAC`: Roles, ClusterRoles and their bindings decide, as on a kubeadm cluster.
+    Rbac,
+}
+
+/// Transport and access control, as kube-apiserver's flags configure them. The default is the
+/// emulator's historical behaviour: plain HTTP, no authentication, everything allowed.
+#[derive(Debug, Clone)]
+pub struct Security {
+    /// Serve HTTPS with this identity (`--tls-cert-file`, `--tls-private-key-file`).
+    pub tls: Option<TlsIdentity>,
+    /// Static bearer tokens (`--token-auth-file`).
+    pub tokens: Vec<StaticToken>,
+    /// Requests without credentials are `system:anonymous` (`--anonymous-auth`, default
+    /// true); when false they get 401.
+    pub anonymous_auth: bool,
+    /// `--authorization-mode`.
+    pub authorization: AuthorizationMode,
+}
+
+impl Default for Security {
+    fn default() -> Self {
+        Security {
+            tls: None,
+            tokens: Vec::new(),
+            anonymous_auth: true,
+            authorization: AuthorizationMode::AlwaysAllow,
+        }
+    }
+}
+
+impl Security {
+    /// Whether requests are authenticated at all: with static tokens, without anonymous
+    /// access or with RBAC. Otherwise (the default) credentials are ignored as they always
+    /// were, and the `/emu/` controls are open to all.
+    pub fn authenticates(&self) -> bool {
+        !self.tokens.is_empty()
+            || !self.anonymous_auth
+            || self.authorization != AuthorizationMode::AlwaysAllow
+    }
+}
+
 /// Signals to open watches; each counter bump is one command.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct Control {
@@ -180,6 +234,9 @@ pub(crate) struct Inner {
     pub store: Mutex<Store>,
     pub control: watch::Sender<Control>,
     pub config: EmuConfig,
+    pub security: Security,
+    /// Static, issued and revoked bearer tokens.
+    pub tokens: Mutex<auth::Tokens>,
     pub watchers: AtomicUsize,
     pub stats: StatCounters,
     pub metrics: metrics::Metrics,
@@ -222,10 +279,11 @@ impl std::fmt::Debug for Emulator {
     }
 }
 
-/// A running HTTP server; stops accepting and closes its connections when dropped.
+/// A running HTTP(S) server; stops accepting and closes its connections when dropped.
 #[derive(Debug)]
 pub struct Server {
     addr: SocketAddr,
+    scheme: &'static str,
     shutdown: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -236,9 +294,9 @@ impl Server {
         self.addr
     }
 
-    /// The base URL for clients (`http://127.0.0.1:PORT`).
+    /// The base URL for clients (`http://127.0.0.1:PORT`, `https://...` with TLS).
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("{}://{}", self.scheme, self.addr)
     }
 }
 
@@ -250,16 +308,28 @@ impl Drop for Server {
 }
 
 impl Emulator {
-    /// An empty emulator.
+    /// An empty emulator, plain HTTP without authentication.
     pub fn new(config: EmuConfig) -> Emulator {
+        Emulator::with_security(config, Security::default())
+    }
+
+    /// An empty emulator serving and checking requests as `security` says.
+    pub fn with_security(config: EmuConfig, security: Security) -> Emulator {
         let (control, _) = watch::channel(Control::default());
+        let tokens = Mutex::new(auth::Tokens::new(&security.tokens));
+        let mut store = Store::new(StoreConfig {
+            history: config.history,
+        });
+        if security.authorization == AuthorizationMode::Rbac {
+            rbac::bootstrap::seed(&mut store);
+        }
         Emulator {
             inner: Arc::new(Inner {
-                store: Mutex::new(Store::new(StoreConfig {
-                    history: config.history,
-                })),
+                store: Mutex::new(store),
                 control,
                 config,
+                security,
+                tokens,
                 watchers: AtomicUsize::new(0),
                 stats: StatCounters::default(),
                 metrics: metrics::Metrics::default(),
@@ -269,13 +339,18 @@ impl Emulator {
         }
     }
 
-    /// Serves HTTP on `listener` in a background task.
+    /// Serves HTTP (HTTPS when [`Security::tls`] is set) on `listener` in a background task.
     pub fn serve(&self, listener: TcpListener) -> std::io::Result<Server> {
         let addr = listener.local_addr()?;
         let (shutdown, rx) = watch::channel(false);
         let task = tokio::spawn(server::accept_loop(self.clone(), listener, rx));
         Ok(Server {
             addr,
+            scheme: if self.inner.security.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            },
             shutdown,
             task,
         })
@@ -285,6 +360,28 @@ impl Emulator {
     pub async fn start(&self, addr: SocketAddr) -> std::io::Result<Server> {
         let listener = TcpListener::bind(addr).await?;
         self.serve(listener)
+    }
+
+    pub(crate) fn tokens(&self) -> MutexGuard<'_, auth::Tokens> {
+        self.inner
+            .tokens
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Revokes a bearer token (static or issued): requests that start from now on get 401,
+    /// open watches go on. `false` if the token was never valid here.
+    pub fn revoke_token(&self, token: &str) -> bool {
+        self.tokens().revoke(token)
+    }
+
+    /// The user a bearer token authenticates now, `None` if it does not (401).
+    pub fn authenticate_token(&self, token: &str) -> Option<UserInfo> {
+        let store = self.store();
+        self.tokens()
+            .authenticate(token, std::time::SystemTime::now(), |ns, name| {
+                store.account_uid(ns, name)
+            })
     }
 
     /// Runs `f` on the store under its lock (for tests that need more than the helpers).

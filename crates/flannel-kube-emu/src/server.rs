@@ -49,21 +49,54 @@ pub(crate) async fn accept_loop(
             _ = shutdown.changed() => return,
         };
         let emu = emu.clone();
-        let mut stop = shutdown.clone();
+        let stop = shutdown.clone();
+        let tls = emu
+            .inner
+            .security
+            .tls
+            .as_ref()
+            .map(crate::TlsIdentity::acceptor);
         tokio::spawn(async move {
-            let svc = service_fn(move |req| {
-                let emu = emu.clone();
-                async move { Ok::<_, std::convert::Infallible>(handle(emu, req).await) }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc);
-            tokio::select! {
-                r = conn => if let Err(e) = r {
-                    debug!("connection from {peer}: {e}");
-                },
-                _ = stop.changed() => {}
+            match tls {
+                None => serve_connection(emu, stream, peer, stop).await,
+                Some(acceptor) => {
+                    let handshake =
+                        tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream));
+                    match handshake.await {
+                        Ok(Ok(stream)) => serve_connection(emu, stream, peer, stop).await,
+                        Ok(Err(e)) => debug!("TLS handshake with {peer}: {e}"),
+                        Err(_) => debug!("TLS handshake with {peer}: timed out"),
+                    }
+                }
             }
         });
+    }
+}
+
+/// How long a client may take to complete its TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves HTTP/1.1 on one accepted (and, with TLS, decrypted) connection until it closes or
+/// the server stops.
+async fn serve_connection<S>(
+    emu: Emulator,
+    stream: S,
+    peer: std::net::SocketAddr,
+    mut stop: watch::Receiver<bool>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = service_fn(move |req| {
+        let emu = emu.clone();
+        async move { Ok::<_, std::convert::Infallible>(handle(emu, req).await) }
+    });
+    let conn =
+        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc);
+    tokio::select! {
+        r = conn => if let Err(e) = r {
+            debug!("connection from {peer}: {e}");
+        },
+        _ = stop.changed() => {}
     }
 }
 
@@ -178,7 +211,12 @@ async fn handle(emu: Emulator, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path().to_string();
     debug!("{method} {}", req.uri());
     let counter = request_labels(&req).map(|l| emu.inner.metrics.counter(l));
-    let response = match route(&emu, req).await {
+    let checked = crate::gate::check(&emu, &req, &query(&req));
+    let response = match checked {
+        Ok(()) => route(&emu, req).await,
+        Err(e) => Err(e),
+    };
+    let response = match response {
         Ok(r) => r,
         Err(e) => {
             debug!("{method} {path}: {e}");
@@ -307,6 +345,26 @@ async fn route(emu: &Emulator, req: Request<Incoming>) -> Result<Response<Body>,
             Err(ApiError::method_not_allowed())
         }
         (["emu", ..], _) => control(emu, req, &segs).await,
+        (
+            [
+                "api",
+                "v1",
+                "namespaces",
+                ns,
+                "serviceaccounts",
+                name,
+                "token",
+            ],
+            &Method::POST,
+        ) => {
+            let (ns, name) = (ns.to_string(), name.to_string());
+            let (_, body) = read_object(req).await?;
+            let answer = crate::token_request::token_request(emu, &ns, &name, &body)?;
+            Ok(json_response(StatusCode::CREATED, &answer))
+        }
+        (["api", "v1", "namespaces", _, "serviceaccounts", _, "token"], _) => {
+            Err(ApiError::method_not_allowed())
+        }
         _ => match Target::parse(&segs) {
             Some(t) => resource(emu, req, t, accept).await,
             None => Err(ApiError::no_route()),
@@ -584,6 +642,13 @@ async fn control(
     let ok = |v: Value| Ok(json_response(StatusCode::OK, &v));
     match (segs, req.method().clone()) {
         (["emu", "state"], Method::GET) => ok(emu.state()),
+        (["emu", "revoke-token"], Method::POST) => {
+            let (_, body) = read_json(req).await?;
+            let token = body["token"]
+                .as_str()
+                .ok_or_else(|| ApiError::bad_request("expected {\"token\": \"...\"}"))?;
+            ok(json!({ "revoked": emu.revoke_token(token) }))
+        }
         (["emu", "drop-watches"], Method::POST) => {
             emu.drop_watches();
             ok(emu.state())
