@@ -138,6 +138,7 @@ pub mod generate;
 mod metrics;
 pub mod networkpolicy;
 pub mod patch;
+mod protobuf;
 pub mod rbac;
 pub mod selector;
 mod server;

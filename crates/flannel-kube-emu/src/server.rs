@@ -358,7 +358,7 @@ async fn route(emu: &Emulator, req: Request<Incoming>) -> Result<Response<Body>,
             &Method::POST,
         ) => {
             let (ns, name) = (ns.to_string(), name.to_string());
-            let (_, body) = read_object(req).await?;
+            let body = read_token_request(req).await?;
             let answer = crate::token_request::token_request(emu, &ns, &name, &body)?;
             Ok(json_response(StatusCode::CREATED, &answer))
         }
@@ -446,6 +446,21 @@ async fn read_object(req: Request<Incoming>) -> Result<(String, Value), ApiError
         return Err(ApiError::unsupported_media_type(mime));
     }
     read_json(req).await
+}
+
+/// A TokenRequest body: JSON, or the protobuf client-go's typed client sends
+/// (`kubectl create token`).
+async fn read_token_request(req: Request<Incoming>) -> Result<Value, ApiError> {
+    let ct = header(&req, hyper::header::CONTENT_TYPE).unwrap_or_default();
+    if ct.split(';').next().unwrap_or("").trim() != "application/vnd.kubernetes.protobuf" {
+        return Ok(read_object(req).await?.1);
+    }
+    let bytes = Limited::new(req.into_body(), MAX_BODY)
+        .collect()
+        .await
+        .map_err(|e| ApiError::bad_request(format!("reading the request body: {e}")))?
+        .to_bytes();
+    crate::protobuf::token_request(&bytes)
 }
 
 fn patch_type(content_type: &str) -> Result<PatchType, ApiError> {
