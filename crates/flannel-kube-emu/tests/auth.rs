@@ -45,6 +45,8 @@ async fn loopback_up() {
 /// A throwaway CA and a server certificate for 127.0.0.1 it signed.
 struct Pki {
     ca_pem: String,
+    cert_pem: String,
+    key_pem: String,
     ca_der: Vec<u8>,
     identity: TlsIdentity,
 }
@@ -75,6 +77,8 @@ fn pki() -> Pki {
     .unwrap();
     Pki {
         ca_pem: ca_cert.pem(),
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
         ca_der: ca_cert.der().to_vec(),
         identity,
     }
@@ -806,5 +810,128 @@ fn kubectl_over_https_as_admin_and_as_the_flannel_account() -> Result<(), NetnsE
             err.ends_with("error: You must be logged in to the server (the server has asked for the client to provide credentials)\n"),
             "{err}"
         );
+    })
+}
+
+/// The binary with `args`, killed on drop.
+fn emulator_binary(args: &[&str]) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_flannel-kube-emu"));
+    cmd.args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    cmd
+}
+
+#[test]
+fn the_binary_takes_kube_apiservers_flags_and_names_bad_files() -> Result<(), NetnsError> {
+    run_in_netns(NetnsTarget::Fresh, || async {
+        loopback_up().await;
+        let pki = pki();
+        let dir = tempfile::Builder::new()
+            .prefix("flrs-emu-auth-")
+            .tempdir()
+            .unwrap();
+        let path = |name: &str| dir.path().join(name).display().to_string();
+        std::fs::write(path("server.crt"), &pki.cert_pem).unwrap();
+        std::fs::write(path("server.key"), &pki.key_pem).unwrap();
+        std::fs::write(
+            path("tokens.csv"),
+            format!("{ADMIN},kubernetes-admin,kubernetes-admin,\"system:masters\"\n"),
+        )
+        .unwrap();
+        std::fs::write(path("bad.csv"), "only,two\n").unwrap();
+        let (cert, key, tokens, addr_file) = (
+            path("server.crt"),
+            path("server.key"),
+            path("tokens.csv"),
+            path("addr"),
+        );
+        let mut child = emulator_binary(&[
+            "--listen=127.0.0.1:0",
+            "--address-file",
+            &addr_file,
+            "--tls-cert-file",
+            &cert,
+            "--tls-private-key-file",
+            &key,
+            "--token-auth-file",
+            &tokens,
+            "--anonymous-auth=false",
+            "--authorization-mode",
+            "RBAC",
+        ])
+        .spawn()
+        .unwrap();
+        let mut addr = None;
+        for _ in 0..200 {
+            if let Ok(text) = std::fs::read_to_string(&addr_file) {
+                addr = Some(text.trim().parse::<SocketAddr>().unwrap());
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let addr = addr.expect("the emulator wrote its address within 10 s");
+        assert_eq!(
+            raw(addr, &pki, "GET", "/api/v1/nodes", None, "").await,
+            (401, unauthorized())
+        );
+        let (code, list) = raw(
+            addr,
+            &pki,
+            "GET",
+            "/apis/rbac.authorization.k8s.io/v1/clusterroles",
+            Some(ADMIN),
+            "",
+        )
+        .await;
+        assert_eq!(code, 200);
+        assert!(
+            list["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|r| r["metadata"]["name"] == "cluster-admin")
+        );
+        child.start_kill().unwrap();
+        child.wait().await.unwrap();
+
+        // Bad files stop it at once, named.
+        for (args, want) in [
+            (
+                vec![
+                    "--tls-cert-file",
+                    cert.as_str(),
+                    "--tls-private-key-file",
+                    "/nonexistent/k.pem",
+                ],
+                "reading /nonexistent/k.pem".to_string(),
+            ),
+            (
+                vec![
+                    "--tls-cert-file",
+                    key.as_str(),
+                    "--tls-private-key-file",
+                    key.as_str(),
+                ],
+                format!("{key}: no certificate found in PEM"),
+            ),
+            (
+                vec!["--token-auth-file", &path("bad.csv")],
+                format!(
+                    "token file '{}' must have at least 3 columns (token, user name, user uid), found 2",
+                    path("bad.csv")
+                ),
+            ),
+        ] {
+            let out = tokio::time::timeout(TIMEOUT, emulator_binary(&args).output())
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(!out.status.success(), "{args:?}");
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(err.contains(&want), "{args:?}: {err}");
+        }
     })
 }
