@@ -1,15 +1,18 @@
 //! `flannel-kube-emu`: a small, in-memory **emulator** of the Kubernetes API for flannel-rs tests
 //! and the lab. It is not an API server and makes no attempt to be one; it serves the objects a
-//! cluster running kube-flannel shows (`v1` Namespace, Node, Pod and ConfigMap, `apps/v1`
-//! DaemonSet, `networking.k8s.io/v1` NetworkPolicy) over plain HTTP with the semantics flanneld's Kubernetes subnet manager relies on
-//! and what real `kubectl` needs to look at a lab, so both can be tested end to end on a
+//! cluster running kube-flannel shows (`v1` Namespace, Node, Pod, ConfigMap and
+//! ServiceAccount, `apps/v1` DaemonSet, `networking.k8s.io/v1` NetworkPolicy, the RBAC kinds)
+//! over plain HTTP, or over HTTPS with bearer tokens and RBAC as a production cluster serves
+//! them (see *Access control*), with the semantics flanneld's Kubernetes subnet manager relies
+//! on and what real `kubectl` needs to look at a lab, so both can be tested end to end on a
 //! machine where no API server can run. Real clients are the judges: kube-rs (flanneld) and
 //! kubectl v1.34 are tested against it.
 //!
 //! # What is emulated
 //! * **Objects**: `v1/Namespace` and `v1/Node` (cluster-scoped), `v1/Pod`, `v1/ConfigMap`,
-//!   `apps/v1/DaemonSet` and `networking.k8s.io/v1/NetworkPolicy` (namespaced), stored as
-//!   JSON. The server stamps `kind`, `apiVersion`, `metadata.uid`,
+//!   `v1/ServiceAccount`, `apps/v1/DaemonSet` and `networking.k8s.io/v1/NetworkPolicy`
+//!   (namespaced), `rbac.authorization.k8s.io/v1` ClusterRole and ClusterRoleBinding
+//!   (cluster-scoped), Role and RoleBinding (namespaced), stored as JSON. The server stamps `kind`, `apiVersion`, `metadata.uid`,
 //!   `metadata.creationTimestamp` and `metadata.resourceVersion` (and a DaemonSet's or a
 //!   NetworkPolicy's `metadata.generation`); clients cannot change them. A create with
 //!   `metadata.generateName` and no name gets the prefix and five random characters, as from
@@ -17,9 +20,9 @@
 //!   `kube-public` and `kube-system` exist from the start.
 //! * **Discovery**: `/version`; `/api`, `/apis` in the aggregated form
 //!   (`apidiscovery.k8s.io/v2`, chosen by the `Accept` header as kubectl asks for it) and the
-//!   legacy one (`APIVersions`, `APIGroupList` with the `apps` and `networking.k8s.io`
-//!   groups); `/api/v1`, `/apis/apps/v1` and `/apis/networking.k8s.io/v1`
-//!   (`APIResourceList`), `/apis/apps` and `/apis/networking.k8s.io` (`APIGroup`). See [`discovery`].
+//!   legacy one (`APIVersions`, `APIGroupList` with the `apps`, `networking.k8s.io` and
+//!   `rbac.authorization.k8s.io` groups); `/api/v1` and `/apis/<group>/v1`
+//!   (`APIResourceList`), `/apis/<group>` (`APIGroup`). See [`discovery`].
 //! * **Tables**: a GET, list or watch whose `Accept` asks for `as=Table` (`meta.k8s.io` `v1`
 //!   or `v1beta1`) gets the API server's server-side printing: the columns and cells of
 //!   `kubectl get` (`-o wide` included) for every kind, and `includeObject`; a watch sends
@@ -76,8 +79,11 @@
 //!   annotation counted by the server, an empty status to start with, and a required,
 //!   immutable selector that must select its template ([`daemonset`]); a NetworkPolicy gets
 //!   its pod selector, port protocols and policy types defaulted and is validated as the API
-//!   server validates it ([`networkpolicy`]); names must be RFC 1123
-//!   labels (namespaces) or subdomains (the other kinds).
+//!   server validates it ([`networkpolicy`]); RBAC rules need verbs and either API groups
+//!   with resources or (ClusterRoles only) non-resource URLs, a binding's `roleRef` names a
+//!   supported kind and cannot change ([`rbac::objects`]); names must be RFC 1123
+//!   labels (namespaces), path segments (the RBAC kinds: `system:basic-user`) or subdomains
+//!   (the other kinds).
 //! * **errors** as `Status` objects with the real `code`, `reason` and message wording
 //!   (`nodes "x" not found`, `daemonsets.apps "x" not found`, `Node "x" is invalid: ...`,
 //!   ...).
@@ -85,13 +91,52 @@
 //! No controller runs: a DaemonSet's pods and status are whatever clients write (the lab writes
 //! them as the DaemonSet controller and the kubelets would).
 //!
+//! # Access control
+//! With none of the flags below (the default [`Security`]) the emulator serves plain HTTP and
+//! checks nothing, as it always did. With them ([`Emulator::with_security`]):
+//! * **HTTPS** (`--tls-cert-file`, `--tls-private-key-file`: PEM; rustls with ring, TLS 1.2
+//!   and 1.3, ALPN `http/1.1`) instead of HTTP; [`Server::url`] says `https://`. A file that
+//!   cannot be used stops the server with its name (`reading /x/k.pem`, `/x/c.pem: no
+//!   certificate found in PEM`). See [`tls`].
+//! * **Bearer tokens** (`Authorization: Bearer <token>`, see [`auth`]): the static tokens of
+//!   kube-apiserver's `--token-auth-file` (`token,user,uid,"group1,group2"`), and
+//!   ServiceAccount tokens from the TokenRequest API (`POST
+//!   /api/v1/namespaces/<ns>/serviceaccounts/<name>/token`, JSON or the protobuf `kubectl
+//!   create token` sends: `201`, `spec.expirationSeconds` default 3600, at least 600, else
+//!   `422`; `404` without the account). These tokens are opaque random strings, not JWTs;
+//!   their user is `system:serviceaccount:<ns>:<name>` in `system:serviceaccounts`,
+//!   `system:serviceaccounts:<ns>` and `system:authenticated`. A token stops working when it
+//!   expires, when its ServiceAccount is deleted (a new one of the same name does not revive
+//!   it) or when revoked (`POST /emu/revoke-token`, [`Emulator::revoke_token`]). A request
+//!   is authenticated when it starts: an open watch outlives its token, as on the API server.
+//!   A bad, expired or revoked token gets `401` with the Status `Unauthorized`, as does a
+//!   request without one when `--anonymous-auth=false`; otherwise (the default, true) it is
+//!   `system:anonymous` in `system:unauthenticated`.
+//! * **Authorization** (`--authorization-mode AlwaysAllow|RBAC`, see [`rbac`]): RBAC reads
+//!   ClusterRoles, Roles and their bindings at each request (a change applies to the next
+//!   one): verbs from the request (`get`, `list`, `watch`, `create`, `update`, `patch`,
+//!   `delete`, `deletecollection`), resources with subresources (`nodes/status`), API
+//!   groups, `resourceNames`, `*`, non-resource URLs with a trailing `*`, User, Group and
+//!   ServiceAccount subjects; `system:masters` may do anything. It starts with the bootstrap
+//!   objects a kubeadm cluster has ([`rbac::bootstrap`]: `cluster-admin` for
+//!   `system:masters`, `system:discovery`, `system:basic-user`, `system:public-info-viewer`).
+//!   A refusal is `403` worded as the API server words it: `nodes "n1" is forbidden: User
+//!   "system:serviceaccount:kube-flannel:flannel" cannot patch resource "nodes" in API group
+//!   "" at the cluster scope`, `... in the namespace "default"`, `forbidden: User "x" cannot
+//!   get path "/metrics"`, with `: RBAC: clusterrole.rbac.authorization.k8s.io "x" not found`
+//!   appended when a binding of the user names a missing role.
+//! * The `/emu/` controls need `system:masters` whenever requests are authenticated.
+//!
 //! # What is not emulated
-//! Authentication and authorization (RBAC is checked offline against the manifest instead),
-//! TLS, admission beyond namespace lifecycle, defaulting beyond what is listed above (pods and
+//! Client certificates, JWT service account tokens, OIDC, webhooks and impersonation; the
+//! audiences of a token are not checked; RBAC's escalation checks (`escalate`, `bind`),
+//! aggregated ClusterRoles and the Node authorizer; admission beyond namespace lifecycle, defaulting beyond what is listed above (pods and
 //! pod templates get no `restartPolicy`, `dnsPolicy`, service account, ...), controllers (no
-//! DaemonSet controller, no `kube-root-ca.crt` ConfigMap in each namespace: there is no CA),
+//! DaemonSet controller, no `default` ServiceAccount and no `kube-root-ca.crt` ConfigMap in
+//! each namespace: the emulator does not know the CA that signed its certificate),
 //! finalizers and graceful deletion (`deletionTimestamp` is never set), `deletecollection`,
-//! JSON patch and server-side apply (415), protobuf and CBOR (406), OpenAPI (`/openapi/v2`,
+//! JSON patch and server-side apply (415), protobuf and CBOR (406; 415 for request bodies
+//! except the TokenRequest), OpenAPI (`/openapi/v2`,
 //! `/openapi/v3`: 404, so `kubectl create -f`/`apply -f` need `--validate=false`),
 //! `sendInitialEvents` streaming lists (400), `managedFields`, `metadata.generation` of kinds
 //! other than DaemonSet and NetworkPolicy, ControllerRevisions and every other resource and API group,
@@ -104,7 +149,8 @@
 //! server restart would), `POST /emu/expire-watches` (send `ERROR 410` on every open watch and
 //! compact, so resuming fails too), `POST /emu/compact`, `PUT /emu/history` (body: a number),
 //! `PUT /emu/nodes/<n>/pod-cidrs` (body: a JSON list; bypasses validation, see
-//! [`Store::force_pod_cidrs`]), `POST /emu/churn/annotations` (body `{"count": K}`: K
+//! [`Store::force_pod_cidrs`]), `POST /emu/revoke-token` (body `{"token": "..."}`; answers
+//! `{"revoked": true}`, or `false` for a token never issued), `POST /emu/churn/annotations` (body `{"count": K}`: K
 //! generated nodes get a new VtepMAC at once; the answer names them, their new MACs and
 //! resourceVersions, and `unixNanos`, the wall-clock time just before the first commit) and
 //! `GET /emu/state`.
