@@ -12,6 +12,9 @@
 //! (`/apis/networking.k8s.io/v1`: networkpolicies) and the `rbac.authorization.k8s.io` group
 //! (clusterrolebindings, clusterroles, rolebindings, roles) exist, each in version `v1` only;
 //! the core group also has serviceaccounts with their `token` subresource (TokenRequest).
+//! `authentication.k8s.io` (selfsubjectreviews: `kubectl auth whoami`) and
+//! `authorization.k8s.io` (selfsubjectaccessreviews: `kubectl auth can-i`) serve only those
+//! create-only reviews.
 
 use serde_json::{Value, json};
 
@@ -84,7 +87,40 @@ const VERBS: [&str; 7] = [
 const STATUS_VERBS: [&str; 3] = ["get", "patch", "update"];
 
 /// The API groups served besides the core one (`/apis`).
-pub const GROUPS: [&str; 3] = ["apps", "networking.k8s.io", "rbac.authorization.k8s.io"];
+pub const GROUPS: [&str; 5] = [
+    "apps",
+    "authentication.k8s.io",
+    "authorization.k8s.io",
+    "networking.k8s.io",
+    "rbac.authorization.k8s.io",
+];
+
+/// Resources that are not stored, only created to ask a question (`kubectl auth whoami`,
+/// `kubectl auth can-i`): (group, resource, kind, singular).
+const REVIEWS: [(&str, &str, &str, &str); 2] = [
+    (
+        "authentication.k8s.io",
+        "selfsubjectreviews",
+        "SelfSubjectReview",
+        "selfsubjectreview",
+    ),
+    (
+        "authorization.k8s.io",
+        "selfsubjectaccessreviews",
+        "SelfSubjectAccessReview",
+        "selfsubjectaccessreview",
+    ),
+];
+
+/// The review resources of `group`.
+fn reviews_of(
+    group: &str,
+) -> impl Iterator<Item = (&'static str, &'static str, &'static str)> + '_ {
+    REVIEWS
+        .into_iter()
+        .filter(move |(g, ..)| *g == group)
+        .map(|(_, resource, kind, singular)| (resource, kind, singular))
+}
 
 /// The kinds of `group` (`""` for the core group), in discovery order.
 fn kinds_of(group: &str) -> impl Iterator<Item = Kind> + '_ {
@@ -160,6 +196,12 @@ pub fn api_resource_list(group: &str) -> Value {
             }));
         }
     }
+    for (resource, kind, singular) in reviews_of(group) {
+        resources.push(json!({
+            "name": resource, "singularName": singular, "namespaced": false, "kind": kind,
+            "verbs": ["create"],
+        }));
+    }
     if group.is_empty() {
         json!({ "kind": "APIResourceList", "groupVersion": "v1", "resources": resources })
     } else {
@@ -175,6 +217,15 @@ pub fn api_resource_list(group: &str) -> Value {
 /// The aggregated discovery entry of `group`'s `v1`: every resource and subresource.
 fn aggregated_group(group: &str) -> Value {
     let response_kind = |kind: Kind| json!({ "group": "", "version": "", "kind": kind.name() });
+    let reviews = reviews_of(group).map(|(resource, kind, singular)| {
+        json!({
+            "resource": resource,
+            "responseKind": { "group": "", "version": "", "kind": kind },
+            "scope": "Cluster",
+            "singularResource": singular,
+            "verbs": ["create"],
+        })
+    });
     let resources: Vec<Value> = kinds_of(group)
         .map(|kind| {
             let mut r = json!({
@@ -206,6 +257,7 @@ fn aggregated_group(group: &str) -> Value {
             }
             r
         })
+        .chain(reviews)
         .collect();
     let mut metadata = json!({ "creationTimestamp": null });
     if !group.is_empty() {

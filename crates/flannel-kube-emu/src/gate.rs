@@ -29,30 +29,36 @@ fn authenticate(emu: &Emulator, req: &Request<Incoming>) -> Result<UserInfo, Api
     }
 }
 
-/// Lets the request through, or answers 401 or 403.
+/// Lets the request through with its user (`None` when nothing is checked), or answers 401
+/// or 403.
 pub(crate) fn check(
     emu: &Emulator,
     req: &Request<Incoming>,
     query: &HashMap<String, String>,
-) -> Result<(), ApiError> {
+) -> Result<Option<UserInfo>, ApiError> {
     let security = &emu.inner.security;
     if !security.authenticates() {
-        return Ok(());
+        return Ok(None);
     }
     let user = authenticate(emu, req)?;
     let path = req.uri().path();
     let attrs = rbac::attributes(req.method().as_str(), path, query);
     if path == "/emu" || path.starts_with("/emu/") {
         return if user.in_group(MASTERS) {
-            Ok(())
+            Ok(Some(user))
         } else {
             Err(rbac::forbidden(&user, &non_resource(&attrs), ""))
         };
     }
-    match security.authorization {
+    decide(emu, &user, &attrs).map_err(|reason| rbac::forbidden(&user, &attrs, &reason))?;
+    Ok(Some(user))
+}
+
+/// The configured authorizer's decision (`Err`: the reason for refusing, possibly empty).
+pub(crate) fn decide(emu: &Emulator, user: &UserInfo, attrs: &Attributes) -> Result<(), String> {
+    match emu.inner.security.authorization {
         AuthorizationMode::AlwaysAllow => Ok(()),
-        AuthorizationMode::Rbac => rbac::authorize(&emu.store(), &user, &attrs)
-            .map_err(|reason| rbac::forbidden(&user, &attrs, &reason)),
+        AuthorizationMode::Rbac => rbac::authorize(&emu.store(), user, attrs),
     }
 }
 

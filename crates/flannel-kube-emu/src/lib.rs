@@ -20,8 +20,8 @@
 //!   `kube-public` and `kube-system` exist from the start.
 //! * **Discovery**: `/version`; `/api`, `/apis` in the aggregated form
 //!   (`apidiscovery.k8s.io/v2`, chosen by the `Accept` header as kubectl asks for it) and the
-//!   legacy one (`APIVersions`, `APIGroupList` with the `apps`, `networking.k8s.io` and
-//!   `rbac.authorization.k8s.io` groups); `/api/v1` and `/apis/<group>/v1`
+//!   legacy one (`APIVersions`, `APIGroupList` with the `apps`, `authentication.k8s.io`,
+//!   `authorization.k8s.io`, `networking.k8s.io` and `rbac.authorization.k8s.io` groups); `/api/v1` and `/apis/<group>/v1`
 //!   (`APIResourceList`), `/apis/<group>` (`APIGroup`). See [`discovery`].
 //! * **Tables**: a GET, list or watch whose `Accept` asks for `as=Table` (`meta.k8s.io` `v1`
 //!   or `v1beta1`) gets the API server's server-side printing: the columns and cells of
@@ -125,6 +125,9 @@
 //!   "" at the cluster scope`, `... in the namespace "default"`, `forbidden: User "x" cannot
 //!   get path "/metrics"`, with `: RBAC: clusterrole.rbac.authorization.k8s.io "x" not found`
 //!   appended when a binding of the user names a missing role.
+//! * **Reviews**: `SelfSubjectReview` (`kubectl auth whoami`) and `SelfSubjectAccessReview`
+//!   (`kubectl auth can-i`), JSON or protobuf, answered by the same authentication and
+//!   authorizer (see [`discovery`] for their groups).
 //! * The `/emu/` controls need `system:masters` whenever requests are authenticated.
 //!
 //! # What is not emulated
@@ -136,7 +139,7 @@
 //! each namespace: the emulator does not know the CA that signed its certificate),
 //! finalizers and graceful deletion (`deletionTimestamp` is never set), `deletecollection`,
 //! JSON patch and server-side apply (415), protobuf and CBOR (406; 415 for request bodies
-//! except the TokenRequest), OpenAPI (`/openapi/v2`,
+//! except the TokenRequest and SelfSubjectAccessReview), OpenAPI (`/openapi/v2`,
 //! `/openapi/v3`: 404, so `kubectl create -f`/`apply -f` need `--validate=false`),
 //! `sendInitialEvents` streaming lists (400), `managedFields`, `metadata.generation` of kinds
 //! other than DaemonSet and NetworkPolicy, ControllerRevisions and every other resource and API group,
@@ -186,6 +189,7 @@ pub mod networkpolicy;
 pub mod patch;
 mod protobuf;
 pub mod rbac;
+mod review;
 pub mod selector;
 mod server;
 pub mod status;

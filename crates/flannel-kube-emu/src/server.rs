@@ -211,9 +211,15 @@ async fn handle(emu: Emulator, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path().to_string();
     debug!("{method} {}", req.uri());
     let counter = request_labels(&req).map(|l| emu.inner.metrics.counter(l));
+    let mut req = req;
     let checked = crate::gate::check(&emu, &req, &query(&req));
     let response = match checked {
-        Ok(()) => route(&emu, req).await,
+        Ok(user) => {
+            if let Some(user) = user {
+                req.extensions_mut().insert(user);
+            }
+            route(&emu, req).await
+        }
         Err(e) => Err(e),
     };
     let response = match response {
@@ -365,6 +371,27 @@ async fn route(emu: &Emulator, req: Request<Incoming>) -> Result<Response<Body>,
         (["api", "v1", "namespaces", _, "serviceaccounts", _, "token"], _) => {
             Err(ApiError::method_not_allowed())
         }
+        (["apis", "authentication.k8s.io", "v1", "selfsubjectreviews"], &Method::POST) => {
+            let user = req.extensions().get::<crate::UserInfo>().cloned();
+            Ok(json_response(
+                StatusCode::CREATED,
+                &crate::review::self_subject_review(user),
+            ))
+        }
+        (
+            [
+                "apis",
+                "authorization.k8s.io",
+                "v1",
+                "selfsubjectaccessreviews",
+            ],
+            &Method::POST,
+        ) => {
+            let user = req.extensions().get::<crate::UserInfo>().cloned();
+            let body = read_review(req).await?;
+            let answer = crate::review::self_subject_access_review(emu, user, body)?;
+            Ok(json_response(StatusCode::CREATED, &answer))
+        }
         _ => match Target::parse(&segs) {
             Some(t) => resource(emu, req, t, accept).await,
             None => Err(ApiError::no_route()),
@@ -448,9 +475,12 @@ async fn read_object(req: Request<Incoming>) -> Result<(String, Value), ApiError
     read_json(req).await
 }
 
-/// A TokenRequest body: JSON, or the protobuf client-go's typed client sends
-/// (`kubectl create token`).
-async fn read_token_request(req: Request<Incoming>) -> Result<Value, ApiError> {
+/// A JSON body as is, or the protobuf one client-go's typed clients send, decoded by
+/// `decode` (`None`: JSON).
+async fn read_json_or_protobuf(
+    req: Request<Incoming>,
+    decode: fn(&[u8]) -> Result<Value, ApiError>,
+) -> Result<Value, ApiError> {
     let ct = header(&req, hyper::header::CONTENT_TYPE).unwrap_or_default();
     if ct.split(';').next().unwrap_or("").trim() != "application/vnd.kubernetes.protobuf" {
         return Ok(read_object(req).await?.1);
@@ -460,7 +490,17 @@ async fn read_token_request(req: Request<Incoming>) -> Result<Value, ApiError> {
         .await
         .map_err(|e| ApiError::bad_request(format!("reading the request body: {e}")))?
         .to_bytes();
-    crate::protobuf::token_request(&bytes)
+    decode(&bytes)
+}
+
+/// A TokenRequest body (`kubectl create token` sends protobuf).
+async fn read_token_request(req: Request<Incoming>) -> Result<Value, ApiError> {
+    read_json_or_protobuf(req, crate::protobuf::token_request).await
+}
+
+/// A SelfSubjectAccessReview body (`kubectl auth can-i` sends protobuf).
+async fn read_review(req: Request<Incoming>) -> Result<Value, ApiError> {
+    read_json_or_protobuf(req, crate::protobuf::self_subject_access_review).await
 }
 
 fn patch_type(content_type: &str) -> Result<PatchType, ApiError> {

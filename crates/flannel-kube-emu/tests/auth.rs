@@ -804,6 +804,30 @@ fn kubectl_over_https_as_admin_and_as_the_flannel_account() -> Result<(), NetnsE
                 "Error from server (Forbidden): configmaps \"kube-flannel-cfg\" is forbidden: User \"{FLANNEL_USER}\" cannot get resource \"configmaps\" in API group \"\" in the namespace \"kube-flannel\"\n"
             )
         );
+        // kubectl auth whoami / can-i (both send protobuf reviews).
+        let me = rows(&admin.ok(&["auth", "whoami"]).await);
+        assert_eq!(me[1], ["Username", "kubernetes-admin"]);
+        assert_eq!(
+            me[3],
+            ["Groups", "[system:masters", "system:authenticated]"]
+        );
+        let me = rows(&sa.ok(&["auth", "whoami"]).await);
+        assert_eq!(me[1], ["Username", FLANNEL_USER]);
+        assert_eq!(sa.ok(&["auth", "can-i", "list", "nodes"]).await, "yes\n");
+        assert_eq!(
+            sa.ok(&["auth", "can-i", "patch", "nodes", "--subresource=status"])
+                .await,
+            "yes\n"
+        );
+        let out = sa.run(&["auth", "can-i", "list", "pods", "-A"]).await;
+        assert_eq!((out.status.code(), out.stdout), (Some(1), b"no\n".to_vec()));
+        let out = sa.run(&["auth", "can-i", "patch", "nodes"]).await;
+        assert_eq!((out.status.code(), out.stdout), (Some(1), b"no\n".to_vec()));
+        assert_eq!(
+            admin.ok(&["auth", "can-i", "delete", "nodes"]).await,
+            "yes\n"
+        );
+
         let stranger = Kubectl::new(&srv, &pki, "wrong");
         let err = stranger.fails(&["get", "nodes"]).await;
         assert!(
