@@ -12,7 +12,7 @@
 
 use std::time::{Duration, Instant};
 
-use flannel_lab::kube_auth::{self, SERVICE_ACCOUNT_DIR};
+use flannel_lab::kube_auth::{self, SERVICE_ACCOUNT_RUN_DIR};
 use flannel_lab::kube_client::KubeClient;
 use flannel_lab::{Cluster, ClusterSpec, Datastore, kubectl, run_command};
 use serde_json::{Value, json};
@@ -124,13 +124,14 @@ fn production_paths_https_tokens_rbac_in_cluster_config() {
             environ.contains(&format!("KUBERNETES_SERVICE_PORT={}\n", addr.port())),
             "{environ}"
         );
-        let seen = std::fs::read_to_string(format!("/proc/{pid}/root{SERVICE_ACCOUNT_DIR}/token"))
+        let seen = std::fs::read_to_string(format!("/proc/{pid}/root{SERVICE_ACCOUNT_RUN_DIR}/token"))
             .expect("the token at the standard path in flanneld's mount namespace");
         let node_dir = c.lab().node(i).dir().to_path_buf();
         let own = std::fs::read_to_string(kube_auth::service_account_dir(&node_dir).join("token"))
             .unwrap();
         assert_eq!(seen, own, "node {i} sees its own token");
         assert!(p.log().contains("Using the inClusterConfig"), "{}", p.log());
+        // (/proc/PID/root/var/run would resolve the /var/run symlink against our root.)
         // Nothing of it on the machine itself.
         assert!(!std::path::Path::new("/run/secrets/kubernetes.io").exists());
     }
