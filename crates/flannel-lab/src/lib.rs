@@ -66,6 +66,7 @@ pub mod netpol_matrix;
 pub mod node_root;
 pub mod observe;
 mod ping;
+pub mod pki;
 mod pod;
 pub mod podman;
 pub mod probe;
