@@ -39,8 +39,9 @@ pub struct EtcdTls {
     /// The certificate the lab's own `etcdctl` calls present. Its CN is the etcd user those
     /// calls act as once auth is enabled (the lab issues it for `root`).
     pub client: Issued,
-    /// `--client-cert-auth`: refuse clients without a certificate from `ca`. Off only to test
-    /// a client's warning about a server that does not ask for one.
+    /// `--client-cert-auth` and `--trusted-ca-file`: refuse clients without a certificate from
+    /// `ca`. Off (neither flag: etcd requires client certificates whenever it has a trusted
+    /// CA) only to test a client's warning about a server that does not ask for one.
     pub client_cert_auth: bool,
 }
 
@@ -347,10 +348,11 @@ impl Etcd {
             .arg("--log-outputs=stderr");
         if let Some(tls) = &self.tls {
             if tls.client_cert_auth {
-                cmd.arg("--client-cert-auth");
+                // etcd turns client authentication on whenever a trusted CA is given.
+                cmd.arg("--client-cert-auth")
+                    .arg(format!("--trusted-ca-file={}", tls.ca.display()));
             }
-            cmd.arg(format!("--trusted-ca-file={}", tls.ca.display()))
-                .arg(format!("--cert-file={}", tls.server.cert.display()))
+            cmd.arg(format!("--cert-file={}", tls.server.cert.display()))
                 .arg(format!("--key-file={}", tls.server.key.display()))
                 .arg(format!(
                     "--listen-metrics-urls={}",
