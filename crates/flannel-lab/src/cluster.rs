@@ -18,6 +18,7 @@ use crate::command::wait_for;
 use crate::daemonset::{self, DaemonSet, DaemonSetSpec};
 use crate::error::{LabError, Result};
 use crate::etcd::{Etcd, EtcdOptions};
+use crate::etcd_tls::{self, EtcdPki, EtcdUser};
 use crate::kube::{self, KubeEmu, KubeEmuOptions};
 use crate::lab::{Lab, Persist};
 use crate::netpol::{Enforcers, NETPOL_CONTAINER};
@@ -96,6 +97,13 @@ pub struct ClusterSpec {
     /// Run the NetworkPolicy enforcer (`flannel-netpol`) on every node once flanneld is ready
     /// ([`crate::netpol`]; needs [`Datastore::Kube`]).
     pub netpol: bool,
+    /// etcd over TLS only, with client-certificate authentication; flanneld with
+    /// `--etcd-cafile/--etcd-certfile/--etcd-keyfile` (a certificate per node). See
+    /// [`crate::etcd_tls`].
+    pub etcd_tls: bool,
+    /// etcd authentication on top of TLS: this user may read and write the flannel prefix
+    /// only, and flanneld logs in with `--etcd-username/--etcd-password` (needs `etcd_tls`).
+    pub etcd_user: Option<EtcdUser>,
 }
 
 impl Default for ClusterSpec {
@@ -120,6 +128,8 @@ impl Default for ClusterSpec {
             persist: None,
             daemonset: None,
             netpol: false,
+            etcd_tls: false,
+            etcd_user: None,
         }
     }
 }
@@ -187,11 +197,41 @@ pub struct Cluster {
     flanneld: Vec<Option<Child>>,
     started: Vec<std::time::SystemTime>,
     etcd: Option<Etcd>,
+    etcd_pki: Option<EtcdPki>,
     kube: Option<KubeEmu>,
     pods: BTreeMap<String, ClusterPod>,
     spec: ClusterSpec,
     bin_dir: PathBuf,
     lab: Lab,
+}
+
+/// Starts etcd on the underlay (with TLS and auth as `spec` asks) and writes the network
+/// config.
+fn start_etcd(lab: &Lab, spec: &ClusterSpec) -> Result<(Etcd, Option<EtcdPki>)> {
+    if spec.etcd_user.is_some() && !spec.etcd_tls {
+        return Err(LabError::Invalid(
+            "an etcd user (--etcd-user) needs --etcd-tls: the password must not cross the underlay in clear".into(),
+        ));
+    }
+    let gateway = IpAddr::V4(lab.underlay().gateway());
+    let mut opts = EtcdOptions::new().listen_on(gateway);
+    let pki = if spec.etcd_tls {
+        let pki = etcd_tls::issue(lab.dir(), &[gateway], spec.nodes)?;
+        opts = opts.tls(pki.tls.clone());
+        Some(pki)
+    } else {
+        None
+    };
+    let etcd = lab.start_etcd(lab.underlay().netns(), opts)?;
+    etcd.etcdctl([
+        "put",
+        &format!("{ETCD_PREFIX}/config"),
+        &spec.net_config().to_string(),
+    ])?;
+    if let Some(user) = &spec.etcd_user {
+        etcd_tls::enable_auth(&etcd, user, ETCD_PREFIX)?;
+    }
+    Ok((etcd, pki))
 }
 
 /// The directory holding the workspace's binaries (`flanneld`, `flannel`): `FLANNEL_RS_BIN_DIR`
@@ -247,21 +287,16 @@ impl Cluster {
             .persist(spec.persist.clone())
             .build()?;
         on_phase(StartPhase::Datastore);
-        let (etcd, kube) = match spec.datastore {
+        let (etcd, kube, etcd_pki) = match spec.datastore {
             Datastore::Etcd => {
-                let gateway = lab.underlay().gateway();
-                let etcd = lab.start_etcd(
-                    lab.underlay().netns(),
-                    EtcdOptions::new().listen_on(IpAddr::V4(gateway)),
-                )?;
-                etcd.etcdctl([
-                    "put",
-                    &format!("{ETCD_PREFIX}/config"),
-                    &spec.net_config().to_string(),
-                ])?;
-                (Some(etcd), None)
+                let (etcd, pki) = start_etcd(&lab, &spec)?;
+                (Some(etcd), None, pki)
             }
-            Datastore::Kube => (None, Some(kube::start_cluster(&lab, &bin_dir, &spec)?)),
+            Datastore::Kube => (
+                None,
+                Some(kube::start_cluster(&lab, &bin_dir, &spec)?),
+                None,
+            ),
         };
         let daemonset = daemonset::for_cluster(&spec, &lab, kube.as_ref())?;
         if spec.netpol && spec.datastore != Datastore::Kube {
@@ -275,6 +310,7 @@ impl Cluster {
             flanneld: (0..spec.nodes).map(|_| None).collect(),
             started: vec![std::time::SystemTime::UNIX_EPOCH; spec.nodes],
             etcd,
+            etcd_pki,
             kube,
             pods: BTreeMap::new(),
             spec,
@@ -466,6 +502,12 @@ impl Cluster {
             .expect("Cluster::etcd() on a cluster in Kubernetes mode")
     }
 
+    /// The lab's etcd PKI, when the cluster runs etcd with TLS ([`ClusterSpec::etcd_tls`]):
+    /// tests issue more certificates from its CA and use node certificates by hand.
+    pub fn etcd_pki(&self) -> Option<&EtcdPki> {
+        self.etcd_pki.as_ref()
+    }
+
     /// The etcd server, mutably (to stop and restart it).
     ///
     /// # Panics
@@ -514,6 +556,22 @@ impl Cluster {
                 kube.as_ref().is_some_and(|k| k.credentials().is_some()),
             ),
         };
+        if let (Some(pki), Some(cert)) = (
+            &self.etcd_pki,
+            self.etcd_pki.as_ref().and_then(|p| p.nodes.get(i)),
+        ) {
+            args.extend([
+                format!("--etcd-cafile={}", pki.tls.ca.display()),
+                format!("--etcd-certfile={}", cert.cert.display()),
+                format!("--etcd-keyfile={}", cert.key.display()),
+            ]);
+        }
+        if let Some(user) = &self.spec.etcd_user {
+            args.extend([
+                format!("--etcd-username={}", user.name),
+                format!("--etcd-password={}", user.password),
+            ]);
+        }
         args.extend([
             "--iface=eth0".to_string(),
             format!("--subnet-file={}", self.subnet_file(i).display()),

@@ -14,6 +14,7 @@ use crate::command::{check, describe, netns_exec_command, run_command};
 use crate::error::{LabError, Result};
 use crate::host::require_binary;
 use crate::netns::{NETNS_DIR, Netns, in_netns_thread, temp_dir};
+use crate::pki::Issued;
 use crate::process::{Child, LOG_TAIL_LINES, read_log, tail};
 
 /// How long a start or restart may take before it counts as failed (etcd needs about 1 s).
@@ -25,6 +26,25 @@ const PORT_ATTEMPTS: usize = 3;
 /// How `etcdctl` calls are bounded, both by etcdctl's own timeouts and by a kill.
 const ETCDCTL_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// TLS on etcd's client URLs (see [`EtcdOptions::tls`]): what production etcd (kubeadm's)
+/// looks like, so flanneld's `--etcd-cafile/--etcd-certfile/--etcd-keyfile` path is tested.
+#[derive(Debug, Clone)]
+pub struct EtcdTls {
+    /// The CA etcd trusts for client certificates (`--trusted-ca-file`) and that signed
+    /// `server`, so clients verify with it too.
+    pub ca: PathBuf,
+    /// etcd's server certificate (`--cert-file`, `--key-file`); its SANs must cover every
+    /// address clients use.
+    pub server: Issued,
+    /// The certificate the lab's own `etcdctl` calls present. Its CN is the etcd user those
+    /// calls act as once auth is enabled (the lab issues it for `root`).
+    pub client: Issued,
+    /// `--client-cert-auth` and `--trusted-ca-file`: refuse clients without a certificate from
+    /// `ca`. Off (neither flag: etcd requires client certificates whenever it has a trusted
+    /// CA) only to test a client's warning about a server that does not ask for one.
+    pub client_cert_auth: bool,
+}
+
 /// How to start etcd.
 #[derive(Debug, Clone)]
 pub struct EtcdOptions {
@@ -32,6 +52,7 @@ pub struct EtcdOptions {
     dir: Option<PathBuf>,
     start_timeout: Duration,
     new_session: bool,
+    tls: Option<EtcdTls>,
 }
 
 impl Default for EtcdOptions {
@@ -41,6 +62,7 @@ impl Default for EtcdOptions {
             dir: None,
             start_timeout: DEFAULT_ETCD_START_TIMEOUT,
             new_session: false,
+            tls: None,
         }
     }
 }
@@ -83,6 +105,14 @@ impl EtcdOptions {
         self.start_timeout = timeout;
         self
     }
+
+    /// Serve clients over TLS only (`https://` client URLs). Health checks then go to a plain
+    /// loopback metrics URL (`--listen-metrics-urls`) on a third port, and [`Etcd::etcdctl`]
+    /// presents `tls.client`.
+    pub fn tls(mut self, tls: EtcdTls) -> Self {
+        self.tls = Some(tls);
+        self
+    }
 }
 
 /// A running etcd member; stopped on drop, its private data directory removed.
@@ -92,6 +122,9 @@ pub struct Etcd {
     child: Option<Child>,
     client_port: u16,
     peer_port: u16,
+    /// Plain-HTTP loopback port for `/health` when client URLs are TLS (0 otherwise).
+    metrics_port: u16,
+    tls: Option<EtcdTls>,
     listen_on: Vec<IpAddr>,
     data_dir: PathBuf,
     log_path: PathBuf,
@@ -125,6 +158,8 @@ impl Etcd {
             child: None,
             client_port: 0,
             peer_port: 0,
+            metrics_port: 0,
+            tls: opts.tls.clone(),
             listen_on: opts.listen_on.clone(),
             data_dir: base.join("data"),
             log_path: base.join("etcd.log"),
@@ -136,9 +171,12 @@ impl Etcd {
         for _ in 0..PORT_ATTEMPTS {
             // A failed attempt may have initialised a member with the old peer URL: start clean.
             let _ = std::fs::remove_dir_all(&etcd.data_dir);
-            let ports = ns.free_tcp_ports(2)?;
+            let ports = ns.free_tcp_ports(if etcd.tls.is_some() { 3 } else { 2 })?;
             etcd.client_port = ports[0];
             etcd.peer_port = ports[1];
+            if etcd.tls.is_some() {
+                etcd.metrics_port = ports[2];
+            }
             match etcd.launch() {
                 Ok(()) => return Ok(etcd),
                 Err(e) => {
@@ -164,15 +202,26 @@ impl Etcd {
         } else {
             self.listen_on
                 .iter()
-                .map(|ip| url(*ip, self.client_port))
+                .map(|ip| self.client_url(*ip))
                 .collect::<Vec<_>>()
                 .join(",")
         }
     }
 
+    /// The TLS settings etcd was started with, if any.
+    pub fn tls(&self) -> Option<&EtcdTls> {
+        self.tls.as_ref()
+    }
+
+    /// A client URL on `ip`: `https://` when etcd serves TLS.
+    fn client_url(&self, ip: IpAddr) -> String {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", SocketAddr::new(ip, self.client_port))
+    }
+
     /// The loopback client URL, valid inside etcd's own namespace.
     pub fn local_endpoint(&self) -> String {
-        url(IpAddr::from([127, 0, 0, 1]), self.client_port)
+        self.client_url(IpAddr::from([127, 0, 0, 1]))
     }
 
     /// The client port (the same after a restart).
@@ -263,6 +312,11 @@ impl Etcd {
                 "--command-timeout=5s",
             ],
         )?;
+        if let Some(tls) = &self.tls {
+            cmd.arg(format!("--cacert={}", tls.ca.display()))
+                .arg(format!("--cert={}", tls.client.cert.display()))
+                .arg(format!("--key={}", tls.client.key.display()));
+        }
         cmd.args(args).env("ETCDCTL_API", "3");
         let line = describe(&cmd);
         let out = check(line, run_command(cmd, None, ETCDCTL_TIMEOUT)?)?;
@@ -277,7 +331,7 @@ impl Etcd {
     /// Spawns etcd with the current ports and waits until healthy.
     fn launch(&mut self) -> Result<()> {
         let client_urls = std::iter::once(self.local_endpoint())
-            .chain(self.listen_on.iter().map(|ip| url(*ip, self.client_port)))
+            .chain(self.listen_on.iter().map(|ip| self.client_url(*ip)))
             .collect::<Vec<_>>()
             .join(",");
         let peer = url(IpAddr::from([127, 0, 0, 1]), self.peer_port);
@@ -292,6 +346,19 @@ impl Etcd {
             .arg("--initial-cluster-state=new")
             .arg("--logger=zap")
             .arg("--log-outputs=stderr");
+        if let Some(tls) = &self.tls {
+            if tls.client_cert_auth {
+                // etcd turns client authentication on whenever a trusted CA is given.
+                cmd.arg("--client-cert-auth")
+                    .arg(format!("--trusted-ca-file={}", tls.ca.display()));
+            }
+            cmd.arg(format!("--cert-file={}", tls.server.cert.display()))
+                .arg(format!("--key-file={}", tls.server.key.display()))
+                .arg(format!(
+                    "--listen-metrics-urls={}",
+                    url(IpAddr::from([127, 0, 0, 1]), self.metrics_port)
+                ));
+        }
         let child = if self.new_session {
             Child::spawn_session(&self.netns, cmd, self.log_path.clone())?
         } else {
@@ -329,9 +396,15 @@ impl Etcd {
         }
     }
 
-    /// One `GET /health` over plain HTTP/1.0 from a thread inside etcd's namespace.
+    /// One `GET /health` over plain HTTP/1.0 from a thread inside etcd's namespace (on the
+    /// metrics port when the client port speaks TLS).
     fn health(&self) -> std::result::Result<(), String> {
-        let addr = SocketAddr::from(([127, 0, 0, 1], self.client_port));
+        let port = if self.tls.is_some() {
+            self.metrics_port
+        } else {
+            self.client_port
+        };
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let path = Path::new(NETNS_DIR).join(&self.netns);
         let body = in_netns_thread(&path, move || -> std::io::Result<String> {
             let t = Duration::from_secs(2);

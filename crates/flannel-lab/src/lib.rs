@@ -52,6 +52,7 @@ mod daemonset_api;
 mod daemonset_pod;
 mod error;
 mod etcd;
+pub mod etcd_tls;
 mod host;
 pub mod kube;
 pub mod kube_auth;
@@ -82,7 +83,7 @@ pub use command::{
     DEFAULT_COMMAND_TIMEOUT, check, describe, run_command, run_in, run_ok, wait_for, wait_until,
 };
 pub use error::{LabError, Result};
-pub use etcd::{DEFAULT_ETCD_START_TIMEOUT, Etcd, EtcdOptions};
+pub use etcd::{DEFAULT_ETCD_START_TIMEOUT, Etcd, EtcdOptions, EtcdTls};
 pub use host::{package_for, pid_alive, require_binary, require_root};
 pub use lab::{
     Interface, Lab, LabBuilder, Node, Persist, Underlay, parse_net, underlay_ipv4, underlay_ipv6,

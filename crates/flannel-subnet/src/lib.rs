@@ -123,6 +123,10 @@ pub enum DatastoreCause {
     /// A local file (TLS material) could not be read.
     #[error(transparent)]
     Io(#[from] std::io::Error),
+    /// The etcd TLS files are unusable, or a server's TLS is wrong (see
+    /// [`etcd::TlsProblem`]; boxed: rustls's error would make every result large).
+    #[error(transparent)]
+    Tls(#[from] Box<etcd::TlsProblem>),
     /// No answer in time, or an answer that makes the operation impossible.
     #[error("{0}")]
     Failed(String),

@@ -190,6 +190,19 @@ struct UpArgs {
     #[arg(long)]
     plain_api: bool,
 
+    /// etcd over TLS only with client-certificate authentication: a CA and certificates in
+    /// <lab>/pki (etcd's server certificate, one client certificate per node, etcdctl's), etcd
+    /// with --client-cert-auth and https client URLs, flanneld with --etcd-cafile,
+    /// --etcd-certfile and --etcd-keyfile (etcd datastore only)
+    #[arg(long, conflicts_with = "image")]
+    etcd_tls: bool,
+
+    /// With --etcd-tls, also etcd authentication: create this user with a role that may read
+    /// and write /coreos.com/network/ only, enable auth, and start flanneld with
+    /// --etcd-username and --etcd-password
+    #[arg(long, value_name = "NAME:PASSWORD", requires = "etcd_tls")]
+    etcd_user: Option<flannel_lab::etcd_tls::EtcdUser>,
+
     /// Pods per node, named nK-p1, nK-p2, ...
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
     pods_per_node: u16,
@@ -338,6 +351,9 @@ fn up(state_dir: &Path, args: &UpArgs) -> anyhow::Result<ExitCode> {
             "--netpol runs flannel-netpol, which watches pods, namespaces and NetworkPolicies in the Kubernetes API: add --datastore kube"
         );
     }
+    if args.etcd_tls && args.datastore != DatastoreArg::Etcd {
+        bail!("--etcd-tls secures the lab's etcd: it needs --datastore etcd (the default)");
+    }
     // In image mode a manifest rendered with netpol.enabled runs the enforcer's container too.
     let netpol_step = args.netpol
         || daemonset_spec(args)?.is_some_and(|d| {
@@ -483,6 +499,8 @@ fn build(
         persist: Some(state.persist()?),
         daemonset: daemonset_spec(args)?,
         netpol: args.netpol,
+        etcd_tls: args.etcd_tls,
+        etcd_user: args.etcd_user.clone(),
         ..ClusterSpec::default()
     };
     spec.kube_emu.secure = !args.plain_api;
@@ -500,6 +518,12 @@ fn build(
     let mut cluster = Cluster::start_observed(spec, |phase| match phase {
         StartPhase::Lab => progress.step(format!("underlay + {nodes} node namespaces")),
         StartPhase::Datastore => progress.step(match args.datastore {
+            DatastoreArg::Etcd if args.etcd_user.is_some() => {
+                "CA + certificates, etcd (TLS, client certificates, auth) + network config + user"
+            }
+            DatastoreArg::Etcd if args.etcd_tls => {
+                "CA + certificates, etcd (TLS, client certificates) + network config"
+            }
             DatastoreArg::Etcd => "etcd + network config",
             DatastoreArg::Kube => "Kubernetes API emulator + Node objects + net-conf.json",
         }),
@@ -748,6 +772,13 @@ fn exec(state_dir: &Path, args: &ExecArgs) -> anyhow::Result<ExitCode> {
     {
         // So `flannel-lab exec n1 -- etcdctl get --prefix /coreos.com/network` just works.
         cmd.env("ETCDCTL_API", "3").env("ETCDCTL_ENDPOINTS", ep);
+        let pki = state.lab_dir.join(flannel_lab::etcd_tls::PKI_DIR);
+        if pki.join("etcdctl.key").is_file() {
+            // A TLS lab: etcdctl presents the lab's `root` certificate.
+            cmd.env("ETCDCTL_CACERT", pki.join("ca.crt"))
+                .env("ETCDCTL_CERT", pki.join("etcdctl.crt"))
+                .env("ETCDCTL_KEY", pki.join("etcdctl.key"));
+        }
     }
     if state.datastore == "kube" {
         // So `flannel-lab exec underlay -- kubectl get nodes` works too, as `kubectl` does.
