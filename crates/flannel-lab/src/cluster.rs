@@ -551,7 +551,10 @@ impl Cluster {
     pub fn flanneld_args(&self, i: usize) -> Vec<String> {
         let mut args = match (&self.etcd, &self.kube) {
             (Some(etcd), _) => vec![format!("--etcd-endpoints={}", etcd.endpoints())],
-            (None, _) => kube::flanneld_args(self.lab.node(i).dir()),
+            (None, kube) => kube::flanneld_args(
+                self.lab.node(i).dir(),
+                kube.as_ref().is_some_and(|k| k.credentials().is_some()),
+            ),
         };
         if let (Some(pki), Some(cert)) = (
             &self.etcd_pki,
@@ -606,15 +609,32 @@ impl Cluster {
             return Ok(());
         }
         let flanneld = self.bin_dir.join("flanneld");
+        let dir = self.lab.node(i).dir();
         let mut cmd = if self.spec.backend == "wireguard" {
             // Each node its own key and its own /run/wireguard, as separate hosts have.
-            let dir = self.lab.node(i).dir();
             let mut c = crate::node_root::wireguard_view(dir, flanneld.as_os_str())?;
             c.env("WIREGUARD_KEY_FILE", dir.join("wgkey"));
             c
         } else {
             Command::new(flanneld)
         };
+        if let Some(kube) = self.kube.as_ref().filter(|k| k.credentials().is_some()) {
+            // In-cluster config as under the DaemonSet: the node's own /run, where its
+            // ServiceAccount volume is, and the `kubernetes` Service's address.
+            let mut view = crate::node_root::run_view_command(
+                &crate::node_root::NodeRoot::new(dir),
+                self.lab.dir(),
+                cmd.get_program(),
+                cmd.get_args(),
+            )?;
+            for (k, v) in cmd.get_envs() {
+                if let Some(v) = v {
+                    view.env(k, v);
+                }
+            }
+            view.envs(kube::in_cluster_env(kube.client()));
+            cmd = view;
+        }
         cmd.args(self.flanneld_args(i));
         cmd.args(extra);
         cmd.envs(env.iter().map(|(k, v)| (*k, *v)));

@@ -62,6 +62,7 @@ mod etcd;
 pub mod etcd_tls;
 mod host;
 pub mod kube;
+pub mod kube_auth;
 pub mod kube_client;
 pub mod kube_pod;
 pub mod kubectl;

@@ -116,6 +116,10 @@ pub enum DatastoreCause {
     #[cfg(feature = "kube")]
     #[error(transparent)]
     Kube(#[from] ::kube::Error),
+    /// The Kubernetes API server refused the request (401 or 403).
+    #[cfg(feature = "kube")]
+    #[error(transparent)]
+    Refused(#[from] kube::refusal::Refusal),
     /// A local file (TLS material) could not be read.
     #[error(transparent)]
     Io(#[from] std::io::Error),

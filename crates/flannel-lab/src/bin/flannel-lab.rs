@@ -182,6 +182,14 @@ struct UpArgs {
     #[arg(long)]
     netpol: bool,
 
+    /// Kubernetes mode without the production paths: the API emulator on plain HTTP without
+    /// authentication or RBAC, flanneld with a kubeconfig. By default the lab's API serves
+    /// HTTPS with the lab's CA, wants bearer tokens and enforces RBAC from
+    /// deploy/kube-flannel.yml, and flanneld uses in-cluster config with its ServiceAccount's
+    /// token, as under the DaemonSet (needs --datastore kube)
+    #[arg(long)]
+    plain_api: bool,
+
     /// etcd over TLS only with client-certificate authentication: a CA and certificates in
     /// <lab>/pki (etcd's server certificate, one client certificate per node, etcdctl's), etcd
     /// with --client-cert-auth and https client URLs, flanneld with --etcd-cafile,
@@ -334,6 +342,9 @@ fn up(state_dir: &Path, args: &UpArgs) -> anyhow::Result<ExitCode> {
         bail!(
             "--image runs the kube-flannel DaemonSet, whose flanneld uses --kube-subnet-mgr: add --datastore kube"
         );
+    }
+    if args.plain_api && args.datastore != DatastoreArg::Kube {
+        bail!("--plain-api is about the Kubernetes API emulator: add --datastore kube");
     }
     if args.netpol && args.datastore != DatastoreArg::Kube {
         bail!(
@@ -492,6 +503,7 @@ fn build(
         etcd_user: args.etcd_user.clone(),
         ..ClusterSpec::default()
     };
+    spec.kube_emu.secure = !args.plain_api;
     if args.dual_stack {
         spec.ipv6 = true;
         spec.extra_config =
@@ -804,7 +816,11 @@ fn kubectl(state_dir: &Path, args: &KubectlArgs) -> anyhow::Result<ExitCode> {
         );
     };
     if !kubeconfig_path(&state.lab_dir).is_file() {
-        write_admin_kubeconfig(&state.lab_dir, endpoint)?;
+        let creds = endpoint
+            .starts_with("https://")
+            .then(|| flannel_lab::kube_auth::ApiCredentials::load(&state.lab_dir))
+            .transpose()?;
+        write_admin_kubeconfig(&state.lab_dir, endpoint, creds.as_ref())?;
     }
     let mut cmd = flannel_lab::kubectl::command(netns, &state.lab_dir, &args.args)?;
     // Become kubectl (exec(2)), as `exec` does: its output, exit status and terminal handling
