@@ -81,10 +81,10 @@ pub enum TlsProblem {
         /// `--etcd-certfile`.
         cert: PathBuf,
     },
-    /// A request failed because its TLS handshake did ([`cause`]).
+    /// A request failed because its TLS handshake did (`tls::cause`).
     #[error("TLS: {problem}")]
     Handshake {
-        /// What is wrong, as [`describe`] says it.
+        /// What is wrong, as `tls::describe` says it.
         problem: String,
         /// The client's error.
         #[source]
