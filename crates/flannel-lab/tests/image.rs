@@ -312,7 +312,10 @@ fn the_configmap_the_environment_and_the_host_paths_come_from_the_manifest() {
         assert!(text.contains(&want), "{want} missing from {name}: {text}");
     }
     assert!(!text.contains("CAP_SYS_ADMIN"), "not privileged: {text}");
-    assert!(!text.contains("--kube-api-url"), "in-cluster config only: {text}");
+    assert!(
+        !text.contains("--kube-api-url"),
+        "in-cluster config only: {text}"
+    );
     // The ConfigMap volume: the manifest's files as written.
     let cm = c.lab().node(0).dir().join("configmaps").join(CONFIGMAP);
     assert_eq!(

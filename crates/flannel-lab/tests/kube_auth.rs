@@ -124,8 +124,9 @@ fn production_paths_https_tokens_rbac_in_cluster_config() {
             environ.contains(&format!("KUBERNETES_SERVICE_PORT={}\n", addr.port())),
             "{environ}"
         );
-        let seen = std::fs::read_to_string(format!("/proc/{pid}/root{SERVICE_ACCOUNT_RUN_DIR}/token"))
-            .expect("the token at the standard path in flanneld's mount namespace");
+        let seen =
+            std::fs::read_to_string(format!("/proc/{pid}/root{SERVICE_ACCOUNT_RUN_DIR}/token"))
+                .expect("the token at the standard path in flanneld's mount namespace");
         let node_dir = c.lab().node(i).dir().to_path_buf();
         let own = std::fs::read_to_string(kube_auth::service_account_dir(&node_dir).join("token"))
             .unwrap();
