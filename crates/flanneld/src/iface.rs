@@ -173,6 +173,21 @@ pub struct ExternalInterface {
     pub ext_v6_addr: Option<Ipv6Addr>,
 }
 
+impl ExternalInterface {
+    /// The lease attributes every backend starts from: our public address(es) and the backend
+    /// type; each backend then adds its `BackendData`. The IPv6 address is announced only by
+    /// backends that carry IPv6 themselves (`with_v6`); vxlan adds it per device.
+    pub fn lease_attrs(&self, backend_type: &str, with_v6: bool) -> flannel_types::LeaseAttrs {
+        flannel_types::LeaseAttrs {
+            public_ip: self.ext_addr.unwrap_or(Ipv4Addr::UNSPECIFIED),
+            public_ipv6: if with_v6 { self.ext_v6_addr } else { None },
+            backend_type: backend_type.to_string(),
+            backend_data: None,
+            backend_v6_data: None,
+        }
+    }
+}
+
 /// Why no external interface could be chosen. The top-level texts are upstream's.
 #[derive(Debug, thiserror::Error)]
 pub enum IfaceError {

@@ -54,17 +54,7 @@ impl Backend for HostGwBackend {
 
     /// host-gw publishes only its type and public IPs; there is no device to prepare.
     async fn prepare(&mut self, _stored: Option<&LeaseAttrs>) -> Result<LeaseAttrs, BackendError> {
-        Ok(LeaseAttrs {
-            public_ip: self
-                .env
-                .ext
-                .ext_addr
-                .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED),
-            public_ipv6: self.env.ext.ext_v6_addr,
-            backend_type: TYPE.into(),
-            backend_data: None,
-            backend_v6_data: None,
-        })
+        Ok(self.env.ext.lease_attrs(TYPE, true))
     }
 
     /// Remembers our lease so our own subnet is never treated as a peer route.

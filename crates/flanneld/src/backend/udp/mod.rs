@@ -321,13 +321,7 @@ impl Backend for UdpBackend {
     /// Lease attributes: only the public IP, as upstream's udp leases (no `BackendType`, no
     /// data, so the `backend-type` annotation is empty).
     async fn prepare(&mut self, _stored: Option<&LeaseAttrs>) -> Result<LeaseAttrs, BackendError> {
-        Ok(LeaseAttrs {
-            public_ip: self.env.ext.ext_addr.unwrap_or(Ipv4Addr::UNSPECIFIED),
-            public_ipv6: None,
-            backend_type: String::new(),
-            backend_data: None,
-            backend_v6_data: None,
-        })
+        Ok(self.env.ext.lease_attrs("", false))
     }
 
     /// Starts the data path for our lease: the device needs our subnet for its address, the

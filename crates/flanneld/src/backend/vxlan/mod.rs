@@ -187,17 +187,7 @@ impl Backend for VxlanBackend {
     /// compatible existing device, else from `stored` (the datastore's memory of this node),
     /// else is random; it then stays fixed for the life of the process.
     async fn prepare(&mut self, stored: Option<&LeaseAttrs>) -> Result<LeaseAttrs, BackendError> {
-        let mut attrs = LeaseAttrs {
-            public_ip: self
-                .env
-                .ext
-                .ext_addr
-                .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED),
-            public_ipv6: None,
-            backend_type: TYPE.into(),
-            backend_data: None,
-            backend_v6_data: None,
-        };
+        let mut attrs = self.env.ext.lease_attrs(TYPE, false);
         for d in &mut self.devices {
             if d.spec.mac.is_none() {
                 d.spec.mac = Self::stored_mac(d.family, stored);

@@ -203,17 +203,7 @@ impl Backend for WireguardBackend {
     async fn prepare(&mut self, _stored: Option<&LeaseAttrs>) -> Result<LeaseAttrs, BackendError> {
         self.ensure_devices().await?;
         let public = self.key.public_key();
-        let mut attrs = LeaseAttrs {
-            public_ip: self
-                .env
-                .ext
-                .ext_addr
-                .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED),
-            public_ipv6: self.env.ext.ext_v6_addr,
-            backend_type: "wireguard".into(),
-            backend_data: None,
-            backend_v6_data: None,
-        };
+        let mut attrs = self.env.ext.lease_attrs("wireguard", true);
         for d in &self.devices {
             for f in &d.spec.families {
                 let data = Some(peers::lease_data(&public, d.spec.port));
