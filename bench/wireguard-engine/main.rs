@@ -24,28 +24,8 @@ const A_IP: &str = "10.250.0.1";
 const B_IP: &str = "10.250.0.2";
 
 fn underlay() -> Result<(Netns, Netns, String)> {
-    let a = Netns::new("wgb-a")?;
-    let b = Netns::new("wgb-b")?;
+    let (a, b) = flannel_lab::veth_underlay("wgb-a", "wgb-b")?;
     let tag = format!("{}", std::process::id() % 100_000);
-    let (va, vb) = (format!("bva{tag}"), format!("bvb{tag}"));
-    a.ip([
-        "link",
-        "add",
-        &va,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        &vb,
-        "netns",
-        b.name(),
-    ])?;
-    a.ip_batch(&format!(
-        "addr add 192.0.2.1/24 dev {va}\nlink set {va} up\n"
-    ))?;
-    b.ip_batch(&format!(
-        "addr add 192.0.2.2/24 dev {vb}\nlink set {vb} up\n"
-    ))?;
     Ok((a, b, tag))
 }
 

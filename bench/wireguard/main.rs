@@ -20,8 +20,7 @@
 //! Run through `bench/wireguard/run` (builds release binaries first). Needs root, etcd 3.4,
 //! iperf3, the Debian CNI plugins, wireguard-go and wireguard-tools.
 
-use std::io::Write;
-use std::process::{Command, ExitCode, Stdio};
+use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, anyhow, bail};
@@ -47,22 +46,11 @@ impl Drop for Socket {
     }
 }
 
+/// A key pair for a wireguard-go device, base64 as `wg set` takes it (made in-process, as
+/// flanneld makes its own, instead of by running `wg genkey` and `wg pubkey`).
 fn wg_keypair() -> Result<(String, String)> {
-    let private = Command::new("wg").arg("genkey").output()?.stdout;
-    let mut p = Command::new("wg")
-        .arg("pubkey")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()?;
-    p.stdin
-        .take()
-        .ok_or_else(|| anyhow!("wg pubkey stdin"))?
-        .write_all(&private)?;
-    let public = p.wait_with_output()?.stdout;
-    Ok((
-        String::from_utf8(private)?.trim().to_string(),
-        String::from_utf8(public)?.trim().to_string(),
-    ))
+    let secret = flannel_wireguard::key::Secret::generate();
+    Ok((secret.to_base64(), secret.public_key().to_base64()))
 }
 
 fn ok(ns: &flannel_lab::Netns, args: &[&str]) -> Result<()> {

@@ -97,7 +97,7 @@ pub use lab::{
 };
 pub use netns::{
     DETACHED_PREFIX, NAME_PREFIX, NETNS_DIR, Netns, TEMP_PREFIX, in_fresh_netns, netns_exists,
-    netns_with_prefix, reap_stale,
+    netns_with_prefix, reap_stale, veth_underlay,
 };
 pub use netpol_matrix::{Comparison, Reachability};
 pub use ping::ping;

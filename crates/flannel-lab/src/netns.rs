@@ -303,6 +303,37 @@ impl Drop for Netns {
     }
 }
 
+/// Two new namespaces joined by a veth pair, addressed 192.0.2.1/24 and fd00:1::1/64 on the
+/// first, 192.0.2.2/24 and fd00:1::2/64 on the second: the smallest underlay two peers can
+/// talk over, for data-path tests and benchmarks that need no whole lab. The veth goes with
+/// the namespaces.
+pub fn veth_underlay(role_a: &str, role_b: &str) -> Result<(Netns, Netns)> {
+    let a = Netns::new(role_a)?;
+    let b = Netns::new(role_b)?;
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let tag = format!("{}x{n}", std::process::id() % 100_000);
+    let (va, vb) = (format!("va{tag}"), format!("vb{tag}"));
+    a.ip([
+        "link",
+        "add",
+        &va,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &vb,
+        "netns",
+        b.name(),
+    ])?;
+    a.ip_batch(&format!(
+        "addr add 192.0.2.1/24 dev {va}\naddr add fd00:1::1/64 dev {va} nodad\nlink set {va} up\n"
+    ))?;
+    b.ip_batch(&format!(
+        "addr add 192.0.2.2/24 dev {vb}\naddr add fd00:1::2/64 dev {vb} nodad\nlink set {vb} up\n"
+    ))?;
+    Ok((a, b))
+}
+
 /// Runs `f` on a thread inside a fresh namespace (`lo` up) that is deleted afterwards, also
 /// when `f` panics (the panic is propagated).
 ///

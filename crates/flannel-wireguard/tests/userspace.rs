@@ -107,31 +107,7 @@ fn configure_link(ns: &Netns, name: &str, pod4: IpAddr, pod6: IpAddr) {
 
 /// Two namespaces joined by a veth pair with IPv4 and IPv6 underlay addresses.
 fn underlay() -> (Netns, Netns) {
-    let a = Netns::new("wgu-a").unwrap();
-    let b = Netns::new("wgu-b").unwrap();
-    let (va, vb) = (unique("va"), unique("vb"));
-    a.ip([
-        "link",
-        "add",
-        &va,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        &vb,
-        "netns",
-        b.name(),
-    ])
-    .unwrap();
-    a.ip_batch(&format!(
-        "addr add 192.0.2.1/24 dev {va}\naddr add fd00:1::1/64 dev {va} nodad\nlink set {va} up\n"
-    ))
-    .unwrap();
-    b.ip_batch(&format!(
-        "addr add 192.0.2.2/24 dev {vb}\naddr add fd00:1::2/64 dev {vb} nodad\nlink set {vb} up\n"
-    ))
-    .unwrap();
-    (a, b)
+    flannel_lab::veth_underlay("wgu-a", "wgu-b").unwrap()
 }
 
 fn node(ns: Netns, n: u8, offload: bool) -> Node {
