@@ -7,10 +7,12 @@
 //! restarting etcd) run while the watch task is frozen: the compaction test uses that to make
 //! changes and compact them away before the watcher can see them.
 
+mod common;
+
+use common::Logs;
+
 use std::collections::BTreeSet;
-use std::io::Write;
 use std::net::Ipv4Addr;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
@@ -30,34 +32,6 @@ const RECONNECT: Duration = Duration::from_secs(15);
 const PREFIX: &str = "/coreos.com/network";
 
 // ---- harness ------------------------------------------------------------------------------
-
-/// Log lines captured for one test (and echoed to the test's output).
-#[derive(Clone, Default)]
-struct Logs(Arc<Mutex<Vec<u8>>>);
-
-impl Logs {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-
-    fn count(&self, needle: &str) -> usize {
-        self.text().lines().filter(|l| l.contains(needle)).count()
-    }
-}
-
-struct LogWriter(Logs);
-
-impl Write for LogWriter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.0.lock().unwrap().extend_from_slice(buf);
-        eprint!("{}", String::from_utf8_lossy(buf));
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 /// What a test body gets: the etcd (owned, so it stops when the body ends or is cancelled),
 /// its endpoint, and the captured log.
@@ -160,25 +134,14 @@ where
         endpoint,
         logs: logs.clone(),
     };
-    let outcome = ns.in_thread(move || -> Result<()> {
-        let writer = logs.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_env_filter("info,flannel_subnet=debug")
-            .with_ansi(false)
-            .with_writer(move || LogWriter(writer.clone()))
-            .finish();
-        let _guard = tracing::subscriber::set_default(subscriber);
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        rt.block_on(async move {
-            tokio::time::timeout(TEST_TIMEOUT, body(ctx))
-                .await
-                .map_err(|_| anyhow!("test did not finish within {TEST_TIMEOUT:?}"))?
-        })
-    })?;
-    drop(ns);
-    outcome
+    common::run_in(
+        ns,
+        logs,
+        "info,flannel_subnet=debug",
+        TEST_TIMEOUT,
+        ctx,
+        body,
+    )
 }
 
 // ---- helpers ------------------------------------------------------------------------------

@@ -4,13 +4,16 @@
 //! these tests assert the exact texts (the README quotes them), and that problems on the
 //! server's side are retried with backoff while file problems fail at once.
 
-use std::io::Write;
+mod common;
+
+use common::Logs;
+
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use anyhow::{Result, anyhow, bail, ensure};
+use anyhow::{Result, bail, ensure};
 use flannel_lab::pki::{Ca, CertSpec, Issued};
 use flannel_lab::{Etcd, EtcdOptions, EtcdTls, Netns};
 use flannel_subnet::etcd::{EtcdConfig, EtcdManager};
@@ -21,30 +24,6 @@ const TEST_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long a connect that keeps retrying is watched (first retry after 1 s, then 2 s).
 const RETRYING: Duration = Duration::from_millis(3500);
 const CONFIG: &str = r#"{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan"}}"#;
-
-/// Log lines captured for one test (and echoed to the test's output).
-#[derive(Clone, Default)]
-struct Logs(Arc<Mutex<Vec<u8>>>);
-
-impl Logs {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
-
-struct LogWriter(Logs);
-
-impl Write for LogWriter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.0.lock().unwrap().extend_from_slice(buf);
-        eprint!("{}", String::from_utf8_lossy(buf));
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 /// The PKI of one test: the CA etcd trusts, etcd's certificate (re-issuable in place) and a
 /// good client certificate.
@@ -153,25 +132,7 @@ where
         pki,
         logs: logs.clone(),
     };
-    let outcome = ns.in_thread(move || -> Result<()> {
-        let writer = logs.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_env_filter("info")
-            .with_ansi(false)
-            .with_writer(move || LogWriter(writer.clone()))
-            .finish();
-        let _guard = tracing::subscriber::set_default(subscriber);
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        rt.block_on(async move {
-            tokio::time::timeout(TEST_TIMEOUT, body(ctx))
-                .await
-                .map_err(|_| anyhow!("test did not finish within {TEST_TIMEOUT:?}"))?
-        })
-    })?;
-    drop(ns);
-    outcome
+    common::run_in(ns, logs, "info", TEST_TIMEOUT, ctx, body)
 }
 
 fn no_change(_: &mut Pki) -> Result<()> {
