@@ -52,6 +52,7 @@ mod daemonset_api;
 mod daemonset_pod;
 mod error;
 mod etcd;
+mod etcd_cluster;
 mod host;
 pub mod kube;
 pub mod kube_client;
@@ -81,6 +82,7 @@ pub use command::{
 };
 pub use error::{LabError, Result};
 pub use etcd::{DEFAULT_ETCD_START_TIMEOUT, Etcd, EtcdOptions};
+pub use etcd_cluster::{ETCD_MEMBER_COUNTS, EtcdCluster, MemberHealth, check_member_count};
 pub use host::{package_for, pid_alive, require_binary, require_root};
 pub use lab::{
     Interface, Lab, LabBuilder, Node, Persist, Underlay, parse_net, underlay_ipv4, underlay_ipv6,

@@ -162,6 +162,11 @@ struct UpArgs {
     #[arg(long, value_enum, default_value_t = DatastoreArg::Etcd)]
     datastore: DatastoreArg,
 
+    /// How many etcd members to run on the underlay: 1, 3 or 5 (each its own data directory and
+    /// ports; flanneld gets every member in --etcd-endpoints). With --datastore etcd only
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = parse_etcd_members)]
+    etcd_members: usize,
+
     /// Run flanneld as the kube-flannel DaemonSet from this local podman image (scripts/image
     /// builds it): on every node the init containers install-cni-plugin and install-cni, then
     /// the flanneld container, with the node's namespace as host network; pods then use the
@@ -449,6 +454,15 @@ fn state_dir_flag_short(dir: &Path) -> String {
     }
 }
 
+/// `--etcd-members`: a number the lab accepts (see [`flannel_lab::check_member_count`]).
+fn parse_etcd_members(s: &str) -> Result<usize, String> {
+    let n: usize = s
+        .parse()
+        .map_err(|_| format!("--etcd-members must be 1, 3 or 5, not {s:?}"))?;
+    flannel_lab::check_member_count(n).map_err(|e| e.to_string())?;
+    Ok(n)
+}
+
 /// Builds the cluster under the drop guards, then hands it to the state file.
 fn build(
     state: &mut LabState,
@@ -466,6 +480,7 @@ fn build(
             DatastoreArg::Etcd => Datastore::Etcd,
             DatastoreArg::Kube => Datastore::Kube,
         },
+        etcd_members: args.etcd_members,
         network: args.network.clone(),
         pod_cni: PodCni::Flannel,
         ready_timeout: Duration::from_secs(args.ready_timeout),
@@ -488,8 +503,13 @@ fn build(
     let mut cluster = Cluster::start_observed(spec, |phase| match phase {
         StartPhase::Lab => progress.step(format!("underlay + {nodes} node namespaces")),
         StartPhase::Datastore => progress.step(match args.datastore {
-            DatastoreArg::Etcd => "etcd + network config",
-            DatastoreArg::Kube => "Kubernetes API emulator + Node objects + net-conf.json",
+            DatastoreArg::Etcd if args.etcd_members > 1 => {
+                format!("etcd ({} members) + network config", args.etcd_members)
+            }
+            DatastoreArg::Etcd => "etcd + network config".to_string(),
+            DatastoreArg::Kube => {
+                "Kubernetes API emulator + Node objects + net-conf.json".to_string()
+            }
         }),
         StartPhase::Flanneld => progress.step(match &args.image {
             Some(image) => format!(
