@@ -29,6 +29,38 @@ const FAKE_KEY: &str = "/coreos.com/network/subnets/10.244.250.0-24";
 const FAKE_SUBNET: &str = "10.244.250.0/24";
 const FAKE_VALUE: &str = r#"{"PublicIP":"198.18.0.200","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"0e:00:00:00:00:c8"}}"#;
 
+/// A second fake peer, added once quorum is back.
+const FAKE2_KEY: &str = "/coreos.com/network/subnets/10.244.251.0-24";
+const FAKE2_SUBNET: &str = "10.244.251.0/24";
+const FAKE2_VALUE: &str = r#"{"PublicIP":"198.18.0.201","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"0e:00:00:00:00:c9"}}"#;
+/// The warning the lease watch logs when its stream breaks (rate-limited to one a minute).
+const WATCH_ERROR: &str = "etcd watch channel for /coreos.com/network/subnets/ closed";
+/// What it logs when the stream is back after several failed attempts.
+const WATCH_RESUMED: &str = "etcd watch for /coreos.com/network/subnets/ resumed at rev";
+
+/// Adds a peer lease through etcdctl (attached to a fresh etcd lease, as a flanneld would) and
+/// waits until every node routes to its subnet: the watch delivered it.
+fn add_peer(c: &Cluster, key: &str, value: &str, subnet: &str, when: &str) {
+    let lease = members(c).etcdctl(["lease", "grant", "3600"]).unwrap();
+    let id = lease
+        .split_whitespace()
+        .nth(1)
+        .expect("lease id")
+        .to_string();
+    members(c)
+        .etcdctl(["put", &format!("--lease={id}"), key, value])
+        .unwrap();
+    for i in 0..c.spec().nodes {
+        wait_for(
+            &format!("node {i} to route to the peer added {when}"),
+            Duration::from_secs(20),
+            Duration::from_millis(100),
+            || Ok::<_, String>(routes(c, i).contains(subnet).then_some(())),
+        )
+        .unwrap_or_else(|e| panic!("{e}\n{}", flanneld_logs(c)));
+    }
+}
+
 /// One key as `etcdctl get -w fields` prints it.
 #[derive(Debug, Clone)]
 struct Kv {
@@ -241,27 +273,17 @@ fn leader_and_quorum_loss_keep_traffic_leases_renewals_and_watch() {
     wait_renewals(&c, &keys, &after_kill, "after the leader was killed");
 
     // 3. The watch goes on: a peer added now reaches every node.
-    let lease = members(&c).etcdctl(["lease", "grant", "3600"]).unwrap();
-    let id = lease
-        .split_whitespace()
-        .nth(1)
-        .expect("lease id")
-        .to_string();
-    members(&c)
-        .etcdctl(["put", &format!("--lease={id}"), FAKE_KEY, FAKE_VALUE])
-        .unwrap();
-    for i in 0..3 {
-        wait_for(
-            &format!("node {i} to route to the peer added after the kill"),
-            Duration::from_secs(20),
-            Duration::from_millis(100),
-            || Ok::<_, String>(routes(&c, i).contains(FAKE_SUBNET).then_some(())),
-        )
-        .unwrap_or_else(|e| panic!("{e}\n{}", flanneld_logs(&c)));
-    }
+    add_peer(
+        &c,
+        FAKE_KEY,
+        FAKE_VALUE,
+        FAKE_SUBNET,
+        "after the leader was killed",
+    );
 
     // 4. Quorum lost: traffic still flows, flanneld stays up and reports renewals failing.
     let errors_before: Vec<usize> = (0..3).map(|i| count_in_log(&c, i, RENEW_ERROR)).collect();
+    let watch_before: Vec<usize> = (0..3).map(|i| count_in_log(&c, i, WATCH_ERROR)).collect();
     let third = (0..3).find(|k| *k != leader && *k != second).unwrap();
     c.etcd_cluster_mut().unwrap().kill(second).unwrap();
     let lost_at = std::time::Instant::now();
@@ -295,6 +317,13 @@ fn leader_and_quorum_loss_keep_traffic_leases_renewals_and_watch() {
             errors <= allowed,
             "node {i}: {errors} renewal errors in {outage:?}"
         );
+        // The watch retries every 5 s but says so once a minute (plus the first failure).
+        let watch = count_in_log(&c, i, WATCH_ERROR) - watch_before[i];
+        assert!(
+            (1..=allowed + 1).contains(&watch),
+            "node {i}: {watch} watch warnings in {outage:?}\n{}",
+            flanneld_logs(&c)
+        );
     }
     let health = c.etcd_cluster_mut().unwrap().health();
     assert_eq!(
@@ -322,6 +351,21 @@ fn leader_and_quorum_loss_keep_traffic_leases_renewals_and_watch() {
         .unwrap();
     wait_renewals(&c, &keys, &before_back, "after quorum came back");
     one_lease_per_node(&c, &keys);
+    for i in 0..3 {
+        let resumed = c.flanneld(i).unwrap().log();
+        assert!(
+            resumed.contains(WATCH_RESUMED),
+            "node {i} did not log the watch's recovery\n{}",
+            flanneld_logs(&c)
+        );
+    }
+    add_peer(
+        &c,
+        FAKE2_KEY,
+        FAKE2_VALUE,
+        FAKE2_SUBNET,
+        "after quorum came back",
+    );
     assert!(
         leases(&c)
             .iter()

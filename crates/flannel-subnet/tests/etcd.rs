@@ -967,8 +967,8 @@ fn a_dead_endpoint_among_several_fails_no_request() -> Result<()> {
         // Nothing listens on port 1: connections are refused, as by a killed etcd member. The
         // client keeps balancing requests onto it; each must still be served by the live one.
         let endpoints = vec!["http://127.0.0.1:1".to_string(), ctx.endpoint.clone()];
-        let m = EtcdManager::connect(EtcdConfig::new(endpoints), PreviousSubnets::default())
-            .await?;
+        let m =
+            EtcdManager::connect(EtcdConfig::new(endpoints), PreviousSubnets::default()).await?;
         let config = m.network_config().await?;
         let mut lease = m.acquire_lease(&config, &vxlan("198.18.0.1")).await?;
         for i in 0..30 {

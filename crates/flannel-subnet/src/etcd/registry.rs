@@ -436,8 +436,7 @@ impl Registry {
             let opts = LeaseTimeToLiveOptions::new().with_keys();
             async move { c.lease_time_to_live(id, Some(opts)).await }
         };
-        match rpc_resend(|| format!("reading etcd lease {id:x}"), read).await
-        {
+        match rpc_resend(|| format!("reading etcd lease {id:x}"), read).await {
             Ok(r) if r.ttl() > 0 && r.keys().is_empty() => self.revoke_quietly(id).await,
             Ok(_) => {}
             Err(e) => tracing::debug!("{e}"),
