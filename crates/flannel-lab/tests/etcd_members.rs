@@ -298,12 +298,12 @@ fn leader_and_quorum_loss_keep_traffic_leases_renewals_and_watch() {
         None,
         "one member of three cannot lead"
     );
-    for i in 0..3 {
+    for (i, before) in errors_before.iter().enumerate() {
         wait_for(
             &format!("flanneld on node {i} to report a failed renewal"),
             RENEWAL_WAIT,
             Duration::from_millis(500),
-            || Ok::<_, String>((count_in_log(&c, i, RENEW_ERROR) > errors_before[i]).then_some(())),
+            || Ok::<_, String>((count_in_log(&c, i, RENEW_ERROR) > *before).then_some(())),
         )
         .unwrap_or_else(|e| panic!("{e}\n{}", flanneld_logs(&c)));
     }

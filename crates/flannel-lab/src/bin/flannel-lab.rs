@@ -456,11 +456,10 @@ fn state_dir_flag_short(dir: &Path) -> String {
 
 /// `--etcd-members`: a number the lab accepts (see [`flannel_lab::check_member_count`]).
 fn parse_etcd_members(s: &str) -> Result<usize, String> {
-    let n: usize = s
-        .parse()
-        .map_err(|_| format!("--etcd-members must be 1, 3 or 5, not {s:?}"))?;
-    flannel_lab::check_member_count(n).map_err(|e| e.to_string())?;
-    Ok(n)
+    match s.parse::<usize>() {
+        Ok(n) if flannel_lab::ETCD_MEMBER_COUNTS.contains(&n) => Ok(n),
+        _ => Err("--etcd-members must be 1, 3 or 5 (an odd etcd cluster size)".into()),
+    }
 }
 
 /// Builds the cluster under the drop guards, then hands it to the state file.
