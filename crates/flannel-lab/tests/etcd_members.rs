@@ -239,7 +239,7 @@ fn leader_and_quorum_loss_keep_traffic_leases_renewals_and_watch() {
         c.flanneld_args(0)
             .contains(&format!("--etcd-endpoints={endpoints}"))
     );
-    let pids: Vec<u32> = (0..3).map(|i| c.flanneld(i).unwrap().pid()).collect();
+    let mut pids: Vec<u32> = (0..3).map(|i| c.flanneld(i).unwrap().pid()).collect();
     let ips: Vec<IpAddr> = (0..3)
         .map(|i| c.add_pod(i, &format!("p{i}")).expect("pod"))
         .collect();
@@ -280,6 +280,16 @@ fn leader_and_quorum_loss_keep_traffic_leases_renewals_and_watch() {
         FAKE_SUBNET,
         "after the leader was killed",
     );
+    // A flanneld started now (one member dead) comes up on its old lease, not a second one.
+    c.stop_flanneld(2).unwrap();
+    c.start_flanneld(2).unwrap();
+    c.wait_ready(2)
+        .unwrap_or_else(|e| panic!("{e}\n{}", flanneld_logs(&c)));
+    pids[2] = c.flanneld(2).unwrap().pid();
+    one_lease_per_node(&c, &keys);
+    c.wait_mesh()
+        .expect("the restarted node routes to every peer");
+    assert!(routes(&c, 2).contains(FAKE_SUBNET));
 
     // 4. Quorum lost: traffic still flows, flanneld stays up and reports renewals failing.
     let errors_before: Vec<usize> = (0..3).map(|i| count_in_log(&c, i, RENEW_ERROR)).collect();
