@@ -7,9 +7,14 @@
 //! * **legacy** (`APIVersions`, `APIGroupList`, `APIResourceList`), for clients that accept
 //!   only `application/json` (kube-rs): `/api` lists `v1`, `/api/v1` its resources.
 //!
-//! The core group (`/api/v1`: configmaps, namespaces, nodes, pods), the `apps` group
-//! (`/apis/apps/v1`: daemonsets) and the `networking.k8s.io` group
-//! (`/apis/networking.k8s.io/v1`: networkpolicies) exist, each in version `v1` only.
+//! The core group (`/api/v1`: configmaps, namespaces, nodes, pods, serviceaccounts), the
+//! `apps` group (`/apis/apps/v1`: daemonsets), the `networking.k8s.io` group
+//! (`/apis/networking.k8s.io/v1`: networkpolicies) and the `rbac.authorization.k8s.io` group
+//! (clusterrolebindings, clusterroles, rolebindings, roles) exist, each in version `v1` only;
+//! the core group also has serviceaccounts with their `token` subresource (TokenRequest).
+//! `authentication.k8s.io` (selfsubjectreviews: `kubectl auth whoami`) and
+//! `authorization.k8s.io` (selfsubjectaccessreviews: `kubectl auth can-i`) serve only those
+//! create-only reviews.
 
 use serde_json::{Value, json};
 
@@ -82,7 +87,40 @@ const VERBS: [&str; 7] = [
 const STATUS_VERBS: [&str; 3] = ["get", "patch", "update"];
 
 /// The API groups served besides the core one (`/apis`).
-pub const GROUPS: [&str; 2] = ["apps", "networking.k8s.io"];
+pub const GROUPS: [&str; 5] = [
+    "apps",
+    "authentication.k8s.io",
+    "authorization.k8s.io",
+    "networking.k8s.io",
+    "rbac.authorization.k8s.io",
+];
+
+/// Resources that are not stored, only created to ask a question (`kubectl auth whoami`,
+/// `kubectl auth can-i`): (group, resource, kind, singular).
+const REVIEWS: [(&str, &str, &str, &str); 2] = [
+    (
+        "authentication.k8s.io",
+        "selfsubjectreviews",
+        "SelfSubjectReview",
+        "selfsubjectreview",
+    ),
+    (
+        "authorization.k8s.io",
+        "selfsubjectaccessreviews",
+        "SelfSubjectAccessReview",
+        "selfsubjectaccessreview",
+    ),
+];
+
+/// The review resources of `group`.
+fn reviews_of(
+    group: &str,
+) -> impl Iterator<Item = (&'static str, &'static str, &'static str)> + '_ {
+    REVIEWS
+        .into_iter()
+        .filter(move |(g, ..)| *g == group)
+        .map(|(_, resource, kind, singular)| (resource, kind, singular))
+}
 
 /// The kinds of `group` (`""` for the core group), in discovery order.
 fn kinds_of(group: &str) -> impl Iterator<Item = Kind> + '_ {
@@ -146,6 +184,23 @@ pub fn api_resource_list(group: &str) -> Value {
                 "verbs": STATUS_VERBS,
             }));
         }
+        if kind == Kind::ServiceAccount {
+            resources.push(json!({
+                "name": "serviceaccounts/token",
+                "singularName": "",
+                "namespaced": true,
+                "group": "authentication.k8s.io",
+                "version": "v1",
+                "kind": "TokenRequest",
+                "verbs": ["create"],
+            }));
+        }
+    }
+    for (resource, kind, singular) in reviews_of(group) {
+        resources.push(json!({
+            "name": resource, "singularName": singular, "namespaced": false, "kind": kind,
+            "verbs": ["create"],
+        }));
     }
     if group.is_empty() {
         json!({ "kind": "APIResourceList", "groupVersion": "v1", "resources": resources })
@@ -162,6 +217,15 @@ pub fn api_resource_list(group: &str) -> Value {
 /// The aggregated discovery entry of `group`'s `v1`: every resource and subresource.
 fn aggregated_group(group: &str) -> Value {
     let response_kind = |kind: Kind| json!({ "group": "", "version": "", "kind": kind.name() });
+    let reviews = reviews_of(group).map(|(resource, kind, singular)| {
+        json!({
+            "resource": resource,
+            "responseKind": { "group": "", "version": "", "kind": kind },
+            "scope": "Cluster",
+            "singularResource": singular,
+            "verbs": ["create"],
+        })
+    });
     let resources: Vec<Value> = kinds_of(group)
         .map(|kind| {
             let mut r = json!({
@@ -179,11 +243,21 @@ fn aggregated_group(group: &str) -> Value {
                     "verbs": STATUS_VERBS,
                 }]);
             }
+            if kind == Kind::ServiceAccount {
+                r["subresources"] = json!([{
+                    "subresource": "token",
+                    "responseKind": {
+                        "group": "authentication.k8s.io", "version": "v1", "kind": "TokenRequest"
+                    },
+                    "verbs": ["create"],
+                }]);
+            }
             if !kind.categories().is_empty() {
                 r["categories"] = json!(kind.categories());
             }
             r
         })
+        .chain(reviews)
         .collect();
     let mut metadata = json!({ "creationTimestamp": null });
     if !group.is_empty() {
@@ -263,7 +337,9 @@ mod tests {
                 "nodes",
                 "nodes/status",
                 "pods",
-                "pods/status"
+                "pods/status",
+                "serviceaccounts",
+                "serviceaccounts/token"
             ]
         );
         let apps = api_resource_list("apps");

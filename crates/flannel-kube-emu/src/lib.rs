@@ -1,15 +1,18 @@
 //! `flannel-kube-emu`: a small, in-memory **emulator** of the Kubernetes API for flannel-rs tests
 //! and the lab. It is not an API server and makes no attempt to be one; it serves the objects a
-//! cluster running kube-flannel shows (`v1` Namespace, Node, Pod and ConfigMap, `apps/v1`
-//! DaemonSet, `networking.k8s.io/v1` NetworkPolicy) over plain HTTP with the semantics flanneld's Kubernetes subnet manager relies on
-//! and what real `kubectl` needs to look at a lab, so both can be tested end to end on a
+//! cluster running kube-flannel shows (`v1` Namespace, Node, Pod, ConfigMap and
+//! ServiceAccount, `apps/v1` DaemonSet, `networking.k8s.io/v1` NetworkPolicy, the RBAC kinds)
+//! over plain HTTP, or over HTTPS with bearer tokens and RBAC as a production cluster serves
+//! them (see *Access control*), with the semantics flanneld's Kubernetes subnet manager relies
+//! on and what real `kubectl` needs to look at a lab, so both can be tested end to end on a
 //! machine where no API server can run. Real clients are the judges: kube-rs (flanneld) and
 //! kubectl v1.34 are tested against it.
 //!
 //! # What is emulated
 //! * **Objects**: `v1/Namespace` and `v1/Node` (cluster-scoped), `v1/Pod`, `v1/ConfigMap`,
-//!   `apps/v1/DaemonSet` and `networking.k8s.io/v1/NetworkPolicy` (namespaced), stored as
-//!   JSON. The server stamps `kind`, `apiVersion`, `metadata.uid`,
+//!   `v1/ServiceAccount`, `apps/v1/DaemonSet` and `networking.k8s.io/v1/NetworkPolicy`
+//!   (namespaced), `rbac.authorization.k8s.io/v1` ClusterRole and ClusterRoleBinding
+//!   (cluster-scoped), Role and RoleBinding (namespaced), stored as JSON. The server stamps `kind`, `apiVersion`, `metadata.uid`,
 //!   `metadata.creationTimestamp` and `metadata.resourceVersion` (and a DaemonSet's or a
 //!   NetworkPolicy's `metadata.generation`); clients cannot change them. A create with
 //!   `metadata.generateName` and no name gets the prefix and five random characters, as from
@@ -17,9 +20,9 @@
 //!   `kube-public` and `kube-system` exist from the start.
 //! * **Discovery**: `/version`; `/api`, `/apis` in the aggregated form
 //!   (`apidiscovery.k8s.io/v2`, chosen by the `Accept` header as kubectl asks for it) and the
-//!   legacy one (`APIVersions`, `APIGroupList` with the `apps` and `networking.k8s.io`
-//!   groups); `/api/v1`, `/apis/apps/v1` and `/apis/networking.k8s.io/v1`
-//!   (`APIResourceList`), `/apis/apps` and `/apis/networking.k8s.io` (`APIGroup`). See [`discovery`].
+//!   legacy one (`APIVersions`, `APIGroupList` with the `apps`, `authentication.k8s.io`,
+//!   `authorization.k8s.io`, `networking.k8s.io` and `rbac.authorization.k8s.io` groups); `/api/v1` and `/apis/<group>/v1`
+//!   (`APIResourceList`), `/apis/<group>` (`APIGroup`). See [`discovery`].
 //! * **Tables**: a GET, list or watch whose `Accept` asks for `as=Table` (`meta.k8s.io` `v1`
 //!   or `v1beta1`) gets the API server's server-side printing: the columns and cells of
 //!   `kubectl get` (`-o wide` included) for every kind, and `includeObject`; a watch sends
@@ -76,8 +79,11 @@
 //!   annotation counted by the server, an empty status to start with, and a required,
 //!   immutable selector that must select its template ([`daemonset`]); a NetworkPolicy gets
 //!   its pod selector, port protocols and policy types defaulted and is validated as the API
-//!   server validates it ([`networkpolicy`]); names must be RFC 1123
-//!   labels (namespaces) or subdomains (the other kinds).
+//!   server validates it ([`networkpolicy`]); RBAC rules need verbs and either API groups
+//!   with resources or (ClusterRoles only) non-resource URLs, a binding's `roleRef` names a
+//!   supported kind and cannot change ([`rbac::objects`]); names must be RFC 1123
+//!   labels (namespaces), path segments (the RBAC kinds: `system:basic-user`) or subdomains
+//!   (the other kinds).
 //! * **errors** as `Status` objects with the real `code`, `reason` and message wording
 //!   (`nodes "x" not found`, `daemonsets.apps "x" not found`, `Node "x" is invalid: ...`,
 //!   ...).
@@ -85,13 +91,55 @@
 //! No controller runs: a DaemonSet's pods and status are whatever clients write (the lab writes
 //! them as the DaemonSet controller and the kubelets would).
 //!
+//! # Access control
+//! With none of the flags below (the default [`Security`]) the emulator serves plain HTTP and
+//! checks nothing, as it always did. With them ([`Emulator::with_security`]):
+//! * **HTTPS** (`--tls-cert-file`, `--tls-private-key-file`: PEM; rustls with ring, TLS 1.2
+//!   and 1.3, ALPN `http/1.1`) instead of HTTP; [`Server::url`] says `https://`. A file that
+//!   cannot be used stops the server with its name (`reading /x/k.pem`, `/x/c.pem: no
+//!   certificate found in PEM`). See [`tls`].
+//! * **Bearer tokens** (`Authorization: Bearer <token>`, see [`auth`]): the static tokens of
+//!   kube-apiserver's `--token-auth-file` (`token,user,uid,"group1,group2"`), and
+//!   ServiceAccount tokens from the TokenRequest API (`POST
+//!   /api/v1/namespaces/<ns>/serviceaccounts/<name>/token`, JSON or the protobuf `kubectl
+//!   create token` sends: `201`, `spec.expirationSeconds` default 3600, at least 600, else
+//!   `422`; `404` without the account). These tokens are opaque random strings, not JWTs;
+//!   their user is `system:serviceaccount:<ns>:<name>` in `system:serviceaccounts`,
+//!   `system:serviceaccounts:<ns>` and `system:authenticated`. A token stops working when it
+//!   expires, when its ServiceAccount is deleted (a new one of the same name does not revive
+//!   it) or when revoked (`POST /emu/revoke-token`, [`Emulator::revoke_token`]). A request
+//!   is authenticated when it starts: an open watch outlives its token, as on the API server.
+//!   A bad, expired or revoked token gets `401` with the Status `Unauthorized`, as does a
+//!   request without one when `--anonymous-auth=false`; otherwise (the default, true) it is
+//!   `system:anonymous` in `system:unauthenticated`.
+//! * **Authorization** (`--authorization-mode AlwaysAllow|RBAC`, see [`rbac`]): RBAC reads
+//!   ClusterRoles, Roles and their bindings at each request (a change applies to the next
+//!   one): verbs from the request (`get`, `list`, `watch`, `create`, `update`, `patch`,
+//!   `delete`, `deletecollection`), resources with subresources (`nodes/status`), API
+//!   groups, `resourceNames`, `*`, non-resource URLs with a trailing `*`, User, Group and
+//!   ServiceAccount subjects; `system:masters` may do anything. It starts with the bootstrap
+//!   objects a kubeadm cluster has ([`rbac::bootstrap`]: `cluster-admin` for
+//!   `system:masters`, `system:discovery`, `system:basic-user`, `system:public-info-viewer`).
+//!   A refusal is `403` worded as the API server words it: `nodes "n1" is forbidden: User
+//!   "system:serviceaccount:kube-flannel:flannel" cannot patch resource "nodes" in API group
+//!   "" at the cluster scope`, `... in the namespace "default"`, `forbidden: User "x" cannot
+//!   get path "/metrics"`, with `: RBAC: clusterrole.rbac.authorization.k8s.io "x" not found`
+//!   appended when a binding of the user names a missing role.
+//! * **Reviews**: `SelfSubjectReview` (`kubectl auth whoami`) and `SelfSubjectAccessReview`
+//!   (`kubectl auth can-i`), JSON or protobuf, answered by the same authentication and
+//!   authorizer (see [`discovery`] for their groups).
+//! * The `/emu/` controls need `system:masters` whenever requests are authenticated.
+//!
 //! # What is not emulated
-//! Authentication and authorization (RBAC is checked offline against the manifest instead),
-//! TLS, admission beyond namespace lifecycle, defaulting beyond what is listed above (pods and
+//! Client certificates, JWT service account tokens, OIDC, webhooks and impersonation; the
+//! audiences of a token are not checked; RBAC's escalation checks (`escalate`, `bind`),
+//! aggregated ClusterRoles and the Node authorizer; admission beyond namespace lifecycle, defaulting beyond what is listed above (pods and
 //! pod templates get no `restartPolicy`, `dnsPolicy`, service account, ...), controllers (no
-//! DaemonSet controller, no `kube-root-ca.crt` ConfigMap in each namespace: there is no CA),
+//! DaemonSet controller, no `default` ServiceAccount and no `kube-root-ca.crt` ConfigMap in
+//! each namespace: the emulator does not know the CA that signed its certificate),
 //! finalizers and graceful deletion (`deletionTimestamp` is never set), `deletecollection`,
-//! JSON patch and server-side apply (415), protobuf and CBOR (406), OpenAPI (`/openapi/v2`,
+//! JSON patch and server-side apply (415), protobuf and CBOR (406; 415 for request bodies
+//! except the TokenRequest and SelfSubjectAccessReview), OpenAPI (`/openapi/v2`,
 //! `/openapi/v3`: 404, so `kubectl create -f`/`apply -f` need `--validate=false`),
 //! `sendInitialEvents` streaming lists (400), `managedFields`, `metadata.generation` of kinds
 //! other than DaemonSet and NetworkPolicy, ControllerRevisions and every other resource and API group,
@@ -104,7 +152,8 @@
 //! server restart would), `POST /emu/expire-watches` (send `ERROR 410` on every open watch and
 //! compact, so resuming fails too), `POST /emu/compact`, `PUT /emu/history` (body: a number),
 //! `PUT /emu/nodes/<n>/pod-cidrs` (body: a JSON list; bypasses validation, see
-//! [`Store::force_pod_cidrs`]), `POST /emu/churn/annotations` (body `{"count": K}`: K
+//! [`Store::force_pod_cidrs`]), `POST /emu/revoke-token` (body `{"token": "..."}`; answers
+//! `{"revoked": true}`, or `false` for a token never issued), `POST /emu/churn/annotations` (body `{"count": K}`: K
 //! generated nodes get a new VtepMAC at once; the answer names them, their new MACs and
 //! resourceVersions, and `unixNanos`, the wall-clock time just before the first commit) and
 //! `GET /emu/state`.
@@ -128,28 +177,37 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+pub mod auth;
 pub mod churn;
 pub mod configmap;
 pub mod daemonset;
 pub mod discovery;
+mod gate;
 pub mod generate;
 mod metrics;
 pub mod networkpolicy;
 pub mod patch;
+mod protobuf;
+pub mod rbac;
+mod review;
 pub mod selector;
 mod server;
 pub mod status;
 pub mod store;
 pub mod strategy;
 pub mod table;
+pub mod tls;
+mod token_request;
 mod watch_stream;
 
+pub use auth::{StaticToken, UserInfo};
 pub use churn::{AnnotationChange, AnnotationChurn, Churn, ChurnOptions};
 pub use generate::GenerateOptions;
 pub use metrics::{RequestCount, RequestLabels};
 pub use selector::Selector;
 pub use status::ApiError;
 pub use store::{Kind, ListQuery, PatchType, Propagation, Store, StoreConfig, Subresource};
+pub use tls::{TlsError, TlsIdentity};
 
 /// Emulator settings.
 #[derive(Debug, Clone, Copy)]
@@ -169,6 +227,53 @@ impl Default for EmuConfig {
     }
 }
 
+/// How requests are authorized (`--authorization-mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AuthorizationMode {
+    /// `AlwaysAllow` (the default): every request that authenticated may do anything.
+    #[default]
+    AlwaysAllow,
+    /// `RBAC`: Roles, ClusterRoles and their bindings decide, as on a kubeadm cluster.
+    Rbac,
+}
+
+/// Transport and access control, as kube-apiserver's flags configure them. The default is the
+/// emulator's historical behaviour: plain HTTP, no authentication, everything allowed.
+#[derive(Debug, Clone)]
+pub struct Security {
+    /// Serve HTTPS with this identity (`--tls-cert-file`, `--tls-private-key-file`).
+    pub tls: Option<TlsIdentity>,
+    /// Static bearer tokens (`--token-auth-file`).
+    pub tokens: Vec<StaticToken>,
+    /// Requests without credentials are `system:anonymous` (`--anonymous-auth`, default
+    /// true); when false they get 401.
+    pub anonymous_auth: bool,
+    /// `--authorization-mode`.
+    pub authorization: AuthorizationMode,
+}
+
+impl Default for Security {
+    fn default() -> Self {
+        Security {
+            tls: None,
+            tokens: Vec::new(),
+            anonymous_auth: true,
+            authorization: AuthorizationMode::AlwaysAllow,
+        }
+    }
+}
+
+impl Security {
+    /// Whether requests are authenticated at all: with static tokens, without anonymous
+    /// access or with RBAC. Otherwise (the default) credentials are ignored as they always
+    /// were, and the `/emu/` controls are open to all.
+    pub fn authenticates(&self) -> bool {
+        !self.tokens.is_empty()
+            || !self.anonymous_auth
+            || self.authorization != AuthorizationMode::AlwaysAllow
+    }
+}
+
 /// Signals to open watches; each counter bump is one command.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct Control {
@@ -180,6 +285,9 @@ pub(crate) struct Inner {
     pub store: Mutex<Store>,
     pub control: watch::Sender<Control>,
     pub config: EmuConfig,
+    pub security: Security,
+    /// Static, issued and revoked bearer tokens.
+    pub tokens: Mutex<auth::Tokens>,
     pub watchers: AtomicUsize,
     pub stats: StatCounters,
     pub metrics: metrics::Metrics,
@@ -222,10 +330,11 @@ impl std::fmt::Debug for Emulator {
     }
 }
 
-/// A running HTTP server; stops accepting and closes its connections when dropped.
+/// A running HTTP(S) server; stops accepting and closes its connections when dropped.
 #[derive(Debug)]
 pub struct Server {
     addr: SocketAddr,
+    scheme: &'static str,
     shutdown: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -236,9 +345,9 @@ impl Server {
         self.addr
     }
 
-    /// The base URL for clients (`http://127.0.0.1:PORT`).
+    /// The base URL for clients (`http://127.0.0.1:PORT`, `https://...` with TLS).
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("{}://{}", self.scheme, self.addr)
     }
 }
 
@@ -250,16 +359,28 @@ impl Drop for Server {
 }
 
 impl Emulator {
-    /// An empty emulator.
+    /// An empty emulator, plain HTTP without authentication.
     pub fn new(config: EmuConfig) -> Emulator {
+        Emulator::with_security(config, Security::default())
+    }
+
+    /// An empty emulator serving and checking requests as `security` says.
+    pub fn with_security(config: EmuConfig, security: Security) -> Emulator {
         let (control, _) = watch::channel(Control::default());
+        let tokens = Mutex::new(auth::Tokens::new(&security.tokens));
+        let mut store = Store::new(StoreConfig {
+            history: config.history,
+        });
+        if security.authorization == AuthorizationMode::Rbac {
+            rbac::bootstrap::seed(&mut store);
+        }
         Emulator {
             inner: Arc::new(Inner {
-                store: Mutex::new(Store::new(StoreConfig {
-                    history: config.history,
-                })),
+                store: Mutex::new(store),
                 control,
                 config,
+                security,
+                tokens,
                 watchers: AtomicUsize::new(0),
                 stats: StatCounters::default(),
                 metrics: metrics::Metrics::default(),
@@ -269,13 +390,18 @@ impl Emulator {
         }
     }
 
-    /// Serves HTTP on `listener` in a background task.
+    /// Serves HTTP (HTTPS when [`Security::tls`] is set) on `listener` in a background task.
     pub fn serve(&self, listener: TcpListener) -> std::io::Result<Server> {
         let addr = listener.local_addr()?;
         let (shutdown, rx) = watch::channel(false);
         let task = tokio::spawn(server::accept_loop(self.clone(), listener, rx));
         Ok(Server {
             addr,
+            scheme: if self.inner.security.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            },
             shutdown,
             task,
         })
@@ -285,6 +411,28 @@ impl Emulator {
     pub async fn start(&self, addr: SocketAddr) -> std::io::Result<Server> {
         let listener = TcpListener::bind(addr).await?;
         self.serve(listener)
+    }
+
+    pub(crate) fn tokens(&self) -> MutexGuard<'_, auth::Tokens> {
+        self.inner
+            .tokens
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Revokes a bearer token (static or issued): requests that start from now on get 401,
+    /// open watches go on. `false` if the token was never valid here.
+    pub fn revoke_token(&self, token: &str) -> bool {
+        self.tokens().revoke(token)
+    }
+
+    /// The user a bearer token authenticates now, `None` if it does not (401).
+    pub fn authenticate_token(&self, token: &str) -> Option<UserInfo> {
+        let store = self.store();
+        self.tokens()
+            .authenticate(token, std::time::SystemTime::now(), |ns, name| {
+                store.account_uid(ns, name)
+            })
     }
 
     /// Runs `f` on the store under its lock (for tests that need more than the helpers).

@@ -1,4 +1,5 @@
-//! `flannel-kube-emu`: serves the in-memory Kubernetes API emulator over HTTP.
+//! `flannel-kube-emu`: serves the in-memory Kubernetes API emulator over HTTP, or over HTTPS
+//! with bearer tokens and RBAC when given kube-apiserver's flags for them.
 //!
 //! The lab starts one in its underlay namespace for `--datastore kube`; see the library docs for
 //! what is and is not emulated.
@@ -9,7 +10,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use flannel_kube_emu::{ChurnOptions, EmuConfig, Emulator, GenerateOptions};
+use flannel_kube_emu::{
+    AuthorizationMode, ChurnOptions, EmuConfig, Emulator, GenerateOptions, Security, TlsIdentity,
+};
 
 /// Command-line options.
 #[derive(Debug, Parser)]
@@ -49,6 +52,52 @@ struct Args {
     /// The annotation churn's period in seconds (fractions allowed); 0: none.
     #[arg(long, default_value_t = 0.0)]
     annotation_churn_interval: f64,
+    /// Serve HTTPS with this PEM certificate (chain), as kube-apiserver's flag; needs
+    /// --tls-private-key-file.
+    #[arg(long, requires = "tls_private_key_file")]
+    tls_cert_file: Option<PathBuf>,
+    /// The PEM private key of --tls-cert-file.
+    #[arg(long, requires = "tls_cert_file")]
+    tls_private_key_file: Option<PathBuf>,
+    /// kube-apiserver's static token file: lines `token,user,uid,"group1,group2"`.
+    #[arg(long)]
+    token_auth_file: Option<PathBuf>,
+    /// Requests without credentials are `system:anonymous` (true, as kube-apiserver) or get
+    /// 401 (false).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    anonymous_auth: bool,
+    /// `AlwaysAllow` or `RBAC` (Roles, ClusterRoles and bindings decide; bootstrap roles as on
+    /// a kubeadm cluster).
+    #[arg(long, default_value = "AlwaysAllow", value_parser = parse_mode)]
+    authorization_mode: AuthorizationMode,
+}
+
+fn parse_mode(s: &str) -> Result<AuthorizationMode, String> {
+    match s {
+        "AlwaysAllow" => Ok(AuthorizationMode::AlwaysAllow),
+        "RBAC" => Ok(AuthorizationMode::Rbac),
+        other => Err(format!(
+            "authorization mode {other:?} is not emulated (AlwaysAllow, RBAC)"
+        )),
+    }
+}
+
+/// The transport and access control the flags ask for; fails naming a bad file.
+fn security(args: &Args) -> anyhow::Result<Security> {
+    let tls = match (&args.tls_cert_file, &args.tls_private_key_file) {
+        (Some(cert), Some(key)) => Some(TlsIdentity::from_files(cert, key)?),
+        _ => None,
+    };
+    let tokens = match &args.token_auth_file {
+        Some(path) => flannel_kube_emu::auth::read_token_file(path)?,
+        None => Vec::new(),
+    };
+    Ok(Security {
+        tls,
+        tokens,
+        anonymous_auth: args.anonymous_auth,
+        authorization: args.authorization_mode,
+    })
 }
 
 fn main() -> anyhow::Result<()> {
@@ -65,11 +114,15 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
+    let security = security(&args)?;
     rt.block_on(async {
-        let emu = Emulator::new(EmuConfig {
-            history: args.history,
-            bookmark_interval: Duration::from_millis(args.bookmark_interval_ms.max(10)),
-        });
+        let emu = Emulator::with_security(
+            EmuConfig {
+                history: args.history,
+                bookmark_interval: Duration::from_millis(args.bookmark_interval_ms.max(10)),
+            },
+            security,
+        );
         if args.generate_nodes > 0 {
             emu.generate_nodes(&GenerateOptions {
                 nodes: args.generate_nodes,

@@ -167,9 +167,13 @@ fn field_supported(kind: Kind, field: &str) -> bool {
     match kind {
         Kind::Node => matches!(field, "metadata.name" | "spec.unschedulable"),
         Kind::Namespace => matches!(field, "metadata.name" | "status.phase"),
-        Kind::ConfigMap | Kind::DaemonSet | Kind::NetworkPolicy => {
-            matches!(field, "metadata.name" | "metadata.namespace")
-        }
+        Kind::ConfigMap
+        | Kind::DaemonSet
+        | Kind::NetworkPolicy
+        | Kind::ServiceAccount
+        | Kind::Role
+        | Kind::RoleBinding => matches!(field, "metadata.name" | "metadata.namespace"),
+        Kind::ClusterRole | Kind::ClusterRoleBinding => field == "metadata.name",
         Kind::Pod => matches!(
             field,
             "metadata.name"

@@ -49,21 +49,54 @@ pub(crate) async fn accept_loop(
             _ = shutdown.changed() => return,
         };
         let emu = emu.clone();
-        let mut stop = shutdown.clone();
+        let stop = shutdown.clone();
+        let tls = emu
+            .inner
+            .security
+            .tls
+            .as_ref()
+            .map(crate::TlsIdentity::acceptor);
         tokio::spawn(async move {
-            let svc = service_fn(move |req| {
-                let emu = emu.clone();
-                async move { Ok::<_, std::convert::Infallible>(handle(emu, req).await) }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc);
-            tokio::select! {
-                r = conn => if let Err(e) = r {
-                    debug!("connection from {peer}: {e}");
-                },
-                _ = stop.changed() => {}
+            match tls {
+                None => serve_connection(emu, stream, peer, stop).await,
+                Some(acceptor) => {
+                    let handshake =
+                        tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream));
+                    match handshake.await {
+                        Ok(Ok(stream)) => serve_connection(emu, stream, peer, stop).await,
+                        Ok(Err(e)) => debug!("TLS handshake with {peer}: {e}"),
+                        Err(_) => debug!("TLS handshake with {peer}: timed out"),
+                    }
+                }
             }
         });
+    }
+}
+
+/// How long a client may take to complete its TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves HTTP/1.1 on one accepted (and, with TLS, decrypted) connection until it closes or
+/// the server stops.
+async fn serve_connection<S>(
+    emu: Emulator,
+    stream: S,
+    peer: std::net::SocketAddr,
+    mut stop: watch::Receiver<bool>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = service_fn(move |req| {
+        let emu = emu.clone();
+        async move { Ok::<_, std::convert::Infallible>(handle(emu, req).await) }
+    });
+    let conn =
+        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc);
+    tokio::select! {
+        r = conn => if let Err(e) = r {
+            debug!("connection from {peer}: {e}");
+        },
+        _ = stop.changed() => {}
     }
 }
 
@@ -178,7 +211,18 @@ async fn handle(emu: Emulator, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path().to_string();
     debug!("{method} {}", req.uri());
     let counter = request_labels(&req).map(|l| emu.inner.metrics.counter(l));
-    let response = match route(&emu, req).await {
+    let mut req = req;
+    let checked = crate::gate::check(&emu, &req, &query(&req));
+    let response = match checked {
+        Ok(user) => {
+            if let Some(user) = user {
+                req.extensions_mut().insert(user);
+            }
+            route(&emu, req).await
+        }
+        Err(e) => Err(e),
+    };
+    let response = match response {
         Ok(r) => r,
         Err(e) => {
             debug!("{method} {path}: {e}");
@@ -307,6 +351,47 @@ async fn route(emu: &Emulator, req: Request<Incoming>) -> Result<Response<Body>,
             Err(ApiError::method_not_allowed())
         }
         (["emu", ..], _) => control(emu, req, &segs).await,
+        (
+            [
+                "api",
+                "v1",
+                "namespaces",
+                ns,
+                "serviceaccounts",
+                name,
+                "token",
+            ],
+            &Method::POST,
+        ) => {
+            let (ns, name) = (ns.to_string(), name.to_string());
+            let body = read_token_request(req).await?;
+            let answer = crate::token_request::token_request(emu, &ns, &name, &body)?;
+            Ok(json_response(StatusCode::CREATED, &answer))
+        }
+        (["api", "v1", "namespaces", _, "serviceaccounts", _, "token"], _) => {
+            Err(ApiError::method_not_allowed())
+        }
+        (["apis", "authentication.k8s.io", "v1", "selfsubjectreviews"], &Method::POST) => {
+            let user = req.extensions().get::<crate::UserInfo>().cloned();
+            Ok(json_response(
+                StatusCode::CREATED,
+                &crate::review::self_subject_review(user),
+            ))
+        }
+        (
+            [
+                "apis",
+                "authorization.k8s.io",
+                "v1",
+                "selfsubjectaccessreviews",
+            ],
+            &Method::POST,
+        ) => {
+            let user = req.extensions().get::<crate::UserInfo>().cloned();
+            let body = read_review(req).await?;
+            let answer = crate::review::self_subject_access_review(emu, user, body)?;
+            Ok(json_response(StatusCode::CREATED, &answer))
+        }
         _ => match Target::parse(&segs) {
             Some(t) => resource(emu, req, t, accept).await,
             None => Err(ApiError::no_route()),
@@ -388,6 +473,34 @@ async fn read_object(req: Request<Incoming>) -> Result<(String, Value), ApiError
         return Err(ApiError::unsupported_media_type(mime));
     }
     read_json(req).await
+}
+
+/// A JSON body as is, or the protobuf one client-go's typed clients send, decoded by
+/// `decode` (`None`: JSON).
+async fn read_json_or_protobuf(
+    req: Request<Incoming>,
+    decode: fn(&[u8]) -> Result<Value, ApiError>,
+) -> Result<Value, ApiError> {
+    let ct = header(&req, hyper::header::CONTENT_TYPE).unwrap_or_default();
+    if ct.split(';').next().unwrap_or("").trim() != "application/vnd.kubernetes.protobuf" {
+        return Ok(read_object(req).await?.1);
+    }
+    let bytes = Limited::new(req.into_body(), MAX_BODY)
+        .collect()
+        .await
+        .map_err(|e| ApiError::bad_request(format!("reading the request body: {e}")))?
+        .to_bytes();
+    decode(&bytes)
+}
+
+/// A TokenRequest body (`kubectl create token` sends protobuf).
+async fn read_token_request(req: Request<Incoming>) -> Result<Value, ApiError> {
+    read_json_or_protobuf(req, crate::protobuf::token_request).await
+}
+
+/// A SelfSubjectAccessReview body (`kubectl auth can-i` sends protobuf).
+async fn read_review(req: Request<Incoming>) -> Result<Value, ApiError> {
+    read_json_or_protobuf(req, crate::protobuf::self_subject_access_review).await
 }
 
 fn patch_type(content_type: &str) -> Result<PatchType, ApiError> {
@@ -584,6 +697,13 @@ async fn control(
     let ok = |v: Value| Ok(json_response(StatusCode::OK, &v));
     match (segs, req.method().clone()) {
         (["emu", "state"], Method::GET) => ok(emu.state()),
+        (["emu", "revoke-token"], Method::POST) => {
+            let (_, body) = read_json(req).await?;
+            let token = body["token"]
+                .as_str()
+                .ok_or_else(|| ApiError::bad_request("expected {\"token\": \"...\"}"))?;
+            ok(json!({ "revoked": emu.revoke_token(token) }))
+        }
         (["emu", "drop-watches"], Method::POST) => {
             emu.drop_watches();
             ok(emu.state())

@@ -15,8 +15,10 @@ pub struct ApiError {
     pub reason: &'static str,
     /// The human-readable message, worded as the real server words it.
     pub message: String,
-    /// `details.name` / `details.kind` when the error concerns one object.
-    pub details: Option<(String, &'static str)>,
+    /// `details.name` / `details.kind` when the error concerns one object or resource (the
+    /// kind may be qualified by its group, `daemonsets.apps`; an empty name or kind is left
+    /// out, so `("", "")` is the empty `details: {}` of a refused non-resource request).
+    pub details: Option<(String, String)>,
 }
 
 impl ApiError {
@@ -29,8 +31,8 @@ impl ApiError {
         }
     }
 
-    fn with_details(mut self, name: &str, kind: &'static str) -> ApiError {
-        self.details = Some((name.to_string(), kind));
+    fn with_details(mut self, name: &str, kind: &str) -> ApiError {
+        self.details = Some((name.to_string(), kind.to_string()));
         self
     }
 
@@ -116,6 +118,25 @@ impl ApiError {
         .with_details(name, resource)
     }
 
+    /// `401 Unauthorized`: no valid credentials (a bad, expired or revoked token, or none when
+    /// anonymous requests are off). The API server says no more than this.
+    pub fn unauthorized() -> ApiError {
+        ApiError::new(401, "Unauthorized", "Unauthorized")
+    }
+
+    /// `403 Forbidden` from the authorizer, worded as the API server's `forbiddenMessage`:
+    /// `nodes "n1" is forbidden: User "u" cannot patch resource "nodes/status" in API group ""
+    /// at the cluster scope`. `qualified_resource` is `resource[.group]` (empty for a
+    /// non-resource request, which reads `forbidden: User "u" cannot get path "/metrics"`).
+    pub fn forbidden_by_authorizer(qualified_resource: &str, name: &str, why: &str) -> ApiError {
+        let message = match (qualified_resource, name) {
+            ("", _) => format!("forbidden: {why}"),
+            (resource, "") => format!("{resource} is forbidden: {why}"),
+            (resource, name) => format!("{resource} \"{name}\" is forbidden: {why}"),
+        };
+        ApiError::new(403, "Forbidden", message).with_details(name, qualified_resource)
+    }
+
     /// `406 NotAcceptable`: no media type in the request's `Accept` header can be served.
     pub fn not_acceptable() -> ApiError {
         ApiError::new(
@@ -169,10 +190,17 @@ impl ApiError {
         if let Some((name, kind)) = &self.details {
             // A resource or kind outside the core group comes qualified (`daemonsets.apps`);
             // the details name the group apart, as the server's do.
-            s["details"] = match kind.split_once('.') {
-                Some((kind, group)) => json!({ "name": name, "group": group, "kind": kind }),
-                None => json!({ "name": name, "kind": kind }),
+            let mut details = match kind.split_once('.') {
+                Some((kind, group)) => json!({ "group": group, "kind": kind }),
+                None => json!({ "kind": kind }),
             };
+            if kind.is_empty() {
+                details = json!({});
+            }
+            if !name.is_empty() {
+                details["name"] = json!(name);
+            }
+            s["details"] = details;
         }
         s
     }
@@ -198,6 +226,23 @@ mod tests {
         assert_eq!(
             ApiError::not_found("daemonsets.apps", "ds").to_status()["details"],
             json!({"name": "ds", "group": "apps", "kind": "daemonsets"})
+        );
+        assert_eq!(
+            ApiError::unauthorized().to_status(),
+            json!({"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure",
+                   "message":"Unauthorized","reason":"Unauthorized","code":401})
+        );
+        assert_eq!(
+            ApiError::forbidden_by_authorizer("", "", "User \"x\" cannot get path \"/metrics\"")
+                .to_status(),
+            json!({"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure",
+                   "message":"forbidden: User \"x\" cannot get path \"/metrics\"",
+                   "reason":"Forbidden","details":{},"code":403})
+        );
+        assert_eq!(
+            ApiError::forbidden_by_authorizer("clusterroles.rbac.authorization.k8s.io", "", "w")
+                .to_status()["details"],
+            json!({"group": "rbac.authorization.k8s.io", "kind": "clusterroles"})
         );
         assert_eq!(
             ApiError::already_exists("nodes", "a").reason,

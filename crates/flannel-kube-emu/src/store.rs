@@ -16,7 +16,8 @@ use crate::status::ApiError;
 use crate::strategy::{self, IMMORTAL_NAMESPACES, INITIAL_NAMESPACES};
 
 /// The object kinds the emulator serves: the core group's (`v1`), the `apps` group's
-/// (`apps/v1`) and the `networking.k8s.io` group's (`networking.k8s.io/v1`).
+/// (`apps/v1`), the `networking.k8s.io` group's (`networking.k8s.io/v1`) and the
+/// `rbac.authorization.k8s.io` group's (`rbac.authorization.k8s.io/v1`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Kind {
     /// `v1/ConfigMap`, namespaced, resource `configmaps`; no status.
@@ -31,18 +32,34 @@ pub enum Kind {
     DaemonSet,
     /// `networking.k8s.io/v1/NetworkPolicy`, namespaced, resource `networkpolicies`; no status.
     NetworkPolicy,
+    /// `v1/ServiceAccount`, namespaced, resource `serviceaccounts`; no status; subresource
+    /// `token` (TokenRequest).
+    ServiceAccount,
+    /// `rbac.authorization.k8s.io/v1/ClusterRole`, cluster-scoped; no status.
+    ClusterRole,
+    /// `rbac.authorization.k8s.io/v1/ClusterRoleBinding`, cluster-scoped; no status.
+    ClusterRoleBinding,
+    /// `rbac.authorization.k8s.io/v1/Role`, namespaced; no status.
+    Role,
+    /// `rbac.authorization.k8s.io/v1/RoleBinding`, namespaced; no status.
+    RoleBinding,
 }
 
 impl Kind {
     /// Every kind, in the order discovery lists them (per group, by resource name, as the API
     /// server does; the core group first).
-    pub const ALL: [Kind; 6] = [
+    pub const ALL: [Kind; 11] = [
         Kind::ConfigMap,
         Kind::Namespace,
         Kind::Node,
         Kind::Pod,
+        Kind::ServiceAccount,
         Kind::DaemonSet,
         Kind::NetworkPolicy,
+        Kind::ClusterRoleBinding,
+        Kind::ClusterRole,
+        Kind::RoleBinding,
+        Kind::Role,
     ];
 
     /// The kind name (`Node`).
@@ -54,6 +71,11 @@ impl Kind {
             Kind::Pod => "Pod",
             Kind::DaemonSet => "DaemonSet",
             Kind::NetworkPolicy => "NetworkPolicy",
+            Kind::ServiceAccount => "ServiceAccount",
+            Kind::ClusterRole => "ClusterRole",
+            Kind::ClusterRoleBinding => "ClusterRoleBinding",
+            Kind::Role => "Role",
+            Kind::RoleBinding => "RoleBinding",
         }
     }
 
@@ -62,7 +84,10 @@ impl Kind {
         match self {
             Kind::DaemonSet => "apps",
             Kind::NetworkPolicy => "networking.k8s.io",
-            Kind::ConfigMap | Kind::Namespace | Kind::Node | Kind::Pod => "",
+            Kind::ClusterRole | Kind::ClusterRoleBinding | Kind::Role | Kind::RoleBinding => {
+                "rbac.authorization.k8s.io"
+            }
+            Kind::ConfigMap | Kind::Namespace | Kind::Node | Kind::Pod | Kind::ServiceAccount => "",
         }
     }
 
@@ -71,6 +96,7 @@ impl Kind {
         match self.group() {
             "apps" => "apps/v1",
             "networking.k8s.io" => "networking.k8s.io/v1",
+            "rbac.authorization.k8s.io" => "rbac.authorization.k8s.io/v1",
             _ => "v1",
         }
     }
@@ -84,6 +110,11 @@ impl Kind {
             Kind::Pod => "pods",
             Kind::DaemonSet => "daemonsets",
             Kind::NetworkPolicy => "networkpolicies",
+            Kind::ServiceAccount => "serviceaccounts",
+            Kind::ClusterRole => "clusterroles",
+            Kind::ClusterRoleBinding => "clusterrolebindings",
+            Kind::Role => "roles",
+            Kind::RoleBinding => "rolebindings",
         }
     }
 
@@ -93,6 +124,10 @@ impl Kind {
         match self {
             Kind::DaemonSet => "daemonsets.apps",
             Kind::NetworkPolicy => "networkpolicies.networking.k8s.io",
+            Kind::ClusterRole => "clusterroles.rbac.authorization.k8s.io",
+            Kind::ClusterRoleBinding => "clusterrolebindings.rbac.authorization.k8s.io",
+            Kind::Role => "roles.rbac.authorization.k8s.io",
+            Kind::RoleBinding => "rolebindings.rbac.authorization.k8s.io",
             other => other.resource(),
         }
     }
@@ -102,6 +137,10 @@ impl Kind {
         match self {
             Kind::DaemonSet => "DaemonSet.apps",
             Kind::NetworkPolicy => "NetworkPolicy.networking.k8s.io",
+            Kind::ClusterRole => "ClusterRole.rbac.authorization.k8s.io",
+            Kind::ClusterRoleBinding => "ClusterRoleBinding.rbac.authorization.k8s.io",
+            Kind::Role => "Role.rbac.authorization.k8s.io",
+            Kind::RoleBinding => "RoleBinding.rbac.authorization.k8s.io",
             other => other.name(),
         }
     }
@@ -115,18 +154,29 @@ impl Kind {
             Kind::Pod => "pod",
             Kind::DaemonSet => "daemonset",
             Kind::NetworkPolicy => "networkpolicy",
+            Kind::ServiceAccount => "serviceaccount",
+            Kind::ClusterRole => "clusterrole",
+            Kind::ClusterRoleBinding => "clusterrolebinding",
+            Kind::Role => "role",
+            Kind::RoleBinding => "rolebinding",
         }
     }
 
     /// Whether objects of this kind live in a namespace.
     pub fn namespaced(self) -> bool {
-        !matches!(self, Kind::Namespace | Kind::Node)
+        !matches!(
+            self,
+            Kind::Namespace | Kind::Node | Kind::ClusterRole | Kind::ClusterRoleBinding
+        )
     }
 
-    /// Whether the kind has a `status` (and so a `status` subresource); a ConfigMap and a
-    /// NetworkPolicy have none.
+    /// Whether the kind has a `status` (and so a `status` subresource); a ConfigMap, a
+    /// NetworkPolicy, a ServiceAccount and the RBAC kinds have none.
     pub fn has_status(self) -> bool {
-        !matches!(self, Kind::ConfigMap | Kind::NetworkPolicy)
+        matches!(
+            self,
+            Kind::Namespace | Kind::Node | Kind::Pod | Kind::DaemonSet
+        )
     }
 
     /// The short names discovery announces (`kubectl get no`).
@@ -138,6 +188,8 @@ impl Kind {
             Kind::Pod => &["po"],
             Kind::DaemonSet => &["ds"],
             Kind::NetworkPolicy => &["netpol"],
+            Kind::ServiceAccount => &["sa"],
+            Kind::ClusterRole | Kind::ClusterRoleBinding | Kind::Role | Kind::RoleBinding => &[],
         }
     }
 
@@ -145,7 +197,7 @@ impl Kind {
     pub fn categories(self) -> &'static [&'static str] {
         match self {
             Kind::Pod | Kind::DaemonSet => &["all"],
-            Kind::ConfigMap | Kind::Namespace | Kind::Node | Kind::NetworkPolicy => &[],
+            _ => &[],
         }
     }
 }
@@ -317,7 +369,12 @@ pub struct Store {
 
 /// Current time as RFC 3339 UTC with seconds (`2026-01-02T03:04:05Z`), the API's `Time` format.
 pub fn rfc3339_now() -> String {
-    let secs = SystemTime::now()
+    rfc3339(SystemTime::now())
+}
+
+/// `t` as RFC 3339 UTC with seconds (`2026-01-02T03:04:05Z`), the API's `Time` format.
+pub fn rfc3339(t: SystemTime) -> String {
+    let secs = t
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
@@ -972,6 +1029,22 @@ impl Store {
     /// `Pending`; see [`crate::strategy`]).
     pub fn create_pod(&mut self, namespace: &str, obj: Value) -> Result<Value, ApiError> {
         self.create(Kind::Pod, namespace, obj)
+    }
+
+    /// The uid of ServiceAccount `namespace/name`, `None` if there is none (its tokens then
+    /// stop working).
+    pub fn account_uid(&self, namespace: &str, name: &str) -> Option<String> {
+        self.objects
+            .get(&key(Kind::ServiceAccount, namespace, name))
+            .and_then(|sa| sa.pointer("/metadata/uid"))
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    }
+
+    /// Every stored object of `kind` (all namespaces), in list order: what the authorizer
+    /// reads roles and bindings from.
+    pub fn all(&self, kind: Kind) -> impl Iterator<Item = &Value> {
+        self.objects(kind)
     }
 
     /// `DELETE /api/v1/namespaces/<ns>/pods/<name>`.

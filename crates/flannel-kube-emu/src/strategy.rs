@@ -66,9 +66,13 @@ pub fn validate_name(kind: Kind, name: &str) -> Result<(), ApiError> {
     }
     let (ok, why) = match kind {
         Kind::Namespace => (dns_label(name), DNS1123_LABEL_ERROR),
-        Kind::Node | Kind::Pod | Kind::ConfigMap | Kind::DaemonSet | Kind::NetworkPolicy => {
-            (dns_subdomain(name), DNS1123_SUBDOMAIN_ERROR)
+        Kind::ClusterRole | Kind::ClusterRoleBinding | Kind::Role | Kind::RoleBinding => {
+            match crate::rbac::objects::path_segment_problem(name) {
+                None => (true, ""),
+                Some(why) => (false, why),
+            }
         }
+        _ => (dns_subdomain(name), DNS1123_SUBDOMAIN_ERROR),
     };
     if ok {
         Ok(())
@@ -132,6 +136,11 @@ pub fn prepare_create(kind: Kind, name: &str, obj: &mut Value) -> Result<(), Api
         Kind::ConfigMap => crate::configmap::validate(name, obj),
         Kind::DaemonSet => crate::daemonset::prepare_create(name, obj),
         Kind::NetworkPolicy => crate::networkpolicy::prepare_create(name, obj),
+        Kind::ServiceAccount => Ok(()),
+        Kind::ClusterRole | Kind::Role => crate::rbac::objects::validate_role(kind, name, obj),
+        Kind::ClusterRoleBinding | Kind::RoleBinding => {
+            crate::rbac::objects::validate_binding(kind, name, obj)
+        }
     }
 }
 
@@ -173,6 +182,11 @@ pub fn prepare_update(
         Kind::ConfigMap => crate::configmap::validate_update(name, old, new),
         Kind::DaemonSet => crate::daemonset::prepare_update(name, old, new, sub),
         Kind::NetworkPolicy => crate::networkpolicy::prepare_update(name, old, new),
+        Kind::ServiceAccount => Ok(()),
+        Kind::ClusterRole | Kind::Role => crate::rbac::objects::validate_role(kind, name, new),
+        Kind::ClusterRoleBinding | Kind::RoleBinding => {
+            crate::rbac::objects::validate_binding_update(kind, name, old, new)
+        }
         Kind::Namespace => {
             // Finalizers change only through `namespaces/<n>/finalize`.
             new["spec"] = old["spec"].clone();

@@ -184,7 +184,82 @@ fn columns(kind: Kind) -> Vec<Value> {
             ),
             column("Age", "string", 0, AGE_DOC),
         ],
+        Kind::ServiceAccount => vec![
+            column("Name", "string", 0, NAME_DOC),
+            column(
+                "Secrets",
+                "string",
+                0,
+                "Secrets is a list of the secrets in the same namespace that pods running using this ServiceAccount are allowed to use.",
+            ),
+            column("Age", "string", 0, AGE_DOC),
+        ],
+        Kind::ClusterRole | Kind::Role => role_columns(),
+        Kind::ClusterRoleBinding => binding_columns("clusterRoleBinding"),
+        Kind::RoleBinding => binding_columns("roleBinding"),
     }
+}
+
+/// `kubectl get clusterroles|roles`: NAME, CREATED AT.
+fn role_columns() -> Vec<Value> {
+    vec![
+        column("Name", "string", 0, NAME_DOC),
+        column("Created At", "date", 0, AGE_DOC),
+    ]
+}
+
+/// `kubectl get clusterrolebindings|rolebindings`: NAME, ROLE, AGE (`-o wide`: USERS,
+/// GROUPS, SERVICEACCOUNTS).
+fn binding_columns(what: &str) -> Vec<Value> {
+    vec![
+        column("Name", "string", 0, NAME_DOC),
+        column(
+            "Role",
+            "string",
+            0,
+            "RoleRef can reference a Role in the current namespace or a ClusterRole in the global namespace. If the RoleRef cannot be resolved, the Authorizer must return an error.",
+        ),
+        column("Age", "string", 0, AGE_DOC),
+        column("Users", "string", 1, &format!("Users in the {what}")),
+        column("Groups", "string", 1, &format!("Groups in the {what}")),
+        column(
+            "ServiceAccounts",
+            "string",
+            1,
+            &format!("ServiceAccounts in the {what}"),
+        ),
+    ]
+}
+
+/// A binding's cells: its role as `Kind/name`, and the subjects by kind (service accounts as
+/// `namespace/name`), joined by `, ` as the API server's printer joins them.
+fn binding_cells(obj: &Value) -> Vec<Value> {
+    let mut users = Vec::new();
+    let mut groups = Vec::new();
+    let mut accounts = Vec::new();
+    for subject in obj["subjects"].as_array().into_iter().flatten() {
+        let name = text(subject, "/name");
+        match text(subject, "/kind") {
+            "User" => users.push(name.to_string()),
+            "Group" => groups.push(name.to_string()),
+            "ServiceAccount" => {
+                accounts.push(format!("{}/{name}", text(subject, "/namespace")));
+            }
+            _ => {}
+        }
+    }
+    vec![
+        json!(text(obj, "/metadata/name")),
+        json!(format!(
+            "{}/{}",
+            text(obj, "/roleRef/kind"),
+            text(obj, "/roleRef/name")
+        )),
+        json!(age(creation(obj))),
+        json!(users.join(", ")),
+        json!(groups.join(", ")),
+        json!(accounts.join(", ")),
+    ]
 }
 
 fn daemonset_columns() -> Vec<Value> {
@@ -595,6 +670,16 @@ fn row(kind: Kind, obj: &Value, opts: &TableOptions) -> Value {
             json!(format_label_selector(&obj["spec"]["podSelector"])),
             json!(age(creation(obj))),
         ],
+        Kind::ServiceAccount => vec![
+            json!(text(obj, "/metadata/name")),
+            json!(obj["secrets"].as_array().map_or(0, Vec::len)),
+            json!(age(creation(obj))),
+        ],
+        Kind::ClusterRole | Kind::Role => vec![
+            json!(text(obj, "/metadata/name")),
+            json!(text(obj, "/metadata/creationTimestamp")),
+        ],
+        Kind::ClusterRoleBinding | Kind::RoleBinding => binding_cells(obj),
     };
     let mut row = json!({ "cells": cells });
     match text(obj, "/status/phase") {

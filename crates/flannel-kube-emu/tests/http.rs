@@ -388,7 +388,9 @@ fn discovery_tables_and_negotiation() -> Result<(), NetnsError> {
         let (_, _, body) = get_accept(a, "/api/v1", "application/json").await;
         let list = json_of(&body);
         assert_eq!(list["kind"], "APIResourceList");
-        assert_eq!(list["resources"].as_array().unwrap().len(), 7);
+        // configmaps, namespaces(/status), nodes(/status), pods(/status),
+        // serviceaccounts(/token).
+        assert_eq!(list["resources"].as_array().unwrap().len(), 9);
         let (_, _, body) = get_accept(a, "/apis/apps", "application/json").await;
         assert_eq!(json_of(&body)["kind"], "APIGroup");
         let (_, _, body) = get_accept(a, "/apis/apps/v1", "application/json").await;
@@ -413,7 +415,7 @@ fn discovery_tables_and_negotiation() -> Result<(), NetnsError> {
                 .as_array()
                 .unwrap()
                 .len(),
-            4
+            5
         );
         let (_, _, body) = get_accept(a, "/apis", agg).await;
         let groups = json_of(&body);

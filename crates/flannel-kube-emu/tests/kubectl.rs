@@ -224,7 +224,7 @@ fn kubectl_gets_as_from_a_kubeadm_cluster() -> Result<(), NetnsError> {
         let kinds = k.ok(&["api-resources", "--no-headers", "-o", "name"]).await;
         assert_eq!(
             kinds,
-            "configmaps\nnamespaces\nnodes\npods\ndaemonsets.apps\nnetworkpolicies.networking.k8s.io\n"
+            "configmaps\nnamespaces\nnodes\npods\nserviceaccounts\ndaemonsets.apps\nselfsubjectreviews.authentication.k8s.io\nselfsubjectaccessreviews.authorization.k8s.io\nnetworkpolicies.networking.k8s.io\nclusterrolebindings.rbac.authorization.k8s.io\nclusterroles.rbac.authorization.k8s.io\nrolebindings.rbac.authorization.k8s.io\nroles.rbac.authorization.k8s.io\n"
         );
         let version = k.ok(&["version"]).await;
         assert!(

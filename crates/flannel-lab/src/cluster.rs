@@ -19,6 +19,7 @@ use crate::daemonset::{self, DaemonSet, DaemonSetSpec};
 use crate::error::{LabError, Result};
 use crate::etcd::{Etcd, EtcdOptions};
 use crate::etcd_cluster::{EtcdCluster, check_member_count};
+use crate::etcd_tls::{self, EtcdPki, EtcdUser};
 use crate::kube::{self, KubeEmu, KubeEmuOptions};
 use crate::lab::{Lab, Persist};
 use crate::netpol::{Enforcers, NETPOL_CONTAINER};
@@ -101,6 +102,13 @@ pub struct ClusterSpec {
     /// Run the NetworkPolicy enforcer (`flannel-netpol`) on every node once flanneld is ready
     /// ([`crate::netpol`]; needs [`Datastore::Kube`]).
     pub netpol: bool,
+    /// etcd over TLS only, with client-certificate authentication; flanneld with
+    /// `--etcd-cafile/--etcd-certfile/--etcd-keyfile` (a certificate per node). See
+    /// [`crate::etcd_tls`].
+    pub etcd_tls: bool,
+    /// etcd authentication on top of TLS: this user may read and write the flannel prefix
+    /// only, and flanneld logs in with `--etcd-username/--etcd-password` (needs `etcd_tls`).
+    pub etcd_user: Option<EtcdUser>,
 }
 
 impl Default for ClusterSpec {
@@ -126,6 +134,8 @@ impl Default for ClusterSpec {
             persist: None,
             daemonset: None,
             netpol: false,
+            etcd_tls: false,
+            etcd_user: None,
         }
     }
 }
@@ -194,6 +204,7 @@ pub struct Cluster {
     started: Vec<std::time::SystemTime>,
     etcd: Option<Etcd>,
     etcd_cluster: Option<EtcdCluster>,
+    etcd_pki: Option<EtcdPki>,
     kube: Option<KubeEmu>,
     pods: BTreeMap<String, ClusterPod>,
     spec: ClusterSpec,
@@ -201,24 +212,50 @@ pub struct Cluster {
     lab: Lab,
 }
 
-/// Starts etcd on the underlay (one member, or a cluster of [`ClusterSpec::etcd_members`])
-/// and writes the network config.
-fn start_etcd(lab: &Lab, spec: &ClusterSpec) -> Result<(Option<Etcd>, Option<EtcdCluster>)> {
-    let opts = EtcdOptions::new().listen_on(IpAddr::V4(lab.underlay().gateway()));
-    let put = [
-        "put".to_string(),
-        format!("{ETCD_PREFIX}/config"),
-        spec.net_config().to_string(),
-    ];
-    if spec.etcd_members == 1 {
-        let etcd = lab.start_etcd(lab.underlay().netns(), opts)?;
-        etcd.etcdctl(put)?;
-        Ok((Some(etcd), None))
-    } else {
-        let cluster = lab.start_etcd_cluster(lab.underlay().netns(), spec.etcd_members, opts)?;
-        cluster.etcdctl(put)?;
-        Ok((None, Some(cluster)))
+/// Starts etcd on the underlay (one member, or a cluster of [`ClusterSpec::etcd_members`];
+/// with TLS and auth as `spec` asks) and writes the network config.
+fn start_etcd(
+    lab: &Lab,
+    spec: &ClusterSpec,
+) -> Result<(Option<Etcd>, Option<EtcdCluster>, Option<EtcdPki>)> {
+    if spec.etcd_user.is_some() && !spec.etcd_tls {
+        return Err(LabError::Invalid(
+            "an etcd user (--etcd-user) needs --etcd-tls: the password must not cross the underlay in clear".into(),
+        ));
     }
+    let gateway = IpAddr::V4(lab.underlay().gateway());
+    let mut opts = EtcdOptions::new().listen_on(gateway);
+    let pki = if spec.etcd_tls {
+        // Members share the underlay address (they differ by port): one server certificate.
+        let pki = etcd_tls::issue(lab.dir(), &[gateway], spec.nodes)?;
+        opts = opts.tls(pki.tls.clone());
+        Some(pki)
+    } else {
+        None
+    };
+    let ns = lab.underlay().netns();
+    if spec.etcd_members == 1 {
+        let etcd = lab.start_etcd(ns, opts)?;
+        configure_etcd(&etcd, spec)?;
+        Ok((Some(etcd), None, pki))
+    } else {
+        let cluster = lab.start_etcd_cluster(ns, spec.etcd_members, opts)?;
+        configure_etcd(cluster.member(0), spec)?;
+        Ok((None, Some(cluster), pki))
+    }
+}
+
+/// Writes the network config through `etcd` and enables auth if `spec` has a user.
+fn configure_etcd(etcd: &Etcd, spec: &ClusterSpec) -> Result<()> {
+    etcd.etcdctl([
+        "put",
+        &format!("{ETCD_PREFIX}/config"),
+        &spec.net_config().to_string(),
+    ])?;
+    if let Some(user) = &spec.etcd_user {
+        etcd_tls::enable_auth(etcd, user, ETCD_PREFIX)?;
+    }
+    Ok(())
 }
 
 /// The directory holding the workspace's binaries (`flanneld`, `flannel`): `FLANNEL_RS_BIN_DIR`
@@ -281,10 +318,10 @@ impl Cluster {
             .persist(spec.persist.clone())
             .build()?;
         on_phase(StartPhase::Datastore);
-        let ((etcd, etcd_cluster), kube) = match spec.datastore {
+        let ((etcd, etcd_cluster, etcd_pki), kube) = match spec.datastore {
             Datastore::Etcd => (start_etcd(&lab, &spec)?, None),
             Datastore::Kube => (
-                (None, None),
+                (None, None, None),
                 Some(kube::start_cluster(&lab, &bin_dir, &spec)?),
             ),
         };
@@ -301,6 +338,7 @@ impl Cluster {
             started: vec![std::time::SystemTime::UNIX_EPOCH; spec.nodes],
             etcd,
             etcd_cluster,
+            etcd_pki,
             kube,
             pods: BTreeMap::new(),
             spec,
@@ -494,6 +532,12 @@ impl Cluster {
             .expect("Cluster::etcd() on a cluster in Kubernetes mode")
     }
 
+    /// The lab's etcd PKI, when the cluster runs etcd with TLS ([`ClusterSpec::etcd_tls`]):
+    /// tests issue more certificates from its CA and use node certificates by hand.
+    pub fn etcd_pki(&self) -> Option<&EtcdPki> {
+        self.etcd_pki.as_ref()
+    }
+
     /// The etcd server, mutably (to stop and restart it); member 0 of several, as
     /// [`Cluster::etcd`].
     ///
@@ -561,8 +605,29 @@ impl Cluster {
     pub fn flanneld_args(&self, i: usize) -> Vec<String> {
         let mut args = match self.etcd_endpoints() {
             Some(endpoints) => vec![format!("--etcd-endpoints={endpoints}")],
-            None => kube::flanneld_args(self.lab.node(i).dir()),
+            None => kube::flanneld_args(
+                self.lab.node(i).dir(),
+                self.kube
+                    .as_ref()
+                    .is_some_and(|k| k.credentials().is_some()),
+            ),
         };
+        if let (Some(pki), Some(cert)) = (
+            &self.etcd_pki,
+            self.etcd_pki.as_ref().and_then(|p| p.nodes.get(i)),
+        ) {
+            args.extend([
+                format!("--etcd-cafile={}", pki.tls.ca.display()),
+                format!("--etcd-certfile={}", cert.cert.display()),
+                format!("--etcd-keyfile={}", cert.key.display()),
+            ]);
+        }
+        if let Some(user) = &self.spec.etcd_user {
+            args.extend([
+                format!("--etcd-username={}", user.name),
+                format!("--etcd-password={}", user.password),
+            ]);
+        }
         args.extend([
             "--iface=eth0".to_string(),
             format!("--subnet-file={}", self.subnet_file(i).display()),
@@ -600,15 +665,32 @@ impl Cluster {
             return Ok(());
         }
         let flanneld = self.bin_dir.join("flanneld");
+        let dir = self.lab.node(i).dir();
         let mut cmd = if self.spec.backend == "wireguard" {
             // Each node its own key and its own /run/wireguard, as separate hosts have.
-            let dir = self.lab.node(i).dir();
             let mut c = crate::node_root::wireguard_view(dir, flanneld.as_os_str())?;
             c.env("WIREGUARD_KEY_FILE", dir.join("wgkey"));
             c
         } else {
             Command::new(flanneld)
         };
+        if let Some(kube) = self.kube.as_ref().filter(|k| k.credentials().is_some()) {
+            // In-cluster config as under the DaemonSet: the node's own /run, where its
+            // ServiceAccount volume is, and the `kubernetes` Service's address.
+            let mut view = crate::node_root::run_view_command(
+                &crate::node_root::NodeRoot::new(dir),
+                self.lab.dir(),
+                cmd.get_program(),
+                cmd.get_args(),
+            )?;
+            for (k, v) in cmd.get_envs() {
+                if let Some(v) = v {
+                    view.env(k, v);
+                }
+            }
+            view.envs(kube::in_cluster_env(kube.client()));
+            cmd = view;
+        }
         cmd.args(self.flanneld_args(i));
         cmd.args(extra);
         cmd.envs(env.iter().map(|(k, v)| (*k, *v)));

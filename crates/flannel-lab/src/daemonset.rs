@@ -162,6 +162,9 @@ pub struct DaemonSet {
     /// The DaemonSet object as the API last stored it.
     object: Value,
     api_url: String,
+    /// A production-like API: containers get in-cluster config (this environment and their
+    /// node's ServiceAccount volume) instead of `--kube-api-url`.
+    in_cluster: Option<[(&'static str, String); 2]>,
     image_id: String,
     pods: Vec<NodePod>,
 }
@@ -208,6 +211,9 @@ impl DaemonSet {
             spec,
             object,
             api_url: emu.url(),
+            in_cluster: emu
+                .credentials()
+                .map(|_| crate::kube::in_cluster_env(emu.client())),
             image_id,
             pods,
         };
@@ -284,7 +290,7 @@ impl DaemonSet {
             .manifest
             .container(KUBE_FLANNEL)
             .map_err(in_daemonset)?;
-        let mut args = vec![format!("--kube-api-url={}", self.api_url)];
+        let mut args = self.api_args();
         args.extend(extra_args.iter().map(|a| a.to_string()));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let run = self.run_spec(i, main, &args, extra_env)?;
@@ -320,8 +326,9 @@ impl DaemonSet {
             .iter()
             .find(|c| c.name == name)
             .ok_or_else(|| LabError::Invalid(format!("the DaemonSet has no container {name:?}")))?;
-        let api = format!("--kube-api-url={}", self.api_url);
-        let run = self.run_spec(i, c, &[api.as_str()], &BTreeMap::new())?;
+        let api = self.api_args();
+        let api: Vec<&str> = api.iter().map(String::as_str).collect();
+        let run = self.run_spec(i, c, &api, &BTreeMap::new())?;
         match self.pods[i].sidecars.remove(name) {
             Some(old) => old.remove()?,
             None => podman::remove(std::slice::from_ref(&run.name))?,
@@ -332,6 +339,15 @@ impl DaemonSet {
             .sidecars
             .insert(name.to_string(), podman::Container::new(run.name));
         Ok(child)
+    }
+
+    /// How a container finds the API: in-cluster config needs no flag; the plain emulator is
+    /// named with `--kube-api-url`.
+    fn api_args(&self) -> Vec<String> {
+        match self.in_cluster {
+            Some(_) => Vec::new(),
+            None => vec![format!("--kube-api-url={}", self.api_url)],
+        }
     }
 
     /// The container spec for container `c` of node `i`'s pod.
@@ -380,6 +396,16 @@ impl DaemonSet {
                 source,
                 target: m.mount_path.clone(),
                 read_only,
+            });
+        }
+        if let Some(vars) = &self.in_cluster {
+            // What the kubelet adds to every container of a pod whose ServiceAccount token is
+            // mounted (automountServiceAccountToken defaults to true).
+            env.extend(vars.iter().map(|(k, v)| (k.to_string(), v.clone())));
+            binds.push(Bind {
+                source: p.root.path(crate::kube_auth::SERVICE_ACCOUNT_RUN_DIR),
+                target: crate::kube_auth::SERVICE_ACCOUNT_DIR.to_string(),
+                read_only: true,
             });
         }
         let mut cap_add: Vec<String> = RUNTIME_DEFAULT_CAPS.iter().map(|c| c.to_string()).collect();

@@ -58,6 +58,10 @@ pub enum LabError {
         timeout: Duration,
     },
 
+    /// Making or issuing a certificate of the lab's PKI failed.
+    #[error("lab PKI: {0}")]
+    Pki(#[from] crate::pki::PkiError),
+
     /// A bounded wait ran out.
     #[error("timed out after {timeout:?} waiting for {what}{}", last_seen(.last.as_deref()))]
     Timeout {

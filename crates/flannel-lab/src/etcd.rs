@@ -15,6 +15,7 @@ use crate::error::{LabError, Result};
 use crate::etcd_cluster::Member;
 use crate::host::require_binary;
 use crate::netns::{NETNS_DIR, Netns, in_netns_thread, temp_dir};
+use crate::pki::Issued;
 use crate::process::{Child, LOG_TAIL_LINES, read_log, tail};
 
 /// How long a start or restart may take before it counts as failed (etcd needs about 1 s).
@@ -26,6 +27,25 @@ pub(crate) const PORT_ATTEMPTS: usize = 3;
 /// How `etcdctl` calls are bounded, both by etcdctl's own timeouts and by a kill.
 const ETCDCTL_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// TLS on etcd's client URLs (see [`EtcdOptions::tls`]): what production etcd (kubeadm's)
+/// looks like, so flanneld's `--etcd-cafile/--etcd-certfile/--etcd-keyfile` path is tested.
+#[derive(Debug, Clone)]
+pub struct EtcdTls {
+    /// The CA etcd trusts for client certificates (`--trusted-ca-file`) and that signed
+    /// `server`, so clients verify with it too.
+    pub ca: PathBuf,
+    /// etcd's server certificate (`--cert-file`, `--key-file`); its SANs must cover every
+    /// address clients use.
+    pub server: Issued,
+    /// The certificate the lab's own `etcdctl` calls present. Its CN is the etcd user those
+    /// calls act as once auth is enabled (the lab issues it for `root`).
+    pub client: Issued,
+    /// `--client-cert-auth` and `--trusted-ca-file`: refuse clients without a certificate from
+    /// `ca`. Off (neither flag: etcd requires client certificates whenever it has a trusted
+    /// CA) only to test a client's warning about a server that does not ask for one.
+    pub client_cert_auth: bool,
+}
+
 /// How to start etcd.
 #[derive(Debug, Clone)]
 pub struct EtcdOptions {
@@ -33,6 +53,7 @@ pub struct EtcdOptions {
     dir: Option<PathBuf>,
     start_timeout: Duration,
     new_session: bool,
+    tls: Option<EtcdTls>,
 }
 
 impl Default for EtcdOptions {
@@ -42,6 +63,7 @@ impl Default for EtcdOptions {
             dir: None,
             start_timeout: DEFAULT_ETCD_START_TIMEOUT,
             new_session: false,
+            tls: None,
         }
     }
 }
@@ -84,6 +106,14 @@ impl EtcdOptions {
         self.start_timeout = timeout;
         self
     }
+
+    /// Serve clients over TLS only (`https://` client URLs). Health checks then go to a plain
+    /// loopback metrics URL (`--listen-metrics-urls`) on a third port, and [`Etcd::etcdctl`]
+    /// presents `tls.client`.
+    pub fn tls(mut self, tls: EtcdTls) -> Self {
+        self.tls = Some(tls);
+        self
+    }
 }
 
 /// A running etcd member; stopped on drop, its private data directory removed.
@@ -93,6 +123,9 @@ pub struct Etcd {
     child: Option<Child>,
     client_port: u16,
     peer_port: u16,
+    /// Plain-HTTP loopback port for `/health` when client URLs are TLS (0 otherwise).
+    metrics_port: u16,
+    tls: Option<EtcdTls>,
     listen_on: Vec<IpAddr>,
     data_dir: PathBuf,
     log_path: PathBuf,
@@ -117,9 +150,8 @@ impl Etcd {
         for _ in 0..PORT_ATTEMPTS {
             // A failed attempt may have initialised a member with the old peer URL: start clean.
             let _ = std::fs::remove_dir_all(&etcd.data_dir);
-            let ports = ns.free_tcp_ports(2)?;
-            etcd.client_port = ports[0];
-            etcd.peer_port = ports[1];
+            let ports = ns.free_tcp_ports(etcd.ports_needed())?;
+            etcd.set_ports(&ports);
             match etcd.launch() {
                 Ok(()) => return Ok(etcd),
                 Err(e) => {
@@ -154,6 +186,8 @@ impl Etcd {
             child: None,
             client_port: 0,
             peer_port: 0,
+            metrics_port: 0,
+            tls: opts.tls.clone(),
             listen_on: opts.listen_on.clone(),
             data_dir: base.join("data"),
             log_path: base.join("etcd.log"),
@@ -164,13 +198,28 @@ impl Etcd {
         })
     }
 
-    /// Makes this etcd a member of a multi-member cluster on `client`/`peer` ports (before
-    /// [`Etcd::spawn`]); its data directory is emptied, as in [`Etcd::start`].
-    pub(crate) fn set_member(&mut self, member: Member, client: u16, peer: u16) {
+    /// The number of ports a start takes: client and peer, plus a plain metrics port for the
+    /// health check when clients speak TLS.
+    pub(crate) fn ports_needed(&self) -> usize {
+        if self.tls.is_some() { 3 } else { 2 }
+    }
+
+    /// Takes the ports [`Etcd::ports_needed`] counted: client, peer, metrics (TLS only).
+    fn set_ports(&mut self, ports: &[u16]) {
+        self.client_port = ports[0];
+        self.peer_port = ports[1];
+        if self.tls.is_some() {
+            self.metrics_port = ports[2];
+        }
+    }
+
+    /// Makes this etcd a member of a multi-member cluster on `ports` (as [`Etcd::ports_needed`]
+    /// counts them; before [`Etcd::spawn`]); its data directory is emptied, as in
+    /// [`Etcd::start`].
+    pub(crate) fn set_member(&mut self, member: Member, ports: &[u16]) {
         let _ = std::fs::remove_dir_all(&self.data_dir);
         self.member = Some(member);
-        self.client_port = client;
-        self.peer_port = peer;
+        self.set_ports(ports);
     }
 
     /// The member name (`--name`): `lab` for a single etcd.
@@ -198,15 +247,26 @@ impl Etcd {
         } else {
             self.listen_on
                 .iter()
-                .map(|ip| url(*ip, self.client_port))
+                .map(|ip| self.client_url(*ip))
                 .collect::<Vec<_>>()
                 .join(",")
         }
     }
 
+    /// The TLS settings etcd was started with, if any.
+    pub fn tls(&self) -> Option<&EtcdTls> {
+        self.tls.as_ref()
+    }
+
+    /// A client URL on `ip`: `https://` when etcd serves TLS.
+    fn client_url(&self, ip: IpAddr) -> String {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", SocketAddr::new(ip, self.client_port))
+    }
+
     /// The loopback client URL, valid inside etcd's own namespace.
     pub fn local_endpoint(&self) -> String {
-        url(IpAddr::from([127, 0, 0, 1]), self.client_port)
+        self.client_url(IpAddr::from([127, 0, 0, 1]))
     }
 
     /// The client port (the same after a restart).
@@ -295,6 +355,11 @@ impl Etcd {
                 "--command-timeout=5s",
             ],
         )?;
+        if let Some(tls) = &self.tls {
+            cmd.arg(format!("--cacert={}", tls.ca.display()))
+                .arg(format!("--cert={}", tls.client.cert.display()))
+                .arg(format!("--key={}", tls.client.key.display()));
+        }
         cmd.args(args).env("ETCDCTL_API", "3");
         let line = describe(&cmd);
         let out = check(line, run_command(cmd, None, ETCDCTL_TIMEOUT)?)?;
@@ -321,7 +386,7 @@ impl Etcd {
     /// be running before any of them can report healthy).
     pub(crate) fn spawn(&mut self) -> Result<()> {
         let client_urls = std::iter::once(self.local_endpoint())
-            .chain(self.listen_on.iter().map(|ip| url(*ip, self.client_port)))
+            .chain(self.listen_on.iter().map(|ip| self.client_url(*ip)))
             .collect::<Vec<_>>()
             .join(",");
         let (name, peer, initial_cluster) = match &self.member {
@@ -347,6 +412,19 @@ impl Etcd {
             .arg("--log-outputs=stderr");
         if let Some(m) = &self.member {
             cmd.arg(format!("--initial-cluster-token={}", m.token));
+        }
+        if let Some(tls) = &self.tls {
+            if tls.client_cert_auth {
+                // etcd turns client authentication on whenever a trusted CA is given.
+                cmd.arg("--client-cert-auth")
+                    .arg(format!("--trusted-ca-file={}", tls.ca.display()));
+            }
+            cmd.arg(format!("--cert-file={}", tls.server.cert.display()))
+                .arg(format!("--key-file={}", tls.server.key.display()))
+                .arg(format!(
+                    "--listen-metrics-urls={}",
+                    url(IpAddr::from([127, 0, 0, 1]), self.metrics_port)
+                ));
         }
         let child = if self.new_session {
             Child::spawn_session(&self.netns, cmd, self.log_path.clone())?
@@ -385,9 +463,15 @@ impl Etcd {
         }
     }
 
-    /// One `GET /health` over plain HTTP/1.0 from a thread inside etcd's namespace.
+    /// One `GET /health` over plain HTTP/1.0 from a thread inside etcd's namespace (on the
+    /// metrics port when the client port speaks TLS).
     fn health(&self) -> std::result::Result<(), String> {
-        let addr = SocketAddr::from(([127, 0, 0, 1], self.client_port));
+        let port = if self.tls.is_some() {
+            self.metrics_port
+        } else {
+            self.client_port
+        };
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let path = Path::new(NETNS_DIR).join(&self.netns);
         let body = in_netns_thread(&path, move || -> std::io::Result<String> {
             let t = Duration::from_secs(2);

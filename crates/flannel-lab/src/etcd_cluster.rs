@@ -99,10 +99,12 @@ impl EtcdCluster {
             .collect::<Result<Vec<_>>>()?;
         let token = format!("flannel-lab-{}", ns.name());
         let mut last_err = None;
+        let per = members[0].ports_needed();
         for _ in 0..PORT_ATTEMPTS {
-            let ports = ns.free_tcp_ports(2 * size)?;
+            let ports = ns.free_tcp_ports(per * size)?;
+            let ports: Vec<&[u16]> = ports.chunks(per).collect();
             let initial_cluster = (0..size)
-                .map(|k| format!("{}={}", member_name(k), url(peer_ip, ports[2 * k + 1])))
+                .map(|k| format!("{}={}", member_name(k), url(peer_ip, ports[k][1])))
                 .collect::<Vec<_>>()
                 .join(",");
             for (k, m) in members.iter_mut().enumerate() {
@@ -112,7 +114,7 @@ impl EtcdCluster {
                     initial_cluster: initial_cluster.clone(),
                     token: token.clone(),
                 };
-                m.set_member(member, ports[2 * k], ports[2 * k + 1]);
+                m.set_member(member, ports[k]);
             }
             match launch_all(&mut members) {
                 Ok(()) => {

@@ -21,6 +21,7 @@ use ipnet::Ipv4Net;
 use serde_json::{Value, json};
 
 use crate::error::{LabError, Result};
+use crate::kube_auth::{ApiCredentials, FLANNEL_NAMESPACE, FLANNEL_SERVICE_ACCOUNT};
 use crate::kube_client::KubeClient;
 use crate::kube_pod::PodObject;
 use crate::lab::Lab;
@@ -50,6 +51,10 @@ pub struct KubeEmuOptions {
     pub history: usize,
     /// `--bookmark-interval-ms`.
     pub bookmark_interval_ms: u64,
+    /// Production-like ([`crate::kube_auth`]): HTTPS, bearer tokens and RBAC, flanneld on
+    /// in-cluster config with its ServiceAccount's token. Off (`flannel-lab up --plain-api`):
+    /// plain HTTP without authentication and a kubeconfig per node, for benchmarks.
+    pub secure: bool,
 }
 
 impl Default for KubeEmuOptions {
@@ -57,6 +62,7 @@ impl Default for KubeEmuOptions {
         KubeEmuOptions {
             history: 1000,
             bookmark_interval_ms: 500,
+            secure: true,
         }
     }
 }
@@ -96,6 +102,7 @@ pub fn kubeadm_pod_cidr_v6(network: &str, i: usize) -> Result<ipnet::Ipv6Net> {
 pub struct KubeEmu {
     child: Child,
     client: KubeClient,
+    creds: Option<ApiCredentials>,
 }
 
 impl KubeEmu {
@@ -112,7 +119,15 @@ impl KubeEmu {
         let addr_file = lab.dir().join("kube-emu.addr");
         let _ = std::fs::remove_file(&addr_file);
         let ul = lab.underlay();
+        let creds = if opts.secure {
+            Some(ApiCredentials::create(lab.dir(), IpAddr::V4(ul.gateway()))?)
+        } else {
+            None
+        };
         let mut cmd = Command::new(bin);
+        if let Some(c) = &creds {
+            cmd.args(c.emulator_args());
+        }
         cmd.arg(format!("--listen={}:0", ul.gateway()))
             .arg(format!("--history={}", opts.history))
             .arg(format!(
@@ -137,13 +152,23 @@ impl KubeEmu {
             }
             std::thread::sleep(Duration::from_millis(20));
         };
+        let client = match &creds {
+            Some(c) => KubeClient::with_credentials(addr, &ul.netns().path(), c)?,
+            None => KubeClient::new(addr, &ul.netns().path()),
+        };
         Ok(KubeEmu {
             child,
-            client: KubeClient::new(addr, &ul.netns().path()),
+            client,
+            creds,
         })
     }
 
-    /// The API URL nodes use (`http://198.18.0.254:PORT`).
+    /// The credentials of a production-like emulator (`None`: plain HTTP, no auth).
+    pub fn credentials(&self) -> Option<&ApiCredentials> {
+        self.creds.as_ref()
+    }
+
+    /// The API URL nodes use (`https://198.18.0.254:PORT`; `http://` with `--plain-api`).
     pub fn url(&self) -> String {
         self.client.url()
     }
@@ -160,12 +185,12 @@ impl KubeEmu {
     }
 
     /// The administrator's kubeconfig, named as kubeadm names `/etc/kubernetes/admin.conf`'s
-    /// cluster, user and context (no credentials: the emulator has no auth).
+    /// cluster, user and context, with the lab's CA and the administrator's token.
     pub fn admin_kubeconfig(&self) -> String {
-        crate::kubectl::admin_kubeconfig(&self.url())
+        crate::kubectl::admin_kubeconfig(&self.url(), self.creds.as_ref())
     }
 
-    /// A kubeconfig pointing at the emulator (no credentials: the emulator has no auth).
+    /// A kubeconfig pointing at the plain-HTTP emulator (no credentials).
     pub fn kubeconfig(&self, user: &str) -> String {
         format!(
             "apiVersion: v1\nkind: Config\nclusters:\n- name: lab\n  cluster:\n    server: {url}\ncontexts:\n- name: lab\n  context:\n    cluster: lab\n    user: {user}\ncurrent-context: lab\nusers:\n- name: {user}\n  user: {{}}\n",
@@ -326,7 +351,11 @@ impl KubeEmu {
 /// kubeconfig and net-conf.json (the ConfigMap's file) into its directory.
 pub fn start_cluster(lab: &Lab, bin_dir: &Path, spec: &crate::ClusterSpec) -> Result<KubeEmu> {
     let emu = KubeEmu::start(lab, bin_dir, spec.kube_emu)?;
-    crate::kubectl::write_admin_kubeconfig(lab.dir(), &emu.url())?;
+    crate::kubectl::write_admin_kubeconfig(lab.dir(), &emu.url(), emu.credentials())?;
+    if emu.credentials().is_some() {
+        let netpol = spec.netpol || spec.daemonset.is_some();
+        crate::kube_auth::create_flannel_rbac(emu.client(), netpol)?;
+    }
     let net_conf = serde_json::to_string_pretty(&spec.net_config())
         .map_err(|e| LabError::Invalid(format!("net-conf.json: {e}")))?;
     for (i, node) in lab.nodes().iter().enumerate() {
@@ -343,11 +372,23 @@ pub fn start_cluster(lab: &Lab, bin_dir: &Path, spec: &crate::ClusterSpec) -> Re
         }
         emu.create_node(&name, &cidrs, IpAddr::V4(node.ip()))?;
         let dir = node.dir();
+        let kubeconfig = match emu.credentials() {
+            // The ServiceAccount's token, as the kubelet projects it, and a kubeconfig naming
+            // that file for --kubeconfig-file users.
+            Some(creds) => {
+                let token = crate::kube_auth::request_node_token(emu.client())?;
+                let sa = crate::kube_auth::write_service_account(dir, creds, &token)?;
+                crate::kube_auth::token_kubeconfig(
+                    &emu.url(),
+                    creds.ca_file(),
+                    &format!("system:serviceaccount:{FLANNEL_NAMESPACE}:{FLANNEL_SERVICE_ACCOUNT}"),
+                    &sa.join("token"),
+                )
+            }
+            None => emu.kubeconfig(&format!("system:node:{name}")),
+        };
         for (file, text) in [
-            (
-                dir.join("kubeconfig"),
-                emu.kubeconfig(&format!("system:node:{name}")),
-            ),
+            (dir.join("kubeconfig"), kubeconfig),
             (dir.join("net-conf.json"), net_conf.clone()),
         ] {
             std::fs::write(&file, text)
@@ -410,18 +451,31 @@ fn host_node_info() -> (Value, Value) {
     (info, capacity)
 }
 
-/// flanneld's datastore flags in Kubernetes mode for a node whose files are in `node_dir`.
-pub fn flanneld_args(node_dir: &Path) -> Vec<String> {
-    vec![
-        "--kube-subnet-mgr".to_string(),
-        format!(
+/// flanneld's datastore flags in Kubernetes mode for a node whose files are in `node_dir`:
+/// in-cluster config (no flag) for a production-like emulator, the node's kubeconfig for a
+/// plain one.
+pub fn flanneld_args(node_dir: &Path, in_cluster: bool) -> Vec<String> {
+    let mut args = vec!["--kube-subnet-mgr".to_string()];
+    if !in_cluster {
+        args.push(format!(
             "--kubeconfig-file={}",
             node_dir.join("kubeconfig").display()
-        ),
-        format!(
-            "--net-config-path={}",
-            node_dir.join("net-conf.json").display()
-        ),
+        ));
+    }
+    args.push(format!(
+        "--net-config-path={}",
+        node_dir.join("net-conf.json").display()
+    ));
+    args
+}
+
+/// The environment in-cluster config reads (`KUBERNETES_SERVICE_HOST`/`_PORT`), pointing at the
+/// emulator as the `kubernetes` Service's ClusterIP would.
+pub fn in_cluster_env(client: &KubeClient) -> [(&'static str, String); 2] {
+    let addr = client.addr();
+    [
+        ("KUBERNETES_SERVICE_HOST", addr.ip().to_string()),
+        ("KUBERNETES_SERVICE_PORT", addr.port().to_string()),
     ]
 }
 

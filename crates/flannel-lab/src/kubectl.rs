@@ -11,6 +11,7 @@ use std::process::Command;
 
 use crate::error::{LabError, Result};
 use crate::host::require_binary;
+use crate::kube_auth::ApiCredentials;
 
 /// The kubectl binary, from `PATH` (scripts/setup installs v1.34).
 pub const KUBECTL_BIN: &str = "kubectl";
@@ -23,11 +24,19 @@ pub const ADMIN_KUBECONFIG: &str = "admin.conf";
 pub const CACHE_DIR: &str = "kube-cache";
 
 /// A kubeconfig for `server` named as kubeadm names admin.conf's cluster (`kubernetes`), user
-/// (`kubernetes-admin`) and context (`kubernetes-admin@kubernetes`). It carries no credentials:
-/// the emulator has no authentication.
-pub fn admin_kubeconfig(server: &str) -> String {
+/// (`kubernetes-admin`) and context (`kubernetes-admin@kubernetes`). With `creds` (a
+/// production-like lab) it trusts the lab's CA and carries the administrator's token; without,
+/// it carries no credentials, as the plain emulator has no authentication.
+pub fn admin_kubeconfig(server: &str, creds: Option<&ApiCredentials>) -> String {
+    let (ca, user) = match creds {
+        Some(c) => (
+            format!("    certificate-authority: {}\n", c.ca_file().display()),
+            format!("\n    token: {}", c.admin_token()),
+        ),
+        None => (String::new(), " {}".to_string()),
+    };
     format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: kubernetes\n  cluster:\n    server: {server}\ncontexts:\n- name: kubernetes-admin@kubernetes\n  context:\n    cluster: kubernetes\n    user: kubernetes-admin\ncurrent-context: kubernetes-admin@kubernetes\npreferences: {{}}\nusers:\n- name: kubernetes-admin\n  user: {{}}\n"
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: kubernetes\n  cluster:\n    server: {server}\n{ca}contexts:\n- name: kubernetes-admin@kubernetes\n  context:\n    cluster: kubernetes\n    user: kubernetes-admin\ncurrent-context: kubernetes-admin@kubernetes\npreferences: {{}}\nusers:\n- name: kubernetes-admin\n  user:{user}\n"
     )
 }
 
@@ -37,9 +46,13 @@ pub fn kubeconfig_path(lab_dir: &Path) -> PathBuf {
 }
 
 /// Writes the administrator's kubeconfig for `server` into `lab_dir` and returns its path.
-pub fn write_admin_kubeconfig(lab_dir: &Path, server: &str) -> Result<PathBuf> {
+pub fn write_admin_kubeconfig(
+    lab_dir: &Path,
+    server: &str,
+    creds: Option<&ApiCredentials>,
+) -> Result<PathBuf> {
     let path = kubeconfig_path(lab_dir);
-    std::fs::write(&path, admin_kubeconfig(server))
+    std::fs::write(&path, admin_kubeconfig(server, creds))
         .map_err(|e| LabError::io(format!("writing {}", path.display()), e))?;
     Ok(path)
 }
@@ -73,7 +86,7 @@ mod tests {
 
     #[test]
     fn admin_kubeconfig_names_like_kubeadm() {
-        let k = admin_kubeconfig("http://198.18.0.254:40000");
+        let k = admin_kubeconfig("http://198.18.0.254:40000", None);
         assert!(k.contains("    server: http://198.18.0.254:40000\n"), "{k}");
         assert!(
             k.contains("current-context: kubernetes-admin@kubernetes\n"),

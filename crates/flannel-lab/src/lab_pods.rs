@@ -195,7 +195,7 @@ impl LabState {
                 "the lab's state records no API emulator address".into(),
             ));
         };
-        KubeClient::from_url(url, &Path::new(crate::NETNS_DIR).join(ul)).map(Some)
+        KubeClient::from_url(url, &Path::new(crate::NETNS_DIR).join(ul), &self.lab_dir).map(Some)
     }
 
     /// Like [`LabState::kube_client`], for what only Kubernetes mode has.

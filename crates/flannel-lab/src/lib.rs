@@ -53,8 +53,10 @@ mod daemonset_pod;
 mod error;
 mod etcd;
 mod etcd_cluster;
+pub mod etcd_tls;
 mod host;
 pub mod kube;
+pub mod kube_auth;
 pub mod kube_client;
 pub mod kube_pod;
 pub mod kubectl;
@@ -67,6 +69,7 @@ pub mod netpol_matrix;
 pub mod node_root;
 pub mod observe;
 mod ping;
+pub mod pki;
 mod pod;
 pub mod podman;
 pub mod probe;
@@ -81,7 +84,7 @@ pub use command::{
     DEFAULT_COMMAND_TIMEOUT, check, describe, run_command, run_in, run_ok, wait_for, wait_until,
 };
 pub use error::{LabError, Result};
-pub use etcd::{DEFAULT_ETCD_START_TIMEOUT, Etcd, EtcdOptions};
+pub use etcd::{DEFAULT_ETCD_START_TIMEOUT, Etcd, EtcdOptions, EtcdTls};
 pub use etcd_cluster::{ETCD_MEMBER_COUNTS, EtcdCluster, MemberHealth, check_member_count};
 pub use host::{package_for, pid_alive, require_binary, require_root};
 pub use lab::{

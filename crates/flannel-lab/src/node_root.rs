@@ -95,6 +95,48 @@ where
     Ok(cmd)
 }
 
+/// Mounts the node's `/run` over the machine's, keeping the machine's `/run/netns` and one
+/// more directory (the lab's, which may lie under `/run`), then execs the command (`$1` the
+/// node's `run`, `$2` the directory kept, the rest the command). The kept directories are
+/// mount points inside the node's own `/run`, so nothing is created on the machine.
+const RUN_VIEW_SCRIPT: &str = r#"set -e
+run=$1; keep=$2; shift 2
+exec 3</run/netns 4<"$run" 5<"$keep"
+mount -n --no-canonicalize --bind /proc/self/fd/4 /run
+mkdir -p /run/netns "$keep"
+mount -n --no-canonicalize --rbind /proc/self/fd/3 /run/netns
+mount -n --no-canonicalize --rbind /proc/self/fd/5 "$keep"
+exec "$@" 3<&- 4<&- 5<&-
+"#;
+
+/// `program args...` with the node's `/run` (`<root>/run`) in a mount namespace of its own,
+/// the machine's `/run/netns` and `keep` (the lab's directory) still there. This is how a
+/// lab node's daemons see what the kubelet gives a pod on a real node:
+/// `/var/run/secrets/kubernetes.io/serviceaccount` (`/var/run` is `/run`) holds *this* node's
+/// ServiceAccount token, and `/run/xtables.lock` is the node's.
+pub fn run_view_command<I, S>(
+    root: &NodeRoot,
+    keep: &Path,
+    program: &OsStr,
+    args: I,
+) -> Result<Command>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    root.prepare()?;
+    require_binary("mount")?;
+    let mut cmd = Command::new(require_binary("unshare")?);
+    cmd.args(["--mount", "--propagation", "slave", "--"])
+        .arg(require_binary("sh")?)
+        .args(["-c", RUN_VIEW_SCRIPT, "sh"])
+        .arg(root.path("/run"))
+        .arg(keep)
+        .arg(program)
+        .args(args);
+    Ok(cmd)
+}
+
 /// Mounts one node directory over one machine directory in a private mount namespace, then
 /// execs the command (`$1` source, `$2` target, the rest the command).
 const PRIVATE_DIR_SCRIPT: &str = r#"set -e

@@ -577,3 +577,105 @@ fn errors_say_what_to_do() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("flannel-lab up"));
 }
+
+/// `up --etcd-tls --etcd-user`: the lab's etcd serves https only, flanneld on each node has its
+/// own certificate and the user's password, `exec` hands etcdctl the lab's certificate, and a
+/// client without one is refused; `down` removes the certificates with the lab.
+#[test]
+fn etcd_tls_up_check_exec_etcdctl_down() {
+    let lab = LabDir::new("etcdtls");
+    let up = lab.ok(
+        &[
+            "up",
+            "--nodes",
+            "2",
+            "--check",
+            "--etcd-tls",
+            "--etcd-user",
+            "flannel:cli-pw",
+        ],
+        UP_TIMEOUT,
+    );
+    assert!(up.contains("12/12 pairs, full"), "{up}");
+    let state = lab.state();
+    let endpoint = state.endpoint.clone().expect("etcd endpoint recorded");
+    assert!(endpoint.starts_with("https://198.18.0.254:"), "{endpoint}");
+    let status = lab.ok(&["status"], SHORT_TIMEOUT);
+    assert!(status.contains(&format!("etcd: {endpoint}")), "{status}");
+    let pki = state.lab_dir.join("pki");
+    for f in [
+        "ca.crt",
+        "etcd-server.crt",
+        "flanneld-n1.key",
+        "flanneld-n2.crt",
+    ] {
+        assert!(pki.join(f).is_file(), "{f} missing in {}", pki.display());
+    }
+    let get = [
+        "exec",
+        "n2",
+        "--",
+        "etcdctl",
+        "get",
+        "--prefix",
+        "--keys-only",
+    ];
+    let keys = lab.ok(
+        &[&get[..], &["/coreos.com/network/subnets"]].concat(),
+        SHORT_TIMEOUT,
+    );
+    assert_eq!(
+        keys.matches("/coreos.com/network/subnets/").count(),
+        2,
+        "{keys}"
+    );
+    // Without the certificate `exec` provides, etcd refuses.
+    let bare = lab.run(
+        &[
+            "exec",
+            "n2",
+            "--",
+            "env",
+            "-u",
+            "ETCDCTL_CERT",
+            "-u",
+            "ETCDCTL_KEY",
+            "etcdctl",
+            "--dial-timeout=2s",
+            "get",
+            "/coreos.com/network/config",
+        ],
+        SHORT_TIMEOUT,
+    );
+    assert!(
+        !bare.status.success(),
+        "etcd answered a client without a certificate"
+    );
+    let down = lab.ok(&["down"], SHORT_TIMEOUT);
+    assert!(down.contains("stopped 3 processes"), "{down}");
+    assert_gone(&state, lab.path());
+    assert!(!pki.exists(), "{} left", pki.display());
+}
+
+#[test]
+fn etcd_tls_flags_are_checked() {
+    let lab = LabDir::new("etcdtlsflags");
+    let out = lab.run(&["up", "--etcd-user", "flannel:pw"], SHORT_TIMEOUT);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--etcd-tls"), "{err}");
+    let out = lab.run(&["up", "--etcd-tls", "--datastore", "kube"], SHORT_TIMEOUT);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--etcd-tls") && err.contains("--datastore etcd"),
+        "{err}"
+    );
+    let out = lab.run(
+        &["up", "--etcd-tls", "--etcd-user", "nopassword"],
+        SHORT_TIMEOUT,
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("NAME:PASSWORD"), "{err}");
+}

@@ -303,13 +303,19 @@ fn the_configmap_the_environment_and_the_host_paths_come_from_the_manifest() {
         "--ip-masq".into(),
         "--kube-subnet-mgr".into(),
         "--healthz-port=8081".into(),
-        "--kube-api-url=http://198.18.0.254:".into(),
+        // In-cluster config, as the kubelet gives every container of the pod.
+        "KUBERNETES_SERVICE_HOST=198.18.0.254".into(),
+        "KUBERNETES_SERVICE_PORT=".into(),
         "CAP_NET_ADMIN".into(),
         "CAP_NET_RAW".into(),
     ] {
         assert!(text.contains(&want), "{want} missing from {name}: {text}");
     }
     assert!(!text.contains("CAP_SYS_ADMIN"), "not privileged: {text}");
+    assert!(
+        !text.contains("--kube-api-url"),
+        "in-cluster config only: {text}"
+    );
     // The ConfigMap volume: the manifest's files as written.
     let cm = c.lab().node(0).dir().join("configmaps").join(CONFIGMAP);
     assert_eq!(
@@ -670,7 +676,7 @@ fn the_netpol_container_from_the_image_enforces_policies() {
             "container",
             "inspect",
             "--format",
-            "{{json .Config.Entrypoint}} {{json .Config.Cmd}}",
+            "{{json .Config.Env}} {{json .Config.Entrypoint}} {{json .Config.Cmd}}",
             &name,
         ]);
         let text = String::from_utf8(
@@ -683,7 +689,7 @@ fn the_netpol_container_from_the_image_enforces_policies() {
             "/opt/bin/flannel-netpol".to_string(),
             format!("--hostname-override=n{}", i + 1),
             "--v=2".into(),
-            "--kube-api-url=http://198.18.0.254:".into(),
+            "KUBERNETES_SERVICE_HOST=198.18.0.254".into(),
         ] {
             assert!(text.contains(&want), "{want} missing from {name}: {text}");
         }

@@ -44,6 +44,7 @@ mod alloc;
 mod client;
 mod registry;
 mod repeats;
+mod tls;
 mod watch;
 
 use std::future::Future;
@@ -63,6 +64,15 @@ use alloc::Occupied;
 use registry::{Entry, Keys, Registry, Warned, warn_bad_key, warn_bad_value};
 
 pub use alloc::MAX_CANDIDATES;
+pub use tls::TlsProblem;
+
+/// How long one TLS probe of an endpoint may take at start-up.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+/// The first wait between rounds of TLS probes that all failed; it doubles up to
+/// [`PROBE_BACKOFF_MAX`].
+const PROBE_BACKOFF: Duration = Duration::from_secs(1);
+/// The longest wait between rounds of TLS probes.
+const PROBE_BACKOFF_MAX: Duration = Duration::from_secs(30);
 
 /// flanneld's default `--etcd-prefix`.
 pub const DEFAULT_PREFIX: &str = "/coreos.com/network";
@@ -125,6 +135,47 @@ impl std::fmt::Debug for EtcdConfig {
             .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .finish()
+    }
+}
+
+/// Probes every endpoint's TLS until one completes a handshake (retrying with backoff: a
+/// server that is not up yet or has the wrong certificate can be fixed while we wait), logging
+/// each failure as one line that names the endpoint and the problem. Then warns about every
+/// server that did not ask for our client certificate. Without `--etcd-cafile` there is
+/// nothing to probe with (the system trust store is the client's business).
+async fn wait_tls_servers(material: &tls::Material, endpoints: &[String]) {
+    if material.ca_file.is_none() {
+        return;
+    }
+    let mut delay = PROBE_BACKOFF;
+    loop {
+        let mut failures = Vec::new();
+        let mut any_ok = false;
+        for endpoint in endpoints {
+            match tls::probe(endpoint, material, PROBE_TIMEOUT).await {
+                Ok(p) => {
+                    any_ok = true;
+                    if material.cert_file.is_some() && !p.asked_for_client_cert {
+                        tracing::warn!(
+                            "etcd at {endpoint} did not ask for a client certificate: it runs without --client-cert-auth, so anyone who can reach it can change the flannel network config"
+                        );
+                    }
+                }
+                Err(message) => failures.push(message),
+            }
+        }
+        for message in &failures {
+            if any_ok {
+                tracing::warn!("{message}");
+            } else {
+                tracing::error!("{message}; retrying in {delay:?}");
+            }
+        }
+        if any_ok {
+            return;
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(PROBE_BACKOFF_MAX);
     }
 }
 
@@ -195,6 +246,11 @@ impl EtcdManager {
         let plan = client::plan(&etcd)?;
         for w in &plan.warnings {
             tracing::warn!("{w}");
+        }
+        let material = tls::Material::load(&etcd, &plan)
+            .map_err(|e| SubnetError::datastore("checking the etcd TLS files", Box::new(e)))?;
+        if let Some(material) = &material {
+            wait_tls_servers(material, &plan.endpoints).await;
         }
         let c = client::connect(&etcd, &plan, false).await?;
         Ok(EtcdManager {

@@ -116,9 +116,17 @@ pub enum DatastoreCause {
     #[cfg(feature = "kube")]
     #[error(transparent)]
     Kube(#[from] ::kube::Error),
+    /// The Kubernetes API server refused the request (401 or 403).
+    #[cfg(feature = "kube")]
+    #[error(transparent)]
+    Refused(#[from] kube::refusal::Refusal),
     /// A local file (TLS material) could not be read.
     #[error(transparent)]
     Io(#[from] std::io::Error),
+    /// The etcd TLS files are unusable, or a server's TLS is wrong (see
+    /// [`etcd::TlsProblem`]; boxed: rustls's error would make every result large).
+    #[error(transparent)]
+    Tls(#[from] Box<etcd::TlsProblem>),
     /// No answer in time, or an answer that makes the operation impossible.
     #[error("{0}")]
     Failed(String),

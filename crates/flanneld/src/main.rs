@@ -101,8 +101,12 @@ async fn run(opts: Options) -> Result<Exit, DaemonError> {
         username: some(&opts.etcd_username),
         password: some(&opts.etcd_password),
     };
-    let manager = EtcdManager::connect(etcd, previous)
-        .await
-        .map_err(|e| DaemonError::Manager(e.into()))?;
+    // With TLS, connecting waits (with backoff) until an endpoint's handshake succeeds: a
+    // signal must still end flanneld meanwhile.
+    let mut shutdown = rx.clone();
+    let manager = tokio::select! {
+        m = EtcdManager::connect(etcd, previous) => m.map_err(|e| DaemonError::Manager(e.into()))?,
+        Ok(_) = shutdown.wait_for(|stop| *stop) => return Ok(Exit::Signal),
+    };
     daemon::run(DaemonConfig::from(&opts), manager, rx).await
 }

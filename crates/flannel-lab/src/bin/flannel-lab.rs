@@ -187,6 +187,27 @@ struct UpArgs {
     #[arg(long)]
     netpol: bool,
 
+    /// Kubernetes mode without the production paths: the API emulator on plain HTTP without
+    /// authentication or RBAC, flanneld with a kubeconfig. By default the lab's API serves
+    /// HTTPS with the lab's CA, wants bearer tokens and enforces RBAC from
+    /// deploy/kube-flannel.yml, and flanneld uses in-cluster config with its ServiceAccount's
+    /// token, as under the DaemonSet (needs --datastore kube)
+    #[arg(long)]
+    plain_api: bool,
+
+    /// etcd over TLS only with client-certificate authentication: a CA and certificates in
+    /// <lab>/pki (etcd's server certificate, one client certificate per node, etcdctl's), etcd
+    /// with --client-cert-auth and https client URLs, flanneld with --etcd-cafile,
+    /// --etcd-certfile and --etcd-keyfile (etcd datastore only)
+    #[arg(long, conflicts_with = "image")]
+    etcd_tls: bool,
+
+    /// With --etcd-tls, also etcd authentication: create this user with a role that may read
+    /// and write /coreos.com/network/ only, enable auth, and start flanneld with
+    /// --etcd-username and --etcd-password
+    #[arg(long, value_name = "NAME:PASSWORD", requires = "etcd_tls")]
+    etcd_user: Option<flannel_lab::etcd_tls::EtcdUser>,
+
     /// Pods per node, named nK-p1, nK-p2, ...
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
     pods_per_node: u16,
@@ -327,10 +348,19 @@ fn up(state_dir: &Path, args: &UpArgs) -> anyhow::Result<ExitCode> {
             "--image runs the kube-flannel DaemonSet, whose flanneld uses --kube-subnet-mgr: add --datastore kube"
         );
     }
+    if args.plain_api && args.datastore != DatastoreArg::Kube {
+        bail!("--plain-api is about the Kubernetes API emulator: add --datastore kube");
+    }
     if args.netpol && args.datastore != DatastoreArg::Kube {
         bail!(
             "--netpol runs flannel-netpol, which watches pods, namespaces and NetworkPolicies in the Kubernetes API: add --datastore kube"
         );
+    }
+    if args.etcd_members != 1 && args.datastore != DatastoreArg::Etcd {
+        bail!("--etcd-members runs an etcd cluster: it needs --datastore etcd (the default)");
+    }
+    if args.etcd_tls && args.datastore != DatastoreArg::Etcd {
+        bail!("--etcd-tls secures the lab's etcd: it needs --datastore etcd (the default)");
     }
     // In image mode a manifest rendered with netpol.enabled runs the enforcer's container too.
     let netpol_step = args.netpol
@@ -462,6 +492,23 @@ fn parse_etcd_members(s: &str) -> Result<usize, String> {
     }
 }
 
+/// The progress line of the etcd step: TLS and auth as asked, and the member count.
+fn etcd_step(args: &UpArgs) -> String {
+    let etcd = match args.etcd_members {
+        1 => "etcd".to_string(),
+        n => format!("etcd ({n} members)"),
+    };
+    if args.etcd_user.is_some() {
+        format!(
+            "CA + certificates, {etcd} (TLS, client certificates, auth) + network config + user"
+        )
+    } else if args.etcd_tls {
+        format!("CA + certificates, {etcd} (TLS, client certificates) + network config")
+    } else {
+        format!("{etcd} + network config")
+    }
+}
+
 /// Builds the cluster under the drop guards, then hands it to the state file.
 fn build(
     state: &mut LabState,
@@ -486,8 +533,11 @@ fn build(
         persist: Some(state.persist()?),
         daemonset: daemonset_spec(args)?,
         netpol: args.netpol,
+        etcd_tls: args.etcd_tls,
+        etcd_user: args.etcd_user.clone(),
         ..ClusterSpec::default()
     };
+    spec.kube_emu.secure = !args.plain_api;
     if args.dual_stack {
         spec.ipv6 = true;
         spec.extra_config =
@@ -502,10 +552,7 @@ fn build(
     let mut cluster = Cluster::start_observed(spec, |phase| match phase {
         StartPhase::Lab => progress.step(format!("underlay + {nodes} node namespaces")),
         StartPhase::Datastore => progress.step(match args.datastore {
-            DatastoreArg::Etcd if args.etcd_members > 1 => {
-                format!("etcd ({} members) + network config", args.etcd_members)
-            }
-            DatastoreArg::Etcd => "etcd + network config".to_string(),
+            DatastoreArg::Etcd => etcd_step(args),
             DatastoreArg::Kube => {
                 "Kubernetes API emulator + Node objects + net-conf.json".to_string()
             }
@@ -755,6 +802,13 @@ fn exec(state_dir: &Path, args: &ExecArgs) -> anyhow::Result<ExitCode> {
     {
         // So `flannel-lab exec n1 -- etcdctl get --prefix /coreos.com/network` just works.
         cmd.env("ETCDCTL_API", "3").env("ETCDCTL_ENDPOINTS", ep);
+        let pki = state.lab_dir.join(flannel_lab::etcd_tls::PKI_DIR);
+        if pki.join("etcdctl.key").is_file() {
+            // A TLS lab: etcdctl presents the lab's `root` certificate.
+            cmd.env("ETCDCTL_CACERT", pki.join("ca.crt"))
+                .env("ETCDCTL_CERT", pki.join("etcdctl.crt"))
+                .env("ETCDCTL_KEY", pki.join("etcdctl.key"));
+        }
     }
     if state.datastore == "kube" {
         // So `flannel-lab exec underlay -- kubectl get nodes` works too, as `kubectl` does.
@@ -792,7 +846,11 @@ fn kubectl(state_dir: &Path, args: &KubectlArgs) -> anyhow::Result<ExitCode> {
         );
     };
     if !kubeconfig_path(&state.lab_dir).is_file() {
-        write_admin_kubeconfig(&state.lab_dir, endpoint)?;
+        let creds = endpoint
+            .starts_with("https://")
+            .then(|| flannel_lab::kube_auth::ApiCredentials::load(&state.lab_dir))
+            .transpose()?;
+        write_admin_kubeconfig(&state.lab_dir, endpoint, creds.as_ref())?;
     }
     let mut cmd = flannel_lab::kubectl::command(netns, &state.lab_dir, &args.args)?;
     // Become kubectl (exec(2)), as `exec` does: its output, exit status and terminal handling

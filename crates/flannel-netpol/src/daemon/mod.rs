@@ -15,11 +15,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use flannel_subnet::kube::KubeError;
-use flannel_subnet::kube::client::client_config;
+use flannel_subnet::kube::client::client;
 use flanneld::http::{self, Health};
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use kube::{Api, Client};
+use kube::Api;
 use tokio::sync::{mpsc, watch as signal};
 use tokio::time::Instant;
 use tracing::{info, warn};
@@ -71,9 +71,6 @@ pub enum DaemonError {
     /// The Kubernetes client could not be configured.
     #[error(transparent)]
     Kube(#[from] KubeError),
-    /// The client could not be built from the configuration.
-    #[error("unable to initialize client: {0}")]
-    Client(#[source] kube::Error),
     /// The health/metrics server could not bind.
     #[error(transparent)]
     Serve(#[from] std::io::Error),
@@ -118,8 +115,7 @@ pub async fn start(
     } else {
         config.kubeconfig.clone()
     };
-    let client_cfg = client_config(&config.kube_api_url, &kubeconfig).await?;
-    let client = Client::try_from(client_cfg).map_err(DaemonError::Client)?;
+    let client = client(&config.kube_api_url, &kubeconfig).await?;
     let (tx, updates) = mpsc::channel(1024);
     tokio::spawn(watch::run(
         Api::<Pod>::all(client.clone()),

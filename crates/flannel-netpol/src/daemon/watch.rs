@@ -22,6 +22,8 @@ use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
+use flannel_subnet::kube::refusal::{Access, Refusal};
+
 use crate::cluster::{ClusterState, PolicyEntry};
 use crate::metrics::Metrics;
 use crate::model::{NamespaceInfo, PodInfo, Policy};
@@ -257,10 +259,16 @@ pub async fn run<K: Watched>(api: Api<K>, tx: mpsc::Sender<Received>, metrics: A
                 metrics.api_error(K::PLURAL);
                 let kind = error_kind(&e);
                 if last_error.as_deref() != Some(kind.as_str()) {
-                    warn!(
-                        "watching {}: {e}; retrying with backoff, rules kept",
-                        K::PLURAL
-                    );
+                    match refusal(&e, K::PLURAL) {
+                        Some(r) => warn!(
+                            "watching {}: {r}; retrying with backoff, rules kept",
+                            K::PLURAL
+                        ),
+                        None => warn!(
+                            "watching {}: {e}; retrying with backoff, rules kept",
+                            K::PLURAL
+                        ),
+                    }
                     last_error = Some(kind);
                 } else {
                     debug!("watching {}: {e}", K::PLURAL);
@@ -302,6 +310,16 @@ pub async fn run<K: Watched>(api: Api<K>, tx: mpsc::Sender<Received>, metrics: A
 /// clients must treat them as opaque, which is why this is used only for metrics).
 fn version<K: Resource>(obj: &K) -> Option<u64> {
     obj.meta().resource_version.as_deref()?.parse().ok()
+}
+
+/// A 401 or 403 in a watch error, told as what it usually means (credentials, RBAC).
+fn refusal(e: &watcher::Error, resource: &'static str) -> Option<Refusal> {
+    let (verb, source) = match e {
+        watcher::Error::InitialListFailed(s) => ("list", s),
+        watcher::Error::WatchStartFailed(s) | watcher::Error::WatchFailed(s) => ("watch", s),
+        _ => return None,
+    };
+    Refusal::of(Access::new(verb, resource), source)
 }
 
 /// The kind of a watch error: which step failed and, for API errors, the HTTP status (so a

@@ -9,10 +9,10 @@ use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
 
 use flannel_subnet::kube::KubeError;
-use flannel_subnet::kube::client::client_config;
+use flannel_subnet::kube::client::client;
 use k8s_openapi::api::core::v1::Node;
+use kube::Api;
 use kube::api::ListParams;
-use kube::{Api, Client};
 use tokio::sync::{mpsc, watch};
 
 use crate::flows::cli::{NodeEndpoint, ObserveArgs, OutputFormat, follow_header, follow_row};
@@ -26,9 +26,6 @@ pub enum ObserveError {
     /// The client configuration (kubeconfig, in-cluster) could not be built.
     #[error(transparent)]
     Kube(#[from] KubeError),
-    /// The client could not be created from it.
-    #[error("creating the Kubernetes client: {0}")]
-    Client(#[source] kube::Error),
     /// Listing Nodes failed.
     #[error("listing nodes in the Kubernetes API: {0}")]
     List(#[source] kube::Error),
@@ -75,8 +72,7 @@ pub async fn discover_nodes(
     } else {
         kubeconfig.to_string()
     };
-    let config = client_config(kube_api_url, &kubeconfig).await?;
-    let client = Client::try_from(config).map_err(ObserveError::Client)?;
+    let client = client(kube_api_url, &kubeconfig).await?;
     let list = Api::<Node>::all(client)
         .list(&ListParams::default())
         .await

@@ -168,8 +168,13 @@ pub async fn connect(
             .with_auto_token_refresh(true);
     }
     let endpoints = plan.endpoints.join(",");
+    // A login failure must name the user: "authentication failed, invalid user ID or
+    // password" alone does not say which of several configured users was refused.
+    let as_user = non_empty(&config.username)
+        .map(|u| format!(" as user {u:?}"))
+        .unwrap_or_default();
     super::registry::rpc(
-        || format!("connecting to etcd at {endpoints}"),
+        || format!("connecting to etcd at {endpoints}{as_user}"),
         Client::connect(plan.endpoints.clone(), Some(opts)),
     )
     .await

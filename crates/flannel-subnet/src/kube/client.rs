@@ -5,11 +5,15 @@
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
+use kube::client::ClientBuilder;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config};
+use tower::util::MapRequestLayer;
 use tracing::warn;
 
 use super::KubeError;
+use super::refusal::{Access, Refusal};
+use super::token_file::TokenFile;
 use crate::DatastoreCause;
 
 /// How long one API request may take before it counts as failed. The node watch is not
@@ -53,6 +57,34 @@ pub async fn client_config(api_url: &str, kubeconfig: &str) -> Result<Config, Ku
     Ok(config)
 }
 
+/// Builds the client from flanneld's flags (see [`client_config`]). A bearer token from a file
+/// (in-cluster config, or a kubeconfig's `tokenFile`) is sent through [`TokenFile`], which
+/// picks up a replaced file at the next request instead of within a minute as kube-rs would:
+/// a rotated token whose predecessor was revoked at once then costs no failed request.
+pub async fn client(api_url: &str, kubeconfig: &str) -> Result<Client, KubeError> {
+    let mut config = client_config(api_url, kubeconfig).await?;
+    // An inline token takes precedence over the file, as in kube-rs and client-go.
+    let token_file = if config.auth_info.token.is_none() {
+        config.auth_info.token_file.take()
+    } else {
+        None
+    };
+    let builder = ClientBuilder::try_from(config).map_err(KubeError::Client)?;
+    let Some(path) = token_file else {
+        return Ok(builder.build());
+    };
+    let tokens = std::sync::Arc::new(TokenFile::open(&path).map_err(|e| KubeError::Config {
+        context: "in-cluster config".into(),
+        source: e.into(),
+    })?);
+    let layer = MapRequestLayer::new(move |mut req: http::Request<kube::client::Body>| {
+        req.headers_mut()
+            .insert(http::header::AUTHORIZATION, tokens.header());
+        req
+    });
+    Ok(builder.with_layer(&layer).build())
+}
+
 /// [`KubeError::Config`] for a failure while reading `context`.
 fn config_failed<E>(context: impl Into<String>) -> impl FnOnce(E) -> KubeError
 where
@@ -65,12 +97,16 @@ where
     }
 }
 
-/// Awaits one API request for at most [`REQUEST_TIMEOUT`].
+/// Awaits one API request (`access`, for telling a 401 or 403) for at most [`REQUEST_TIMEOUT`].
 pub(super) async fn within_timeout<T>(
+    access: Access,
     fut: impl Future<Output = Result<T, kube::Error>>,
 ) -> Result<T, DatastoreCause> {
     match tokio::time::timeout(REQUEST_TIMEOUT, fut).await {
-        Ok(result) => result.map_err(DatastoreCause::from),
+        Ok(result) => result.map_err(|e| match Refusal::of(access, &e) {
+            Some(r) => DatastoreCause::Refused(r),
+            None => DatastoreCause::from(e),
+        }),
         Err(_) => Err(format!("timed out after {REQUEST_TIMEOUT:?}").into()),
     }
 }
@@ -95,7 +131,7 @@ pub async fn node_name(
         ));
     };
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    let got = within_timeout(pods.get(pod))
+    let got = within_timeout(Access::new("get", "pods"), pods.get(pod))
         .await
         .map_err(|source| KubeError::PodLookup {
             pod: format!("{ns}/{pod}"),

@@ -46,6 +46,8 @@ pub mod event;
 pub mod lines;
 pub mod node;
 pub mod peer;
+pub mod refusal;
+pub mod token_file;
 pub mod watch;
 
 use node::NodeView;
@@ -177,9 +179,10 @@ impl std::fmt::Debug for KubeManager {
 /// error.
 async fn request<T>(
     what: &str,
+    access: refusal::Access,
     fut: impl Future<Output = Result<T, kube::Error>>,
 ) -> Result<T, SubnetError> {
-    client::within_timeout(fut)
+    client::within_timeout(access, fut)
         .await
         .map_err(|cause| SubnetError::datastore(what, cause))
 }
@@ -187,8 +190,7 @@ async fn request<T>(
 impl KubeManager {
     /// Connects as upstream's `NewSubnetManager` does (see the module docs for the order).
     pub async fn connect(opts: KubeOptions) -> Result<KubeManager, KubeError> {
-        let config = client::client_config(&opts.api_url, &opts.kubeconfig).await?;
-        let client = Client::try_from(config).map_err(KubeError::Client)?;
+        let client = client::client(&opts.api_url, &opts.kubeconfig).await?;
         let node_name = client::node_name(
             &client,
             opts.node_name.as_deref(),
@@ -262,6 +264,7 @@ impl KubeManager {
     ) -> Result<(), SubnetError> {
         request(
             &what,
+            refusal::Access::new("patch", "nodes/status"),
             self.nodes.patch_status(
                 &self.node_name,
                 &PatchParams::default(),
@@ -277,6 +280,7 @@ impl KubeManager {
     async fn own_node(&self) -> Result<Node, SubnetError> {
         request(
             &format!("getting node {:?}", self.node_name),
+            refusal::Access::new("get", "nodes"),
             self.nodes.get(&self.node_name),
         )
         .await

@@ -36,6 +36,7 @@ use super::event;
 use super::lines::{LineTooLong, Lines};
 use super::node::{NodeView, lease_unchanged, node_to_lease};
 use super::peer::PeerNode;
+use super::refusal::{Access, Refusal};
 use crate::WatchEvent;
 
 /// Nodes per list page (`limit`). A page's JSON text, read whole by the client, is the
@@ -212,6 +213,9 @@ pub enum NodeWatchError {
         #[source]
         source: kube::core::request::Error,
     },
+    /// The API server refused the list or the watch for our credentials or RBAC.
+    #[error("{0}")]
+    Refused(#[source] super::refusal::Refusal),
     /// The API server refused a list page or it could not be read.
     #[error("listing nodes: {0}")]
     List(#[source] kube::Error),
@@ -362,7 +366,7 @@ impl Watch {
             let page: ObjectList<PeerNode> = tokio::select! {
                 r = self.client.request(req) => match r {
                     Ok(p) => p,
-                    Err(e) => return Ok(Err((NodeWatchError::List(e), None))),
+                    Err(e) => return Ok(Err((refused_or(LIST, e, NodeWatchError::List), None))),
                 },
                 () = self.tx.closed() => return Err(Closed),
             };
@@ -407,13 +411,11 @@ impl Watch {
             Ok(b) => b,
             Err(kube::Error::Api(s)) if s.code == 410 => return Ok(Ok(WatchEnd::Expired)),
             Err(source) => {
-                return Ok(Err((
-                    NodeWatchError::Watch {
-                        rv: rv.clone(),
-                        source,
-                    },
-                    Some(rv),
-                )));
+                let e = refused_or(WATCH, source, |source| NodeWatchError::Watch {
+                    rv: rv.clone(),
+                    source,
+                });
+                return Ok(Err((e, Some(rv))));
             }
         };
         let mut body = pin!(body);
@@ -458,6 +460,22 @@ impl Watch {
                 .map_err(|_| Closed)?;
         }
         Ok(())
+    }
+}
+
+/// What the node list and watch ask of RBAC.
+const LIST: Access = Access::new("list", "nodes");
+const WATCH: Access = Access::new("watch", "nodes");
+
+/// A 401 or 403 as [`NodeWatchError::Refused`], any other failure as `other` makes it.
+fn refused_or(
+    access: Access,
+    e: kube::Error,
+    other: impl FnOnce(kube::Error) -> NodeWatchError,
+) -> NodeWatchError {
+    match Refusal::of(access, &e) {
+        Some(r) => NodeWatchError::Refused(r),
+        None => other(e),
     }
 }
 
