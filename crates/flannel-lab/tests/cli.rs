@@ -481,7 +481,25 @@ fn an_up_killed_half_way_is_removed_by_down_and_one_interrupted_cleans_up_itself
 /// etcdctl given all three endpoints, and `down` from another process stops every member.
 #[test]
 fn three_etcd_members_up_exec_down() {
-    let lab = LabDir::new("etcd3");
+    members_up_exec_down("etcd3", &[]);
+}
+
+/// The same over TLS: the members share the lab's server certificate and flanneld presents
+/// its node certificate to each of them.
+#[test]
+fn three_etcd_members_over_tls_up_exec_down() {
+    members_up_exec_down("etcd3tls", &["--etcd-tls"]);
+}
+
+fn members_up_exec_down(tag: &str, extra: &[&str]) {
+    let lab = LabDir::new(tag);
+    let out = lab.run(
+        &["up", "--datastore", "kube", "--etcd-members", "3"],
+        SHORT_TIMEOUT,
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--etcd-members runs an etcd cluster"), "{err}");
     for bad in ["2", "4", "0", "three"] {
         let out = lab.run(&["up", "--etcd-members", bad], SHORT_TIMEOUT);
         assert_eq!(out.status.code(), Some(2), "--etcd-members {bad}");
@@ -492,7 +510,10 @@ fn three_etcd_members_up_exec_down() {
             "a refused up wrote state"
         );
     }
-    lab.ok(&["up", "--nodes", "2", "--etcd-members", "3"], UP_TIMEOUT);
+    let mut up = vec!["up", "--nodes", "2", "--etcd-members", "3", "--check"];
+    up.extend_from_slice(extra);
+    let shown = lab.ok(&up, UP_TIMEOUT);
+    assert!(shown.contains("12/12 pairs, full"), "{shown}");
     let state = lab.state();
     let mut roles: Vec<&str> = state.processes.iter().map(|p| p.role.as_str()).collect();
     roles.sort_unstable();
@@ -508,6 +529,15 @@ fn three_etcd_members_up_exec_down() {
     );
     let endpoints = state.endpoint.clone().expect("endpoints recorded");
     assert_eq!(endpoints.split(',').count(), 3, "{endpoints}");
+    let scheme = if extra.contains(&"--etcd-tls") {
+        "https://"
+    } else {
+        "http://"
+    };
+    assert!(
+        endpoints.split(',').all(|e| e.starts_with(scheme)),
+        "{endpoints}"
+    );
     // `exec` points etcdctl at every member: all three answer.
     let out = lab.run(
         &["exec", "n1", "--", "etcdctl", "endpoint", "health"],
