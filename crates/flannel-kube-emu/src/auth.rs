@@ -251,6 +251,9 @@ impl Tokens {
     /// Issues a new token for ServiceAccount `namespace/name` (whose object uid is `uid`),
     /// valid until `expires`.
     pub fn issue(&mut self, namespace: &str, name: &str, uid: &str, expires: SystemTime) -> String {
+        // Expired tokens are forgotten here, so a long run does not accumulate them.
+        let now = SystemTime::now();
+        self.issued.retain(|_, issued| issued.expires > now);
         let token: String = rand::rng()
             .sample_iter(rand::distr::Alphanumeric)
             .take(43)

@@ -742,6 +742,50 @@ mod tests {
     };
 
     #[test]
+    fn rbac_and_service_account_tables_as_kubectl_prints_them() {
+        let created = "2026-01-02T03:04:05Z";
+        let binding = json!({
+            "metadata": {"name": "flannel", "creationTimestamp": created},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "flannel"},
+            "subjects": [
+                {"kind": "ServiceAccount", "name": "flannel", "namespace": "kube-flannel"},
+                {"kind": "User", "name": "alice"},
+                {"kind": "User", "name": "bob"},
+                {"kind": "Group", "name": "g"},
+            ]
+        });
+        let t = table(Kind::RoleBinding, &[binding], 7, None, &V1);
+        let names: Vec<&str> = t["columnDefinitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            names,
+            ["Name", "Role", "Age", "Users", "Groups", "ServiceAccounts"]
+        );
+        let cells = &t["rows"][0]["cells"];
+        assert_eq!(cells[1], "ClusterRole/flannel");
+        assert_eq!(
+            (&cells[3], &cells[4], &cells[5]),
+            (
+                &json!("alice, bob"),
+                &json!("g"),
+                &json!("kube-flannel/flannel")
+            )
+        );
+        let role = json!({"metadata": {"name": "cluster-admin", "creationTimestamp": created}});
+        let t = table(Kind::ClusterRole, &[role], 7, None, &V1);
+        assert_eq!(t["columnDefinitions"][1]["name"], "Created At");
+        assert_eq!(t["columnDefinitions"][1]["type"], "date");
+        assert_eq!(t["rows"][0]["cells"], json!(["cluster-admin", created]));
+        let sa = json!({"metadata": {"name": "flannel", "creationTimestamp": created}, "secrets": [{"name": "s"}]});
+        let t = table(Kind::ServiceAccount, &[sa], 7, None, &V1);
+        assert_eq!(t["rows"][0]["cells"][1], 1);
+    }
+
+    #[test]
     fn human_durations_match_apimachinery() {
         for (secs, want) in [
             (-5, "<invalid>"),

@@ -28,6 +28,13 @@
 //! hostPath volumes in the node's own directory ([`node_root`]); pods then use the plugin and
 //! the conflist those containers installed. [`daemonset`] says what differs from a cluster.
 //!
+//! # etcd as production runs it
+//! With [`ClusterSpec::etcd_tls`] (`flannel-lab up --etcd-tls`) etcd serves https only and
+//! requires client certificates from the lab's CA ([`pki`], kept in `<lab>/pki/`); each node's
+//! flanneld gets its own certificate, and [`ClusterSpec::etcd_user`] (`--etcd-user NAME:PW`)
+//! adds etcd's username/password auth with a role limited to the flannel prefix
+//! ([`etcd_tls`]).
+//!
 //! # Cleanup guarantees
 //! Namespaces, processes, containers and temp directories are owned by drop guards ([`Netns`],
 //! [`Child`], [`Etcd`], [`podman::Container`], [`Lab`]), so they are removed when a test returns

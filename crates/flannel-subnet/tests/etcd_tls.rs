@@ -432,3 +432,33 @@ fn a_wrong_password_names_the_user_and_the_endpoint() -> Result<()> {
         Ok(())
     })
 }
+
+#[test]
+fn a_server_certificate_gone_bad_after_start_up_is_named_in_request_errors() -> Result<()> {
+    run_test("etls-later", true, no_change, async |mut ctx: Ctx| {
+        let m = EtcdManager::connect(ctx.config(), PreviousSubnets::default()).await?;
+        m.network_config().await?;
+        ctx.pki
+            .other_ca()?
+            .issue(ctx.pki.path(), "server", &localhost_server())?;
+        ctx.etcd.restart()?;
+        // The first request may still meet the old connection's end; the next ones reconnect.
+        let mut last = String::new();
+        for _ in 0..10 {
+            match m.network_config().await {
+                Ok(_) => bail!("a server with an unknown CA answered"),
+                Err(SubnetError::Datastore { operation, source }) => {
+                    last = format!("{operation}: {source}");
+                    if matches!(source, flannel_subnet::DatastoreCause::Tls(_)) {
+                        let want = "getting /coreos.com/network/config: TLS: the server certificate of etcd is signed by an unknown authority (x509: certificate signed by unknown authority): it does not chain to the CA in --etcd-cafile";
+                        ensure!(last == want, "{last}");
+                        return Ok(());
+                    }
+                }
+                Err(e) => bail!("unexpected error {e}"),
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        bail!("no TLS error within 10 requests; last: {last}")
+    })
+}

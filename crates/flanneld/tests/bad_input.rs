@@ -90,3 +90,42 @@ fn invalid_net_conf_is_named() {
     assert!(text.contains("failed to read net conf"), "{text}");
     assert!(text.contains("/nonexistent/net-conf.json"), "{text}");
 }
+
+/// Unusable etcd TLS files stop flanneld at once (exit 1, as upstream's `newTlsConfig`
+/// failing does) with the file and the OS error, before anything is sent.
+#[test]
+fn unusable_etcd_tls_files_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let junk = dir.path().join("junk.pem");
+    std::fs::write(&junk, "not PEM\n").unwrap();
+    let junk = junk.to_str().unwrap();
+    let missing = dir.path().join("missing.crt");
+    let missing = missing.to_str().unwrap();
+    let tls = |ca: &str, cert: &str, key: &str| {
+        flanneld(
+            &[
+                "--etcd-endpoints=https://127.0.0.1:2379",
+                &format!("--etcd-cafile={ca}"),
+                &format!("--etcd-certfile={cert}"),
+                &format!("--etcd-keyfile={key}"),
+            ],
+            &[],
+        )
+    };
+    let (code, text) = tls(missing, junk, junk);
+    assert_eq!(code, 1, "{text}");
+    assert!(
+        text.contains(&format!(
+            "Failed to create SubnetManager: checking the etcd TLS files: cannot read the etcd CA file (--etcd-cafile) {missing}: No such file or directory (os error 2)"
+        )),
+        "{text}"
+    );
+    let (code, text) = tls(junk, junk, junk);
+    assert_eq!(code, 1, "{text}");
+    assert!(
+        text.contains(&format!(
+            "the etcd CA file (--etcd-cafile) {junk} contains no PEM certificate"
+        )),
+        "{text}"
+    );
+}

@@ -91,8 +91,7 @@ fn role_rules<'a>(store: &'a Store, binding: &Value, namespace: &str) -> Result<
         _ => (Kind::ClusterRole, "", "clusterrole"),
     };
     store
-        .all(kind)
-        .find(|r| text(r, "/metadata/name") == name && text(r, "/metadata/namespace") == ns)
+        .object(kind, ns, name)
         .map(|r| &r["rules"])
         .ok_or_else(|| format!("{singular}.rbac.authorization.k8s.io \"{name}\" not found"))
 }

@@ -33,7 +33,7 @@ where
 {
     match tokio::time::timeout(RPC_TIMEOUT, fut).await {
         Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(SubnetError::datastore(operation(), e)),
+        Ok(Err(e)) => Err(SubnetError::datastore(operation(), super::tls::cause(e))),
         Err(_) => Err(SubnetError::datastore(
             operation(),
             format!("etcd did not answer within {RPC_TIMEOUT:?}"),

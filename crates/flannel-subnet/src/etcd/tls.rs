@@ -81,6 +81,15 @@ pub enum TlsProblem {
         /// `--etcd-certfile`.
         cert: PathBuf,
     },
+    /// A request failed because its TLS handshake did (`tls::cause`).
+    #[error("TLS: {problem}")]
+    Handshake {
+        /// What is wrong, as `tls::describe` says it.
+        problem: String,
+        /// The client's error.
+        #[source]
+        source: etcd_client::Error,
+    },
     /// The client certificate is outside its validity period, so every server will refuse it.
     #[error("the etcd client certificate {} (--etcd-certfile) {problem}", .path.display())]
     ClientCertValidity {
@@ -371,7 +380,13 @@ pub fn describe(err: &rustls::Error, endpoint: &str, material: &Material) -> Str
         || "none configured".to_string(),
         |p| p.display().to_string(),
     );
-    let server = format!("the server certificate of etcd at {endpoint}");
+    describe_for(err, &format!("etcd at {endpoint}"), &ca, &cert)
+}
+
+/// [`describe`] for `who` (`etcd at https://...`), the CA and the client certificate as they
+/// should appear in the message.
+fn describe_for(err: &rustls::Error, who: &str, ca: &str, cert: &str) -> String {
+    let server = format!("the server certificate of {who}");
     match err {
         rustls::Error::InvalidCertificate(c) => match c {
             CertificateError::UnknownIssuer | CertificateError::BadSignature => format!(
@@ -403,20 +418,60 @@ pub fn describe(err: &rustls::Error, endpoint: &str, material: &Material) -> Str
         },
         rustls::Error::AlertReceived(alert) => match alert {
             AlertDescription::CertificateRequired => format!(
-                "etcd at {endpoint} requires a client certificate (--client-cert-auth) and none was sent: set --etcd-certfile and --etcd-keyfile"
+                "{who} requires a client certificate (--client-cert-auth) and none was sent: set --etcd-certfile and --etcd-keyfile"
             ),
             AlertDescription::CertificateExpired => format!(
-                "etcd at {endpoint} refused our client certificate {cert}: it says the certificate has expired"
+                "{who} refused our client certificate {cert}: it says the certificate has expired"
             ),
             AlertDescription::BadCertificate
             | AlertDescription::UnknownCA
             | AlertDescription::CertificateUnknown
             | AlertDescription::UnsupportedCertificate => format!(
-                "etcd at {endpoint} refused our client certificate {cert} (TLS alert {alert:?}): is it signed by a CA in etcd's --trusted-ca-file, and does it allow client authentication?"
+                "{who} refused our client certificate {cert} (TLS alert {alert:?}): is it signed by a CA in etcd's --trusted-ca-file, and does it allow client authentication?"
             ),
-            other => format!("etcd at {endpoint} ended the TLS handshake with alert {other:?}"),
+            other => format!("{who} ended the TLS handshake with alert {other:?}"),
         },
-        other => format!("TLS handshake with etcd at {endpoint} failed: {other}"),
+        other => format!("TLS handshake with {who} failed: {other}"),
+    }
+}
+
+/// The rustls error under an etcd client error, when a TLS handshake is what failed: tonic
+/// keeps it as an `io::Error` at the end of the status's source chain.
+pub fn rustls_cause(err: &etcd_client::Error) -> Option<&rustls::Error> {
+    let mut next: Option<&(dyn std::error::Error + 'static)> = match err {
+        etcd_client::Error::GRpcStatus(s) => Some(s),
+        etcd_client::Error::TransportError(t) => Some(t),
+        etcd_client::Error::IoError(e) => Some(e),
+        _ => None,
+    };
+    while let Some(e) = next {
+        if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+            return Some(tls);
+        }
+        if let Some(tls) = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        {
+            return Some(tls);
+        }
+        next = e.source();
+    }
+    None
+}
+
+/// An etcd client error as a datastore cause: a failed TLS handshake (after start-up, e.g. a
+/// server certificate replaced by a bad one) as [`TlsProblem::Handshake`] with the operator's
+/// message, anything else as the client's error.
+pub fn cause(err: etcd_client::Error) -> crate::DatastoreCause {
+    match rustls_cause(&err)
+        .map(|tls| describe_for(tls, "etcd", "--etcd-cafile", "(--etcd-certfile)"))
+    {
+        Some(problem) => crate::DatastoreCause::Tls(Box::new(TlsProblem::Handshake {
+            problem,
+            source: err,
+        })),
+        None => crate::DatastoreCause::Etcd(err),
     }
 }
 
@@ -652,6 +707,25 @@ mod tests {
             alert(AlertDescription::CertificateExpired)
                 .contains("it says the certificate has expired")
         );
+    }
+
+    #[test]
+    fn request_errors_from_a_failed_handshake_become_tls_problems() {
+        let io = std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer),
+        );
+        let c = cause(etcd_client::Error::IoError(io));
+        assert!(matches!(c, crate::DatastoreCause::Tls(_)), "{c:?}");
+        assert_eq!(
+            c.to_string(),
+            "TLS: the server certificate of etcd is signed by an unknown authority (x509: certificate signed by unknown authority): it does not chain to the CA in --etcd-cafile"
+        );
+        let plain = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let c = cause(etcd_client::Error::IoError(plain));
+        assert!(matches!(c, crate::DatastoreCause::Etcd(_)), "{c:?}");
+        let c = cause(etcd_client::Error::WatchError("x".into()));
+        assert!(matches!(c, crate::DatastoreCause::Etcd(_)), "{c:?}");
     }
 
     #[test]
