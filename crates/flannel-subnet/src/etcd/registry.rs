@@ -97,7 +97,7 @@ where
                 tracing::debug!("etcd request not sent ({e}); sending it again");
                 attempt += 1;
             }
-            Ok(Err(e)) => return Err(SubnetError::datastore(operation(), e)),
+            Ok(Err(e)) => return Err(SubnetError::datastore(operation(), super::tls::cause(e))),
             Err(_) => {
                 return Err(SubnetError::datastore(
                     operation(),
