@@ -18,6 +18,7 @@ use crate::command::wait_for;
 use crate::daemonset::{self, DaemonSet, DaemonSetSpec};
 use crate::error::{LabError, Result};
 use crate::etcd::{Etcd, EtcdOptions};
+use crate::etcd_cluster::{EtcdCluster, check_member_count};
 use crate::etcd_tls::{self, EtcdPki, EtcdUser};
 use crate::kube::{self, KubeEmu, KubeEmuOptions};
 use crate::lab::{Lab, Persist};
@@ -56,6 +57,10 @@ pub enum Datastore {
 pub struct ClusterSpec {
     /// Where leases live.
     pub datastore: Datastore,
+    /// How many etcd members (1, 3 or 5; see [`crate::ETCD_MEMBER_COUNTS`]) in
+    /// [`Datastore::Etcd`] mode. With more than one, [`Cluster::etcd_cluster`] holds them and
+    /// flanneld gets every member in `--etcd-endpoints`.
+    pub etcd_members: usize,
     /// Emulator settings in [`Datastore::Kube`] mode.
     pub kube_emu: KubeEmuOptions,
     /// Number of nodes.
@@ -110,6 +115,7 @@ impl Default for ClusterSpec {
     fn default() -> Self {
         ClusterSpec {
             datastore: Datastore::Etcd,
+            etcd_members: 1,
             kube_emu: KubeEmuOptions::default(),
             nodes: 3,
             backend: "vxlan".into(),
@@ -197,6 +203,7 @@ pub struct Cluster {
     flanneld: Vec<Option<Child>>,
     started: Vec<std::time::SystemTime>,
     etcd: Option<Etcd>,
+    etcd_cluster: Option<EtcdCluster>,
     etcd_pki: Option<EtcdPki>,
     kube: Option<KubeEmu>,
     pods: BTreeMap<String, ClusterPod>,
@@ -205,9 +212,12 @@ pub struct Cluster {
     lab: Lab,
 }
 
-/// Starts etcd on the underlay (with TLS and auth as `spec` asks) and writes the network
-/// config.
-fn start_etcd(lab: &Lab, spec: &ClusterSpec) -> Result<(Etcd, Option<EtcdPki>)> {
+/// Starts etcd on the underlay (one member, or a cluster of [`ClusterSpec::etcd_members`];
+/// with TLS and auth as `spec` asks) and writes the network config.
+fn start_etcd(
+    lab: &Lab,
+    spec: &ClusterSpec,
+) -> Result<(Option<Etcd>, Option<EtcdCluster>, Option<EtcdPki>)> {
     if spec.etcd_user.is_some() && !spec.etcd_tls {
         return Err(LabError::Invalid(
             "an etcd user (--etcd-user) needs --etcd-tls: the password must not cross the underlay in clear".into(),
@@ -216,22 +226,36 @@ fn start_etcd(lab: &Lab, spec: &ClusterSpec) -> Result<(Etcd, Option<EtcdPki>)> 
     let gateway = IpAddr::V4(lab.underlay().gateway());
     let mut opts = EtcdOptions::new().listen_on(gateway);
     let pki = if spec.etcd_tls {
+        // Members share the underlay address (they differ by port): one server certificate.
         let pki = etcd_tls::issue(lab.dir(), &[gateway], spec.nodes)?;
         opts = opts.tls(pki.tls.clone());
         Some(pki)
     } else {
         None
     };
-    let etcd = lab.start_etcd(lab.underlay().netns(), opts)?;
+    let ns = lab.underlay().netns();
+    if spec.etcd_members == 1 {
+        let etcd = lab.start_etcd(ns, opts)?;
+        configure_etcd(&etcd, spec)?;
+        Ok((Some(etcd), None, pki))
+    } else {
+        let cluster = lab.start_etcd_cluster(ns, spec.etcd_members, opts)?;
+        configure_etcd(cluster.member(0), spec)?;
+        Ok((None, Some(cluster), pki))
+    }
+}
+
+/// Writes the network config through `etcd` and enables auth if `spec` has a user.
+fn configure_etcd(etcd: &Etcd, spec: &ClusterSpec) -> Result<()> {
     etcd.etcdctl([
         "put",
         &format!("{ETCD_PREFIX}/config"),
         &spec.net_config().to_string(),
     ])?;
     if let Some(user) = &spec.etcd_user {
-        etcd_tls::enable_auth(&etcd, user, ETCD_PREFIX)?;
+        etcd_tls::enable_auth(etcd, user, ETCD_PREFIX)?;
     }
-    Ok((etcd, pki))
+    Ok(())
 }
 
 /// The directory holding the workspace's binaries (`flanneld`, `flannel`): `FLANNEL_RS_BIN_DIR`
@@ -278,6 +302,13 @@ impl Cluster {
         mut on_phase: impl FnMut(StartPhase),
     ) -> Result<Cluster> {
         let bin_dir = bin_dir()?;
+        if spec.etcd_members != 1 && spec.datastore != Datastore::Etcd {
+            return Err(LabError::Invalid(
+                "--etcd-members needs --datastore etcd (the Kubernetes API emulator has no etcd)"
+                    .into(),
+            ));
+        }
+        check_member_count(spec.etcd_members)?;
         on_phase(StartPhase::Lab);
         let lab = Lab::builder()
             .nodes(spec.nodes)
@@ -287,15 +318,11 @@ impl Cluster {
             .persist(spec.persist.clone())
             .build()?;
         on_phase(StartPhase::Datastore);
-        let (etcd, kube, etcd_pki) = match spec.datastore {
-            Datastore::Etcd => {
-                let (etcd, pki) = start_etcd(&lab, &spec)?;
-                (Some(etcd), None, pki)
-            }
+        let ((etcd, etcd_cluster, etcd_pki), kube) = match spec.datastore {
+            Datastore::Etcd => (start_etcd(&lab, &spec)?, None),
             Datastore::Kube => (
-                None,
+                (None, None, None),
                 Some(kube::start_cluster(&lab, &bin_dir, &spec)?),
-                None,
             ),
         };
         let daemonset = daemonset::for_cluster(&spec, &lab, kube.as_ref())?;
@@ -310,6 +337,7 @@ impl Cluster {
             flanneld: (0..spec.nodes).map(|_| None).collect(),
             started: vec![std::time::SystemTime::UNIX_EPOCH; spec.nodes],
             etcd,
+            etcd_cluster,
             etcd_pki,
             kube,
             pods: BTreeMap::new(),
@@ -492,13 +520,15 @@ impl Cluster {
         &mut self.lab
     }
 
-    /// The etcd server.
+    /// The etcd server; with several members ([`ClusterSpec::etcd_members`]), member 0 (see
+    /// [`Cluster::etcd_cluster`] for the others and for etcdctl on whichever member runs).
     ///
     /// # Panics
     /// In [`Datastore::Kube`] mode, which has none (a test bug, not a runtime condition).
     pub fn etcd(&self) -> &Etcd {
         self.etcd
             .as_ref()
+            .or_else(|| self.etcd_cluster.as_ref().map(|c| c.member(0)))
             .expect("Cluster::etcd() on a cluster in Kubernetes mode")
     }
 
@@ -508,14 +538,38 @@ impl Cluster {
         self.etcd_pki.as_ref()
     }
 
-    /// The etcd server, mutably (to stop and restart it).
+    /// The etcd server, mutably (to stop and restart it); member 0 of several, as
+    /// [`Cluster::etcd`].
     ///
     /// # Panics
     /// In [`Datastore::Kube`] mode, as [`Cluster::etcd`].
     pub fn etcd_mut(&mut self) -> &mut Etcd {
-        self.etcd
-            .as_mut()
-            .expect("Cluster::etcd_mut() on a cluster in Kubernetes mode")
+        match (&mut self.etcd, &mut self.etcd_cluster) {
+            (Some(e), _) => e,
+            (None, Some(c)) => c.member_mut(0),
+            (None, None) => panic!("Cluster::etcd_mut() on a cluster in Kubernetes mode"),
+        }
+    }
+
+    /// The etcd cluster when [`ClusterSpec::etcd_members`] is more than one: find the leader,
+    /// kill and restart members, list their health.
+    pub fn etcd_cluster(&self) -> Option<&EtcdCluster> {
+        self.etcd_cluster.as_ref()
+    }
+
+    /// The etcd cluster, mutably (to kill and restart members).
+    pub fn etcd_cluster_mut(&mut self) -> Option<&mut EtcdCluster> {
+        self.etcd_cluster.as_mut()
+    }
+
+    /// flanneld's `--etcd-endpoints` value: every member's client URL; `None` in Kubernetes
+    /// mode.
+    pub fn etcd_endpoints(&self) -> Option<String> {
+        match (&self.etcd, &self.etcd_cluster) {
+            (Some(e), _) => Some(e.endpoints()),
+            (None, Some(c)) => Some(c.endpoints()),
+            (None, None) => None,
+        }
     }
 
     /// The Kubernetes API emulator, in [`Datastore::Kube`] mode.
@@ -549,11 +603,13 @@ impl Cluster {
     /// The flags flanneld gets on node `i`: what the kube-flannel DaemonSet passes, with etcd
     /// instead of the Kubernetes API and per-node paths.
     pub fn flanneld_args(&self, i: usize) -> Vec<String> {
-        let mut args = match (&self.etcd, &self.kube) {
-            (Some(etcd), _) => vec![format!("--etcd-endpoints={}", etcd.endpoints())],
-            (None, kube) => kube::flanneld_args(
+        let mut args = match self.etcd_endpoints() {
+            Some(endpoints) => vec![format!("--etcd-endpoints={endpoints}")],
+            None => kube::flanneld_args(
                 self.lab.node(i).dir(),
-                kube.as_ref().is_some_and(|k| k.credentials().is_some()),
+                self.kube
+                    .as_ref()
+                    .is_some_and(|k| k.credentials().is_some()),
             ),
         };
         if let (Some(pki), Some(cert)) = (

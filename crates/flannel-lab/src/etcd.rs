@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use crate::command::{check, describe, netns_exec_command, run_command};
 use crate::error::{LabError, Result};
+use crate::etcd_cluster::Member;
 use crate::host::require_binary;
 use crate::netns::{NETNS_DIR, Netns, in_netns_thread, temp_dir};
 use crate::pki::Issued;
@@ -21,7 +22,7 @@ use crate::process::{Child, LOG_TAIL_LINES, read_log, tail};
 pub const DEFAULT_ETCD_START_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How many times a start is retried with new ports when they turned out to be taken.
-const PORT_ATTEMPTS: usize = 3;
+pub(crate) const PORT_ATTEMPTS: usize = 3;
 
 /// How `etcdctl` calls are bounded, both by etcdctl's own timeouts and by a kill.
 const ETCDCTL_TIMEOUT: Duration = Duration::from_secs(20);
@@ -130,6 +131,8 @@ pub struct Etcd {
     log_path: PathBuf,
     start_timeout: Duration,
     new_session: bool,
+    /// Set for a member of a multi-member cluster ([`crate::EtcdCluster`]).
+    member: Option<Member>,
     // Field order matters: the process (above) must stop before its directory goes.
     _temp: Option<tempfile::TempDir>,
 }
@@ -142,6 +145,31 @@ impl Etcd {
     /// directory (`<dir>/data`), since a member initialised for other ports cannot be reused;
     /// [`Etcd::restart`] is the way to keep data. The error on failure quotes etcd's log.
     pub fn start(ns: &Netns, opts: EtcdOptions) -> Result<Etcd> {
+        let mut etcd = Self::prepare(ns, &opts)?;
+        let mut last_err = None;
+        for _ in 0..PORT_ATTEMPTS {
+            // A failed attempt may have initialised a member with the old peer URL: start clean.
+            let _ = std::fs::remove_dir_all(&etcd.data_dir);
+            let ports = ns.free_tcp_ports(etcd.ports_needed())?;
+            etcd.set_ports(&ports);
+            match etcd.launch() {
+                Ok(()) => return Ok(etcd),
+                Err(e) => {
+                    let busy = etcd.port_was_busy();
+                    etcd.kill_quietly();
+                    if !busy {
+                        return Err(e);
+                    }
+                    last_err = Some(e);
+                }
+            }
+        }
+        Err(last_err.unwrap_or_else(|| etcd.error("could not find free ports")))
+    }
+
+    /// An etcd not yet started: directories created, no ports chosen (shared by [`Etcd::start`]
+    /// and [`crate::EtcdCluster::start`]).
+    pub(crate) fn prepare(ns: &Netns, opts: &EtcdOptions) -> Result<Etcd> {
         require_binary("etcd")?;
         let (temp, base) = match &opts.dir {
             Some(d) => (None, d.clone()),
@@ -153,7 +181,7 @@ impl Etcd {
         };
         std::fs::create_dir_all(&base)
             .map_err(|e| LabError::io(format!("creating {}", base.display()), e))?;
-        let mut etcd = Etcd {
+        Ok(Etcd {
             netns: ns.name().to_string(),
             child: None,
             client_port: 0,
@@ -165,33 +193,50 @@ impl Etcd {
             log_path: base.join("etcd.log"),
             start_timeout: opts.start_timeout,
             new_session: opts.new_session,
+            member: None,
             _temp: temp,
-        };
-        let mut last_err = None;
-        for _ in 0..PORT_ATTEMPTS {
-            // A failed attempt may have initialised a member with the old peer URL: start clean.
-            let _ = std::fs::remove_dir_all(&etcd.data_dir);
-            let ports = ns.free_tcp_ports(if etcd.tls.is_some() { 3 } else { 2 })?;
-            etcd.client_port = ports[0];
-            etcd.peer_port = ports[1];
-            if etcd.tls.is_some() {
-                etcd.metrics_port = ports[2];
-            }
-            match etcd.launch() {
-                Ok(()) => return Ok(etcd),
-                Err(e) => {
-                    let busy = read_log(&etcd.log_path).contains("address already in use");
-                    if let Some(mut c) = etcd.child.take() {
-                        let _ = c.kill();
-                    }
-                    if !busy {
-                        return Err(e);
-                    }
-                    last_err = Some(e);
-                }
-            }
+        })
+    }
+
+    /// The number of ports a start takes: client and peer, plus a plain metrics port for the
+    /// health check when clients speak TLS.
+    pub(crate) fn ports_needed(&self) -> usize {
+        if self.tls.is_some() { 3 } else { 2 }
+    }
+
+    /// Takes the ports [`Etcd::ports_needed`] counted: client, peer, metrics (TLS only).
+    fn set_ports(&mut self, ports: &[u16]) {
+        self.client_port = ports[0];
+        self.peer_port = ports[1];
+        if self.tls.is_some() {
+            self.metrics_port = ports[2];
         }
-        Err(last_err.unwrap_or_else(|| etcd.error("could not find free ports")))
+    }
+
+    /// Makes this etcd a member of a multi-member cluster on `ports` (as [`Etcd::ports_needed`]
+    /// counts them; before [`Etcd::spawn`]); its data directory is emptied, as in
+    /// [`Etcd::start`].
+    pub(crate) fn set_member(&mut self, member: Member, ports: &[u16]) {
+        let _ = std::fs::remove_dir_all(&self.data_dir);
+        self.member = Some(member);
+        self.set_ports(ports);
+    }
+
+    /// The member name (`--name`): `lab` for a single etcd.
+    pub fn name(&self) -> &str {
+        self.member.as_ref().map_or("lab", |m| m.name.as_str())
+    }
+
+    /// Whether the last start failed because a port was taken (so new ports may help).
+    pub(crate) fn port_was_busy(&self) -> bool {
+        read_log(&self.log_path).contains("address already in use")
+    }
+
+    /// SIGKILLs the process, if any, ignoring errors (clean-up after a failed start).
+    pub(crate) fn kill_quietly(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+        }
     }
 
     /// Client URLs for flanneld's `--etcd-endpoints`: the `listen_on` addresses if any (reachable
@@ -286,9 +331,7 @@ impl Etcd {
     pub fn restart(&mut self) -> Result<()> {
         self.stop()?;
         if let Err(e) = self.launch() {
-            if let Some(mut c) = self.child.take() {
-                let _ = c.kill();
-            }
+            self.kill_quietly();
             return Err(e);
         }
         Ok(())
@@ -330,22 +373,46 @@ impl Etcd {
 
     /// Spawns etcd with the current ports and waits until healthy.
     fn launch(&mut self) -> Result<()> {
+        self.spawn()?;
+        self.wait_healthy(self.start_timeout)
+    }
+
+    /// How long start and restart wait for etcd to report healthy.
+    pub(crate) fn start_timeout(&self) -> Duration {
+        self.start_timeout
+    }
+
+    /// Spawns etcd with the current ports without waiting (the members of a cluster must all
+    /// be running before any of them can report healthy).
+    pub(crate) fn spawn(&mut self) -> Result<()> {
         let client_urls = std::iter::once(self.local_endpoint())
             .chain(self.listen_on.iter().map(|ip| self.client_url(*ip)))
             .collect::<Vec<_>>()
             .join(",");
-        let peer = url(IpAddr::from([127, 0, 0, 1]), self.peer_port);
+        let (name, peer, initial_cluster) = match &self.member {
+            Some(m) => {
+                let peer = url(m.peer_ip, self.peer_port);
+                (m.name.clone(), peer, m.initial_cluster.clone())
+            }
+            None => {
+                let peer = url(IpAddr::from([127, 0, 0, 1]), self.peer_port);
+                ("lab".to_string(), peer.clone(), format!("lab={peer}"))
+            }
+        };
         let mut cmd = Command::new("etcd");
-        cmd.arg("--name=lab")
+        cmd.arg(format!("--name={name}"))
             .arg(format!("--data-dir={}", self.data_dir.display()))
             .arg(format!("--listen-client-urls={client_urls}"))
             .arg(format!("--advertise-client-urls={}", self.endpoints()))
             .arg(format!("--listen-peer-urls={peer}"))
             .arg(format!("--initial-advertise-peer-urls={peer}"))
-            .arg(format!("--initial-cluster=lab={peer}"))
+            .arg(format!("--initial-cluster={initial_cluster}"))
             .arg("--initial-cluster-state=new")
             .arg("--logger=zap")
             .arg("--log-outputs=stderr");
+        if let Some(m) = &self.member {
+            cmd.arg(format!("--initial-cluster-token={}", m.token));
+        }
         if let Some(tls) = &self.tls {
             if tls.client_cert_auth {
                 // etcd turns client authentication on whenever a trusted CA is given.
@@ -365,7 +432,7 @@ impl Etcd {
             Child::spawn_in_name(&self.netns, cmd, self.log_path.clone())?
         };
         self.child = Some(child);
-        self.wait_healthy(self.start_timeout)
+        Ok(())
     }
 
     /// Waits (bounded) until etcd reports healthy; fails at once, quoting the log, if the process
@@ -429,13 +496,30 @@ impl Etcd {
         }
     }
 
-    fn error(&self, reason: &str) -> LabError {
+    pub(crate) fn error(&self, reason: &str) -> LabError {
         LabError::Etcd {
             netns: self.netns.clone(),
             reason: reason.to_string(),
             log: self.log_path.clone(),
             tail: self.log_tail(LOG_TAIL_LINES),
         }
+    }
+}
+
+/// What [`crate::EtcdCluster`] reads from the options it was given.
+impl EtcdOptions {
+    /// The chosen directory, if any.
+    pub(crate) fn dir_path(&self) -> Option<&Path> {
+        self.dir.as_deref()
+    }
+
+    /// The address cluster members talk to each other on: the first `listen_on` address (the
+    /// underlay), else loopback.
+    pub(crate) fn peer_ip(&self) -> IpAddr {
+        self.listen_on
+            .first()
+            .copied()
+            .unwrap_or(IpAddr::from([127, 0, 0, 1]))
     }
 }
 
@@ -447,6 +531,6 @@ impl Drop for Etcd {
     }
 }
 
-fn url(ip: IpAddr, port: u16) -> String {
+pub(crate) fn url(ip: IpAddr, port: u16) -> String {
     format!("http://{}", SocketAddr::new(ip, port))
 }

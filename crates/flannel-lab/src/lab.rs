@@ -21,6 +21,7 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use crate::error::{LabError, Result};
 use crate::etcd::{Etcd, EtcdOptions};
+use crate::etcd_cluster::EtcdCluster;
 use crate::host::{ip_binary, require_binary, require_root};
 use crate::netns::{DETACHED_PREFIX, Netns, reap_stale, temp_dir};
 use crate::pod::{Pod, PodNetwork};
@@ -644,6 +645,23 @@ impl Lab {
             opts.dir(self.dir.path().join(format!("etcd-{n}")))
         };
         Etcd::start(ns, opts.new_session(self.config.persist.is_some()))
+    }
+
+    /// Starts a `size`-member etcd cluster inside `ns`, its members' data and logs under
+    /// `etcd-N/member-K` in the lab directory unless `opts` names another directory.
+    pub fn start_etcd_cluster(
+        &self,
+        ns: &Netns,
+        size: usize,
+        opts: EtcdOptions,
+    ) -> Result<EtcdCluster> {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        let opts = if opts.has_dir() {
+            opts
+        } else {
+            opts.dir(self.dir.path().join(format!("etcd-{n}")))
+        };
+        EtcdCluster::start(ns, size, opts.new_session(self.config.persist.is_some()))
     }
 
     /// Creates an empty pod namespace (loopback up) belonging to node `node` (zero-based), for

@@ -59,6 +59,7 @@ mod daemonset_api;
 mod daemonset_pod;
 mod error;
 mod etcd;
+mod etcd_cluster;
 pub mod etcd_tls;
 mod host;
 pub mod kube;
@@ -91,6 +92,7 @@ pub use command::{
 };
 pub use error::{LabError, Result};
 pub use etcd::{DEFAULT_ETCD_START_TIMEOUT, Etcd, EtcdOptions, EtcdTls};
+pub use etcd_cluster::{ETCD_MEMBER_COUNTS, EtcdCluster, MemberHealth, check_member_count};
 pub use host::{package_for, pid_alive, require_binary, require_root};
 pub use lab::{
     Interface, Lab, LabBuilder, Node, Persist, Underlay, parse_net, underlay_ipv4, underlay_ipv6,

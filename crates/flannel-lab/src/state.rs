@@ -396,12 +396,21 @@ impl LabState {
         let mut processes = Vec::new();
         match cluster.spec().datastore {
             Datastore::Etcd => {
-                let etcd = cluster.etcd();
-                self.endpoint = Some(etcd.endpoints());
+                self.endpoint = cluster.etcd_endpoints();
                 self.datastore = "etcd".into();
-                if let Some(pid) = etcd.pid() {
+                let members = match cluster.etcd_cluster() {
+                    Some(c) => c.members().iter().collect(),
+                    None => vec![cluster.etcd()],
+                };
+                for etcd in members {
+                    let Some(pid) = etcd.pid() else { continue };
+                    // One member keeps the role `etcd` it always had; several are named.
+                    let role = match cluster.etcd_cluster() {
+                        Some(_) => format!("etcd {}", etcd.name()),
+                        None => "etcd".to_string(),
+                    };
                     processes.push(process_record(
-                        "etcd",
+                        &role,
                         "etcd",
                         pid,
                         etcd.netns_name(),

@@ -477,6 +477,82 @@ fn an_up_killed_half_way_is_removed_by_down_and_one_interrupted_cleans_up_itself
     assert_gone(&state, lab.path());
 }
 
+/// `up --etcd-members 3`: three etcd members recorded (one role each), flanneld and `exec`'s
+/// etcdctl given all three endpoints, and `down` from another process stops every member.
+#[test]
+fn three_etcd_members_up_exec_down() {
+    members_up_exec_down("etcd3", &[]);
+}
+
+/// The same over TLS: the members share the lab's server certificate and flanneld presents
+/// its node certificate to each of them.
+#[test]
+fn three_etcd_members_over_tls_up_exec_down() {
+    members_up_exec_down("etcd3tls", &["--etcd-tls"]);
+}
+
+fn members_up_exec_down(tag: &str, extra: &[&str]) {
+    let lab = LabDir::new(tag);
+    let out = lab.run(
+        &["up", "--datastore", "kube", "--etcd-members", "3"],
+        SHORT_TIMEOUT,
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--etcd-members runs an etcd cluster"), "{err}");
+    for bad in ["2", "4", "0", "three"] {
+        let out = lab.run(&["up", "--etcd-members", bad], SHORT_TIMEOUT);
+        assert_eq!(out.status.code(), Some(2), "--etcd-members {bad}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("--etcd-members must be 1, 3 or 5"), "{err}");
+        assert!(
+            !LabState::file(lab.path()).exists(),
+            "a refused up wrote state"
+        );
+    }
+    let mut up = vec!["up", "--nodes", "2", "--etcd-members", "3", "--check"];
+    up.extend_from_slice(extra);
+    let shown = lab.ok(&up, UP_TIMEOUT);
+    assert!(shown.contains("12/12 pairs, full"), "{shown}");
+    let state = lab.state();
+    let mut roles: Vec<&str> = state.processes.iter().map(|p| p.role.as_str()).collect();
+    roles.sort_unstable();
+    assert_eq!(
+        roles,
+        [
+            "etcd lab-0",
+            "etcd lab-1",
+            "etcd lab-2",
+            "flanneld n1",
+            "flanneld n2"
+        ]
+    );
+    let endpoints = state.endpoint.clone().expect("endpoints recorded");
+    assert_eq!(endpoints.split(',').count(), 3, "{endpoints}");
+    let scheme = if extra.contains(&"--etcd-tls") {
+        "https://"
+    } else {
+        "http://"
+    };
+    assert!(
+        endpoints.split(',').all(|e| e.starts_with(scheme)),
+        "{endpoints}"
+    );
+    // `exec` points etcdctl at every member: all three answer.
+    let out = lab.run(
+        &["exec", "n1", "--", "etcdctl", "endpoint", "health"],
+        SHORT_TIMEOUT,
+    );
+    // etcdctl prints the health lines on stderr or stdout depending on its version.
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    assert_eq!(text.matches("is healthy").count(), 3, "{text}");
+    let down = lab.ok(&["down"], SHORT_TIMEOUT);
+    assert!(down.contains("stopped 5 processes"), "{down}");
+    assert_gone(&state, lab.path());
+}
+
 #[test]
 fn errors_say_what_to_do() {
     // Not root: say sudo.

@@ -43,6 +43,7 @@
 mod alloc;
 mod client;
 mod registry;
+mod repeats;
 mod tls;
 mod watch;
 

@@ -923,6 +923,32 @@ fn renewal_extends_the_ttl_and_expiry_revokes_the_lease() -> Result<()> {
     })
 }
 
+#[test]
+fn a_dead_endpoint_among_several_fails_no_request() -> Result<()> {
+    run_test("etcd-dead-ep", async |ctx: Ctx| {
+        ctx.put_config(CONFIG_16)?;
+        // Nothing listens on port 1: connections are refused, as by a killed etcd member. The
+        // client keeps balancing requests onto it; each must still be served by the live one.
+        let endpoints = vec!["http://127.0.0.1:1".to_string(), ctx.endpoint.clone()];
+        let m =
+            EtcdManager::connect(EtcdConfig::new(endpoints), PreviousSubnets::default()).await?;
+        let config = m.network_config().await?;
+        let mut lease = m.acquire_lease(&config, &vxlan("198.18.0.1")).await?;
+        for i in 0..30 {
+            lease = m
+                .renew_lease(&lease)
+                .await
+                .with_context(|| format!("renewal {i} with one endpoint dead"))?;
+        }
+        ensure!(ctx.keys()? == [key_path(&lease.key())], "{:?}", ctx.keys()?);
+        ensure!(
+            ctx.logs.count("etcd request not sent") > 0,
+            "the dead endpoint was never tried, so this test proved nothing"
+        );
+        Ok(())
+    })
+}
+
 // ---- reservations and bad data ------------------------------------------------------------
 
 #[test]

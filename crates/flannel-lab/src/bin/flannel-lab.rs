@@ -162,6 +162,11 @@ struct UpArgs {
     #[arg(long, value_enum, default_value_t = DatastoreArg::Etcd)]
     datastore: DatastoreArg,
 
+    /// How many etcd members to run on the underlay: 1, 3 or 5 (each its own data directory and
+    /// ports; flanneld gets every member in --etcd-endpoints). With --datastore etcd only
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = parse_etcd_members)]
+    etcd_members: usize,
+
     /// Run flanneld as the kube-flannel DaemonSet from this local podman image (scripts/image
     /// builds it): on every node the init containers install-cni-plugin and install-cni, then
     /// the flanneld container, with the node's namespace as host network; pods then use the
@@ -351,6 +356,9 @@ fn up(state_dir: &Path, args: &UpArgs) -> anyhow::Result<ExitCode> {
             "--netpol runs flannel-netpol, which watches pods, namespaces and NetworkPolicies in the Kubernetes API: add --datastore kube"
         );
     }
+    if args.etcd_members != 1 && args.datastore != DatastoreArg::Etcd {
+        bail!("--etcd-members runs an etcd cluster: it needs --datastore etcd (the default)");
+    }
     if args.etcd_tls && args.datastore != DatastoreArg::Etcd {
         bail!("--etcd-tls secures the lab's etcd: it needs --datastore etcd (the default)");
     }
@@ -476,6 +484,31 @@ fn state_dir_flag_short(dir: &Path) -> String {
     }
 }
 
+/// `--etcd-members`: a number the lab accepts (see [`flannel_lab::check_member_count`]).
+fn parse_etcd_members(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if flannel_lab::ETCD_MEMBER_COUNTS.contains(&n) => Ok(n),
+        _ => Err("--etcd-members must be 1, 3 or 5 (an odd etcd cluster size)".into()),
+    }
+}
+
+/// The progress line of the etcd step: TLS and auth as asked, and the member count.
+fn etcd_step(args: &UpArgs) -> String {
+    let etcd = match args.etcd_members {
+        1 => "etcd".to_string(),
+        n => format!("etcd ({n} members)"),
+    };
+    if args.etcd_user.is_some() {
+        format!(
+            "CA + certificates, {etcd} (TLS, client certificates, auth) + network config + user"
+        )
+    } else if args.etcd_tls {
+        format!("CA + certificates, {etcd} (TLS, client certificates) + network config")
+    } else {
+        format!("{etcd} + network config")
+    }
+}
+
 /// Builds the cluster under the drop guards, then hands it to the state file.
 fn build(
     state: &mut LabState,
@@ -493,6 +526,7 @@ fn build(
             DatastoreArg::Etcd => Datastore::Etcd,
             DatastoreArg::Kube => Datastore::Kube,
         },
+        etcd_members: args.etcd_members,
         network: args.network.clone(),
         pod_cni: PodCni::Flannel,
         ready_timeout: Duration::from_secs(args.ready_timeout),
@@ -518,14 +552,10 @@ fn build(
     let mut cluster = Cluster::start_observed(spec, |phase| match phase {
         StartPhase::Lab => progress.step(format!("underlay + {nodes} node namespaces")),
         StartPhase::Datastore => progress.step(match args.datastore {
-            DatastoreArg::Etcd if args.etcd_user.is_some() => {
-                "CA + certificates, etcd (TLS, client certificates, auth) + network config + user"
+            DatastoreArg::Etcd => etcd_step(args),
+            DatastoreArg::Kube => {
+                "Kubernetes API emulator + Node objects + net-conf.json".to_string()
             }
-            DatastoreArg::Etcd if args.etcd_tls => {
-                "CA + certificates, etcd (TLS, client certificates) + network config"
-            }
-            DatastoreArg::Etcd => "etcd + network config",
-            DatastoreArg::Kube => "Kubernetes API emulator + Node objects + net-conf.json",
         }),
         StartPhase::Flanneld => progress.step(match &args.image {
             Some(image) => format!(

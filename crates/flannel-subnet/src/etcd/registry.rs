@@ -41,6 +41,73 @@ where
     }
 }
 
+/// How many times [`rpc_resend`] sends a request that never reached a server.
+///
+/// The client balances requests over every `--etcd-endpoints` member and keeps offering a dead
+/// member's endpoint (its connection is retried lazily, on use), so after a member dies about
+/// one request in N fails to connect. Sending again picks again: ten tries miss every live
+/// member of a 3-member cluster with one dead with probability (1/3)^10, about 2e-5.
+pub const UNSENT_ATTEMPTS: u32 = 10;
+
+/// gRPC's UNAVAILABLE status code.
+const GRPC_UNAVAILABLE: i32 = 14;
+
+/// Whether a failed request certainly never reached an etcd server, so sending it again cannot
+/// apply it twice: an UNAVAILABLE status for a TCP connection that could not be made (the
+/// message hyper gives its connect errors, or a refused connection anywhere in the cause).
+/// Anything else (a reset mid-request, a timeout, an etcd error) may have been applied and is
+/// left to the caller's own retry policy.
+pub fn never_sent(code: i32, message: &str, refused: bool) -> bool {
+    code == GRPC_UNAVAILABLE && (message.contains("tcp connect error") || refused)
+}
+
+/// [`never_sent`] for an etcd client error.
+fn error_never_sent(e: &etcd_client::Error) -> bool {
+    let etcd_client::Error::GRpcStatus(status) = e else {
+        return false;
+    };
+    let mut refused = false;
+    let mut cause = std::error::Error::source(status);
+    while let Some(c) = cause {
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            refused |= io.kind() == std::io::ErrorKind::ConnectionRefused;
+        }
+        cause = c.source();
+    }
+    never_sent(i32::from(status.code()), status.message(), refused)
+}
+
+/// Runs one etcd request like [`rpc`], within the same [`RPC_TIMEOUT`] overall, but sends it
+/// again (up to [`UNSENT_ATTEMPTS`] times) while it fails without having reached any server
+/// (see [`never_sent`]): with several endpoints, one dead member must not fail a lease renewal
+/// that any live member would have served. `request` makes the request anew on each call.
+pub async fn rpc_resend<T, F>(
+    operation: impl FnOnce() -> String,
+    mut request: impl FnMut() -> F,
+) -> Result<T, SubnetError>
+where
+    F: Future<Output = Result<T, etcd_client::Error>>,
+{
+    let deadline = tokio::time::Instant::now() + RPC_TIMEOUT;
+    let mut attempt = 1;
+    loop {
+        match tokio::time::timeout_at(deadline, request()).await {
+            Ok(Ok(v)) => return Ok(v),
+            Ok(Err(e)) if attempt < UNSENT_ATTEMPTS && error_never_sent(&e) => {
+                tracing::debug!("etcd request not sent ({e}); sending it again");
+                attempt += 1;
+            }
+            Ok(Err(e)) => return Err(SubnetError::datastore(operation(), super::tls::cause(e))),
+            Err(_) => {
+                return Err(SubnetError::datastore(
+                    operation(),
+                    format!("etcd did not answer within {RPC_TIMEOUT:?}"),
+                ));
+            }
+        }
+    }
+}
+
 /// Go's `path.Clean`, which upstream applies to the prefix through `path.Join`: repeated
 /// slashes collapse, `.` and `..` elements resolve, a trailing slash goes.
 pub fn go_path_clean(p: &str) -> String {
@@ -279,19 +346,27 @@ impl Registry {
 
     /// The network config's raw value, `None` when the key does not exist.
     pub async fn get_config(&self) -> Result<Option<Vec<u8>>, SubnetError> {
-        let mut c = self.client.clone();
-        let key = self.keys.config.clone();
-        let resp = rpc(|| format!("getting {key}"), c.get(key.as_str(), None)).await?;
+        let key = self.keys.config.as_str();
+        let resp = rpc_resend(
+            || format!("getting {key}"),
+            || {
+                let mut c = self.client.clone();
+                async move { c.get(key, None).await }
+            },
+        )
+        .await?;
         Ok(resp.kvs().first().map(|kv| kv.value().to_vec()))
     }
 
     /// Lists every key below `<prefix>/subnets/` in one consistent read.
     pub async fn list(&self) -> Result<Listing, SubnetError> {
-        let mut c = self.client.clone();
-        let prefix = self.keys.subnets.clone();
-        let resp = rpc(
+        let prefix = self.keys.subnets.as_str();
+        let resp = rpc_resend(
             || format!("listing {prefix}"),
-            c.get(prefix.as_str(), Some(GetOptions::new().with_prefix())),
+            || {
+                let mut c = self.client.clone();
+                async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await }
+            },
         )
         .await?;
         let mut listing = Listing {
@@ -309,19 +384,27 @@ impl Registry {
 
     /// Reads one key.
     pub async fn get(&self, etcd_key: &str) -> Result<Option<KeyValue>, SubnetError> {
-        let mut c = self.client.clone();
-        let resp = rpc(|| format!("getting {etcd_key}"), c.get(etcd_key, None)).await?;
+        let resp = rpc_resend(
+            || format!("getting {etcd_key}"),
+            || {
+                let mut c = self.client.clone();
+                async move { c.get(etcd_key, None).await }
+            },
+        )
+        .await?;
         Ok(resp.kvs().first().cloned())
     }
 
     /// Grants an etcd lease of `ttl` (whole seconds, at least 1); returns its id and the TTL
     /// etcd actually granted (it raises values below its minimum).
     pub async fn grant(&self, ttl: Duration) -> Result<(i64, Duration), SubnetError> {
-        let mut c = self.client.clone();
         let secs = i64::try_from(ttl.as_secs().max(1)).unwrap_or(i64::MAX);
-        let resp = rpc(
+        let resp = rpc_resend(
             || format!("granting an etcd lease of {secs}s"),
-            c.lease_grant(secs, None),
+            || {
+                let mut c = self.client.clone();
+                async move { c.lease_grant(secs, None).await }
+            },
         )
         .await?;
         let granted = u64::try_from(resp.ttl()).unwrap_or(0).max(1);
@@ -331,8 +414,11 @@ impl Registry {
     /// Revokes an etcd lease, logging instead of failing: used to clean up after ourselves,
     /// where an error only means the lease lives on until its TTL ends.
     pub async fn revoke_quietly(&self, id: i64) {
-        let mut c = self.client.clone();
-        if let Err(e) = rpc(|| format!("revoking etcd lease {id:x}"), c.lease_revoke(id)).await {
+        let revoke = || {
+            let mut c = self.client.clone();
+            async move { c.lease_revoke(id).await }
+        };
+        if let Err(e) = rpc_resend(|| format!("revoking etcd lease {id:x}"), revoke).await {
             tracing::warn!("{e}");
         }
     }
@@ -345,13 +431,12 @@ impl Registry {
         if id == 0 {
             return;
         }
-        let mut c = self.client.clone();
-        match rpc(
-            || format!("reading etcd lease {id:x}"),
-            c.lease_time_to_live(id, Some(LeaseTimeToLiveOptions::new().with_keys())),
-        )
-        .await
-        {
+        let read = || {
+            let mut c = self.client.clone();
+            let opts = LeaseTimeToLiveOptions::new().with_keys();
+            async move { c.lease_time_to_live(id, Some(opts)).await }
+        };
+        match rpc_resend(|| format!("reading etcd lease {id:x}"), read).await {
             Ok(r) if r.ttl() > 0 && r.keys().is_empty() => self.revoke_quietly(id).await,
             Ok(_) => {}
             Err(e) => tracing::debug!("{e}"),
@@ -366,7 +451,6 @@ impl Registry {
         value: &str,
         lease_id: i64,
     ) -> Result<Option<i64>, SubnetError> {
-        let mut c = self.client.clone();
         let txn = Txn::new()
             .when([Compare::create_revision(etcd_key, CompareOp::Equal, 0)])
             .and_then([TxnOp::put(
@@ -374,7 +458,14 @@ impl Registry {
                 value,
                 Some(PutOptions::new().with_lease(lease_id)),
             )]);
-        let resp = rpc(|| format!("creating {etcd_key}"), c.txn(txn)).await?;
+        let resp = rpc_resend(
+            || format!("creating {etcd_key}"),
+            || {
+                let (mut c, txn) = (self.client.clone(), txn.clone());
+                async move { c.txn(txn).await }
+            },
+        )
+        .await?;
         Ok(resp
             .succeeded()
             .then(|| resp.header().map(|h| h.revision()).unwrap_or_default()))
@@ -389,7 +480,6 @@ impl Registry {
         lease_id: i64,
         mod_revision: i64,
     ) -> Result<bool, SubnetError> {
-        let mut c = self.client.clone();
         let opts = (lease_id != 0).then(|| PutOptions::new().with_lease(lease_id));
         let txn = Txn::new()
             .when([Compare::mod_revision(
@@ -398,7 +488,14 @@ impl Registry {
                 mod_revision,
             )])
             .and_then([TxnOp::put(etcd_key, value, opts)]);
-        let resp = rpc(|| format!("updating {etcd_key}"), c.txn(txn)).await?;
+        let resp = rpc_resend(
+            || format!("updating {etcd_key}"),
+            || {
+                let (mut c, txn) = (self.client.clone(), txn.clone());
+                async move { c.txn(txn).await }
+            },
+        )
+        .await?;
         Ok(resp.succeeded())
     }
 
@@ -408,7 +505,6 @@ impl Registry {
         etcd_key: &str,
         mod_revision: i64,
     ) -> Result<bool, SubnetError> {
-        let mut c = self.client.clone();
         let txn = Txn::new()
             .when([Compare::mod_revision(
                 etcd_key,
@@ -416,7 +512,14 @@ impl Registry {
                 mod_revision,
             )])
             .and_then([TxnOp::delete(etcd_key, None)]);
-        let resp = rpc(|| format!("deleting {etcd_key}"), c.txn(txn)).await?;
+        let resp = rpc_resend(
+            || format!("deleting {etcd_key}"),
+            || {
+                let (mut c, txn) = (self.client.clone(), txn.clone());
+                async move { c.txn(txn).await }
+            },
+        )
+        .await?;
         Ok(resp.succeeded())
     }
 }
@@ -424,6 +527,24 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_requests_that_never_connected_are_sent_again() {
+        // tonic's status for a refused or failed TCP connect.
+        assert!(never_sent(14, "tcp connect error", true));
+        assert!(never_sent(14, "tcp connect error", false));
+        assert!(never_sent(14, "transport error", true));
+        // UNAVAILABLE for a broken connection mid-request: it may have been applied.
+        assert!(!never_sent(
+            14,
+            "h2 protocol error: error reading a body from connection",
+            false
+        ));
+        // etcd's own errors (no leader, timeouts) are answers, not unsent requests.
+        assert!(!never_sent(14, "etcdserver: no leader", false));
+        assert!(!never_sent(4, "context deadline exceeded", false));
+        assert!(!never_sent(2, "tcp connect error", true));
+    }
 
     #[test]
     fn prefix_is_cleaned_like_go_path_join() {

@@ -36,6 +36,7 @@ use super::registry::{
     Entry, Keys, Listing, Parsed, RPC_TIMEOUT, Registry, Warned, parse_kv, warn_bad_key,
     warn_bad_value,
 };
+use super::repeats::{Repeats, left_out};
 use super::{EtcdConfig, alloc, client, lease_for, same_node};
 use crate::{SubnetError, WatchEvent};
 
@@ -75,6 +76,7 @@ pub fn spawn(setup: Setup) -> mpsc::Receiver<WatchEvent> {
         revoked: false,
         since: 0,
         backoff: INITIAL_BACKOFF,
+        repeats: Repeats::default(),
     };
     tokio::spawn(async move {
         tokio::select! {
@@ -111,6 +113,8 @@ struct Watcher {
     /// The revision to resume watching from.
     since: i64,
     backoff: Duration,
+    /// Failures in a row, so a long outage logs once a minute rather than every retry.
+    repeats: Repeats,
 }
 
 impl Watcher {
@@ -124,7 +128,9 @@ impl Watcher {
             let listing = match listing {
                 Ok(l) => l,
                 Err(e) => {
-                    tracing::warn!("failed to retrieve subnet leases: {e}");
+                    if let Some(n) = self.repeats.failed(std::time::Instant::now()) {
+                        tracing::warn!("failed to retrieve subnet leases: {e}{}", left_out(n));
+                    }
                     self.failed().await;
                     continue;
                 }
@@ -140,11 +146,14 @@ impl Watcher {
                         continue 'relist;
                     }
                     End::Broken(why) => {
-                        tracing::warn!(
-                            "etcd watch channel for {} closed ({why}), reconnecting from rev {}...",
-                            self.setup.keys.subnets,
-                            self.since
-                        );
+                        if let Some(n) = self.repeats.failed(std::time::Instant::now()) {
+                            tracing::warn!(
+                                "etcd watch channel for {} closed ({why}), reconnecting from rev {}...{}",
+                                self.setup.keys.subnets,
+                                self.since,
+                                left_out(n)
+                            );
+                        }
                         self.failed().await;
                     }
                 }
@@ -319,6 +328,14 @@ impl Watcher {
                 return Ok(End::Broken(format!("etcd cancelled the watch: {reason}")));
             }
             self.backoff = INITIAL_BACKOFF;
+            let streak = self.repeats.recovered();
+            if streak > 1 {
+                tracing::info!(
+                    "etcd watch for {} resumed at rev {} after {streak} failed attempts",
+                    self.setup.keys.subnets,
+                    self.since
+                );
+            }
             if resp.created() {
                 continue;
             }
