@@ -709,3 +709,15 @@ fn etcd_tls_flags_are_checked() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("NAME:PASSWORD"), "{err}");
 }
+
+#[test]
+fn plain_api_needs_the_kube_datastore() {
+    let lab = LabDir::new("plainapi");
+    let out = lab.run(&["up", "--plain-api"], SHORT_TIMEOUT);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--plain-api is about the Kubernetes API emulator: add --datastore kube"),
+        "{err}"
+    );
+}
