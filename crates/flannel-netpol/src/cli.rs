@@ -31,6 +31,10 @@ pub struct Options {
     /// rules of --v alone.
     #[arg(long = "flows", default_value_t = true, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
     pub flows: bool,
+    /// With --flows: denied packets logged per second by each drop rule, at most (and as many
+    /// in a burst); the drops beyond are still counted, only not recorded. 0: no limit.
+    #[arg(long = "flow-drop-log-rate", default_value_t = 100)]
+    pub flow_drop_log_rate: u32,
     /// Flow records kept in memory (the newest), with --flows.
     #[arg(long = "flow-buffer", default_value_t = 8192)]
     pub flow_buffer: usize,
@@ -61,6 +65,7 @@ impl Options {
             compile: CompileOptions {
                 nflog_group: (self.flows || self.verbosity >= 2).then_some(self.nflog_group),
                 identify_drops: self.flows,
+                drop_log_rate: Some(self.flow_drop_log_rate).filter(|r| *r > 0),
             },
             flows: self.flows,
             flow_buffer: self.flow_buffer,
@@ -121,6 +126,11 @@ mod tests {
             Options::try_parse_from(["flannel-netpol", "--flows", "--flow-buffer=64"]).unwrap();
         let c = on.config(None, || "host".into());
         assert_eq!((c.flows, c.flow_buffer), (true, 64));
+        assert_eq!(c.compile.drop_log_rate, Some(100), "limited by default");
+        let unlimited =
+            Options::try_parse_from(["flannel-netpol", "--flow-drop-log-rate=0"]).unwrap();
+        let c = unlimited.config(None, || "host".into());
+        assert_eq!(c.compile.drop_log_rate, None);
         assert!(
             Options::try_parse_from(["flannel-netpol", "--metrics-bind-address", "x"]).is_err()
         );

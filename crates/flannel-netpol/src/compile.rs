@@ -43,6 +43,12 @@ pub struct CompileOptions {
     /// records, see [`drop_prefix`]), and log the `*-policies` chains' final drop too, as
     /// `default deny`. Off: the drop rules are exactly those of `--v>=2` (`log group G`).
     pub identify_drops: bool,
+    /// With identified drops: at most this many drops logged per second by each drop rule
+    /// (and as many in a burst). A flood against a denied port would otherwise cost the
+    /// kernel a 128-byte NFLOG copy per packet and fill the flow ring with one attacker's
+    /// packets; the drops beyond the rate are still dropped and counted by the policy's
+    /// counter, only not recorded. `None`: every drop is logged.
+    pub drop_log_rate: Option<u32>,
 }
 
 /// The policy identity in the log prefix of the drops that no allow rule of a policy's
@@ -246,6 +252,16 @@ struct Builder<'a> {
     drops: BTreeMap<Dir, Vec<String>>,
 }
 
+/// How a drop rule logs.
+enum DropLog {
+    /// Not at all.
+    None,
+    /// In the drop rule itself (`... log group G drop`).
+    Inline(String),
+    /// Rate-limited, in a rule of its own before the drop (`limit rate ... log ...`).
+    Limited(String),
+}
+
 /// 12 hex digits of FNV-1a 64 of `key`: the name of a shared set.
 fn short_hash(key: &str) -> String {
     format!("{:012x}", fnv1a64(key.as_bytes()) >> 16)
@@ -263,6 +279,23 @@ impl<'a> Builder<'a> {
                 elements: BTreeSet::new(),
             })
             .elements
+    }
+
+    /// The logging of a drop whose identified prefix would be `prefix`.
+    fn drop_log(&self, prefix: &str) -> DropLog {
+        match (self.options.nflog_group, self.options.identify_drops) {
+            (None, _) => DropLog::None,
+            (Some(g), false) => DropLog::Inline(format!("log group {g}")),
+            (Some(g), true) => {
+                let log = format!("log prefix \"{prefix}\" group {g}");
+                match self.options.drop_log_rate {
+                    Some(r) => {
+                        DropLog::Limited(format!("limit rate {r}/second burst {r} packets {log}"))
+                    }
+                    None => DropLog::Inline(log),
+                }
+            }
+        }
     }
 
     fn chain(&mut self, name: &str, hook: Option<Hook>, rules: Vec<String>) {
@@ -321,17 +354,8 @@ impl<'a> Builder<'a> {
         }
         self.chain(&chain, None, texts);
         self.out.counters.insert(counter.clone());
-        let log = match self.options.nflog_group {
-            Some(g) if self.options.identify_drops => format!(
-                " log prefix \"{}\" group {g}",
-                drop_prefix(
-                    &drop_identity(&policy.namespace, &policy.name),
-                    dir == Dir::Ingress
-                )
-            ),
-            Some(g) => format!(" log group {g}"),
-            None => String::new(),
-        };
+        let identity = drop_identity(&policy.namespace, &policy.name);
+        let log = self.drop_log(&drop_prefix(&identity, dir == Dir::Ingress));
         for fam in families {
             let sel = format!(
                 "{} {} @{pid}-sel-{}",
@@ -343,10 +367,19 @@ impl<'a> Builder<'a> {
                 .entry(dir)
                 .or_default()
                 .push(format!("{sel} jump {chain}"));
-            self.drops
-                .entry(dir)
-                .or_default()
-                .push(format!("{sel} counter name \"{counter}\"{log} drop"));
+            let drops = self.drops.entry(dir).or_default();
+            match &log {
+                DropLog::None => drops.push(format!("{sel} counter name \"{counter}\" drop")),
+                DropLog::Inline(log) => {
+                    drops.push(format!("{sel} counter name \"{counter}\" {log} drop"));
+                }
+                // The limit ends the rule when over the rate, so the log rule cannot drop:
+                // the packet goes on to its own drop, never to another policy's rule.
+                DropLog::Limited(log) => {
+                    drops.push(format!("{sel} counter name \"{counter}\" {log}"));
+                    drops.push(format!("{sel} drop"));
+                }
+            }
         }
     }
 
@@ -577,13 +610,17 @@ impl<'a> Builder<'a> {
         for dir in [Dir::Ingress, Dir::Egress] {
             let mut rules = self.jumps.remove(&dir).unwrap_or_default();
             rules.extend(self.drops.remove(&dir).unwrap_or_default());
-            rules.push(match self.options.nflog_group {
-                Some(g) if self.options.identify_drops => format!(
-                    "log prefix \"{}\" group {g} drop",
-                    drop_prefix(DEFAULT_DENY, dir == Dir::Ingress)
-                ),
-                _ => "drop".into(),
-            });
+            match self.drop_log(&drop_prefix(DEFAULT_DENY, dir == Dir::Ingress)) {
+                // Only identified drops log the final one (`--v>=2` alone never did).
+                DropLog::Inline(log) if self.options.identify_drops => {
+                    rules.push(format!("{log} drop"));
+                }
+                DropLog::Limited(log) => {
+                    rules.push(log);
+                    rules.push("drop".into());
+                }
+                _ => rules.push("drop".into()),
+            }
             self.chain(&dir.policies_chain(), None, rules);
         }
         let dispatch = |dir: Dir| -> Vec<String> {

@@ -408,6 +408,7 @@ fn only_local_pods_are_selected_and_compile_is_deterministic() {
         &CompileOptions {
             nflog_group: Some(100),
             identify_drops: true,
+            drop_log_rate: None,
         },
     );
     let identity = &identified.policies[&pid];
@@ -425,6 +426,46 @@ fn only_local_pods_are_selected_and_compile_is_deterministic() {
             "log prefix \"default deny ingress\" group 100 drop".to_string(),
         ]
     );
+    // Rate-limited logging: the log rule of its own, then the policy's own drop, so a packet
+    // over the rate is dropped by the same policy (never counted by the next one's rule).
+    let limited = compile_with(
+        &s,
+        "n2",
+        &CompileOptions {
+            nflog_group: Some(100),
+            identify_drops: true,
+            drop_log_rate: Some(50),
+        },
+    );
+    let limit = "limit rate 50/second burst 50 packets";
+    assert_eq!(
+        limited.chains["ingress-policies"].rules,
+        vec![
+            format!("ip daddr @{pid}-sel-v4 jump {pid}-in"),
+            format!("ip6 daddr @{pid}-sel-v6 jump {pid}-in"),
+            format!(
+                "ip daddr @{pid}-sel-v4 counter name \"{pid}-drop-in\" {limit} log prefix \"{identity} ingress\" group 100"
+            ),
+            format!("ip daddr @{pid}-sel-v4 drop"),
+            format!(
+                "ip6 daddr @{pid}-sel-v6 counter name \"{pid}-drop-in\" {limit} log prefix \"{identity} ingress\" group 100"
+            ),
+            format!("ip6 daddr @{pid}-sel-v6 drop"),
+            format!("{limit} log prefix \"default deny ingress\" group 100"),
+            "drop".to_string(),
+        ]
+    );
+    // The rate applies to identified drops only: `--v>=2` alone keeps its rules.
+    let verbose_limited = compile_with(
+        &s,
+        "n2",
+        &CompileOptions {
+            nflog_group: Some(100),
+            drop_log_rate: Some(50),
+            ..CompileOptions::default()
+        },
+    );
+    assert_eq!(verbose_limited, logged);
     // Identified drops without a group are not logged at all.
     let unlogged = compile_with(
         &s,
@@ -432,6 +473,7 @@ fn only_local_pods_are_selected_and_compile_is_deterministic() {
         &CompileOptions {
             nflog_group: None,
             identify_drops: true,
+            drop_log_rate: Some(50),
         },
     );
     assert_eq!(unlogged, compile(&s, "n2"));

@@ -5,8 +5,8 @@
 //! empty transaction (a restart right after would change nothing).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::time::Duration;
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::time::{Duration, Instant};
 
 use flannel_lab::Netns;
 use flannel_netlink::netns::{NetnsTarget, run_in_netns};
@@ -17,6 +17,7 @@ use serde_json::json;
 use super::*;
 use crate::cluster::ClusterState;
 use crate::compile::{CompileOptions, compile, compile_with};
+use crate::flowsrc::nflog::NflogSource;
 use crate::interval::IpRange;
 use crate::model::NamespaceInfo;
 use crate::ruleset::{Element, Ruleset, SetDef, SetKind, policy_id, rule_fingerprint};
@@ -138,26 +139,38 @@ fn identified_drop_logging_is_accepted_and_switched_off_again() {
         let options = CompileOptions {
             nflog_group: Some(100),
             identify_drops: true,
+            drop_log_rate: None,
+        };
+        // The chain as nft prints it.
+        let listed = || {
+            let out = std::process::Command::new("nft")
+                .args(["list", "chain", "inet", "flannel-netpol", "ingress-policies"])
+                .output()
+                .expect("nft runs");
+            String::from_utf8_lossy(&out.stdout).into_owned()
         };
         sync(&runner, &compile_with(&s, "n1", &options)).await;
-        let out = std::process::Command::new("nft")
-            .args([
-                "list",
-                "chain",
-                "inet",
-                "flannel-netpol",
-                "ingress-policies",
-            ])
-            .output()
-            .expect("nft runs");
-        let listed = String::from_utf8_lossy(&out.stdout);
+        let listed_now = listed();
         assert!(
-            listed.contains("log prefix \"x/web ingress\" group 100 drop"),
-            "{listed}"
+            listed_now.contains("log prefix \"x/web ingress\" group 100 drop"),
+            "{listed_now}"
         );
         assert!(
-            listed.contains("log prefix \"default deny ingress\" group 100 drop"),
-            "{listed}"
+            listed_now.contains("log prefix \"default deny ingress\" group 100 drop"),
+            "{listed_now}"
+        );
+        // Rate-limited: nft takes the limit before the log statement.
+        let limited = CompileOptions {
+            drop_log_rate: Some(100),
+            ..options.clone()
+        };
+        sync(&runner, &compile_with(&s, "n1", &limited)).await;
+        let listed_now = listed();
+        assert!(
+            listed_now.contains(
+                "limit rate 100/second burst 100 packets log prefix \"default deny ingress\" group 100"
+            ),
+            "{listed_now}"
         );
         // Back to the rules without identities: only the dispatch chains change.
         let tx = sync(&runner, &compile(&s, "n1")).await;
@@ -255,34 +268,92 @@ fn interval_elements_are_deleted_exactly_as_read_back() {
     .expect("fresh netns");
 }
 
-/// Client and server namespaces routed through a "node" namespace that holds the table: a
-/// policy allowing TCP 80 from the client lets 80 through and drops 81.
+/// Client and server namespaces routed through a "node" namespace that holds the table,
+/// with the policy `x/allow-80` (TCP 80 from the client to the server) compiled for it.
+struct Routed {
+    node: Netns,
+    cli: Netns,
+    srv: Netns,
+    state: ClusterState,
+}
+
+impl Routed {
+    fn new() -> Routed {
+        let node = Netns::new("np-node").expect("node netns");
+        let cli = Netns::new("np-cli").expect("client netns");
+        let srv = Netns::new("np-srv").expect("server netns");
+        node.ip_batch(&format!(
+            "link add c0 type veth peer name eth0 netns {cli}\n\
+             link add s0 type veth peer name eth0 netns {srv}\n\
+             addr add 10.9.1.1/24 dev c0\naddr add 10.9.2.1/24 dev s0\n\
+             link set c0 up\nlink set s0 up\n",
+            cli = cli.name(),
+            srv = srv.name()
+        ))
+        .expect("node links");
+        for (ns, addr, gw) in [
+            (&cli, "10.9.1.2/24", "10.9.1.1"),
+            (&srv, "10.9.2.2/24", "10.9.2.1"),
+        ] {
+            ns.ip_batch(&format!(
+                "addr add {addr} dev eth0\nlink set eth0 up\nroute add default via {gw}\n"
+            ))
+            .expect("pod links");
+        }
+        node.set_sysctl("net.ipv4.ip_forward", "1")
+            .expect("forwarding");
+        let mut state = ClusterState::new();
+        state.upsert_namespace(NamespaceInfo {
+            name: "x".into(),
+            labels: labels(&[]),
+        });
+        state.upsert_pod(pod("x", "client", "elsewhere", &["10.9.1.2"]));
+        state.upsert_pod(pod("x", "server", "node", &["10.9.2.2"]));
+        add_policy(
+            &mut state,
+            json!({"metadata": {"namespace": "x", "name": "allow-80"}, "spec": {
+                "podSelector": {"matchLabels": {"pod": "server"}},
+                "ingress": [{"from": [{"podSelector": {"matchLabels": {"pod": "client"}}}], "ports": [{"port": 80}]}]}}),
+        );
+        Routed {
+            node,
+            cli,
+            srv,
+            state,
+        }
+    }
+
+    /// Compiles the policy with `options` and installs it in the node.
+    fn install(&self, options: &CompileOptions) {
+        let desired = compile_with(&self.state, "node", options);
+        self.node
+            .in_thread(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(async {
+                    sync(&TokioRunner::new(Duration::from_secs(30)), &desired).await;
+                })
+            })
+            .expect("node thread");
+    }
+
+    /// The table as the node's kernel holds it.
+    fn table(&self, what: &[&str]) -> ActualTable {
+        let mut args = vec!["nft", "-j", "list"];
+        args.extend_from_slice(what);
+        args.extend_from_slice(&["table", "inet", "flannel-netpol"]);
+        parse_table(&self.node.run_ok(args).expect("listing")).unwrap()
+    }
+}
+
+/// A policy allowing TCP 80 from the client lets 80 through and drops 81.
 #[test]
 fn packets_are_allowed_and_dropped_by_policy() {
-    let node = Netns::new("np-node").expect("node netns");
-    let cli = Netns::new("np-cli").expect("client netns");
-    let srv = Netns::new("np-srv").expect("server netns");
-    node.ip_batch(&format!(
-        "link add c0 type veth peer name eth0 netns {cli}\n\
-         link add s0 type veth peer name eth0 netns {srv}\n\
-         addr add 10.9.1.1/24 dev c0\naddr add 10.9.2.1/24 dev s0\n\
-         link set c0 up\nlink set s0 up\n",
-        cli = cli.name(),
-        srv = srv.name()
-    ))
-    .expect("node links");
-    for (ns, addr, gw) in [
-        (&cli, "10.9.1.2/24", "10.9.1.1"),
-        (&srv, "10.9.2.2/24", "10.9.2.1"),
-    ] {
-        ns.ip_batch(&format!(
-            "addr add {addr} dev eth0\nlink set eth0 up\nroute add default via {gw}\n"
-        ))
-        .expect("pod links");
-    }
-    node.set_sysctl("net.ipv4.ip_forward", "1")
-        .expect("forwarding");
-    let listeners: Vec<TcpListener> = srv
+    let r = Routed::new();
+    let listeners: Vec<TcpListener> = r
+        .srv
         .in_thread(|| {
             [80, 81]
                 .iter()
@@ -291,46 +362,21 @@ fn packets_are_allowed_and_dropped_by_policy() {
         })
         .expect("server thread");
     let connect = |port: u16| {
-        cli.in_thread(move || {
-            let addr: SocketAddr = format!("10.9.2.2:{port}").parse().unwrap();
-            TcpStream::connect_timeout(&addr, Duration::from_millis(1500)).is_ok()
-        })
-        .expect("client thread")
+        r.cli
+            .in_thread(move || {
+                let addr: SocketAddr = format!("10.9.2.2:{port}").parse().unwrap();
+                TcpStream::connect_timeout(&addr, Duration::from_millis(1500)).is_ok()
+            })
+            .expect("client thread")
     };
     assert!(
         connect(80) && connect(81),
         "the path works before any policy"
     );
-    let mut s = ClusterState::new();
-    s.upsert_namespace(NamespaceInfo {
-        name: "x".into(),
-        labels: labels(&[]),
-    });
-    s.upsert_pod(pod("x", "client", "elsewhere", &["10.9.1.2"]));
-    s.upsert_pod(pod("x", "server", "node", &["10.9.2.2"]));
-    add_policy(
-        &mut s,
-        json!({"metadata": {"namespace": "x", "name": "allow-80"}, "spec": {
-            "podSelector": {"matchLabels": {"pod": "server"}},
-            "ingress": [{"from": [{"podSelector": {"matchLabels": {"pod": "client"}}}], "ports": [{"port": 80}]}]}}),
-    );
-    let desired = compile(&s, "node");
-    node.in_thread(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            sync(&TokioRunner::new(Duration::from_secs(30)), &desired).await;
-        })
-    })
-    .expect("node thread");
+    r.install(&CompileOptions::default());
     assert!(connect(80), "TCP 80 from the client is allowed");
     assert!(!connect(81), "TCP 81 is not");
-    let listing = node
-        .run_ok(["nft", "-j", "list", "table", "inet", "flannel-netpol"])
-        .expect("listing");
-    let table = parse_table(&listing).unwrap();
+    let table = r.table(&[]);
     let counter = format!("{}-drop-in", policy_id("x", "allow-80"));
     assert!(
         table.counters[&counter].packets >= 1,
@@ -338,21 +384,80 @@ fn packets_are_allowed_and_dropped_by_policy() {
         table.counters
     );
     // The counter refresh reads the counters alone: the same values, no sets.
-    let counters = node
-        .run_ok([
-            "nft",
-            "-j",
-            "list",
-            "counters",
-            "table",
-            "inet",
-            "flannel-netpol",
-        ])
-        .expect("counters");
-    let only = parse_table(&counters).unwrap();
+    let only = r.table(&["counters"]);
     assert_eq!(only.counters, table.counters);
     assert!(only.sets.is_empty() && !table.sets.is_empty());
     drop(listeners);
+}
+
+/// A flood of denied packets with rate-limited drop logging: every packet is dropped and
+/// counted by the policy's counter, but NFLOG gets only the burst and the rate.
+#[test]
+fn a_flood_of_denied_packets_is_dropped_and_counted_but_logged_at_the_rate() {
+    const GROUP: u16 = 77;
+    const RATE: u32 = 20;
+    const SENT: u64 = 3000;
+    let r = Routed::new();
+    r.install(&CompileOptions {
+        nflog_group: Some(GROUP),
+        identify_drops: true,
+        drop_log_rate: Some(RATE),
+    });
+    let mut source = r
+        .node
+        .in_thread(|| NflogSource::open(GROUP, 4 << 20, Duration::from_millis(200)))
+        .expect("node thread")
+        .expect("NFLOG group");
+    let server = r
+        .srv
+        .in_thread(|| {
+            let s = UdpSocket::bind("10.9.2.2:81").expect("bind");
+            s.set_read_timeout(Some(Duration::from_millis(300)))
+                .unwrap();
+            s
+        })
+        .expect("server thread");
+    let started = Instant::now();
+    r.cli
+        .in_thread(|| {
+            let s = UdpSocket::bind("10.9.1.2:0").expect("bind");
+            for i in 0..SENT {
+                s.send_to(b"flood", "10.9.2.2:81").expect("send");
+                // Paced a little, so the receiving veth's backlog never overflows.
+                if i % 50 == 49 {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        })
+        .expect("client thread");
+    // Records for one second after the flood (NFLOG flushes within its 1 s default timeout).
+    let mut events = Vec::new();
+    let deadline = Instant::now() + Duration::from_millis(1500);
+    while Instant::now() < deadline {
+        source.recv(&mut events).expect("recv");
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let prefix = "x/allow-80 ingress";
+    let logged = events.iter().filter(|e| e.prefix == prefix).count() as u64;
+    // The kernel's bucket starts full with rate + burst tokens, then refills at the rate.
+    let most = 2 * u64::from(RATE) + (f64::from(RATE) * elapsed).ceil() as u64 + 1;
+    assert!(
+        (u64::from(RATE)..=most).contains(&logged),
+        "{logged} drops logged of {SENT}, expected at least the burst of {RATE} and at most {most} in {elapsed:.2}s"
+    );
+    assert!(events.iter().all(|e| e.prefix == prefix), "{events:?}");
+    eprintln!("{logged} of {SENT} drops logged in {elapsed:.2}s");
+    let mut buf = [0u8; 64];
+    assert!(
+        server.recv_from(&mut buf).is_err(),
+        "a denied packet reached the server"
+    );
+    let counter = format!("{}-drop-in", policy_id("x", "allow-80"));
+    assert_eq!(
+        r.table(&["counters"]).counters[&counter].packets,
+        SENT,
+        "the counter counts every drop, logged or not"
+    );
 }
 
 /// `cargo test -p flannel-netpol --release -- --ignored --nocapture kernel_scale`: full sync

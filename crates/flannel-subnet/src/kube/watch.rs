@@ -424,11 +424,15 @@ impl Watch {
         );
         let mut deadline = pin!(deadline);
         let mut stream = EventStream::new(rv);
+        // One wait for the daemon to go, for the whole request: a new `closed()` per chunk
+        // would register and remove a waiter (two mutex locks) for every event.
+        let tx = self.tx.clone();
+        let mut closed = pin!(tx.closed());
         loop {
             let chunk = tokio::select! {
                 r = body.fill_buf() => r,
                 () = &mut deadline => break,
-                () = self.tx.closed() => return Err(Closed),
+                () = &mut closed => return Err(Closed),
             };
             let chunk = match chunk {
                 Ok(c) => c,
