@@ -3,8 +3,9 @@
 //! Table and JSON output merged by time, every filter flag, an unreachable node reported but
 //! not fatal (and fatal when it is the only one), a bad flag refused with exit 2, a query
 //! to a node that never answers cut short by SIGINT (130), and
-//! `--follow` printing a record pushed after it connected, then ending on SIGTERM or when its
-//! node's server shuts down. Every wait is bounded.
+//! `--follow` printing a record pushed after it connected and ending on SIGTERM, following a
+//! node again after its server restarted and one that came up after the follow started.
+//! Every wait is bounded.
 
 use std::net::SocketAddr;
 use std::process::Stdio;
@@ -58,20 +59,41 @@ fn rec(
     r
 }
 
+/// A free loopback address (bound, then released).
+fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
 /// A `/flows` server for `ring` on a free loopback port.
 async fn server(
     ring: Arc<FlowRing>,
 ) -> (SocketAddr, watch::Sender<bool>, tokio::task::JoinHandle<()>) {
+    let addr = free_addr();
+    let (stop, task) = server_at(addr, ring).await;
+    (addr, stop, task)
+}
+
+/// A `/flows` server for `ring` on `addr`.
+async fn server_at(
+    addr: SocketAddr,
+    ring: Arc<FlowRing>,
+) -> (watch::Sender<bool>, tokio::task::JoinHandle<()>) {
     let health = Health::for_program("flannel-netpol", None).with_routes(route(ring, None));
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let (stop, shutdown) = watch::channel(false);
     let task = serve(addr, health, shutdown).await.unwrap();
-    (addr, stop, task)
+    (stop, task)
+}
+
+/// Stops a server and waits (bounded) until it has.
+async fn stop_server(stop: &watch::Sender<bool>, task: tokio::task::JoinHandle<()>) {
+    stop.send(true).unwrap();
+    tokio::time::timeout(WAIT, task)
+        .await
+        .expect("the server stops")
+        .unwrap();
 }
 
 /// Runs flannel-observe to the end: exit code, stdout, stderr.
@@ -326,9 +348,19 @@ async fn body() {
     assert!(kill.success());
     assert_eq!(wait_exit(&mut child).await, 0);
 
-    // --follow --since, table: a header, n2's held record, a pushed one, aligned; ends when
-    // n2's server shuts down.
-    let (mut child, mut lines) = spawn_follow(&["--node", &format!("n2={a2}"), "--since", "1h"]);
+    // --follow --since, table: a header, n2's held record, a pushed one, aligned. Then n2's
+    // server goes and comes back (an enforcer restarting): the follow asks again, prints what
+    // is new and not what it printed before. A node that was not there when the follow
+    // started is asked again too and printed once it is up.
+    let late = free_addr();
+    let (mut child, mut lines) = spawn_follow(&[
+        "--node",
+        &format!("n2={a2}"),
+        "--node",
+        &format!("late={late}"),
+        "--since",
+        "1h",
+    ]);
     assert_eq!(next_line(&mut lines).await, follow_header());
     let held = next_line(&mut lines).await;
     assert!(held.contains("y/c:40000") && held.contains("UDP"), "{held}");
@@ -344,16 +376,94 @@ async fn body() {
     );
     ring2.push(pushed.clone());
     assert_eq!(next_line(&mut lines).await, follow_row(&pushed));
+    // The server lets running answers go on for 3 s after it is told to stop: a record in
+    // that time is printed live, then comes again in the window asked after the restart
+    // (the stream's last second), and must not be printed twice.
     stop2.send(true).unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let last = rec(
+        "n2",
+        ("y", "l"),
+        ("x", "b"),
+        tcp,
+        8443,
+        Verdict::Forwarded,
+        0,
+    );
+    ring2.push(last.clone());
+    assert_eq!(next_line(&mut lines).await, follow_row(&last));
+    stop_server(&stop2, server2).await;
+    wait_followers(&ring2, 0).await;
+    let (stop2, server2) = server_at(a2, ring2.clone()).await;
+    wait_followers(&ring2, 1).await;
+    let after = rec(
+        "n2",
+        ("y", "g"),
+        ("x", "b"),
+        tcp,
+        8080,
+        Verdict::Forwarded,
+        0,
+    );
+    ring2.push(after.clone());
+    assert_eq!(
+        next_line(&mut lines).await,
+        follow_row(&after),
+        "the record after the restart, and none printed before it again"
+    );
+    let ring3 = Arc::new(FlowRing::new(100));
+    let (stop3, server3) = server_at(late, ring3.clone()).await;
+    // Asked again after 1, 2, 4 s...: bounded by the backoff reached so far.
+    for _ in 0..100 {
+        if ring3.followers() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        ring3.followers(),
+        1,
+        "the late node is followed once it is up"
+    );
+    let from_late = rec(
+        "late",
+        ("z", "h"),
+        ("x", "b"),
+        udp,
+        5353,
+        Verdict::Forwarded,
+        0,
+    );
+    ring3.push(from_late.clone());
+    assert_eq!(next_line(&mut lines).await, follow_row(&from_late));
+    let pid = child.id().unwrap().to_string();
+    let term = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(term.success());
     assert_eq!(wait_exit(&mut child).await, 0);
-    tokio::time::timeout(WAIT, server2)
+    let mut told = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut told)
         .await
-        .expect("server 2 stops")
         .unwrap();
+    // The server's shutdown cuts the stream (an HTTP error) or ends it, either is told.
+    assert!(
+        told.contains("asking n2 for flows") || told.contains("n2 ended the stream"),
+        "{told}"
+    );
+    assert!(told.contains("following n2 again"), "{told}");
+    assert_eq!(
+        told.matches("connecting to late").count(),
+        1,
+        "a node that stays down is told once: {told}"
+    );
+    stop_server(&stop2, server2).await;
+    stop_server(&stop3, server3).await;
 
-    stop1.send(true).unwrap();
-    tokio::time::timeout(WAIT, server1)
-        .await
-        .expect("server 1 stops")
-        .unwrap();
+    stop_server(&stop1, server1).await;
 }

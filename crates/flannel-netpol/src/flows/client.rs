@@ -97,8 +97,25 @@ pub async fn fetch(
     node: &str,
     addr: SocketAddr,
     filter: &FlowFilter,
-    mut on_line: impl FnMut(FlowLine) -> bool,
+    on_line: impl FnMut(FlowLine) -> bool,
 ) -> Result<(), ClientError> {
+    open(node, addr, filter).await?.read(on_line).await
+}
+
+/// An accepted `/flows` answer whose lines are still to be read.
+pub struct FlowStream {
+    node: String,
+    body: hyper::body::Incoming,
+}
+
+/// Sends `GET /flows?<filter>` to `addr` and waits for the answer's head: an error unless the
+/// node accepted the query, so a follower knows when it is following (a `follow` answer may
+/// stay silent for long).
+pub async fn open(
+    node: &str,
+    addr: SocketAddr,
+    filter: &FlowFilter,
+) -> Result<FlowStream, ClientError> {
     let node_s = || node.to_string();
     let start = async {
         let stream = tokio::net::TcpStream::connect(addr)
@@ -130,45 +147,61 @@ pub async fn fetch(
         .await
         .map_err(|_| ClientError::Timeout { node: node_s() })??;
     let status = resp.status();
-    let mut body = resp.into_body();
-    let mut pending: Vec<u8> = Vec::new();
-    let mut refused = String::new();
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|source| ClientError::Http {
-            node: node_s(),
-            source,
-        })?;
-        let Some(data) = frame.data_ref() else {
-            continue;
-        };
-        if !status.is_success() {
-            refused.push_str(&String::from_utf8_lossy(data));
-            continue;
-        }
-        pending.extend_from_slice(data);
-        while let Some(end) = pending.iter().position(|b| *b == b'\n') {
-            let line: Vec<u8> = pending.drain(..=end).collect();
-            let line = String::from_utf8_lossy(&line);
-            let Some(parsed) = parse_line(&line) else {
-                continue;
-            };
-            let parsed = parsed.map_err(|source| ClientError::Decode {
-                node: node_s(),
-                source,
-            })?;
-            if !on_line(parsed) {
-                return Ok(());
-            }
-        }
-    }
+    let body = resp.into_body();
     if !status.is_success() {
+        // The explanation is short; a node that does not end it is cut off by the timeout.
+        let text = tokio::time::timeout(CONNECT_TIMEOUT, body.collect())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .map(|b| String::from_utf8_lossy(&b.to_bytes()).trim().to_string())
+            .unwrap_or_default();
         return Err(ClientError::Status {
             node: node_s(),
             status: status.as_u16(),
-            body: refused.trim().to_string(),
+            body: text,
         });
     }
-    Ok(())
+    Ok(FlowStream {
+        node: node_s(),
+        body,
+    })
+}
+
+impl FlowStream {
+    /// Calls `on_line` for every record or loss notice until the answer ends or `on_line`
+    /// returns false.
+    pub async fn read(
+        mut self,
+        mut on_line: impl FnMut(FlowLine) -> bool,
+    ) -> Result<(), ClientError> {
+        let mut pending: Vec<u8> = Vec::new();
+        while let Some(frame) = self.body.frame().await {
+            let frame = frame.map_err(|source| ClientError::Http {
+                node: self.node.clone(),
+                source,
+            })?;
+            let Some(data) = frame.data_ref() else {
+                continue;
+            };
+            pending.extend_from_slice(data);
+            while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = pending.drain(..=end).collect();
+                let line = String::from_utf8_lossy(&line);
+                let Some(parsed) = parse_line(&line) else {
+                    continue;
+                };
+                let parsed = parsed.map_err(|source| ClientError::Decode {
+                    node: self.node.clone(),
+                    source,
+                })?;
+                if !on_line(parsed) {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Every node's records in one list ordered by time (ties keep the node order).

@@ -8,7 +8,7 @@
 //! collector wait. Nothing here sits on the packet path: with nobody watching, the cost is
 //! the kernel's event delivery and one append per event.
 //!
-//! `flannel-observe` ([`cli`], [`observe`], over [`client`]) asks every node's `/flows` with
+//! `flannel-observe` ([`cli`], [`observe`], [`follow`], over [`client`]) asks every node's `/flows` with
 //! the same filters and merges the answers.
 
 pub mod cli;
@@ -16,6 +16,7 @@ pub mod client;
 pub mod collector;
 pub mod enrich;
 pub mod filter;
+pub mod follow;
 pub mod http;
 pub mod live;
 pub mod metrics;

@@ -13,11 +13,12 @@ use flannel_subnet::kube::client::client;
 use k8s_openapi::api::core::v1::Node;
 use kube::Api;
 use kube::api::ListParams;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
-use crate::flows::cli::{NodeEndpoint, ObserveArgs, OutputFormat, follow_header, follow_row};
-use crate::flows::client::{ClientError, FlowLine, fetch, query_all, render_table};
+use crate::flows::cli::{NodeEndpoint, ObserveArgs, OutputFormat};
+use crate::flows::client::{query_all, render_table};
 use crate::flows::filter::FlowFilter;
+use crate::flows::follow::follow;
 use crate::flows::record::FlowRecord;
 
 /// Why the nodes could not be listed from the Kubernetes API.
@@ -181,95 +182,6 @@ pub async fn query(
     // A closed pipe (`| head`) is not an error of ours.
     let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
     u8::from(!nodes.is_empty() && errors.len() == nodes.len())
-}
-
-/// What a node's follow task reports.
-enum Event {
-    Line(FlowLine),
-    Done(Result<(), ClientError>),
-}
-
-/// Whether `e` means the node was never followed (nothing reached), rather than a stream that
-/// broke after it had started (a node that went away).
-fn never_followed(e: &ClientError) -> bool {
-    matches!(
-        e,
-        ClientError::Connect { .. } | ClientError::Timeout { .. } | ClientError::Status { .. }
-    )
-}
-
-/// Follows every node at once and prints each record as it arrives, one flushed line each
-/// (a table header first), until `shutdown` turns true, stdout closes, or every node's
-/// stream has ended. Exit status 1 when no node could be followed at all.
-pub async fn follow(
-    nodes: &[NodeEndpoint],
-    filter: &FlowFilter,
-    output: OutputFormat,
-    out: &mut impl Write,
-    err: &mut impl Write,
-    mut shutdown: watch::Receiver<bool>,
-) -> u8 {
-    // Unbounded, yet it cannot grow without end: on the current-thread runtime a slow stdout
-    // blocks the one thread, so no node's socket is read meanwhile; TCP pushes back and the
-    // node, which never waits for a follower, sends a loss notice instead.
-    let (tx, mut rx) = mpsc::unbounded_channel::<(usize, Event)>();
-    for (i, node) in nodes.iter().enumerate() {
-        let (tx, node, filter) = (tx.clone(), node.clone(), filter.clone());
-        tokio::spawn(async move {
-            let lines = tx.clone();
-            let r = fetch(&node.name, node.addr, &filter, move |l| {
-                lines.send((i, Event::Line(l))).is_ok()
-            })
-            .await;
-            let _ = tx.send((i, Event::Done(r)));
-        });
-    }
-    drop(tx);
-    let mut print = |line: String| -> bool {
-        out.write_all(line.as_bytes())
-            .and_then(|()| out.flush())
-            .is_ok()
-    };
-    if output == OutputFormat::Table && !print(follow_header() + "\n") {
-        return 0;
-    }
-    let mut unreachable = 0;
-    loop {
-        let (i, event) = tokio::select! {
-            ev = rx.recv() => match ev {
-                Some(ev) => ev,
-                None => break,
-            },
-            _ = shutdown.changed() => return 0,
-        };
-        let name = &nodes[i].name;
-        let line = match event {
-            Event::Line(FlowLine::Record(r)) => match output {
-                OutputFormat::Table => follow_row(&r) + "\n",
-                OutputFormat::Json => r.to_json_line(),
-            },
-            Event::Line(FlowLine::Lost(n)) => {
-                let _ = writeln!(
-                    err,
-                    "flannel-observe: {name} skipped {n} records for this client (it fell behind)"
-                );
-                continue;
-            }
-            Event::Done(Ok(())) => {
-                let _ = writeln!(err, "flannel-observe: {name} ended the stream");
-                continue;
-            }
-            Event::Done(Err(e)) => {
-                unreachable += usize::from(never_followed(&e));
-                let _ = writeln!(err, "flannel-observe: {e}");
-                continue;
-            }
-        };
-        if !print(line) {
-            return 0;
-        }
-    }
-    u8::from(!nodes.is_empty() && unreachable == nodes.len())
 }
 
 #[cfg(test)]
