@@ -59,6 +59,11 @@ fn rec(
     r
 }
 
+/// A record just made on `node`, forwarded from `src` to x/b.
+fn new_to_b(node: &str, src: (&str, &str), proto: u8, dport: u16) -> FlowRecord {
+    rec(node, src, ("x", "b"), proto, dport, Verdict::Forwarded, 0)
+}
+
 /// A free loopback address (bound, then released).
 fn free_addr() -> SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -147,6 +152,16 @@ async fn wait_followers(ring: &FlowRing, n: usize) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     panic!("{} followers, expected {n}", ring.followers());
+}
+
+/// Sends `sig` (`INT`, `TERM`) to `child`.
+fn signal(child: &Child, sig: &str) {
+    let pid = child.id().expect("running").to_string();
+    let sent = std::process::Command::new("kill")
+        .args([&format!("-{sig}"), &pid])
+        .status()
+        .unwrap();
+    assert!(sent.success(), "kill -{sig} {pid}");
 }
 
 async fn wait_exit(child: &mut Child) -> i32 {
@@ -303,12 +318,7 @@ async fn body() {
         .expect("a request")
         .unwrap();
     assert!(request[..n].starts_with(b"GET /flows"));
-    let pid = child.id().unwrap().to_string();
-    let int = std::process::Command::new("kill")
-        .args(["-INT", &pid])
-        .status()
-        .unwrap();
-    assert!(int.success());
+    signal(&child, "INT");
     assert_eq!(wait_exit(&mut child).await, 130);
     drop(conn);
 
@@ -316,15 +326,7 @@ async fn body() {
     // connected; SIGTERM ends it with status 0.
     let (mut child, mut lines) = spawn_follow(&["--node", &n1, "-o", "json", "--from-pod", "x/e"]);
     wait_followers(&ring1, 1).await;
-    ring1.push(rec(
-        "n1",
-        ("x", "a"),
-        ("x", "b"),
-        tcp,
-        80,
-        Verdict::Forwarded,
-        0,
-    ));
+    ring1.push(new_to_b("n1", ("x", "a"), tcp, 80));
     ring1.push(rec(
         "n1",
         ("x", "e"),
@@ -340,12 +342,7 @@ async fn body() {
         ["e"],
         "only the matching new record: {line}"
     );
-    let pid = child.id().unwrap().to_string();
-    let kill = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    assert!(kill.success());
+    signal(&child, "TERM");
     assert_eq!(wait_exit(&mut child).await, 0);
 
     // --follow --since, table: a header, n2's held record, a pushed one, aligned. Then n2's
@@ -365,15 +362,7 @@ async fn body() {
     let held = next_line(&mut lines).await;
     assert!(held.contains("y/c:40000") && held.contains("UDP"), "{held}");
     wait_followers(&ring2, 1).await;
-    let pushed = rec(
-        "n2",
-        ("y", "f"),
-        ("x", "b"),
-        tcp,
-        443,
-        Verdict::Forwarded,
-        0,
-    );
+    let pushed = new_to_b("n2", ("y", "f"), tcp, 443);
     ring2.push(pushed.clone());
     assert_eq!(next_line(&mut lines).await, follow_row(&pushed));
     // The server lets running answers go on for 3 s after it is told to stop: a record in
@@ -381,30 +370,14 @@ async fn body() {
     // (the stream's last second), and must not be printed twice.
     stop2.send(true).unwrap();
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    let last = rec(
-        "n2",
-        ("y", "l"),
-        ("x", "b"),
-        tcp,
-        8443,
-        Verdict::Forwarded,
-        0,
-    );
+    let last = new_to_b("n2", ("y", "l"), tcp, 8443);
     ring2.push(last.clone());
     assert_eq!(next_line(&mut lines).await, follow_row(&last));
     stop_server(&stop2, server2).await;
     wait_followers(&ring2, 0).await;
     let (stop2, server2) = server_at(a2, ring2.clone()).await;
     wait_followers(&ring2, 1).await;
-    let after = rec(
-        "n2",
-        ("y", "g"),
-        ("x", "b"),
-        tcp,
-        8080,
-        Verdict::Forwarded,
-        0,
-    );
+    let after = new_to_b("n2", ("y", "g"), tcp, 8080);
     ring2.push(after.clone());
     assert_eq!(
         next_line(&mut lines).await,
@@ -425,23 +398,10 @@ async fn body() {
         1,
         "the late node is followed once it is up"
     );
-    let from_late = rec(
-        "late",
-        ("z", "h"),
-        ("x", "b"),
-        udp,
-        5353,
-        Verdict::Forwarded,
-        0,
-    );
+    let from_late = new_to_b("late", ("z", "h"), udp, 5353);
     ring3.push(from_late.clone());
     assert_eq!(next_line(&mut lines).await, follow_row(&from_late));
-    let pid = child.id().unwrap().to_string();
-    let term = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    assert!(term.success());
+    signal(&child, "TERM");
     assert_eq!(wait_exit(&mut child).await, 0);
     let mut told = String::new();
     child

@@ -45,15 +45,6 @@ enum Event {
     },
 }
 
-/// Whether `e` means the node was never followed (nothing reached), rather than a stream that
-/// broke after it had started (a node that went away).
-fn never_followed(e: &ClientError) -> bool {
-    matches!(
-        e,
-        ClientError::Connect { .. } | ClientError::Timeout { .. } | ClientError::Status { .. }
-    )
-}
-
 /// Whether asking again could help: not when the node refused the query (400: a parameter
 /// it does not know), but when it is busy (503: too many followers) or unreachable.
 fn worth_retrying(result: &Result<(), ClientError>) -> bool {
@@ -99,8 +90,9 @@ async fn follow_node(
 struct NodeState {
     /// It accepted the query at least once.
     followed: bool,
-    /// Its first try ended without following it.
-    first_failed: bool,
+    /// A try of it has ended (while `followed` is false: every try failed before the node
+    /// accepted the query).
+    tried: bool,
     /// It is being followed now.
     up: bool,
     /// The newest record printed from it.
@@ -185,10 +177,8 @@ pub async fn follow(
                     let _ = writeln!(err, "flannel-observe: {told}{next}");
                 }
                 node.last_error = Some(told);
-                if !node.followed && result.as_ref().is_err_and(never_followed) {
-                    node.first_failed = true;
-                }
-                if state.iter().all(|n| n.first_failed && !n.followed) {
+                node.tried = true;
+                if state.iter().all(|n| n.tried && !n.followed) {
                     return 1;
                 }
                 continue;
